@@ -1,0 +1,251 @@
+"""The driver contract: what the gateway's poller may ask of any terminal, and how failures are classified.
+
+Flow: gateway.poller -> Driver.connect() -> Session.{info,counts,read_punches,...} -> device.
+A driver is small, synchronous and blocking; it returns raw device values (no time zone, no dedup:
+that is gateway.normalize's job) and raises only the DriverError subclasses below, so the poller and
+the health model can react to *what kind* of failure happened (offline vs misconfigured vs broken).
+This module imports nothing from gateway/ and nothing device specific.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+# ---------------------------------------------------------------------------------------------
+# Values a session returns
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceInfo:
+    """Identity and clock of a terminal, read at the start of every session."""
+
+    #: Serial number: the device's identity. A device is identified by it, never by its IP.
+    serial: str
+    #: Firmware version text as the device reports it (e.g. "Ver 6.60 Apr 28 2017").
+    firmware: str = ""
+    #: Platform / model text (e.g. "ZEM560"); "" when the device does not say.
+    platform: str = ""
+    #: Device name as configured on the terminal; "" when unknown.
+    device_name: str = ""
+    #: MAC address text; "" when unknown.
+    mac: str = ""
+    #: The device's wall clock (naive, device-local) when it was read; None if unreadable.
+    device_time: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """Record and user counts with capacities: the cheap "anything new?" check of every poll."""
+
+    records: int
+    users: int
+    #: Capacities (0 when the device does not report them).
+    records_cap: int = 0
+    users_cap: int = 0
+    fingers: int = 0
+    fingers_cap: int = 0
+    faces: int = 0
+    faces_cap: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RawPunch:
+    """One attendance record exactly as the device holds it; the gateway normalizes it later.
+
+    ``time_text`` is the device-local wall clock as ``YYYY-MM-DD HH:MM:SS``, decoded without
+    validation: a terminal with a broken clock can hold impossible dates (Feb 31, year 2000 after an
+    RTC reset) and those must still be stored and flagged, never dropped. ``local_time`` is the same
+    instant as a naive datetime, or None when the text is not a real calendar date.
+    """
+
+    #: The user id as the device shows it on screen (PIN / NIP text).
+    user_id: str
+    #: Device-local wall-clock text, ``YYYY-MM-DD HH:MM:SS``.
+    time_text: str
+    #: Same as a naive datetime; None if ``time_text`` is not a valid date.
+    local_time: datetime | None
+    #: Attendance state code as stored (0 in, 1 out, 2 break out, 3 break in, 4 OT in, 5 OT out, ...).
+    state: int
+    #: Verify mode code as stored (1 fingerprint, 15 face, 4 card, 3 password, ...).
+    verify: int
+    #: Device-internal user serial (uid), 0 when the layout has none.
+    uid: int = 0
+    #: Work code, 0 when the layout has none.
+    workcode: int = 0
+    #: Raw encoded time value as read from the device (ZK: the u32 of §2.5); -1 if not applicable.
+    raw_time: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceUser:
+    """A user enrolled on a terminal."""
+
+    uid: int
+    user_id: str
+    name: str = ""
+    privilege: int = 0
+    card: int = 0
+    group_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LiveEvent:
+    """A punch pushed by the device in real time (live capture)."""
+
+    punch: RawPunch
+
+
+# ---------------------------------------------------------------------------------------------
+# The contract
+# ---------------------------------------------------------------------------------------------
+
+
+class Session(Protocol):
+    """An open conversation with one device. Obtained only from ``Driver.connect()``.
+
+    Leaving the ``with`` block always closes the connection and re-enables the terminal if the
+    session disabled it, whatever failed inside.
+    """
+
+    def info(self) -> DeviceInfo:
+        """Serial, firmware, model and device clock."""
+        ...
+
+    def counts(self) -> Counts:
+        """Record/user counts and capacities (cheap; no log download)."""
+        ...
+
+    def read_punches(self) -> list[RawPunch]:
+        """Download the whole attendance log, in device order."""
+        ...
+
+    @property
+    def bytes_read(self) -> int:
+        """Payload bytes received from the device in this session so far (for poll statistics)."""
+        ...
+
+
+class Driver(Protocol):
+    """Reaches one configured device. Blocking; one caller at a time."""
+
+    def connect(self) -> AbstractContextManager[Session]:
+        """Open a session. On failure raises a DriverError and leaves no state behind."""
+        ...
+
+
+@runtime_checkable
+class ReadsUsers(Protocol):
+    """Optional session ability: download the enrolled users."""
+
+    def read_users(self) -> list[DeviceUser]: ...
+
+
+@runtime_checkable
+class SetsClock(Protocol):
+    """Optional session ability: set the device clock (device-local naive time)."""
+
+    def set_time(self, local_time: datetime) -> None: ...
+
+
+@runtime_checkable
+class ClearsLog(Protocol):
+    """Optional session ability: clear the attendance log. Only call once every record is stored."""
+
+    def clear_punches(self) -> None: ...
+
+
+@runtime_checkable
+class StreamsLive(Protocol):
+    """Optional session ability: yield punches as they happen until ``stop()`` returns True."""
+
+    def live_punches(self, idle_timeout_s: float = 10.0) -> Iterator[LiveEvent | None]: ...
+
+
+# ---------------------------------------------------------------------------------------------
+# Error tree
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DriverError(Exception):
+    """Base of every failure a driver reports. ``kind`` is a stable machine-readable name."""
+
+    message: str
+    #: True when retrying later may succeed without anyone changing anything.
+    transient: bool = True
+    #: Seconds the device asked us to wait, when it said so.
+    retry_after: float | None = None
+    #: Last raw frames (hex) seen on the wire, for protocol errors; never contains secrets.
+    frames: list[str] = field(default_factory=list)
+
+    kind = "error"
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class Unreachable(DriverError):
+    """No answer: timeout, connection refused, no route. The device may be off or unplugged."""
+
+    kind = "unreachable"
+
+
+class Busy(DriverError):
+    """The device answered but is busy (enrolment in progress, another client). Retry later."""
+
+    kind = "busy"
+
+
+class AuthRejected(DriverError):
+    """The device refused our comm key: a configuration problem, not an outage."""
+
+    kind = "auth_rejected"
+
+    def __init__(self, message: str, **kw: object) -> None:
+        super().__init__(message, transient=False, **kw)  # type: ignore[arg-type]
+
+
+class IdentityMismatch(DriverError):
+    """The device at this address has another serial than the one configured (DHCP moved it?)."""
+
+    kind = "identity_mismatch"
+
+    def __init__(self, message: str, *, expected: str = "", found: str = "", **kw: object) -> None:
+        super().__init__(message, transient=False, **kw)  # type: ignore[arg-type]
+        self.expected = expected
+        self.found = found
+
+
+class ProtocolError(DriverError):
+    """The device answered something we cannot make sense of (corrupt chunk, wrong sizes, ...)."""
+
+    kind = "protocol_error"
+
+
+__all__ = [
+    "AuthRejected",
+    "Busy",
+    "ClearsLog",
+    "Counts",
+    "DeviceInfo",
+    "DeviceUser",
+    "Driver",
+    "DriverError",
+    "IdentityMismatch",
+    "LiveEvent",
+    "ProtocolError",
+    "RawPunch",
+    "ReadsUsers",
+    "Session",
+    "SetsClock",
+    "StreamsLive",
+    "Unreachable",
+]

@@ -1,0 +1,1 @@
+"""ZKTeco binary protocol (port 4370) driver, built on pyzk."""
