@@ -1,0 +1,521 @@
+"""Operator configuration: TOML file -> frozen dataclasses, validated once at start.
+
+First stop of the flow: `fpgw run` / `fpgw check-config` call ``load_config(path)``; every other
+module receives the resulting ``Config`` (or a part of it) and never reads the file itself.
+Errors name the key and say what is wrong (see gateway.configlib). Secrets (comm keys, tokens,
+alert URLs) come from environment variables or files, never inline. ``config.example.toml`` at
+the top of the repository documents every key; a test loads it so it cannot rot.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import time
+from pathlib import Path
+from typing import Any, Literal
+
+from gateway.configlib import ConfigError, Reader
+
+Transport = Literal["tcp", "udp"]
+
+_DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    """The office (SKPD/OPD) this gateway serves."""
+
+    #: SKPD/OPD code as used by BKD (e.g. "1801.01.02"); travels with every punch.
+    office_code: str
+    #: Human-readable office name.
+    office_name: str = ""
+    #: Default IANA zone of the office's devices: Asia/Jakarta (WIB), Asia/Makassar (WITA), Asia/Jayapura (WIT).
+    timezone: str = "Asia/Jakarta"
+    #: Where the SQLite database, backups and runtime files live.
+    state_dir: Path = Path("state")
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    """Where punches are stored."""
+
+    #: SQLAlchemy URL. Empty: SQLite file ``<state_dir>/fpgw.db``. PostgreSQL: ``postgresql+psycopg://...``.
+    url: str
+    #: Run pending migrations at start (under a lock). Turn off on a central server migrated by hand.
+    auto_migrate: bool = True
+
+
+@dataclass(frozen=True)
+class PollingConfig:
+    """How devices are polled (defaults for every device)."""
+
+    #: Seconds between polls of one device.
+    interval_s: float = 300.0
+    #: Socket timeout for one device operation.
+    timeout_s: float = 10.0
+    #: Upper bound for one whole poll (connect + download); a poll running longer counts as hung.
+    poll_deadline_s: float = 300.0
+    #: Worker threads polling devices at the same time.
+    pool_size: int = 16
+    #: Download the full log at least this often even if the record count did not change.
+    full_reconcile_s: float = 86400.0
+    #: Longest wait between probes of a failing device (backoff grows x1.5 up to this).
+    backoff_max_s: float = 1800.0
+    #: On SIGTERM, wait this long for in-flight polls before abandoning them.
+    shutdown_deadline_s: float = 20.0
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    """One terminal."""
+
+    #: Short stable id used in logs, CLI and metrics (letters, digits, ``_ . -``).
+    id: str
+    #: Human-readable name ("Lobby, ground floor").
+    name: str
+    #: IP address or host name.
+    address: str
+    port: int = 4370
+    transport: Transport = "tcp"
+    #: Driver kind; only "zk" (ZKTeco binary protocol, port 4370) for now.
+    driver: str = "zk"
+    #: Comm key (numeric password) from ``comm_key_env`` / ``comm_key_file``; 0 when the device has none.
+    comm_key: int = field(default=0, repr=False)
+    #: Expected serial number; when set, a device answering with another serial is not polled.
+    serial: str | None = None
+    interval_s: float = 300.0
+    timeout_s: float = 10.0
+    #: IANA zone of this device's clock (defaults to the site's).
+    timezone: str = "Asia/Jakarta"
+    #: Poll it at all (false keeps history but stops polling).
+    enabled: bool = True
+    #: Driver workarounds, e.g. ``{record_size = 40, disable_while_reading = false}``.
+    quirks: Mapping[str, Any] = field(default_factory=dict)
+    #: Free-text location, shown on the status page.
+    location: str = ""
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """Log output."""
+
+    #: auto (console on a TTY, journal under systemd, JSON otherwise), console, json or journal.
+    format: Literal["auto", "console", "json", "journal"] = "auto"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+@dataclass(frozen=True)
+class EmployeesConfig:
+    """Mapping from device user ids (PIN) to employee ids (NIP)."""
+
+    #: CSV with header ``device_user_id,employee_id`` (optional column ``serial`` for per-device PINs).
+    mapping_csv: Path | None = None
+
+
+@dataclass(frozen=True)
+class WorkingHoursConfig:
+    """When punches are expected (used by the silent-device check and the daily report)."""
+
+    start: time = time(6, 30)
+    end: time = time(17, 30)
+    #: ISO weekdays (1 = Monday ... 7 = Sunday).
+    days: tuple[int, ...] = (1, 2, 3, 4, 5)
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    """Device health model thresholds."""
+
+    #: A device is offline after this many failed polls in a row ...
+    offline_after_failures: int = 3
+    #: ... and no good poll for this long (0 = 3 x the device's interval).
+    offline_after_s: float = 0.0
+    #: Clock skew (device vs server) that raises a problem.
+    clock_skew_warn_s: float = 120.0
+    #: Record/user storage used ratio for a warning and for a critical alert.
+    capacity_warn_ratio: float = 0.80
+    capacity_critical_ratio: float = 0.95
+    #: Reachable but no new punch during working hours for this long = "silent device".
+    silent_after_s: float = 4 * 3600.0
+    working_hours: WorkingHoursConfig = field(default_factory=WorkingHoursConfig)
+    #: Set the device clock when skew exceeds ``clock_correct_above_s`` (logged when done).
+    clock_correct: bool = False
+    clock_correct_above_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class AlertsConfig:
+    """Where alerts go besides the log."""
+
+    #: apprise URLs (tgram://, mailtos://, json://, form:// for WhatsApp gateways...), from env or file.
+    urls: tuple[str, ...] = field(default=(), repr=False)
+    #: Plain JSON webhooks (POSTed the alert document), from env or file.
+    webhooks: tuple[str, ...] = field(default=(), repr=False)
+    #: Repeat an open problem's alert this often (0 = never).
+    reminder_s: float = 86400.0
+    #: Give up delivering one alert after this many attempts.
+    max_attempts: int = 8
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    """The built-in HTTP server: status page, JSON, /metrics, and (central mode) the API."""
+
+    enabled: bool = True
+    listen: str = "127.0.0.1"
+    port: int = 8470
+    #: Token required from clients that are not on loopback (from env or file).
+    status_token: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class ForwardConfig:
+    """Forwarding of punches and device health to the central (BKD) instance."""
+
+    #: Base URL of the central instance, e.g. https://absensi.bkd.example.go.id ; empty = no forwarding.
+    url: str = ""
+    #: This gateway's bearer token (from env or file).
+    token: str | None = field(default=None, repr=False)
+    batch_size: int = 500
+    interval_s: float = 30.0
+    backoff_initial_s: float = 5.0
+    backoff_max_s: float = 3600.0
+    timeout_s: float = 30.0
+    #: Alert when the oldest unforwarded punch is older than this.
+    alert_after_s: float = 6 * 3600.0
+    #: CA bundle for a private upstream certificate (empty = system CAs).
+    ca_file: str = ""
+
+
+@dataclass(frozen=True)
+class CentralConfig:
+    """Central mode: receive batches from gateways and serve the BKD pull API."""
+
+    enabled: bool = False
+    #: TOML/CSV file of gateway tokens -> office code (see README), read at start.
+    gateway_tokens_file: Path | None = None
+    #: File of BKD API tokens with optional office scopes.
+    api_tokens_file: Path | None = None
+    #: Largest accepted request body.
+    max_body_bytes: int = 5 * 1024 * 1024
+    #: Largest number of punches in one batch.
+    max_batch: int = 5000
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole validated configuration."""
+
+    site: SiteConfig
+    database: DatabaseConfig
+    polling: PollingConfig
+    devices: tuple[DeviceConfig, ...]
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    employees: EmployeesConfig = field(default_factory=EmployeesConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    forward: ForwardConfig = field(default_factory=ForwardConfig)
+    central: CentralConfig = field(default_factory=CentralConfig)
+    #: Where the config was read from (for messages).
+    source: Path | None = None
+
+    def device(self, device_id: str) -> DeviceConfig:
+        """The device with this id (KeyError when unknown)."""
+        for dev in self.devices:
+            if dev.id == device_id:
+                return dev
+        raise KeyError(device_id)
+
+
+# -------------------------------------------------------------------------------------------------
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a TOML config file; raises ConfigError listing every problem."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError([f"cannot read {p}: {exc.strerror or exc}"], str(p)) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"not UTF-8 text: {exc}"], str(p)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"TOML syntax error: {exc}"], str(p)) from None
+    return parse_config(data, base_dir=p.resolve().parent, source=p)
+
+
+def parse_config(data: Mapping[str, Any], *, base_dir: Path | None = None,
+                 source: Path | None = None) -> Config:
+    """Validate an already-parsed TOML document (tests and `fpgw demo` build configs this way)."""
+    problems: list[str] = []
+    base_dir = base_dir or Path.cwd()
+    top = Reader(data, "", problems)
+
+    site = _parse_site(top.table("site"), base_dir)
+    database = _parse_database(top.table("database"), site)
+    polling = _parse_polling(top.table("polling"))
+    devices = _parse_devices(top, site, polling, base_dir)
+    logging_cfg = _parse_logging(top.table("logging"))
+    employees = _parse_employees(top.table("employees"), base_dir)
+    health = _parse_health(top.table("health"))
+    alerts = _parse_alerts(top.table("alerts"), base_dir)
+    http = _parse_http(top.table("http"), base_dir)
+    forward = _parse_forward(top.table("forward"), base_dir)
+    central = _parse_central(top.table("central"), base_dir)
+    top.done()
+
+    if problems:
+        raise ConfigError(problems, str(source) if source else "")
+    return Config(site=site, database=database, polling=polling, devices=tuple(devices),
+                  logging=logging_cfg, employees=employees, health=health, alerts=alerts, http=http,
+                  forward=forward, central=central, source=source)
+
+
+def _default_state_dir() -> Path:
+    # systemd's StateDirectory= exports this; elsewhere a local folder keeps a newcomer's try-out tidy.
+    env = os.environ.get("STATE_DIRECTORY")
+    return Path(env.split(":")[0]) if env else Path("state")
+
+
+def _parse_site(r: Reader, base_dir: Path) -> SiteConfig:
+    office_code = r.str("office_code", allow_empty=False)
+    office_name = r.str("office_name", "")
+    tz = r.timezone("timezone", "Asia/Jakarta")
+    state_dir_raw = r.str("state_dir", "")
+    r.done()
+    if state_dir_raw:
+        state_dir = Path(os.path.expandvars(state_dir_raw)).expanduser()
+        if not state_dir.is_absolute():
+            state_dir = base_dir / state_dir
+    else:
+        state_dir = _default_state_dir()
+        if not state_dir.is_absolute():
+            state_dir = base_dir / state_dir
+    return SiteConfig(office_code=office_code, office_name=office_name, timezone=tz, state_dir=state_dir)
+
+
+def _parse_database(r: Reader, site: SiteConfig) -> DatabaseConfig:
+    url = r.str("url", "")
+    url_env = r.str("url_env", "")
+    auto = r.bool("auto_migrate", True)
+    r.done()
+    if url_env:
+        if url:
+            r.problem("url_env", "set only one of url and url_env")
+        url = os.environ.get(url_env, "")
+        if not url:
+            r.problem("url_env", f"environment variable {url_env} is not set")
+    if not url:
+        url = f"sqlite:///{site.state_dir / 'fpgw.db'}"
+    elif not (url.startswith("sqlite") or url.startswith("postgresql")):
+        r.problem("url", "only sqlite:///path and postgresql+psycopg://user@host/db URLs are supported")
+    elif url.startswith("postgresql://") or url.startswith("postgresql+psycopg2"):
+        # psycopg 3 is the driver we ship; spell it out so the URL does not depend on defaults.
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    return DatabaseConfig(url=url, auto_migrate=auto)
+
+
+def _parse_polling(r: Reader) -> PollingConfig:
+    cfg = PollingConfig(
+        interval_s=r.duration_s("interval_s", 300.0, min=5),
+        timeout_s=r.duration_s("timeout_s", 10.0, min=0.5),
+        poll_deadline_s=r.duration_s("poll_deadline_s", 300.0, min=5),
+        pool_size=r.int("pool_size", 16, min=1, max=256),
+        full_reconcile_s=r.duration_s("full_reconcile_s", 86400.0, min=60),
+        backoff_max_s=r.duration_s("backoff_max_s", 1800.0, min=5),
+        shutdown_deadline_s=r.duration_s("shutdown_deadline_s", 20.0, min=1),
+    )
+    r.done()
+    return cfg
+
+
+def _parse_devices(top: Reader, site: SiteConfig, polling: PollingConfig, base_dir: Path) -> list[DeviceConfig]:
+    devices: list[DeviceConfig] = []
+    seen_ids: set[str] = set()
+    seen_addr: set[tuple[str, int, str]] = set()
+    for r in top.tables("devices"):
+        dev_id = r.str("id", allow_empty=False)
+        if dev_id and not _DEVICE_ID.match(dev_id):
+            r.problem("id", f"{dev_id!r} must be 1-64 letters, digits, '_', '.' or '-' (no spaces)")
+        if dev_id in seen_ids:
+            r.problem("id", f"duplicate device id {dev_id!r}")
+        seen_ids.add(dev_id)
+        address = r.str("address", allow_empty=False)
+        port = r.int("port", 4370, min=1, max=65535)
+        transport = r.str("transport", "tcp", choices=("tcp", "udp"))
+        driver = r.str("driver", "zk", choices=("zk",))
+        key_text = r.secret("comm_key", base_dir=base_dir)
+        comm_key = 0
+        if key_text is not None:
+            if not key_text.isdigit() or int(key_text) > 999999:
+                r.problem("comm_key_env" if r.data.get("comm_key_env") else "comm_key_file",
+                          "the comm key must be a number from 0 to 999999 (device menu: COMM > Comm Key)")
+            else:
+                comm_key = int(key_text)
+        serial = r.str("serial", None)
+        interval = r.duration_s("interval_s", polling.interval_s, min=5)
+        timeout = r.duration_s("timeout_s", polling.timeout_s, min=0.5)
+        tz = r.timezone("timezone", site.timezone)
+        enabled = r.bool("enabled", True)
+        quirks = r.raw("quirks", {})
+        if not isinstance(quirks, Mapping):
+            r.problem("quirks", "must be a table, e.g. quirks = { record_size = 40 }")
+            quirks = {}
+        location = r.str("location", "")
+        name = r.str("name", dev_id)
+        r.done()
+        if (address, port, transport) in seen_addr:
+            r.problem("address", f"another device already uses {address}:{port}/{transport}")
+        seen_addr.add((address, port, transport))
+        devices.append(DeviceConfig(id=dev_id, name=name or dev_id, address=address, port=port,
+                                    transport=transport, driver=driver, comm_key=comm_key,
+                                    serial=serial or None, interval_s=interval, timeout_s=timeout,
+                                    timezone=tz, enabled=enabled, quirks=dict(quirks), location=location))
+    return devices
+
+
+def _parse_logging(r: Reader) -> LoggingConfig:
+    cfg = LoggingConfig(format=r.str("format", "auto", choices=("auto", "console", "json", "journal")),
+                        level=r.str("level", "info", choices=("debug", "info", "warning", "error")))
+    r.done()
+    return cfg
+
+
+def _parse_employees(r: Reader, base_dir: Path) -> EmployeesConfig:
+    path_text = r.str("mapping_csv", "")
+    r.done()
+    if not path_text:
+        return EmployeesConfig()
+    path = Path(os.path.expandvars(path_text)).expanduser()
+    if not path.is_absolute():
+        path = base_dir / path
+    if not path.is_file():
+        r.problem("mapping_csv", f"file {str(path)!r} does not exist")
+    return EmployeesConfig(mapping_csv=path)
+
+
+def _parse_time(r: Reader, name: str, default: time) -> time:
+    text = r.str(name, default.strftime("%H:%M"))
+    try:
+        return time.fromisoformat(text)
+    except (TypeError, ValueError):
+        r.problem(name, f"must be a time of day like \"07:30\", got {text!r}")
+        return default
+
+
+def _parse_health(r: Reader) -> HealthConfig:
+    wh = r.table("working_hours")
+    working = WorkingHoursConfig(start=_parse_time(wh, "start", time(6, 30)),
+                                 end=_parse_time(wh, "end", time(17, 30)),
+                                 days=tuple(wh.raw("days", [1, 2, 3, 4, 5])))
+    if not all(isinstance(d, int) and 1 <= d <= 7 for d in working.days):
+        wh.problem("days", "must be a list of ISO weekdays 1 (Monday) .. 7 (Sunday)")
+    wh.done()
+    cfg = HealthConfig(
+        offline_after_failures=r.int("offline_after_failures", 3, min=1, max=100),
+        offline_after_s=r.duration_s("offline_after_s", 0.0),
+        clock_skew_warn_s=r.duration_s("clock_skew_warn_s", 120.0, min=1),
+        capacity_warn_ratio=r.float("capacity_warn_ratio", 0.80, min=0.1, max=1.0),
+        capacity_critical_ratio=r.float("capacity_critical_ratio", 0.95, min=0.1, max=1.0),
+        silent_after_s=r.duration_s("silent_after_s", 4 * 3600.0, min=60),
+        working_hours=working,
+        clock_correct=r.bool("clock_correct", False),
+        clock_correct_above_s=r.duration_s("clock_correct_above_s", 60.0, min=1),
+    )
+    if cfg.capacity_warn_ratio > cfg.capacity_critical_ratio:
+        r.problem("capacity_warn_ratio", "must not be above capacity_critical_ratio")
+    r.done()
+    return cfg
+
+
+def _secret_list(r: Reader, name: str, base_dir: Path) -> tuple[str, ...]:
+    # One URL per line in the file / whitespace-separated in the variable.
+    text = r.secret(name, base_dir=base_dir)
+    if not text:
+        return ()
+    return tuple(line.strip() for line in text.split() if line.strip() and not line.startswith("#"))
+
+
+def _parse_alerts(r: Reader, base_dir: Path) -> AlertsConfig:
+    cfg = AlertsConfig(
+        urls=_secret_list(r, "urls", base_dir),
+        webhooks=_secret_list(r, "webhooks", base_dir),
+        reminder_s=r.duration_s("reminder_s", 86400.0),
+        max_attempts=r.int("max_attempts", 8, min=1, max=1000),
+    )
+    r.done()
+    return cfg
+
+
+def _parse_http(r: Reader, base_dir: Path) -> HttpConfig:
+    cfg = HttpConfig(
+        enabled=r.bool("enabled", True),
+        listen=r.str("listen", "127.0.0.1", allow_empty=False),
+        port=r.int("port", 8470, min=0, max=65535),
+        status_token=r.secret("status_token", base_dir=base_dir),
+    )
+    r.done()
+    return cfg
+
+
+def _parse_forward(r: Reader, base_dir: Path) -> ForwardConfig:
+    url = r.str("url", "")
+    if url and not (url.startswith("https://") or url.startswith("http://")):
+        r.problem("url", f"must start with https:// (or http:// on a trusted network), got {url!r}")
+    token = r.secret("token", base_dir=base_dir)
+    if url and not token:
+        r.problem("token_env", "forwarding needs this gateway's token (token_env or token_file)")
+    cfg = ForwardConfig(
+        url=url.rstrip("/"),
+        token=token,
+        batch_size=r.int("batch_size", 500, min=1, max=10000),
+        interval_s=r.duration_s("interval_s", 30.0, min=1),
+        backoff_initial_s=r.duration_s("backoff_initial_s", 5.0, min=0.1),
+        backoff_max_s=r.duration_s("backoff_max_s", 3600.0, min=1),
+        timeout_s=r.duration_s("timeout_s", 30.0, min=1),
+        alert_after_s=r.duration_s("alert_after_s", 6 * 3600.0, min=60),
+        ca_file=r.str("ca_file", ""),
+    )
+    r.done()
+    return cfg
+
+
+def _optional_path(r: Reader, name: str, base_dir: Path) -> Path | None:
+    text = r.str(name, "")
+    if not text:
+        return None
+    path = Path(os.path.expandvars(text)).expanduser()
+    return path if path.is_absolute() else base_dir / path
+
+
+def _parse_central(r: Reader, base_dir: Path) -> CentralConfig:
+    cfg = CentralConfig(
+        enabled=r.bool("enabled", False),
+        gateway_tokens_file=_optional_path(r, "gateway_tokens_file", base_dir),
+        api_tokens_file=_optional_path(r, "api_tokens_file", base_dir),
+        max_body_bytes=r.int("max_body_bytes", 5 * 1024 * 1024, min=1024),
+        max_batch=r.int("max_batch", 5000, min=1),
+    )
+    if cfg.enabled:
+        for name, path in (("gateway_tokens_file", cfg.gateway_tokens_file),
+                           ("api_tokens_file", cfg.api_tokens_file)):
+            if path is None:
+                r.problem(name, "is required when central mode is enabled")
+            elif not path.is_file():
+                r.problem(name, f"file {str(path)!r} does not exist")
+    r.done()
+    return cfg
+
+
+__all__ = [
+    "AlertsConfig", "CentralConfig", "Config", "ConfigError", "DatabaseConfig", "DeviceConfig",
+    "EmployeesConfig", "ForwardConfig", "HealthConfig", "HttpConfig", "LoggingConfig", "PollingConfig",
+    "SiteConfig", "WorkingHoursConfig", "load_config", "parse_config",
+]

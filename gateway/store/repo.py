@@ -1,0 +1,243 @@
+"""Repository: every read and write the gateway does, in whole transactions. The only SQL in the gateway.
+
+    poller --(device_id, Punch[], PollOutcome)--> Store.save_poll()   one transaction:
+        punches (idempotent insert on the dedup key) + outbox rows for the new ones + device row + poll run
+    forwarder --> Store outbox methods (gateway.forwarder)   health --> Store health methods
+
+Idempotency: punches are inserted with ON CONFLICT DO NOTHING on (device_serial, device_user_id,
+device_time) and RETURNING tells which rows were really new, on SQLite and PostgreSQL alike, so
+re-reading a whole device log (or receiving a batch twice) never duplicates anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, Insert, Table, select, update
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.engine import Connection
+
+from drivers.base import DeviceUser
+from gateway.config import DeviceConfig
+from gateway.models import PollOutcome, Punch
+from gateway.store import schema as s
+from gateway.store.db import writer
+from gateway.store.schema import utcnow
+
+#: Rows per INSERT statement (keeps SQLite under its bound-parameter limit and PG packets sane).
+INSERT_CHUNK = 500
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceState:
+    """What the store remembers about a device between polls."""
+
+    pk: int
+    device_id: str
+    serial: str | None
+    firmware: str | None
+    last_record_count: int | None
+    last_user_count: int | None
+    last_full_read_at: datetime | None
+    last_ok_at: datetime | None
+    last_punch_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class SaveResult:
+    """What save_poll stored."""
+
+    new_punches: int
+    newest_punch_utc: datetime | None
+    new_ids: tuple[int, ...] = ()
+
+
+def insert_ignore(conn: Connection, table: Table, index_elements: Sequence[str]) -> Insert:
+    """``INSERT ... ON CONFLICT (index_elements) DO NOTHING`` for the connection's dialect (values at execute)."""
+    if conn.dialect.name == "postgresql":
+        return pg_dialect.insert(table).on_conflict_do_nothing(index_elements=list(index_elements))
+    return sqlite_dialect.insert(table).on_conflict_do_nothing(index_elements=list(index_elements))
+
+
+def punch_row(p: Punch, received_at: datetime, source: str = "poll") -> dict[str, Any]:
+    """The punches-table row for a normalized punch."""
+    return {
+        "office_code": p.office_code, "device_id": p.device_id, "device_serial": p.device_serial,
+        "device_user_id": p.device_user_id, "device_time": p.device_time, "local_time": p.local_time,
+        "utc_time": p.utc_time, "timezone": p.timezone, "state": p.state, "state_name": p.state_name,
+        "verify": p.verify, "verify_name": p.verify_name, "uid": p.uid, "workcode": p.workcode,
+        "raw_time": p.raw_time, "employee_id": p.employee_id, "flags": ",".join(p.flags),
+        "received_at": received_at, "source": source,
+    }
+
+
+PUNCH_KEY = ("device_serial", "device_user_id", "device_time")
+
+
+def insert_punches(conn: Connection, punches: Iterable[Punch], *, received_at: datetime,
+                   source: str = "poll") -> list[int]:
+    """Insert punches idempotently inside the caller's transaction; returns the ids of the new rows."""
+    new_ids: list[int] = []
+    batch: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        if not batch:
+            return
+        stmt = insert_ignore(conn, s.punches, PUNCH_KEY).returning(s.punches.c.id)
+        new_ids.extend(row[0] for row in conn.execute(stmt, batch))
+        batch.clear()
+
+    for p in punches:
+        batch.append(punch_row(p, received_at, source))
+        if len(batch) >= INSERT_CHUNK:
+            flush()
+    flush()
+    return new_ids
+
+
+class Store:
+    """Gateway-side repository over one engine."""
+
+    def __init__(self, engine: Engine, office_code: str) -> None:
+        self.engine = engine
+        self.office_code = office_code
+        self._writer = writer(engine)
+
+    # -- devices -----------------------------------------------------------------------------------
+    def sync_devices(self, devices: Iterable[DeviceConfig]) -> dict[str, int]:
+        """Make the devices table match the config (insert new, update address/name); returns id -> pk.
+
+        Devices removed from the config keep their rows (and history) but are marked disabled.
+        """
+        now = utcnow()
+        result: dict[str, int] = {}
+        with self._writer.begin() as conn:
+            existing = {r.device_id: r for r in conn.execute(
+                select(s.devices.c.pk, s.devices.c.device_id).where(s.devices.c.office_code == self.office_code))}
+            for dev in devices:
+                values = {"name": dev.name, "location": dev.location, "address": dev.address, "port": dev.port,
+                          "transport": dev.transport, "enabled": dev.enabled, "updated_at": now}
+                if dev.id in existing:
+                    pk = existing[dev.id].pk
+                    conn.execute(update(s.devices).where(s.devices.c.pk == pk).values(**values))
+                else:
+                    pk = conn.execute(s.devices.insert().values(
+                        office_code=self.office_code, device_id=dev.id, created_at=now, **values)
+                        .returning(s.devices.c.pk)).scalar_one()
+                result[dev.id] = pk
+            gone = [r.pk for d, r in existing.items() if d not in result]
+            if gone:
+                conn.execute(update(s.devices).where(s.devices.c.pk.in_(gone)).values(enabled=False, updated_at=now))
+        return result
+
+    def device_state(self, device_id: str) -> DeviceState:
+        """The remembered state of a configured device (KeyError if sync_devices never saw it)."""
+        d = s.devices.c
+        with self.engine.connect() as conn:
+            row = conn.execute(select(d.pk, d.device_id, d.serial, d.firmware, d.last_record_count,
+                                      d.last_user_count, d.last_full_read_at, d.last_ok_at, d.last_punch_at)
+                               .where(d.office_code == self.office_code, d.device_id == device_id)).first()
+        if row is None:
+            raise KeyError(device_id)
+        return DeviceState(*row)
+
+    # -- polls -----------------------------------------------------------------------------------
+    def save_poll(self, outcome: PollOutcome, punches: Sequence[Punch] = (), *, forward: bool = False,
+                  address: tuple[str, int] | None = None) -> SaveResult:
+        """Store one poll's result in ONE transaction: new punches (+ outbox rows), device row, poll run.
+
+        Called for failed polls too (punches empty) so poll history and last_seen stay exact.
+        Only after this returns are the punches durable; nothing may be deleted from a device before.
+        """
+        now = utcnow()
+        d = s.devices.c
+        with self._writer.begin() as conn:
+            pk = conn.execute(select(d.pk).where(d.office_code == self.office_code,
+                                                 d.device_id == outcome.device_id)).scalar_one()
+            new_ids = insert_punches(conn, punches, received_at=now) if punches else []
+            if forward and new_ids:
+                conn.execute(s.outbox.insert(), [
+                    {"punch_id": i, "state": "pending", "attempts": 0, "next_attempt_at": now, "created_at": now}
+                    for i in new_ids])
+            # Every punch of the batch is stored now (new or from an earlier poll).
+            newest = _newest_valid(punches)
+            values: dict[str, Any] = {"updated_at": now}
+            info, counts = outcome.info, outcome.counts
+            if info is not None or counts is not None:
+                values["last_seen_at"] = outcome.finished_at
+            if info is not None:
+                values.update(serial=info.serial, firmware=info.firmware or None, platform=info.platform or None,
+                              device_name=info.device_name or None, mac=info.mac or None)
+            if outcome.clock_skew_s is not None:
+                values["clock_skew_s"] = outcome.clock_skew_s
+            if counts is not None and outcome.ok:
+                values.update(last_record_count=counts.records, last_user_count=counts.users,
+                              records_cap=counts.records_cap or None, users_cap=counts.users_cap or None)
+            if outcome.ok:
+                values["last_ok_at"] = outcome.finished_at
+                if outcome.mode == "full":
+                    values["last_full_read_at"] = outcome.finished_at
+            if new_ids:
+                values["last_new_punch_at"] = outcome.finished_at
+            if newest is not None:
+                prev = conn.execute(select(d.last_punch_at).where(d.pk == pk)).scalar_one()
+                if prev is None or newest > prev:
+                    values["last_punch_at"] = newest
+            conn.execute(update(s.devices).where(d.pk == pk).values(**values))
+            if info is not None and address is not None:
+                self._touch_identity(conn, pk, info.serial, address, info.firmware, outcome.finished_at)
+            conn.execute(s.poll_runs.insert().values(
+                device_pk=pk, serial=outcome.serial, started_at=outcome.started_at,
+                finished_at=outcome.finished_at, duration_s=outcome.duration_s,
+                outcome=_run_outcome(outcome),
+                mode=outcome.mode if outcome.mode != "none" else "count",
+                records_on_device=counts.records if counts else None, records_read=outcome.records_read,
+                new_records=len(new_ids), bytes_read=outcome.bytes_read, error=outcome.error))
+        return SaveResult(new_punches=len(new_ids), newest_punch_utc=newest, new_ids=tuple(new_ids))
+
+    @staticmethod
+    def _touch_identity(conn: Connection, pk: int, serial: str, address: tuple[str, int], firmware: str,
+                        at: datetime) -> None:
+        i = s.device_identities.c
+        row = conn.execute(select(i.id).where(i.device_pk == pk, i.serial == serial, i.address == address[0],
+                                              i.port == address[1])).first()
+        if row is None:
+            conn.execute(s.device_identities.insert().values(device_pk=pk, serial=serial, address=address[0],
+                                                             port=address[1], firmware=firmware or None,
+                                                             first_seen_at=at, last_seen_at=at))
+        else:
+            conn.execute(update(s.device_identities).where(i.id == row.id)
+                         .values(last_seen_at=at, firmware=firmware or None))
+
+    def save_users(self, serial: str, users: Sequence[DeviceUser]) -> None:
+        """Replace the stored user table of one device."""
+        now = utcnow()
+        with self._writer.begin() as conn:
+            conn.execute(s.device_users.delete().where(s.device_users.c.device_serial == serial))
+            rows = [{"device_serial": serial, "user_id": u.user_id, "uid": u.uid, "name": u.name,
+                     "privilege": u.privilege, "card": u.card, "updated_at": now} for u in users]
+            seen: set[str] = set()
+            unique_rows = [r for r in rows if not (r["user_id"] in seen or seen.add(r["user_id"]))]
+            for i in range(0, len(unique_rows), INSERT_CHUNK):
+                conn.execute(s.device_users.insert(), unique_rows[i:i + INSERT_CHUNK])
+
+
+def _run_outcome(outcome: PollOutcome) -> str:
+    if not outcome.ok:
+        return outcome.error_kind or "bug"
+    return "ok" if outcome.mode == "full" else "unchanged"
+
+
+def _newest_valid(punches: Sequence[Punch]) -> datetime | None:
+    # The newest *valid* instant in the batch; flagged future/rtc values would mislead "last punch".
+    newest: datetime | None = None
+    for p in punches:
+        if p.utc_time is None or "future" in p.flags or "rtc_reset" in p.flags:
+            continue
+        if newest is None or p.utc_time > newest:
+            newest = p.utc_time
+    return newest

@@ -1,0 +1,267 @@
+"""Table definitions (SQLAlchemy Core) for every table the gateway and the central instance use.
+
+Only gateway.store touches these. Migrations in gateway/store/migrations create exactly this schema
+(a test compares the migrated database with this metadata). Timestamps are UTC-aware everywhere
+(``UtcDateTime``); device-local wall-clock values are kept as text exactly as the device had them.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+
+# Deterministic constraint names: Alembic's batch mode on SQLite recreates tables and must find
+# constraints by name.
+metadata = MetaData(naming_convention={
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+})
+
+#: Auto-increment 64-bit ids that are also ROWIDs on SQLite (SQLite only auto-increments INTEGER).
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Timezone-aware datetime stored as UTC (timestamptz on PostgreSQL, UTC text on SQLite)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r} given for a UTC column; attach a time zone first")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+# ------------------------------------------------------------------------------------------------
+# Devices and polling
+# ------------------------------------------------------------------------------------------------
+
+devices = Table(
+    "devices", metadata,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    #: Office (SKPD) the device belongs to; on an office gateway always the site's code.
+    Column("office_code", String(32), nullable=False),
+    #: The operator's id from the config ("lobby-1").
+    Column("device_id", String(64), nullable=False),
+    Column("name", String(200), nullable=False, default=""),
+    Column("location", String(200), nullable=False, default=""),
+    Column("address", String(255), nullable=False, default=""),
+    Column("port", Integer, nullable=False, default=4370),
+    Column("transport", String(8), nullable=False, default="tcp"),
+    #: Last serial number seen at this device id (the device's real identity).
+    Column("serial", String(64)),
+    Column("firmware", String(100)),
+    Column("platform", String(100)),
+    Column("device_name", String(100)),
+    Column("mac", String(32)),
+    Column("enabled", Boolean, nullable=False, default=True),
+    Column("last_seen_at", UtcDateTime()),          # last time it answered at all
+    Column("last_ok_at", UtcDateTime()),            # last fully successful poll
+    Column("last_full_read_at", UtcDateTime()),     # last full log download
+    Column("last_record_count", Integer),
+    Column("last_user_count", Integer),
+    Column("records_cap", Integer),
+    Column("users_cap", Integer),
+    Column("last_punch_at", UtcDateTime()),         # newest punch instant stored for it
+    Column("last_new_punch_at", UtcDateTime()),     # when a poll last found a new punch
+    Column("clock_skew_s", Float),                  # device clock minus server clock, seconds
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+    UniqueConstraint("office_code", "device_id"),
+)
+
+#: Every (serial, address) a device id has been seen with: replacement and DHCP moves leave a trail.
+device_identities = Table(
+    "device_identities", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("device_pk", Integer, ForeignKey("devices.pk", ondelete="CASCADE"), nullable=False),
+    Column("serial", String(64), nullable=False),
+    Column("address", String(255), nullable=False),
+    Column("port", Integer, nullable=False),
+    Column("firmware", String(100)),
+    Column("first_seen_at", UtcDateTime(), nullable=False),
+    Column("last_seen_at", UtcDateTime(), nullable=False),
+    UniqueConstraint("device_pk", "serial", "address", "port"),
+)
+
+poll_runs = Table(
+    "poll_runs", metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("device_pk", Integer, ForeignKey("devices.pk", ondelete="CASCADE"), nullable=False),
+    Column("serial", String(64)),
+    Column("started_at", UtcDateTime(), nullable=False),
+    Column("finished_at", UtcDateTime()),
+    Column("duration_s", Float),
+    #: ok, unchanged, or an error kind (unreachable, auth_rejected, busy, identity_mismatch,
+    #: protocol_error, timeout, bug, abandoned).
+    Column("outcome", String(32), nullable=False),
+    #: "count" (counts only: nothing changed) or "full" (log downloaded).
+    Column("mode", String(16), nullable=False, default="count"),
+    Column("records_on_device", Integer),
+    Column("records_read", Integer, nullable=False, default=0),
+    Column("new_records", Integer, nullable=False, default=0),
+    Column("bytes_read", BigInteger, nullable=False, default=0),
+    Column("error", Text),
+    Index(None, "device_pk", "started_at"),
+)
+
+device_users = Table(
+    "device_users", metadata,
+    Column("device_serial", String(64), primary_key=True),
+    Column("user_id", String(64), primary_key=True),
+    Column("uid", Integer, nullable=False),
+    Column("name", String(100), nullable=False, default=""),
+    Column("privilege", Integer, nullable=False, default=0),
+    Column("card", BigInteger, nullable=False, default=0),
+    Column("updated_at", UtcDateTime(), nullable=False),
+)
+
+# ------------------------------------------------------------------------------------------------
+# Punches: the durable, deduplicated log
+# ------------------------------------------------------------------------------------------------
+
+punches = Table(
+    "punches", metadata,
+    #: Monotonic id; on an office gateway the outbox refers to it.
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("office_code", String(32), nullable=False),
+    Column("device_id", String(64), nullable=False),
+    Column("device_serial", String(64), nullable=False),
+    #: User id as the device shows it (PIN / NIP text).
+    Column("device_user_id", String(64), nullable=False),
+    #: Device-local wall clock, "YYYY-MM-DD HH:MM:SS", exactly as the device held it (even if impossible).
+    Column("device_time", String(19), nullable=False),
+    #: The same as a local datetime and as a UTC instant; NULL when the device time is not a real date.
+    Column("local_time", DateTime(timezone=False)),
+    Column("utc_time", UtcDateTime()),
+    #: IANA zone used to turn device_time into utc_time.
+    Column("timezone", String(64), nullable=False),
+    Column("state", Integer, nullable=False),
+    Column("state_name", String(16), nullable=False),
+    Column("verify", Integer, nullable=False),
+    Column("verify_name", String(24), nullable=False),
+    Column("uid", Integer, nullable=False, default=0),
+    Column("workcode", Integer, nullable=False, default=0),
+    Column("raw_time", BigInteger, nullable=False, default=-1),
+    #: Employee id (NIP) through the optional mapping; NULL when unmapped (the punch is kept anyway).
+    Column("employee_id", String(64)),
+    #: Comma-separated quality flags: future, before_device, rtc_reset, impossible_date, unmapped_user.
+    Column("flags", String(200), nullable=False, default=""),
+    #: When this store first received it.
+    Column("received_at", UtcDateTime(), nullable=False),
+    #: poll (read from a device here) or forward (received from an office gateway).
+    Column("source", String(16), nullable=False, default="poll"),
+    UniqueConstraint("device_serial", "device_user_id", "device_time", name="uq_punches_key"),
+    Index(None, "utc_time"),
+    Index(None, "office_code", "utc_time"),
+    Index(None, "employee_id", "utc_time"),
+    Index(None, "device_id", "utc_time"),
+)
+
+#: Punches not yet accepted upstream. Written in the same transaction as the punch itself, so a
+#: crash can never leave a stored punch that will not be forwarded.
+outbox = Table(
+    "outbox", metadata,
+    Column("punch_id", BigId, ForeignKey("punches.id", ondelete="CASCADE"), primary_key=True),
+    #: pending (to send / retry) or rejected (upstream refused it; kept aside with the reason).
+    Column("state", String(16), nullable=False, default="pending"),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", UtcDateTime(), nullable=False),
+    Column("last_error", Text),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Index(None, "state", "next_attempt_at"),
+)
+
+# ------------------------------------------------------------------------------------------------
+# Health and alerts
+# ------------------------------------------------------------------------------------------------
+
+#: Persisted health state per device, so a restart neither forgets a problem nor re-alerts it.
+device_health = Table(
+    "device_health", metadata,
+    Column("device_pk", Integer, ForeignKey("devices.pk", ondelete="CASCADE"), primary_key=True),
+    #: unknown, online or offline.
+    Column("state", String(16), nullable=False, default="unknown"),
+    Column("state_since", UtcDateTime(), nullable=False),
+    Column("consecutive_failures", Integer, nullable=False, default=0),
+    Column("last_ok_at", UtcDateTime()),
+    Column("last_failure_at", UtcDateTime()),
+    Column("last_error_kind", String(32)),
+    Column("last_error", Text),
+    #: JSON object: problem name -> {"since": iso, "severity": ..., "detail": ..., "last_alert_at": iso}.
+    Column("problems", Text, nullable=False, default="{}"),
+    Column("next_probe_at", UtcDateTime()),
+    Column("muted_until", UtcDateTime()),
+    Column("mute_reason", String(200)),
+    Column("updated_at", UtcDateTime(), nullable=False),
+)
+
+alerts = Table(
+    "alerts", metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("office_code", String(32), nullable=False),
+    Column("device_id", String(64)),
+    Column("device_serial", String(64)),
+    #: Problem name (offline, auth_rejected, clock_skew, ...).
+    Column("problem", String(32), nullable=False),
+    #: start, end or reminder.
+    Column("event", String(16), nullable=False),
+    #: info, warning or critical.
+    Column("severity", String(16), nullable=False),
+    Column("title", String(300), nullable=False),
+    Column("message", Text, nullable=False),
+    #: JSON with what was seen and what to check.
+    Column("details", Text, nullable=False, default="{}"),
+    Column("muted", Boolean, nullable=False, default=False),
+    Column("delivered_at", UtcDateTime()),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_error", Text),
+    Index(None, "device_id", "created_at"),
+    Index(None, "delivered_at"),
+)
+
+#: Key/value facts the daemon keeps across restarts (schema-free, small).
+kv = Table(
+    "kv", metadata,
+    Column("key", String(100), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+)
+
+
+def utcnow() -> datetime:
+    """Aware UTC now (one place so tests can reason about it)."""
+    return datetime.now(UTC)
