@@ -1,1 +1,6 @@
-"""ZKTeco binary protocol (port 4370) driver, built on pyzk."""
+"""ZKTeco terminals (binary protocol on port 4370) through pyzk 0.9: see driver.py."""
+
+from drivers.zk.driver import ZkDriver, ZkParams, ZkSession, ZkStats
+from drivers.zk.quirks import ZkQuirks
+
+__all__ = ["ZkDriver", "ZkParams", "ZkQuirks", "ZkSession", "ZkStats"]

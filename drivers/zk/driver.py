@@ -1,0 +1,654 @@
+"""ZkDriver: the gateway's driver for ZKTeco terminals on port 4370, built on pyzk 0.9 (pinned).
+
+Flow: gateway.poller -> ZkDriver.connect() -> ZkSession.{info,counts,read_punches,...} -> pyzk -> device.
+This is the ONLY module that imports pyzk. It (1) hands pyzk a recording socket (frames.py) so the
+last frames and byte counts are known, (2) uses pyzk only for the wire exchange (read_sizes,
+read_with_buffer, simple commands) and decodes datasets itself in linear time (records.py), (3)
+translates everything pyzk raises -- including the raw socket/struct errors that escape its data
+phase -- into the DriverError tree of drivers/base.py, and (4) always re-enables the terminal and
+closes the connection when a session ends, whatever failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, TypeVar
+
+from zk import base as _pyzk_base
+from zk import const as zk_const
+from zk.base import ZK
+from zk.exception import ZKErrorConnection, ZKErrorResponse, ZKNetworkError
+
+from drivers.base import (
+    AuthRejected,
+    Busy,
+    Counts,
+    DeviceInfo,
+    DeviceUser,
+    DriverError,
+    IdentityMismatch,
+    LiveEvent,
+    ProtocolError,
+    RawPunch,
+    Unreachable,
+)
+from drivers.zk import records
+from drivers.zk.frames import FrameRing, RecordingSocket
+from drivers.zk.quirks import ZkQuirks
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_CMD_ACK_RETRY = 2003  # "device busy, ask again" (zk-protocol.md §1.7)
+
+
+
+def _pyzk_print(*args: object, **_kw: object) -> None:
+    """Replacement for print() inside pyzk: a few warnings are printed unconditionally in 0.9.
+
+    Rebinding the module global (not sys.stdout) is thread safe and survives a closed stdout.
+    """
+    log.debug("pyzk: %s", " ".join(str(a) for a in args))
+
+
+_pyzk_base.print = _pyzk_print  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True, slots=True)
+class ZkParams:
+    """How to reach one terminal. The comm key is never shown in repr() or logs."""
+
+    #: IPv4 address or host name of the terminal.
+    address: str
+    #: UDP/TCP port (4370 on every ZK terminal we know).
+    port: int = 4370
+    #: pyzk never detects the transport; old firmware (and some K40s) speak UDP only.
+    transport: Literal["tcp", "udp"] = "tcp"
+    #: Comm key as set on the device (menu COMM > Comm Key); 0 = none.
+    comm_key: int = field(default=0, repr=False)
+    #: Socket timeout for every request/reply, in seconds.
+    timeout_s: float = 10.0
+    #: When set, a session to a device reporting another serial fails with IdentityMismatch.
+    expected_serial: str | None = None
+    #: Text encoding of user ids and names on the device.
+    encoding: str = "UTF-8"
+
+    def __post_init__(self) -> None:
+        if not self.address:
+            raise ValueError("address must not be empty")
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port must be 1-65535, got {self.port}")
+        if self.transport not in ("tcp", "udp"):
+            raise ValueError(f"transport must be 'tcp' or 'udp', got {self.transport!r}")
+        if not 0 <= self.comm_key <= 0xFFFFFFFF:
+            raise ValueError("comm_key must be an integer from 0 to 4294967295")
+        if not self.timeout_s > 0:
+            raise ValueError(f"timeout_s must be positive, got {self.timeout_s}")
+
+
+@dataclass
+class ZkStats:
+    """Counters kept on a ZkDriver across sessions (for metrics and tests)."""
+
+    sessions: int = 0
+    #: Attendance datasets downloaded (1503 with CMD_ATTLOG_RRQ).
+    log_downloads: int = 0
+    #: User tables downloaded (1503 with FCT_USER), implicit or explicit.
+    user_downloads: int = 0
+    #: Times the terminal had to be re-enabled through a second connection after a failure.
+    fresh_reenables: int = 0
+    #: 8-byte punches whose uid was not in the user table (reported with user_id = str(uid)).
+    unmapped_punches: int = 0
+
+
+class _HookedZK(ZK):  # type: ignore[misc]
+    """pyzk's ZK with our socket factory. Relies on pyzk 0.9 internals (name-mangled attributes)."""
+
+    def __init__(self, params: ZkParams, ring: FrameRing, timeout_s: float) -> None:
+        super().__init__(
+            params.address,
+            port=params.port,
+            timeout=timeout_s,
+            password=params.comm_key,
+            force_udp=params.transport == "udp",
+            ommit_ping=True,  # no OS ping: blocked ICMP / no ping binary in containers (P8)
+            verbose=False,
+            encoding=params.encoding,
+        )
+        # pyzk opens a UDP socket in __init__ that connect() replaces without closing: close it now.
+        self._ZK__sock.close()
+        # pyzk's TCP probe opens and drops an extra connection with a fixed 10 s timeout; it only
+        # guesses the user size for set_user, which we never call.
+        self.helper.test_tcp = lambda: 1
+        self._fg_ring = ring
+        self.wire: RecordingSocket | None = None
+
+    def _ZK__create_socket(self) -> None:
+        # Same as pyzk's __create_socket, but wrapped for recording, and a refused connect raises.
+        raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM if self.tcp else socket.SOCK_DGRAM)
+        raw.settimeout(self._ZK__timeout)
+        self.wire = RecordingSocket(raw, self._fg_ring, self.tcp)
+        self._ZK__sock = self.wire
+        if self.tcp:
+            self.wire.connect_ex(self._ZK__address)
+
+    def close_socket(self) -> None:
+        """Close the wire without talking to the device (its stream may be out of sync)."""
+        self.is_connect = False
+        if self.wire is not None:
+            try:
+                self.wire.close()
+            except OSError:
+                pass
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """pyzk wraps socket errors as ZKNetworkError(str(e)) inside ``except``: the original is __context__."""
+    seen = exc
+    while isinstance(seen, ZKNetworkError) and seen.__context__ is not None:
+        seen = seen.__context__
+    return seen
+
+
+def translate(
+    exc: BaseException, what: str, where: str, frames: list[str], reply_code: int | None
+) -> DriverError:
+    """Map anything pyzk (or the socket under it) raised to the DriverError tree."""
+    if isinstance(exc, DriverError):
+        return exc
+    if isinstance(exc, ZKErrorResponse):
+        msg = str(exc)
+        if msg == "Unauthenticated":
+            return AuthRejected(f"{where}: device rejected the comm key (Unauthenticated)")
+        if reply_code == _CMD_ACK_RETRY:
+            return Busy(f"{where}: device busy during {what} (ACK_RETRY)", frames=frames)
+        return ProtocolError(f"{where}: {what} failed: {msg} (reply code {reply_code})", frames=frames)
+    cause = _root_cause(exc)
+    if isinstance(cause, TimeoutError):
+        return Unreachable(f"{where}: no answer during {what} (timed out)", frames=frames)
+    if isinstance(cause, OSError):
+        return Unreachable(f"{where}: network error during {what}: {cause}", frames=frames)
+    if isinstance(exc, ZKNetworkError):
+        # "TCP packet invalid" (reply without magic / too short) or a struct error on a short reply.
+        return ProtocolError(f"{where}: malformed reply during {what}: {exc}", frames=frames)
+    if isinstance(exc, ZKErrorConnection):
+        return ProtocolError(f"{where}: pyzk lost its connection state during {what}: {exc}", frames=frames)
+    # struct.error / IndexError / ValueError / TypeError / UnboundLocalError ... escaping pyzk's data
+    # phase on replies it could not make sense of.
+    return ProtocolError(
+        f"{where}: unexpected reply during {what}: {type(exc).__name__}: {exc}", frames=frames
+    )
+
+
+class ZkDriver:
+    """Reaches one configured ZK terminal. Blocking; one caller at a time.
+
+    Keeps, across sessions, what is worth remembering about the device: the uid -> user id table
+    (needed only for 8-byte records), the record/user sizes last seen, and the frame ring.
+    """
+
+    def __init__(self, params: ZkParams, quirks: ZkQuirks | None = None, *, frames: int = 32) -> None:
+        self.params = params
+        self.quirks = quirks or ZkQuirks()
+        self.frames = FrameRing(frames)
+        self.stats = ZkStats()
+        self._lock = threading.Lock()
+        # Device memory (invalidated when the serial changes).
+        self._serial: str | None = None
+        self._users_by_uid: dict[int, str] | None = None
+        self._users_count: int | None = None
+        self._record_size: int | None = None
+        self._user_size: int | None = None
+        # Set when a session could not re-enable the terminal: the next session does it first.
+        self._needs_enable = False
+
+    @property
+    def where(self) -> str:
+        """Address text for messages (never the comm key)."""
+        return f"{self.params.transport}://{self.params.address}:{self.params.port}"
+
+    def _new_zk(self, timeout_s: float | None = None) -> _HookedZK:
+        return _HookedZK(self.params, self.frames, timeout_s or self.params.timeout_s)
+
+    def _open(self, timeout_s: float | None = None) -> _HookedZK:
+        """Connect (and authenticate); on failure nothing is left open."""
+        zk = self._new_zk(timeout_s)
+        try:
+            zk.connect()
+        except BaseException as exc:
+            zk.close_socket()
+            if isinstance(exc, Exception):
+                raise self._translate(exc, "connect", zk) from exc
+            raise
+        return zk
+
+    def _translate(self, exc: BaseException, what: str, zk: _HookedZK | None) -> DriverError:
+        code = zk.wire.last_reply_code if zk is not None and zk.wire is not None else None
+        return translate(exc, what, self.where, self.frames.snapshot(), code)
+
+    @contextmanager
+    def connect(self) -> Iterator[ZkSession]:
+        """Open a session; leaving the block re-enables the terminal (if we disabled it) and disconnects."""
+        zk = self._open()
+        session = ZkSession(self, zk)
+        with self._lock:
+            self.stats.sessions += 1
+        try:
+            session._start()
+            yield session
+        except BaseException as exc:
+            session._close(exc)
+            raise
+        else:
+            session._close(None)
+
+    # -- device memory --------------------------------------------------------------------------
+    def _remember_serial(self, serial: str) -> None:
+        with self._lock:
+            if self._serial is not None and serial != self._serial:
+                log.info("device at %s changed serial %s -> %s; forgetting cached users", self.where,
+                         self._serial, serial)
+                self._users_by_uid = None
+                self._users_count = None
+                self._record_size = None
+                self._user_size = None
+            self._serial = serial
+
+    def _reenable_fresh(self) -> None:
+        """Second connection whose only job is to re-enable the terminal (the first one is unusable)."""
+        with self._lock:
+            self.stats.fresh_reenables += 1
+        zk = self._open()
+        try:
+            zk.enable_device()
+        except Exception as exc:
+            zk.close_socket()
+            raise self._translate(exc, "enable device", zk) from exc
+        try:
+            zk.disconnect()
+        except Exception:
+            pass
+        finally:
+            zk.close_socket()
+
+
+class ZkSession:
+    """One open conversation with a ZK terminal. Obtained only from ``ZkDriver.connect()``."""
+
+    def __init__(self, driver: ZkDriver, zk: _HookedZK) -> None:
+        self._driver = driver
+        self._zk = zk
+        self._params = driver.params
+        self._quirks = driver.quirks
+        self._serial = ""
+        # True from the moment we ask the device to disable itself until it confirmed re-enabling:
+        # if the DISABLE reply is lost the device may still be disabled.
+        self._disabled = False
+        # False once an exchange broke mid-way: the socket may hold stale bytes, so no further
+        # command may be trusted on it (cleanup then uses a fresh connection).
+        self._stream_ok = True
+        self._closed = False
+        self._live_stop = False
+        self._bytes_before = 0
+        #: uids of 8-byte punches that no downloaded user had, in the last read_punches().
+        self.unmapped_uids: set[int] = set()
+
+    # -- plumbing -------------------------------------------------------------------------------
+    def _call(self, what: str, fn: Callable[..., T], *args: Any, in_sync_on_reply_error: bool = True) -> T:
+        """Run one pyzk call, translating failures and tracking whether the stream is still usable."""
+        if self._closed:
+            raise RuntimeError("ZkSession used after its with-block ended")
+        if not self._stream_ok:
+            raise ProtocolError(f"{self._driver.where}: session unusable after an earlier failure")
+        try:
+            return fn(*args)
+        except ZKErrorResponse as exc:
+            # The reply was read whole, so the stream is in sync -- except inside buffered reads,
+            # where pyzk gives up after retries with bytes possibly still in flight.
+            if not in_sync_on_reply_error:
+                self._stream_ok = False
+            raise self._driver._translate(exc, what, self._zk) from exc
+        except Exception as exc:
+            self._stream_ok = False
+            raise self._driver._translate(exc, what, self._zk) from exc
+        except BaseException:
+            self._stream_ok = False  # KeyboardInterrupt mid-exchange
+            raise
+
+    def _start(self) -> None:
+        """Identity check right after connecting, before anything can touch the wrong device."""
+        if self._driver._needs_enable:
+            self._call("enable device (left disabled by an earlier session)", self._zk.enable_device)
+            self._driver._needs_enable = False
+        serial = self._call("read serial number", self._zk.get_serialnumber).strip()
+        expected = self._params.expected_serial
+        if expected is not None and serial != expected:
+            raise IdentityMismatch(
+                f"{self._driver.where}: expected serial {expected!r} but the device reports {serial!r}",
+                expected=expected,
+                found=serial,
+            )
+        self._serial = serial
+        self._driver._remember_serial(serial)
+
+    def _close(self, error: BaseException | None) -> None:
+        """Re-enable if we disabled, say goodbye, close. Never raises over ``error``."""
+        if self._closed:
+            return
+        self._closed = True
+        zk = self._zk
+        problem: DriverError | None = None
+        try:
+            if self._stream_ok:
+                if self._disabled:
+                    try:
+                        zk.enable_device()
+                        self._disabled = False
+                    except Exception as exc:
+                        log.warning("%s: enable after session failed: %s", self._driver.where, exc)
+                try:
+                    zk.disconnect()
+                except Exception as exc:
+                    log.debug("%s: disconnect failed: %s", self._driver.where, exc)
+        finally:
+            zk.close_socket()
+        if self._disabled:
+            # The only connection is gone or out of sync: re-enable through a new one.
+            try:
+                self._driver._reenable_fresh()
+                self._disabled = False
+            except DriverError as exc:
+                self._driver._needs_enable = True
+                problem = exc
+                log.error("%s: terminal may still be disabled: %s", self._driver.where, exc)
+            except Exception as exc:  # never mask the caller's error with ours
+                self._driver._needs_enable = True
+                problem = Unreachable(f"{self._driver.where}: could not re-enable terminal: {exc}")
+                log.error("%s: terminal may still be disabled: %s", self._driver.where, exc)
+        if error is None and problem is not None:
+            raise Unreachable(
+                f"{self._driver.where}: terminal may still be disabled (keypad locked): {problem}",
+                frames=problem.frames,
+            )
+
+    def _read_sizes(self) -> None:
+        # pyzk silently keeps the previous values when the reply is shorter than 80 bytes: preset
+        # sentinels so a short reply is detected instead of reported as zeros.
+        zk = self._zk
+        for name in ("users", "records", "fingers", "rec_cap", "users_cap", "fingers_cap"):
+            setattr(zk, name, -1)
+        zk.faces = zk.faces_cap = 0
+        self._call("read sizes", zk.read_sizes)
+        if zk.records < 0 or zk.users < 0:
+            raise ProtocolError(
+                f"{self._driver.where}: GET_FREE_SIZES reply shorter than 80 bytes",
+                frames=self._driver.frames.snapshot(),
+            )
+
+    def _disable(self) -> None:
+        if self._quirks.disable_while_reading and not self._disabled:
+            self._disabled = True
+            self._call("disable device", self._zk.disable_device)
+
+    def _enable(self) -> None:
+        if self._disabled:
+            self._call("enable device", self._zk.enable_device)
+            self._disabled = False
+
+    def _download(self, what: str, command: int, fct: int = 0) -> bytes:
+        data, _size = self._call(what, self._zk.read_with_buffer, command, fct, in_sync_on_reply_error=False)
+        return bytes(data)
+
+    def _dataset_error(self, what: str, exc: records.DatasetError) -> ProtocolError:
+        return ProtocolError(f"{self._driver.where}: {what}: {exc}", frames=self._driver.frames.snapshot())
+
+    # -- Session contract -----------------------------------------------------------------------
+    @property
+    def serial(self) -> str:
+        """Serial number read when the session opened."""
+        return self._serial
+
+    @property
+    def bytes_read(self) -> int:
+        """Bytes received from the device in this session (wire bytes, headers included)."""
+        wire = self._zk.wire
+        return wire.bytes_read if wire is not None else 0
+
+    def info(self) -> DeviceInfo:
+        """Serial, firmware, platform, name, MAC and device clock."""
+        zk = self._zk
+        firmware = self._call("read firmware version", zk.get_firmware_version)
+        platform = self._optional("read platform", zk.get_platform)
+        name = self._optional("read device name", zk.get_device_name)
+        mac = self._optional("read MAC", zk.get_mac)
+
+        def get_time() -> datetime | None:
+            try:
+                return zk.get_time()  # type: ignore[no-any-return]
+            except ValueError:
+                # Impossible date in the RTC: pyzk's datetime() fails after the whole reply was read.
+                return None
+
+        device_time = self._call("read device time", get_time)
+        return DeviceInfo(self._serial, firmware, platform, name, mac, device_time)
+
+    def _optional(self, what: str, fn: Callable[[], str]) -> str:
+        """Getters some firmware does not support: a clean error reply means "not reported"."""
+        try:
+            return self._call(what, fn).strip()
+        except (ProtocolError, Busy):
+            if not self._stream_ok:
+                raise
+            return ""
+
+    def counts(self) -> Counts:
+        """Record/user counts and capacities, exactly as GET_FREE_SIZES reports them."""
+        self._read_sizes()
+        zk = self._zk
+        return Counts(
+            records=zk.records,
+            users=zk.users,
+            records_cap=max(zk.rec_cap, 0),
+            users_cap=max(zk.users_cap, 0),
+            fingers=max(zk.fingers, 0),
+            fingers_cap=max(zk.fingers_cap, 0),
+            faces=zk.faces,
+            faces_cap=zk.faces_cap,
+        )
+
+    def read_punches(self) -> list[RawPunch]:
+        """Download and decode the whole attendance log, in device order (linear time)."""
+        drv = self._driver
+        self.unmapped_uids = set()
+        self._disable()
+        self._read_sizes()
+        expected, users_now = self._zk.records, self._zk.users
+        if expected == 0:
+            # pyzk convention (and the devices'): no download when the log is empty.
+            self._enable()
+            return []
+        data = self._download("download attendance log", zk_const.CMD_ATTLOG_RRQ)
+        with drv._lock:
+            drv.stats.log_downloads += 1
+        try:
+            body = records.split_dataset(data)
+            size = records.infer_record_size(
+                len(body), expected, records.RECORD_SIZES, self._quirks.record_size, drv._record_size
+            )
+        except records.DatasetError as exc:
+            raise self._dataset_error("attendance dataset", exc) from exc
+        uid_map: dict[int, str] = {}
+        if size == 8:
+            uid_map = self._uid_map_for(body, users_now)
+        self._enable()
+        try:
+            punches = records.parse_records(body, size, self._params.encoding, self._map_uid(uid_map))
+        except records.DatasetError as exc:
+            raise self._dataset_error("attendance dataset", exc) from exc
+        drv._record_size = size
+        if self.unmapped_uids:
+            with drv._lock:
+                drv.stats.unmapped_punches += sum(1 for p in punches if p.uid in self.unmapped_uids)
+            log.warning(
+                "%s serial=%s: %d uid(s) not in the user table, reported as str(uid): %s",
+                drv.where, self._serial, len(self.unmapped_uids), sorted(self.unmapped_uids)[:20],
+            )
+        return punches
+
+    def _map_uid(self, uid_map: dict[int, str]) -> Callable[[int], str]:
+        def lookup(uid: int) -> str:
+            user_id = uid_map.get(uid)
+            if user_id is None:
+                self.unmapped_uids.add(uid)
+                return str(uid)
+            return user_id
+
+        return lookup
+
+    def _uid_map_for(self, body: memoryview, users_now: int) -> dict[int, str]:
+        """uid -> user id for 8-byte records: cached on the driver, refreshed only when needed."""
+        drv = self._driver
+        cached = drv._users_by_uid
+        if not self._quirks.read_users:
+            return cached or {}
+        stale = cached is None or drv._users_count != users_now
+        if not stale and cached is not None:
+            stale = not records.uids_in_8byte_records(body) <= cached.keys()
+        if stale:
+            self._load_users(users_now)
+        return drv._users_by_uid or {}
+
+    def _load_users(self, users_now: int) -> list[DeviceUser]:
+        drv = self._driver
+        if users_now == 0:
+            users: list[DeviceUser] = []
+        else:
+            data = self._download("download users", zk_const.CMD_USERTEMP_RRQ, zk_const.FCT_USER)
+            with drv._lock:
+                drv.stats.user_downloads += 1
+            try:
+                users, size = records.decode_users(
+                    data,
+                    users_now,
+                    encoding=self._params.encoding,
+                    forced_size=self._quirks.user_size,
+                    hint_size=drv._user_size,
+                )
+            except records.DatasetError as exc:
+                raise self._dataset_error("user dataset", exc) from exc
+            drv._user_size = size
+        with drv._lock:
+            drv._users_by_uid = {u.uid: u.user_id for u in users}
+            drv._users_count = users_now
+        return users
+
+    # -- optional abilities ---------------------------------------------------------------------
+    def read_users(self) -> list[DeviceUser]:
+        """Download the enrolled users (passwords are never decoded); refreshes the driver's cache."""
+        self._read_sizes()
+        return self._load_users(self._zk.users)
+
+    def set_time(self, local_time: datetime) -> None:
+        """Set the device clock to a naive device-local time (years 2000-2099)."""
+        if local_time.tzinfo is not None:
+            raise ValueError("set_time takes the device-local wall clock as a naive datetime")
+        records.encode_time(local_time)  # range check before touching the device
+        self._call("set time", self._zk.set_time, local_time.replace(microsecond=0))
+
+    def clear_punches(self, expected_records: int | None = None) -> None:
+        """Clear the attendance log. Only call once every record is stored.
+
+        With ``expected_records`` (ZK extension, optional): the terminal is disabled, its record
+        count checked, and the log cleared only if it still holds exactly that many records, so a
+        punch that landed after the last download is never wiped. Otherwise raises ProtocolError.
+        """
+        self._disable()
+        if expected_records is not None:
+            self._read_sizes()
+            if self._zk.records != expected_records:
+                self._enable()
+                raise ProtocolError(
+                    f"{self._driver.where}: refusing to clear: device holds {self._zk.records} records, "
+                    f"caller stored {expected_records}",
+                    transient=True,
+                )
+        self._call("clear attendance log", self._zk.clear_attendance)
+        self._enable()
+
+    def stop_live(self) -> None:
+        """Ask a running live_punches() to finish after the current wait (thread safe)."""
+        self._live_stop = True
+        self._zk.end_live_capture = True
+
+    def live_punches(self, idle_timeout_s: float = 10.0) -> Iterator[LiveEvent | None]:
+        """Yield punches pushed by the device as they happen; None after each idle period.
+
+        Stops when the consumer closes the generator (``break``) or calls ``stop_live()``; then
+        unregisters the events and restores the socket timeout. Events still in flight when it stops
+        are not lost: the device stores every punch in its log, which the next poll downloads.
+        """
+        zk = self._zk
+        if not self._stream_ok or self._closed:
+            raise ProtocolError(f"{self._driver.where}: session unusable for live capture")
+        self._live_stop = False
+        # pyzk's live_capture re-downloads users and enables the device; it cannot stop cleanly from
+        # the outside (its cleanup only runs if the loop ends by itself), so we finish it ourselves.
+        gen = zk.live_capture(new_timeout=idle_timeout_s)
+        finished = False
+        try:
+            while not self._live_stop:
+                try:
+                    item = self._call("live capture", next, gen)
+                except StopIteration:
+                    finished = True
+                    if not self._live_stop:
+                        # pyzk 0.9 swallows KeyboardInterrupt/SystemExit inside its loop and ends.
+                        raise KeyboardInterrupt("live capture interrupted") from None
+                    return
+                if item is None:
+                    yield None
+                else:
+                    yield LiveEvent(self._live_punch(item))
+        finally:
+            if not finished:
+                zk.end_live_capture = True
+                gen.close()
+                self._end_live()
+
+    def _live_punch(self, att: Any) -> RawPunch:
+        ts: datetime = att.timestamp
+        # Live events carry verify method in pyzk's "status" and the attendance state in "punch".
+        uid = att.uid if isinstance(att.uid, int) else 0
+        return RawPunch(
+            str(att.user_id), ts.strftime("%Y-%m-%d %H:%M:%S"), ts, int(att.punch), int(att.status), uid
+        )
+
+    def _end_live(self) -> None:
+        """Undo what pyzk's live_capture set up: drain pending events, REG_EVENT 0, socket timeout."""
+        wire = self._zk.wire
+        if wire is None or not self._stream_ok:
+            return
+        try:
+            wire.settimeout(0.2)
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline:
+                try:
+                    wire.recv(1032)
+                except TimeoutError:
+                    break
+            wire.settimeout(self._zk._ZK__timeout)
+            self._zk.reg_event(0)
+        except Exception as exc:
+            log.debug("%s: ending live capture: %s", self._driver.where, exc)
+            self._stream_ok = False
+
+
+__all__ = ["ZkDriver", "ZkParams", "ZkSession", "ZkStats", "translate"]

@@ -1,0 +1,137 @@
+"""Wire recorder for the ZK driver: last N raw frames per device, plus byte counting and socket fixes.
+
+Flow: ZkDriver hands pyzk a ``RecordingSocket`` instead of its plain socket (driver.py hooks pyzk's
+socket factory); every send/recv passes through here. On a ProtocolError the driver attaches
+``FrameRing.snapshot()`` so the operator sees what the device actually said (pymodbus idea).
+Secrets never enter the ring: the payload of CMD_AUTH (derived from the comm key) is redacted.
+Independent of pyzk (only the socket methods pyzk calls are wrapped).
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+from collections import deque
+from typing import Any
+
+_CMD_AUTH = 1102
+_TCP_MAGIC = b"\x50\x50\x82\x7d"
+
+
+class FrameRing:
+    """Thread-safe ring of the last ``size`` frames as ``"tx|rx <hex>"`` strings, each truncated."""
+
+    def __init__(self, size: int = 32, max_bytes: int = 96) -> None:
+        self._frames: deque[str] = deque(maxlen=size)
+        self._max_bytes = max_bytes
+        self._lock = threading.Lock()
+
+    def add(self, direction: str, data: bytes, tcp: bool) -> None:
+        """Record one frame (a send or a recv chunk)."""
+        shown = _redact(data, tcp)
+        text = shown[: self._max_bytes].hex(" ")
+        if len(shown) > self._max_bytes:
+            text += f" ...(+{len(shown) - self._max_bytes} bytes)"
+        with self._lock:
+            self._frames.append(f"{direction} {text}")
+
+    def snapshot(self) -> list[str]:
+        """Copy of the frames, oldest first."""
+        with self._lock:
+            return list(self._frames)
+
+    def clear(self) -> None:
+        """Forget all frames."""
+        with self._lock:
+            self._frames.clear()
+
+
+def _redact(data: bytes, tcp: bool) -> bytes:
+    """Blank the CMD_AUTH payload: with the session id it would reveal most of the comm key."""
+    off = 8 if tcp and data[:4] == _TCP_MAGIC else 0
+    if len(data) >= off + 8 and struct.unpack_from("<H", data, off)[0] == _CMD_AUTH:
+        return data[: off + 8] + b"\x00" * (len(data) - off - 8)
+    return data
+
+
+def reply_code(frame: bytes, tcp: bool) -> int | None:
+    """Command/reply code of a raw frame, None when too short to tell."""
+    off = 8 if tcp else 0
+    if len(frame) < off + 2:
+        return None
+    if tcp and frame[:4] != _TCP_MAGIC:
+        return None
+    return int(struct.unpack_from("<H", frame, off)[0])
+
+
+class RecordingSocket:
+    """Wraps the socket pyzk uses: records frames, counts received bytes, fixes two pyzk hazards.
+
+    1. pyzk ignores the result of ``connect_ex`` (it then fails later with a misleading "Broken pipe");
+       here a refused/unreachable TCP connect raises the real OSError at once.
+    2. On TCP, pyzk's raw-data loop calls ``recv`` until it has the announced size; a device that
+       closes the connection makes ``recv`` return b"" forever and pyzk spins. An empty TCP read
+       raises ConnectionResetError instead.
+    """
+
+    def __init__(self, sock: socket.socket, ring: FrameRing, tcp: bool) -> None:
+        self._sock = sock
+        self._ring = ring
+        self._tcp = tcp
+        #: Bytes received on the wire through this socket (headers included).
+        self.bytes_read = 0
+        #: Reply code of the last frame that started with a ZK header (for Busy/ACK_RETRY detection).
+        self.last_reply_code: int | None = None
+
+    # -- the methods pyzk calls ----------------------------------------------------------------
+    def connect_ex(self, address: Any) -> int:
+        """Connect; raise the real error instead of returning a code pyzk would ignore."""
+        rc = self._sock.connect_ex(address)
+        if rc != 0:
+            raise OSError(rc, f"{_strerror(rc)} ({address[0]}:{address[1]})")
+        return rc
+
+    def send(self, data: bytes, *args: Any) -> int:
+        """Record, then send."""
+        self._ring.add("tx", bytes(data), self._tcp)
+        return self._sock.send(data, *args)
+
+    def sendto(self, data: bytes, *args: Any) -> int:
+        """Record, then send a datagram."""
+        self._ring.add("tx", bytes(data), self._tcp)
+        return self._sock.sendto(data, *args)
+
+    def recv(self, bufsize: int, *args: Any) -> bytes:
+        """Receive, record and count; an empty TCP read means the device hung up."""
+        data = self._sock.recv(bufsize, *args)
+        if not data and self._tcp and bufsize > 0:
+            self._ring.add("rx", b"", self._tcp)
+            raise ConnectionResetError("device closed the connection")
+        self.bytes_read += len(data)
+        self._ring.add("rx", data, self._tcp)
+        code = reply_code(data, self._tcp)
+        if code is not None:
+            self.last_reply_code = code
+        return data
+
+    def settimeout(self, value: float | None) -> None:
+        """Forward."""
+        self._sock.settimeout(value)
+
+    def close(self) -> None:
+        """Close the real socket (idempotent)."""
+        self._sock.close()
+
+    def __getattr__(self, name: str) -> Any:
+        # Anything else pyzk might touch goes to the real socket unchanged.
+        return getattr(self._sock, name)
+
+
+def _strerror(rc: int) -> str:
+    import os
+
+    try:
+        return os.strerror(rc)
+    except ValueError:
+        return f"errno {rc}"

@@ -1,0 +1,59 @@
+"""Per-device workarounds for ZK firmware differences, as configuration rather than code branches.
+
+Flow: gateway config ``[devices.<id>.workarounds]`` -> ``ZkQuirks.from_mapping()`` -> ZkDriver, which
+reads these fields at the few places where firmware differs (record/user layout detection, whether
+to lock the keypad during a download, whether users may be downloaded). Validated once, with the offending key named.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from drivers.zk.records import RECORD_SIZES, USER_SIZES
+
+
+@dataclass(frozen=True, slots=True)
+class ZkQuirks:
+    """Firmware workarounds for one ZK terminal. The defaults suit every device we have seen."""
+
+    #: Force the attendance record size (8, 16 or 40 bytes) instead of inferring it from the counts.
+    #: Only needed when a firmware reports counts that make the inference ambiguous.
+    record_size: int | None = None
+    #: Force the user record size (28 or 72 bytes).
+    user_size: int | None = None
+    #: Lock the keypad (CMD_DISABLEDEVICE) while the log downloads so no punch lands mid-transfer.
+    #: The session always re-enables it on exit. Turn off for terminals where a locked keypad during
+    #: the morning rush is worse than a possibly re-read record.
+    disable_while_reading: bool = True
+    #: Let read_punches() download the user table when it must: only 8-byte records need it (they
+    #: carry the internal uid, not the user id), and only when the user count changed or an unknown
+    #: uid appears. False = never (8-byte punches then carry str(uid), logged as unmapped).
+    #: Explicit read_users() calls are not affected.
+    read_users: bool = True
+
+    def __post_init__(self) -> None:
+        if self.record_size is not None and self.record_size not in RECORD_SIZES:
+            raise ValueError(f"record_size must be one of {RECORD_SIZES} or None, got {self.record_size!r}")
+        if self.user_size is not None and self.user_size not in USER_SIZES:
+            raise ValueError(f"user_size must be one of {USER_SIZES} or None, got {self.user_size!r}")
+        if not isinstance(self.disable_while_reading, bool):
+            raise ValueError(f"disable_while_reading must be true or false, got {self.disable_while_reading!r}")
+        if not isinstance(self.read_users, bool):
+            raise ValueError(f"read_users must be true or false, got {self.read_users!r}")
+
+    @classmethod
+    def from_mapping(cls, d: Mapping[str, Any] | None) -> ZkQuirks:
+        """Build from a config table; raises ValueError naming any unknown or invalid key."""
+        if not d:
+            return cls()
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown ZK quirk(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        for key in ("record_size", "user_size"):
+            v = d.get(key)
+            if isinstance(v, bool) or (v is not None and not isinstance(v, int)):
+                raise ValueError(f"{key} must be an integer, got {v!r}")
+        return cls(**dict(d))

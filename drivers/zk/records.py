@@ -1,0 +1,283 @@
+"""Linear decoders for the ZK attendance and user datasets (pure functions, no I/O, no pyzk).
+
+Flow: ZkSession.read_punches()/read_users() -> pyzk read_with_buffer() -> *this module* -> RawPunch /
+DeviceUser. pyzk's own get_attendance() slices the buffer record by record (quadratic) and scans the
+user list for every record; here every dataset is checked against its own u32 byte-count header and
+decoded in one pass with ``struct.iter_unpack``. Anything inconsistent raises ``DatasetError`` (the
+driver turns it into ProtocolError): a partial or garbled log must never reach the store.
+Layouts and field meanings: zk-protocol.md §2.9 (users) and §2.10 (records), time: §2.5.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from drivers.base import DeviceUser, RawPunch
+
+#: Attendance record sizes the ZK firmware families use (§2.10).
+RECORD_SIZES: tuple[int, ...] = (8, 16, 40)
+#: User record sizes (§2.9): 28 = old "ZK6" firmware, 72 = "ZK8"/TFT firmware.
+USER_SIZES: tuple[int, ...] = (28, 72)
+
+# 8-byte record: uid u16, verify u8, time u32, state u8 (manual2006 TAttLog: PIN, verified, time, status).
+_REC8 = struct.Struct("<HBIB")
+# 16-byte record (manual2006 TExtendAttLog): user id u32, time u32, state u8, verify u8, 2 reserved,
+# workcode u32. NB: state/verify are in the opposite order from the 8- and 40-byte layouts.
+_REC16 = struct.Struct("<IIBB2xI")
+# 40-byte record: uid u16, user id text 24, verify u8, time u32, state u8, 8 bytes not decoded.
+_REC40 = struct.Struct("<H24sBIB8x")
+# 28-byte user: uid, privilege, password 5 (not exposed), name 8, card u32, pad, group u8,
+# timezone i16 (unused), user id u32.
+_USER28 = struct.Struct("<HB5x8sIxBhI")
+# 72-byte user: uid, privilege, password 8 (not exposed), name 24, card u32, group number u8 (adro),
+# 7 bytes pyzk calls group text / adro calls timezone flags, 1 pad, user id text 24.
+_USER72 = struct.Struct("<HB8x24sIB7sx24s")
+
+_HEADER = struct.Struct("<I")
+
+
+class DatasetError(ValueError):
+    """A dataset that does not agree with itself or with the device's counts."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Time (§2.5): every month counted as 31 days, years 2000-2099.
+# ---------------------------------------------------------------------------------------------
+
+
+def decode_time_parts(t: int) -> tuple[int, int, int, int, int, int]:
+    """Split an encoded ZK time into (year, month, day, hour, minute, second) with the integer chain."""
+    second = t % 60
+    t //= 60
+    minute = t % 60
+    t //= 60
+    hour = t % 24
+    t //= 24
+    day = t % 31 + 1
+    t //= 31
+    month = t % 12 + 1
+    t //= 12
+    return 2000 + t, month, day, hour, minute, second
+
+
+def decode_time(t: int) -> tuple[str, datetime | None]:
+    """Encoded ZK time -> (``YYYY-MM-DD HH:MM:SS`` text, datetime or None when not a real date).
+
+    The text is produced even for impossible dates (Feb 31 after a clock glitch) so the punch can be
+    stored and flagged instead of silently dropped (pyzk raises ValueError there).
+    """
+    y, mo, d, h, mi, s = decode_time_parts(t)
+    text = f"{y:04d}-{mo:02d}-{d:02d} {h:02d}:{mi:02d}:{s:02d}"
+    try:
+        return text, datetime(y, mo, d, h, mi, s)
+    except ValueError:
+        return text, None
+
+
+def encode_time(dt: datetime) -> int:
+    """Naive device-local datetime -> encoded ZK time (years 2000-2099 only)."""
+    if not 2000 <= dt.year <= 2099:
+        raise ValueError(f"ZK clocks only hold years 2000-2099, got {dt.year}")
+    return ((dt.year % 100) * 12 * 31 + (dt.month - 1) * 31 + dt.day - 1) * 86400 + (
+        dt.hour * 60 + dt.minute
+    ) * 60 + dt.second
+
+
+def time_from_hex6(b: bytes) -> tuple[str, datetime | None]:
+    """Decode the 6-byte ``yy mm dd HH MM SS`` time of live events (§2.12) the same tolerant way."""
+    y, mo, d, h, mi, s = b[0] + 2000, b[1], b[2], b[3], b[4], b[5]
+    text = f"{y:04d}-{mo:02d}-{d:02d} {h:02d}:{mi:02d}:{s:02d}"
+    try:
+        return text, datetime(y, mo, d, h, mi, s)
+    except ValueError:
+        return text, None
+
+
+# ---------------------------------------------------------------------------------------------
+# Dataset framing: u32 byte count, then count bytes of fixed-size records (§2.8).
+# ---------------------------------------------------------------------------------------------
+
+
+def split_dataset(data: bytes) -> memoryview:
+    """Check the u32 byte-count header against the actual length; return the record bytes."""
+    if len(data) < 4:
+        raise DatasetError(f"dataset of {len(data)} bytes has no 4-byte size header")
+    (declared,) = _HEADER.unpack_from(data, 0)
+    body = memoryview(data)[4:]
+    if declared != len(body):
+        # Truncated transfer (dropped chunk, short UDP datagram) or trailing garbage: never guess.
+        raise DatasetError(f"dataset header says {declared} bytes but {len(body)} bytes arrived")
+    return body
+
+
+def infer_record_size(
+    nbytes: int,
+    expected_count: int,
+    sizes: Iterable[int],
+    forced: int | None = None,
+    hint: int | None = None,
+) -> int:
+    """Pick the record size of a dataset of ``nbytes`` when the device reported ``expected_count``.
+
+    The download may legitimately hold MORE records than read_sizes reported (punches arriving
+    between the two commands when the device is not disabled), never fewer, and the byte count must
+    be an exact multiple of the size. Preference: a forced size (quirk); an exact match; the size
+    this device used last time (``hint``); the candidate with the smallest surplus.
+    """
+    if nbytes == 0:
+        return forced or hint or 0
+    candidates = [forced] if forced else list(sizes)
+    fits = [s for s in candidates if nbytes % s == 0 and nbytes // s >= expected_count]
+    if not fits:
+        raise DatasetError(
+            f"{nbytes} record bytes do not fit {expected_count} records of size "
+            f"{'/'.join(str(s) for s in candidates)} (no size divides them with at least that many)"
+        )
+    for s in fits:
+        if nbytes // s == expected_count:
+            return s
+    if hint in fits:
+        return hint  # type: ignore[return-value]
+    return min(fits, key=lambda s: nbytes // s - expected_count)
+
+
+# ---------------------------------------------------------------------------------------------
+# Attendance records
+# ---------------------------------------------------------------------------------------------
+
+
+def _text(raw: bytes, encoding: str) -> str:
+    """Bytes up to the first NUL, decoded leniently (junk after the NUL is allowed by firmware)."""
+    return raw.split(b"\x00", 1)[0].decode(encoding, errors="replace")
+
+
+def parse_records(
+    body: bytes | memoryview,
+    size: int,
+    encoding: str = "UTF-8",
+    uid_to_user_id: Callable[[int], str] | None = None,
+) -> list[RawPunch]:
+    """Decode record bytes of one layout in a single pass (the caller has checked the framing).
+
+    ``uid_to_user_id`` is needed only for the 8-byte layout, which carries the internal uid but not
+    the user id shown on screen.
+    """
+    if size not in RECORD_SIZES:
+        raise DatasetError(f"unknown attendance record size {size}")
+    if len(body) % size:
+        raise DatasetError(f"{len(body)} record bytes are not a multiple of the record size {size}")
+    out: list[RawPunch] = []
+    append = out.append
+    if size == 40:
+        for uid, uid_text, verify, t, state in _REC40.iter_unpack(body):
+            text, local = decode_time(t)
+            append(RawPunch(_text(uid_text, encoding), text, local, state, verify, uid, 0, t))
+    elif size == 16:
+        for user_no, t, state, verify, workcode in _REC16.iter_unpack(body):
+            text, local = decode_time(t)
+            append(RawPunch(str(user_no), text, local, state, verify, 0, workcode, t))
+    else:
+        if uid_to_user_id is None:
+            raise DatasetError("8-byte records need a uid -> user id map")
+        for uid, verify, t, state in _REC8.iter_unpack(body):
+            text, local = decode_time(t)
+            append(RawPunch(uid_to_user_id(uid), text, local, state, verify, uid, 0, t))
+    return out
+
+
+def uids_in_8byte_records(body: bytes | memoryview) -> set[int]:
+    """The distinct uids of an 8-byte record body (to decide whether the user cache is stale)."""
+    return {uid for uid, _v, _t, _s in _REC8.iter_unpack(body)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Users
+# ---------------------------------------------------------------------------------------------
+
+
+def _group_72(group_no: int, group_text: bytes, encoding: str) -> str:
+    # pyzk's own writer stores the group as text at offset 40; real TFT firmware (adro) keeps the group
+    # number at byte 39 and timezone flags at 40-47, which pyzk misreads as "\x01". Prefer printable
+    # text, else the group number.
+    text = group_text.split(b"\x00", 1)[0].decode(encoding, errors="replace")
+    if text and text.isprintable():
+        return text.strip()
+    return str(group_no) if group_no else ""
+
+
+def parse_users(body: bytes | memoryview, size: int, encoding: str = "UTF-8") -> list[DeviceUser]:
+    """Decode user record bytes (28 or 72 bytes each). Passwords are skipped, never surfaced."""
+    if size not in USER_SIZES:
+        raise DatasetError(f"unknown user record size {size}")
+    if len(body) % size:
+        raise DatasetError(f"{len(body)} user bytes are not a multiple of the user size {size}")
+    out: list[DeviceUser] = []
+    if size == 28:
+        for uid, priv, name, card, group, _tz, user_no in _USER28.iter_unpack(body):
+            out.append(
+                DeviceUser(uid, str(user_no), _text(name, encoding).strip(), priv, card, str(group))
+            )
+    else:
+        for uid, priv, name, card, group_no, group_text, uid_text in _USER72.iter_unpack(body):
+            out.append(
+                DeviceUser(
+                    uid,
+                    _text(uid_text, encoding),
+                    _text(name, encoding).strip(),
+                    priv,
+                    card,
+                    _group_72(group_no, group_text, encoding),
+                )
+            )
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedLog:
+    """Result of decoding an attendance dataset."""
+
+    punches: list[RawPunch]
+    record_size: int
+
+
+def decode_attendance(
+    data: bytes,
+    expected_count: int,
+    *,
+    encoding: str = "UTF-8",
+    forced_size: int | None = None,
+    hint_size: int | None = None,
+    uid_map: Mapping[int, str] | None = None,
+) -> ParsedLog:
+    """Whole attendance dataset (header included) -> punches; raises DatasetError when inconsistent.
+
+    For the 8-byte layout unknown uids fall back to ``str(uid)``; the caller refreshes ``uid_map``
+    first when it sees unknown uids (see ``uids_in_8byte_records``).
+    """
+    body = split_dataset(data)
+    size = infer_record_size(len(body), expected_count, RECORD_SIZES, forced_size, hint_size)
+    if size == 0:
+        return ParsedLog([], hint_size or 0)
+    mapping = uid_map or {}
+    return ParsedLog(
+        parse_records(body, size, encoding, lambda uid: mapping.get(uid) or str(uid)), size
+    )
+
+
+def decode_users(
+    data: bytes,
+    expected_count: int,
+    *,
+    encoding: str = "UTF-8",
+    forced_size: int | None = None,
+    hint_size: int | None = None,
+) -> tuple[list[DeviceUser], int]:
+    """Whole user dataset (header included) -> (users, user record size)."""
+    body = split_dataset(data)
+    size = infer_record_size(len(body), expected_count, USER_SIZES, forced_size, hint_size)
+    if size == 0:
+        return [], hint_size or 0
+    return parse_users(body, size, encoding), size
