@@ -568,17 +568,16 @@ class ZkSession:
 
         With ``expected_records`` (ZK extension, optional): the terminal is disabled, its record
         count checked, and the log cleared only if it still holds exactly that many records, so a
-        punch that landed after the last download is never wiped. Otherwise raises ProtocolError.
+        punch that landed after the last download is never wiped. Otherwise raises Busy.
         """
         self._disable()
         if expected_records is not None:
             self._read_sizes()
             if self._zk.records != expected_records:
                 self._enable()
-                raise ProtocolError(
+                raise Busy(
                     f"{self._driver.where}: refusing to clear: device holds {self._zk.records} records, "
-                    f"caller stored {expected_records}",
-                    transient=True,
+                    f"caller stored {expected_records}; download again first"
                 )
         self._call("clear attendance log", self._zk.clear_attendance)
         self._enable()
