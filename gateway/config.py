@@ -14,7 +14,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import time
+from datetime import date, time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -97,6 +97,8 @@ class DeviceConfig:
     quirks: Mapping[str, Any] = field(default_factory=dict)
     #: Free-text location, shown on the status page.
     location: str = ""
+    #: Date the terminal was installed; earlier punches are kept but flagged ``before_device``.
+    installed_on: date | None = None
 
 
 @dataclass(frozen=True)
@@ -368,8 +370,13 @@ def _parse_devices(top: Reader, site: SiteConfig, polling: PollingConfig, base_d
         if not isinstance(quirks, Mapping):
             r.problem("quirks", "must be a table, e.g. quirks = { record_size = 40 }")
             quirks = {}
+        else:
+            problem = _check_quirks(driver, quirks)
+            if problem:
+                r.problem("quirks", problem)
         location = r.str("location", "")
         name = r.str("name", dev_id)
+        installed_on = _parse_date(r, "installed_on")
         r.done()
         if (address, port, transport) in seen_addr:
             r.problem("address", f"another device already uses {address}:{port}/{transport}")
@@ -377,8 +384,37 @@ def _parse_devices(top: Reader, site: SiteConfig, polling: PollingConfig, base_d
         devices.append(DeviceConfig(id=dev_id, name=name or dev_id, address=address, port=port,
                                     transport=transport, driver=driver, comm_key=comm_key,
                                     serial=serial or None, interval_s=interval, timeout_s=timeout,
-                                    timezone=tz, enabled=enabled, quirks=dict(quirks), location=location))
+                                    timezone=tz, enabled=enabled, quirks=dict(quirks), location=location,
+                                    installed_on=installed_on))
     return devices
+
+
+def _check_quirks(driver: str, quirks: Mapping[str, Any]) -> str | None:
+    """The driver's own validation of its workaround table (None when fine)."""
+    if driver != "zk" or not quirks:
+        return None
+    from drivers.zk.quirks import ZkQuirks  # the driver owns the list of quirks it understands
+
+    try:
+        ZkQuirks.from_mapping(quirks)
+    except (TypeError, ValueError) as exc:
+        return str(exc)
+    return None
+
+
+def _parse_date(r: Reader, name: str) -> date | None:
+    value = r.raw(name, None)
+    if value is None or value == "":
+        return None
+    if isinstance(value, date) and not hasattr(value, "hour"):
+        return value
+    if isinstance(value, str):
+        try:
+            return date.fromisoformat(value)
+        except ValueError:
+            pass
+    r.problem(name, f"must be a date like 2021-03-15, got {value!r}")
+    return None
 
 
 def _parse_logging(r: Reader) -> LoggingConfig:

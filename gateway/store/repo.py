@@ -54,6 +54,8 @@ class SaveResult:
     new_punches: int
     newest_punch_utc: datetime | None
     new_ids: tuple[int, ...] = ()
+    #: Dedup keys (device_serial, device_user_id, device_time) of the punches that were new.
+    new_keys: frozenset[tuple[str, str, str]] = frozenset()
 
 
 def insert_ignore(conn: Connection, table: Table, index_elements: Sequence[str]) -> Insert:
@@ -81,14 +83,22 @@ PUNCH_KEY = ("device_serial", "device_user_id", "device_time")
 def insert_punches(conn: Connection, punches: Iterable[Punch], *, received_at: datetime,
                    source: str = "poll") -> list[int]:
     """Insert punches idempotently inside the caller's transaction; returns the ids of the new rows."""
-    new_ids: list[int] = []
+    return [row[0] for row in _insert_punch_rows(conn, punches, received_at=received_at, source=source)]
+
+
+def _insert_punch_rows(conn: Connection, punches: Iterable[Punch], *, received_at: datetime,
+                       source: str = "poll") -> list[tuple[int, str, str, str]]:
+    """Idempotent insert returning (id, device_serial, device_user_id, device_time) of the new rows."""
+    new_rows: list[tuple[int, str, str, str]] = []
     batch: list[dict[str, Any]] = []
+    c = s.punches.c
 
     def flush() -> None:
         if not batch:
             return
-        stmt = insert_ignore(conn, s.punches, PUNCH_KEY).returning(s.punches.c.id)
-        new_ids.extend(row[0] for row in conn.execute(stmt, batch))
+        stmt = insert_ignore(conn, s.punches, PUNCH_KEY).returning(c.id, c.device_serial, c.device_user_id,
+                                                                    c.device_time)
+        new_rows.extend((r[0], r[1], r[2], r[3]) for r in conn.execute(stmt, batch))
         batch.clear()
 
     for p in punches:
@@ -96,7 +106,7 @@ def insert_punches(conn: Connection, punches: Iterable[Punch], *, received_at: d
         if len(batch) >= INSERT_CHUNK:
             flush()
     flush()
-    return new_ids
+    return new_rows
 
 
 class Store:
@@ -158,7 +168,8 @@ class Store:
         with self._writer.begin() as conn:
             pk = conn.execute(select(d.pk).where(d.office_code == self.office_code,
                                                  d.device_id == outcome.device_id)).scalar_one()
-            new_ids = insert_punches(conn, punches, received_at=now) if punches else []
+            new_rows = _insert_punch_rows(conn, punches, received_at=now) if punches else []
+            new_ids = [r[0] for r in new_rows]
             if forward and new_ids:
                 conn.execute(s.outbox.insert(), [
                     {"punch_id": i, "state": "pending", "attempts": 0, "next_attempt_at": now, "created_at": now}
@@ -197,7 +208,8 @@ class Store:
                 mode=outcome.mode if outcome.mode != "none" else "count",
                 records_on_device=counts.records if counts else None, records_read=outcome.records_read,
                 new_records=len(new_ids), bytes_read=outcome.bytes_read, error=outcome.error))
-        return SaveResult(new_punches=len(new_ids), newest_punch_utc=newest, new_ids=tuple(new_ids))
+        return SaveResult(new_punches=len(new_ids), newest_punch_utc=newest, new_ids=tuple(new_ids),
+                          new_keys=frozenset((r[1], r[2], r[3]) for r in new_rows))
 
     @staticmethod
     def _touch_identity(conn: Connection, pk: int, serial: str, address: tuple[str, int], firmware: str,

@@ -1,0 +1,234 @@
+"""Composition root: builds the daemon from a Config, starts and stops it in order.
+
+    Gateway(config): engine (+ migrations) -> Store.sync_devices -> scheduler -> AppContext -> poll jobs
+        -> services of gateway.monitor, .forwarder, .central, .http (started in that order, stopped reversed)
+    run_forever(): signals, faulthandler, sd_notify READY/STATUS/WATCHDOG/STOPPING, waits for the stop event.
+
+Tests run a Gateway in-process with start()/stop(); `fpgw run` calls run_forever().
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+import structlog
+from prometheus_client import CollectorRegistry
+from sqlalchemy.engine import make_url
+
+from gateway import sdnotify
+from gateway.config import Config
+from gateway.poller import DevicePoller, DriverFactory
+from gateway.scheduler import PollScheduler, build_scheduler
+from gateway.services import AppContext, Service
+from gateway.store.db import DatabaseError, create_db_engine, current_revision, head_revision, upgrade
+from gateway.store.repo import Store
+
+log = structlog.get_logger(__name__)
+
+#: How often the main loop refreshes STATUS= and checks progress for the watchdog.
+STATUS_EVERY_S = 10.0
+#: The housekeeping heartbeat proves the scheduler still dispatches jobs.
+HEARTBEAT_EVERY_S = 10.0
+
+ServiceFactory = Callable[[AppContext], list[Service]]
+
+
+def default_service_factories() -> list[tuple[str, ServiceFactory]]:
+    """The areas plugged into the daemon, in start order (see gateway.services)."""
+    from gateway import central, forwarder, http, monitor
+
+    return [("monitor", monitor.services), ("forwarder", forwarder.services), ("central", central.services),
+            ("http", http.services)]
+
+
+def safe_url(url: str) -> str:
+    """A database URL fit for logs (password hidden)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparseable url>"
+
+
+class Gateway:
+    """The daemon: polling, services, lifecycle."""
+
+    def __init__(self, config: Config, *, driver_factory: DriverFactory | None = None,
+                 service_factories: list[tuple[str, ServiceFactory]] | None = None) -> None:
+        self.config = config
+        self.engine = create_db_engine(config.database.url, pool_size=min(config.polling.pool_size + 4, 64))
+        try:
+            self._prepare_database()
+            self.store = Store(self.engine, config.site.office_code)
+            self.store.sync_devices(config.devices)
+            self.scheduler = build_scheduler(config)
+            self.ctx = AppContext(config=config, engine=self.engine, store=self.store, scheduler=self.scheduler,
+                                  metrics_registry=CollectorRegistry(auto_describe=True))
+            self.poller = DevicePoller(config, self.store, driver_factory=driver_factory,
+                                       observers=self.ctx.poll_observers, stop_event=self.ctx.stop_event)
+            self.polls = PollScheduler(config, self.scheduler, self.poller.poll_once,
+                                       stop_event=self.ctx.stop_event)
+            self.ctx.poll_now = self.polls.poll_now
+            self.ctx.extras["poll_scheduler"] = self.polls
+            self.ctx.extras["poller"] = self.poller
+            self.polls.add_jobs()
+            self.scheduler.add_job(self._heartbeat, "interval", seconds=HEARTBEAT_EVERY_S, id="heartbeat",
+                                   executor="housekeeping", replace_existing=True)
+            self.services: list[Service] = []
+            for area, factory in (service_factories if service_factories is not None
+                                  else default_service_factories()):
+                for svc in factory(self.ctx):
+                    self.services.append(svc)
+                    log.debug("service added", area=area, service=svc.name)
+        except BaseException:
+            self.engine.dispose()
+            raise
+        self._started: list[Service] = []
+        self._running = False
+        self._stopped = False
+        self._stop_lock = threading.Lock()
+        self._heartbeat_at = time.monotonic()
+
+    # -- setup -----------------------------------------------------------------------------------
+    def _prepare_database(self) -> None:
+        if self.config.database.auto_migrate:
+            before, after = upgrade(self.engine)
+            if before != after:
+                log.info("database schema ready", from_revision=before, to_revision=after)
+            return
+        now, head = current_revision(self.engine), head_revision()
+        if now != head:
+            raise DatabaseError(f"the database is at schema revision {now!r} but this fpgw needs {head!r}; run "
+                                "`fpgw db upgrade` (database.auto_migrate is off)")
+
+    def _heartbeat(self) -> None:
+        self._heartbeat_at = time.monotonic()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the scheduler and every service (in order); polls begin right after."""
+        if self._running:
+            return
+        # Paused until the services are up, so observers (health) see the very first poll.
+        self.scheduler.start(paused=True)
+        try:
+            for svc in self.services:
+                svc.start()
+                self._started.append(svc)
+        except BaseException:
+            log.error("a service failed to start; stopping", service=getattr(svc, "name", "?"))
+            self.stop()
+            raise
+        self.scheduler.resume()
+        self._running = True
+        log.info("gateway started", office=self.config.site.office_code, devices=len(self.polls.states),
+                 database=safe_url(self.config.database.url),
+                 services=[s.name for s in self.services] or None)
+
+    def stop(self) -> None:
+        """Stop polling (in-flight polls finish or are abandoned after polling.shutdown_deadline_s),
+        then services in reverse order, then the scheduler and the database pool. Idempotent."""
+        with self._stop_lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        self.ctx.stop_event.set()
+        deadline_s = self.config.polling.shutdown_deadline_s
+        if self.scheduler.running:
+            self.scheduler.pause()
+        busy = self.polls.wait_idle(deadline_s)
+        if busy:
+            log.warning("stopping with polls still running; abandoning them", devices=busy,
+                        waited_s=deadline_s)
+        for svc in reversed(self._started):
+            try:
+                svc.stop(deadline_s)
+            except Exception:
+                log.exception("service failed to stop cleanly", service=svc.name)
+        self._started.clear()
+        if self.scheduler.running:
+            # wait=True only when nothing hangs: shutdown() has no timeout (apscheduler#157).
+            self.scheduler.shutdown(wait=not busy)
+        self.engine.dispose()
+        self._running = False
+        log.info("gateway stopped")
+
+    # -- daemon ----------------------------------------------------------------------------------
+    def healthy(self) -> bool:
+        """Real progress: the scheduler dispatches jobs and no poll hangs far past its deadline."""
+        if not self.scheduler.running:
+            return False
+        if time.monotonic() - self._heartbeat_at > 6 * HEARTBEAT_EVERY_S:
+            return False
+        return self.polls.longest_running_s() < 2 * self.config.polling.poll_deadline_s + 30
+
+    def status_text(self) -> str:
+        """Short line for `systemctl status`, e.g. "12/14 perangkat OK, poll terakhir 10:31"."""
+        ok, total, last = self.polls.summary()
+        if last is None:
+            return f"{total} perangkat, menunggu poll pertama"
+        from zoneinfo import ZoneInfo
+
+        local = last.astimezone(ZoneInfo(self.config.site.timezone))
+        return f"{ok}/{total} perangkat OK, poll terakhir {local:%H:%M}"
+
+    def run_forever(self, *, install_signals: bool = True) -> int:
+        """Run until SIGTERM/SIGINT (or stop_event); returns the process exit code."""
+        faulthandler.enable(all_threads=True)
+        if install_signals:
+            self._install_signals()
+        self.start()
+        sdnotify.notify("READY=1", f"STATUS={self.status_text()}")
+        watchdog = sdnotify.watchdog_interval_s()
+        tick = min(STATUS_EVERY_S, watchdog) if watchdog else STATUS_EVERY_S
+        last_status = ""
+        unhealthy_logged = False
+        try:
+            while not self.ctx.stop_event.wait(tick):
+                status = self.status_text()
+                if status != last_status:
+                    sdnotify.notify(f"STATUS={status}")
+                    last_status = status
+                if self.healthy():
+                    unhealthy_logged = False
+                    if watchdog:
+                        sdnotify.notify("WATCHDOG=1")
+                elif not unhealthy_logged:
+                    # No WATCHDOG=1: systemd kills us with SIGABRT (faulthandler dumps every thread's
+                    # stack to the journal, showing which device hung) and restarts us.
+                    log.error("no progress: scheduler stalled or a poll hangs", longest_poll_s=round(
+                        self.polls.longest_running_s()), in_flight=self.polls.in_flight())
+                    unhealthy_logged = True
+        finally:
+            sdnotify.notify("STOPPING=1", "STATUS=berhenti (stopping)")
+            self.stop()
+        return 0
+
+    def _install_signals(self) -> None:
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            if self.ctx.stop_event.is_set():
+                # Second Ctrl-C: the operator insists. Terminals re-enable themselves when the
+                # socket closes at exit; the driver re-enables on the next session otherwise.
+                sys.stderr.write("second signal: exiting now\n")
+                faulthandler.dump_traceback(all_threads=True)
+                import os
+
+                os._exit(1)
+            log.info("stop requested", signal=signal.Signals(signum).name)
+            self.ctx.stop_event.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+
+    def __enter__(self) -> Gateway:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()

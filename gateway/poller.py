@@ -1,0 +1,271 @@
+"""DevicePoller: one poll of one device -> PollOutcome. The only module that calls drivers.
+
+    scheduler --poll:<id>--> DevicePoller.poll_once(device)
+        driver.connect() -> info (serial, clock) -> counts -> [read_punches] -> [read_users]
+        -> normalize -> store.save_poll (ONE transaction) -> ctx.poll_observers
+
+Steady state is cheap: the log is downloaded only when the record count changed, the serial
+changed, or the periodic full reconcile is due. Every DriverError becomes an outcome with its
+``kind``; anything else is a bug (logged with a traceback every time). No retry loop here: the
+next tick is the retry (gateway.scheduler backs failing devices off).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import structlog
+
+from drivers.base import Counts, DeviceInfo, DeviceUser, Driver, DriverError, RawPunch, ReadsUsers, SetsClock
+from gateway.config import Config, DeviceConfig
+from gateway.models import PollOutcome, Punch
+from gateway.normalize import DEFAULT_NOT_BEFORE, DeviceContext, EmployeeMap, normalize_punches
+from gateway.store.repo import DeviceState, Store
+
+log = structlog.get_logger(__name__)
+
+DriverFactory = Callable[[DeviceConfig], Driver]
+Observer = Callable[[PollOutcome], None]
+
+
+class PollAborted(Exception):
+    """Raised between poll steps when the daemon stops or the poll ran past its deadline."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def zk_driver_factory(device: DeviceConfig) -> Driver:
+    """The production driver for a configured device (ZKTeco binary protocol via pyzk)."""
+    from drivers.zk.driver import ZkDriver, ZkParams  # imported lazily: pyzk is only needed to poll
+    from drivers.zk.quirks import ZkQuirks
+
+    params = ZkParams(address=device.address, port=device.port, transport=device.transport,
+                      comm_key=device.comm_key, timeout_s=device.timeout_s, expected_serial=device.serial)
+    return ZkDriver(params, ZkQuirks.from_mapping(device.quirks))
+
+
+@dataclass
+class _Read:
+    """What one session returned (filled step by step so a failure keeps what was read before it)."""
+
+    info: DeviceInfo | None = None
+    counts: Counts | None = None
+    raw: list[RawPunch] | None = None
+    users: list[DeviceUser] | None = None
+    skew_s: float | None = None
+    corrected: bool = False
+    bytes_read: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+class DevicePoller:
+    """Polls devices for the daemon and the CLI; keeps one driver per device so its caches survive."""
+
+    def __init__(self, config: Config, store: Store, *, driver_factory: DriverFactory | None = None,
+                 observers: Sequence[Observer] | list[Observer] = (), stop_event: threading.Event | None = None,
+                 employees: EmployeeMap | None = None, now: Callable[[], datetime] | None = None) -> None:
+        self.config = config
+        self.store = store
+        self.driver_factory = driver_factory or zk_driver_factory
+        #: Shared list (gateway.app passes ctx.poll_observers) so services can register late.
+        self.observers = observers
+        self.stop_event = stop_event or threading.Event()
+        self.employees = employees if employees is not None else EmployeeMap(config.employees.mapping_csv)
+        self._now = now or (lambda: datetime.now(UTC))
+        self._drivers: dict[str, Driver] = {}
+        self._drivers_lock = threading.Lock()
+        #: Device ids whose user table was downloaded by this process (re-read once after a restart).
+        self._users_read: set[str] = set()
+        self._serials: dict[str, str] = {}
+
+    # -- drivers ---------------------------------------------------------------------------------
+    def driver_for(self, device: DeviceConfig) -> Driver:
+        """The device's driver, created on first use and kept across polls."""
+        with self._drivers_lock:
+            drv = self._drivers.get(device.id)
+            if drv is None:
+                drv = self.driver_factory(device)
+                self._drivers[device.id] = drv
+            return drv
+
+    # -- the poll --------------------------------------------------------------------------------
+    def poll_once(self, device: DeviceConfig) -> PollOutcome:
+        """Poll one device once, store what it found, notify observers; never raises."""
+        started = self._now()
+        t0 = time.monotonic()
+        # Bound INSIDE the job (worker threads are reused; see ops-notes §5) and undone on exit.
+        with structlog.contextvars.bound_contextvars(device=device.id,
+                                                     serial=self._serials.get(device.id, "unknown")):
+            try:
+                outcome = self._poll(device, started, t0)
+            except Exception as exc:  # a bug in our code (or the store failing): never kill the job
+                log.exception("poll failed unexpectedly (bug)", error=repr(exc))
+                outcome = PollOutcome(device_id=device.id, started_at=started, finished_at=self._now(), ok=False,
+                                      error_kind="bug", error=f"{type(exc).__name__}: {exc}")
+                self._save_failed(outcome)
+            self._notify(outcome)
+            return outcome
+
+    def _poll(self, device: DeviceConfig, started: datetime, t0: float) -> PollOutcome:
+        state = self.store.device_state(device.id)
+        read = _Read()
+        deadline = t0 + self.config.polling.poll_deadline_s
+        try:
+            self._check(deadline, "connect")
+            self._session(device, state, read, deadline)
+        except (DriverError, PollAborted) as exc:
+            return self._failed(device, state, read, started, exc)
+        return self._store_good(device, state, read, started)
+
+    def _check(self, deadline: float, step: str) -> None:
+        if self.stop_event.is_set():
+            raise PollAborted("abandoned", f"gateway stopping; poll abandoned before {step}")
+        if time.monotonic() > deadline:
+            raise PollAborted("timeout", f"poll exceeded polling.poll_deadline_s "
+                                         f"({self.config.polling.poll_deadline_s:g} s) before {step}")
+
+    def _session(self, device: DeviceConfig, state: DeviceState, read: _Read, deadline: float) -> None:
+        driver = self.driver_for(device)
+        # The session's exit re-enables the terminal and closes the socket whatever happens inside.
+        with driver.connect() as session:
+            try:
+                read.info = session.info()
+                structlog.contextvars.bind_contextvars(serial=read.info.serial)
+                self._serials[device.id] = read.info.serial
+                read.skew_s = self._clock(device, session, read)
+                self._check(deadline, "reading counts")
+                read.counts = session.counts()
+                if self._needs_full(device, state, read.info, read.counts):
+                    self._check(deadline, "downloading the log")
+                    read.raw = session.read_punches()
+                if isinstance(session, ReadsUsers) and self._needs_users(device, state, read.info, read.counts):
+                    self._check(deadline, "downloading users")
+                    try:
+                        read.users = session.read_users()
+                    except DriverError as exc:
+                        # Users are a convenience (names); never lose a poll's punches over them.
+                        read.notes.append(f"user table not read: {exc}")
+                        log.info("user table download failed; will retry next poll", error_kind=exc.kind,
+                                 error=str(exc))
+            finally:
+                read.bytes_read = session.bytes_read
+
+    def _clock(self, device: DeviceConfig, session: object, read: _Read) -> float | None:
+        info = read.info
+        if info is None or info.device_time is None:
+            return None
+        zone = ZoneInfo(device.timezone)
+        local_now = self._now().astimezone(zone).replace(tzinfo=None)
+        skew = (info.device_time - local_now).total_seconds()
+        health = self.config.health
+        if health.clock_correct and abs(skew) > health.clock_correct_above_s and isinstance(session, SetsClock):
+            try:
+                target = self._now().astimezone(zone).replace(tzinfo=None, microsecond=0)
+                session.set_time(target)
+            except DriverError as exc:
+                log.warning("could not correct the device clock", skew_s=round(skew, 1), error=str(exc))
+            else:
+                read.corrected = True
+                log.info("device clock corrected", skew_s=round(skew, 1), set_to=target.isoformat(sep=" "))
+        return skew
+
+    def _needs_full(self, device: DeviceConfig, state: DeviceState, info: DeviceInfo, counts: Counts) -> bool:
+        if state.serial != info.serial or state.last_record_count is None:
+            return True  # first poll, or another terminal (replaced): read everything it has
+        if counts.records != state.last_record_count:
+            return True  # grew, or shrank (cleared at the keypad: whatever is there now is new)
+        if state.last_full_read_at is None:
+            return True
+        due = state.last_full_read_at + timedelta(seconds=self.config.polling.full_reconcile_s)
+        return self._now() >= due
+
+    def _needs_users(self, device: DeviceConfig, state: DeviceState, info: DeviceInfo, counts: Counts) -> bool:
+        return (device.id not in self._users_read or state.serial != info.serial
+                or state.last_user_count != counts.users)
+
+    # -- storing ---------------------------------------------------------------------------------
+    def _context(self, device: DeviceConfig, serial: str) -> DeviceContext:
+        return DeviceContext(office_code=self.config.site.office_code, device_id=device.id, serial=serial,
+                             timezone=device.timezone, not_before=device.installed_on or DEFAULT_NOT_BEFORE)
+
+    def _store_good(self, device: DeviceConfig, state: DeviceState, read: _Read, started: datetime) -> PollOutcome:
+        assert read.info is not None and read.counts is not None
+        info, counts = read.info, read.counts
+        punches: list[Punch] = []
+        if read.raw is not None:
+            self.employees.refresh()
+            punches = normalize_punches(read.raw, self._context(device, info.serial), employees=self.employees,
+                                        now=self._now())
+        previous_serial = state.serial if state.serial is not None and state.serial != info.serial else None
+        if previous_serial is not None:
+            log.warning("device serial changed: terminal replaced or readdressed; polling the new one",
+                        previous_serial=previous_serial)
+        if state.last_record_count is not None and counts.records < state.last_record_count \
+                and previous_serial is None:
+            log.warning("device log shrank: cleared at the device? every earlier punch is already stored",
+                        records=counts.records, previous_records=state.last_record_count)
+        outcome = PollOutcome(
+            device_id=device.id, started_at=started, finished_at=self._now(), ok=True,
+            mode="full" if read.raw is not None else "count", serial=info.serial, previous_serial=previous_serial,
+            info=info, counts=counts, previous_record_count=state.last_record_count,
+            previous_firmware=state.firmware, records_read=len(punches), clock_skew_s=read.skew_s,
+            clock_corrected=read.corrected, bytes_read=read.bytes_read,
+            error="; ".join(read.notes) or None,
+        )
+        saved = self.store.save_poll(outcome, punches, forward=bool(self.config.forward.url),
+                                     address=(device.address, device.port))
+        if read.users is not None:
+            self.store.save_users(info.serial, read.users)
+            self._users_read.add(device.id)
+        flags: Counter[str] = Counter()
+        if saved.new_keys:
+            for p in punches:
+                if p.flags and p.key in saved.new_keys:
+                    flags.update(p.flags)
+        outcome = replace(outcome, new_punches=saved.new_punches, newest_punch_utc=saved.newest_punch_utc,
+                          flag_counts=dict(flags))
+        log.debug("poll done", mode=outcome.mode, records=counts.records, read=len(punches),
+                  new=saved.new_punches, skew_s=None if read.skew_s is None else round(read.skew_s, 1),
+                  bytes=read.bytes_read, duration_s=round(outcome.duration_s, 3))
+        if saved.new_punches:
+            log.info("new punches stored", new=saved.new_punches, records=counts.records)
+        return outcome
+
+    def _failed(self, device: DeviceConfig, state: DeviceState, read: _Read, started: datetime,
+                exc: DriverError | PollAborted) -> PollOutcome:
+        kind = exc.kind
+        info = read.info
+        outcome = PollOutcome(
+            device_id=device.id, started_at=started, finished_at=self._now(), ok=False, error_kind=kind,
+            error=str(exc), mode="none", serial=info.serial if info else None,
+            previous_serial=state.serial if info and state.serial and state.serial != info.serial else None,
+            info=info, counts=read.counts, previous_record_count=state.last_record_count,
+            previous_firmware=state.firmware, clock_skew_s=read.skew_s, clock_corrected=read.corrected,
+            bytes_read=read.bytes_read,
+        )
+        # Per-poll detail at DEBUG: state changes are logged once by the scheduler and the monitor.
+        log.debug("poll failed", error_kind=kind, error=str(exc))
+        self._save_failed(outcome)
+        return outcome
+
+    def _save_failed(self, outcome: PollOutcome) -> None:
+        try:
+            self.store.save_poll(outcome, (), forward=False)
+        except Exception as exc:
+            log.error("could not record the failed poll", error=repr(exc))
+
+    def _notify(self, outcome: PollOutcome) -> None:
+        for observer in list(self.observers):
+            try:
+                observer(outcome)
+            except Exception:
+                # An observer bug (health, metrics) must never break polling.
+                log.exception("poll observer failed", observer=getattr(observer, "__qualname__", repr(observer)))
