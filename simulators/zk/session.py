@@ -373,9 +373,12 @@ class Session:
                     data = [p.event_attlog_32(user_id, verify, state, t)]
                 elif user_id.isdigit() and int(user_id) <= 0xFFFFFFFF:
                     # pyzk reads the 12-byte form, node-zklib UDP only an 18-byte datagram.
+                    # The 10-byte one goes first: pyzk ACKs and skips it, and the event it
+                    # does parse is the last datagram, so nothing stale is left queued
+                    # when a pyzk client stops capturing right after an event.
                     num = int(user_id)
-                    data = [p.event_attlog_12(num, verify, state, t),
-                            p.event_attlog_10(num, verify, state, t)]
+                    data = [p.event_attlog_10(num, verify, state, t),
+                            p.event_attlog_12(num, verify, state, t)]
                 else:
                     data = [p.event_attlog_32(user_id, verify, state, t)]
                 for i, d in enumerate(data):
