@@ -112,7 +112,14 @@ class ZkStats:
 class _HookedZK(ZK):  # type: ignore[misc]
     """pyzk's ZK with our socket factory. Relies on pyzk 0.9 internals (name-mangled attributes)."""
 
-    def __init__(self, params: ZkParams, ring: FrameRing, timeout_s: float) -> None:
+    def __init__(
+        self,
+        params: ZkParams,
+        ring: FrameRing,
+        timeout_s: float,
+        verify: bool,
+        reuse_udp: socket.socket | None = None,
+    ) -> None:
         super().__init__(
             params.address,
             port=params.port,
@@ -129,13 +136,20 @@ class _HookedZK(ZK):  # type: ignore[misc]
         # guesses the user size for set_user, which we never call.
         self.helper.test_tcp = lambda: 1
         self._fg_ring = ring
+        self._fg_verify = verify
+        self._fg_reuse_udp = reuse_udp
         self.wire: RecordingSocket | None = None
 
     def _ZK__create_socket(self) -> None:
         # Same as pyzk's __create_socket, but wrapped for recording, and a refused connect raises.
-        raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM if self.tcp else socket.SOCK_DGRAM)
+        if self._fg_reuse_udp is not None and not self.tcp:
+            # Cleanup connection on UDP: same local port = same client for the device (see
+            # ZkSession._close), so its ENABLE undoes the DISABLE sent from this socket.
+            raw, self._fg_reuse_udp = self._fg_reuse_udp, None
+        else:
+            raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM if self.tcp else socket.SOCK_DGRAM)
         raw.settimeout(self._ZK__timeout)
-        self.wire = RecordingSocket(raw, self._fg_ring, self.tcp)
+        self.wire = RecordingSocket(raw, self._fg_ring, self.tcp, self._fg_verify)
         self._ZK__sock = self.wire
         if self.tcp:
             self.wire.connect_ex(self._ZK__address)
@@ -188,6 +202,23 @@ def translate(
     )
 
 
+def _drain_udp(wire: RecordingSocket, quiet_s: float = 0.3, max_s: float = 2.0) -> socket.socket | None:
+    """Read and drop datagrams until the socket has been quiet for ``quiet_s``; return the raw socket."""
+    raw: socket.socket = wire._sock
+    deadline = time.monotonic() + max_s
+    try:
+        raw.settimeout(quiet_s)
+        while time.monotonic() < deadline:
+            try:
+                wire.recv(2048)
+            except TimeoutError:
+                return raw
+    except OSError:
+        pass
+    raw.close()
+    return None
+
+
 class ZkDriver:
     """Reaches one configured ZK terminal. Blocking; one caller at a time.
 
@@ -215,12 +246,15 @@ class ZkDriver:
         """Address text for messages (never the comm key)."""
         return f"{self.params.transport}://{self.params.address}:{self.params.port}"
 
-    def _new_zk(self, timeout_s: float | None = None) -> _HookedZK:
-        return _HookedZK(self.params, self.frames, timeout_s or self.params.timeout_s)
+    def _new_zk(self, timeout_s: float | None = None, reuse_udp: socket.socket | None = None) -> _HookedZK:
+        return _HookedZK(
+            self.params, self.frames, timeout_s or self.params.timeout_s, self.quirks.verify_checksums,
+            reuse_udp,
+        )
 
-    def _open(self, timeout_s: float | None = None) -> _HookedZK:
+    def _open(self, timeout_s: float | None = None, reuse_udp: socket.socket | None = None) -> _HookedZK:
         """Connect (and authenticate); on failure nothing is left open."""
-        zk = self._new_zk(timeout_s)
+        zk = self._new_zk(timeout_s, reuse_udp)
         try:
             zk.connect()
         except BaseException as exc:
@@ -262,11 +296,11 @@ class ZkDriver:
                 self._user_size = None
             self._serial = serial
 
-    def _reenable_fresh(self) -> None:
+    def _reenable_fresh(self, reuse_udp: socket.socket | None = None) -> None:
         """Second connection whose only job is to re-enable the terminal (the first one is unusable)."""
         with self._lock:
             self.stats.fresh_reenables += 1
-        zk = self._open()
+        zk = self._open(reuse_udp=reuse_udp)
         try:
             zk.enable_device()
         except Exception as exc:
@@ -308,8 +342,10 @@ class ZkSession:
             raise RuntimeError("ZkSession used after its with-block ended")
         if not self._stream_ok:
             raise ProtocolError(f"{self._driver.where}: session unusable after an earlier failure")
+        wire = self._zk.wire
+        bad_before = wire.checksum_errors if wire is not None else 0
         try:
-            return fn(*args)
+            result = fn(*args)
         except ZKErrorResponse as exc:
             # The reply was read whole, so the stream is in sync -- except inside buffered reads,
             # where pyzk gives up after retries with bytes possibly still in flight.
@@ -322,6 +358,20 @@ class ZkSession:
         except BaseException:
             self._stream_ok = False  # KeyboardInterrupt mid-exchange
             raise
+        if wire is not None and (wire.checksum_errors > bad_before or wire.framing_lost):
+            # pyzk accepted it, but the bytes are not what the device sent: never use them.
+            if wire.framing_lost:
+                self._stream_ok = False
+            raise ProtocolError(
+                f"{self._driver.where}: {what}: "
+                + (
+                    "TCP stream lost its packet framing"
+                    if wire.framing_lost
+                    else f"{wire.checksum_errors - bad_before} reply packet(s) failed the checksum"
+                ),
+                frames=self._driver.frames.snapshot(),
+            )
+        return result
 
     def _start(self) -> None:
         """Identity check right after connecting, before anything can touch the wrong device."""
@@ -346,6 +396,7 @@ class ZkSession:
         self._closed = True
         zk = self._zk
         problem: DriverError | None = None
+        keep_udp: socket.socket | None = None
         try:
             if self._stream_ok:
                 if self._disabled:
@@ -358,12 +409,18 @@ class ZkSession:
                     zk.disconnect()
                 except Exception as exc:
                     log.debug("%s: disconnect failed: %s", self._driver.where, exc)
+            if self._disabled and not zk.tcp and zk.wire is not None:
+                # On UDP there is no connection for the device to see closing, and a device may
+                # tie the DISABLE to the client that sent it: re-enable from the same local port,
+                # after draining late datagrams of the broken exchange.
+                keep_udp = _drain_udp(zk.wire)
         finally:
-            zk.close_socket()
+            if keep_udp is None:
+                zk.close_socket()
         if self._disabled:
             # The only connection is gone or out of sync: re-enable through a new one.
             try:
-                self._driver._reenable_fresh()
+                self._driver._reenable_fresh(keep_udp)
                 self._disabled = False
             except DriverError as exc:
                 self._driver._needs_enable = True

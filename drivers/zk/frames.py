@@ -1,8 +1,11 @@
-"""Wire recorder for the ZK driver: last N raw frames per device, plus byte counting and socket fixes.
+"""Wire recorder for the ZK driver: last N raw frames per device, reply checksums, byte counting.
 
 Flow: ZkDriver hands pyzk a ``RecordingSocket`` instead of its plain socket (driver.py hooks pyzk's
 socket factory); every send/recv passes through here. On a ProtocolError the driver attaches
 ``FrameRing.snapshot()`` so the operator sees what the device actually said (pymodbus idea).
+pyzk never verifies the checksum of a reply, so a corrupted DATA packet would silently become
+wrong punches; here every received packet is reassembled (TCP) or taken whole (UDP) and its
+checksum checked, and the driver refuses a download during which any check failed.
 Secrets never enter the ring: the payload of CMD_AUTH (derived from the comm key) is redacted.
 Independent of pyzk (only the socket methods pyzk calls are wrapped).
 """
@@ -55,6 +58,56 @@ def _redact(data: bytes, tcp: bool) -> bytes:
     return data
 
 
+def checksum(packet: bytes | bytearray | memoryview) -> int:
+    """ZK checksum (§1.2) of a packet whose checksum field (bytes 2-3) is read as zero."""
+    buf = bytes(packet)
+    if len(buf) % 2:
+        buf += b"\x00"
+    words = memoryview(buf).cast("H")  # LE hosts only, like pyzk itself ('H' without '<')
+    total = sum(words) - words[1]
+    while total > 0xFFFF:
+        total = (total & 0xFFFF) + (total >> 16)
+    return 0xFFFF - total
+
+
+def checksum_ok(packet: bytes | bytearray | memoryview) -> bool:
+    """True when the stored checksum matches (0x0000 and 0xFFFF are the same ones'-complement value)."""
+    if len(packet) < 8:
+        return False
+    stored = int(struct.unpack_from("<H", packet, 2)[0])
+    return (checksum(packet) - stored) % 0xFFFF == 0
+
+
+class _TcpStream:
+    """Reassembles the device's TCP stream into ZK packets, however pyzk slices its recv() calls."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.need: int | None = None  # length of the packet being collected, None = expecting a prefix
+        self.desync = False
+
+    def feed(self, data: bytes) -> list[bytes]:
+        if self.desync:
+            return []
+        self.buf += data
+        out: list[bytes] = []
+        while True:
+            if self.need is None:
+                if len(self.buf) < 8:
+                    return out
+                if self.buf[:4] != _TCP_MAGIC:
+                    self.desync = True  # cannot find packet boundaries any more
+                    self.buf.clear()
+                    return out
+                self.need = int(struct.unpack_from("<I", self.buf, 4)[0])
+                del self.buf[:8]
+            if len(self.buf) < self.need:
+                return out
+            out.append(bytes(self.buf[: self.need]))
+            del self.buf[: self.need]
+            self.need = None
+
+
 def reply_code(frame: bytes, tcp: bool) -> int | None:
     """Command/reply code of a raw frame, None when too short to tell."""
     off = 8 if tcp else 0
@@ -75,14 +128,34 @@ class RecordingSocket:
        raises ConnectionResetError instead.
     """
 
-    def __init__(self, sock: socket.socket, ring: FrameRing, tcp: bool) -> None:
+    def __init__(self, sock: socket.socket, ring: FrameRing, tcp: bool, verify: bool = True) -> None:
         self._sock = sock
         self._ring = ring
         self._tcp = tcp
+        self._verify = verify
+        self._stream = _TcpStream() if tcp else None
         #: Bytes received on the wire through this socket (headers included).
         self.bytes_read = 0
         #: Reply code of the last frame that started with a ZK header (for Busy/ACK_RETRY detection).
         self.last_reply_code: int | None = None
+        #: Received packets whose checksum was wrong (only counted when verifying).
+        self.checksum_errors = 0
+        #: Received packets whose checksum was checked.
+        self.packets_checked = 0
+
+    @property
+    def framing_lost(self) -> bool:
+        """True once the TCP stream stopped making sense (no magic where a packet should start)."""
+        return self._stream is not None and self._stream.desync
+
+    def _check(self, data: bytes) -> None:
+        if not self._verify:
+            return
+        packets = self._stream.feed(data) if self._stream is not None else [data]
+        for pkt in packets:
+            self.packets_checked += 1
+            if not checksum_ok(pkt):
+                self.checksum_errors += 1
 
     # -- the methods pyzk calls ----------------------------------------------------------------
     def connect_ex(self, address: Any) -> int:
@@ -110,6 +183,7 @@ class RecordingSocket:
             raise ConnectionResetError("device closed the connection")
         self.bytes_read += len(data)
         self._ring.add("rx", data, self._tcp)
+        self._check(data)
         code = reply_code(data, self._tcp)
         if code is not None:
             self.last_reply_code = code

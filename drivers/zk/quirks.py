@@ -1,8 +1,8 @@
 """Per-device workarounds for ZK firmware differences, as configuration rather than code branches.
 
 Flow: gateway config ``[devices.<id>.workarounds]`` -> ``ZkQuirks.from_mapping()`` -> ZkDriver, which
-reads these fields at the few places where firmware differs (record/user layout detection, whether
-to lock the keypad during a download, whether users may be downloaded). Validated once, with the offending key named.
+reads these fields at the few places where firmware differs (record/user layout detection, keypad
+lock during downloads, user downloads, checksum verification). Validated once, naming the bad key.
 """
 
 from __future__ import annotations
@@ -32,6 +32,10 @@ class ZkQuirks:
     #: uid appears. False = never (8-byte punches then carry str(uid), logged as unmapped).
     #: Explicit read_users() calls are not affected.
     read_users: bool = True
+    #: Verify the checksum of every packet the device sends (pyzk never does). A mismatch fails the
+    #: operation with ProtocolError instead of storing corrupted punches. Turn off only for a
+    #: firmware proven to send wrong checksums on intact data.
+    verify_checksums: bool = True
 
     def __post_init__(self) -> None:
         if self.record_size is not None and self.record_size not in RECORD_SIZES:
@@ -40,8 +44,9 @@ class ZkQuirks:
             raise ValueError(f"user_size must be one of {USER_SIZES} or None, got {self.user_size!r}")
         if not isinstance(self.disable_while_reading, bool):
             raise ValueError(f"disable_while_reading must be true or false, got {self.disable_while_reading!r}")
-        if not isinstance(self.read_users, bool):
-            raise ValueError(f"read_users must be true or false, got {self.read_users!r}")
+        for name in ("read_users", "verify_checksums"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
 
     @classmethod
     def from_mapping(cls, d: Mapping[str, Any] | None) -> ZkQuirks:
