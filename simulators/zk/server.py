@@ -13,6 +13,7 @@ import contextlib
 import errno
 import logging
 import socket
+import struct
 import threading
 import time
 from collections import OrderedDict
@@ -50,11 +51,25 @@ class TcpLink:
         await self.writer.drain()
 
     async def send_partial(self, packet: bytes, fraction: float) -> None:
+        """Send part of the packet, then reset the connection (RST, not FIN).
+
+        A FIN in the middle of a dataset makes pyzk 0.9 spin forever (its raw-data loop
+        treats recv() == b"" as "0 bytes, keep reading"); a reset raises in the client,
+        which is also what a terminal that reboots mid-transfer looks like.
+        """
         framed = p.tcp_wrap(packet)
         cut = 16 + int((len(framed) - 16) * fraction)
-        if not self.writer.is_closing():
-            self.writer.write(framed[:cut])
-            await self.writer.drain()
+        transport = self.writer.transport
+        if transport.is_closing():
+            return
+        self.writer.write(framed[:cut])
+        while transport.get_write_buffer_size() > 0 and not transport.is_closing():
+            await asyncio.sleep(0.005)
+        sock = self.writer.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
 
     def close(self) -> None:
         if not self.writer.is_closing():

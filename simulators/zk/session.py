@@ -274,11 +274,11 @@ class Session:
         ds = await self._build_dataset(kind)
         corrupt = dev.fault(Fault.CORRUPT_CHUNK) if kind == "attlog" else None
         drop = dev.fault(Fault.DROP_MID_TRANSFER) if kind == "attlog" and len(ds) > 4 else None
-        if corrupt == "length":
-            # The dataset's own byte count claims one record more than is sent.
-            rs = dev.spec.record_layout
-            ds = struct.pack("<I", len(ds) - 4 + rs) + ds[4:]
         if self.link.is_tcp and not dev.spec.tcp_buffered:
+            if corrupt == "length":
+                # The dataset's own byte count claims one record more than is sent.
+                rs = dev.spec.record_layout
+                ds = struct.pack("<I", len(ds) - 4 + rs) + ds[4:]
             # Direct answer: one CMD_DATA with the whole dataset (works for every client on TCP).
             packet = p.build_packet(p.CMD_DATA, self.session_id, pkt.reply_id, ds)
             if drop:
