@@ -1,10 +1,177 @@
-"""Placeholder until this area lands (see gateway.services); returns no services."""
+"""Health monitor service: feeds the HealthTracker, persists its state, routes its transitions to alerts.
+
+    poller --PollOutcome (ctx.poll_observers)--> HealthMonitor.observe()   scheduler --"health-sweep" 30 s--> sweep()
+        --> HealthTracker --Transition[]--> AlertRouter (log + alerts table + sender thread)
+                                   \\--> device_health table (loaded at start: a restart neither forgets nor re-alerts)
+Publishes itself as ``ctx.extras["health"]`` for the status page and metrics.
+"""
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import structlog
+
+from gateway.alerts import AlertRouter
+from gateway.health import DeviceHealth, HealthTracker, Transition
+from gateway.models import PollOutcome
 from gateway.services import AppContext, Service
+from gateway.store.health_repo import HealthRepo
+
+log = structlog.get_logger(__name__)
+
+#: Seconds between sweeps (offline window, hung polls, silent devices, reminders, mutes, pending alerts).
+SWEEP_EVERY_S = 30.0
+
+
+class HealthMonitor:
+    """The health service of the daemon (see module docstring)."""
+
+    name = "health"
+
+    def __init__(self, ctx: AppContext, *, clock: Callable[[], datetime] | None = None,
+                 router: AlertRouter | None = None, sweep_every_s: float = SWEEP_EVERY_S) -> None:
+        self.ctx = ctx
+        self.config = ctx.config
+        self.clock = clock or (lambda: datetime.now(UTC))
+        self.repo = HealthRepo(ctx.engine, ctx.config.site.office_code)
+        self.tracker = HealthTracker(ctx.config)
+        self.router = router or AlertRouter(ctx.config, self.repo, clock=self.clock)
+        self.sweep_every_s = sweep_every_s
+        self._lock = threading.RLock()
+        self._serials: dict[str, str | None] = {}
+        self._muted: dict[str, datetime] = {}
+        self._started = False
+
+    # -- service ----------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Restore persisted health, start the alert sender, hook into polling and the scheduler."""
+        with self._lock:
+            for h in self.repo.load_health():
+                self.tracker.load(h)
+            self._serials = {d.device_id: d.serial for d in self.repo.devices()}
+            self._refresh_mutes(self.clock(), announce=False)
+        self.router.start()
+        self.ctx.poll_observers.append(self.observe)
+        executors = getattr(self.ctx.scheduler, "_executors", {})
+        self.ctx.scheduler.add_job(self.sweep, "interval", seconds=self.sweep_every_s, id="health-sweep",
+                                   name="health sweep", replace_existing=True, max_instances=1, coalesce=True,
+                                   misfire_grace_time=int(self.sweep_every_s),
+                                   executor="housekeeping" if "housekeeping" in executors else "default")
+        self._started = True
+        open_now = sum(len(h.problems) for h in self.tracker.snapshot().values())
+        log.info("health monitor started", devices=len(self.config.devices), open_problems=open_now,
+                 alert_channels=len(self.router.channels))
+
+    def stop(self, deadline_s: float) -> None:
+        """Unhook, persist, stop the sender (undelivered alerts stay pending for the next start)."""
+        if not self._started:
+            return
+        self._started = False
+        try:
+            self.ctx.poll_observers.remove(self.observe)
+        except ValueError:
+            pass
+        try:
+            self.ctx.scheduler.remove_job("health-sweep")
+        except Exception:  # already gone with the scheduler: nothing to do
+            pass
+        try:
+            with self._lock:
+                self._persist([])
+        except Exception:
+            log.exception("could not save device health at stop")
+        self.router.stop(min(deadline_s, 10.0))
+
+    # -- inputs -----------------------------------------------------------------------------------------
+    def observe(self, outcome: PollOutcome) -> None:
+        """Poll observer (runs in the polling thread): update the model; only transitions touch the DB."""
+        with self._lock:
+            if outcome.serial:
+                self._serials[outcome.device_id] = outcome.serial
+            transitions = self.tracker.record(outcome)
+            self._persist(transitions)
+
+    def poll_started(self, device_id: str, at: datetime) -> None:
+        """A poll began (optional hook; the sweep also reads the poll scheduler's in-flight polls)."""
+        with self._lock:
+            self.tracker.poll_started(device_id, at)
+
+    def sweep(self, now: datetime | None = None) -> list[Transition]:
+        """Time-based rules, mutes and pending alerts from other writers; returns the transitions."""
+        now = now or self.clock()
+        with self._lock:
+            self._note_in_flight(now)
+            transitions = self.tracker.sweep(now)
+            self._persist(transitions)
+            self._refresh_mutes(now, announce=True)
+        self.router.queue_pending()
+        return transitions
+
+    # -- reads -------------------------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, DeviceHealth]:
+        """Every device's health (a copy)."""
+        with self._lock:
+            return self.tracker.snapshot()
+
+    def muted_until(self, device_id: str) -> datetime | None:
+        """When the device's mute ends (None when not muted)."""
+        until = self._muted.get(device_id)
+        return until if until is not None and until > self.clock() else None
+
+    # -- internals ---------------------------------------------------------------------------------------
+    def _persist(self, transitions: list[Transition]) -> None:
+        dirty = self.tracker.take_dirty()
+        if not dirty and not transitions:
+            return
+        healths = [self.tracker.health(d) for d in dirty]
+        self.router.handle(transitions, self._serials, healths=healths)
+
+    def _note_in_flight(self, now: datetime) -> None:
+        # The poll scheduler knows which polls are running (monotonic start): a poll that never
+        # reports is caught here without any hook in the poller.
+        polls = self.ctx.extras.get("poll_scheduler")
+        states = getattr(polls, "states", None)
+        if not states:
+            return
+        mono = time.monotonic()
+        for device_id, st in list(states.items()):
+            since = getattr(st, "running_since", None)
+            if since is None:
+                continue
+            started = now - timedelta(seconds=mono - since)
+            h = self.tracker.health(device_id, now)
+            if h.poll_started_at is None or abs((h.poll_started_at - started).total_seconds()) > 1:
+                self.tracker.poll_started(device_id, started)
+
+    def _refresh_mutes(self, now: datetime, *, announce: bool) -> None:
+        try:
+            rows = self.repo.mutes()
+        except Exception:
+            log.exception("could not read device mutes")
+            return
+        active = {d: until for d, (until, _reason) in rows.items() if until > now}
+        ended = [d for d in self._muted if d not in active]
+        started = [d for d in active if d not in self._muted]
+        self._muted = active
+        self.router.set_mutes(active)
+        for d in started:
+            if announce:
+                log.info("device alerts muted", device=d, until=active[d].isoformat(), reason=rows[d][1])
+        for d in ended:
+            if not announce:
+                continue
+            log.info("device alerts unmuted", device=d)
+            h = self.tracker.snapshot().get(d)
+            if h is not None and any(not p.notice for p in h.problems.values()):
+                self.router.resend_open(d, h, self._serials.get(d), now)
 
 
 def services(ctx: AppContext) -> list[Service]:
-    """The services of this area for the daemon."""
-    return []
+    """The health monitor (with its alert router) for the daemon."""
+    monitor = HealthMonitor(ctx)
+    ctx.extras["health"] = monitor
+    return [monitor]

@@ -216,12 +216,16 @@ device_health = Table(
     Column("state", String(16), nullable=False, default="unknown"),
     Column("state_since", UtcDateTime(), nullable=False),
     Column("consecutive_failures", Integer, nullable=False, default=0),
+    #: Start of the current run of failed polls (the offline window counts from the last good poll or this).
+    Column("failing_since", UtcDateTime()),
     Column("last_ok_at", UtcDateTime()),
     Column("last_failure_at", UtcDateTime()),
     Column("last_error_kind", String(32)),
     Column("last_error", Text),
     #: JSON object: problem name -> {"since": iso, "severity": ..., "detail": ..., "last_alert_at": iso}.
     Column("problems", Text, nullable=False, default="{}"),
+    #: When a poll last brought new punches, or when watching began: the silent-device clock.
+    Column("last_new_punch_at", UtcDateTime()),
     Column("next_probe_at", UtcDateTime()),
     Column("muted_until", UtcDateTime()),
     Column("mute_reason", String(200)),
@@ -265,3 +269,44 @@ kv = Table(
 def utcnow() -> datetime:
     """Aware UTC now (one place so tests can reason about it)."""
     return datetime.now(UTC)
+
+
+# ------------------------------------------------------------------------------------------------
+# Central mode: gateway registry and ingest receipts (forwarding area, migration 0002).
+# The BKD feed cursor is punches.id; see gateway/store/central_repo.py for why it never skips.
+# ------------------------------------------------------------------------------------------------
+
+#: Office gateways that forward to this central instance; the name and office come from the token.
+gateways = Table(
+    "gateways", metadata,
+    Column("name", String(100), primary_key=True),
+    Column("office_code", String(32), nullable=False),
+    Column("first_seen_at", UtcDateTime(), nullable=False),
+    Column("last_seen_at", UtcDateTime(), nullable=False),
+    Column("last_batch_at", UtcDateTime()),
+    Column("last_health_at", UtcDateTime()),
+    Column("remote_addr", String(64)),
+    #: What the gateway says about itself (host name, fpgw version); informational only.
+    Column("hostname", String(200)),
+    Column("version", String(50)),
+    #: The gateway's own outbox backlog as it last reported it.
+    Column("outbox_depth", Integer),
+    Column("oldest_unforwarded_s", Float),
+    Column("punches_received", BigInteger, nullable=False, default=0),
+)
+
+#: One receipt per accepted batch, so a replayed batch gets the very same answer (and stores nothing).
+ingest_batches = Table(
+    "ingest_batches", metadata,
+    Column("gateway", String(100), primary_key=True),
+    Column("batch_id", String(100), primary_key=True),
+    #: sha256 of the batch's punches; the same batch_id with other content is refused (409).
+    Column("digest", String(64), nullable=False),
+    Column("received_at", UtcDateTime(), nullable=False),
+    Column("punch_count", Integer, nullable=False),
+    Column("new_count", Integer, nullable=False),
+    Column("rejected_count", Integer, nullable=False),
+    #: The JSON answer given the first time.
+    Column("response", Text, nullable=False),
+    Index(None, "received_at"),
+)

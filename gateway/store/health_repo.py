@@ -1,0 +1,268 @@
+"""SQL for device health, alert history, mutes, status and the daily report (device_health, alerts tables).
+
+    gateway.monitor --DeviceHealth--> HealthRepo.save_health()     gateway.alerts --> record / mark_*
+    gateway.http / gateway.metrics / gateway.report / fpgw alerts|mute --> the read methods here
+Writes use ``writer(engine)`` (BEGIN IMMEDIATE on SQLite); every method is one short transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, func, select, update
+from sqlalchemy.engine import Connection
+
+from gateway.health import DeviceHealth, problems_from_json
+from gateway.store import schema as s
+from gateway.store.db import writer
+from gateway.store.schema import utcnow
+
+
+@dataclass(frozen=True, slots=True)
+class AlertRow:
+    """One row of the alert history."""
+
+    id: int
+    created_at: datetime
+    office_code: str
+    device_id: str | None
+    device_serial: str | None
+    problem: str
+    event: str
+    severity: str
+    title: str
+    message: str
+    details: dict[str, Any]
+    muted: bool
+    delivered_at: datetime | None
+    attempts: int
+    last_error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRow:
+    """What the devices table says about a device (for status, metrics, report)."""
+
+    pk: int
+    device_id: str
+    name: str
+    location: str
+    address: str
+    port: int
+    serial: str | None
+    firmware: str | None
+    enabled: bool
+    last_seen_at: datetime | None
+    last_ok_at: datetime | None
+    last_record_count: int | None
+    last_user_count: int | None
+    records_cap: int | None
+    users_cap: int | None
+    last_punch_at: datetime | None
+    last_new_punch_at: datetime | None
+    clock_skew_s: float | None
+    muted_until: datetime | None
+    mute_reason: str | None
+
+
+class HealthRepo:
+    """Health, alert and mute storage for one office."""
+
+    def __init__(self, engine: Engine, office_code: str) -> None:
+        self.engine = engine
+        self.office_code = office_code
+        self._writer = writer(engine)
+
+    # -- devices -------------------------------------------------------------------------------------
+    def _pk(self, conn: Connection, device_id: str) -> int:
+        d = s.devices.c
+        pk = conn.execute(select(d.pk).where(d.office_code == self.office_code, d.device_id == device_id)).scalar()
+        if pk is None:
+            raise KeyError(device_id)
+        return int(pk)
+
+    def devices(self) -> list[DeviceRow]:
+        """Every device of the office with its last known values and mute state, ordered by id."""
+        d, h = s.devices.c, s.device_health.c
+        q = (select(d.pk, d.device_id, d.name, d.location, d.address, d.port, d.serial, d.firmware, d.enabled,
+                    d.last_seen_at, d.last_ok_at, d.last_record_count, d.last_user_count, d.records_cap,
+                    d.users_cap, d.last_punch_at, d.last_new_punch_at, d.clock_skew_s, h.muted_until,
+                    h.mute_reason)
+             .select_from(s.devices.outerjoin(s.device_health, h.device_pk == d.pk))
+             .where(d.office_code == self.office_code).order_by(d.device_id))
+        with self.engine.connect() as conn:
+            return [DeviceRow(*row) for row in conn.execute(q)]
+
+    # -- health --------------------------------------------------------------------------------------
+    def load_health(self) -> list[DeviceHealth]:
+        """Persisted health of every device that has some (restored into the tracker at start)."""
+        d, h = s.devices.c, s.device_health.c
+        q = (select(d.device_id, h.state, h.state_since, h.consecutive_failures, h.failing_since, h.last_ok_at,
+                    h.last_failure_at, h.last_error_kind, h.last_error, h.problems, h.last_new_punch_at,
+                    d.last_seen_at, d.clock_skew_s)
+             .select_from(s.device_health.join(s.devices, h.device_pk == d.pk))
+             .where(d.office_code == self.office_code))
+        out = []
+        with self.engine.connect() as conn:
+            for r in conn.execute(q):
+                try:
+                    problems = problems_from_json(json.loads(r.problems or "{}"))
+                except (ValueError, KeyError, TypeError):
+                    problems = {}  # a damaged row must not stop the daemon; the next poll rebuilds it
+                out.append(DeviceHealth(
+                    device_id=r.device_id, state=r.state, state_since=r.state_since,
+                    consecutive_failures=r.consecutive_failures, failing_since=r.failing_since,
+                    last_ok_at=r.last_ok_at, last_seen_at=r.last_seen_at, last_failure_at=r.last_failure_at,
+                    last_error_kind=r.last_error_kind, last_error=r.last_error, problems=problems,
+                    last_new_punch_at=r.last_new_punch_at, clock_skew_s=r.clock_skew_s))
+        return out
+
+    def save_health(self, healths: Iterable[DeviceHealth]) -> None:
+        """Upsert the health rows of these devices (mute columns are left alone)."""
+        self.record(healths, [])
+
+    def record(self, healths: Iterable[DeviceHealth], alerts: Sequence[dict[str, Any]]) -> list[int]:
+        """Upsert health rows and insert alert rows in ONE transaction; returns the alert ids in order."""
+        now = utcnow()
+        h = s.device_health.c
+        ids: list[int] = []
+        with self._writer.begin() as conn:
+            for dh in healths:
+                try:
+                    pk = self._pk(conn, dh.device_id)
+                except KeyError:
+                    continue  # not (yet) in the devices table: nothing to attach health to
+                values = {
+                    "state": dh.state, "state_since": dh.state_since,
+                    "consecutive_failures": dh.consecutive_failures, "failing_since": dh.failing_since,
+                    "last_ok_at": dh.last_ok_at, "last_failure_at": dh.last_failure_at,
+                    "last_error_kind": dh.last_error_kind, "last_error": dh.last_error,
+                    "problems": json.dumps({n: p.to_json() for n, p in dh.problems.items()}, sort_keys=True),
+                    "last_new_punch_at": dh.last_new_punch_at, "updated_at": now,
+                }
+                done = conn.execute(update(s.device_health).where(h.device_pk == pk).values(**values)).rowcount
+                if not done:
+                    conn.execute(s.device_health.insert().values(device_pk=pk, **values))
+            for a in alerts:
+                ids.append(int(conn.execute(s.alerts.insert().values(
+                    created_at=a["created_at"], office_code=self.office_code, device_id=a["device_id"],
+                    device_serial=a["device_serial"], problem=a["problem"], event=a["event"],
+                    severity=a["severity"], title=a["title"][:300], message=a["message"],
+                    details=json.dumps(a["details"], default=str, sort_keys=True), muted=a["muted"],
+                    attempts=0).returning(s.alerts.c.id)).scalar_one()))
+        return ids
+
+    # -- mutes -----------------------------------------------------------------------------------------
+    def set_mute(self, device_id: str, until: datetime | None, reason: str | None = None) -> None:
+        """Mute a device's alerts until ``until`` (None unmutes). KeyError for an unknown device."""
+        now = utcnow()
+        h = s.device_health.c
+        with self._writer.begin() as conn:
+            pk = self._pk(conn, device_id)
+            values = {"muted_until": until, "mute_reason": (reason or None) if until else None, "updated_at": now}
+            if not conn.execute(update(s.device_health).where(h.device_pk == pk).values(**values)).rowcount:
+                conn.execute(s.device_health.insert().values(device_pk=pk, state="unknown", state_since=now,
+                                                             consecutive_failures=0, problems="{}", **values))
+
+    def mutes(self) -> dict[str, tuple[datetime, str | None]]:
+        """device_id -> (muted_until, reason) for devices with a mute set (expired ones included)."""
+        d, h = s.devices.c, s.device_health.c
+        q = (select(d.device_id, h.muted_until, h.mute_reason)
+             .select_from(s.device_health.join(s.devices, h.device_pk == d.pk))
+             .where(d.office_code == self.office_code, h.muted_until.is_not(None)))
+        with self.engine.connect() as conn:
+            return {r.device_id: (r.muted_until, r.mute_reason) for r in conn.execute(q)}
+
+    # -- alerts ---------------------------------------------------------------------------------------
+    def mark_delivered(self, alert_id: int, at: datetime, attempts: int) -> None:
+        """The alert reached every channel."""
+        with self._writer.begin() as conn:
+            conn.execute(update(s.alerts).where(s.alerts.c.id == alert_id)
+                         .values(delivered_at=at, attempts=attempts, last_error=None))
+
+    def mark_failed(self, alert_id: int, attempts: int, error: str) -> None:
+        """A delivery attempt failed (the alert stays pending while attempts < max)."""
+        with self._writer.begin() as conn:
+            conn.execute(update(s.alerts).where(s.alerts.c.id == alert_id)
+                         .values(attempts=attempts, last_error=error[:1000]))
+
+    def pending_alerts(self, max_attempts: int) -> list[AlertRow]:
+        """Alerts not muted, not delivered and not given up on, oldest first."""
+        a = s.alerts.c
+        return self._alerts(select(s.alerts).where(
+            a.office_code == self.office_code, a.delivered_at.is_(None), a.muted.is_(False),
+            a.attempts < max_attempts).order_by(a.id))
+
+    def alert(self, alert_id: int) -> AlertRow | None:
+        """One alert by id."""
+        rows = self._alerts(select(s.alerts).where(s.alerts.c.id == alert_id))
+        return rows[0] if rows else None
+
+    def list_alerts(self, *, device_id: str | None = None, since: datetime | None = None, limit: int = 200,
+                    problems: Sequence[str] | None = None) -> list[AlertRow]:
+        """Alert history, newest first."""
+        a = s.alerts.c
+        q = select(s.alerts).where(a.office_code == self.office_code)
+        if device_id:
+            q = q.where(a.device_id == device_id)
+        if since:
+            q = q.where(a.created_at >= since)
+        if problems:
+            q = q.where(a.problem.in_(list(problems)))
+        return self._alerts(q.order_by(a.id.desc()).limit(limit))
+
+    def _alerts(self, q: Any) -> list[AlertRow]:
+        with self.engine.connect() as conn:
+            return [AlertRow(id=r.id, created_at=r.created_at, office_code=r.office_code, device_id=r.device_id,
+                             device_serial=r.device_serial, problem=r.problem, event=r.event, severity=r.severity,
+                             title=r.title, message=r.message, details=_json(r.details), muted=bool(r.muted),
+                             delivered_at=r.delivered_at, attempts=r.attempts, last_error=r.last_error)
+                    for r in conn.execute(q)]
+
+    # -- outbox (owned by forwarding; read-only gauges here) ---------------------------------------------
+    def outbox_depth(self) -> tuple[int, datetime | None]:
+        """(pending outbox rows, created_at of the oldest one)."""
+        o = s.outbox.c
+        with self.engine.connect() as conn:
+            row = conn.execute(select(func.count(), func.min(o.created_at)).where(o.state == "pending")).one()
+        oldest = row[1]
+        if isinstance(oldest, str):  # SQLite aggregate loses the column type
+            oldest = s.UtcDateTime().process_result_value(datetime.fromisoformat(oldest), self.engine.dialect)
+        return int(row[0]), oldest
+
+    # -- report ---------------------------------------------------------------------------------------
+    def punches_per_day(self, day_from: str, day_to: str) -> dict[tuple[str, str], tuple[int, str, str]]:
+        """(device_id, "YYYY-MM-DD" device-local day) -> (punches, first "HH:MM:SS", last "HH:MM:SS")."""
+        p = s.punches.c
+        day = func.substr(p.device_time, 1, 10)
+        q = (select(p.device_id, day.label("day"), func.count(), func.min(p.device_time), func.max(p.device_time))
+             .where(p.office_code == self.office_code, p.device_time >= day_from,
+                    p.device_time < day_to + "~")  # "~" sorts after any "YYYY-MM-DD HH:MM:SS" of day_to
+             .group_by(p.device_id, day))
+        with self.engine.connect() as conn:
+            return {(r[0], r[1]): (int(r[2]), r[3][11:], r[4][11:]) for r in conn.execute(q)}
+
+    def poll_failures(self, start: datetime, end: datetime) -> dict[str, list[tuple[datetime, bool]]]:
+        """device_id -> [(poll start, ok?)] in [start, end), ordered (the report derives offline time)."""
+        d, r = s.devices.c, s.poll_runs.c
+        q = (select(d.device_id, r.started_at, r.outcome)
+             .select_from(s.poll_runs.join(s.devices, r.device_pk == d.pk))
+             .where(d.office_code == self.office_code, r.started_at >= start, r.started_at < end)
+             .order_by(d.device_id, r.started_at))
+        out: dict[str, list[tuple[datetime, bool]]] = {}
+        with self.engine.connect() as conn:
+            for row in conn.execute(q):
+                out.setdefault(row.device_id, []).append((row.started_at, row.outcome in ("ok", "unchanged")))
+        return out
+
+
+def _json(text: str | None) -> dict[str, Any]:
+    try:
+        value = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
