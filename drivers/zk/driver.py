@@ -603,7 +603,12 @@ class ZkSession:
                 raise self._dataset_error("user dataset", exc) from exc
             drv._user_size = size
         with drv._lock:
-            drv._users_by_uid = {u.uid: u.user_id for u in users}
+            # Merge rather than replace: a deleted user's old punches stay in an 8-byte log under a
+            # uid the table no longer lists, and only this cache still knows who that was. A uid
+            # the device has reassigned is overwritten (its new owner punches from now on).
+            merged = dict(drv._users_by_uid or {})
+            merged.update({u.uid: u.user_id for u in users})
+            drv._users_by_uid = merged
             drv._users_count = users_now
         return users
 
