@@ -1,0 +1,303 @@
+"""Central side of forwarding: idempotent ingest from office gateways and the BKD pull queries.
+
+    gateway forwarder --HTTP--> gateway.central (validates) --> CentralStore.ingest_punches / ingest_health
+    BKD client --HTTP--> gateway.central --> CentralStore.feed / iter_punches / devices --> gateway.export
+
+Feed cursor: the punches' own monotonic ``id``. On PostgreSQL ids come from a sequence and are NOT
+committed in order when transactions overlap: T1 takes id 10, T2 takes id 11 and commits first, a
+reader pages past 11 and never sees 10. Migration 0002 installs a statement-level BEFORE INSERT
+trigger on ``punches`` taking ``pg_advisory_xact_lock(FEED_LOCK_KEY)`` (before the row defaults draw
+ids), so every transaction that inserts punches — ingest, or a local poll — takes ids and commits
+strictly after the previous one: visible ids only ever grow and ``id > cursor`` never skips. It costs
+one short serialisation per ingest transaction, which is nothing at a regency's scale. SQLite has one
+writer at a time, so the same holds there without a trigger.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, Select, delete, func, select, update
+from sqlalchemy.engine import Connection
+
+from gateway.models import Punch
+from gateway.store import schema as s
+from gateway.store.db import writer
+from gateway.store.repo import PUNCH_KEY, insert_ignore, punch_row
+from gateway.store.schema import utcnow
+
+#: pg_advisory_xact_lock key of the feed-order guard (same literal as in migration 0002).
+FEED_LOCK_KEY = 0x46505746
+_CURSOR_PREFIX = "fpgw1:"
+
+
+def encode_cursor(position: int) -> str:
+    """The opaque cursor string for a feed position."""
+    return base64.urlsafe_b64encode(f"{_CURSOR_PREFIX}{position}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(text: str | None) -> int:
+    """The feed position of a cursor ("" or None = the beginning); ValueError when it is not ours."""
+    if not text:
+        return 0
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise ValueError("not a cursor returned by this API") from None
+    if not raw.startswith(_CURSOR_PREFIX) or not raw[len(_CURSOR_PREFIX):].isdigit():
+        raise ValueError("not a cursor returned by this API")
+    return int(raw[len(_CURSOR_PREFIX):])
+
+
+@dataclass(frozen=True)
+class PunchQuery:
+    """Which punches a pull or export wants; ``offices`` is the caller's scope (None = every office)."""
+
+    offices: frozenset[str] | None = None
+    office: str | None = None
+    device: str | None = None
+    employee: str | None = None
+    #: Inclusive range of local (office wall-clock) dates.
+    date_from: date | None = None
+    date_to: date | None = None
+
+
+#: Columns a pulled punch carries, in CSV/XLSX column order.
+FEED_COLUMNS = ("office_code", "device_id", "device_serial", "device_user_id", "employee_id", "device_time",
+                "local_time", "utc_time", "timezone", "state", "state_name", "verify", "verify_name", "workcode",
+                "flags", "source", "received_at")
+
+
+def _apply(q: Select[Any], query: PunchQuery) -> Select[Any]:
+    p = s.punches.c
+    if query.offices is not None:
+        q = q.where(p.office_code.in_(sorted(query.offices)))
+    if query.office:
+        q = q.where(p.office_code == query.office)
+    if query.device:
+        q = q.where(p.device_id == query.device)
+    if query.employee:
+        q = q.where(p.employee_id == query.employee)
+    if query.date_from:
+        start = datetime.combine(query.date_from, time())
+        q = q.where(p.local_time >= start)
+    if query.date_to:
+        end = datetime.combine(query.date_to + timedelta(days=1), time())
+        q = q.where(p.local_time < end)
+    return q
+
+
+def _row(r: Mapping[str, Any]) -> dict[str, Any]:
+    out = {k: r[k] for k in FEED_COLUMNS}
+    out["flags"] = [f for f in (r["flags"] or "").split(",") if f]
+    return out
+
+
+class CentralStore:
+    """Central-instance repository over one engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._writer = writer(engine)
+
+    # -- ingest ----------------------------------------------------------------------------------
+    def receipt(self, gateway: str, batch_id: str) -> tuple[str, dict[str, Any]] | None:
+        """(digest, answer) stored for a batch already received from this gateway."""
+        b = s.ingest_batches.c
+        with self.engine.connect() as conn:
+            row = conn.execute(select(b.digest, b.response)
+                               .where(b.gateway == gateway, b.batch_id == batch_id)).first()
+        return (row.digest, json.loads(row.response)) if row else None
+
+    def ingest_punches(self, *, gateway: str, office_code: str, batch_id: str, digest: str,
+                       punches: Sequence[Punch | None], rejected: Mapping[int, str],
+                       remote_addr: str | None = None, meta: Mapping[str, Any] | None = None,
+                       ) -> tuple[dict[str, Any], bool]:
+        """Store a validated batch in ONE transaction; returns (answer, replayed).
+
+        ``punches[i]`` is None exactly for the indexes in ``rejected`` (index -> reason). Punches are
+        stored with ON CONFLICT DO NOTHING, so a punch already stored (resend, overlap) is accepted as
+        a duplicate. The answer is kept as the batch's receipt: a replay gets it back unchanged.
+        """
+        now = utcnow()
+        c = s.punches.c
+        b = s.ingest_batches.c
+        with self._writer.begin() as conn:
+            new_keys: set[tuple[str, str, str]] = set()
+            rows = [punch_row(p, now, "forward") for p in punches if p is not None]
+            for i in range(0, len(rows), 500):
+                stmt = insert_ignore(conn, s.punches, PUNCH_KEY).returning(c.device_serial, c.device_user_id,
+                                                                           c.device_time)
+                new_keys.update((r[0], r[1], r[2]) for r in conn.execute(stmt, rows[i:i + 500]))
+            results: list[dict[str, Any]] = []
+            seen: set[tuple[str, str, str]] = set()
+            for i, p in enumerate(punches):
+                if p is None:
+                    results.append({"index": i, "status": "rejected", "reason": rejected[i]})
+                    continue
+                new = p.key in new_keys and p.key not in seen
+                seen.add(p.key)
+                results.append({"index": i, "status": "accepted", "duplicate": not new})
+            n_new = sum(1 for r in results if r["status"] == "accepted" and not r["duplicate"])
+            answer = {
+                "batch_id": batch_id, "office_code": office_code, "received": len(punches),
+                "accepted": len(punches) - len(rejected), "new": n_new,
+                "duplicates": len(punches) - len(rejected) - n_new, "rejected": len(rejected), "results": results,
+            }
+            stored = conn.execute(insert_ignore(conn, s.ingest_batches, ("gateway", "batch_id"))
+                                  .returning(b.batch_id),
+                                  {"gateway": gateway, "batch_id": batch_id, "digest": digest, "received_at": now,
+                                   "punch_count": len(punches), "new_count": n_new,
+                                   "rejected_count": len(rejected), "response": json.dumps(answer)}).first()
+            if stored is None:
+                # The same batch raced in on another connection and won; give its answer.
+                prior = conn.execute(select(b.response).where(b.gateway == gateway, b.batch_id == batch_id)
+                                     ).scalar_one()
+                return json.loads(prior), True
+            self._touch_gateway(conn, gateway, office_code, now, remote_addr, meta, batch=True, received=n_new)
+        return answer, False
+
+    def ingest_health(self, *, gateway: str, office_code: str, devices: Sequence[Mapping[str, Any]],
+                      remote_addr: str | None = None, meta: Mapping[str, Any] | None = None) -> int:
+        """Upsert an office's device rows and their health (one transaction); returns devices stored."""
+        now = utcnow()
+        d, h = s.devices.c, s.device_health.c
+        with self._writer.begin() as conn:
+            for dev in devices:
+                values = {k: dev.get(k) for k in _DEVICE_FIELDS if k in dev}
+                values["updated_at"] = now
+                pk = conn.execute(select(d.pk).where(d.office_code == office_code,
+                                                     d.device_id == dev["device_id"])).scalar()
+                if pk is None:
+                    defaults = {"name": dev["device_id"], "location": "", "address": "", "port": 4370,
+                                "transport": "tcp", "enabled": True}
+                    pk = conn.execute(s.devices.insert().values(
+                        office_code=office_code, device_id=dev["device_id"], created_at=now,
+                        **{**defaults, **{k: v for k, v in values.items() if v is not None or k not in defaults}})
+                        .returning(d.pk)).scalar_one()
+                else:
+                    conn.execute(update(s.devices).where(d.pk == pk).values(
+                        **{k: v for k, v in values.items() if v is not None or k not in _DEVICE_REQUIRED}))
+                health = dict(dev.get("health") or {})
+                hv = {
+                    "state": health.get("state") or "unknown",
+                    "state_since": health.get("state_since") or now,
+                    "consecutive_failures": int(health.get("consecutive_failures") or 0),
+                    "last_ok_at": dev.get("last_ok_at"), "last_failure_at": health.get("last_failure_at"),
+                    "last_error_kind": health.get("last_error_kind"), "last_error": health.get("last_error"),
+                    "problems": json.dumps(health.get("problems") or {}),
+                    "muted_until": health.get("muted_until"), "mute_reason": health.get("mute_reason"),
+                    "updated_at": now,
+                }
+                if conn.execute(select(h.device_pk).where(h.device_pk == pk)).first() is None:
+                    conn.execute(s.device_health.insert().values(device_pk=pk, **hv))
+                else:
+                    conn.execute(update(s.device_health).where(h.device_pk == pk).values(**hv))
+            self._touch_gateway(conn, gateway, office_code, now, remote_addr, meta, health=True)
+        return len(devices)
+
+    @staticmethod
+    def _touch_gateway(conn: Connection, name: str, office_code: str, now: datetime, remote_addr: str | None,
+                       meta: Mapping[str, Any] | None, *, batch: bool = False, health: bool = False,
+                       received: int = 0) -> None:
+        g = s.gateways.c
+        meta = meta or {}
+        values: dict[str, Any] = {"office_code": office_code, "last_seen_at": now, "remote_addr": remote_addr}
+        for key, limit in (("hostname", 200), ("version", 50)):
+            if isinstance(meta.get(key), str):
+                values[key] = meta[key][:limit]
+        for key, kind in (("outbox_depth", int), ("oldest_unforwarded_s", float)):
+            if key in meta and (meta[key] is None or isinstance(meta[key], int | float)):
+                values[key] = kind(meta[key]) if meta[key] is not None else None
+        if batch:
+            values["last_batch_at"] = now
+        if health:
+            values["last_health_at"] = now
+        conn.execute(insert_ignore(conn, s.gateways, ("name",)),
+                     {"name": name, "office_code": office_code, "first_seen_at": now, "last_seen_at": now,
+                      "punches_received": 0})
+        conn.execute(update(s.gateways).where(g.name == name)
+                     .values(punches_received=g.punches_received + received, **values))
+
+    def prune_receipts(self, older_than: datetime) -> int:
+        """Forget batch receipts older than this (a replay after that is still idempotent, just recomputed)."""
+        with self._writer.begin() as conn:
+            return int(conn.execute(delete(s.ingest_batches)
+                                    .where(s.ingest_batches.c.received_at < older_than)).rowcount or 0)
+
+    # -- pull ------------------------------------------------------------------------------------
+    def feed(self, query: PunchQuery, after: int, limit: int) -> tuple[list[dict[str, Any]], int]:
+        """Up to ``limit`` punches with feed position > ``after`` (oldest first) and the new position."""
+        p = s.punches.c
+        cols = [p.id, *(p[k] for k in FEED_COLUMNS)]
+        with self.engine.connect() as conn:
+            rows = conn.execute(_apply(select(*cols).where(p.id > after), query)
+                                .order_by(p.id).limit(limit)).mappings().all()
+        return [_row(r) for r in rows], (rows[-1]["id"] if rows else after)
+
+    def feed_head(self) -> int:
+        """The newest feed position (a client may start "from now" with it)."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.coalesce(func.max(s.punches.c.id), 0))).scalar_one())
+
+    def iter_punches(self, query: PunchQuery, chunk: int = 5000) -> Iterator[dict[str, Any]]:
+        """Every matching punch in feed order (chunked keyset paging: constant memory)."""
+        after = 0
+        while True:
+            rows, after_next = self.feed(query, after, chunk)
+            yield from rows
+            if len(rows) < chunk:
+                return
+            after = after_next
+
+    def devices(self, offices: frozenset[str] | None = None, office: str | None = None) -> list[dict[str, Any]]:
+        """Every known device (regency-wide or scoped) with its health."""
+        d, h = s.devices.c, s.device_health.c
+        q = (select(d.office_code, d.device_id, d.name, d.location, d.address, d.serial, d.firmware, d.platform,
+                    d.enabled, d.last_seen_at, d.last_ok_at, d.last_record_count, d.last_user_count, d.records_cap,
+                    d.users_cap, d.last_punch_at, d.clock_skew_s, h.state, h.state_since, h.consecutive_failures,
+                    h.last_error_kind, h.problems, h.updated_at.label("health_updated_at"))
+             .select_from(s.devices.outerjoin(s.device_health, h.device_pk == d.pk)))
+        if offices is not None:
+            q = q.where(d.office_code.in_(sorted(offices)))
+        if office:
+            q = q.where(d.office_code == office)
+        with self.engine.connect() as conn:
+            rows = conn.execute(q.order_by(d.office_code, d.device_id)).mappings().all()
+        out = []
+        for r in rows:
+            item = dict(r)
+            try:
+                item["problems"] = json.loads(r["problems"]) if r["problems"] else {}
+            except ValueError:
+                item["problems"] = {}
+            item["state"] = r["state"] or "unknown"
+            item["consecutive_failures"] = r["consecutive_failures"] or 0
+            out.append(item)
+        return out
+
+    def gateways(self, offices: frozenset[str] | None = None) -> list[dict[str, Any]]:
+        """The office gateways that reported here, with their last contact and backlog."""
+        g = s.gateways.c
+        q = select(s.gateways)
+        if offices is not None:
+            q = q.where(g.office_code.in_(sorted(offices)))
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q.order_by(g.office_code, g.name)).mappings()]
+
+
+#: Device fields a gateway may report (everything else in devices is the centre's own bookkeeping).
+_DEVICE_FIELDS = ("name", "location", "address", "port", "transport", "serial", "firmware", "platform",
+                  "device_name", "mac", "enabled", "last_seen_at", "last_ok_at", "last_full_read_at",
+                  "last_record_count", "last_user_count", "records_cap", "users_cap", "last_punch_at",
+                  "last_new_punch_at", "clock_skew_s")
+_DEVICE_REQUIRED = frozenset({"name", "location", "address", "port", "transport", "enabled"})
+
+__all__ = ["FEED_COLUMNS", "FEED_LOCK_KEY", "CentralStore", "PunchQuery", "decode_cursor",
+           "encode_cursor"]
