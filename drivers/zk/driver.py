@@ -331,7 +331,6 @@ class ZkSession:
         self._stream_ok = True
         self._closed = False
         self._live_stop = False
-        self._bytes_before = 0
         #: uids of 8-byte punches that no downloaded user had, in the last read_punches().
         self.unmapped_uids: set[int] = set()
 

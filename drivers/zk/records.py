@@ -13,7 +13,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
+from functools import lru_cache
 
 from drivers.base import DeviceUser, RawPunch
 
@@ -63,18 +64,38 @@ def decode_time_parts(t: int) -> tuple[int, int, int, int, int, int]:
     return 2000 + t, month, day, hour, minute, second
 
 
+@lru_cache(maxsize=8192)
+def _day(day_index: int) -> tuple[str, tuple[int, int, int] | None]:
+    """Day part of an encoded time: ("YYYY-MM-DD ", (y, m, d) or None when not a real date)."""
+    y, mo, d, _h, _mi, _s = decode_time_parts(day_index * 86400)
+    try:
+        date(y, mo, d)
+        ymd: tuple[int, int, int] | None = (y, mo, d)
+    except ValueError:
+        ymd = None
+    return f"{y:04d}-{mo:02d}-{d:02d} ", ymd
+
+
+@lru_cache(maxsize=86400)
+def _clock(sec: int) -> tuple[str, int, int, int]:
+    """Second-of-day -> ("HH:MM:SS", h, m, s)."""
+    h, rest = divmod(sec, 3600)
+    mi, s = divmod(rest, 60)
+    return f"{h:02d}:{mi:02d}:{s:02d}", h, mi, s
+
+
 def decode_time(t: int) -> tuple[str, datetime | None]:
     """Encoded ZK time -> (``YYYY-MM-DD HH:MM:SS`` text, datetime or None when not a real date).
 
     The text is produced even for impossible dates (Feb 31 after a clock glitch) so the punch can be
-    stored and flagged instead of silently dropped (pyzk raises ValueError there).
+    stored and flagged instead of silently dropped (pyzk raises ValueError there). Day and
+    time-of-day parts are cached: a log's punches fall on few distinct days.
     """
-    y, mo, d, h, mi, s = decode_time_parts(t)
-    text = f"{y:04d}-{mo:02d}-{d:02d} {h:02d}:{mi:02d}:{s:02d}"
-    try:
-        return text, datetime(y, mo, d, h, mi, s)
-    except ValueError:
-        return text, None
+    day_text, ymd = _day(t // 86400)
+    clock_text, h, mi, s = _clock(t % 86400)
+    if ymd is None:
+        return day_text + clock_text, None
+    return day_text + clock_text, datetime(ymd[0], ymd[1], ymd[2], h, mi, s)
 
 
 def encode_time(dt: datetime) -> int:
@@ -172,9 +193,13 @@ def parse_records(
     out: list[RawPunch] = []
     append = out.append
     if size == 40:
+        names: dict[bytes, str] = {}  # few distinct users: decode each id text once
         for uid, uid_text, verify, t, state in _REC40.iter_unpack(body):
             text, local = decode_time(t)
-            append(RawPunch(_text(uid_text, encoding), text, local, state, verify, uid, 0, t))
+            user_id = names.get(uid_text)
+            if user_id is None:
+                user_id = names[uid_text] = _text(uid_text, encoding)
+            append(RawPunch(user_id, text, local, state, verify, uid, 0, t))
     elif size == 16:
         for user_no, t, state, verify, workcode in _REC16.iter_unpack(body):
             text, local = decode_time(t)
