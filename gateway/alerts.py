@@ -129,7 +129,7 @@ def _apprise_channel(index: int, url: str) -> Channel:
                        notify_type=apprise.NotifyType(_APPRISE_TYPE.get(doc["severity"], "info"))
                        if doc["event"] != "end" else apprise.NotifyType.SUCCESS)
         if not ok:
-            raise RuntimeError(f"apprise#{index} ({scheme}) did not accept the notification")
+            raise RuntimeError("not accepted (see the apprise log line above)")
 
     return Channel(f"apprise#{index}({scheme})", send)
 
@@ -139,9 +139,9 @@ def _webhook_channel(index: int, url: str, timeout_s: float = 10.0) -> Channel:
         try:
             r = httpx.post(url, json=doc, timeout=timeout_s, headers={"User-Agent": "fpgw-alerts"})
         except httpx.HTTPError as exc:
-            raise RuntimeError(f"webhook#{index}: {type(exc).__name__}") from None
+            raise RuntimeError(type(exc).__name__) from None
         if r.status_code >= 300:
-            raise RuntimeError(f"webhook#{index}: HTTP {r.status_code}")
+            raise RuntimeError(f"HTTP {r.status_code}")
 
     return Channel(f"webhook#{index}", send)
 

@@ -39,8 +39,9 @@ SEVERITY = {
     "firmware_changed": "info", "clock_corrected": "info",
 }
 
-#: Failure kinds that mean "could not reach the device" (count toward offline).
-OFFLINE_KINDS = frozenset({"unreachable", "timeout", "abandoned"})
+#: Failure kinds that mean "could not reach the device" (count toward offline). "timeout" (the whole poll
+#: ran past polling.poll_deadline_s) is poll_hang instead; "abandoned" (our own shutdown) counts for nothing.
+OFFLINE_KINDS = frozenset({"unreachable"})
 #: Failure kinds where the device answered but the conversation broke.
 PROTOCOL_KINDS = frozenset({"protocol_error", "bug"})
 #: Outcomes where the device answered, even though the poll did not succeed.
@@ -228,8 +229,12 @@ class HealthTracker:
         kind = None if outcome.ok else (outcome.error_kind or "bug")
 
         if kind == "abandoned":
+            # Stopped by our own shutdown: says nothing about the device.
+            return out
+        if kind == "timeout":
             self._open(h, out, "poll_hang", now, f"a poll ran past the {_fmt_s(self.config.polling.poll_deadline_s)} "
-                       "deadline and was abandoned", {"deadline_s": self.config.polling.poll_deadline_s})
+                       "deadline (polling.poll_deadline_s) and was stopped",
+                       {"deadline_s": self.config.polling.poll_deadline_s, "error": outcome.error})
         else:
             self._close(h, out, "poll_hang", now)
 

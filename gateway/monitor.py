@@ -174,4 +174,11 @@ def services(ctx: AppContext) -> list[Service]:
     """The health monitor (with its alert router) for the daemon."""
     monitor = HealthMonitor(ctx)
     ctx.extras["health"] = monitor
+    if ctx.metrics_registry is None:
+        from prometheus_client import CollectorRegistry
+
+        ctx.metrics_registry = CollectorRegistry(auto_describe=True)
+    from gateway import metrics
+
+    metrics.install(ctx.metrics_registry, monitor, ctx.poll_observers, with_outbox=bool(ctx.config.forward.url))
     return [monitor]

@@ -220,10 +220,14 @@ def test_hung_poll_caught_by_sweep_and_ends_when_it_reports() -> None:
     assert events(tr.record(ok(T0 + timedelta(minutes=5)))) == [("poll_hang", "end")]
 
 
-def test_abandoned_poll_opens_poll_hang() -> None:
-    tr = HealthTracker(make_config())
+def test_poll_past_deadline_opens_poll_hang_but_shutdown_abandon_is_ignored() -> None:
+    tr = HealthTracker(make_config({"offline_after_failures": 1, "offline_after_s": 1}))
     tr.record(ok(T0))
-    assert events(tr.record(fail(T0 + timedelta(minutes=1), "abandoned"))) == [("poll_hang", "start")]
+    assert tr.record(fail(T0 + timedelta(minutes=1), "abandoned")) == []
+    assert tr.health("lobby").consecutive_failures == 0
+    assert events(tr.record(fail(T0 + timedelta(minutes=2), "timeout"))) == [("poll_hang", "start")]
+    assert tr.record(fail(T0 + timedelta(minutes=3), "timeout")) == []  # slow is not offline
+    assert events(tr.record(ok(T0 + timedelta(minutes=4)))) == [("poll_hang", "end")]
 
 
 def test_reminder_after_reminder_interval_while_open() -> None:

@@ -1,0 +1,158 @@
+"""Prometheus metrics of the gateway (served by gateway.http at /metrics).
+
+    poller --PollOutcome (ctx.poll_observers)--> PollMetrics (duration histogram, polls by outcome)
+    scrape --> HealthCollector.collect(): device state, problems, counts, skew, ages from the health monitor
+               and the devices table; outbox depth/age (forwarding's outbox_stats); alerts sent/failed
+Labels are always ``device`` (and ``serial`` where it identifies the terminal), as in the logs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from gateway.models import PollOutcome
+from gateway.store.health_repo import HealthRepo
+
+if TYPE_CHECKING:
+    from gateway.monitor import HealthMonitor
+
+#: Poll durations from a quick count check (~0.1 s) to a full download of a big log (minutes).
+POLL_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class PollMetrics:
+    """Per-poll counters, fed as a poll observer (cheap: no I/O)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.duration = Histogram("fpgw_poll_duration_seconds", "Wall time of one device poll", ["device"],
+                                  buckets=POLL_BUCKETS, registry=registry)
+        self.polls = Counter("fpgw_polls", "Device polls by outcome (ok or an error kind)", ["device", "outcome"],
+                             registry=registry)
+        self.new_punches = Counter("fpgw_new_punches", "New punches stored from a device", ["device"],
+                                   registry=registry)
+
+    def observe(self, outcome: PollOutcome) -> None:
+        """Poll observer."""
+        self.duration.labels(outcome.device_id).observe(max(outcome.duration_s, 0.0))
+        self.polls.labels(outcome.device_id, "ok" if outcome.ok else (outcome.error_kind or "bug")).inc()
+        if outcome.new_punches:
+            self.new_punches.labels(outcome.device_id).inc(outcome.new_punches)
+
+
+class HealthCollector(Collector):
+    """Gauges computed at scrape time from the health monitor and the store (always current, no bookkeeping)."""
+
+    def __init__(self, monitor: HealthMonitor, repo: HealthRepo,
+                 outbox: Callable[[], tuple[int, float | None]] | None = None,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.monitor = monitor
+        self.repo = repo
+        self.outbox = outbox
+        self.clock = clock
+
+    def describe(self) -> list[Any]:
+        """No up-front description (metrics depend on the devices present)."""
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        """Build every gauge for this scrape."""
+        now = self.clock()
+        snap = self.monitor.snapshot()
+        rows = self.repo.devices()
+        up = GaugeMetricFamily("fpgw_device_up", "1 when the device is online, 0 offline or unknown",
+                               labels=["device", "serial", "state"])
+        records = GaugeMetricFamily("fpgw_device_records", "Attendance records held by the device", labels=["device"])
+        users = GaugeMetricFamily("fpgw_device_users", "Users enrolled on the device", labels=["device"])
+        ratio = GaugeMetricFamily("fpgw_device_capacity_ratio", "Used share of the device's storage (0-1)",
+                                  labels=["device", "kind"])
+        skew = GaugeMetricFamily("fpgw_device_clock_skew_seconds", "Device clock minus server clock",
+                                 labels=["device"])
+        punch_age = GaugeMetricFamily("fpgw_device_last_punch_age_seconds", "Age of the newest stored punch",
+                                      labels=["device"])
+        seen_age = GaugeMetricFamily("fpgw_device_last_seen_age_seconds", "Time since the device last answered",
+                                     labels=["device"])
+        problems = GaugeMetricFamily("fpgw_device_problem", "1 for every open problem",
+                                     labels=["device", "problem", "severity"])
+        open_n = GaugeMetricFamily("fpgw_device_open_problems", "Open problems per device (notices excluded)",
+                                   labels=["device"])
+        muted = GaugeMetricFamily("fpgw_device_muted", "1 while the device's alerts are muted", labels=["device"])
+        for r in rows:
+            if not r.enabled:
+                continue
+            h = snap.get(r.device_id)
+            state = h.state if h else "unknown"
+            up.add_metric([r.device_id, r.serial or "", state], 1.0 if state == "online" else 0.0)
+            if r.last_record_count is not None:
+                records.add_metric([r.device_id], r.last_record_count)
+                if r.records_cap:
+                    ratio.add_metric([r.device_id, "records"], r.last_record_count / r.records_cap)
+            if r.last_user_count is not None:
+                users.add_metric([r.device_id], r.last_user_count)
+                if r.users_cap:
+                    ratio.add_metric([r.device_id, "users"], r.last_user_count / r.users_cap)
+            if r.clock_skew_s is not None:
+                skew.add_metric([r.device_id], r.clock_skew_s)
+            if r.last_punch_at is not None:
+                punch_age.add_metric([r.device_id], max(0.0, (now - r.last_punch_at).total_seconds()))
+            if r.last_seen_at is not None:
+                seen_age.add_metric([r.device_id], max(0.0, (now - r.last_seen_at).total_seconds()))
+            plist = list(h.problems.values()) if h else []
+            for p in plist:
+                problems.add_metric([r.device_id, p.name, p.severity], 1.0)
+            open_n.add_metric([r.device_id], sum(1 for p in plist if not p.notice))
+            muted.add_metric([r.device_id], 1.0 if r.muted_until is not None and r.muted_until > now else 0.0)
+        yield from (up, records, users, ratio, skew, punch_age, seen_age, problems, open_n, muted)
+
+        router = self.monitor.router
+        sent = CounterMetricFamily("fpgw_alerts_sent", "Alerts delivered to every channel")
+        sent.add_metric([], router.sent)
+        failed = CounterMetricFamily("fpgw_alert_delivery_failures", "Failed alert delivery attempts")
+        failed.add_metric([], router.failed)
+        yield from (sent, failed)
+
+        if self.outbox is not None:
+            try:
+                depth, age = self.outbox()
+            except Exception:  # a scrape must not fail because of the outbox query
+                return
+            g = GaugeMetricFamily("fpgw_outbox_depth", "Punches waiting to be forwarded upstream")
+            g.add_metric([], depth)
+            yield g
+            g = GaugeMetricFamily("fpgw_outbox_oldest_age_seconds", "Age of the oldest unforwarded punch")
+            g.add_metric([], age or 0.0)
+            yield g
+
+
+def outbox_reader(repo: HealthRepo, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+                  ) -> Callable[[], tuple[int, float | None]]:
+    """(depth, oldest age s) of the outbox: forwarding's outbox_stats when present, else a direct count."""
+    try:
+        from gateway.store.outbox import outbox_stats
+    except ImportError:  # forwarding not installed in this tree: count the table ourselves
+        def direct() -> tuple[int, float | None]:
+            depth, oldest = repo.outbox_depth()
+            return depth, (clock() - oldest).total_seconds() if oldest else None
+        return direct
+
+    def via_forwarding() -> tuple[int, float | None]:
+        stats = outbox_stats(repo.engine)
+        return stats.depth, stats.oldest_age_s
+    return via_forwarding
+
+
+def install(registry: CollectorRegistry, monitor: HealthMonitor, poll_observers: list[Any] | None,
+            *, with_outbox: bool = True) -> PollMetrics:
+    """Register the poll metrics and the health collector on ``registry``."""
+    pm = PollMetrics(registry)
+    if poll_observers is not None:
+        poll_observers.append(pm.observe)
+    registry.register(HealthCollector(monitor, monitor.repo,
+                                      outbox_reader(monitor.repo, monitor.clock) if with_outbox else None,
+                                      clock=monitor.clock))
+    return pm

@@ -1,0 +1,232 @@
+"""End-to-end: simulator faults -> the real daemon (Gateway in-process) -> alerts at a local webhook receiver.
+
+Each problem must produce exactly one start alert and one recovery alert, and a gateway restart on
+the same database must not repeat either. Polls are requested with poll_now; time-based rules use the
+monitor's public ``sweep(now)`` with an explicit instant instead of waiting for hours.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from core_support import DeviceEntry, RunningGateway, make_config, sim_spec, table_rows
+from health_support import WebhookReceiver, count
+
+from gateway.store import schema as s
+from gateway.store.health_repo import HealthRepo
+
+pytest.importorskip("simulators.zk", reason="simulators.zk not importable")
+from simulators.zk import Fleet
+
+
+@pytest.fixture
+def fleet(tmp_path: Path):
+    with Fleet(truth_path=tmp_path / "truth.jsonl") as f:
+        yield f
+
+
+@pytest.fixture
+def hook():
+    with WebhookReceiver() as h:
+        yield h
+
+
+def health_config(db_url: str, entries: list[DeviceEntry], tmp_path: Path, hook: WebhookReceiver,
+                  monkeypatch: pytest.MonkeyPatch, health: dict[str, Any] | None = None,
+                  polling: dict[str, Any] | None = None) -> Any:
+    monkeypatch.setenv("T_HOOK", hook.url)
+    return make_config(db_url, entries, tmp_path, polling=polling,
+                       health={"offline_after_failures": 2, "offline_after_s": 1, **(health or {})},
+                       alerts={"webhooks_env": "T_HOOK", "reminder_s": 0})
+
+
+def settle(gw: RunningGateway) -> None:
+    """Wait until polls (with their observers) are done and every alert due was delivered."""
+    assert not gw.gateway.polls.wait_idle(30)
+    monitor = gw.gateway.ctx.extras["health"]
+    assert monitor.router.wait_idle(20)
+
+
+def poll(gw: RunningGateway, device_id: str = "a") -> Any:
+    outcome = gw.poll(device_id)
+    settle(gw)
+    return outcome
+
+
+def alerts_in_db(db_url: str) -> list[tuple[str, str]]:
+    return [(r["problem"], r["event"]) for r in table_rows(db_url, s.alerts)]
+
+
+@pytest.mark.timeout(120)
+def test_offline_alerts_once_recovers_once_and_never_repeats_across_restarts(
+        fleet, hook: WebhookReceiver, db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    a = fleet.add(sim_spec("HL-OFF", records=50))
+    config = health_config(db_url, [DeviceEntry("a", a)], tmp_path, hook, monkeypatch)
+    with RunningGateway(config) as gw:
+        assert poll(gw).ok
+        a.set_fault("offline")
+        assert poll(gw).error_kind == "unreachable"
+        assert hook.events() == []  # one failure: not offline yet (hysteresis)
+        assert poll(gw).error_kind == "unreachable"
+        hook.wait_for(lambda r: count(r, "offline", "start") == 1)
+        status = gw.gateway.ctx.extras["health"].snapshot()["a"]
+        assert status.state == "offline" and "offline" in status.problems
+    # Restart while still offline: the problem is remembered, nothing is re-sent.
+    with RunningGateway(config) as gw:
+        assert poll(gw).error_kind == "unreachable"
+        gw.gateway.ctx.extras["health"].sweep()
+        settle(gw)
+        assert hook.events() == [("offline", "start")]
+        a.clear_fault("offline")
+        assert poll(gw).ok
+        got = hook.wait_for(lambda r: count(r, "offline", "end") == 1)
+    end = next(d for d in got if d["event"] == "end")
+    assert end["severity"] == "critical" and end["duration_s"] > 0 and end["check"] == []
+    # And once more: recovered state is remembered too.
+    with RunningGateway(config) as gw:
+        assert poll(gw).ok
+        gw.gateway.ctx.extras["health"].sweep()
+        settle(gw)
+    assert hook.events() == [("offline", "start"), ("offline", "end")]
+    assert alerts_in_db(db_url) == [("offline", "start"), ("offline", "end")]
+    [row] = table_rows(db_url, s.device_health)
+    assert row["state"] == "online" and row["problems"] == "{}"
+
+
+# fault, value, expected problem, how to recover
+FAULTS = [
+    ("wrong_comm_key", True, "auth_rejected"),
+    ("clock_skew", 3600, "clock_skew"),
+    ("clock_reset", True, "clock_reset"),
+    ("storage_full", True, "storage"),
+    ("port_closed", True, "offline"),
+]
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("fault,value,problem", FAULTS, ids=[f[0] for f in FAULTS])
+def test_simulator_fault_gives_one_start_and_one_end_alert(
+        fault: str, value: Any, problem: str, fleet, hook: WebhookReceiver, sqlite_url: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    a = fleet.add(sim_spec(f"HL-{fault[:10].upper()}", records=40))
+    config = health_config(sqlite_url, [DeviceEntry("a", a)], tmp_path, hook, monkeypatch)
+    with RunningGateway(config) as gw:
+        assert poll(gw).ok
+        a.set_fault(fault, value)
+        poll(gw)
+        poll(gw)  # a second bad poll: still exactly one start (and offline needs two failures)
+        # Offline also needs offline_after_s without a good poll: a refused connect fails at once.
+        gw.gateway.ctx.extras["health"].sweep(datetime.now(UTC) + timedelta(seconds=5))
+        settle(gw)
+        got = hook.wait_for(lambda r: count(r, problem, "start") == 1)
+        start = next(d for d in got if d["problem"] == problem)
+        assert start["device"]["serial"] == a.serial and start["office"]["code"] == "1801.01.02"
+        assert start["check"], "a start alert says what to check"
+        a.clear_fault(fault)
+        if fault == "clock_reset":
+            a.set_fault("clock_skew", 0)  # the simulator's clock runs on from 2000: bring it back to now
+        assert poll(gw).ok
+        hook.wait_for(lambda r: count(r, problem, "end") == 1)
+    with RunningGateway(config) as gw:
+        poll(gw)
+    assert hook.events() == [(problem, "start"), (problem, "end")], hook.events()
+
+
+@pytest.mark.timeout(90)
+def test_log_cleared_and_replaced_are_single_notices(fleet, hook: WebhookReceiver, sqlite_url: str, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    a = fleet.add(sim_spec("HL-NOTICE", records=60))
+    config = health_config(sqlite_url, [DeviceEntry("a", a)], tmp_path, hook, monkeypatch)
+    with RunningGateway(config) as gw:
+        assert poll(gw).ok
+        a.set_fault("log_cleared")
+        assert poll(gw).ok
+        poll(gw)
+        hook.wait_for(lambda r: count(r, "log_shrank", "notice") == 1)
+        a.set_fault("replaced", "HL-NEW-1")
+        assert poll(gw).serial == "HL-NEW-1"
+        got = hook.wait_for(lambda r: count(r, "replaced", "notice") == 1)
+    with RunningGateway(config) as gw:
+        poll(gw)
+    assert hook.events() == [("log_shrank", "notice"), ("replaced", "notice")]
+    replaced = next(d for d in got if d["problem"] == "replaced")
+    assert replaced["seen"] == {"previous_serial": "HL-NOTICE", "serial": "HL-NEW-1"}
+
+
+@pytest.mark.timeout(90)
+def test_silent_device_during_working_hours_and_its_end(fleet, hook: WebhookReceiver, sqlite_url: str,
+                                                        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    a = fleet.add(sim_spec("HL-SILENT", records=30))
+    config = health_config(sqlite_url, [DeviceEntry("a", a)], tmp_path, hook, monkeypatch,
+                           health={"silent_after_s": 3600,
+                                   "working_hours": {"start": "00:00", "end": "23:59", "days": [1, 2, 3, 4, 5, 6, 7]}})
+    with RunningGateway(config) as gw:
+        assert poll(gw).ok
+        monitor = gw.gateway.ctx.extras["health"]
+        now = datetime.now(UTC)
+        assert monitor.sweep(now + timedelta(minutes=30)) == []
+        [t] = monitor.sweep(now + timedelta(hours=2))
+        assert (t.problem, t.event) == ("silent", "start")
+        hook.wait_for(lambda r: count(r, "silent", "start") == 1)
+        a.add_punches(2)
+        assert poll(gw).new_punches == 2
+        hook.wait_for(lambda r: count(r, "silent", "end") == 1)
+    assert hook.events() == [("silent", "start"), ("silent", "end")]
+
+
+@pytest.mark.timeout(120)
+def test_hung_poll_is_reported_while_it_runs(fleet, hook: WebhookReceiver, sqlite_url: str, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    a = fleet.add(sim_spec("HL-HANG", records=30))
+    config = health_config(sqlite_url, [DeviceEntry("a", a, extra={"timeout_s": 3})], tmp_path, hook, monkeypatch,
+                           polling={"poll_deadline_s": 5})
+    with RunningGateway(config) as gw:
+        assert poll(gw).ok
+        monitor = gw.gateway.ctx.extras["health"]
+        a.set_fault("slow", 1.0)  # every reply 1 s late: the poll runs well past the 5 s deadline
+        started = datetime.now(UTC)
+        assert gw.gateway.ctx.poll_now is not None and gw.gateway.ctx.poll_now("a")
+        # Sweep while the poll is still in flight, once it is past the deadline.
+        transitions = []
+        while not transitions and (datetime.now(UTC) - started).total_seconds() < 30:
+            time.sleep(0.25)
+            transitions = monitor.sweep()
+        assert [(t.problem, t.event) for t in transitions] == [("poll_hang", "start")]
+        assert gw.gateway.polls.in_flight() == ["a"], "detected while the poll still runs"
+        outcome = gw.recorder.wait_for("a", started, 60)
+        assert outcome.error_kind == "timeout"
+        settle(gw)
+        a.clear_fault("slow")
+        assert poll(gw).ok
+        hook.wait_for(lambda r: count(r, "poll_hang", "end") == 1)
+    assert hook.events() == [("poll_hang", "start"), ("poll_hang", "end")]
+
+
+@pytest.mark.timeout(90)
+def test_muted_device_records_but_does_not_send_and_unmute_sends_open_state_once(
+        fleet, hook: WebhookReceiver, sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    a = fleet.add(sim_spec("HL-MUTE", records=30))
+    config = health_config(sqlite_url, [DeviceEntry("a", a)], tmp_path, hook, monkeypatch)
+    with RunningGateway(config) as gw:
+        assert poll(gw).ok
+        monitor = gw.gateway.ctx.extras["health"]
+        repo = HealthRepo(gw.gateway.engine, "1801.01.02")
+        repo.set_mute("a", datetime.now(UTC) + timedelta(hours=2), "ganti kabel")
+        monitor.sweep()
+        a.set_fault("wrong_comm_key", True)
+        poll(gw)
+        assert hook.events() == []
+        rows = table_rows(sqlite_url, s.alerts)
+        assert [(r["problem"], r["event"], r["muted"]) for r in rows] == [("auth_rejected", "start", True)]
+        repo.set_mute("a", None)  # what `fpgw devices unmute a` does
+        monitor.sweep()
+        settle(gw)
+        got = hook.wait_for(lambda r: len(r) == 1)
+        monitor.sweep()
+        settle(gw)
+    assert hook.events() == [("auth_rejected", "reminder")]
+    assert "maintenance mute ended" in got[0]["message"]
