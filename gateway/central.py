@@ -1,10 +1,768 @@
-"""Placeholder until this area lands (see gateway.services); returns no services."""
+"""Central mode: the ingest API office gateways forward to, and the BKD pull API.
+
+    office forwarder --POST /api/v1/ingest/punches|health (gateway token)--> validate --> CentralStore
+    BKD --GET /api/v1/punches|recap/daily|completeness|devices|gateways (API token)--> CentralStore --> export
+``services(ctx)`` appends these Starlette routes to ``ctx.http_routes`` when ``[central] enabled``;
+gateway.http serves them. Handlers parse and authorise on the event loop and run every database call
+in Starlette's thread pool (SQLAlchemy is synchronous). Tokens live hashed in TOML files (see
+TokenFile); the office of an ingested punch always comes from the gateway's token.
+"""
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import threading
+import time
+import tomllib
+import zlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import structlog
+from sqlalchemy import Engine
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from gateway import export
+from gateway.config import CentralConfig, Config
+from gateway.models import Punch
+from gateway.normalize import state_name, verify_name
 from gateway.services import AppContext, Service
+from gateway.store.central_repo import FEED_COLUMNS, CentralStore, PunchQuery, decode_cursor, encode_cursor
+from gateway.store.schema import utcnow
+
+log = structlog.get_logger(__name__)
+
+API = "/api/v1"
+#: Largest page a pull may ask for.
+MAX_LIMIT = 10000
+DEFAULT_LIMIT = 1000
+#: Longest date range of a recap or completeness report.
+MAX_RANGE_DAYS = 366
+#: Batch receipts are kept this long (a replay later is still idempotent, just recomputed).
+RECEIPT_DAYS = 30
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+_BATCH_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
+_DEVICE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$")
+
+
+# --------------------------------------------------------------------------------------------------
+# Tokens
+# --------------------------------------------------------------------------------------------------
+
+class TokenFileError(Exception):
+    """A token file cannot be used (the message names the file and the entry)."""
+
+
+@dataclass(frozen=True)
+class Token:
+    """One token entry: who it is, its hash, and the offices it may act for (None = every office)."""
+
+    name: str
+    digest: str
+    offices: frozenset[str] | None
+
+
+def hash_token(token: str) -> str:
+    """The stored form of a token. Tokens are 256 random bits, so a plain SHA-256 cannot be reversed."""
+    return "sha256:" + hashlib.sha256(token.encode()).hexdigest()
+
+
+def load_tokens(path: Path, kind: str) -> list[Token]:
+    """Read a token file; ``kind`` "gateway" entries must name exactly one office."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise TokenFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise TokenFileError(f"{path}: not a valid TOML token file: {exc}") from None
+    entries = data.get("token", [])
+    if not isinstance(entries, list):
+        raise TokenFileError(f"{path}: 'token' must be an array of tables ([[token]])")
+    tokens: list[Token] = []
+    names: set[str] = set()
+    for i, e in enumerate(entries):
+        where = f"{path}: token #{i + 1}"
+        if not isinstance(e, dict):
+            raise TokenFileError(f"{where}: must be a table")
+        name, digest, offices = e.get("name"), e.get("hash"), e.get("offices")
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise TokenFileError(f"{where}: name must be 1-100 letters, digits, '_', '.' or '-'")
+        if name in names:
+            raise TokenFileError(f"{where}: duplicate name {name!r}")
+        names.add(name)
+        if not isinstance(digest, str) or not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+            raise TokenFileError(f"{where} ({name}): hash must be 'sha256:' + 64 hex digits "
+                                 "(create entries with `fpgw central add-token`)")
+        if offices is None or offices == ["*"]:
+            scope = None
+        elif isinstance(offices, list) and offices and all(isinstance(o, str) and o for o in offices):
+            scope = frozenset(offices)
+        else:
+            raise TokenFileError(f"{where} ({name}): offices must be a list of office codes, or [\"*\"] for all")
+        if kind == "gateway" and (scope is None or len(scope) != 1):
+            raise TokenFileError(f"{where} ({name}): a gateway token must name exactly one office")
+        tokens.append(Token(name, digest, scope))
+    return tokens
+
+
+class TokenFile:
+    """Tokens of one file, re-read when the file changes (so add-token needs no restart)."""
+
+    def __init__(self, path: Path, kind: str) -> None:
+        self.path = path
+        self.kind = kind
+        self._lock = threading.Lock()
+        self._stamp: tuple[float, int] | None = None
+        self._tokens: list[Token] = []
+        self.reload()
+
+    def reload(self) -> None:
+        """Read the file now (raises TokenFileError)."""
+        st = self.path.stat()
+        tokens = load_tokens(self.path, self.kind)
+        with self._lock:
+            self._tokens, self._stamp = tokens, (st.st_mtime, st.st_size)
+
+    def lookup(self, presented: str) -> Token | None:
+        """The entry matching a presented token (constant-time comparison over every entry)."""
+        try:
+            st = self.path.stat()
+            if (st.st_mtime, st.st_size) != self._stamp:
+                self.reload()
+                log.info("token file reloaded", file=str(self.path), tokens=len(self._tokens))
+        except (OSError, TokenFileError) as exc:
+            # Keep serving with the tokens we had; a half-written file must not lock everyone out.
+            log.warning("token file unreadable; keeping the previous tokens", file=str(self.path), error=str(exc))
+        digest = hash_token(presented)
+        found = None
+        with self._lock:
+            for tok in self._tokens:
+                if hmac.compare_digest(tok.digest, digest):
+                    found = tok
+        return found
+
+    def tokens(self) -> list[Token]:
+        """The current entries."""
+        with self._lock:
+            return list(self._tokens)
+
+
+def add_token(path: Path, name: str, offices: list[str] | None, kind: str) -> str:
+    """Mint a token, append its hash to the file (created 0600), and return the token (shown once)."""
+    if not _NAME.match(name):
+        raise TokenFileError(f"name {name!r}: use 1-100 letters, digits, '_', '.' or '-'")
+    if kind == "gateway" and (not offices or len(offices) != 1 or offices == ["*"]):
+        raise TokenFileError("a gateway token needs exactly one office (--offices 1801.01.02)")
+    existing = load_tokens(path, kind) if path.exists() else []
+    if any(t.name == name for t in existing):
+        raise TokenFileError(f"{path}: a token named {name!r} already exists")
+    token = secrets.token_urlsafe(32)
+    scope = ", ".join(json.dumps(o) for o in offices) if offices else '"*"'
+    entry = (f"\n[[token]]\nname = {json.dumps(name)}\nhash = \"{hash_token(token)}\"\noffices = [{scope}]\n"
+             f"created = \"{utcnow().isoformat(timespec='seconds')}\"\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "a", encoding="utf-8") as f:
+        if not existing and f.tell() == 0:
+            f.write(f"# fpgw {kind} tokens: only SHA-256 hashes are stored. Manage with `fpgw central add-token`.\n")
+        f.write(entry)
+    load_tokens(path, kind)  # prove the file still parses
+    return token
+
+
+# --------------------------------------------------------------------------------------------------
+# Errors and payload validation
+# --------------------------------------------------------------------------------------------------
+
+class ApiError(Exception):
+    """An error answer: HTTP status, stable code, human message."""
+
+    def __init__(self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, dict(headers or {})
+
+    def response(self) -> JSONResponse:
+        """The JSON error document."""
+        return JSONResponse({"error": self.code, "message": self.message}, status_code=self.status,
+                            headers=self.headers)
+
+
+class BadPayload(ApiError):
+    """The request body is malformed (400, nothing stored)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(400, "bad_payload", message)
+
+
+def _str(obj: Mapping[str, Any], key: str, where: str, *, required: bool = True, nullable: bool = False) -> Any:
+    if key not in obj or obj[key] is None:
+        if required and not (nullable and key in obj):
+            raise BadPayload(f"{where}.{key}: required")
+        return None
+    if not isinstance(obj[key], str):
+        raise BadPayload(f"{where}.{key}: must be a string")
+    return obj[key]
+
+
+def _int(obj: Mapping[str, Any], key: str, where: str, default: int | None = None) -> int:
+    v = obj.get(key, default)
+    if v is None and default is not None:
+        v = default
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise BadPayload(f"{where}.{key}: must be an integer")
+    return v
+
+
+def _instant(text: str | None, *, aware: bool) -> datetime | None:
+    if text is None:
+        return None
+    value = datetime.fromisoformat(text)  # ValueError -> rejected row
+    if aware and value.tzinfo is None:
+        raise ValueError("no UTC offset")
+    if not aware and value.tzinfo is not None:
+        raise ValueError("local time must not carry an offset")
+    return value.astimezone(UTC) if aware else value
+
+
+_LIMITS = {"device_id": 64, "device_serial": 64, "device_user_id": 64, "employee_id": 64, "timezone": 64,
+           "state_name": 16, "verify_name": 24}
+
+
+def parse_punch(obj: Any, i: int, office_code: str) -> tuple[Punch | None, str | None]:
+    """A wire punch as (Punch, None), or (None, reason) when well-formed but unacceptable; raises BadPayload."""
+    where = f"punches[{i}]"
+    if not isinstance(obj, dict):
+        raise BadPayload(f"{where}: must be an object")
+    fields = {k: _str(obj, k, where) for k in ("device_id", "device_serial", "device_user_id", "device_time",
+                                               "timezone")}
+    office = _str(obj, "office_code", where, required=False)
+    local_text = _str(obj, "local_time", where, required=False)
+    utc_text = _str(obj, "utc_time", where, required=False)
+    employee = _str(obj, "employee_id", where, required=False)
+    sname = _str(obj, "state_name", where, required=False)
+    vname = _str(obj, "verify_name", where, required=False)
+    state, verify = _int(obj, "state", where), _int(obj, "verify", where)
+    uid, workcode, raw_time = (_int(obj, "uid", where, 0), _int(obj, "workcode", where, 0),
+                               _int(obj, "raw_time", where, -1))
+    flags = obj.get("flags", [])
+    if isinstance(flags, str):
+        flags = [f for f in flags.split(",") if f]
+    if not isinstance(flags, list) or not all(isinstance(f, str) for f in flags):
+        raise BadPayload(f"{where}.flags: must be a list of strings")
+    # Well-formed from here on; what follows rejects the row, not the batch.
+    if office is not None and office != office_code:
+        return None, f"office_mismatch: punch says {office!r} but this gateway's token is for {office_code!r}"
+    for key, limit in _LIMITS.items():
+        value = {**fields, "employee_id": employee, "state_name": sname, "verify_name": vname}.get(key)
+        if value is not None and len(value) > limit:
+            return None, f"field_too_long: {key} is longer than {limit} characters"
+    if not fields["device_serial"] or not fields["device_user_id"] or not fields["device_id"]:
+        return None, "missing_identity: device_id, device_serial and device_user_id must not be empty"
+    if not _DEVICE_TIME.match(fields["device_time"]):
+        return None, f"bad_device_time: {fields['device_time'][:40]!r} is not 'YYYY-MM-DD HH:MM:SS'"
+    try:
+        ZoneInfo(fields["timezone"])
+    except (ZoneInfoNotFoundError, ValueError):
+        return None, f"unknown_timezone: {fields['timezone'][:64]!r}"
+    try:
+        local = _instant(local_text, aware=False)
+        utc = _instant(utc_text, aware=True)
+    except ValueError as exc:
+        return None, f"bad_time: local_time/utc_time not ISO 8601 ({exc})"
+    if ",".join(flags) and len(",".join(flags)) > 200:
+        return None, "field_too_long: flags"
+    return Punch(office_code=office_code, device_id=fields["device_id"], device_serial=fields["device_serial"],
+                 device_user_id=fields["device_user_id"], device_time=fields["device_time"], local_time=local,
+                 utc_time=utc, timezone=fields["timezone"], state=state, state_name=sname or state_name(state),
+                 verify=verify, verify_name=vname or verify_name(verify), uid=uid, workcode=workcode,
+                 raw_time=raw_time, employee_id=employee or None, flags=tuple(flags)), None
+
+
+_DEVICE_STR = {"name": 200, "location": 200, "address": 255, "transport": 8, "serial": 64, "firmware": 100,
+               "platform": 100, "device_name": 100, "mac": 32}
+_DEVICE_INT = ("port", "last_record_count", "last_user_count", "records_cap", "users_cap")
+_DEVICE_TIME_FIELDS = ("last_seen_at", "last_ok_at", "last_full_read_at", "last_punch_at", "last_new_punch_at")
+_HEALTH_STATES = ("unknown", "online", "offline")
+
+
+def parse_device(obj: Any, i: int) -> dict[str, Any]:
+    """A wire device-health object as devices/device_health values; raises BadPayload."""
+    where = f"devices[{i}]"
+    if not isinstance(obj, dict):
+        raise BadPayload(f"{where}: must be an object")
+    dev_id = _str(obj, "device_id", where)
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", dev_id):
+        raise BadPayload(f"{where}.device_id: 1-64 letters, digits, '_', '.' or '-'")
+    out: dict[str, Any] = {"device_id": dev_id}
+    for key, limit in _DEVICE_STR.items():
+        v = _str(obj, key, where, required=False)
+        if v is not None:
+            out[key] = v[:limit]
+    for key in _DEVICE_INT:
+        if obj.get(key) is not None:
+            out[key] = _int(obj, key, where)
+    if obj.get("enabled") is not None:
+        if not isinstance(obj["enabled"], bool):
+            raise BadPayload(f"{where}.enabled: must be true or false")
+        out["enabled"] = obj["enabled"]
+    if obj.get("clock_skew_s") is not None:
+        if isinstance(obj["clock_skew_s"], bool) or not isinstance(obj["clock_skew_s"], int | float):
+            raise BadPayload(f"{where}.clock_skew_s: must be a number")
+        out["clock_skew_s"] = float(obj["clock_skew_s"])
+    for key in _DEVICE_TIME_FIELDS:
+        out[key] = _aware(obj, key, where)
+    health = obj.get("health") or {}
+    if not isinstance(health, dict):
+        raise BadPayload(f"{where}.health: must be an object")
+    h: dict[str, Any] = {}
+    state = health.get("state", "unknown")
+    if state not in _HEALTH_STATES:
+        raise BadPayload(f"{where}.health.state: must be one of {', '.join(_HEALTH_STATES)}")
+    h["state"] = state
+    for key in ("state_since", "last_failure_at", "muted_until"):
+        h[key] = _aware(health, key, f"{where}.health")
+    h["consecutive_failures"] = _int(health, "consecutive_failures", f"{where}.health", 0)
+    for key, limit in (("last_error_kind", 32), ("last_error", 2000), ("mute_reason", 200)):
+        v = _str(health, key, f"{where}.health", required=False)
+        h[key] = v[:limit] if v is not None else None
+    problems = health.get("problems") or {}
+    if not isinstance(problems, dict):
+        raise BadPayload(f"{where}.health.problems: must be an object")
+    h["problems"] = problems
+    out["health"] = h
+    return out
+
+
+def _aware(obj: Mapping[str, Any], key: str, where: str) -> datetime | None:
+    v = _str(obj, key, where, required=False)
+    if v is None:
+        return None
+    try:
+        return _instant(v, aware=True)
+    except ValueError:
+        raise BadPayload(f"{where}.{key}: must be an ISO 8601 instant with offset, e.g. 2026-11-23T01:30:00Z"
+                         ) from None
+
+
+def _gateway_meta(doc: Mapping[str, Any], office_code: str) -> dict[str, Any]:
+    meta = doc.get("gateway") or {}
+    if not isinstance(meta, dict):
+        raise BadPayload("gateway: must be an object")
+    claimed = meta.get("office_code")
+    if claimed is not None and claimed != office_code:
+        raise ApiError(403, "office_forbidden",
+                       f"this gateway's token is for office {office_code!r}, not {claimed!r}; fix [site] "
+                       "office_code or ask BKD for the right token")
+    return meta
+
+
+def batch_digest(punches: Any) -> str:
+    """Content digest of a batch's punches (same batch_id with different content is a conflict)."""
+    return hashlib.sha256(json.dumps(punches, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------------
+# The API
+# --------------------------------------------------------------------------------------------------
+
+def _qdate(params: Mapping[str, str], key: str) -> date | None:
+    text = params.get(key)
+    if not text:
+        return None
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise ApiError(400, "bad_parameter", f"{key}: must be a date like 2026-11-23") from None
+
+
+class CentralApi:
+    """Request handlers of the ingest and pull API over one CentralStore."""
+
+    def __init__(self, config: CentralConfig, engine: Engine, *, workdays: tuple[int, ...] = (1, 2, 3, 4, 5),
+                 gateway_tokens: TokenFile | None = None, api_tokens: TokenFile | None = None) -> None:
+        self.config = config
+        self.store = CentralStore(engine)
+        self.workdays = workdays
+        if gateway_tokens is None:
+            if config.gateway_tokens_file is None:
+                raise TokenFileError("[central] gateway_tokens_file is not set")
+            gateway_tokens = TokenFile(config.gateway_tokens_file, "gateway")
+        if api_tokens is None:
+            if config.api_tokens_file is None:
+                raise TokenFileError("[central] api_tokens_file is not set")
+            api_tokens = TokenFile(config.api_tokens_file, "api")
+        self.gateway_tokens, self.api_tokens = gateway_tokens, api_tokens
+        self._last_problem: dict[str, str] = {}
+        self._problem_lock = threading.Lock()
+
+    # -- plumbing --------------------------------------------------------------------------------
+    def routes(self) -> list[BaseRoute]:
+        """The Starlette routes (all under /api/v1)."""
+        return [
+            Route(f"{API}/ingest/punches", self._wrap(self.ingest_punches), methods=["POST"]),
+            Route(f"{API}/ingest/health", self._wrap(self.ingest_health), methods=["POST"]),
+            Route(f"{API}/punches", self._wrap(self.punches), methods=["GET"]),
+            Route(f"{API}/recap/daily", self._wrap(self.recap), methods=["GET"]),
+            Route(f"{API}/completeness", self._wrap(self.completeness), methods=["GET"]),
+            Route(f"{API}/devices", self._wrap(self.devices), methods=["GET"]),
+            Route(f"{API}/gateways", self._wrap(self.gateways), methods=["GET"]),
+            Route(f"{API}/openapi.json", self.openapi, methods=["GET"]),
+        ]
+
+    def app(self) -> Starlette:
+        """A standalone Starlette app with just these routes (tests, benchmarks, embedding)."""
+        return Starlette(routes=self.routes())
+
+    @staticmethod
+    def _wrap(handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
+        async def endpoint(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except ApiError as exc:
+                return exc.response()
+        endpoint.__name__ = handler.__name__
+        return endpoint
+
+    def _note(self, who: str, problem: str) -> None:
+        # One log line per change of a client's problem, not one per request (gateways retry every minute).
+        with self._problem_lock:
+            if self._last_problem.get(who) == problem:
+                return
+            self._last_problem[who] = problem
+        if problem == "ok":
+            log.info("api client requests accepted again", client=who)
+        else:
+            log.warning("api request refused", client=who, problem=problem)
+
+    def _bearer(self, request: Request, book: TokenFile) -> Token:
+        header = request.headers.get("authorization", "")
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise ApiError(401, "unauthenticated", "send 'Authorization: Bearer <token>'",
+                           {"WWW-Authenticate": 'Bearer realm="fpgw"'})
+        tok = book.lookup(value.strip())
+        if tok is None:
+            host = request.client.host if request.client else "?"
+            self._note(f"unknown@{host}", "bad_token")
+            raise ApiError(401, "bad_token", "the token is not valid (revoked, mistyped, or for the other API)",
+                           {"WWW-Authenticate": 'Bearer realm="fpgw", error="invalid_token"'})
+        return tok
+
+    async def _json_body(self, request: Request) -> Any:
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype != "application/json":
+            raise ApiError(415, "unsupported_media_type", "send the body as application/json")
+        limit = self.config.max_body_bytes
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise ApiError(413, "too_large", f"body larger than {limit} bytes; send smaller batches")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise ApiError(413, "too_large", f"body larger than {limit} bytes; send smaller batches")
+        encoding = request.headers.get("content-encoding", "identity").strip().lower()
+        if encoding == "gzip":
+            try:
+                # Bounded inflate: a small bomb must not expand past the body limit.
+                d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                raw = d.decompress(bytes(body), limit + 1)
+                if len(raw) > limit or d.unconsumed_tail:
+                    raise ApiError(413, "too_large", f"decompressed body larger than {limit} bytes")
+            except zlib.error:
+                raise ApiError(400, "bad_payload", "body is not valid gzip") from None
+        elif encoding in ("identity", ""):
+            raw = bytes(body)
+        else:
+            raise ApiError(415, "unsupported_media_type", f"content-encoding {encoding!r} (use gzip or none)")
+        try:
+            return json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ApiError(400, "bad_json", f"body is not valid JSON: {exc}") from None
+
+    # -- ingest ----------------------------------------------------------------------------------
+    async def ingest_punches(self, request: Request) -> Response:
+        """POST /ingest/punches: store a batch idempotently; per-punch results."""
+        tok = self._bearer(request, self.gateway_tokens)
+        office = next(iter(tok.offices or ()))
+        try:
+            doc = await self._json_body(request)
+            if not isinstance(doc, dict):
+                raise BadPayload("body must be a JSON object")
+            batch_id = doc.get("batch_id")
+            if not isinstance(batch_id, str) or not _BATCH_ID.match(batch_id):
+                raise BadPayload("batch_id: required, 1-100 letters, digits, '_', '.', ':' or '-'")
+            raw = doc.get("punches")
+            if not isinstance(raw, list):
+                raise BadPayload("punches: required, a list")
+            if len(raw) > self.config.max_batch:
+                raise ApiError(413, "batch_too_large",
+                               f"{len(raw)} punches in one batch; at most {self.config.max_batch} (forward.batch_size)")
+            meta = _gateway_meta(doc, office)
+            parsed = [parse_punch(p, i, office) for i, p in enumerate(raw)]
+        except ApiError as exc:
+            self._note(tok.name, exc.code)
+            raise
+        digest = batch_digest(raw)
+        host = request.client.host if request.client else None
+
+        def store() -> tuple[dict[str, Any], bool]:
+            prior = self.store.receipt(tok.name, batch_id)
+            if prior is not None:
+                if prior[0] != digest:
+                    raise ApiError(409, "batch_conflict", f"batch_id {batch_id!r} was already used for other punches")
+                return prior[1], True
+            return self.store.ingest_punches(
+                gateway=tok.name, office_code=office, batch_id=batch_id, digest=digest,
+                punches=[p for p, _ in parsed], rejected={i: r for i, (_, r) in enumerate(parsed) if r},
+                remote_addr=host, meta=meta)
+
+        answer, replayed = await run_in_threadpool(store)
+        self._note(tok.name, "ok")
+        if answer["rejected"] and not replayed:
+            log.info("punches rejected from a gateway", gateway=tok.name, office=office, rejected=answer["rejected"],
+                     reasons=sorted({r["reason"].split(":")[0] for r in answer["results"]
+                                     if r["status"] == "rejected"}))
+        return JSONResponse(answer, headers={"X-Fpgw-Replayed": "1"} if replayed else None)
+
+    async def ingest_health(self, request: Request) -> Response:
+        """POST /ingest/health: upsert the office's devices and their health."""
+        tok = self._bearer(request, self.gateway_tokens)
+        office = next(iter(tok.offices or ()))
+        try:
+            doc = await self._json_body(request)
+            if not isinstance(doc, dict):
+                raise BadPayload("body must be a JSON object")
+            raw = doc.get("devices")
+            if not isinstance(raw, list):
+                raise BadPayload("devices: required, a list")
+            if len(raw) > self.config.max_batch:
+                raise ApiError(413, "batch_too_large", f"at most {self.config.max_batch} devices")
+            meta = _gateway_meta(doc, office)
+            devices = [parse_device(d, i) for i, d in enumerate(raw)]
+        except ApiError as exc:
+            self._note(tok.name, exc.code)
+            raise
+        host = request.client.host if request.client else None
+        n = await run_in_threadpool(lambda: self.store.ingest_health(
+            gateway=tok.name, office_code=office, devices=devices, remote_addr=host, meta=meta))
+        self._note(tok.name, "ok")
+        return JSONResponse({"office_code": office, "devices": n})
+
+    # -- pull ------------------------------------------------------------------------------------
+    def _scope(self, request: Request) -> tuple[Token, str | None]:
+        tok = self._bearer(request, self.api_tokens)
+        office = request.query_params.get("office") or None
+        if office and tok.offices is not None and office not in tok.offices:
+            raise ApiError(403, "office_forbidden", f"this token may not read office {office!r}")
+        return tok, office
+
+    @staticmethod
+    def _format(request: Request) -> str:
+        fmt = request.query_params.get("format", "json")
+        if fmt not in export.FORMATS:
+            raise ApiError(400, "bad_parameter", f"format: one of {', '.join(export.FORMATS)}")
+        return fmt
+
+    def _range(self, request: Request, *, required: bool) -> tuple[date | None, date | None]:
+        params = request.query_params
+        day = _qdate(params, "date")
+        start, end = (day, day) if day else (_qdate(params, "from"), _qdate(params, "to"))
+        if required and (start is None or end is None):
+            raise ApiError(400, "bad_parameter", "give date=YYYY-MM-DD or both from= and to=")
+        if start and end:
+            if start > end:
+                raise ApiError(400, "bad_parameter", "from is after to")
+            if required and (end - start).days >= MAX_RANGE_DAYS:
+                raise ApiError(400, "bad_parameter", f"at most {MAX_RANGE_DAYS} days per request")
+        return start, end
+
+    @staticmethod
+    def _file(body: bytes, fmt: str, stem: str, headers: Mapping[str, str] | None = None) -> Response:
+        h = dict(headers or {})
+        if fmt != "json":
+            h["Content-Disposition"] = f'attachment; filename="{stem}.{fmt}"'
+        return Response(body, media_type=export.MEDIA_TYPES[fmt], headers=h)
+
+    async def punches(self, request: Request) -> Response:
+        """GET /punches: the incremental feed by cursor, with filters."""
+        tok, office = self._scope(request)
+        params = request.query_params
+        fmt = self._format(request)
+        try:
+            after = decode_cursor(params.get("cursor"))
+        except ValueError as exc:
+            raise ApiError(400, "bad_cursor", f"cursor: {exc}") from None
+        try:
+            limit = int(params.get("limit", DEFAULT_LIMIT))
+        except ValueError:
+            raise ApiError(400, "bad_parameter", "limit: must be a number") from None
+        if not 1 <= limit <= MAX_LIMIT:
+            raise ApiError(400, "bad_parameter", f"limit: 1 to {MAX_LIMIT}")
+        start, end = self._range(request, required=False)
+        q = PunchQuery(offices=tok.offices, office=office, device=params.get("device") or None,
+                       employee=params.get("employee") or None, date_from=start, date_to=end)
+        rows, last = await run_in_threadpool(self.store.feed, q, after, limit)
+        cursor = encode_cursor(last)
+        more = len(rows) == limit
+        body = export.render(rows, fmt, FEED_COLUMNS, extra={"next_cursor": cursor, "count": len(rows),
+                                                             "has_more": more})
+        return self._file(body, fmt, "punches", {"X-Next-Cursor": cursor, "X-Has-More": "1" if more else "0"})
+
+    async def recap(self, request: Request) -> Response:
+        """GET /recap/daily: first in, last out and punch count per employee and day."""
+        tok, office = self._scope(request)
+        fmt = self._format(request)
+        start, end = self._range(request, required=True)
+        q = PunchQuery(offices=tok.offices, office=office, employee=request.query_params.get("employee") or None,
+                       date_from=start, date_to=end)
+        items = await run_in_threadpool(lambda: export.daily_recap(self.store.iter_punches(q)))
+        body = export.render(items, fmt, export.RECAP_COLUMNS, sheet="recap",
+                             extra={"from": start, "to": end})
+        return self._file(body, fmt, f"recap-{start}-{end}")
+
+    async def completeness(self, request: Request) -> Response:
+        """GET /completeness: which devices reported punches on which days."""
+        tok, office = self._scope(request)
+        fmt = self._format(request)
+        start, end = self._range(request, required=True)
+        assert start is not None and end is not None
+        q = PunchQuery(offices=tok.offices, office=office, date_from=start, date_to=end)
+
+        def build() -> dict[str, Any]:
+            return export.completeness(self.store.iter_punches(q), self.store.devices(tok.offices, office),
+                                       start, end, self.workdays)
+
+        report = await run_in_threadpool(build)
+        if fmt == "json":
+            return JSONResponse(export.jsonable(report))
+        rows, columns = export.completeness_table(report)
+        return self._file(export.render(rows, fmt, columns, sheet="completeness"), fmt,
+                          f"completeness-{start}-{end}")
+
+    async def devices(self, request: Request) -> Response:
+        """GET /devices: every terminal of the regency (or of the token's offices) with its health."""
+        tok, office = self._scope(request)
+        items = await run_in_threadpool(self.store.devices, tok.offices, office)
+        return JSONResponse({"items": export.jsonable(items)})
+
+    async def gateways(self, request: Request) -> Response:
+        """GET /gateways: the office gateways, their last contact and their forwarding backlog."""
+        tok, office = self._scope(request)
+        items = await run_in_threadpool(self.store.gateways, tok.offices)
+        if office:
+            items = [g for g in items if g["office_code"] == office]
+        return JSONResponse({"items": export.jsonable(items)})
+
+    async def openapi(self, request: Request) -> Response:
+        """GET /openapi.json: the API description (no token needed)."""
+        return Response(openapi_bytes(), media_type="application/json")
+
+
+def openapi_bytes() -> bytes:
+    """The shipped OpenAPI document."""
+    return (resources.files("gateway") / "openapi.json").read_bytes()
+
+
+def gzip_json(doc: Any) -> bytes:
+    """Compact JSON, gzip-compressed (what the forwarder sends)."""
+    return gzip.compress(json.dumps(doc, separators=(",", ":")).encode(), compresslevel=5)
+
+
+# --------------------------------------------------------------------------------------------------
+# Service
+# --------------------------------------------------------------------------------------------------
+
+class CentralService:
+    """Keeps the central API's housekeeping (receipt pruning) on the scheduler."""
+
+    name = "central"
+
+    def __init__(self, ctx: AppContext, api: CentralApi) -> None:
+        self.ctx = ctx
+        self.api = api
+
+    def start(self) -> None:
+        """Register the daily receipt pruning."""
+        self.ctx.scheduler.add_job(self._prune, "interval", hours=24, id="central:prune", replace_existing=True,
+                                   executor="housekeeping", next_run_time=datetime.now(UTC) + timedelta(minutes=5))
+        log.info("central API enabled", gateway_tokens=len(self.api.gateway_tokens.tokens()),
+                 api_tokens=len(self.api.api_tokens.tokens()))
+
+    def _prune(self) -> None:
+        n = self.api.store.prune_receipts(utcnow() - timedelta(days=RECEIPT_DAYS))
+        if n:
+            log.debug("old ingest receipts pruned", receipts=n)
+
+    def stop(self, deadline_s: float) -> None:
+        """Remove the job."""
+        try:
+            self.ctx.scheduler.remove_job("central:prune")
+        except Exception:
+            pass
+
+
+def build_api(config: Config, engine: Engine) -> CentralApi:
+    """The API for a config with [central] enabled (raises TokenFileError on unusable token files)."""
+    return CentralApi(config.central, engine, workdays=tuple(config.health.working_hours.days))
 
 
 def services(ctx: AppContext) -> list[Service]:
-    """The services of this area for the daemon."""
-    return []
+    """Central mode's routes (added to ctx.http_routes) and its housekeeping service."""
+    if not ctx.config.central.enabled:
+        return []
+    if ctx.engine.dialect.name != "postgresql":
+        log.warning("central mode on SQLite: fine for a trial, use PostgreSQL for a regency")
+    api = build_api(ctx.config, ctx.engine)
+    ctx.http_routes.extend(api.routes())
+    ctx.extras["central_api"] = api
+    return [CentralService(ctx, api)]
+
+
+class ThreadedServer:
+    """uvicorn serving an ASGI app in a background thread on 127.0.0.1 (tests, benchmarks, tools)."""
+
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0) -> None:
+        import socket
+
+        import uvicorn
+
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind((host, port))
+        self.host, self.port = self._sock.getsockname()[:2]
+        self.server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="off", access_log=False))
+        self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._sock]},
+                                        name=f"api-server-{self.port}", daemon=True)
+
+    @property
+    def url(self) -> str:
+        """Base URL."""
+        return f"http://{self.host}:{self.port}"
+
+    def __enter__(self) -> ThreadedServer:
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.should_exit = True
+        self._thread.join(10)
+        self._sock.close()

@@ -1,10 +1,415 @@
-"""Placeholder until this area lands (see gateway.services); returns no services."""
+"""Forwarding: drains the outbox to the central (BKD) instance and reports device health there.
+
+    poll --save_poll(forward=True)--> outbox rows --claim_batch--> Forwarder.run_once() --HTTPS--> central
+                                                 <--settle------ accepted: deleted / rejected: set aside + alert
+                                                                 / kept: retried with backoff and jitter
+A job on the scheduler's housekeeping pool every ``forward.interval_s``. Polling never waits for it:
+the two meet only in the outbox table. Batches carry a content-derived batch_id and the central stores
+idempotently, so a resend after a timeout or a crash never duplicates anything.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import random
+import socket
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpx
+import structlog
+from sqlalchemy import Engine
+
+from gateway import __version__
+from gateway.config import Config
 from gateway.services import AppContext, Service
+from gateway.store import outbox
+from gateway.store.outbox import PROBLEM_BACKLOG, PROBLEM_REJECTED, OutboxItem
+from gateway.store.schema import utcnow
+
+log = structlog.get_logger(__name__)
+
+INGEST_PUNCHES = "/api/v1/ingest/punches"
+INGEST_HEALTH = "/api/v1/ingest/health"
+#: Device health goes upstream this often (and at start).
+HEALTH_EVERY_S = 300.0
+#: Bodies larger than this are gzip-compressed (office links are slow; JSON punches compress ~10x).
+GZIP_ABOVE_BYTES = 4096
+
+
+def full_jitter(rng: random.Random, initial_s: float, max_s: float, failures: int) -> float:
+    """Exponential backoff with full jitter: uniform(0, min(max, initial * 2**(failures-1))), at least 10% of it.
+
+    Jitter keeps many office gateways from hammering the centre in step when it comes back; the 10% floor
+    keeps one gateway from retrying in a tight loop.
+    """
+    ceiling = min(max_s, initial_s * (2 ** max(0, min(failures - 1, 30))))
+    return max(ceiling * 0.1, rng.uniform(0, ceiling))
+
+
+class UpstreamError(Exception):
+    """The upstream did not give a usable answer; everything sent stays queued."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind, self.detail = kind, detail
+
+
+@dataclass
+class RunReport:
+    """What one forwarding run did (tests and the CLI read it)."""
+
+    sent: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    kept: int = 0
+    requests: int = 0
+    error: str | None = None
+    skipped: bool = False
+    health_sent: bool = False
+    reasons: dict[str, int] = field(default_factory=dict)
+
+
+class Forwarder:
+    """Drains the outbox to ``forward.url`` (accept / reject / keep per punch) and forwards device health."""
+
+    name = "forwarder"
+
+    def __init__(self, config: Config, engine: Engine, *, scheduler: Any = None, registry: Any = None,
+                 transport: httpx.BaseTransport | None = None, rng: random.Random | None = None,
+                 now: Callable[[], datetime] = utcnow, health_every_s: float = HEALTH_EVERY_S,
+                 stop_event: threading.Event | None = None) -> None:
+        self.config = config
+        self.fwd = config.forward
+        self.engine = engine
+        self.office_code = config.site.office_code
+        self.scheduler = scheduler
+        self.now = now
+        self.rng = rng or random.Random()
+        self.health_every_s = health_every_s
+        self.stop_event = stop_event or threading.Event()
+        self._transport = transport
+        self._client: httpx.Client | None = None
+        self._run_lock = threading.Lock()
+        # Upstream state: logged and alerted once per change.
+        self.failures = 0
+        self.down_since: datetime | None = None
+        self.retry_at: datetime | None = None
+        self.last_error: str | None = None
+        self._next_health_at: datetime | None = None
+        self._backlog_open: bool | None = None
+        self._metrics = _Metrics(registry) if registry is not None else None
+        self._hostname = socket.gethostname()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def client(self) -> httpx.Client:
+        """The HTTP client (created on first use)."""
+        if self._client is None:
+            verify: Any = self.fwd.ca_file or True
+            self._client = httpx.Client(
+                base_url=self.fwd.url, transport=self._transport, timeout=self.fwd.timeout_s, verify=verify,
+                headers={"Authorization": f"Bearer {self.fwd.token or ''}", "User-Agent": f"fpgw/{__version__}"})
+        return self._client
+
+    def start(self) -> None:
+        """Schedule the forwarding job (first run right away)."""
+        if self.scheduler is not None:
+            self.scheduler.add_job(self.run_once, "interval", seconds=self.fwd.interval_s, id="forward",
+                                   executor="housekeeping", replace_existing=True, max_instances=1, coalesce=True,
+                                   misfire_grace_time=int(self.fwd.interval_s) + 30,
+                                   next_run_time=datetime.now(self.scheduler.timezone))
+        log.info("forwarding enabled", upstream=self.fwd.url, batch_size=self.fwd.batch_size,
+                 interval_s=self.fwd.interval_s)
+
+    def stop(self, deadline_s: float) -> None:
+        """Stop the job; a batch in flight finishes (bounded by forward.timeout_s) or is resent later."""
+        self.stop_event.set()
+        if self.scheduler is not None:
+            try:
+                self.scheduler.remove_job("forward")
+            except Exception:
+                pass
+        acquired = self._run_lock.acquire(timeout=max(0.1, deadline_s))
+        try:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+        finally:
+            if acquired:
+                self._run_lock.release()
+
+    # -- the job ---------------------------------------------------------------------------------
+    def run_once(self) -> RunReport:
+        """One forwarding run: drain due outbox rows batch by batch, forward health when due, check backlog."""
+        report = RunReport()
+        if not self._run_lock.acquire(blocking=False):
+            report.skipped = True
+            return report
+        try:
+            self._drain(report)
+            self._forward_health(report)
+            self._check_backlog()
+        except Exception:
+            # A bug must not kill the job; the rows stay queued and the next run retries.
+            log.exception("forwarding run failed")
+            report.error = "bug"
+        finally:
+            self._run_lock.release()
+        return report
+
+    def _drain(self, report: RunReport) -> None:
+        now = self.now()
+        if self.retry_at is not None and now < self.retry_at:
+            report.skipped = True
+            return
+        # The backlog as the upstream comes back (logged with the recovery, before draining it).
+        backlog = outbox.outbox_stats(self.engine, now).depth if self.down_since is not None else 0
+        while not self.stop_event.is_set():
+            items = outbox.claim_batch(self.engine, self.fwd.batch_size, self.now())
+            if not items:
+                return
+            try:
+                self._send(items, report)
+            except UpstreamError as exc:
+                self._upstream_failed(exc, items, report)
+                return
+            self._upstream_ok(report, backlog)
+            if len(items) < self.fwd.batch_size:
+                return
+
+    def _meta(self) -> dict[str, Any]:
+        stats = outbox.outbox_stats(self.engine, self.now())
+        return {"office_code": self.office_code, "hostname": self._hostname, "version": __version__,
+                "outbox_depth": stats.depth, "oldest_unforwarded_s": stats.oldest_age_s}
+
+    def _post(self, path: str, doc: dict[str, Any]) -> httpx.Response:
+        body = json.dumps(doc, separators=(",", ":")).encode()
+        headers = {"Content-Type": "application/json"}
+        if len(body) > GZIP_ABOVE_BYTES:
+            import gzip
+
+            body = gzip.compress(body, compresslevel=5)
+            headers["Content-Encoding"] = "gzip"
+        try:
+            return self.client().post(path, content=body, headers=headers)
+        except httpx.TimeoutException as exc:
+            raise UpstreamError("timeout", f"no answer within {self.fwd.timeout_s:g} s ({type(exc).__name__})"
+                                ) from None
+        except httpx.TransportError as exc:
+            raise UpstreamError("unreachable", f"{type(exc).__name__}: {exc}"[:300]) from None
+
+    def _send(self, items: Sequence[OutboxItem], report: RunReport) -> None:
+        """Send items; settle what the upstream answered. Raises UpstreamError when nothing was settled."""
+        punches = [it.punch for it in items]
+        digest = hashlib.sha256(json.dumps(punches, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+        doc = {"batch_id": f"b-{digest[:40]}", "gateway": self._meta(), "punches": punches}
+        resp = self._post(INGEST_PUNCHES, doc)
+        report.requests += 1
+        if resp.status_code in (400, 413) and len(items) > 1:
+            # Something in the batch is unacceptable as a whole: halve until the culprit stands alone,
+            # so one bad punch is set aside and every good one still goes through.
+            mid = len(items) // 2
+            self._send(items[:mid], report)
+            self._send(items[mid:], report)
+            return
+        if resp.status_code in (400, 413):
+            reason = f"{_error_code(resp)}: {_error_message(resp)}"
+            self._settle(items, {}, {items[0].punch_id: reason}, report)
+            return
+        if resp.status_code != 200:
+            kind = {401: "unauthorized", 403: "forbidden", 429: "throttled"}.get(resp.status_code, "http_error")
+            raise UpstreamError(kind, f"HTTP {resp.status_code} {_error_message(resp)}"[:300])
+        try:
+            answer = resp.json()
+            results = answer["results"]
+            if not isinstance(results, list) or len(results) != len(items):
+                raise ValueError("results do not match the batch")
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UpstreamError("bad_answer", f"unusable answer from upstream: {exc}"[:300]) from None
+        statuses: dict[int, dict[str, Any]] = {}
+        for it, res in zip(items, results, strict=True):
+            statuses[it.punch_id] = res if isinstance(res, dict) else {}
+        self._settle(items, statuses, {}, report)
+
+    def _settle(self, items: Sequence[OutboxItem], statuses: dict[int, dict[str, Any]], rejected: dict[int, str],
+                report: RunReport) -> None:
+        accepted: list[int] = []
+        kept: dict[int, datetime] = {}
+        rejected = dict(rejected)
+        now = self.now()
+        for it in items:
+            if it.punch_id in rejected:
+                continue
+            res = statuses.get(it.punch_id, {})
+            status = res.get("status")
+            if status == "accepted":
+                accepted.append(it.punch_id)
+                if res.get("duplicate"):
+                    report.duplicates += 1
+            elif status == "rejected":
+                rejected[it.punch_id] = str(res.get("reason") or "rejected by upstream")[:2000]
+            else:  # "retry" or anything unknown: keep, with this row's own backoff
+                delay = full_jitter(self.rng, self.fwd.backoff_initial_s, self.fwd.backoff_max_s, it.attempts + 1)
+                kept[it.punch_id] = outbox.next_attempt(now, delay)
+        by_reason: dict[str, int] = {}
+        for reason in rejected.values():
+            code = reason.split(":")[0].strip() or "rejected"
+            by_reason[code] = by_reason.get(code, 0) + 1
+        alerts = [self._rejected_alert(code, n, next(r for r in rejected.values() if r.startswith(code)))
+                  for code, n in sorted(by_reason.items()) if self._should_alert_rejected(code)]
+        outbox.settle(self.engine, accepted=accepted, rejected=rejected, kept=kept,
+                      error="kept by upstream for a later try", alerts=alerts)
+        for code, n in by_reason.items():
+            log.warning("punches rejected by upstream; set aside", reason=code, punches=n,
+                        hint="fix the cause, then run `fpgw forward retry-rejected`")
+            report.reasons[code] = report.reasons.get(code, 0) + n
+        report.sent += len(items)
+        report.accepted += len(accepted)
+        report.rejected += len(rejected)
+        report.kept += len(kept)
+        if self._metrics:
+            self._metrics.punches.labels("accepted").inc(len(accepted))
+            self._metrics.punches.labels("rejected").inc(len(rejected))
+            self._metrics.punches.labels("kept").inc(len(kept))
+
+    def _should_alert_rejected(self, code: str) -> bool:
+        window = self.config.alerts.reminder_s or 86400.0
+        last = outbox.last_alert_event(self.engine, PROBLEM_REJECTED, reason=code,
+                                       since=self.now() - timedelta(seconds=window))
+        return last is None
+
+    def _rejected_alert(self, code: str, n: int, example: str) -> dict[str, Any]:
+        return {"office_code": self.office_code, "problem": PROBLEM_REJECTED, "event": "start",
+                "severity": "warning",
+                "title": f"{n} punch(es) refused by the central server ({code})",
+                "message": (f"The central server (BKD) refused {n} punch(es): {example}. They are kept aside in the "
+                            "outbox, nothing is lost. Fix the cause, then run `fpgw forward retry-rejected`."),
+                "details": {"reason": code, "punches": n, "example": example, "upstream": self.fwd.url}}
+
+    # -- upstream state --------------------------------------------------------------------------
+    def _upstream_failed(self, exc: UpstreamError, items: Sequence[OutboxItem], report: RunReport) -> None:
+        now = self.now()
+        self.failures += 1
+        delay = full_jitter(self.rng, self.fwd.backoff_initial_s, self.fwd.backoff_max_s, self.failures)
+        self.retry_at = now + timedelta(seconds=delay)
+        report.error = exc.kind
+        if items:
+            outbox.settle(self.engine, kept={it.punch_id: self.retry_at for it in items}, error=str(exc))
+            report.kept += len(items)
+        if self._metrics:
+            self._metrics.up.set(0)
+            self._metrics.requests.labels(exc.kind).inc()
+        changed = self.down_since is None or exc.kind != (self.last_error or "").split(":")[0]
+        if self.down_since is None:
+            self.down_since = now
+        self.last_error = str(exc)
+        if changed:
+            stats = outbox.outbox_stats(self.engine, now)
+            log.warning("upstream not accepting punches; keeping them in the outbox", upstream=self.fwd.url,
+                        problem=exc.kind, error=exc.detail, backlog=stats.depth, retry_in_s=round(delay, 1))
+
+    def _upstream_ok(self, report: RunReport, backlog: int) -> None:
+        if self._metrics:
+            self._metrics.up.set(1)
+            self._metrics.requests.labels("ok").inc()
+        if self.down_since is not None:
+            now = self.now()
+            log.info("upstream accepting punches again", upstream=self.fwd.url,
+                     outage_s=round((now - self.down_since).total_seconds()), backlog=backlog,
+                     failed_tries=self.failures)
+        self.failures = 0
+        self.down_since = None
+        self.retry_at = None
+        self.last_error = None
+
+    def _forward_health(self, report: RunReport) -> None:
+        now = self.now()
+        if self._next_health_at is not None and now < self._next_health_at:
+            return
+        if (self.retry_at is not None and now < self.retry_at) or self.stop_event.is_set():
+            return
+        self._next_health_at = now + timedelta(seconds=self.health_every_s)
+        doc = {"gateway": self._meta(), "devices": outbox.health_snapshot(self.engine, self.office_code)}
+        try:
+            resp = self._post(INGEST_HEALTH, doc)
+            if resp.status_code != 200:
+                raise UpstreamError("http_error", f"HTTP {resp.status_code} {_error_message(resp)}"[:300])
+        except UpstreamError as exc:
+            # Retry soon rather than in health_every_s; the punch path owns the up/down state.
+            self._next_health_at = now + timedelta(seconds=min(self.health_every_s, self.fwd.interval_s))
+            log.debug("device health not forwarded", error=str(exc))
+            return
+        report.health_sent = True
+
+    def _check_backlog(self) -> None:
+        now = self.now()
+        stats = outbox.outbox_stats(self.engine, now)
+        if self._metrics:
+            self._metrics.rejected.set(stats.rejected)
+        if self._backlog_open is None:
+            last = outbox.last_alert_event(self.engine, PROBLEM_BACKLOG)
+            self._backlog_open = last is not None and last[0] != "end"
+        late = stats.oldest_age_s is not None and stats.oldest_age_s > self.fwd.alert_after_s
+        if late and not self._backlog_open:
+            hours = stats.oldest_age_s / 3600 if stats.oldest_age_s else 0.0
+            outbox.add_alert(self.engine, office_code=self.office_code, problem=PROBLEM_BACKLOG, event="start",
+                             severity="warning",
+                             title=f"Punches not forwarded to BKD for {hours:.1f} h ({stats.depth} waiting)",
+                             message=(f"{stats.depth} punch(es) wait in the outbox; the oldest is {hours:.1f} h old. "
+                                      f"Last upstream error: {self.last_error or 'none'}. They are safe here and go "
+                                      "out automatically once the central server answers; check the office's "
+                                      "internet link and forward.url / token."),
+                             details={"depth": stats.depth, "oldest_age_s": stats.oldest_age_s,
+                                      "upstream": self.fwd.url, "last_error": self.last_error})
+            log.warning("forwarding backlog too old", depth=stats.depth, oldest_age_s=round(stats.oldest_age_s or 0),
+                        alert_after_s=self.fwd.alert_after_s)
+            self._backlog_open = True
+        elif not late and self._backlog_open:
+            outbox.add_alert(self.engine, office_code=self.office_code, problem=PROBLEM_BACKLOG, event="end",
+                             severity="info", title="Forwarding to BKD caught up",
+                             message=f"The outbox is back to normal ({stats.depth} waiting).",
+                             details={"depth": stats.depth, "oldest_age_s": stats.oldest_age_s})
+            log.info("forwarding backlog cleared", depth=stats.depth)
+            self._backlog_open = False
+
+
+def _error_code(resp: httpx.Response) -> str:
+    try:
+        return str(resp.json().get("error") or f"http_{resp.status_code}")
+    except (ValueError, AttributeError):
+        return f"http_{resp.status_code}"
+
+
+def _error_message(resp: httpx.Response) -> str:
+    try:
+        return str(resp.json().get("message") or "")[:300]
+    except (ValueError, AttributeError):
+        return resp.text[:200]
+
+
+class _Metrics:
+    """Prometheus series of the forwarder (only when the daemon has a registry)."""
+
+    def __init__(self, registry: Any) -> None:
+        from prometheus_client import Counter, Gauge
+
+        # Depth and age of the outbox are exported by gateway.metrics (through outbox_stats).
+        self.rejected = Gauge("fpgw_outbox_rejected", "Punches the upstream refused (set aside)", registry=registry)
+        self.up = Gauge("fpgw_forward_upstream_up", "1 when the last forward request succeeded", registry=registry)
+        self.punches = Counter("fpgw_forward_punches", "Punches settled by the upstream's answer", ["result"],
+                               registry=registry)
+        self.requests = Counter("fpgw_forward_requests", "Forward requests by outcome", ["outcome"],
+                                registry=registry)
 
 
 def services(ctx: AppContext) -> list[Service]:
-    """The services of this area for the daemon."""
-    return []
+    """The forwarder, when ``[forward] url`` is set."""
+    if not ctx.config.forward.url:
+        return []
+    return [Forwarder(ctx.config, ctx.engine, scheduler=ctx.scheduler, registry=ctx.metrics_registry,
+                      stop_event=ctx.stop_event)]
