@@ -392,7 +392,7 @@ class HealthTracker:
         self._set_state(h, "offline", now)
         since = h.last_ok_at.isoformat() if h.last_ok_at else None
         self._open(h, out, "offline", now,
-                   f"no answer for {h.consecutive_failures} polls in a row"
+                   f"no answer for {h.consecutive_failures} poll{'s' if h.consecutive_failures != 1 else ''} in a row"
                    + (f", last good poll {_fmt_s((now - h.last_ok_at).total_seconds())} ago" if h.last_ok_at else "")
                    + f" (last error: {h.last_error_kind})",
                    {"failures": h.consecutive_failures, "last_ok_at": since, "last_error_kind": h.last_error_kind,

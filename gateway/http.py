@@ -145,7 +145,13 @@ class StatusView:
         office = doc["office"]
         s = doc["summary"]
         cards = []
-        for d in doc["devices"]:
+        # Worst first: a technician on a phone sees what needs a visit without scrolling.
+        def rank(d: dict[str, Any]) -> tuple[int, str]:
+            bad = [p for p in d["problems"] if not p["notice"]]
+            return (0 if d["state"] == "offline" else 1 if any(p["severity"] == "critical" for p in bad)
+                    else 2 if bad else 3 if d["state"] == "unknown" else 4, d["id"])
+
+        for d in sorted(doc["devices"], key=rank):
             colour = _STATE_COLOUR.get(d["state"], "#6b6b6b")
             rows = []
             if d["records"] is not None:

@@ -1,0 +1,80 @@
+"""The status page in a real headless Chromium on a phone-sized window: rendered DOM and a screenshot.
+
+Skips when /usr/bin/chromium is missing, unless GW_REQUIRE_BROWSER=1 (CI installs it).
+The page is server-rendered with a meta refresh, so --dump-dom shows what a technician sees.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "gateway"))
+from core_support import DeviceEntry, RunningGateway, make_config, sim_spec
+
+pytest.importorskip("simulators.zk", reason="simulators.zk not importable")
+from simulators.zk import Fleet
+
+CHROMIUM = os.environ.get("GW_CHROMIUM", "/usr/bin/chromium")
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
+
+
+def chromium() -> str:
+    path = CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium")
+    if not path:
+        reason = f"headless Chromium not found at {CHROMIUM} (apt-get install -y chromium)"
+        if os.environ.get("GW_REQUIRE_BROWSER") == "1":
+            pytest.fail(reason + " and GW_REQUIRE_BROWSER=1 forbids skipping")
+        pytest.skip(reason)
+    return path
+
+
+def run_chromium(binary: str, profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=412,915", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_status_page_renders_in_headless_chromium_on_a_phone(tmp_path: Path) -> None:
+    binary = chromium()
+    with Fleet(truth_path=tmp_path / "truth.jsonl") as fleet:
+        a = fleet.add(sim_spec("BR-A", records=150, records_cap=1000))
+        b = fleet.add(sim_spec("BR-B", records=900, records_cap=1000))  # 90 %: storage warning
+        c = fleet.add(sim_spec("BR-C", records=10, faults={"port_closed": True}))
+        config = make_config(
+            f"sqlite:///{tmp_path / 'fpgw.db'}",
+            [DeviceEntry("lobi", a, extra={"name": "Lobi Utama", "location": "Lantai 1"}),
+             DeviceEntry("staf", b, extra={"name": "Ruang Staf"}),
+             DeviceEntry("gudang", c, extra={"name": "Gudang Arsip"})], tmp_path,
+            http={"enabled": True, "listen": "127.0.0.1", "port": 0},
+            health={"offline_after_failures": 1, "offline_after_s": 1}, alerts={"reminder_s": 0})
+        with RunningGateway(config) as gw:
+            gw.poll_all(["lobi", "staf", "gudang"])
+            gw.gateway.polls.wait_idle(20)
+            gw.gateway.ctx.extras["health"].sweep(datetime.now(UTC) + timedelta(seconds=5))
+            url = f"http://127.0.0.1:{gw.gateway.ctx.extras['http_port']}/"
+            dom = run_chromium(binary, tmp_path / "profile-dom", "--dump-dom", url)
+            shot = tmp_path / "status.png"
+            png = run_chromium(binary, tmp_path / "profile-shot", f"--screenshot={shot}",
+                               "--hide-scrollbars", url)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    html = dom.stdout
+    assert 'id="dev-lobi" data-state="online"' in html
+    assert 'id="dev-staf" data-state="online"' in html and "storage" in html and "90%" in html
+    assert 'id="dev-gudang" data-state="offline"' in html and "Gudang Arsip" in html
+    assert "port 4370" in html  # what to check, for the technician
+    assert png.returncode == 0 and shot.exists(), png.stderr[-2000:]
+    data = shot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert (width, height) == (412, 915)
+    keep = os.environ.get("GW_KEEP_SCREENSHOT")
+    if keep:
+        shutil.copy(shot, keep)
