@@ -67,6 +67,8 @@ class DeviceRow:
     clock_skew_s: float | None
     muted_until: datetime | None
     mute_reason: str | None
+    #: When the gateway first knew the device (the report shows no data before).
+    created_at: datetime
 
 
 class HealthRepo:
@@ -91,7 +93,7 @@ class HealthRepo:
         q = (select(d.pk, d.device_id, d.name, d.location, d.address, d.port, d.serial, d.firmware, d.enabled,
                     d.last_seen_at, d.last_ok_at, d.last_record_count, d.last_user_count, d.records_cap,
                     d.users_cap, d.last_punch_at, d.last_new_punch_at, d.clock_skew_s, h.muted_until,
-                    h.mute_reason)
+                    h.mute_reason, d.created_at)
              .select_from(s.devices.outerjoin(s.device_health, h.device_pk == d.pk))
              .where(d.office_code == self.office_code).order_by(d.device_id))
         with self.engine.connect() as conn:
@@ -245,19 +247,6 @@ class HealthRepo:
              .group_by(p.device_id, day))
         with self.engine.connect() as conn:
             return {(r[0], r[1]): (int(r[2]), r[3][11:], r[4][11:]) for r in conn.execute(q)}
-
-    def poll_failures(self, start: datetime, end: datetime) -> dict[str, list[tuple[datetime, bool]]]:
-        """device_id -> [(poll start, ok?)] in [start, end), ordered (the report derives offline time)."""
-        d, r = s.devices.c, s.poll_runs.c
-        q = (select(d.device_id, r.started_at, r.outcome)
-             .select_from(s.poll_runs.join(s.devices, r.device_pk == d.pk))
-             .where(d.office_code == self.office_code, r.started_at >= start, r.started_at < end)
-             .order_by(d.device_id, r.started_at))
-        out: dict[str, list[tuple[datetime, bool]]] = {}
-        with self.engine.connect() as conn:
-            for row in conn.execute(q):
-                out.setdefault(row.device_id, []).append((row.started_at, row.outcome in ("ok", "unchanged")))
-        return out
 
 
 def _json(text: str | None) -> dict[str, Any]:
