@@ -39,6 +39,19 @@ def set_and_settle(dev: Any, fault: str, value: Any = True) -> None:
     time.sleep(0.2)
 
 
+def wait_enabled(dev: Any, within_s: float) -> bool:
+    """True once the simulated terminal is enabled.
+
+    The simulator keeps DISABLE per client session and clears it when that session ends; on TCP
+    the old session ends only when its server task notices our close, shortly after the driver
+    returns. (A real terminal's ENABLE, which the driver sends on a second connection, is global.)
+    """
+    deadline = time.monotonic() + within_s
+    while not dev.enabled and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return bool(dev.enabled)
+
+
 def assert_truth(fleet: Any, dev: Any, punches: list[Any]) -> None:
     assert [punch_key(p) for p in punches] == sim_truth(fleet.truth_file, dev.serial)
 
@@ -279,7 +292,9 @@ def test_keyboard_interrupt_mid_download_still_reenables(
         seen["armed"] = True
         s.read_punches()
     monkeypatch.undo()
-    assert dev.enabled
+    # The broken connection was abandoned and a second one re-enabled the terminal.
+    assert drv.stats.fresh_reenables == 1
+    assert wait_enabled(dev, 2.0)
     assert_truth(fleet, dev, read_all(drv))
 
 
