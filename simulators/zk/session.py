@@ -22,6 +22,13 @@ log = logging.getLogger("simulators.zk.session")
 #: Gap between the parts of a multi-packet TCP answer: node-zklib/zkteco-js process one
 #: packet per 'data' event and lose data when parts coalesce (§3.4).
 PART_GAP_S = 0.05
+#: UDP DATA pacing. A client that waits for each chunk before asking for the next (pyzk)
+#: gets bursts of 16 datagrams; one that queued more 1504 requests behind this one
+#: (node-zklib asks for every chunk at once and concatenates quadratically) gets ~0.7 MB/s,
+#: which it keeps up with without overflowing its receive buffer.
+UDP_BURST = 16
+UDP_PIPELINED_BURST = 1
+UDP_BURST_GAP_S = 0.0015
 #: Gap between two realtime events: pyzk parses one event per recv (§2.12).
 EVENT_GAP_S = 0.05
 
@@ -68,6 +75,7 @@ class Session:
         self._buffer: bytes | None = None
         self._buffer_kind = ""
         self._lock = asyncio.Lock()  # one command (or one event) on the wire at a time
+        self._pending = 0  # requests waiting for the lock (a pipelining client)
         self._events: asyncio.Queue[tuple[int, int, int, int]] | None = None
         self._event_task: asyncio.Task[None] | None = None
         self._enable_timer: asyncio.TimerHandle | None = None
@@ -85,7 +93,12 @@ class Session:
             # Clients' checksums are right in practice (§1.2); a mismatch is worth a log
             # line but real devices still answer.
             log.debug("checksum mismatch device=%s cmd=%d", dev.serial, pkt.command)
-        async with self._lock:
+        self._pending += 1
+        try:
+            await self._lock.acquire()
+        finally:
+            self._pending -= 1
+        try:
             slow = dev.fault(Fault.SLOW)
             if slow:
                 await asyncio.sleep(float(slow))
@@ -96,6 +109,8 @@ class Session:
             except p.ProtocolError as e:
                 log.warning("bad request device=%s cmd=%d: %s", dev.serial, pkt.command, e)
                 await self._reply(pkt, p.CMD_ACK_ERROR)
+        finally:
+            self._lock.release()
 
     async def _reply(self, pkt: p.Packet, code: int, data: bytes = b"",
                      session_id: int | None = None) -> None:
@@ -122,6 +137,8 @@ class Session:
             await self._reply(pkt, p.CMD_ACK_OK if ok else p.CMD_ACK_UNAUTH)
             return
         if cmd == p.CMD_EXIT:
+            # Re-enable before answering, so the client never sees a disabled device after EXIT.
+            dev.set_disabled(self, False)
             await self._reply(pkt, p.CMD_ACK_OK)
             self.end()
             return
@@ -328,6 +345,8 @@ class Session:
             await self.link.send(_garble(packet) if corrupt == "checksum" else packet)
             await asyncio.sleep(PART_GAP_S)
             await self.link.send(p.build_packet(p.CMD_ACK_OK, sid, rid))
+            # node-zklib has already queued its next 1504: keep its PREPARE_DATA apart too.
+            await asyncio.sleep(PART_GAP_S)
             return
         # UDP: DATA pieces of ≤ 1024 bytes, one datagram each, then ACK_OK.
         pieces = [chunk[i:i + p.UDP_DATA_PIECE] for i in range(0, len(chunk), p.UDP_DATA_PIECE)]
@@ -338,8 +357,9 @@ class Session:
             if i == 0 and corrupt == "checksum":
                 packet = _garble(packet)
             await self.link.send(packet)
-            if i % 32 == 31:
-                await asyncio.sleep(0.002)  # let the client drain its receive buffer
+            burst = UDP_PIPELINED_BURST if self._pending else UDP_BURST
+            if i % burst == burst - 1 and i + 1 < len(pieces):
+                await asyncio.sleep(UDP_BURST_GAP_S)
         if drop:
             log.info("dropping mid-transfer device=%s (udp: going silent)", dev.serial)
             self.muted = True
