@@ -20,10 +20,12 @@ def notify(*fields: str) -> bool:
         address = "\0" + address[1:]  # abstract namespace socket
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            # Never block the daemon's main loop on a receiver that does not read (full queue).
+            sock.setblocking(False)
             sock.connect(address)
-            sock.sendall("\n".join(fields).encode("utf-8"))
+            sock.send("\n".join(fields).encode("utf-8"))
         return True
-    except OSError:
+    except OSError:  # includes BlockingIOError: the message is dropped, the next one will do
         return False
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, Insert, Table, select, update
+from sqlalchemy import Engine, Insert, Table, TextClause, select, text, update
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection
@@ -89,6 +89,8 @@ def insert_punches(conn: Connection, punches: Iterable[Punch], *, received_at: d
 def _insert_punch_rows(conn: Connection, punches: Iterable[Punch], *, received_at: datetime,
                        source: str = "poll") -> list[tuple[int, str, str, str]]:
     """Idempotent insert returning (id, device_serial, device_user_id, device_time) of the new rows."""
+    if conn.dialect.name == "postgresql":
+        return _insert_punch_rows_pg(conn, punches, received_at=received_at, source=source)
     new_rows: list[tuple[int, str, str, str]] = []
     batch: list[dict[str, Any]] = []
     c = s.punches.c
@@ -107,6 +109,56 @@ def _insert_punch_rows(conn: Connection, punches: Iterable[Punch], *, received_a
             flush()
     flush()
     return new_rows
+
+
+#: Rows per statement on PostgreSQL, where each column travels as one array parameter.
+PG_INSERT_CHUNK = 2000
+_PG_UNNEST: TextClause | None = None
+
+
+def _pg_unnest_statement() -> TextClause:
+    """INSERT ... SELECT FROM unnest(arrays) ON CONFLICT DO NOTHING RETURNING ...
+
+    Why: a multi-VALUES insert sends 19 parameters per row and psycopg re-parses the huge statement
+    for every batch (about 4,500 rows/s); one typed array per column is ~3x faster (benchmarks/bench_store.py).
+    """
+    global _PG_UNNEST
+    if _PG_UNNEST is None:
+        dialect = pg_dialect.dialect()
+        names = list(punch_row(_SAMPLE_PUNCH, utcnow()))
+        casts = ", ".join(f"CAST(:{n} AS {s.punches.c[n].type.compile(dialect=dialect)}[])" for n in names)
+        _PG_UNNEST = text(
+            f"INSERT INTO punches ({', '.join(names)}) SELECT * FROM unnest({casts}) "
+            f"ON CONFLICT ({', '.join(PUNCH_KEY)}) DO NOTHING "
+            "RETURNING id, device_serial, device_user_id, device_time")
+    return _PG_UNNEST
+
+
+def _insert_punch_rows_pg(conn: Connection, punches: Iterable[Punch], *, received_at: datetime,
+                          source: str) -> list[tuple[int, str, str, str]]:
+    stmt = _pg_unnest_statement()
+    new_rows: list[tuple[int, str, str, str]] = []
+    batch: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        if not batch:
+            return
+        params = {name: [row[name] for row in batch] for name in batch[0]}
+        new_rows.extend((r[0], r[1], r[2], r[3]) for r in conn.execute(stmt, params))
+        batch.clear()
+
+    for p in punches:
+        if p.utc_time is not None and p.utc_time.tzinfo is None:  # the ORM type would refuse it too
+            raise ValueError(f"naive utc_time in punch {p.key}")
+        batch.append(punch_row(p, received_at, source))
+        if len(batch) >= PG_INSERT_CHUNK:
+            flush()
+    flush()
+    return new_rows
+
+
+_SAMPLE_PUNCH = Punch(office_code="", device_id="", device_serial="", device_user_id="", device_time="",
+                      local_time=None, utc_time=None, timezone="", state=0, state_name="", verify=0, verify_name="")
 
 
 class Store:
