@@ -241,7 +241,7 @@ class AlertRouter:
     def handle(self, transitions: Iterable[Transition], serials: dict[str, str | None] | None = None,
                note: str | None = None, healths: Iterable[DeviceHealth] = ()) -> list[int]:
         """Record (with ``healths``, in one transaction), log and queue alerts; returns their ids. No sending here."""
-        rows, muted_flags = [], []
+        rows: list[dict[str, Any]] = []
         transitions = list(transitions)
         for t in transitions:
             serial = (serials or {}).get(t.device_id)
@@ -249,14 +249,16 @@ class AlertRouter:
             muted = self.muted(t.device_id, t.at)
             rows.append({"created_at": t.at, "device_id": t.device_id, "device_serial": serial, "problem": t.problem,
                          "event": t.event, "severity": t.severity, "title": doc["title"], "message": doc["message"],
-                         "details": doc, "muted": muted})
-            muted_flags.append(muted)
+                         "details": doc, "muted": muted,
+                         # No channel configured: the log line is the delivery (and a channel added
+                         # later must not receive the whole history).
+                         "delivered_at": None if self.channels or muted else t.at})
         # Health state and the alerts it caused commit together: a crash can neither lose an alert
         # nor make the next start alert the same problem again.
         ids = self.repo.record(healths, rows)
         for t, row, alert_id in zip(transitions, rows, ids, strict=True):
             self._log(t, row["device_serial"], row["muted"])
-            if not row["muted"]:
+            if not row["muted"] and row["delivered_at"] is None:
                 self._enqueue(alert_id, 0, 0.0)
         return ids
 

@@ -189,7 +189,8 @@ def cmd_alerts(args: argparse.Namespace) -> int:
         return 0
     print(f"{'time':<16}  {'device':<12} {'event':<9} {'severity':<8} {'problem':<16} delivery")
     for a in alerts:
-        delivery = "muted" if a.muted else "sent" if a.delivered_at else \
+        delivery = "muted" if a.muted else "log only" if a.delivered_at and not a.attempts else \
+            "sent" if a.delivered_at else \
             f"pending ({a.attempts} tries: {a.last_error})" if a.attempts else "pending"
         print(f"{a.created_at.astimezone(tz):%Y-%m-%d %H:%M}  {a.device_id or '-':<12} {a.event:<9} "
               f"{a.severity:<8} {a.problem:<16} {delivery}")

@@ -49,9 +49,13 @@ class HealthMonitor:
     # -- service ----------------------------------------------------------------------------------------
     def start(self) -> None:
         """Restore persisted health, start the alert sender, hook into polling and the scheduler."""
+        watched = {d.id for d in self.config.devices if d.enabled}
         with self._lock:
             for h in self.repo.load_health():
-                self.tracker.load(h)
+                # A device removed from the config (or disabled) keeps its history but gets no
+                # reminders or sweeps any more.
+                if h.device_id in watched:
+                    self.tracker.load(h)
             self._serials = {d.device_id: d.serial for d in self.repo.devices()}
             self._refresh_mutes(self.clock(), announce=False)
         self.router.start()

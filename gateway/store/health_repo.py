@@ -155,7 +155,7 @@ class HealthRepo:
                     device_serial=a["device_serial"], problem=a["problem"], event=a["event"],
                     severity=a["severity"], title=a["title"][:300], message=a["message"],
                     details=json.dumps(a["details"], default=str, sort_keys=True), muted=a["muted"],
-                    attempts=0).returning(s.alerts.c.id)).scalar_one()))
+                    delivered_at=a.get("delivered_at"), attempts=0).returning(s.alerts.c.id)).scalar_one()))
         return ids
 
     # -- mutes -----------------------------------------------------------------------------------------
