@@ -19,7 +19,7 @@ import pytest
 from core_support import DeviceEntry, config_dict, diff, sim_spec, stored_keys, truth_keys
 
 pytest.importorskip("simulators.zk", reason="simulators.zk not importable")
-from simulators.zk import Fleet  # noqa: E402
+from simulators.zk import Fleet
 
 
 @pytest.fixture
@@ -98,7 +98,8 @@ class Daemon:
         except subprocess.TimeoutExpired:
             self.proc.send_signal(signal.SIGABRT)  # faulthandler dumps every thread's stack into the log
             self.proc.wait(10)
-            raise AssertionError(f"daemon did not stop within {timeout_s} s; log tail:\n{self.log()[-12000:]}") from None
+            tail = self.log()[-12000:]
+            raise AssertionError(f"daemon did not stop within {timeout_s} s; log tail:\n{tail}") from None
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

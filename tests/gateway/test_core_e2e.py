@@ -27,7 +27,7 @@ from core_support import (
 from gateway.store import schema as s
 
 pytest.importorskip("simulators.zk", reason="simulators.zk not importable")
-from simulators.zk import Fleet  # noqa: E402
+from simulators.zk import Fleet
 
 
 @pytest.fixture

@@ -69,7 +69,7 @@ def test_punch_insert_is_idempotent_and_reports_only_new_rows(engine: Engine) ->
     with writer(engine).begin() as conn:
         first = insert_punches(conn, batch, received_at=now)
     with writer(engine).begin() as conn:
-        again = insert_punches(conn, batch + [punch("9999", 5000)], received_at=now)
+        again = insert_punches(conn, [*batch, punch("9999", 5000)], received_at=now)
     assert len(first) == 1200 and len(set(first)) == 1200
     assert len(again) == 1 and again[0] > max(first)  # ids are monotonic
     assert count(engine, s.punches) == 1201
@@ -128,7 +128,8 @@ def test_concurrent_pollers_never_duplicate(engine: Engine, tmp_path: Path) -> N
 def test_users_replace_and_devices_removed_from_config_are_disabled(engine: Engine, tmp_path: Path) -> None:
     store = Store(engine, "1801.01.02")
     store.sync_devices(config(tmp_path, "lobby", "hall").devices)
-    store.save_users("SN1", [DeviceUser(1, "1001", "Budi"), DeviceUser(2, "1002", "Sari"), DeviceUser(3, "1002", "dup")])
+    store.save_users("SN1", [DeviceUser(1, "1001", "Budi"), DeviceUser(2, "1002", "Sari"),
+                             DeviceUser(3, "1002", "dup")])
     store.save_users("SN1", [DeviceUser(1, "1001", "Budi Santoso")])
     with engine.connect() as conn:
         users = conn.execute(select(s.device_users.c.user_id, s.device_users.c.name)).all()
