@@ -314,7 +314,6 @@ class HealthTracker:
             and info.device_time.year < RTC_RESET_BEFORE_YEAR
         flagged = {f: o.flag_counts.get(f, 0) for f in CLOCK_FLAGS if o.flag_counts.get(f, 0)}
         if rtc_reset or flagged:
-            assert info is not None or flagged
             parts = []
             if rtc_reset and info is not None and info.device_time is not None:
                 parts.append(f"device clock reads {info.device_time:%Y-%m-%d %H:%M}")

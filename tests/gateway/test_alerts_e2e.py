@@ -230,3 +230,40 @@ def test_muted_device_records_but_does_not_send_and_unmute_sends_open_state_once
         settle(gw)
     assert hook.events() == [("auth_rejected", "reminder")]
     assert "maintenance mute ended" in got[0]["message"]
+
+
+@pytest.mark.timeout(90)
+def test_mute_expiry_sends_the_open_problem_once(fleet, hook: WebhookReceiver, sqlite_url: str, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    a = fleet.add(sim_spec("HL-MUTE2", records=30, faults={"storage_full": True}))
+    config = health_config(sqlite_url, [DeviceEntry("a", a)], tmp_path, hook, monkeypatch)
+    with RunningGateway(config) as gw:
+        monitor = gw.gateway.ctx.extras["health"]
+        HealthRepo(gw.gateway.engine, "1801.01.02").set_mute("a", datetime.now(UTC) + timedelta(hours=1), "servis")
+        monitor.sweep()
+        poll(gw)
+        assert table_rows(sqlite_url, s.alerts)[0]["muted"] is True
+        monitor.sweep(datetime.now(UTC) + timedelta(minutes=59))
+        settle(gw)
+        assert hook.events() == []
+        monitor.sweep(datetime.now(UTC) + timedelta(minutes=61))  # the mute ran out
+        got = hook.wait_for(lambda r: len(r) == 1)
+        monitor.sweep(datetime.now(UTC) + timedelta(minutes=62))
+        settle(gw)
+    assert hook.events() == [("storage", "reminder")] and got[0]["severity"] == "critical"
+
+
+@pytest.mark.timeout(90)
+def test_clock_correction_is_announced_once_instead_of_a_skew_problem(
+        fleet, hook: WebhookReceiver, sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    a = fleet.add(sim_spec("HL-CLOCK", records=30, faults={"clock_skew": 3600}))
+    config = health_config(sqlite_url, [DeviceEntry("a", a)], tmp_path, hook, monkeypatch,
+                           health={"clock_correct": True, "clock_correct_above_s": 60})
+    with RunningGateway(config) as gw:
+        first = poll(gw)
+        assert first.ok and first.clock_corrected
+        got = hook.wait_for(lambda r: count(r, "clock_corrected", "notice") == 1)
+        second = poll(gw)
+        assert second.ok and not second.clock_corrected and abs(second.clock_skew_s or 0) < 60
+    assert hook.events() == [("clock_corrected", "notice")]
+    assert got[0]["severity"] == "info" and "ahead" in got[0]["detail"]

@@ -235,3 +235,23 @@ def test_rows_from_other_writers_are_delivered(sqlite_url: str, monkeypatch: pyt
         assert got[0]["seen"] == {"oldest_age_s": 25200}
     finally:
         eng.dispose()
+
+
+def test_without_channels_the_log_is_the_delivery(sqlite_url: str) -> None:
+    eng = create_db_engine(sqlite_url)
+    upgrade(eng)
+    try:
+        cfg = config(sqlite_url)
+        Store(eng, "1801.01.02").sync_devices(cfg.devices)
+        repo = HealthRepo(eng, "1801.01.02")
+        router = AlertRouter(cfg, repo)
+        router.start()
+        try:
+            router.handle([offline_start()])
+            assert router.queue_pending() == 0
+        finally:
+            router.stop()
+        [row] = alert_rows(eng)
+        assert row["delivered_at"] is not None and row["attempts"] == 0
+    finally:
+        eng.dispose()
