@@ -1,0 +1,133 @@
+"""Benchmark of the device simulator with the real client (pyzk 0.9).
+
+1. Download speed: pyzk pulls 10k / 100k / 200k-record logs over TCP and UDP. Two figures
+   each: the wire transfer alone (pyzk's public ``read_with_buffer``) and the whole
+   ``get_attendance`` (which includes pyzk's own per-record parsing, quadratic in 0.9).
+2. Fleet capacity: one ``fpgw-sim`` process serves N devices (default 1,000) on
+   127.0.x.y addresses; pyzk connects + ``read_sizes`` to every one of them (sequentially
+   and from a thread pool); reports the times and the simulator process's RSS.
+
+Prints figures and ratios only; no assertions. Run: ``.venv/bin/python benchmarks/bench_simulator.py``
+(``--quick`` skips the slow full get_attendance of 200k records).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from zk import ZK
+
+from simulators.zk import DeviceSpec, Fleet
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def rss_mb(pid: int | str = "self") -> float:
+    """Resident set size of a process in MiB (Linux /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def bench_downloads(quick: bool) -> None:
+    print("== pyzk 0.9 log downloads (40-byte records, 300 users) ==")
+    print(f"{'records':>8} {'transport':>9} {'wire s':>8} {'wire rec/s':>12} {'get_attendance s':>17} "
+          f"{'rec/s':>10}")
+    with Fleet() as fleet:
+        for n in (10_000, 100_000, 200_000):
+            dev = fleet.add(DeviceSpec(serial=f"BENCH{n}", users=300, records=n, records_cap=n))
+            dev.dataset("attlog")  # built once per log version; do not time the first build
+            for udp in (False, True):
+                conn = ZK(dev.host, port=dev.port, timeout=60, force_udp=udp, ommit_ping=True).connect()
+                conn.read_sizes()
+                t0 = time.perf_counter()
+                data, size = conn.read_with_buffer(13)
+                wire = time.perf_counter() - t0
+                assert size == 4 + 40 * n
+                full_txt = rate_txt = "skipped"
+                if not (quick and n > 100_000):
+                    t0 = time.perf_counter()
+                    atts = conn.get_attendance()
+                    full = time.perf_counter() - t0
+                    assert len(atts) == n
+                    full_txt, rate_txt = f"{full:.2f}", f"{n / full:,.0f}"
+                conn.disconnect()
+                print(f"{n:>8} {'udp' if udp else 'tcp':>9} {wire:>8.2f} {n / wire:>12,.0f} "
+                      f"{full_txt:>17} {rate_txt:>10}", flush=True)
+
+
+def bench_fleet(n_devices: int, records: int, workers: int) -> None:
+    print(f"\n== one simulator process, {n_devices} devices on 127.0.x.y, {records} records "
+          f"+ 50 users each ==")
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "simulators.cli", "--devices", str(n_devices), "--host", "127.0.1.1",
+         "--port", "4370", "--records", str(records), "--users", "50", "--no-control",
+         "--log-level", "WARNING"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if "serving" not in line:
+            print("simulator failed to start:", line, proc.stderr.read() if proc.stderr else "")
+            return
+        startup = time.perf_counter() - t0
+        rss_idle = rss_mb(proc.pid)
+        print(f"startup (generate + bind {n_devices} devices): {startup:.1f} s; RSS idle {rss_idle:.0f} MiB "
+              f"({rss_idle * 1024 / n_devices:.0f} KiB per device)")
+
+        import ipaddress
+
+        hosts = [str(ipaddress.IPv4Address("127.0.1.1") + i) for i in range(n_devices)]
+
+        def probe(host: str, udp: bool) -> int:
+            conn = ZK(host, port=4370, timeout=10, force_udp=udp, ommit_ping=True).connect()
+            conn.read_sizes()
+            n = conn.records
+            conn.disconnect()
+            return n
+
+        for udp in (False, True):
+            name = "udp" if udp else "tcp"
+            t0 = time.perf_counter()
+            seq = [probe(h, udp) for h in hosts]
+            t_seq = time.perf_counter() - t0
+            assert seq == [records] * n_devices
+            t0 = time.perf_counter()
+            with ThreadPoolExecutor(workers) as pool:
+                par = list(pool.map(lambda h: probe(h, udp), hosts))
+            t_par = time.perf_counter() - t0
+            assert par == [records] * n_devices
+            print(f"{name}: connect+read_sizes+disconnect all {n_devices}: sequential {t_seq:.1f} s "
+                  f"({n_devices / t_seq:,.0f} devices/s); {workers} client threads {t_par:.1f} s "
+                  f"({n_devices / t_par:,.0f} devices/s, x{t_seq / t_par:.1f})", flush=True)
+        print(f"simulator RSS after serving: {rss_mb(proc.pid):.0f} MiB")
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=60)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="skip get_attendance of 200k records")
+    ap.add_argument("--devices", type=int, default=1000)
+    ap.add_argument("--fleet-records", type=int, default=2000)
+    ap.add_argument("--workers", type=int, default=32)
+    ap.add_argument("--skip-downloads", action="store_true")
+    args = ap.parse_args()
+    print(f"cpus={os.cpu_count()} python={sys.version.split()[0]}")
+    if not args.skip_downloads:
+        bench_downloads(args.quick)
+    bench_fleet(args.devices, args.fleet_records, args.workers)
+
+
+if __name__ == "__main__":
+    main()
