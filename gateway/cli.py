@@ -70,8 +70,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="log format (default: logging.format from the config, else auto)")
     parser.add_argument("--log-level", choices=LEVELS, default=None,
                         help="log level (default: logging.level for `run`, warning for one-shot commands)")
+    # The same options are accepted after the command too (`fpgw devices --config x.toml`).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-c", "--config", default=argparse.SUPPRESS, metavar="PATH", help=argparse.SUPPRESS)
+    common.add_argument("--log-format", choices=FORMATS, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    common.add_argument("--log-level", choices=LEVELS, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    add = sub.add_parser
+
+    def add_parser(name: str, **kw: Any) -> argparse.ArgumentParser:
+        return add(name, parents=[common], **kw)
+
+    sub.add_parser = add_parser  # type: ignore[method-assign]
 
     p = sub.add_parser("run", help="run the gateway daemon (what systemd starts)")
     p.set_defaults(func=cmd_run, one_shot=False)
@@ -103,9 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("db", help="database schema: upgrade or show the current revision")
     dbsub = p.add_subparsers(dest="db_command", metavar="ACTION")
     dbsub.required = True
-    q = dbsub.add_parser("upgrade", help="apply pending migrations (safe to run any time)")
+    q = dbsub.add_parser("upgrade", parents=[common], help="apply pending migrations (safe to run any time)")
     q.set_defaults(func=cmd_db_upgrade, one_shot=True)
-    q = dbsub.add_parser("current", help="show the schema revision of the database and of this fpgw")
+    q = dbsub.add_parser("current", parents=[common], help="show the schema revision of the database and of this fpgw")
     q.set_defaults(func=cmd_db_current, one_shot=True)
 
     p = sub.add_parser("demo", help="run the real daemon against a simulated office (no hardware needed)")
@@ -127,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from gateway import cli_central, cli_monitor
 
+    sub.add_parser = add  # type: ignore[method-assign]  # other areas' commands keep their own options
     cli_monitor.register(sub)
     cli_central.register(sub)
     return parser
