@@ -48,7 +48,7 @@ def bench_downloads(quick: bool) -> None:
                 conn = ZK(dev.host, port=dev.port, timeout=60, force_udp=udp, ommit_ping=True).connect()
                 conn.read_sizes()
                 t0 = time.perf_counter()
-                data, size = conn.read_with_buffer(13)
+                _data, size = conn.read_with_buffer(13)
                 wire = time.perf_counter() - t0
                 assert size == 4 + 40 * n
                 full_txt = rate_txt = "skipped"
@@ -103,7 +103,7 @@ def bench_fleet(n_devices: int, records: int, workers: int) -> None:
             assert seq == [records] * n_devices
             t0 = time.perf_counter()
             with ThreadPoolExecutor(workers) as pool:
-                par = list(pool.map(lambda h: probe(h, udp), hosts))
+                par = list(pool.map(probe, hosts, [udp] * len(hosts)))
             t_par = time.perf_counter() - t0
             assert par == [records] * n_devices
             print(f"{name}: connect+read_sizes+disconnect all {n_devices}: sequential {t_seq:.1f} s "
