@@ -129,6 +129,7 @@ class TokenFile:
         self._lock = threading.Lock()
         self._stamp: tuple[float, int] | None = None
         self._tokens: list[Token] = []
+        self._broken = False
         self.reload()
 
     def reload(self) -> None:
@@ -145,9 +146,13 @@ class TokenFile:
             if (st.st_mtime, st.st_size) != self._stamp:
                 self.reload()
                 log.info("token file reloaded", file=str(self.path), tokens=len(self._tokens))
+            self._broken = False
         except (OSError, TokenFileError) as exc:
             # Keep serving with the tokens we had; a half-written file must not lock everyone out.
-            log.warning("token file unreadable; keeping the previous tokens", file=str(self.path), error=str(exc))
+            if not self._broken:
+                log.warning("token file unreadable; keeping the previous tokens", file=str(self.path),
+                            error=str(exc))
+            self._broken = True
         digest = hash_token(presented)
         found = None
         with self._lock:
@@ -742,7 +747,9 @@ class ThreadedServer:
 
         import uvicorn
 
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY on accepted sockets only when it is set,
+        # and without it every keep-alive response stalls 40 ms on Nagle + delayed ACK.
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((host, port))
         self.host, self.port = self._sock.getsockname()[:2]

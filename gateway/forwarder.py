@@ -111,8 +111,12 @@ class Forwarder:
         """The HTTP client (created on first use)."""
         if self._client is None:
             verify: Any = self.fwd.ca_file or True
+            # TCP_NODELAY: httpx writes headers and body separately; with Nagle on, the body waits for the
+            # server's delayed ACK (40 ms per request), which dominated small batches.
+            transport = self._transport or httpx.HTTPTransport(
+                verify=verify, socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
             self._client = httpx.Client(
-                base_url=self.fwd.url, transport=self._transport, timeout=self.fwd.timeout_s, verify=verify,
+                base_url=self.fwd.url, transport=transport, timeout=self.fwd.timeout_s,
                 headers={"Authorization": f"Bearer {self.fwd.token or ''}", "User-Agent": f"fpgw/{__version__}"})
         return self._client
 
@@ -304,7 +308,9 @@ class Forwarder:
         if self._metrics:
             self._metrics.up.set(0)
             self._metrics.requests.labels(exc.kind).inc()
-        changed = self.down_since is None or exc.kind != (self.last_error or "").split(":")[0]
+        # One WARNING per outage; during it only a turn to a refused token is news worth a line.
+        previous = (self.last_error or "").split(":")[0]
+        changed = self.down_since is None or (exc.kind in ("unauthorized", "forbidden") and exc.kind != previous)
         if self.down_since is None:
             self.down_since = now
         self.last_error = str(exc)
