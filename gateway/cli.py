@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterable, Sequence
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, TextIO
 from zoneinfo import ZoneInfo
@@ -323,6 +323,9 @@ def cmd_devices(args: argparse.Namespace) -> int:
             records += f"/{r['records_cap']}"
         skew = "-" if r["clock_skew_s"] is None else f"{r['clock_skew_s']:+.0f}s"
         problems = ",".join(r["problems"]) or "-"
+        muted = r.get("muted_until")
+        if muted and datetime.fromisoformat(muted.replace("Z", "+00:00")) > datetime.now(UTC):
+            problems = ("" if problems == "-" else problems + ",") + "muted"
         if r.get("last_poll_outcome") not in (None, "ok", "unchanged"):
             problems = problems if problems != "-" else f"last poll: {r['last_poll_outcome']}"
         name = r["device_id"] + ("" if r["device_id"] in configured else " (removed)")
