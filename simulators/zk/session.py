@@ -123,7 +123,8 @@ class Session:
         cmd = pkt.command
         dev = self.device
         if cmd == p.CMD_CONNECT:
-            self.session_id = dev.new_session_id()
+            if not self.session_id:  # a second CONNECT on the same session keeps the id (adro)
+                self.session_id = dev.new_session_id()
             self.connected = True
             self.authed = dev.comm_key == 0
             self._buffer = None

@@ -342,3 +342,18 @@ def test_punch_rate_generates_punches_while_running(add_device: Callable[..., Si
     assert dev.record_count >= 5
     assert max(abs((p.decode_time(r["encoded_time"]) - dev.now()).total_seconds())
                for r in dev.punches()) < timedelta(minutes=1).total_seconds()
+
+
+def test_user_upload_the_layout_cannot_carry_is_refused(add_device: Callable[..., SimDevice],
+                                                        zk_client: Callable[..., ZK]) -> None:
+    dev = add_device(users=2, records=0, user_layout=72, record_layout=16)
+    conn = zk_client(dev).connect()
+    try:
+        conn.get_users()
+        with pytest.raises(ZKErrorResponse):
+            # 16-byte records carry a u32 user id: a text id cannot be stored.
+            conn.set_user(uid=9, name="Ani", user_id="NIP-ABC")
+        assert dev.user_count == 2
+        assert len(conn.get_users()) == 2  # and the device keeps serving
+    finally:
+        conn.disconnect()

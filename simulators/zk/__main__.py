@@ -1,0 +1,7 @@
+"""``python -m simulators.zk`` = ``fpgw-sim`` (same flags, same ``ctl`` subcommand)."""
+
+import sys
+
+from simulators.cli import main
+
+sys.exit(main())
