@@ -38,13 +38,15 @@ def as_tuples(atts: list[Any]) -> list[tuple[Any, ...]]:
     return [(a.user_id, a.timestamp, a.status, a.punch, int(a.uid)) for a in atts]
 
 
+@pytest.mark.parametrize("comm_key", [0, 97531], ids=["nokey", "commkey"])
 @pytest.mark.parametrize("udp", TRANSPORTS)
 @pytest.mark.parametrize(("record_layout", "user_layout"), LAYOUTS)
 def test_users_and_attendance_match_device_exactly(
         add_device: Callable[..., SimDevice], zk_client: Callable[..., ZK],
-        udp: bool, record_layout: int, user_layout: int) -> None:
-    dev = add_device(record_layout=record_layout, user_layout=user_layout, users=25, records=300)
-    conn = zk_client(dev, udp=udp).connect()
+        udp: bool, record_layout: int, user_layout: int, comm_key: int) -> None:
+    dev = add_device(record_layout=record_layout, user_layout=user_layout, users=25, records=300,
+                     comm_key=comm_key)
+    conn = zk_client(dev, udp=udp, password=comm_key).connect()
     try:
         users = conn.get_users()
         assert [(u.uid, u.user_id, u.name, u.privilege, u.password, u.card) for u in users] == [
