@@ -105,6 +105,8 @@ class Forwarder:
         self._backlog_open: bool | None = None
         self._metrics = _Metrics(registry) if registry is not None else None
         self._hostname = socket.gethostname()
+        #: Punches per request: forward.batch_size, lowered for good when the centre says it is too many.
+        self.batch_limit = self.fwd.batch_size
 
     # -- lifecycle -------------------------------------------------------------------------------
     def client(self) -> httpx.Client:
@@ -174,7 +176,7 @@ class Forwarder:
         # The backlog as the upstream comes back (logged with the recovery, before draining it).
         backlog = outbox.outbox_stats(self.engine, now).depth if self.down_since is not None else 0
         while not self.stop_event.is_set():
-            items = outbox.claim_batch(self.engine, self.fwd.batch_size, self.now())
+            items = outbox.claim_batch(self.engine, self.batch_limit, self.now())
             if not items:
                 return
             try:
@@ -183,7 +185,7 @@ class Forwarder:
                 self._upstream_failed(exc, items, report)
                 return
             self._upstream_ok(report, backlog)
-            if len(items) < self.fwd.batch_size:
+            if len(items) < self.batch_limit:
                 return
 
     def _meta(self) -> dict[str, Any]:
@@ -214,6 +216,11 @@ class Forwarder:
         doc = {"batch_id": f"b-{digest[:40]}", "gateway": self._meta(), "punches": punches}
         resp = self._post(INGEST_PUNCHES, doc)
         report.requests += 1
+        if resp.status_code == 413 and len(items) > 1 and len(items) <= self.batch_limit:
+            # The centre's max_batch / max_body_bytes is below our batch size: remember the smaller size.
+            self.batch_limit = max(1, len(items) // 2)
+            log.warning("upstream refuses batches this large; sending smaller ones", batch_size=self.batch_limit,
+                        configured=self.fwd.batch_size)
         if resp.status_code in (400, 413) and len(items) > 1:
             # Something in the batch is unacceptable as a whole: halve until the culprit stands alone,
             # so one bad punch is set aside and every good one still goes through.

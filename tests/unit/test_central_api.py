@@ -377,3 +377,15 @@ def test_daily_recap_and_completeness_over_the_api(central: Central) -> None:
     assert csv_body.splitlines()[0].endswith("2026-11-02,2026-11-03")
     assert central.get("/api/v1/completeness", token=central.bkd_a, office=OFFICE_B,
                        **{"from": "2026-11-02", "to": "2026-11-03"}).status_code == 403
+
+
+@pytest.mark.timeout(60)
+def test_a_broken_token_file_keeps_the_previous_tokens_and_is_logged_once(central: Central, tmp_path: Path) -> None:
+    from structlog.testing import capture_logs
+
+    (tmp_path / "api.toml").write_text("[[token]]\nname = 'half-written")
+    with capture_logs() as logs:
+        for _ in range(3):
+            assert central.get("/api/v1/devices").status_code == 200
+    assert [e["event"] for e in logs].count("token file unreadable; keeping the previous tokens") == 1
+    assert not any(central.bkd_all in json.dumps(e, default=str) for e in logs)

@@ -310,3 +310,35 @@ def test_metrics_count_results_and_upstream_state(office: Office) -> None:
     assert reg.get_sample_value("fpgw_forward_punches_total", {"result": "rejected"}) == 1
     assert reg.get_sample_value("fpgw_forward_upstream_up") == 1
     assert reg.get_sample_value("fpgw_outbox_rejected") == 1
+
+
+def test_batches_too_large_for_the_centre_are_split_and_the_smaller_size_is_kept(office: Office) -> None:
+    store_punches(office.store, punches(10))
+    limit = 3
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        doc = json.loads(request.content)
+        office.upstream.requests.append({"path": request.url.path, "doc": doc})
+        if request.url.path.endswith("/health"):
+            return httpx.Response(200, json={"office_code": OFFICE, "devices": 1})
+        if len(doc["punches"]) > limit:
+            return httpx.Response(413, json={"error": "batch_too_large", "message": "at most 3"})
+        return httpx.Response(200, json={"results": [{"index": i, "status": "accepted"}
+                                                     for i in range(len(doc["punches"]))]})
+
+    fwd = Forwarder(office.config, office.engine, transport=httpx.MockTransport(handler), now=office.clock,
+                    rng=random.Random(3), health_every_s=3600)
+    try:
+        with capture_logs() as logs:
+            report = fwd.run_once()
+        assert report.accepted == 10 and report.rejected == 0 and office.outbox() == {}
+        assert fwd.batch_limit <= limit
+        assert [e["event"] for e in logs if e["log_level"] == "warning"].count(
+            "upstream refuses batches this large; sending smaller ones") <= 2
+        office.upstream.requests.clear()
+        store_punches(office.store, punches(6, start=50))
+        fwd.run_once()
+        sizes = [len(r["doc"]["punches"]) for r in office.upstream.requests if r["path"].endswith("/punches")]
+        assert sizes and max(sizes) <= limit  # no more 413s: the smaller size stuck
+    finally:
+        fwd.stop(1)
