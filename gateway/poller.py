@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import structlog
+from sqlalchemy.exc import DBAPIError
 
 from drivers.base import Counts, DeviceInfo, DeviceUser, Driver, DriverError, RawPunch, ReadsUsers, SetsClock
 from gateway.config import Config, DeviceConfig
@@ -85,6 +86,7 @@ class DevicePoller:
         #: Device ids whose user table was downloaded by this process (re-read once after a restart).
         self._users_read: set[str] = set()
         self._serials: dict[str, str] = {}
+        self._db_down = False
 
     # -- drivers ---------------------------------------------------------------------------------
     def driver_for(self, device: DeviceConfig) -> Driver:
@@ -106,7 +108,15 @@ class DevicePoller:
                                                      serial=self._serials.get(device.id, "unknown")):
             try:
                 outcome = self._poll(device, started, t0)
-            except Exception as exc:  # a bug in our code (or the store failing): never kill the job
+                self._database_ok()
+            except DBAPIError as exc:
+                # Database down or full: not a bug in the poll. Nothing is lost (the terminal still holds
+                # its log and the stored count was not advanced, so the next poll reads it again); log
+                # once per outage, not once per device per tick.
+                self._database_failed(exc)
+                outcome = PollOutcome(device_id=device.id, started_at=started, finished_at=self._now(), ok=False,
+                                      error_kind="bug", error=f"database error: {exc.orig or exc}")
+            except Exception as exc:  # a bug in our code: never kill the job, always show the traceback
                 log.exception("poll failed unexpectedly (bug)", error=repr(exc))
                 outcome = PollOutcome(device_id=device.id, started_at=started, finished_at=self._now(), ok=False,
                                       error_kind="bug", error=f"{type(exc).__name__}: {exc}")
@@ -255,6 +265,21 @@ class DevicePoller:
         log.debug("poll failed", error_kind=kind, error=str(exc))
         self._save_failed(outcome)
         return outcome
+
+    def _database_failed(self, exc: DBAPIError) -> None:
+        with self._drivers_lock:
+            first = not self._db_down
+            self._db_down = True
+        if first:
+            log.error("database unavailable; polls keep failing until it is back (punches stay on the "
+                      "terminals and are read again)", error=str(exc.orig or exc))
+
+    def _database_ok(self) -> None:
+        if self._db_down:
+            with self._drivers_lock:
+                was, self._db_down = self._db_down, False
+            if was:
+                log.info("database available again")
 
     def _save_failed(self, outcome: PollOutcome) -> None:
         try:

@@ -201,3 +201,23 @@ def test_flag_counts_cover_only_new_punches(setup: Any, tmp_path: Path) -> None:
     assert o.flag_counts == {"unmapped_user": 1, "impossible_date": 1}
     driver.add_punches([make_punch("1001", BASE + timedelta(hours=1))])
     assert poller.poll_once(config.device("lobby")).flag_counts == {}
+
+
+@pytest.mark.timeout(30)
+def test_database_outage_fails_the_poll_without_losing_punches(setup: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    poller, driver, config, _ = build(setup)
+    real_save = poller.store.save_poll
+
+    def down(*_a: Any, **_kw: Any) -> Any:
+        raise OperationalError("INSERT ...", {}, Exception("disk I/O error"))
+
+    monkeypatch.setattr(poller.store, "save_poll", down)
+    first = poller.poll_once(config.device("lobby"))
+    assert not first.ok and first.error_kind == "bug" and "disk I/O error" in (first.error or "")
+    assert driver.device.enabled
+    monkeypatch.setattr(poller.store, "save_poll", real_save)
+    back = poller.poll_once(config.device("lobby"))
+    # The failed poll advanced nothing, so the next one reads the whole log again.
+    assert back.ok and back.mode == "full" and back.new_punches == 20
