@@ -130,7 +130,8 @@ def setup_logging(fmt: str = "auto", level: str = "info", *, stream: TextIO | No
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
-        cache_logger_on_first_use=True,
+        # Not cached: tests (and `fpgw demo` after a CLI command) may reconfigure; the cost is negligible here.
+        cache_logger_on_first_use=False,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,

@@ -19,6 +19,22 @@ from gateway.cli import main
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Any:
+    """main() configures logging onto the (captured) stderr; undo it so later tests log normally."""
+    yield
+    import logging
+
+    import structlog
+
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if getattr(h, "_fpgw", False):
+            root.removeHandler(h)
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()
+
+
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     code = main(list(argv))
     out, err = capsys.readouterr()
