@@ -48,7 +48,11 @@ class TcpLink:
         if self.writer.is_closing():
             return
         self.writer.write(p.tcp_wrap(packet))
-        await self.writer.drain()
+        try:
+            await self.writer.drain()
+        except ConnectionError:
+            # The client went away mid-answer (or mid-event): an ordinary disconnect.
+            self.writer.close()
 
     async def send_partial(self, packet: bytes, fraction: float) -> None:
         """Send part of the packet, then reset the connection (RST, not FIN).
