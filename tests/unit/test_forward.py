@@ -19,7 +19,6 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 from sqlalchemy import select
-from structlog.testing import capture_logs
 
 from gateway.config import Config, parse_config
 from gateway.forwarder import Forwarder, full_jitter
@@ -98,6 +97,28 @@ class Upstream:
     def sent_users(self) -> list[str]:
         return [p["device_user_id"] for r in self.requests if r["path"].endswith("/punches")
                 for p in r["doc"]["punches"]]
+
+
+class LogRecorder:
+    """Stands in for a module's structlog logger: records (level, event, fields) whatever the global config."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def __getattr__(self, level: str) -> Callable[..., None]:
+        def record(event: str, *args: Any, **fields: Any) -> None:
+            self.events.append({"log_level": "error" if level == "exception" else level, "event": event, **fields})
+        return record
+
+
+@pytest.fixture
+def logs(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Log events of gateway.forwarder during the test."""
+    import gateway.forwarder
+
+    rec = LogRecorder()
+    monkeypatch.setattr(gateway.forwarder, "log", rec)
+    return rec.events
 
 
 class Clock:
@@ -194,22 +215,22 @@ def test_accepted_leave_the_outbox_rejected_are_set_aside_with_one_alert_per_rea
     assert outbox_stats(office.engine, office.clock()) == (0, None, 4)
 
 
-def test_upstream_down_keeps_everything_logs_once_and_recovery_logs_outage_and_backlog(office: Office) -> None:
+def test_upstream_down_keeps_everything_logs_once_and_recovery_logs_outage_and_backlog(
+        office: Office, logs: list[dict[str, Any]]) -> None:
     store_punches(office.store, punches(25))
     office.upstream.mode = "down"
-    with capture_logs() as logs:
-        r1 = office.fwd.run_once()
-        assert r1.error == "unreachable" and r1.kept == 10
-        # During the backoff nothing is even tried.
-        n_req = len(office.upstream.requests)
-        office.fwd.run_once()
-        assert len(office.upstream.requests) == n_req
-        for _ in range(5):  # more failures: still the one warning
-            office.clock.advance(700)
-            office.fwd.run_once()
-        office.upstream.mode = "ok"
+    r1 = office.fwd.run_once()
+    assert r1.error == "unreachable" and r1.kept == 10
+    # During the backoff nothing is even tried.
+    n_req = len(office.upstream.requests)
+    office.fwd.run_once()
+    assert len(office.upstream.requests) == n_req
+    for _ in range(5):  # more failures: still the one warning
         office.clock.advance(700)
-        r = office.fwd.run_once()
+        office.fwd.run_once()
+    office.upstream.mode = "ok"
+    office.clock.advance(700)
+    r = office.fwd.run_once()
     assert r.accepted == 25 and outbox_stats(office.engine, office.clock()).depth == 0
     warnings = [e for e in logs if e["log_level"] == "warning"]
     infos = [e for e in logs if e["event"] == "upstream accepting punches again"]
@@ -312,7 +333,8 @@ def test_metrics_count_results_and_upstream_state(office: Office) -> None:
     assert reg.get_sample_value("fpgw_outbox_rejected") == 1
 
 
-def test_batches_too_large_for_the_centre_are_split_and_the_smaller_size_is_kept(office: Office) -> None:
+def test_batches_too_large_for_the_centre_are_split_and_the_smaller_size_is_kept(
+        office: Office, logs: list[dict[str, Any]]) -> None:
     store_punches(office.store, punches(10))
     limit = 3
 
@@ -329,8 +351,7 @@ def test_batches_too_large_for_the_centre_are_split_and_the_smaller_size_is_kept
     fwd = Forwarder(office.config, office.engine, transport=httpx.MockTransport(handler), now=office.clock,
                     rng=random.Random(3), health_every_s=3600)
     try:
-        with capture_logs() as logs:
-            report = fwd.run_once()
+        report = fwd.run_once()
         assert report.accepted == 10 and report.rejected == 0 and office.outbox() == {}
         assert fwd.batch_limit <= limit
         assert [e["event"] for e in logs if e["log_level"] == "warning"].count(
