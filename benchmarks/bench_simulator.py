@@ -109,7 +109,22 @@ def bench_fleet(n_devices: int, records: int, workers: int) -> None:
             print(f"{name}: connect+read_sizes+disconnect all {n_devices}: sequential {t_seq:.1f} s "
                   f"({n_devices / t_seq:,.0f} devices/s); {workers} client threads {t_par:.1f} s "
                   f"({n_devices / t_par:,.0f} devices/s, x{t_seq / t_par:.1f})", flush=True)
-        print(f"simulator RSS after serving: {rss_mb(proc.pid):.0f} MiB")
+        print(f"simulator RSS after connect/read_sizes sweeps: {rss_mb(proc.pid):.0f} MiB")
+
+        def download(host: str) -> int:
+            conn = ZK(host, port=4370, timeout=30, ommit_ping=True).connect()
+            n = len(conn.get_attendance())
+            conn.disconnect()
+            return n
+
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(workers) as pool:
+            got = list(pool.map(download, hosts))
+        t_dl = time.perf_counter() - t0
+        assert got == [records] * n_devices
+        print(f"tcp: full get_attendance (users + log) of all {n_devices} devices, {workers} client threads: "
+              f"{t_dl:.1f} s ({n_devices * records / t_dl:,.0f} records/s); "
+              f"simulator RSS after: {rss_mb(proc.pid):.0f} MiB", flush=True)
     finally:
         proc.terminate()
         proc.communicate(timeout=60)

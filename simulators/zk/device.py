@@ -8,11 +8,13 @@ because tests and the control API call them from other threads while the loop se
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import struct
 import threading
 from array import array
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
@@ -144,6 +146,52 @@ class DeviceSpec:
         return generator.numeric_ids_needed(self.user_layout, self.record_layout)
 
 
+class DatasetCache:
+    """Process-wide LRU of built wire datasets with a byte budget.
+
+    Building a 200k-record dataset takes ~0.1 s, so caching pays when several clients read
+    the same unchanged log; the budget keeps a polled 1,000-device fleet from holding every
+    device's last dataset at once. Entries are keyed by log version, so a change to a log
+    simply stops its old entry from being asked for.
+    """
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[tuple[int, str, int, int], bytes] = OrderedDict()
+        self._size = 0
+
+    def get(self, key: tuple[int, str, int, int]) -> bytes | None:
+        with self._lock:
+            ds = self._entries.get(key)
+            if ds is not None:
+                self._entries.move_to_end(key)
+            return ds
+
+    def put(self, key: tuple[int, str, int, int], ds: bytes) -> None:
+        if len(ds) > self.budget:
+            return
+        with self._lock:
+            # A device's older versions of the same dataset are dead: drop them first.
+            for old in [k for k in self._entries if k[:3] == key[:3]]:
+                self._size -= len(self._entries.pop(old))
+            self._entries[key] = ds
+            self._size += len(ds)
+            while self._size > self.budget:
+                _, evicted = self._entries.popitem(last=False)
+                self._size -= len(evicted)
+
+    @property
+    def size(self) -> int:
+        """Bytes currently held."""
+        return self._size
+
+
+#: Shared by every device in the process (64 MiB: eight 200k-record logs).
+DATASET_CACHE = DatasetCache(64 << 20)
+_CACHE_IDS = itertools.count(1)
+
+
 def _pack(t: int, uid: int, state: int, verify: int) -> int:
     # One punch in one u64: time in the high 32 bits, so (value >> 16) is the
     # "same user at the same second" key.
@@ -203,7 +251,7 @@ class SimDevice:
         self._log: array[int] = array("Q")
         self._max_t = 0
         self._garbled: set[int] = set()
-        self._ds_cache: dict[tuple[str, int], tuple[int, bytes]] = {}
+        self._cache_id = next(_CACHE_IDS)
         self._version = 0
         history = generator.make_history(records, seed=seed, n_users=spec.users, prefs=self._prefs,
                                          start_date=spec.start_date, today=today)
@@ -521,10 +569,10 @@ class SimDevice:
         """The 1503 dataset (u32 size + records) for "users" or "attlog", cached per version."""
         with self._lock:
             layout = self.spec.user_layout if kind == "users" else self.spec.record_layout
-            key = (kind, layout)
-            hit = self._ds_cache.get(key)
-            if hit is not None and hit[0] == self._version:
-                return hit[1]
+            key = (self._cache_id, kind, layout, self._version)
+            hit = DATASET_CACHE.get(key)
+            if hit is not None:
+                return hit
             if kind == "users":
                 body = b"".join(u.pack(layout) for _, u in sorted(self._users.items()))
             elif kind == "attlog":
@@ -532,8 +580,7 @@ class SimDevice:
             else:
                 raise ValueError(f"unknown dataset {kind!r}")
             ds = dataset(body)
-            # Keep only the latest build per device so a large fleet does not hoard bytes.
-            self._ds_cache = {key: (self._version, ds)}
+            DATASET_CACHE.put(key, ds)
             return ds
 
     def _pack_log(self, layout: int) -> bytes:

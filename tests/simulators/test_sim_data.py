@@ -116,3 +116,20 @@ def test_truth_file_rows_and_reader(tmp_path: Path) -> None:
     w.close()
     with pytest.raises(RuntimeError):
         w.write([{"a": 1}])
+
+
+def test_dataset_cache_is_bounded() -> None:
+    from simulators.zk.device import DatasetCache
+
+    cache = DatasetCache(budget=100)
+    cache.put((1, "attlog", 40, 1), b"a" * 60)
+    cache.put((1, "attlog", 40, 2), b"b" * 60)  # same dataset, newer version: old one dropped
+    assert cache.get((1, "attlog", 40, 1)) is None and cache.size == 60
+    cache.put((2, "attlog", 40, 1), b"c" * 30)
+    assert cache.size == 90
+    cache.get((1, "attlog", 40, 2))  # most recently used now
+    cache.put((3, "users", 72, 1), b"d" * 30)  # over budget: evict the least recently used
+    assert cache.get((2, "attlog", 40, 1)) is None
+    assert cache.get((1, "attlog", 40, 2)) == b"b" * 60 and cache.size == 90
+    cache.put((4, "attlog", 40, 1), b"x" * 101)  # larger than the budget: not cached
+    assert cache.get((4, "attlog", 40, 1)) is None
