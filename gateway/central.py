@@ -272,8 +272,9 @@ def parse_punch(obj: Any, i: int, office_code: str) -> tuple[Punch | None, str |
     # Well-formed from here on; what follows rejects the row, not the batch.
     if office is not None and office != office_code:
         return None, f"office_mismatch: punch says {office!r} but this gateway's token is for {office_code!r}"
+    texts = {**fields, "employee_id": employee, "state_name": sname, "verify_name": vname}
     for key, limit in _LIMITS.items():
-        value = {**fields, "employee_id": employee, "state_name": sname, "verify_name": vname}.get(key)
+        value = texts[key]
         if value is not None and len(value) > limit:
             return None, f"field_too_long: {key} is longer than {limit} characters"
     if not fields["device_serial"] or not fields["device_user_id"] or not fields["device_id"]:
@@ -376,9 +377,11 @@ def _gateway_meta(doc: Mapping[str, Any], office_code: str) -> dict[str, Any]:
     return meta
 
 
-def batch_digest(punches: Any) -> str:
-    """Content digest of a batch's punches (same batch_id with different content is a conflict)."""
-    return hashlib.sha256(json.dumps(punches, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+def batch_digest(punches: Any, office_code: str = "") -> str:
+    """Content digest of a batch (its punches and the office they are stored under): the same batch_id
+    with another digest is a conflict, so a stored answer is never given for different content."""
+    doc = {"office_code": office_code, "punches": punches}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -523,7 +526,7 @@ class CentralApi:
         except ApiError as exc:
             self._note(tok.name, exc.code)
             raise
-        digest = batch_digest(raw)
+        digest = batch_digest(raw, office)
         host = request.client.host if request.client else None
 
         def store() -> tuple[dict[str, Any], bool]:

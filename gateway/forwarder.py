@@ -14,6 +14,7 @@ import hashlib
 import json
 import random
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -112,7 +113,7 @@ class Forwarder:
     def client(self) -> httpx.Client:
         """The HTTP client (created on first use)."""
         if self._client is None:
-            verify: Any = self.fwd.ca_file or True
+            verify: Any = ssl.create_default_context(cafile=self.fwd.ca_file) if self.fwd.ca_file else True
             # TCP_NODELAY: httpx writes headers and body separately; with Nagle on, the body waits for the
             # server's delayed ACK (40 ms per request), which dominated small batches.
             transport = self._transport or httpx.HTTPTransport(
@@ -202,7 +203,12 @@ class Forwarder:
             body = gzip.compress(body, compresslevel=5)
             headers["Content-Encoding"] = "gzip"
         try:
-            return self.client().post(path, content=body, headers=headers)
+            client = self.client()
+        except (OSError, ssl.SSLError) as exc:
+            raise UpstreamError("bad_ca_file", f"forward.ca_file {self.fwd.ca_file!r} is not a usable CA bundle: "
+                                f"{exc}"[:300]) from None
+        try:
+            return client.post(path, content=body, headers=headers)
         except httpx.TimeoutException as exc:
             raise UpstreamError("timeout", f"no answer within {self.fwd.timeout_s:g} s ({type(exc).__name__})"
                                 ) from None

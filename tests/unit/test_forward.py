@@ -363,3 +363,25 @@ def test_batches_too_large_for_the_centre_are_split_and_the_smaller_size_is_kept
         assert sizes and max(sizes) <= limit  # no more 413s: the smaller size stuck
     finally:
         fwd.stop(1)
+
+
+def test_unreadable_ca_file_is_one_clear_warning_and_nothing_is_lost(db_url: str, tmp_path: Path,
+                                                                    logs: list[dict[str, Any]]) -> None:
+    config = make_config(tmp_path, db_url, ca_file=str(tmp_path / "missing-ca.pem"))
+    engine = create_db_engine(db_url)
+    upgrade(engine)
+    store = Store(engine, OFFICE)
+    store.sync_devices(config.devices)
+    store_punches(store, punches(2))
+    clock = Clock()
+    fwd = Forwarder(config, engine, now=clock, rng=random.Random(5))
+    try:
+        for _ in range(3):
+            report = fwd.run_once()
+            clock.advance(700)
+        assert report.error == "bad_ca_file" and outbox_stats(engine, clock()).depth == 2
+        warnings = [e for e in logs if e["log_level"] in ("warning", "error")]
+        assert len(warnings) == 1 and "missing-ca.pem" in warnings[0]["error"]
+    finally:
+        fwd.stop(1)
+        engine.dispose()
