@@ -187,6 +187,9 @@ def test_muted_device_alert_is_recorded_not_sent(sqlite_url: str, monkeypatch: p
         eng.dispose()
 
 
+# apprise keeps one process-wide worker pool for its deadlines (apprise/apprise.py get_shared_executor),
+# started on the first notification and kept by design.
+@pytest.mark.allow_thread_leak
 def test_apprise_json_url_delivers_title_and_body(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     eng = create_db_engine(sqlite_url)
     upgrade(eng)
