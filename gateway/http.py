@@ -12,6 +12,7 @@ from __future__ import annotations
 import hmac
 import html
 import ipaddress
+import socket
 import threading
 import time
 from datetime import UTC, datetime
@@ -297,6 +298,7 @@ class HttpServer:
         self.config = ctx.config.http
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
+        self._sock: socket.socket | None = None
         self.port: int | None = None
 
     def start(self) -> None:
@@ -305,21 +307,43 @@ class HttpServer:
         if not is_loopback(cfg.listen) and not cfg.status_token:
             log.warning("http.listen is not loopback but no http.status_token is set: the status page, /status "
                         "and /metrics answer only clients on this machine", listen=cfg.listen)
+        # Bind here (not inside uvicorn) so a busy port is a clear start error with the OS reason.
+        try:
+            family, _, _, _, addr = socket.getaddrinfo(cfg.listen, cfg.port, type=socket.SOCK_STREAM)[0]
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(addr)
+                sock.listen(128)
+            except OSError:
+                sock.close()
+                raise
+        except OSError as exc:
+            raise RuntimeError(f"HTTP server could not listen on {cfg.listen}:{cfg.port}: {exc.strerror or exc} "
+                               "(change http.port / http.listen, or set http.enabled = false)") from None
+        self.port = sock.getsockname()[1]
         app = build_app(self.ctx)
-        server = uvicorn.Server(uvicorn.Config(app, host=cfg.listen, port=cfg.port, log_config=None,
+        server = uvicorn.Server(uvicorn.Config(app, host=cfg.listen, port=self.port, log_config=None,
                                                lifespan="off", access_log=False, server_header=False))
         self._server = server
-        self._thread = threading.Thread(target=server.run, name="fpgw-http", daemon=True)
+        self._sock = sock
+
+        def serve() -> None:
+            try:
+                server.run(sockets=[sock])
+            except SystemExit:  # uvicorn exits on startup failure; the start() below reports it
+                pass
+            finally:
+                sock.close()
+
+        self._thread = threading.Thread(target=serve, name="fpgw-http", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + 10
         while not server.started and self._thread.is_alive() and time.monotonic() < deadline:
             time.sleep(0.02)
         if not server.started:
             self.stop(2)
-            raise RuntimeError(f"HTTP server could not listen on {cfg.listen}:{cfg.port} (port in use? "
-                               "change http.port or set http.enabled = false)")
-        sockets = [sock for srv in server.servers for sock in srv.sockets]
-        self.port = sockets[0].getsockname()[1] if sockets else cfg.port
+            raise RuntimeError(f"HTTP server did not start on {cfg.listen}:{self.port} (see the log above)")
         self.ctx.extras["http_port"] = self.port
         log.info("status page serving", url=f"http://{cfg.listen}:{self.port}/")
 

@@ -139,3 +139,41 @@ def test_remote_clients_need_the_token_but_service_routes_keep_their_own_auth(
             assert remote.get("/healthz").status_code == 200  # liveness only, no details
             assert remote.get("/api/v1/ping").text == "pong"  # the central API does its own auth
             assert local.get("/status").status_code == 200
+
+
+@pytest.mark.timeout(60)
+def test_outbox_depth_on_status_and_metrics_when_forwarding(fleet, sqlite_url: str, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("T_FWD_TOKEN", "tok")
+    a = fleet.add(sim_spec("ST-FWD", records=25))
+    # Upstream on a closed loopback port: nothing gets accepted, so the outbox keeps every punch.
+    config = make_config(sqlite_url, [DeviceEntry("a", a)], tmp_path,
+                         http={"enabled": True, "listen": "127.0.0.1", "port": 0},
+                         forward={"url": "http://127.0.0.1:9", "token_env": "T_FWD_TOKEN", "interval_s": 3600})
+    with RunningGateway(config) as gw:
+        assert gw.poll("a").new_punches == 25
+        gw.gateway.polls.wait_idle(20)
+        port = gw.gateway.ctx.extras["http_port"]
+        doc = httpx.get(f"http://127.0.0.1:{port}/status", timeout=10).json()
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        page = httpx.get(f"http://127.0.0.1:{port}/", timeout=10).text
+    assert doc["outbox"]["depth"] == 25 and doc["outbox"]["oldest_age_s"] is not None
+    assert "fpgw_outbox_depth 25.0" in text
+    assert "outbox: 25 punch" in page
+
+
+@pytest.mark.timeout(60)
+def test_port_in_use_is_a_clear_start_error(sqlite_url: str, tmp_path: Path) -> None:
+    import socket
+
+    from gateway.app import Gateway
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        config = make_config(sqlite_url, [], tmp_path, http={"enabled": True, "listen": "127.0.0.1", "port": port})
+        gateway = Gateway(config)
+        with pytest.raises(RuntimeError, match=f"could not listen on 127.0.0.1:{port}: Address already in use"):
+            gateway.start()
+        gateway.stop()
