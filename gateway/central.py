@@ -745,7 +745,7 @@ def services(ctx: AppContext) -> list[Service]:
 class ThreadedServer:
     """uvicorn serving an ASGI app in a background thread on 127.0.0.1 (tests, benchmarks, tools)."""
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, **uvicorn_options: Any) -> None:
         import socket
 
         import uvicorn
@@ -756,14 +756,16 @@ class ThreadedServer:
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((host, port))
         self.host, self.port = self._sock.getsockname()[:2]
-        self.server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="off", access_log=False))
+        self.server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="off", access_log=False,
+                                                    **uvicorn_options))
+        self.scheme = "https" if uvicorn_options.get("ssl_certfile") else "http"
         self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._sock]},
                                         name=f"api-server-{self.port}", daemon=True)
 
     @property
     def url(self) -> str:
         """Base URL."""
-        return f"http://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     def __enter__(self) -> ThreadedServer:
         self._thread.start()

@@ -385,3 +385,33 @@ def test_unreadable_ca_file_is_one_clear_warning_and_nothing_is_lost(db_url: str
     finally:
         fwd.stop(1)
         engine.dispose()
+
+
+def test_weeks_of_outage_and_a_restart_lose_nothing_alert_once_and_retry_within_the_cap(
+        office: Office, logs: list[dict[str, Any]]) -> None:
+    store_punches(office.store, punches(30))
+    office.upstream.mode = "down"
+    fwd = office.fwd
+    cap = office.config.forward.backoff_max_s
+    for step in range(14 * 12):  # two weeks, a run every two hours
+        if step == 7 * 12:  # the daemon restarts mid-outage
+            fwd = Forwarder(office.config, office.engine, transport=httpx.MockTransport(office.upstream.handler),
+                            now=office.clock, rng=random.Random(9), health_every_s=3600)
+        fwd.run_once()
+        box = office.outbox()
+        assert len(box) == 30 and {r.state for r in box.values()} == {"pending"}
+        assert all(r.next_attempt_at <= office.clock() + timedelta(seconds=cap + 1) for r in box.values())
+        office.clock.advance(7200)
+    assert [(a["problem"], a["event"]) for a in office.alerts()] == [("forward_backlog", "start")]
+    # It kept trying (the oldest batch) the whole time; nothing was given up on.
+    assert max(r.attempts for r in office.outbox().values()) >= 14 * 12 - 2
+    office.upstream.mode = "ok"
+    fwd.run_once()
+    assert office.outbox() == {}
+    assert sorted(office.upstream.sent_users()[-30:], key=int) == [str(i) for i in range(30)]
+    assert [(a["problem"], a["event"]) for a in office.alerts()] == [("forward_backlog", "start"),
+                                                                    ("forward_backlog", "end")]
+    # One warning per forwarder life (the restart starts a fresh one), not one per failed try.
+    assert [e["event"] for e in logs if e["log_level"] == "warning"].count(
+        "upstream not accepting punches; keeping them in the outbox") == 2
+    fwd.stop(1)
