@@ -92,6 +92,25 @@ class _JournalRenderer:
         return "\n".join(f"<{prio}>{line}" for line in str(text).splitlines() or [""])
 
 
+class _CurrentStderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at emit time (like logging.lastResort).
+
+    Why: `fpgw` commands run in-process (tests, `fpgw demo` after another command) must not keep
+    writing into a stderr object that was replaced and closed since logging was set up.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: TextIO) -> None:
+        pass
+
+
 class _DropMaxInstances(logging.Filter):
     """APScheduler warns on every skipped tick of an overrunning poll; gateway.scheduler logs it once."""
 
@@ -101,8 +120,8 @@ class _DropMaxInstances(logging.Filter):
 
 def setup_logging(fmt: str = "auto", level: str = "info", *, stream: TextIO | None = None) -> str:
     """Configure structlog and the stdlib root logger; returns the format actually used."""
-    stream = stream or sys.stderr
-    fmt = resolve_format(fmt, stream)
+    handler: logging.Handler = logging.StreamHandler(stream) if stream is not None else _CurrentStderrHandler()
+    fmt = resolve_format(fmt, stream or sys.stderr)
     numeric = getattr(logging, level.upper(), logging.INFO)
 
     shared: list[Any] = [
@@ -123,7 +142,7 @@ def setup_logging(fmt: str = "auto", level: str = "info", *, stream: TextIO | No
     elif fmt == "json":
         final = [structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer()]
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=_colors_ok(stream))
+        renderer = structlog.dev.ConsoleRenderer(colors=_colors_ok(stream or sys.stderr))
         final = [renderer]
 
     structlog.configure(
@@ -137,7 +156,6 @@ def setup_logging(fmt: str = "auto", level: str = "info", *, stream: TextIO | No
         foreign_pre_chain=shared,
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *final],
     )
-    handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     for old in list(root.handlers):
