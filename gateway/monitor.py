@@ -157,16 +157,24 @@ class HealthMonitor:
         except Exception:
             log.exception("could not read device mutes")
             return
+        watched = {d.id for d in self.config.devices if d.enabled}
         active = {d: until for d, (until, _reason) in rows.items() if until > now}
-        ended = [d for d in self._muted if d not in active]
+        # A mute ends by `fpgw devices unmute` (row cleared) or by running out (row still set, also
+        # when it ran out while the daemon was down); an expired row is cleared once handled.
+        ended = {d for d in self._muted if d not in active} | {d for d in rows if d not in active}
         started = [d for d in active if d not in self._muted]
         self._muted = active
         self.router.set_mutes(active)
-        for d in started:
-            if announce:
+        if announce:
+            for d in started:
                 log.info("device alerts muted", device=d, until=active[d].isoformat(), reason=rows[d][1])
-        for d in ended:
-            if not announce:
+        for d in sorted(ended):
+            if d in rows:
+                try:
+                    self.repo.set_mute(d, None)
+                except KeyError:
+                    continue
+            if d not in watched:
                 continue
             log.info("device alerts unmuted", device=d)
             h = self.tracker.snapshot().get(d)

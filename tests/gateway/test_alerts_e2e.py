@@ -276,3 +276,23 @@ def test_clock_correction_is_announced_once_instead_of_a_skew_problem(
         assert second.ok and not second.clock_corrected and abs(second.clock_skew_s or 0) < 60
     assert hook.events() == [("clock_corrected", "notice")]
     assert got[0]["severity"] == "info" and "ahead" in got[0]["detail"]
+
+
+@pytest.mark.timeout(90)
+def test_mute_that_ran_out_while_stopped_is_honoured_at_start(
+        fleet, hook: WebhookReceiver, sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    a = fleet.add(sim_spec("HL-MUTE3", records=30, faults={"wrong_comm_key": True}))
+    config = health_config(sqlite_url, [DeviceEntry("a", a)], tmp_path, hook, monkeypatch)
+    with RunningGateway(config) as gw:
+        repo = HealthRepo(gw.gateway.engine, "1801.01.02")
+        repo.set_mute("a", datetime.now(UTC) + timedelta(hours=1), "servis")
+        gw.gateway.ctx.extras["health"].sweep()
+        poll(gw)
+        repo.set_mute("a", datetime.now(UTC) - timedelta(minutes=1))  # as if the hour passed while stopped
+    assert hook.events() == []
+    with RunningGateway(config) as gw:
+        got = hook.wait_for(lambda r: len(r) == 1)
+        gw.gateway.ctx.extras["health"].sweep()
+        settle(gw)
+    assert hook.events() == [("auth_rejected", "reminder")] and "mute ended" in got[0]["message"]
+    assert all(r["muted_until"] is None for r in table_rows(sqlite_url, s.device_health))
