@@ -449,8 +449,12 @@ class CentralApi:
     def _note(self, who: str, problem: str) -> None:
         # One log line per change of a client's problem, not one per request (gateways retry every minute).
         with self._problem_lock:
-            if self._last_problem.get(who) == problem:
+            previous = self._last_problem.get(who)
+            if previous == problem or (previous is None and problem == "ok"):
+                self._last_problem[who] = problem
                 return
+            if len(self._last_problem) > 10000:  # a scanner trying tokens from many addresses
+                self._last_problem.clear()
             self._last_problem[who] = problem
         if problem == "ok":
             log.info("api client requests accepted again", client=who)

@@ -392,3 +392,20 @@ def test_a_broken_token_file_keeps_the_previous_tokens_and_is_logged_once(
         assert central.get("/api/v1/devices").status_code == 200
     assert [e["event"] for e in logs].count("token file unreadable; keeping the previous tokens") == 1
     assert not any(central.bkd_all in json.dumps(e, default=str) for e in logs)
+
+
+@pytest.mark.timeout(60)
+def test_a_gateway_refused_again_and_again_is_logged_once_and_once_more_when_it_recovers(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gateway.central
+
+    logs: list[tuple[str, str, dict[str, Any]]] = []
+    monkeypatch.setattr(gateway.central, "log", type("Rec", (), {
+        "__getattr__": lambda self, level: lambda event, **kw: logs.append((level, event, kw))})())
+    assert central.ingest([punch("1")], batch_id="ok-0").status_code == 200  # first contact: no line
+    for i in range(4):
+        assert central.ingest([punch("2")], batch_id=f"bad-{i}", gateway={"office_code": OFFICE_B}).status_code == 403
+    assert central.ingest([punch("3")], batch_id="ok-1").status_code == 200
+    assert central.ingest([punch("4")], batch_id="ok-2").status_code == 200
+    assert [(lvl, ev, kw.get("problem")) for lvl, ev, kw in logs] == [
+        ("warning", "api request refused", "office_forbidden"), ("info", "api client requests accepted again", None)]
