@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,6 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, select
-from starlette.testclient import TestClient
 
 from gateway.central import CentralApi, add_token
 from gateway.config import CentralConfig
@@ -25,6 +25,12 @@ from gateway.store.db import create_db_engine, upgrade
 
 OFFICE_A = "1801.01"
 OFFICE_B = "1801.02"
+
+
+with warnings.catch_warnings():
+    # Starlette 1.x nudges towards httpx2 for its TestClient; httpx is what the project ships.
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient
 
 
 @dataclass
