@@ -132,7 +132,7 @@ class Session:
             return
         if cmd == p.CMD_AUTH:
             ok = self.connected and pkt.data[:4] == p.make_commkey(dev.comm_key, self.session_id)
-            self.authed = self.authed or ok
+            self.authed = ok  # a failed AUTH leaves the session unauthenticated
             if not ok:
                 log.info("auth refused device=%s", dev.serial)
             await self._reply(pkt, p.CMD_ACK_OK if ok else p.CMD_ACK_UNAUTH)
