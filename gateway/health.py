@@ -375,8 +375,9 @@ class HealthTracker:
                          f"firmware changed from {o.previous_firmware!r} to {info.firmware!r}",
                          {"previous_firmware": o.previous_firmware, "firmware": info.firmware})
         if o.new_punches > 0:
+            # Not persisted from here on every poll: the store keeps devices.last_new_punch_at and the
+            # monitor takes the later of both at start.
             h.last_new_punch_at = now
-            self._dirty.add(h.device_id)
             self._close(h, out, "silent", now)
 
     def _check_offline(self, h: DeviceHealth, now: datetime, out: list[Transition]) -> None:
@@ -424,18 +425,17 @@ class HealthTracker:
             self._dirty.add(h.device_id)
             out.append(Transition(h.device_id, name, "start", severity, now, now, detail, dict(seen)))
             return
-        # Still open: refresh what was seen (status page) without alerting again, unless it got worse.
-        changed = p.detail != detail or p.seen != seen
+        # Still open: refresh what was seen (status page, in memory) without alerting again, unless it
+        # got worse. Only a severity change is persisted at once, so a drifting clock does not cost a
+        # database write per poll; the stored detail is the one from the start.
         p.detail, p.seen = detail, seen
         if SEVERITIES.index(severity) > SEVERITIES.index(p.severity):
             p.severity = severity
             p.last_notified_at = now
             out.append(Transition(h.device_id, name, "escalate", severity, now, p.since, detail, dict(seen)))
-            changed = True
+            self._dirty.add(h.device_id)
         elif severity != p.severity:
             p.severity = severity  # improving within the problem: no alert, the end alert comes later
-            changed = True
-        if changed:
             self._dirty.add(h.device_id)
 
     def _notice(self, h: DeviceHealth, out: list[Transition], name: str, now: datetime, detail: str,

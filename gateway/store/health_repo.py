@@ -105,7 +105,7 @@ class HealthRepo:
         d, h = s.devices.c, s.device_health.c
         q = (select(d.device_id, h.state, h.state_since, h.consecutive_failures, h.failing_since, h.last_ok_at,
                     h.last_failure_at, h.last_error_kind, h.last_error, h.problems, h.last_new_punch_at,
-                    d.last_seen_at, d.clock_skew_s)
+                    d.last_seen_at, d.clock_skew_s, d.last_new_punch_at.label("store_new_punch_at"))
              .select_from(s.device_health.join(s.devices, h.device_pk == d.pk))
              .where(d.office_code == self.office_code))
         out = []
@@ -120,7 +120,9 @@ class HealthRepo:
                     consecutive_failures=r.consecutive_failures, failing_since=r.failing_since,
                     last_ok_at=r.last_ok_at, last_seen_at=r.last_seen_at, last_failure_at=r.last_failure_at,
                     last_error_kind=r.last_error_kind, last_error=r.last_error, problems=problems,
-                    last_new_punch_at=r.last_new_punch_at, clock_skew_s=r.clock_skew_s))
+                    last_new_punch_at=max((x for x in (r.last_new_punch_at, r.store_new_punch_at) if x is not None),
+                                          default=None),
+                    clock_skew_s=r.clock_skew_s))
         return out
 
     def save_health(self, healths: Iterable[DeviceHealth]) -> None:

@@ -184,7 +184,14 @@ def test_silent_device_during_working_hours_and_its_end(fleet, hook: WebhookRece
         a.add_punches(2)
         assert poll(gw).new_punches == 2
         hook.wait_for(lambda r: count(r, "silent", "end") == 1)
-    assert hook.events() == [("silent", "start"), ("silent", "end")]
+    # After a restart the silent clock runs on from the last new punch (not from the restart).
+    with RunningGateway(config) as gw:
+        monitor = gw.gateway.ctx.extras["health"]
+        later = datetime.now(UTC)
+        assert monitor.sweep(later + timedelta(minutes=50)) == []
+        assert [(t.problem, t.event) for t in monitor.sweep(later + timedelta(minutes=65))] == [("silent", "start")]
+        hook.wait_for(lambda r: count(r, "silent", "start") == 2)
+    assert hook.events() == [("silent", "start"), ("silent", "end"), ("silent", "start")]
 
 
 @pytest.mark.timeout(120)
