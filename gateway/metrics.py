@@ -66,7 +66,9 @@ class HealthCollector(Collector):
         snap = self.monitor.snapshot()
         rows = self.repo.devices()
         up = GaugeMetricFamily("fpgw_device_up", "1 when the device is online, 0 offline or unknown",
-                               labels=["device", "serial", "state"])
+                               labels=["device", "serial"])
+        states = GaugeMetricFamily("fpgw_device_state", "1 for the device's current health state",
+                                   labels=["device", "state"])
         records = GaugeMetricFamily("fpgw_device_records", "Attendance records held by the device", labels=["device"])
         users = GaugeMetricFamily("fpgw_device_users", "Users enrolled on the device", labels=["device"])
         ratio = GaugeMetricFamily("fpgw_device_capacity_ratio", "Used share of the device's storage (0-1)",
@@ -87,7 +89,9 @@ class HealthCollector(Collector):
                 continue
             h = snap.get(r.device_id)
             state = h.state if h else "unknown"
-            up.add_metric([r.device_id, r.serial or "", state], 1.0 if state == "online" else 0.0)
+            up.add_metric([r.device_id, r.serial or ""], 1.0 if state == "online" else 0.0)
+            for name in ("online", "offline", "unknown"):
+                states.add_metric([r.device_id, name], 1.0 if state == name else 0.0)
             if r.last_record_count is not None:
                 records.add_metric([r.device_id], r.last_record_count)
                 if r.records_cap:
@@ -107,7 +111,7 @@ class HealthCollector(Collector):
                 problems.add_metric([r.device_id, p.name, p.severity], 1.0)
             open_n.add_metric([r.device_id], sum(1 for p in plist if not p.notice))
             muted.add_metric([r.device_id], 1.0 if r.muted_until is not None and r.muted_until > now else 0.0)
-        yield from (up, records, users, ratio, skew, punch_age, seen_age, problems, open_n, muted)
+        yield from (up, states, records, users, ratio, skew, punch_age, seen_age, problems, open_n, muted)
 
         router = self.monitor.router
         sent = CounterMetricFamily("fpgw_alerts_sent", "Alerts delivered to every channel")

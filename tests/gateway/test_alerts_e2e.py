@@ -303,3 +303,25 @@ def test_mute_that_ran_out_while_stopped_is_honoured_at_start(
         settle(gw)
     assert hook.events() == [("auth_rejected", "reminder")] and "mute ended" in got[0]["message"]
     assert all(r["muted_until"] is None for r in table_rows(sqlite_url, s.device_health))
+
+
+@pytest.mark.timeout(90)
+def test_reminder_while_a_problem_lasts(fleet, hook: WebhookReceiver, sqlite_url: str, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    a = fleet.add(sim_spec("HL-REMIND", records=30, faults={"clock_skew": 3600}))
+    monkeypatch.setenv("T_HOOK", hook.url)
+    config = make_config(sqlite_url, [DeviceEntry("a", a)], tmp_path,
+                         alerts={"webhooks_env": "T_HOOK", "reminder_s": "6h"},
+                         health={"silent_after_s": "30d"})  # only the skew problem in this test
+    with RunningGateway(config) as gw:
+        monitor = gw.gateway.ctx.extras["health"]
+        poll(gw)
+        hook.wait_for(lambda r: count(r, "clock_skew", "start") == 1)
+        now = datetime.now(UTC)
+        assert monitor.sweep(now + timedelta(hours=5)) == []
+        assert [(t.problem, t.event) for t in monitor.sweep(now + timedelta(hours=6, minutes=1))] == \
+            [("clock_skew", "reminder")]
+        assert monitor.sweep(now + timedelta(hours=7)) == []
+        got = hook.wait_for(lambda r: count(r, "clock_skew", "reminder") == 1)
+    reminder = got[-1]
+    assert "for 6.0 h" in reminder["message"] and reminder["check"]

@@ -70,7 +70,9 @@ def test_status_json_html_metrics_show_devices_and_problems(fleet, db_url: str, 
 
     assert metrics.status_code == 200
     text = metrics.text
-    assert 'fpgw_device_up{device="a",serial="ST-A",state="online"} 1.0' in text
+    assert 'fpgw_device_up{device="a",serial="ST-A"} 1.0' in text
+    assert 'fpgw_device_state{device="a",state="online"} 1.0' in text
+    assert 'fpgw_device_state{device="a",state="offline"} 0.0' in text
     assert 'fpgw_device_capacity_ratio{device="a",kind="records"} 0.12' in text
     assert 'fpgw_device_problem{device="b",problem="clock_skew",severity="warning"} 1.0' in text
     assert 'fpgw_device_muted{device="b"} 1.0' in text
