@@ -325,3 +325,20 @@ def test_reminder_while_a_problem_lasts(fleet, hook: WebhookReceiver, sqlite_url
         got = hook.wait_for(lambda r: count(r, "clock_skew", "reminder") == 1)
     reminder = got[-1]
     assert "for 6.0 h" in reminder["message"] and reminder["check"]
+
+
+@pytest.mark.timeout(90)
+def test_firmware_change_is_one_info_notice(fleet, hook: WebhookReceiver, sqlite_url: str, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    a = fleet.add(sim_spec("HL-FW", records=30))
+    config = health_config(sqlite_url, [DeviceEntry("a", a)], tmp_path, hook, monkeypatch)
+    with RunningGateway(config) as gw:
+        assert poll(gw).ok
+        # No simulator fault for this: the device's spec is what it reports, so change it in place.
+        a.spec.firmware = "Ver 6.70 Feb 02 2026"
+        assert poll(gw).info.firmware == "Ver 6.70 Feb 02 2026"
+        poll(gw)
+        got = hook.wait_for(lambda r: count(r, "firmware_changed", "notice") == 1)
+    assert hook.events() == [("firmware_changed", "notice")]
+    assert got[0]["severity"] == "info"
+    assert got[0]["seen"] == {"previous_firmware": "Ver 6.60 Apr 28 2017", "firmware": "Ver 6.70 Feb 02 2026"}
