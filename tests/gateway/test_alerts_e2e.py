@@ -342,3 +342,23 @@ def test_firmware_change_is_one_info_notice(fleet, hook: WebhookReceiver, sqlite
     assert hook.events() == [("firmware_changed", "notice")]
     assert got[0]["severity"] == "info"
     assert got[0]["seen"] == {"previous_firmware": "Ver 6.60 Apr 28 2017", "firmware": "Ver 6.70 Feb 02 2026"}
+
+
+@pytest.mark.timeout(90)
+def test_repeated_broken_transfers_raise_protocol_error(fleet, hook: WebhookReceiver, sqlite_url: str,
+                                                        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    a = fleet.add(sim_spec("HL-PROTO", records=300))
+    config = health_config(sqlite_url, [DeviceEntry("a", a)], tmp_path, hook, monkeypatch)
+    with RunningGateway(config) as gw:
+        assert poll(gw).ok
+        a.set_fault("corrupt_chunk", True)
+        kinds = []
+        for _ in range(2):
+            a.add_punches(3)  # something new, so the poll downloads the log and meets the corruption
+            kinds.append(poll(gw).error_kind)
+        assert kinds == ["protocol_error", "protocol_error"]
+        hook.wait_for(lambda r: count(r, "protocol_error", "start") == 1)
+        a.clear_fault("corrupt_chunk")
+        assert poll_until_ok(gw).new_punches == 6  # nothing lost: the next good poll reads it all
+        hook.wait_for(lambda r: count(r, "protocol_error", "end") == 1)
+    assert hook.events() == [("protocol_error", "start"), ("protocol_error", "end")]
