@@ -221,7 +221,9 @@ class SimDevice:
         self._session_rng = random.Random(f"session:{spec.seed}")
         self._generation = 0
         self.options: dict[str, str] = {}
-        self._disablers: set[object] = set()
+        #: Device-wide, as on a real terminal: a client that disables it and vanishes leaves it showing
+        #: "working..." until some client enables it, the disable timeout runs out, or it reboots.
+        self._disabled = False
         self._rate_credit = 0.0
         #: Set by the server: called (thread-safely) when faults change or sessions must drop.
         self.on_change: Callable[[str], None] = lambda what: None
@@ -372,16 +374,13 @@ class SimDevice:
 
     @property
     def enabled(self) -> bool:
-        """False while some client session has the device disabled."""
-        return not self._disablers
+        """False while the device is disabled (by any client; it stays so after the client leaves)."""
+        return not self._disabled
 
-    def set_disabled(self, who: object, disabled: bool) -> None:
-        """Record that session ``who`` disabled/enabled the device."""
+    def set_disabled(self, disabled: bool) -> None:
+        """Disable or enable the whole device (CMD_DISABLEDEVICE / CMD_ENABLEDEVICE, reboot)."""
         with self._lock:
-            if disabled:
-                self._disablers.add(who)
-            else:
-                self._disablers.discard(who)
+            self._disabled = disabled
 
     def users(self) -> list[User]:
         """Copy of the user table, in uid order."""
@@ -503,7 +502,7 @@ class SimDevice:
             self.spec = replace(self.spec, serial=serial, records=records, faults={})
             self.serial = serial
             self._clock_offset = timedelta(0)
-            self._disablers.clear()
+            self._disabled = False
             self._rate_credit = 0.0
             for f in (Fault.CLOCK_RESET, Fault.CLOCK_SKEW, Fault.STORAGE_FULL, Fault.GARBAGE_TIMESTAMPS):
                 self._faults.pop(f, None)

@@ -198,7 +198,8 @@ class DeviceServer:
     # --- fault switching ------------------------------------------------------------------
 
     def _on_change_threadsafe(self, what: str) -> None:
-        self.fleet.call_soon(self._on_change, what)
+        # Wait until the loop applied it: after set_fault() returns, the device behaves accordingly.
+        self.fleet.call_and_wait(self._on_change, what)
 
     def _on_change(self, what: str) -> None:
         if self._closed:
@@ -513,6 +514,34 @@ class Fleet:
         else:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(fn, *args)
+
+    def call_and_wait(self, fn: Any, *args: Any, timeout: float = 10.0) -> None:
+        """Like call_soon, but from another thread wait until ``fn`` ran on the loop."""
+        loop = self._loop
+        if loop is None or not loop.is_running():
+            self.call_soon(fn, *args)
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            fn(*args)
+            return
+        done: Future[None] = Future()
+
+        def run() -> None:
+            try:
+                fn(*args)
+                done.set_result(None)
+            except BaseException as exc:  # reported to the caller's thread
+                done.set_exception(exc)
+
+        try:
+            loop.call_soon_threadsafe(run)
+        except RuntimeError:
+            return  # loop closing: nothing left to apply it to
+        done.result(timeout)
 
     # --- devices --------------------------------------------------------------------------
 

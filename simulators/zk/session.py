@@ -138,8 +138,7 @@ class Session:
             await self._reply(pkt, p.CMD_ACK_OK if ok else p.CMD_ACK_UNAUTH)
             return
         if cmd == p.CMD_EXIT:
-            # Re-enable before answering, so the client never sees a disabled device after EXIT.
-            dev.set_disabled(self, False)
+            # EXIT does not re-enable: a client that disabled the device must enable it itself.
             await self._reply(pkt, p.CMD_ACK_OK)
             self.end()
             return
@@ -226,7 +225,7 @@ class Session:
         await self._reply(pkt, p.CMD_ACK_OK)
 
     async def _disable(self, pkt: p.Packet) -> None:
-        self.device.set_disabled(self, True)
+        self.device.set_disabled(True)
         if self._enable_timer is not None:
             self._enable_timer.cancel()
             self._enable_timer = None
@@ -234,11 +233,11 @@ class Session:
             secs = struct.unpack_from("<I", pkt.data)[0]
             if secs:  # optional auto re-enable timeout (adro)
                 loop = asyncio.get_running_loop()
-                self._enable_timer = loop.call_later(secs, self.device.set_disabled, self, False)
+                self._enable_timer = loop.call_later(secs, self.device.set_disabled, False)
         await self._reply(pkt, p.CMD_ACK_OK)
 
     async def _enable(self, pkt: p.Packet) -> None:
-        self.device.set_disabled(self, False)
+        self.device.set_disabled(False)
         await self._reply(pkt, p.CMD_ACK_OK)
 
     async def _clear_attlog(self, pkt: p.Packet) -> None:
@@ -251,6 +250,7 @@ class Session:
 
     async def _restart(self, pkt: p.Packet) -> None:
         await self._reply(pkt, p.CMD_ACK_OK)
+        self.device.set_disabled(False)  # a reboot comes up enabled
         self.device.on_change("restart")  # every session drops, as on a reboot
 
     async def _poweroff(self, pkt: p.Packet) -> None:
@@ -412,13 +412,11 @@ class Session:
     # --- teardown -------------------------------------------------------------------------
 
     def end(self) -> None:
-        """Session over (EXIT, disconnect, restart): re-enable the device, stop events."""
+        """Session over (EXIT, disconnect, restart): stop events. The device stays disabled if it was."""
         if self.closed:
             return
         self.closed = True
-        self.device.set_disabled(self, False)
-        if self._enable_timer is not None:
-            self._enable_timer.cancel()
+        # A pending disable timeout is the device's own timer: it still fires after the client left.
         if self._event_task is not None:
             self._event_task.cancel()
         self.link.close()

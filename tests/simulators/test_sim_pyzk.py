@@ -167,7 +167,14 @@ def test_disable_enable_clear_free_refresh(
         assert conn.get_attendance() == []
     finally:
         conn.disconnect()
-    # Ending the session re-enables a terminal the client left disabled.
+    # As on a real terminal, a client that leaves it disabled leaves it disabled ("working...")
+    # until some client enables it: the gateway's driver must always re-enable.
+    assert not dev.enabled
+    conn = zk_client(dev, udp=udp).connect()
+    try:
+        conn.enable_device()
+    finally:
+        conn.disconnect()
     assert dev.enabled
 
 
