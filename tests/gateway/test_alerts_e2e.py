@@ -362,3 +362,20 @@ def test_repeated_broken_transfers_raise_protocol_error(fleet, hook: WebhookRece
         assert poll_until_ok(gw).new_punches == 6  # nothing lost: the next good poll reads it all
         hook.wait_for(lambda r: count(r, "protocol_error", "end") == 1)
     assert hook.events() == [("protocol_error", "start"), ("protocol_error", "end")]
+
+
+@pytest.mark.timeout(90)
+def test_identity_mismatch_until_the_config_is_fixed(fleet, hook: WebhookReceiver, sqlite_url: str, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    a = fleet.add(sim_spec("HL-IDENT", records=20))
+    wrong = health_config(sqlite_url, [DeviceEntry("a", a, serial="HL-OTHER")], tmp_path, hook, monkeypatch)
+    with RunningGateway(wrong) as gw:
+        assert poll(gw).error_kind == "identity_mismatch"
+        poll(gw)
+        got = hook.wait_for(lambda r: count(r, "identity_mismatch", "start") == 1)
+    assert any("serial" in c for c in got[0]["check"])
+    fixed = health_config(sqlite_url, [DeviceEntry("a", a, serial="HL-IDENT")], tmp_path, hook, monkeypatch)
+    with RunningGateway(fixed) as gw:
+        assert poll(gw).ok
+        hook.wait_for(lambda r: count(r, "identity_mismatch", "end") == 1)
+    assert hook.events() == [("identity_mismatch", "start"), ("identity_mismatch", "end")]
