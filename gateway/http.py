@@ -164,7 +164,7 @@ class StatusView:
             rows.append(("Terakhir terlihat / last seen", self.local(d["last_seen_at"])))
             rows.append(("Absen terakhir / last punch", self.local(d["last_punch_at"])))
             if d["clock_skew_s"] is not None:
-                rows.append(("Selisih jam / clock skew", f"{d['clock_skew_s']:+.0f} s"))
+                rows.append(("Selisih jam / clock skew", f"{round(d['clock_skew_s']):+d} s"))
             if d["serial"]:
                 rows.append(("Serial", d["serial"]))
             table = "".join(f"<tr><th>{e(k)}</th><td>{e(str(v))}</td></tr>" for k, v in rows)
