@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from gateway.config import Config
 
@@ -107,38 +108,50 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise _fail("--recap and --completeness need --from and --to")
     if args.date_from and args.date_to and args.date_from > args.date_to:
         raise _fail("--from is after --to")
+    out_path = Path(args.output) if args.output else None
+    part = out_path.with_name(out_path.name + ".part") if out_path else None
+    if out_path and not out_path.parent.is_dir():
+        raise _fail(f"--output: folder {str(out_path.parent)!r} does not exist")
     engine = _engine(config)
     try:
         store = CentralStore(engine)
         q = PunchQuery(office=args.office, device=args.device, employee=args.employee, date_from=args.date_from,
                        date_to=args.date_to)
-        if args.recap:
-            rows = export.daily_recap(store.iter_punches(q))
-            body = export.render(rows, fmt, export.RECAP_COLUMNS, sheet="recap",
-                                 extra={"from": args.date_from, "to": args.date_to})
-            n = len(rows)
-        elif args.completeness:
-            report = export.completeness(store.iter_punches(q), store.devices(None, args.office), args.date_from,
-                                         args.date_to, tuple(config.health.working_hours.days))
-            n = len(report["devices"])
-            if fmt == "json":
-                body = json.dumps(export.jsonable(report), ensure_ascii=False).encode()
+        # Rows stream from the database to the file: a regency-wide month never sits in memory.
+        fp: BinaryIO = part.open("wb") if part else sys.stdout.buffer
+        try:
+            if args.recap:
+                what = "recap rows"
+                n = export.write(export.daily_recap(store.iter_punches(q)), fmt, export.RECAP_COLUMNS, fp,
+                                 sheet="recap", extra={"from": args.date_from, "to": args.date_to})
+            elif args.completeness:
+                what = "devices"
+                report = export.completeness(store.iter_punches(q), store.devices(None, args.office),
+                                             args.date_from, args.date_to, tuple(config.health.working_hours.days))
+                n = len(report["devices"])
+                if fmt == "json":
+                    fp.write(json.dumps(export.jsonable(report), ensure_ascii=False).encode())
+                else:
+                    rows, columns = export.completeness_table(report)
+                    export.write(rows, fmt, columns, fp, sheet="completeness")
             else:
-                rows, columns = export.completeness_table(report)
-                body = export.render(rows, fmt, columns, sheet="completeness")
-        else:
-            rows = list(store.iter_punches(q))
-            n = len(rows)
-            body = export.render(rows, fmt, FEED_COLUMNS, extra={"count": n})
+                what = "punches"
+                n = export.write(store.iter_punches(q), fmt, FEED_COLUMNS, fp, extra=lambda count: {"count": count})
+        finally:
+            if part:
+                fp.close()
+            else:
+                fp.flush()
+    except BaseException:
+        if part:
+            part.unlink(missing_ok=True)
+        raise
     finally:
         engine.dispose()
-    if args.output:
-        Path(args.output).write_bytes(body)
-        what = "recap rows" if args.recap else "devices" if args.completeness else "punches"
-        print(f"{n} {what} written to {args.output} ({fmt})", file=sys.stderr)
-    else:
-        sys.stdout.buffer.write(body)
-        sys.stdout.flush()
+    if out_path and part:
+        # Complete files only: a failed export never leaves a half-written file under the real name.
+        os.replace(part, out_path)
+        print(f"{n} {what} written to {out_path} ({fmt})", file=sys.stderr)
     return 0
 
 

@@ -11,9 +11,9 @@ import csv
 import io
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 Format = Literal["json", "csv", "xlsx"]
 FORMATS: tuple[str, ...] = ("json", "csv", "xlsx")
@@ -57,31 +57,52 @@ def _cell(value: Any) -> Any:
     return value
 
 
-def to_json(rows: Iterable[Mapping[str, Any]], extra: Mapping[str, Any] | None = None,
-            key: str = "items") -> bytes:
-    """A JSON document ``{key: [...], **extra}``."""
-    doc = {key: [jsonable(dict(r)) for r in rows], **{k: jsonable(v) for k, v in (extra or {}).items()}}
-    return json.dumps(doc, ensure_ascii=False).encode()
+Extra = Mapping[str, Any] | Callable[[int], Mapping[str, Any]] | None
 
 
-def to_csv(rows: Iterable[Mapping[str, Any]], columns: Sequence[str]) -> bytes:
-    """CSV with a header row (UTF-8 with BOM so Excel opens Indonesian names correctly)."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\r\n")
-    w.writerow(columns)
+def write_json(rows: Iterable[Mapping[str, Any]], fp: BinaryIO, extra: Extra = None, key: str = "items") -> int:
+    """Stream ``{key: [...], **extra}`` to a binary file row by row; returns the number of rows.
+
+    ``extra`` may be a function of the row count (it is written after the rows).
+    """
+    n = 0
+    fp.write(b"{" + json.dumps(key).encode() + b": [")
     for r in rows:
-        w.writerow([_cell(r.get(c)) for c in columns])
-    return ("\ufeff" + buf.getvalue()).encode()
+        fp.write((b", " if n else b"") + json.dumps(jsonable(dict(r)), ensure_ascii=False).encode())
+        n += 1
+    fp.write(b"]")
+    for k, v in ((extra(n) if callable(extra) else extra) or {}).items():
+        fp.write(b", " + json.dumps(k).encode() + b": " + json.dumps(jsonable(v), ensure_ascii=False).encode())
+    fp.write(b"}")
+    return n
 
 
-def to_xlsx(rows: Iterable[Mapping[str, Any]], columns: Sequence[str], sheet: str = "punches") -> bytes:
-    """An .xlsx workbook with one sheet (write-only mode: constant memory for long exports)."""
+def write_csv(rows: Iterable[Mapping[str, Any]], columns: Sequence[str], fp: BinaryIO) -> int:
+    """Stream CSV with a header row (UTF-8 with BOM so Excel opens Indonesian names correctly)."""
+    text = io.TextIOWrapper(fp, encoding="utf-8-sig", newline="", write_through=True)
+    try:
+        w = csv.writer(text, lineterminator="\r\n")
+        w.writerow(columns)
+        n = 0
+        for r in rows:
+            w.writerow([_cell(r.get(c)) for c in columns])
+            n += 1
+        text.flush()
+    finally:
+        text.detach()  # leave the caller's file open
+    return n
+
+
+def write_xlsx(rows: Iterable[Mapping[str, Any]], columns: Sequence[str], fp: BinaryIO,
+               sheet: str = "punches") -> int:
+    """An .xlsx workbook with one sheet (openpyxl write-only mode: rows go to a temp file, not memory)."""
     from openpyxl import Workbook
     from openpyxl.cell import WriteOnlyCell
 
     wb = Workbook(write_only=True)
     ws = wb.create_sheet(sheet[:31])
     ws.append(list(columns))
+    n = 0
     for r in rows:
         out = []
         for c in columns:
@@ -94,21 +115,39 @@ def to_xlsx(rows: Iterable[Mapping[str, Any]], columns: Sequence[str], sheet: st
             else:
                 out.append(v)
         ws.append(out)
-    buf = io.BytesIO()
-    wb.save(buf)
-    return buf.getvalue()
+        n += 1
+    wb.save(fp)
+    return n
+
+
+def write(rows: Iterable[Mapping[str, Any]], fmt: str, columns: Sequence[str], fp: BinaryIO, *,
+          sheet: str = "punches", extra: Extra = None, key: str = "items") -> int:
+    """Stream rows in the requested format (json / csv / xlsx) to a binary file; returns the row count."""
+    if fmt == "json":
+        return write_json(rows, fp, extra, key)
+    if fmt == "csv":
+        return write_csv(rows, columns, fp)
+    if fmt == "xlsx":
+        return write_xlsx(rows, columns, fp, sheet)
+    raise ValueError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
 
 
 def render(rows: Iterable[Mapping[str, Any]], fmt: str, columns: Sequence[str], *, sheet: str = "punches",
            extra: Mapping[str, Any] | None = None, key: str = "items") -> bytes:
-    """Rows in the requested format (json / csv / xlsx)."""
-    if fmt == "json":
-        return to_json(rows, extra, key)
-    if fmt == "csv":
-        return to_csv(rows, columns)
-    if fmt == "xlsx":
-        return to_xlsx(rows, columns, sheet)
-    raise ValueError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+    """Rows in the requested format, in memory (API pages are bounded by their limit)."""
+    buf = io.BytesIO()
+    write(rows, fmt, columns, buf, sheet=sheet, extra=extra, key=key)
+    return buf.getvalue()
+
+
+def to_csv(rows: Iterable[Mapping[str, Any]], columns: Sequence[str]) -> bytes:
+    """CSV bytes (see write_csv)."""
+    return render(rows, "csv", columns)
+
+
+def to_xlsx(rows: Iterable[Mapping[str, Any]], columns: Sequence[str], sheet: str = "punches") -> bytes:
+    """XLSX bytes (see write_xlsx)."""
+    return render(rows, "xlsx", columns, sheet=sheet)
 
 
 def _local(row: Mapping[str, Any]) -> datetime | None:

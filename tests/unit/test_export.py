@@ -193,3 +193,24 @@ def test_fpgw_central_add_token_prints_it_once_and_stores_only_the_hash(tmp_path
     fresh = tmp_path / "secret" / "api.toml"
     assert main(["-c", str(cfg), "central", "add-token", "--name", "ops", "--file", str(fresh)]) == 0
     assert fresh.stat().st_mode & 0o077 == 0
+
+
+def test_streamed_json_is_valid_even_when_empty_and_counts_rows() -> None:
+    buf = io.BytesIO()
+    assert export.write(iter([]), "json", [], buf, extra=lambda n: {"count": n}) == 0
+    assert json.loads(buf.getvalue()) == {"items": [], "count": 0}
+    buf = io.BytesIO()
+    rows = ({"a": i, "t": datetime(2026, 11, 2, tzinfo=UTC)} for i in range(3))
+    assert export.write(rows, "json", [], buf, extra=lambda n: {"count": n}) == 3
+    assert json.loads(buf.getvalue()) == {"items": [{"a": i, "t": "2026-11-02T00:00:00Z"} for i in range(3)],
+                                          "count": 3}
+
+
+def test_export_to_a_missing_folder_is_a_clear_error_and_leaves_no_file(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    cfg, _ = _office(tmp_path)
+    capsys.readouterr()
+    assert main(["-c", str(cfg), "export", "-o", str(tmp_path / "nope" / "x.csv")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["-c", str(cfg), "export", "-o", str(tmp_path / "all.csv")]) == 0
+    assert sorted(p.name for p in tmp_path.glob("all.csv*")) == ["all.csv"]
