@@ -244,7 +244,8 @@ class Forwarder:
         try:
             answer = resp.json()
             results = answer["results"]
-            if not isinstance(results, list) or len(results) != len(items):
+            if not isinstance(results, list) or len(results) != len(items) or any(
+                    not isinstance(r, dict) or r.get("index", i) != i for i, r in enumerate(results)):
                 raise ValueError("results do not match the batch")
         except (ValueError, KeyError, TypeError) as exc:
             raise UpstreamError("bad_answer", f"unusable answer from upstream: {exc}"[:300]) from None

@@ -107,7 +107,8 @@ def settle(engine: Engine, *, accepted: Iterable[int] = (), rejected: Mapping[in
             conn.execute(update(s.outbox).where(o.punch_id == pid)
                          .values(state="rejected", attempts=o.attempts + 1, last_error=reason[:2000]))
         for pid, at in (kept or {}).items():
-            conn.execute(update(s.outbox).where(o.punch_id == pid)
+            # Only pending rows: a row set aside earlier in the same run keeps its rejection reason.
+            conn.execute(update(s.outbox).where(o.punch_id == pid, o.state == "pending")
                          .values(attempts=o.attempts + 1, next_attempt_at=at,
                                  last_error=(error or "kept by upstream")[:2000]))
         for alert in alerts:

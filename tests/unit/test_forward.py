@@ -415,3 +415,46 @@ def test_weeks_of_outage_and_a_restart_lose_nothing_alert_once_and_retry_within_
     assert [e["event"] for e in logs if e["log_level"] == "warning"].count(
         "upstream not accepting punches; keeping them in the outbox") == 2
     fwd.stop(1)
+
+
+def test_rejection_reason_survives_when_the_link_fails_later_in_the_same_run(office: Office) -> None:
+    store_punches(office.store, punches(4))
+    calls = {"n": 0}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return httpx.Response(400, json={"error": "bad_payload", "message": "punches[1].state"})
+        if calls["n"] == 2:  # first half: user 0 rejected, user 1 accepted
+            return httpx.Response(200, json={"results": [
+                {"index": 0, "status": "rejected", "reason": "office_mismatch: x"},
+                {"index": 1, "status": "accepted"}]})
+        raise httpx.ConnectError("link gone", request=request)  # second half: the link drops
+
+    fwd = Forwarder(office.config, office.engine, transport=httpx.MockTransport(handler), now=office.clock,
+                    rng=random.Random(4), health_every_s=3600)
+    try:
+        report = fwd.run_once()
+    finally:
+        fwd.stop(1)
+    assert report.error == "unreachable" and report.reasons == {"office_mismatch": 1}
+    box = office.outbox()
+    assert box["0"].state == "rejected" and box["0"].last_error == "office_mismatch: x"
+    assert "1" not in box and {box["2"].state, box["3"].state} == {"pending"}
+    assert "link gone" in box["2"].last_error
+
+
+def test_an_answer_for_other_rows_is_not_trusted(office: Office) -> None:
+    store_punches(office.store, punches(2))
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"results": [{"index": 1, "status": "accepted"},
+                                                     {"index": 0, "status": "accepted"}]})
+
+    fwd = Forwarder(office.config, office.engine, transport=httpx.MockTransport(handler), now=office.clock,
+                    rng=random.Random(4), health_every_s=3600)
+    try:
+        report = fwd.run_once()
+    finally:
+        fwd.stop(1)
+    assert report.error == "bad_answer" and len(office.outbox()) == 2
