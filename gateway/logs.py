@@ -87,9 +87,12 @@ class _JournalRenderer:
     def __call__(self, logger: Any, name: str, event_dict: dict[str, Any]) -> str:
         prio = event_dict.pop("_prio", 6)
         event_dict.pop("level", None)  # the prefix carries it
-        text = self._logfmt(logger, name, event_dict)
-        # A traceback spans lines: prefix each one so journald keeps the priority on all of them.
-        return "\n".join(f"<{prio}>{line}" for line in str(text).splitlines() or [""])
+        exc = event_dict.pop("exception", None)
+        lines = str(self._logfmt(logger, name, event_dict)).splitlines() or [""]
+        if exc:
+            # A readable traceback under the line; each line prefixed so journald keeps the priority.
+            lines += str(exc).splitlines()
+        return "\n".join(f"<{prio}>{line}" for line in lines)
 
 
 class _CurrentStderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
