@@ -35,6 +35,9 @@ from gateway.store.schema import utcnow
 #: pg_advisory_xact_lock key of the feed-order guard (same literal as in migration 0002).
 FEED_LOCK_KEY = 0x46505746
 _CURSOR_PREFIX = "fpgw1:"
+#: Rows per INSERT statement on ingest: on PostgreSQL, psycopg's conversion of one very long statement
+#: dominated a 500-row insert; 50-100-row statements measured faster.
+INGEST_CHUNK = 100
 
 
 def encode_cursor(position: int) -> str:
@@ -131,10 +134,10 @@ class CentralStore:
         with self._writer.begin() as conn:
             new_keys: set[tuple[str, str, str]] = set()
             rows = [punch_row(p, now, "forward") for p in punches if p is not None]
-            for i in range(0, len(rows), 500):
+            for i in range(0, len(rows), INGEST_CHUNK):
                 stmt = insert_ignore(conn, s.punches, PUNCH_KEY).returning(c.device_serial, c.device_user_id,
                                                                            c.device_time)
-                new_keys.update((r[0], r[1], r[2]) for r in conn.execute(stmt, rows[i:i + 500]))
+                new_keys.update((r[0], r[1], r[2]) for r in conn.execute(stmt, rows[i:i + INGEST_CHUNK]))
             results: list[dict[str, Any]] = []
             seen: set[tuple[str, str, str]] = set()
             for i, p in enumerate(punches):
