@@ -69,6 +69,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="comma-separated office codes it may act for; '*' = every office (api tokens only)")
     q.add_argument("--file", type=Path, help="token file (default: central.gateway_tokens_file / api_tokens_file)")
     q.set_defaults(func=cmd_add_token, one_shot=True)
+    q = csub.add_parser("gateways", help="office gateways that forward here: last contact, backlog, punches")
+    q.add_argument("--json", action="store_true", help="machine-readable output")
+    q.set_defaults(func=cmd_gateways, one_shot=True)
     q = csub.add_parser("list-tokens", help="names and office scopes of the tokens (never the tokens)")
     q.add_argument("--kind", choices=("gateway", "api"), default="api")
     q.add_argument("--file", type=Path)
@@ -272,4 +275,31 @@ def cmd_list_tokens(args: argparse.Namespace) -> int:
         raise _fail(str(exc)) from None
     for t in tokens:
         print(f"{t.name}\t{','.join(sorted(t.offices)) if t.offices else '*'}")
+    return 0
+
+
+def cmd_gateways(args: argparse.Namespace) -> int:
+    """List the gateways known to this central instance."""
+    from gateway import export
+    from gateway.store.central_repo import CentralStore
+    from gateway.store.schema import utcnow
+
+    engine = _engine(args.loaded_config)
+    try:
+        rows = CentralStore(engine).gateways()
+    finally:
+        engine.dispose()
+    if args.json:
+        print(json.dumps(export.jsonable(rows)))
+        return 0
+    if not rows:
+        print("no gateway has forwarded here yet")
+        return 0
+    now = utcnow()
+    print(f"{'gateway':<24} {'office':<14} {'last contact':>13} {'backlog':>8} {'oldest':>9} {'punches':>9}")
+    for g in rows:
+        oldest = _human(g["oldest_unforwarded_s"]) if g["oldest_unforwarded_s"] is not None else "-"
+        depth = g["outbox_depth"] if g["outbox_depth"] is not None else "-"
+        ago = _human((now - g["last_seen_at"]).total_seconds()) + " ago"
+        print(f"{g['name']:<24} {g['office_code']:<14} {ago:>13} {depth!s:>8} {oldest:>9} {g['punches_received']:>9}")
     return 0

@@ -214,3 +214,22 @@ def test_export_to_a_missing_folder_is_a_clear_error_and_leaves_no_file(tmp_path
     assert "does not exist" in capsys.readouterr().err
     assert main(["-c", str(cfg), "export", "-o", str(tmp_path / "all.csv")]) == 0
     assert sorted(p.name for p in tmp_path.glob("all.csv*")) == ["all.csv"]
+
+
+def test_fpgw_central_gateways_lists_who_forwarded(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.store.central_repo import CentralStore
+
+    cfg, db = _office(tmp_path, forward=False)
+    capsys.readouterr()
+    assert main(["-c", str(cfg), "central", "gateways"]) == 0
+    assert "no gateway" in capsys.readouterr().out
+    engine = create_db_engine(db)
+    CentralStore(engine).ingest_health(gateway="dinkes-gw", office_code="1801.01", devices=[],
+                                       meta={"outbox_depth": 12, "oldest_unforwarded_s": 7200.0, "version": "0.1.0"})
+    engine.dispose()
+    assert main(["-c", str(cfg), "central", "gateways"]) == 0
+    line = capsys.readouterr().out.splitlines()[1].split()
+    assert line[:2] == ["dinkes-gw", "1801.01"] and line[-4:] == ["12", "2.0", "h", "0"]
+    assert main(["-c", str(cfg), "central", "gateways", "--json"]) == 0
+    [g] = json.loads(capsys.readouterr().out)
+    assert (g["name"], g["outbox_depth"], g["oldest_unforwarded_s"], g["version"]) == ("dinkes-gw", 12, 7200.0, "0.1.0")
