@@ -10,7 +10,6 @@ TokenFile); the office of an ingested punch always comes from the gateway's toke
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import hmac
 import json
@@ -689,11 +688,6 @@ class CentralApi:
 def openapi_bytes() -> bytes:
     """The shipped OpenAPI document."""
     return (resources.files("gateway") / "openapi.json").read_bytes()
-
-
-def gzip_json(doc: Any) -> bytes:
-    """Compact JSON, gzip-compressed (what the forwarder sends)."""
-    return gzip.compress(json.dumps(doc, separators=(",", ":")).encode(), compresslevel=5)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Select, delete, func, select, update
+from sqlalchemy import Engine, Select, delete, select, update
 from sqlalchemy.engine import Connection
 
 from gateway.models import Punch
@@ -243,11 +243,6 @@ class CentralStore:
             rows = conn.execute(_apply(select(*cols).where(p.id > after), query)
                                 .order_by(p.id).limit(limit)).mappings().all()
         return [_row(r) for r in rows], (rows[-1]["id"] if rows else after)
-
-    def feed_head(self) -> int:
-        """The newest feed position (a client may start "from now" with it)."""
-        with self.engine.connect() as conn:
-            return int(conn.execute(select(func.coalesce(func.max(s.punches.c.id), 0))).scalar_one())
 
     def iter_punches(self, query: PunchQuery, chunk: int = 5000) -> Iterator[dict[str, Any]]:
         """Every matching punch in feed order (chunked keyset paging: constant memory)."""
