@@ -42,6 +42,20 @@ HEALTH_EVERY_S = 300.0
 GZIP_ABOVE_BYTES = 4096
 
 
+#: What the maintenance team should check, sent with the alerts (same idea as gateway.alerts.CHECKS).
+CHECKS_REJECTED = (
+    "Read the reason (also in `fpgw forward status`). office_mismatch: [site] office_code differs from the office "
+    "BKD registered for this gateway's token - fix the config or ask BKD for the right token.",
+    "The refused punches are kept in the outbox, nothing is lost. After fixing the cause run "
+    "`fpgw forward retry-rejected`.",
+)
+CHECKS_BACKLOG = (
+    "Is the office internet link up? From the gateway server: curl -sI <forward.url>/api/v1/openapi.json",
+    "HTTP 401/403 in `fpgw forward status` or the log: the gateway token is wrong or was revoked; ask BKD.",
+    "Punches are safe in the outbox and go out by themselves once the central server answers.",
+)
+
+
 def full_jitter(rng: random.Random, initial_s: float, max_s: float, failures: int) -> float:
     """Exponential backoff with full jitter: uniform(0, min(max, initial * 2**(failures-1))), at least 10% of it.
 
@@ -307,7 +321,8 @@ class Forwarder:
                 "title": f"{n} punch(es) refused by the central server ({code})",
                 "message": (f"The central server (BKD) refused {n} punch(es): {example}. They are kept aside in the "
                             "outbox, nothing is lost. Fix the cause, then run `fpgw forward retry-rejected`."),
-                "details": {"reason": code, "punches": n, "example": example, "upstream": self.fwd.url}}
+                "details": {"reason": code, "punches": n, "example": example, "upstream": self.fwd.url},
+                "checks": CHECKS_REJECTED, "office_name": self.config.site.office_name}
 
     # -- upstream state --------------------------------------------------------------------------
     def _upstream_failed(self, exc: UpstreamError, items: Sequence[OutboxItem], report: RunReport) -> None:
@@ -385,7 +400,8 @@ class Forwarder:
                                       "out automatically once the central server answers; check the office's "
                                       "internet link and forward.url / token."),
                              details={"depth": stats.depth, "oldest_age_s": stats.oldest_age_s,
-                                      "upstream": self.fwd.url, "last_error": self.last_error})
+                                      "upstream": self.fwd.url, "last_error": self.last_error},
+                             checks=CHECKS_BACKLOG, office_name=self.config.site.office_name)
             log.warning("forwarding backlog too old", depth=stats.depth, oldest_age_s=round(stats.oldest_age_s or 0),
                         alert_after_s=self.fwd.alert_after_s)
             self._backlog_open = True
@@ -393,7 +409,8 @@ class Forwarder:
             outbox.add_alert(self.engine, office_code=self.office_code, problem=PROBLEM_BACKLOG, event="end",
                              severity="info", title="Forwarding to BKD caught up",
                              message=f"The outbox is back to normal ({stats.depth} waiting).",
-                             details={"depth": stats.depth, "oldest_age_s": stats.oldest_age_s})
+                             details={"depth": stats.depth, "oldest_age_s": stats.oldest_age_s},
+                             office_name=self.config.site.office_name)
             log.info("forwarding backlog cleared", depth=stats.depth)
             self._backlog_open = False
 

@@ -116,12 +116,23 @@ def settle(engine: Engine, *, accepted: Iterable[int] = (), rejected: Mapping[in
 
 
 def insert_alert(conn: Connection, *, office_code: str, problem: str, event: str, severity: str, title: str,
-                 message: str, details: Mapping[str, Any] | None = None) -> None:
-    """Queue an alert row for the alert sender (gateway-wide, so no device)."""
+                 message: str, details: Mapping[str, Any] | None = None, checks: Sequence[str] = (),
+                 office_name: str = "") -> None:
+    """Queue a gateway-wide alert (no device) for the alert sender.
+
+    ``details`` holds the alert document in the same shape as gateway.alerts' device alerts (title,
+    message with what to check, office, problem, event, severity, seen), so webhooks get one format.
+    """
+    now = utcnow()
+    seen = dict(details or {})
+    full = message + ("\nWhat to check:\n" + "\n".join(f"- {c}" for c in checks) if checks else "")
+    doc = {"office": {"code": office_code, "name": office_name}, "device": None, "problem": problem, "event": event,
+           "severity": severity, "at": now.isoformat(), "detail": message, "seen": seen, "check": list(checks),
+           "reason": seen.get("reason"), "title": title[:300], "message": full}
     conn.execute(s.alerts.insert().values(
-        created_at=utcnow(), office_code=office_code, device_id=None, device_serial=None, problem=problem,
-        event=event, severity=severity, title=title[:300], message=message,
-        details=json.dumps(dict(details or {}), default=str), muted=False, attempts=0))
+        created_at=now, office_code=office_code, device_id=None, device_serial=None, problem=problem,
+        event=event, severity=severity, title=title[:300], message=full,
+        details=json.dumps(doc, default=str), muted=False, attempts=0))
 
 
 def add_alert(engine: Engine, **alert: Any) -> None:

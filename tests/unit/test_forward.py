@@ -197,8 +197,9 @@ def test_accepted_leave_the_outbox_rejected_are_set_aside_with_one_alert_per_rea
     alerts = office.alerts()
     assert sorted(json.loads(a["details"])["reason"] for a in alerts) == ["bad_device_time", "office_mismatch"]
     assert all(a["problem"] == "forward_rejected" and a["device_id"] is None for a in alerts)
-    assert json.loads(alerts[[json.loads(a["details"])["reason"] for a in alerts].index("office_mismatch")]
-                      ["details"])["punches"] == 2
+    doc = json.loads(alerts[[json.loads(a["details"])["reason"] for a in alerts].index("office_mismatch")]["details"])
+    assert doc["seen"]["punches"] == 2 and doc["office"]["code"] == OFFICE and doc["device"] is None
+    assert doc["check"] and "retry-rejected" in doc["message"] and doc["title"].startswith("2 punch(es) refused")
     # The token went out as a Bearer header; the office code travels in the batch.
     req = office.upstream.requests[0]
     assert req["auth"] == "Bearer secret-gateway-token" and req["doc"]["gateway"]["office_code"] == OFFICE
@@ -281,7 +282,7 @@ def test_backlog_older_than_alert_after_raises_one_alert_and_one_end(office: Off
     office.fwd.run_once()
     alerts = office.alerts()
     assert [(a["problem"], a["event"]) for a in alerts] == [("forward_backlog", "start")]
-    assert json.loads(alerts[0]["details"])["depth"] == 2
+    assert json.loads(alerts[0]["details"])["seen"]["depth"] == 2 and "What to check" in alerts[0]["message"]
     # A restarted forwarder knows the alert is open (no second start).
     fwd2 = Forwarder(office.config, office.engine, transport=httpx.MockTransport(office.upstream.handler),
                      now=office.clock, rng=random.Random(2))
@@ -458,3 +459,24 @@ def test_an_answer_for_other_rows_is_not_trusted(office: Office) -> None:
     finally:
         fwd.stop(1)
     assert report.error == "bad_answer" and len(office.outbox()) == 2
+
+
+def test_forwarding_alerts_reach_the_team_through_the_alert_sender(office: Office) -> None:
+    from gateway.alerts import AlertRouter, Channel
+    from gateway.store.health_repo import HealthRepo
+
+    store_punches(office.store, punches(2))
+    office.upstream.decide = lambda p: {"status": "rejected", "reason": "office_mismatch: punch says 9999"}
+    office.fwd.run_once()
+    received: list[dict[str, Any]] = []
+    router = AlertRouter(office.config, HealthRepo(office.engine, OFFICE),
+                         channels=[Channel("test", received.append)])
+    router.start()  # queues alerts other writers left pending
+    try:
+        assert router.wait_idle(10)
+    finally:
+        router.stop(5)
+    assert [(d["problem"], d["event"], d["reason"]) for d in received] == [
+        ("forward_rejected", "start", "office_mismatch")]
+    assert received[0]["check"] and "retry-rejected" in received[0]["message"]
+    assert all(a["delivered_at"] is not None for a in office.alerts())
