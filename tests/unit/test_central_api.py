@@ -415,3 +415,15 @@ def test_a_gateway_refused_again_and_again_is_logged_once_and_once_more_when_it_
     assert central.ingest([punch("4")], batch_id="ok-2").status_code == 200
     assert [(lvl, ev, kw.get("problem")) for lvl, ev, kw in logs] == [
         ("warning", "api request refused", "office_forbidden"), ("info", "api client requests accepted again", None)]
+
+
+@pytest.mark.timeout(60)
+def test_a_replay_after_receipts_were_pruned_is_still_idempotent(central: Central) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    first = central.ingest([punch("1"), punch("2")]).json()
+    assert first["new"] == 2
+    assert central.api.store.prune_receipts(datetime.now(UTC) + timedelta(seconds=1)) == 1
+    again = central.ingest([punch("1"), punch("2")])
+    assert again.status_code == 200 and "x-fpgw-replayed" not in again.headers
+    assert again.json()["new"] == 0 and again.json()["duplicates"] == 2 and central.count() == 2
