@@ -732,6 +732,8 @@ def services(ctx: AppContext) -> list[Service]:
     """Central mode's routes (added to ctx.http_routes) and its housekeeping service."""
     if not ctx.config.central.enabled:
         return []
+    if not ctx.config.http.enabled:
+        log.warning("central mode is on but [http] enabled = false: the ingest and BKD API are not served")
     if ctx.engine.dialect.name != "postgresql":
         log.warning("central mode on SQLite: fine for a trial, use PostgreSQL for a regency")
     api = build_api(ctx.config, ctx.engine)
