@@ -500,16 +500,18 @@ class Fleet:
         fut: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self._loop)
         return fut.result(timeout)
 
+    def _on_loop_thread(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            return False
+
     def call_soon(self, fn: Any, *args: Any) -> None:
         """Run ``fn(*args)`` on the loop thread (now if already there; dropped when stopped)."""
         loop = self._loop
         if loop is None:
             return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
+        if self._on_loop_thread():
             fn(*args)
         else:
             with contextlib.suppress(RuntimeError):
@@ -518,15 +520,8 @@ class Fleet:
     def call_and_wait(self, fn: Any, *args: Any, timeout: float = 10.0) -> None:
         """Like call_soon, but from another thread wait until ``fn`` ran on the loop."""
         loop = self._loop
-        if loop is None or not loop.is_running():
+        if loop is None or not loop.is_running() or self._on_loop_thread():
             self.call_soon(fn, *args)
-            return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            fn(*args)
             return
         done: Future[None] = Future()
 
