@@ -125,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=None, metavar="SECONDS", help="stop after this long")
     p.add_argument("--interval", type=float, default=15.0, metavar="SECONDS", help="poll interval (default: 15)")
     p.add_argument("--http-port", type=int, default=8470, help="status page port when gateway.http is enabled")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the previous run's database (default: start a fresh office every run)")
     p.set_defaults(func=cmd_demo, one_shot=False, needs_config=False)
 
     p = sub.add_parser("print-config-example", help="print the fully commented example config")
@@ -454,7 +456,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
     return run_demo(Path(args.dir), duration_s=args.duration, interval_s=args.interval, http_port=args.http_port,
-                    log_format=args.log_format, log_level=args.log_level or "info")
+                    log_format=args.log_format, log_level=args.log_level or "info", keep=args.keep)
 
 
 def cmd_print_config_example(args: argparse.Namespace) -> int:

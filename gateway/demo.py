@@ -9,6 +9,7 @@ exactly as `fpgw run` would. New punches arrive while it runs. Ctrl-C (or --dura
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import sys
 import threading
@@ -127,7 +128,7 @@ def write_demo_config(folder: Path, fleet_devices: list[tuple[DemoDevice, Any]],
 
 
 def run_demo(folder: Path, *, duration_s: float | None = None, interval_s: float = 15.0, http_port: int = 8470,
-             log_format: str | None = None, log_level: str = "info") -> int:
+             log_format: str | None = None, log_level: str = "info", keep: bool = False) -> int:
     """Run the demo until Ctrl-C or ``duration_s``; returns the exit code."""
     from gateway.app import Gateway
     from simulators.zk import DeviceSpec, Fleet
@@ -135,6 +136,8 @@ def run_demo(folder: Path, *, duration_s: float | None = None, interval_s: float
     setup_logging(log_format or "auto", log_level)
     folder = folder.resolve()
     folder.mkdir(parents=True, exist_ok=True)
+    if not keep:
+        _forget_previous_run(folder)
     interval_s = max(interval_s, 5.0)
     with Fleet(truth_path=folder / "simulator-truth.jsonl") as fleet:
         started = []
@@ -167,6 +170,14 @@ def run_demo(folder: Path, *, duration_s: float | None = None, interval_s: float
           f"  fpgw --config {_rel(config_path)} devices\n"
           f"  fpgw --config {_rel(config_path)} punches --format csv --output punches.csv", file=sys.stderr)
     return code
+
+
+def _forget_previous_run(folder: Path) -> None:
+    # The simulated terminals are rebuilt from their seeds every run, so an old database would see
+    # their logs "shrink" (the punches that arrived during the last run are gone) and report it.
+    for name in ("fpgw.db", "fpgw.db-wal", "fpgw.db-shm", "simulator-truth.jsonl"):
+        (folder / name).unlink(missing_ok=True)
+    shutil.rmtree(folder / "backups", ignore_errors=True)
 
 
 def _rel(path: Path) -> str:
