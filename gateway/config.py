@@ -191,6 +191,9 @@ class ForwardConfig:
     alert_after_s: float = 6 * 3600.0
     #: CA bundle for a private upstream certificate (empty = system CAs).
     ca_file: str = ""
+    #: Device health goes upstream this often (and at start); it is also the only contact an idle
+    #: gateway makes, so keep it well below the centre's central.gateway_silent_after_s.
+    health_interval_s: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -206,6 +209,9 @@ class CentralConfig:
     max_body_bytes: int = 5 * 1024 * 1024
     #: Largest number of punches in one batch.
     max_batch: int = 5000
+    #: An office gateway whose last contact (punch batch or health report) is older than this counts as
+    #: silent: one alert, reminders every alerts.reminder_s, one recovery alert when it reports again.
+    gateway_silent_after_s: float = 7200.0
 
 
 @dataclass(frozen=True)
@@ -518,6 +524,7 @@ def _parse_forward(r: Reader, base_dir: Path) -> ForwardConfig:
         timeout_s=r.duration_s("timeout_s", 30.0, min=1),
         alert_after_s=r.duration_s("alert_after_s", 6 * 3600.0, min=60),
         ca_file=r.str("ca_file", ""),
+        health_interval_s=r.duration_s("health_interval_s", 300.0, min=30),
     )
     r.done()
     return cfg
@@ -538,6 +545,7 @@ def _parse_central(r: Reader, base_dir: Path) -> CentralConfig:
         api_tokens_file=_optional_path(r, "api_tokens_file", base_dir),
         max_body_bytes=r.int("max_body_bytes", 5 * 1024 * 1024, min=1024),
         max_batch=r.int("max_batch", 5000, min=1),
+        gateway_silent_after_s=r.duration_s("gateway_silent_after_s", 7200.0, min=300),
     )
     if cfg.enabled:
         for name, path in (("gateway_tokens_file", cfg.gateway_tokens_file),

@@ -36,8 +36,6 @@ log = structlog.get_logger(__name__)
 
 INGEST_PUNCHES = "/api/v1/ingest/punches"
 INGEST_HEALTH = "/api/v1/ingest/health"
-#: Device health goes upstream this often (and at start).
-HEALTH_EVERY_S = 300.0
 #: Bodies larger than this are gzip-compressed (office links are slow; JSON punches compress ~10x).
 GZIP_ABOVE_BYTES = 4096
 
@@ -97,7 +95,7 @@ class Forwarder:
 
     def __init__(self, config: Config, engine: Engine, *, scheduler: Any = None, registry: Any = None,
                  transport: httpx.BaseTransport | None = None, rng: random.Random | None = None,
-                 now: Callable[[], datetime] = utcnow, health_every_s: float = HEALTH_EVERY_S,
+                 now: Callable[[], datetime] = utcnow, health_every_s: float | None = None,
                  stop_event: threading.Event | None = None) -> None:
         self.config = config
         self.fwd = config.forward
@@ -106,7 +104,8 @@ class Forwarder:
         self.scheduler = scheduler
         self.now = now
         self.rng = rng or random.Random()
-        self.health_every_s = health_every_s
+        #: Device health goes upstream this often (and at start): forward.health_interval_s unless overridden.
+        self.health_every_s = health_every_s if health_every_s is not None else self.fwd.health_interval_s
         self.stop_event = stop_event or threading.Event()
         self._transport = transport
         self._client: httpx.Client | None = None
@@ -145,7 +144,7 @@ class Forwarder:
                                    misfire_grace_time=int(self.fwd.interval_s) + 30,
                                    next_run_time=datetime.now(self.scheduler.timezone))
         log.info("forwarding enabled", upstream=self.fwd.url, batch_size=self.fwd.batch_size,
-                 interval_s=self.fwd.interval_s)
+                 interval_s=self.fwd.interval_s, health_interval_s=self.health_every_s)
 
     def stop(self, deadline_s: float) -> None:
         """Stop the job; a batch in flight finishes (bounded by forward.timeout_s) or is resent later."""
@@ -205,7 +204,8 @@ class Forwarder:
 
     def _meta(self) -> dict[str, Any]:
         stats = outbox.outbox_stats(self.engine, self.now())
-        return {"office_code": self.office_code, "hostname": self._hostname, "version": __version__,
+        return {"office_code": self.office_code, "office_name": self.config.site.office_name or None,
+                "hostname": self._hostname, "version": __version__,
                 "outbox_depth": stats.depth, "oldest_unforwarded_s": stats.oldest_age_s}
 
     def _post(self, path: str, doc: dict[str, Any]) -> httpx.Response:

@@ -480,3 +480,30 @@ def test_forwarding_alerts_reach_the_team_through_the_alert_sender(office: Offic
         ("forward_rejected", "start", "office_mismatch")]
     assert received[0]["check"] and "retry-rejected" in received[0]["message"]
     assert all(a["delivered_at"] is not None for a in office.alerts())
+
+
+def test_health_snapshot_interval_comes_from_the_config(db_url: str, tmp_path: Path) -> None:
+    from gateway.config import ConfigError
+
+    assert make_config(tmp_path, db_url).forward.health_interval_s == 300.0
+    with pytest.raises(ConfigError, match="health_interval_s"):
+        make_config(tmp_path, db_url, health_interval_s=10)
+    config = make_config(tmp_path, db_url, health_interval_s="2m")
+    assert config.forward.health_interval_s == 120.0
+    engine = create_db_engine(db_url, pool_size=2)
+    upgrade(engine)
+    Store(engine, OFFICE).sync_devices(config.devices)
+    upstream, clock = Upstream(), Clock()
+    fwd = Forwarder(config, engine, transport=httpx.MockTransport(upstream.handler), rng=random.Random(5), now=clock)
+    try:
+        sent = []
+        for _ in range(9):  # 4.5 minutes of runs, one every 30 s
+            sent.append(fwd.run_once().health_sent)
+            clock.advance(30)
+        # At start, then every 120 s (not every 300 s).
+        assert sent == [True, False, False, False, True, False, False, False, True]
+        health = [r["doc"] for r in upstream.requests if r["path"] == "/api/v1/ingest/health"]
+        assert health[0]["gateway"]["office_code"] == OFFICE
+    finally:
+        fwd.stop(1)
+        engine.dispose()
