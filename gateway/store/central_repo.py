@@ -27,6 +27,7 @@ from sqlalchemy import Engine, Select, delete, select, update
 from sqlalchemy.engine import Connection
 
 from gateway.models import Punch
+from gateway.store import outbox
 from gateway.store import schema as s
 from gateway.store.db import writer
 from gateway.store.repo import PUNCH_KEY, insert_ignore, punch_row
@@ -212,7 +213,7 @@ class CentralStore:
         g = s.gateways.c
         meta = meta or {}
         values: dict[str, Any] = {"office_code": office_code, "last_seen_at": now, "remote_addr": remote_addr}
-        for key, limit in (("hostname", 200), ("version", 50)):
+        for key, limit in (("hostname", 200), ("version", 50), ("office_name", 200)):
             if isinstance(meta.get(key), str):
                 values[key] = meta[key][:limit]
         for key, kind in (("outbox_depth", int), ("oldest_unforwarded_s", float)):
@@ -280,14 +281,77 @@ class CentralStore:
             out.append(item)
         return out
 
-    def gateways(self, offices: frozenset[str] | None = None) -> list[dict[str, Any]]:
-        """The office gateways that reported here, with their last contact and backlog."""
+    def gateways(self, offices: frozenset[str] | None = None, *, silent_after_s: float | None = None,
+                 now: datetime | None = None) -> list[dict[str, Any]]:
+        """The office gateways that reported here, with their last contact and backlog.
+
+        With ``silent_after_s`` every row also gets ``silent``: its last contact is older than that.
+        """
         g = s.gateways.c
-        q = select(s.gateways)
+        # The alert bookkeeping stays internal; callers get the plain ``silent`` flag instead.
+        q = select(*(c for c in s.gateways.c if c.name not in ("silent_since", "silent_notified_at")))
         if offices is not None:
             q = q.where(g.office_code.in_(sorted(offices)))
         with self.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(q.order_by(g.office_code, g.name)).mappings()]
+            rows = [dict(r) for r in conn.execute(q.order_by(g.office_code, g.name)).mappings()]
+        if silent_after_s is not None:
+            now = now or utcnow()
+            for r in rows:
+                r["silent"] = (now - r["last_seen_at"]).total_seconds() > silent_after_s
+        return rows
+
+    # -- silent gateways -------------------------------------------------------------------------
+    def silent_watch_rows(self) -> list[dict[str, Any]]:
+        """Every gateway with its last contact, what it last reported, and its silent-alert state."""
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(select(s.gateways).order_by(s.gateways.c.name)).mappings()]
+
+    def open_silent(self, name: str, *, last_seen_at: datetime, now: datetime, alert: Mapping[str, Any]) -> bool:
+        """Open the gateway's silent alert (state + alert row in ONE transaction) unless it is already open
+        or the gateway reported meanwhile; True when this call opened it."""
+        g = s.gateways.c
+        with self._writer.begin() as conn:
+            done = conn.execute(update(s.gateways).where(
+                g.name == name, g.silent_since.is_(None), g.last_seen_at == last_seen_at)
+                .values(silent_since=last_seen_at, silent_notified_at=now)).rowcount
+            if done == 1:
+                outbox.insert_alert(conn, **alert)
+        return done == 1
+
+    def remind_silent(self, name: str, *, notified_at: datetime | None, now: datetime,
+                      alert: Mapping[str, Any]) -> bool:
+        """Record a reminder for an open silent alert (exactly once per reminder period, across processes)."""
+        g = s.gateways.c
+        cond = g.silent_notified_at.is_(None) if notified_at is None else g.silent_notified_at == notified_at
+        with self._writer.begin() as conn:
+            done = conn.execute(update(s.gateways).where(g.name == name, g.silent_since.is_not(None), cond)
+                                .values(silent_notified_at=now)).rowcount
+            if done == 1:
+                outbox.insert_alert(conn, **alert)
+        return done == 1
+
+    def close_silent(self, name: str, *, silent_since: datetime, alert: Mapping[str, Any]) -> bool:
+        """Close an open silent alert (state + end alert row in one transaction); True when this call closed it."""
+        g = s.gateways.c
+        with self._writer.begin() as conn:
+            done = conn.execute(update(s.gateways).where(g.name == name, g.silent_since == silent_since)
+                                .values(silent_since=None, silent_notified_at=None)).rowcount
+            if done == 1:
+                outbox.insert_alert(conn, **alert)
+        return done == 1
+
+    def get_fact(self, key: str) -> str | None:
+        """A value from the kv table."""
+        with self.engine.connect() as conn:
+            return conn.execute(select(s.kv.c.value).where(s.kv.c.key == key)).scalar()
+
+    def set_fact(self, key: str, value: str) -> None:
+        """Upsert a value in the kv table."""
+        now = utcnow()
+        with self._writer.begin() as conn:
+            if conn.execute(update(s.kv).where(s.kv.c.key == key).values(value=value, updated_at=now)).rowcount:
+                return
+            conn.execute(insert_ignore(conn, s.kv, ("key",)), {"key": key, "value": value, "updated_at": now})
 
 
 #: Device fields a gateway may report (everything else in devices is the centre's own bookkeeping).

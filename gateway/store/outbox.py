@@ -117,18 +117,21 @@ def settle(engine: Engine, *, accepted: Iterable[int] = (), rejected: Mapping[in
 
 def insert_alert(conn: Connection, *, office_code: str, problem: str, event: str, severity: str, title: str,
                  message: str, details: Mapping[str, Any] | None = None, checks: Sequence[str] = (),
-                 office_name: str = "") -> None:
+                 office_name: str = "", extra: Mapping[str, Any] | None = None, at: datetime | None = None) -> None:
     """Queue a gateway-wide alert (no device) for the alert sender.
 
     ``details`` holds the alert document in the same shape as gateway.alerts' device alerts (title,
     message with what to check, office, problem, event, severity, seen), so webhooks get one format.
+    ``extra`` adds or replaces top-level keys of that document (the central's silent-gateway alerts name
+    the office of the gateway there, while the row belongs to the central's own office_code, which is
+    what its alert sender delivers).
     """
-    now = utcnow()
+    now = at or utcnow()
     seen = dict(details or {})
     full = message + ("\nWhat to check:\n" + "\n".join(f"- {c}" for c in checks) if checks else "")
     doc = {"office": {"code": office_code, "name": office_name}, "device": None, "problem": problem, "event": event,
            "severity": severity, "at": now.isoformat(), "detail": message, "seen": seen, "check": list(checks),
-           "reason": seen.get("reason"), "title": title[:300], "message": full}
+           "reason": seen.get("reason"), "title": title[:300], "message": full, **(extra or {})}
     conn.execute(s.alerts.insert().values(
         created_at=now, office_code=office_code, device_id=None, device_serial=None, problem=problem,
         event=event, severity=severity, title=title[:300], message=full,

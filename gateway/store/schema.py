@@ -272,7 +272,7 @@ def utcnow() -> datetime:
 
 
 # ------------------------------------------------------------------------------------------------
-# Central mode: gateway registry and ingest receipts (forwarding area, migration 0002).
+# Central mode: gateway registry and ingest receipts (forwarding area, migrations 0002 and 0003).
 # The BKD feed cursor is punches.id; see gateway/store/central_repo.py for why it never skips.
 # ------------------------------------------------------------------------------------------------
 
@@ -293,6 +293,13 @@ gateways = Table(
     Column("outbox_depth", Integer),
     Column("oldest_unforwarded_s", Float),
     Column("punches_received", BigInteger, nullable=False, default=0),
+    #: The office's name as the gateway reports it ([site] office_name; migration 0003).
+    Column("office_name", String(200)),
+    #: Silent-gateway alert state (migration 0003): the last contact before the silence while a
+    #: "gateway_silent" alert is open (NULL = none open), and when its start or last reminder went out.
+    #: Persisted so a restart never re-alerts.
+    Column("silent_since", UtcDateTime()),
+    Column("silent_notified_at", UtcDateTime()),
 )
 
 #: One receipt per accepted batch, so a replayed batch gets the very same answer (and stores nothing).
