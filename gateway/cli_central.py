@@ -284,9 +284,11 @@ def cmd_gateways(args: argparse.Namespace) -> int:
     from gateway.store.central_repo import CentralStore
     from gateway.store.schema import utcnow
 
-    engine = _engine(args.loaded_config)
+    config: Config = args.loaded_config
+    silent_after_s = config.central.gateway_silent_after_s
+    engine = _engine(config)
     try:
-        rows = CentralStore(engine).gateways()
+        rows = CentralStore(engine).gateways(silent_after_s=silent_after_s)
     finally:
         engine.dispose()
     if args.json:
@@ -296,10 +298,18 @@ def cmd_gateways(args: argparse.Namespace) -> int:
         print("no gateway has forwarded here yet")
         return 0
     now = utcnow()
-    print(f"{'gateway':<24} {'office':<14} {'last contact':>13} {'backlog':>8} {'oldest':>9} {'punches':>9}")
+    print(f"{'gateway':<24} {'office':<14} {'last contact':>13} {'status':<7} {'backlog':>8} {'oldest':>9} "
+          f"{'punches':>9}")
     for g in rows:
         oldest = _human(g["oldest_unforwarded_s"]) if g["oldest_unforwarded_s"] is not None else "-"
         depth = g["outbox_depth"] if g["outbox_depth"] is not None else "-"
         ago = _human((now - g["last_seen_at"]).total_seconds()) + " ago"
-        print(f"{g['name']:<24} {g['office_code']:<14} {ago:>13} {depth!s:>8} {oldest:>9} {g['punches_received']:>9}")
+        status = "SILENT" if g["silent"] else "ok"
+        print(f"{g['name']:<24} {g['office_code']:<14} {ago:>13} {status:<7} {depth!s:>8} {oldest:>9} "
+              f"{g['punches_received']:>9}")
+    silent = sum(1 for g in rows if g["silent"])
+    if silent:
+        print(f"\n{silent} gateway(s) SILENT: no contact for more than {_human(silent_after_s)} "
+              "(central.gateway_silent_after_s). At the office check: is the server powered on, is the internet "
+              "link up, `systemctl status fpgw`, `fpgw forward status`.")
     return 0

@@ -198,3 +198,31 @@ def test_a_gateway_whose_token_was_removed_is_no_longer_watched(centre: Centre) 
     assert svc.check_silent(datetime.now(UTC) + timedelta(days=3)) == [("gw-a", "reminder")]
     end = json.loads(centre.alerts()[-2]["details"])
     assert end["event"] == "end" and "token was removed" in end["message"]
+
+
+def test_fpgw_central_gateways_marks_silent_gateways(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.cli import main
+    from gateway.store.central_repo import CentralStore
+
+    db = f"sqlite:///{tmp_path / 'central.db'}"
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[site]\noffice_code = "{CENTRE}"\ntimezone = "Asia/Jakarta"\nstate_dir = "{tmp_path}"\n'
+                   f'[database]\nurl = "{db}"\n[central]\ngateway_silent_after_s = "1h"\n')
+    engine = create_db_engine(db)
+    upgrade(engine)
+    store = CentralStore(engine)
+    for name, office in (("dinkes-gw", OFFICE_A), ("disdik-gw", OFFICE_B)):
+        store.ingest_health(gateway=name, office_code=office, devices=[], meta={"outbox_depth": 3})
+    with engine.begin() as conn:
+        conn.execute(update(s.gateways).where(s.gateways.c.name == "disdik-gw")
+                     .values(last_seen_at=datetime.now(UTC) - timedelta(hours=5)))
+    engine.dispose()
+    capsys.readouterr()
+    assert main(["-c", str(cfg), "central", "gateways"]) == 0
+    out = capsys.readouterr().out
+    lines = {ln.split()[0]: ln.split() for ln in out.splitlines()[1:3]}
+    assert lines["dinkes-gw"][5] == "ok" and lines["disdik-gw"][5] == "SILENT"
+    assert "1 gateway(s) SILENT" in out and "systemctl status fpgw" in out
+    assert main(["-c", str(cfg), "central", "gateways", "--json"]) == 0
+    assert {g["name"]: g["silent"] for g in json.loads(capsys.readouterr().out)} == {"dinkes-gw": False,
+                                                                                    "disdik-gw": True}
