@@ -1,21 +1,29 @@
 """The shipped OpenAPI document: structurally valid, matches the served routes, and real answers fit it.
 
-jsonschema is not installed, so a small validator below covers exactly the JSON Schema keywords the
-document uses (type, properties, required, items, enum, additionalProperties, $ref, pattern); a
-keyword it does not know fails the test, so the document cannot quietly outgrow the check.
+Validation is jsonschema's Draft 2020-12 validator (OpenAPI 3.1 schemas are 2020-12 schemas). The whole
+document is registered as one resource (``referencing``), so ``#/components/schemas/...`` references
+resolve inside it. Real answers and what the forwarder sends are checked against a *strict* copy in
+which every documented object forbids undocumented properties: a field the API returns or the
+forwarder sends must be in the document. Unknown schema keywords fail the test (jsonschema would
+silently ignore a typo such as "requried").
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import re
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from jsonschema import Draft202012Validator, FormatChecker
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
 from starlette.routing import Route
 from test_central_api import OFFICE_A, Central, device_doc, make_central, punch
 from test_forward import make_config, punches, store_punches
@@ -28,56 +36,94 @@ from gateway.store.repo import Store
 pytestmark = pytest.mark.timeout(60)
 
 SPEC: dict[str, Any] = json.loads(openapi_bytes())
-_KNOWN = {"type", "properties", "required", "items", "enum", "additionalProperties", "$ref", "pattern",
-          "description", "format", "default", "minimum", "maximum", "maxLength"}
-_TYPES = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None)}
+SPEC_URI = "urn:fpgw:openapi"
+#: JSON Schema 2020-12 keywords (validation + annotations + core) and OpenAPI 3.1's schema extensions.
+_KEYWORDS = set(Draft202012Validator.VALIDATORS) | {
+    "$schema", "$id", "$defs", "$anchor", "$dynamicAnchor", "$comment", "$vocabulary", "title", "description",
+    "default", "examples", "deprecated", "readOnly", "writeOnly", "contentMediaType", "contentEncoding",
+    "contentSchema", "discriminator", "xml", "externalDocs", "example"}
+_SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "dependentSchemas")
+_SCHEMA_LISTS = ("allOf", "anyOf", "oneOf", "prefixItems")
+_SCHEMA_ONE = ("items", "additionalProperties", "unevaluatedProperties", "unevaluatedItems", "not", "if", "then",
+               "else", "contains", "propertyNames", "contentSchema")
 
 
-def _resolve(ref: str) -> dict[str, Any]:
-    assert ref.startswith("#/"), ref
-    node: Any = SPEC
-    for part in ref[2:].split("/"):
-        node = node[part]
-    return node
+def _subschemas(schema: Any) -> Iterator[dict[str, Any]]:
+    """A schema and every schema nested in it."""
+    if not isinstance(schema, dict):
+        return
+    yield schema
+    for key in _SCHEMA_MAPS:
+        for sub in (schema.get(key) or {}).values():
+            yield from _subschemas(sub)
+    for key in _SCHEMA_LISTS:
+        for sub in schema.get(key) or ():
+            yield from _subschemas(sub)
+    for key in _SCHEMA_ONE:
+        yield from _subschemas(schema.get(key))
 
 
-def _type_ok(value: Any, t: str) -> bool:
-    if t == "integer":
-        return isinstance(value, int) and not isinstance(value, bool)
-    if t == "number":
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    return isinstance(value, _TYPES[t])
+def _document_schemas(spec: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every schema object of the document: components and the inline ones of paths, with what they nest."""
+    for schema in spec["components"]["schemas"].values():
+        yield from _subschemas(schema)
+    for item in spec["paths"].values():
+        for op in item.values():
+            for p in op.get("parameters", []):
+                yield from _subschemas(p["schema"])
+            for body in (op.get("requestBody", {}), *op["responses"].values()):
+                for media in body.get("content", {}).values():
+                    yield from _subschemas(media.get("schema"))
 
 
-def validate(value: Any, schema: dict[str, Any], where: str = "$") -> list[str]:
-    """Errors of ``value`` against ``schema`` (the subset of JSON Schema 2020-12 the document uses)."""
-    unknown = set(schema) - _KNOWN
-    assert not unknown, f"validator does not know {unknown} (at {where})"
-    if "$ref" in schema:
-        return validate(value, _resolve(schema["$ref"]), where)
-    errors: list[str] = []
-    if "type" in schema:
-        types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
-        if not any(_type_ok(value, t) for t in types):
-            return [f"{where}: {value!r:.60} is not {types}"]
-    if "enum" in schema and value not in schema["enum"]:
-        errors.append(f"{where}: {value!r} not in {schema['enum']}")
-    if isinstance(value, str) and "pattern" in schema and not re.search(schema["pattern"], value):
-        errors.append(f"{where}: {value!r} does not match {schema['pattern']}")
-    if isinstance(value, dict):
-        props = schema.get("properties", {})
-        errors += [f"{where}: missing {k!r}" for k in schema.get("required", []) if k not in value]
-        for k, v in value.items():
-            if k in props:
-                errors += validate(v, props[k], f"{where}.{k}")
-            elif isinstance(schema.get("additionalProperties"), dict):
-                errors += validate(v, schema["additionalProperties"], f"{where}.{k}")
-            elif schema.get("additionalProperties") is False:
-                errors.append(f"{where}: unexpected {k!r}")
-    if isinstance(value, list) and "items" in schema:
-        for i, v in enumerate(value):
-            errors += validate(v, schema["items"], f"{where}[{i}]")
-    return errors
+def _strict(spec: dict[str, Any]) -> dict[str, Any]:
+    """A copy where every object schema with documented properties forbids undocumented ones."""
+    strict = copy.deepcopy(spec)
+    for schema in _document_schemas(strict):
+        if "properties" in schema and "additionalProperties" not in schema:
+            schema["additionalProperties"] = False
+    return strict
+
+
+def _registry(spec: dict[str, Any]) -> Registry:
+    return Registry().with_resource(SPEC_URI, Resource.from_contents(spec, default_specification=DRAFT202012))
+
+
+REGISTRY, STRICT = _registry(SPEC), _registry(_strict(SPEC))
+FORMATS = FormatChecker()
+
+
+@FORMATS.checks("date-time", raises=ValueError)
+def _date_time(value: object) -> bool:
+    # RFC 3339: date, "T", time and an offset (jsonschema checks date-time only with an extra package).
+    if not isinstance(value, str):
+        return True
+    if "T" not in value.upper():
+        raise ValueError("no time part")
+    if datetime.fromisoformat(value).tzinfo is None:
+        raise ValueError("no UTC offset")
+    return True
+
+
+def _pointer(*parts: str) -> str:
+    return "".join("/" + p.replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+def errors(value: Any, pointer: str, *, strict: bool = True) -> list[str]:
+    """Validation errors of ``value`` against the schema at ``pointer`` in the document (JSON Pointer)."""
+    validator = Draft202012Validator({"$ref": f"{SPEC_URI}#{pointer}"}, registry=STRICT if strict else REGISTRY,
+                                     format_checker=FORMATS)
+    return [f"{e.json_path}: {e.message}" for e in validator.iter_errors(value)]
+
+
+def component(name: str) -> str:
+    """Pointer to a component schema."""
+    return _pointer("components", "schemas", name)
+
+
+def response(path: str, method: str = "get", code: str = "200") -> str:
+    """Pointer to the JSON schema of one documented response."""
+    return _pointer("paths", path, method, "responses", code, "content", "application/json", "schema")
 
 
 def _refs(node: Any) -> Iterator[str]:
@@ -112,12 +158,17 @@ def test_document_is_structurally_valid_openapi_3() -> None:
             for p in op.get("parameters", []):
                 assert p["in"] in {"query", "path", "header"} and p["name"] and "schema" in p
     assert len(op_ids) == len(set(op_ids))
+    resolver = REGISTRY.resolver()
     for ref in set(_refs(SPEC)):
-        assert _resolve(ref), ref
+        assert ref.startswith("#/components/schemas/"), ref
+        assert resolver.lookup(SPEC_URI + ref).contents, ref
     for name, schema in SPEC["components"]["schemas"].items():
-        validate(None, {"type": ["null"]})  # the validator itself runs
+        Draft202012Validator.check_schema(schema)  # a valid 2020-12 schema (types, enums, patterns, ...)
         assert set(schema.get("required", [])) <= set(schema.get("properties", {})), name
-        validate({}, schema)  # every keyword used is one the validator knows (asserts inside)
+    for schema in _document_schemas(SPEC):
+        assert set(schema) <= _KEYWORDS, f"unknown schema keyword(s) {set(schema) - _KEYWORDS} in {schema}"
+        if "pattern" in schema:
+            re.compile(schema["pattern"])
 
 
 def test_every_served_route_is_documented_and_every_documented_route_is_served(tmp_path: Path,
@@ -133,10 +184,6 @@ def test_every_served_route_is_documented_and_every_documented_route_is_served(t
     assert served == documented
 
 
-def _schema(path: str, method: str = "get", code: str = "200") -> dict[str, Any]:
-    return SPEC["paths"][path][method]["responses"][code]["content"]["application/json"]["schema"]
-
-
 def test_real_answers_validate_against_the_document(tmp_path: Path, sqlite_url: str) -> None:
     c: Central = make_central(sqlite_url, tmp_path)
     try:
@@ -145,30 +192,40 @@ def test_real_answers_validate_against_the_document(tmp_path: Path, sqlite_url: 
                  "punches": [punch("1"), punch("2"), punch("3", office_code="9999"),
                              punch("4", local_time=None, utc_time=None, device_time="2000-02-31 08:00:00",
                                    flags=["impossible_date"])]}
-        req_schema = SPEC["paths"]["/api/v1/ingest/punches"]["post"]["requestBody"]["content"]["application/json"]
-        assert validate(batch, req_schema["schema"]) == []
+        assert errors(batch, _pointer("paths", "/api/v1/ingest/punches", "post", "requestBody", "content",
+                                      "application/json", "schema")) == []
         r = c.client.post("/api/v1/ingest/punches", json=batch, headers=auth_gw)
-        assert validate(r.json(), _schema("/api/v1/ingest/punches", "post")) == []
-        health = {"devices": [device_doc("lobby")]}
-        assert validate(health, {"$ref": "#/components/schemas/HealthBatch"}) == []
+        assert errors(r.json(), response("/api/v1/ingest/punches", "post")) == []
+        health = {"gateway": {"office_code": OFFICE_A, "office_name": "Dinas Kesehatan", "outbox_depth": 0},
+                  "devices": [device_doc("lobby")]}
+        assert errors(health, component("HealthBatch")) == []
         r = c.client.post("/api/v1/ingest/health", json=health, headers=auth_gw)
-        assert validate(r.json(), _schema("/api/v1/ingest/health", "post")) == []
+        assert errors(r.json(), response("/api/v1/ingest/health", "post")) == []
         for path, params in (("/api/v1/punches", {"limit": 2}), ("/api/v1/recap/daily", {"date": "2026-11-02"}),
                              ("/api/v1/completeness", {"from": "2026-11-01", "to": "2026-11-03"}),
                              ("/api/v1/devices", {}), ("/api/v1/gateways", {})):
             doc = c.get(path, **params).json()
-            assert validate(doc, _schema(path)) == [], path
+            assert errors(doc, response(path)) == [], path
             assert doc.get("items", doc.get("devices"))  # not an empty, trivially valid answer
+        [gw] = c.get("/api/v1/gateways").json()["items"]
+        assert gw["silent"] is False and gw["office_name"] == "Dinas Kesehatan"
         for bad in (c.client.get("/api/v1/punches"), c.get("/api/v1/punches", cursor="zzz"),
                     c.client.post("/api/v1/ingest/punches", content=b"[", headers={**auth_gw,
                                                                                   "Content-Type": "application/json"})):
             code = str(bad.status_code)
-            assert validate(bad.json(), _schema(bad.url.path, bad.request.method.lower(), code)) == []
+            assert errors(bad.json(), response(bad.url.path, bad.request.method.lower(), code)) == []
         served = c.client.get("/api/v1/openapi.json")
         assert served.status_code == 200 and served.json() == SPEC
-        # The validator does reject what does not fit.
-        assert validate({"items": [{"office_code": 5}], "next_cursor": "x", "count": 1, "has_more": False},
-                        _schema("/api/v1/punches"))
+        # The validation does reject what does not fit: a wrong type, a missing field, a bad date-time, and
+        # (strict) a field the document does not describe.
+        page = {"items": [{"office_code": 5}], "next_cursor": "x", "count": 1, "has_more": False}
+        assert errors(page, response("/api/v1/punches"), strict=False)
+        assert errors({"items": [{**gw, "silent": "no"}]}, response("/api/v1/gateways"))
+        assert errors({"items": [{k: v for k, v in gw.items() if k != "silent"}]}, response("/api/v1/gateways"))
+        assert errors({"items": [{**gw, "last_seen_at": "2026-11-02 07:00"}]}, response("/api/v1/gateways"))
+        leaky = {"items": [{**gw, "silent_notified_at": gw["last_seen_at"]}]}
+        assert errors(leaky, response("/api/v1/gateways")) and not errors(leaky, response("/api/v1/gateways"),
+                                                                          strict=False)
     finally:
         c.client.close()
         c.engine.dispose()
@@ -200,4 +257,5 @@ def test_what_the_forwarder_sends_fits_the_document(tmp_path: Path, sqlite_url: 
     schemas = {"/api/v1/ingest/punches": "IngestBatch", "/api/v1/ingest/health": "HealthBatch"}
     assert {p for p, _ in sent} == set(schemas)
     for path, doc in sent:
-        assert validate(doc, {"$ref": f"#/components/schemas/{schemas[path]}"}) == [], path
+        assert errors(doc, component(schemas[path])) == [], path
+        assert doc["gateway"]["office_code"] == config.site.office_code
