@@ -11,8 +11,10 @@ closes the connection when a session ends, whatever failed.
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -42,6 +44,7 @@ from drivers.base import (
 from drivers.zk import records
 from drivers.zk.frames import FrameRing, RecordingSocket
 from drivers.zk.quirks import ZkQuirks
+from drivers.zk.udp import RttEstimator, UdpChannel, UdpCounters, UdpExchangeError, UdpNoAnswer, UdpRefused
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +110,8 @@ class ZkStats:
     fresh_reenables: int = 0
     #: 8-byte punches whose uid was not in the user table (reported with user_id = str(uid)).
     unmapped_punches: int = 0
+    #: UDP only: requests re-sent, stale/duplicate datagrams dropped, chunks read (udp.py).
+    udp: UdpCounters = field(default_factory=UdpCounters)
 
 
 class _HookedZK(ZK):  # type: ignore[misc]
@@ -119,6 +124,9 @@ class _HookedZK(ZK):  # type: ignore[misc]
         timeout_s: float,
         verify: bool,
         reuse_udp: socket.socket | None = None,
+        udp_rtt: RttEstimator | None = None,
+        udp_counters: UdpCounters | None = None,
+        udp_max_chunk: int | None = None,
     ) -> None:
         super().__init__(
             params.address,
@@ -138,7 +146,11 @@ class _HookedZK(ZK):  # type: ignore[misc]
         self._fg_ring = ring
         self._fg_verify = verify
         self._fg_reuse_udp = reuse_udp
+        self._fg_udp_rtt = udp_rtt or RttEstimator()
+        self._fg_udp_counters = udp_counters or UdpCounters()
+        self._fg_udp_max_chunk = udp_max_chunk
         self.wire: RecordingSocket | None = None
+        self.udp: UdpChannel | None = None
 
     def _ZK__create_socket(self) -> None:
         # Same as pyzk's __create_socket, but wrapped for recording, and a refused connect raises.
@@ -153,6 +165,62 @@ class _HookedZK(ZK):  # type: ignore[misc]
         self._ZK__sock = self.wire
         if self.tcp:
             self.wire.connect_ex(self._ZK__address)
+        else:
+            kw = {"max_chunk": self._fg_udp_max_chunk} if self._fg_udp_max_chunk else {}
+            self.udp = UdpChannel(
+                self.wire, self._ZK__address, timeout_s=self._ZK__timeout, verify=self._fg_verify,
+                rtt=self._fg_udp_rtt, counters=self._fg_udp_counters, **kw,
+            )
+
+    # -- UDP: pyzk's request/reply and buffered read replaced by udp.UdpChannel (loss tolerant) --
+    def _ZK__send_command(self, command: int, command_string: bytes = b"", response_size: int = 8) -> dict[str, Any]:
+        if self.tcp or self.udp is None:
+            return super()._ZK__send_command(command, command_string, response_size)  # type: ignore[no-any-return]
+        if command not in (zk_const.CMD_CONNECT, zk_const.CMD_AUTH) and not self.is_connect:
+            raise ZKErrorConnection("instance are not connected.")
+        udp = self.udp
+        udp.session_id, udp.reply_id = self._ZK__session_id, self._ZK__reply_id
+        try:
+            pkt = udp.request(command, bytes(command_string))
+        finally:
+            # Every reply id sent is now used: the next request gets a fresh one, so any late answer
+            # to these sends is recognised as stale.
+            self._ZK__reply_id = udp.reply_id
+        self._adopt_reply(pkt)
+        return {"status": self._ZK__response in (zk_const.CMD_ACK_OK, zk_const.CMD_PREPARE_DATA,
+                                                   zk_const.CMD_DATA), "code": self._ZK__response}
+
+    def _adopt_reply(self, pkt: bytes) -> None:
+        """Leave pyzk's state as its own __send_command would after receiving ``pkt``."""
+        if len(pkt) < 8:
+            raise ZKNetworkError(f"reply of {len(pkt)} bytes")
+        self._ZK__data_recv = pkt
+        self._ZK__header = struct.unpack("<4H", pkt[:8])
+        self._ZK__response = self._ZK__header[0]
+        self._ZK__data = pkt[8:]
+
+    def read_with_buffer(self, command: int, fct: int = 0, ext: int = 0) -> tuple[bytes, int]:
+        """pyzk's 1503/1504/1502 read; over UDP with lost chunks re-requested (udp.py)."""
+        if self.tcp or self.udp is None:
+            return super().read_with_buffer(command, fct, ext)  # type: ignore[no-any-return]
+        resp = self._ZK__send_command(1503, struct.pack("<bhii", 1, command, fct, ext), 1024)
+        if not resp["status"]:
+            raise ZKErrorResponse("RWB Not supported")
+        data: bytes = self._ZK__data
+        if resp["code"] == zk_const.CMD_DATA:
+            return data, len(data)  # direct answer: the whole (small) dataset in one datagram
+        if resp["code"] != zk_const.CMD_ACK_OK or len(data) < 5:
+            # pyzk would read a size out of whatever this is.
+            raise ZKErrorResponse(f"unexpected answer to 1503 (code {resp['code']}, {len(data)} bytes)")
+        size = int(struct.unpack_from("<I", data, 1)[0])
+        udp = self.udp
+        udp.session_id, udp.reply_id = self._ZK__session_id, self._ZK__reply_id
+        try:
+            dataset = udp.read_dataset(size)
+        finally:
+            self._ZK__reply_id = udp.reply_id
+        self.free_data()
+        return dataset, size
 
     def close_socket(self) -> None:
         """Close the wire without talking to the device (its stream may be out of sync)."""
@@ -172,10 +240,40 @@ def _root_cause(exc: BaseException) -> BaseException:
     return seen
 
 
+def _peer(where: str) -> str:
+    """``udp://10.0.0.5:4370`` -> ``10.0.0.5:4370/udp`` (how an operator says it)."""
+    transport, sep, rest = where.partition("://")
+    return f"{rest}/{transport}" if sep else where
+
+
+def _network_message(cause: BaseException, what: str, where: str, timeout_s: float | None) -> str:
+    """Plain words for a network failure; the raw exception goes to the log, not the message."""
+    peer = _peer(where)
+    if isinstance(cause, UdpNoAnswer):
+        sent = f"; asked {cause.attempts} times" if cause.attempts > 1 else ""
+        return f"no answer from {peer} within {cause.timeout_s:g} s ({what}{sent})"
+    if isinstance(cause, TimeoutError):
+        within = f" within {timeout_s:g} s" if timeout_s else ""
+        return f"no answer from {peer}{within} ({what})"
+    if isinstance(cause, ConnectionRefusedError):
+        return f"connection refused by {peer} ({what}): nothing listens on that port"
+    if isinstance(cause, ConnectionResetError | BrokenPipeError | ConnectionAbortedError):
+        return f"connection to {peer} dropped during {what}"
+    if isinstance(cause, OSError) and cause.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+        return f"no route to {peer} ({what})"
+    text = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(cause)
+    return f"network error talking to {peer} during {what}: {text}"
+
+
 def translate(
-    exc: BaseException, what: str, where: str, frames: list[str], reply_code: int | None
+    exc: BaseException,
+    what: str,
+    where: str,
+    frames: list[str],
+    reply_code: int | None,
+    timeout_s: float | None = None,
 ) -> DriverError:
-    """Map anything pyzk (or the socket under it) raised to the DriverError tree."""
+    """Map anything pyzk (or the socket under it, or udp.py) raised to the DriverError tree."""
     if isinstance(exc, DriverError):
         return exc
     if isinstance(exc, ZKErrorResponse):
@@ -185,11 +283,17 @@ def translate(
         if reply_code == _CMD_ACK_RETRY:
             return Busy(f"{where}: device busy during {what} (ACK_RETRY)", frames=frames)
         return ProtocolError(f"{where}: {what} failed: {msg} (reply code {reply_code})", frames=frames)
+    if isinstance(exc, UdpRefused) and exc.code == _CMD_ACK_RETRY:
+        return Busy(f"{where}: device busy during {what} (ACK_RETRY)", frames=frames)
+    if isinstance(exc, UdpExchangeError):
+        # The device answered, but never usably (always incomplete, corrupt or refused).
+        return ProtocolError(f"{where}: {what} failed: {exc}", frames=frames)
     cause = _root_cause(exc)
-    if isinstance(cause, TimeoutError):
-        return Unreachable(f"{where}: no answer during {what} (timed out)", frames=frames)
-    if isinstance(cause, OSError):
-        return Unreachable(f"{where}: network error during {what}: {cause}", frames=frames)
+    if isinstance(cause, OSError):  # TimeoutError included
+        message = _network_message(cause, what, where, timeout_s)
+        # The message says what happened; the raw exception stays available to whoever debugs it.
+        log.info("%s: %s -- raw cause: %s: %s", where, message, type(cause).__name__, cause)
+        return Unreachable(message, frames=frames)
     if isinstance(exc, ZKNetworkError):
         # "TCP packet invalid" (reply without magic / too short) or a struct error on a short reply.
         return ProtocolError(f"{where}: malformed reply during {what}: {exc}", frames=frames)
@@ -240,6 +344,8 @@ class ZkDriver:
         self._user_size: int | None = None
         # Set when a session could not re-enable the terminal: the next session does it first.
         self._needs_enable = False
+        # Round-trip estimate of this terminal's UDP link, kept across sessions (udp.py).
+        self._udp_rtt = RttEstimator()
 
     @property
     def where(self) -> str:
@@ -249,7 +355,7 @@ class ZkDriver:
     def _new_zk(self, timeout_s: float | None = None, reuse_udp: socket.socket | None = None) -> _HookedZK:
         return _HookedZK(
             self.params, self.frames, timeout_s or self.params.timeout_s, self.quirks.verify_checksums,
-            reuse_udp,
+            reuse_udp, self._udp_rtt, self.stats.udp, self.quirks.udp_max_chunk,
         )
 
     def _open(self, timeout_s: float | None = None, reuse_udp: socket.socket | None = None) -> _HookedZK:
@@ -266,7 +372,8 @@ class ZkDriver:
 
     def _translate(self, exc: BaseException, what: str, zk: _HookedZK | None) -> DriverError:
         code = zk.wire.last_reply_code if zk is not None and zk.wire is not None else None
-        return translate(exc, what, self.where, self.frames.snapshot(), code)
+        timeout = zk._ZK__timeout if zk is not None else self.params.timeout_s
+        return translate(exc, what, self.where, self.frames.snapshot(), code, timeout)
 
     @contextmanager
     def connect(self) -> Iterator[ZkSession]:

@@ -12,6 +12,7 @@ Independent of pyzk (only the socket methods pyzk calls are wrapped).
 
 from __future__ import annotations
 
+import errno
 import socket
 import struct
 import threading
@@ -161,6 +162,10 @@ class RecordingSocket:
     def connect_ex(self, address: Any) -> int:
         """Connect; raise the real error instead of returning a code pyzk would ignore."""
         rc = self._sock.connect_ex(address)
+        if rc in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINPROGRESS, errno.ETIMEDOUT):
+            # connect_ex on a socket with a timeout reports a timeout as EAGAIN ("Resource
+            # temporarily unavailable"): say what it is, so it reads as "no answer".
+            raise TimeoutError(rc, f"TCP connect to {address[0]}:{address[1]} timed out")
         if rc != 0:
             raise OSError(rc, f"{_strerror(rc)} ({address[0]}:{address[1]})")
         return rc

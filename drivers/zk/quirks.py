@@ -36,6 +36,11 @@ class ZkQuirks:
     #: operation with ProtocolError instead of storing corrupted punches. Turn off only for a
     #: firmware proven to send wrong checksums on intact data.
     verify_checksums: bool = True
+    #: UDP only: largest chunk (bytes) asked for per 1504 request; None = 16384 (pyzk's size). The
+    #: driver halves it after a lossy chunk and grows it back, so this rarely needs changing. 1024
+    #: (one datagram per chunk) makes a download immune to datagrams reordered within a chunk --
+    #: which no client can detect -- at the cost of one round trip per KB.
+    udp_max_chunk: int | None = None
 
     def __post_init__(self) -> None:
         if self.record_size is not None and self.record_size not in RECORD_SIZES:
@@ -44,6 +49,8 @@ class ZkQuirks:
             raise ValueError(f"user_size must be one of {USER_SIZES} or None, got {self.user_size!r}")
         if not isinstance(self.disable_while_reading, bool):
             raise ValueError(f"disable_while_reading must be true or false, got {self.disable_while_reading!r}")
+        if self.udp_max_chunk is not None and not 1024 <= self.udp_max_chunk <= 65472:
+            raise ValueError(f"udp_max_chunk must be 1024-65472 bytes or None, got {self.udp_max_chunk!r}")
         for name in ("read_users", "verify_checksums"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
@@ -57,7 +64,7 @@ class ZkQuirks:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown ZK quirk(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-        for key in ("record_size", "user_size"):
+        for key in ("record_size", "user_size", "udp_max_chunk"):
             v = d.get(key)
             if isinstance(v, bool) or (v is not None and not isinstance(v, int)):
                 raise ValueError(f"{key} must be an integer, got {v!r}")
