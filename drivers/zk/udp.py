@@ -176,6 +176,9 @@ class _Attempt:
     got: int = 0
     acked: bool = False
     busy: bool = False
+    #: Evidence that this answer arrived out of order (DATA before PREPARE_DATA or after ACK_OK).
+    #: Pieces carry no offset, so an answer known to be reordered can never be assembled.
+    disordered: bool = False
     #: When the first datagram of this answer arrived (for the round-trip estimate).
     first_at: float | None = None
 
@@ -185,6 +188,8 @@ class _Attempt:
 
     @property
     def complete(self) -> bool:
+        if self.disordered:
+            return False
         # ACK_OK is not needed: PREPARE_DATA said how much comes, and that much came. A lost ACK_OK
         # then costs nothing; a late one carries this attempt's reply id and is discarded later.
         if self.announced is not None:
@@ -197,11 +202,13 @@ class _Attempt:
     def failed(self) -> bool:
         # The device finished (ACK_OK) without the announced bytes, or sent more than announced.
         over = self.announced is not None and self.got > self.announced
-        return over or (self.acked and not self.complete)
+        return over or self.disordered or (self.acked and not self.complete)
 
     def describe(self) -> str:
         if self.busy:
             return "device busy (ACK_RETRY)"
+        if self.disordered:
+            return "datagrams out of order"
         ann = "no PREPARE_DATA" if self.announced is None else f"PREPARE_DATA announced {self.announced}"
         return f"{ann}, {self.got} bytes received{', ACK_OK' if self.acked else ''}"
 
@@ -375,7 +382,14 @@ class UdpChannel:
                     f"asked for {att.length} bytes at offset {start}, PREPARE_DATA announced {announced}"
                 )
             att.announced = announced
+            if att.pieces:
+                # PREPARE_DATA is sent first: DATA overtook it, or the device answered this reply
+                # id twice (a duplicated request). Either way the order of the pieces is unknown.
+                att.disordered = True
         elif code == CMD_DATA:
+            if att.acked:
+                att.disordered = True  # ACK_OK is sent last: this piece was overtaken by it
+                return
             if payload in att.seen:
                 self.counters.add("duplicates")  # identical bytes and reply id: the same datagram twice
                 return
