@@ -10,6 +10,9 @@ prints figures and ratios, asserts nothing about timing. Run:
     16/40-byte layouts) vs pyzk 0.9 ZK.get_attendance (re-downloads the user table and re-slices the
     buffer for every record, so its decode is quadratic), same simulated device, TCP.
 (2) a poll when nothing changed (connect + counts) vs a full download, over TCP and UDP.
+(3) a whole-log UDP download with the simulator dropping 0 %, 2 % and 5 % of datagrams (both
+    directions, seeded): time, requests re-sent, ratio to the lossless run; and, for contrast, how
+    often pyzk's own read_with_buffer (no re-requests) gets the same log through.
 """
 
 from __future__ import annotations
@@ -56,6 +59,31 @@ def zkdriver_poll(dev: Any, transport: str) -> int:
         return s.counts().records
 
 
+def zkdriver_lossy(dev: Any) -> tuple[list[Any], int]:
+    """One UDP download; returns the punches and how many requests had to be re-sent."""
+    drv = ZkDriver(ZkParams(dev.host, dev.port, transport="udp", timeout_s=5))
+    with drv.connect() as s:
+        punches = s.read_punches()
+    return punches, drv.stats.udp.resends
+
+
+def pyzk_udp_ok(dev: Any, expected: int, tries: int) -> int:
+    """How many of ``tries`` plain pyzk UDP reads (connect, sizes, 1503/1504) return the whole log."""
+    ok = 0
+    for _ in range(tries):
+        try:
+            conn = ZK(dev.host, port=dev.port, timeout=1, force_udp=True, ommit_ping=True).connect()
+            try:
+                conn.read_sizes()
+                data, _ = conn.read_with_buffer(13)
+                ok += len(data) == expected
+            finally:
+                conn.disconnect()
+        except Exception:  # any failure counts as a failed read here
+            pass
+    return ok
+
+
 def pyzk_download(dev: Any, transport: str) -> list[Any]:
     conn = ZK(dev.host, port=dev.port, timeout=60, force_udp=transport == "udp", ommit_ping=True).connect()
     try:
@@ -82,6 +110,9 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=500)
     ap.add_argument("--pyzk-limit-s", type=float, default=300.0,
                     help="skip pyzk for bigger logs once one run took longer than this")
+    ap.add_argument("--loss-records", type=int, default=10_000, help="log size for the UDP loss runs (3)")
+    ap.add_argument("--losses", type=float, nargs="+", default=[0.0, 0.02, 0.05])
+    ap.add_argument("--loss-repeat", type=int, default=5, help="downloads per loss level (median time)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -110,6 +141,25 @@ def main() -> None:
             print(f"  measured {n} records", file=sys.stderr, flush=True)
             fleet.remove(dev.serial)
 
+        loss_rows: list[dict[str, Any]] = []
+        n = args.loss_records
+        for loss in args.losses:
+            dev = fleet.add(DeviceSpec(serial=f"LOSS{int(loss * 1000)}", records=n, users=args.users,
+                                       record_layout=40, user_layout=72, records_cap=max(n, 200_000), seed=7))
+            dev.set_fault("udp_loss", loss)
+            times, resends = [], []
+            for _ in range(args.loss_repeat):
+                t0 = time.perf_counter()
+                punches, resent = zkdriver_lossy(dev)
+                times.append(time.perf_counter() - t0)
+                resends.append(resent)
+                assert len(punches) == n
+            expected = 4 + 40 * n
+            loss_rows.append({"loss": loss, "time": statistics.median(times), "max": max(times),
+                              "resends": statistics.mean(resends), "pyzk_ok": pyzk_udp_ok(dev, expected, 5)})
+            print(f"  measured udp loss {loss:.0%}", file=sys.stderr, flush=True)
+            fleet.remove(dev.serial)
+
     print("\n(1) whole-log download + decode, 40-byte records, 500 users, loopback TCP (median s)")
     print(f"{'records':>9} {'ZkDriver':>10} {'pyzk get_attendance':>20} {'pyzk/ZkDriver':>14} "
           f"{'decode only':>12} {'µs/record':>10}")
@@ -130,6 +180,15 @@ def main() -> None:
     for r in rows:
         print(f"{r['n']:>9} {r['poll_tcp']:>9.4f} {r['drv_tcp']:>9.3f} {r['drv_tcp'] / r['poll_tcp']:>6.0f}x "
               f"{r['poll_udp']:>9.4f} {r['drv_udp']:>9.3f} {r['drv_udp'] / r['poll_udp']:>6.0f}x")
+
+    print(f"\n(3) UDP download of {args.loss_records} records with datagram loss (both directions), "
+          f"ZkDriver, {args.loss_repeat} downloads each")
+    print(f"{'loss':>5} {'median s':>9} {'max s':>7} {'x lossless':>11} {'re-sent/download':>17} "
+          f"{'pyzk read_with_buffer ok':>25}")
+    base = loss_rows[0]["time"] if loss_rows else 0.0
+    for r in loss_rows:
+        print(f"{r['loss']:>5.0%} {r['time']:>9.3f} {r['max']:>7.3f} {r['time'] / base:>10.1f}x "
+              f"{r['resends']:>17.1f} {r['pyzk_ok']:>21}/5")
 
 
 if __name__ == "__main__":

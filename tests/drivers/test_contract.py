@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import pytest
-from conftest import Harness, punch_key
+from drivers_harness import Harness, punch_key
 
 from drivers.base import (
     ClearsLog,

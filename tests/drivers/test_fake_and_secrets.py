@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from conftest import add_sim_device, zk_driver_for
+from drivers_harness import add_sim_device, zk_driver_for
 
 from drivers.base import AuthRejected, Busy, IdentityMismatch, ProtocolError, Unreachable
 from drivers.fake import FakeDevice, FakeDriver, make_punch

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 import pytest
-from conftest import add_sim_device, punch_key, sim_truth, zk_driver_for
+from drivers_harness import add_sim_device, punch_key, sim_truth, zk_driver_for
 
 from drivers.zk import ZkDriver, ZkQuirks
 from drivers.zk.driver import _HookedZK

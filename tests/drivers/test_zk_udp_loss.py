@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from conftest import add_sim_device, punch_key, sim_truth, zk_driver_for
+from drivers_harness import add_sim_device, punch_key, sim_truth, zk_driver_for
 
 from drivers.base import Unreachable
 from drivers.zk import ZkDriver, ZkParams
