@@ -120,11 +120,14 @@ class UdpCounters:
     duplicates: int = 0
     #: Chunks (1504) completed.
     chunks: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, name: str, n: int = 1) -> None:
-        with self._lock:
+        # One module-wide lock rather than a field: keeps the dataclass copyable (asdict, deepcopy).
+        with _COUNTERS_LOCK:
             setattr(self, name, getattr(self, name) + n)
+
+
+_COUNTERS_LOCK = threading.Lock()
 
 
 class RttEstimator:
@@ -276,13 +279,17 @@ class UdpChannel:
         Retry-safe commands are re-sent with a fresh reply id after each retransmission timeout;
         the answer to ANY of those sends is accepted (the same idempotent question, answered in
         one datagram), so a slow device's late answer is not wasted. Others are sent once and
-        waited for ``timeout_s``, as pyzk does.
+        waited for ``timeout_s``, as pyzk does (EXIT: two RTOs).
         """
         retry = command in RETRY_SAFE
         saved = self.wire.gettimeout()
         try:
             sent: dict[int, float] = {}
             rto = self.rtt.rto(self.timeout_s) if retry else self.timeout_s
+            if command == CMD_EXIT:
+                # Goodbye: once sent, a device that ends the session ignores a repeat, and nobody
+                # needs its answer; waiting a full timeout for a lost one would only stall the poll.
+                rto = min(self.timeout_s, 2 * self.rtt.rto(self.timeout_s))
             last_heard = time.monotonic()
             while True:
                 sent[self._send(command, data)] = time.monotonic()
