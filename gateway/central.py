@@ -746,6 +746,7 @@ class CentralService:
         #: itself was down; see CENTRAL_OUTAGE_S).
         self.grace_from: datetime | None = None
         self._lock = threading.Lock()
+        self._failing = False
 
     def start(self) -> None:
         """Register the daily receipt pruning and the silent-gateway check."""
@@ -794,7 +795,14 @@ class CentralService:
                 written = self._check(now)
                 self.api.store.set_fact(_HEARTBEAT_KEY, now.isoformat())
         except Exception:
-            log.exception("silent-gateway check failed")
+            # One traceback per failure streak (a database outage would otherwise log one every minute).
+            if not self._failing:
+                log.exception("silent-gateway check failed; retrying every check")
+            self._failing = True
+            return written
+        if self._failing:
+            log.info("silent-gateway check works again")
+            self._failing = False
         if written:
             router = getattr(self.ctx.extras.get("health"), "router", None)
             if router is not None:

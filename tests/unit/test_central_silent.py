@@ -226,3 +226,26 @@ def test_fpgw_central_gateways_marks_silent_gateways(tmp_path: Path, capsys: pyt
     assert main(["-c", str(cfg), "central", "gateways", "--json"]) == 0
     assert {g["name"]: g["silent"] for g in json.loads(capsys.readouterr().out)} == {"dinkes-gw": False,
                                                                                     "disdik-gw": True}
+
+
+def test_a_failing_check_is_logged_once_per_streak(centre: Centre, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gateway.central
+
+    events: list[str] = []
+    monkeypatch.setattr(gateway.central.log, "exception", lambda msg, **kw: events.append(msg))
+    monkeypatch.setattr(gateway.central.log, "info", lambda msg, **kw: events.append(msg))
+    svc = centre.service()
+    broken = True
+    real = centre.api.store.silent_watch_rows
+
+    def rows() -> list[dict[str, Any]]:
+        if broken:
+            raise OSError("database gone")
+        return real()
+
+    monkeypatch.setattr(centre.api.store, "silent_watch_rows", rows)
+    for _ in range(3):
+        assert svc.check_silent() == []
+    broken = False
+    assert svc.check_silent() == []
+    assert events == ["silent-gateway check failed; retrying every check", "silent-gateway check works again"]
