@@ -179,7 +179,10 @@ class _HookedZK(ZK):  # type: ignore[misc]
         if command not in (zk_const.CMD_CONNECT, zk_const.CMD_AUTH) and not self.is_connect:
             raise ZKErrorConnection("instance are not connected.")
         udp = self.udp
-        udp.session_id, udp.reply_id = self._ZK__session_id, self._ZK__reply_id
+        udp.session_id = self._ZK__session_id
+        if command != zk_const.CMD_CONNECT:
+            # (CONNECT starts from the channel's random reply id, not pyzk's fixed one: udp.py.)
+            udp.reply_id = self._ZK__reply_id
         try:
             pkt = udp.request(command, bytes(command_string))
         finally:

@@ -20,7 +20,7 @@ Rules this module keeps (why in each place):
 * Only idempotent commands are re-sent (reads, CONNECT/AUTH, DISABLE/ENABLE, 1503/1504/1502).
   CLEAR_ATTLOG, SET_TIME, user writes, EXIT ... go out once, as in pyzk.
 * Waits follow an adaptive retransmission timeout (RFC 6298 style, measured per driver) that
-  doubles after each unanswered attempt. An exchange gives up when nothing belonging to it has
+  grows by half after each unanswered attempt. An exchange gives up when nothing belonging to it has
   been heard for ``timeout_s`` (the same bound as one unanswered request before) or after
   ``MAX_ATTEMPTS`` attempts; never with partial data.
 * After a failed chunk attempt the next request asks for the same start offset with half the
@@ -30,6 +30,7 @@ Rules this module keeps (why in each place):
 
 from __future__ import annotations
 
+import random
 import struct
 import threading
 import time
@@ -80,11 +81,16 @@ GROW_AFTER = 4
 MAX_ATTEMPTS = 10
 #: Largest datagram: read whole datagrams (pyzk reads 8..1032 bytes and silently truncates).
 _RECV = 65536
-#: Floor of the retransmission timeout: below this, a device that pauses for a flash read would be
-#: flooded with repeats (harmless, they are discarded, but useless traffic).
-MIN_RTO_S = 0.2
+#: Floor of the retransmission timeout. Loss costs about one RTO per lost request, so the floor
+#: sets the price of loss on a fast LAN; below it, a device pausing for a flash read would get
+#: needless repeats (harmless: its late answer is still used, the repeat's answer dropped).
+MIN_RTO_S = 0.1
 #: Retransmission timeout before any round trip was measured.
 INITIAL_RTO_S = 1.0
+#: Growth of the retransmission timeout after each unanswered attempt. Gentler than TCP's doubling:
+#: the traffic is a few tiny datagrams (no congestion to back off from), and a gentler curve fits
+#: more attempts into ``timeout_s`` (10 s: 8 attempts instead of 6), which is what rides out loss.
+BACKOFF = 1.5
 
 
 class UdpNoAnswer(TimeoutError):
@@ -242,7 +248,15 @@ class UdpChannel:
         self.counters = counters
         self.max_chunk = max_chunk
         self.session_id = 0
-        self.reply_id = 0xFFFF - 1
+        # Reply ids restart with every connection. pyzk starts at the same value each time (CONNECT
+        # = 0), so late datagrams of an earlier connection -- the re-enable connection reuses the
+        # socket, a NAT may map a new socket to the old port -- would carry the reply ids the new
+        # one is about to use. A random start makes such a collision a 1-in-65535 accident.
+        # Terminals echo whatever id they get (zk-protocol.md §1.4; node-zklib starts at 1).
+        self.reply_id = random.randrange(0xFFFF)
+        #: Whether this terminal echoes our session id in its answers (learnt from the first answer
+        #: after CONNECT). If it does, an answer with another session id is not ours: dropped.
+        self.echoes_session: bool | None = None
         self._chunk = max_chunk
         self._clean = 0
 
@@ -262,6 +276,16 @@ class UdpChannel:
             return self.wire.recv(_RECV)
         except TimeoutError:
             return None
+
+    def _session_ok(self, pkt: bytes, command: int = 0) -> bool:
+        """False for an answer carrying another session id, once the terminal showed it echoes ours."""
+        if command in (CMD_CONNECT, CMD_AUTH) or not self.session_id:
+            return True  # the session id is being set up
+        sid = int(struct.unpack_from("<H", pkt, 4)[0])
+        if self.echoes_session is None:
+            # Clients never check it (§1.3), so some firmware may not echo it: learn, don't assume.
+            self.echoes_session = sid == self.session_id
+        return not self.echoes_session or sid == self.session_id
 
     def _no_answer(self, what: str, attempts: int) -> UdpNoAnswer:
         host, port = self.address
@@ -299,7 +323,7 @@ class UdpChannel:
                         self.counters.add("stale")
                         continue
                     code, _chk, _sid, rid = struct.unpack_from("<4H", pkt)
-                    if rid in sent and code != CMD_REG_EVENT:
+                    if rid in sent and code != CMD_REG_EVENT and self._session_ok(pkt, command):
                         self.rtt.sample(time.monotonic() - sent[rid])
                         return pkt
                     # Late answer to an earlier exchange, or a realtime event (never a reply).
@@ -307,7 +331,7 @@ class UdpChannel:
                 if not retry or len(sent) >= MAX_ATTEMPTS or time.monotonic() >= last_heard + self.timeout_s:
                     raise self._no_answer(f"command {command}", len(sent))
                 self.counters.add("resends")
-                rto = min(rto * 2, self.timeout_s)
+                rto = min(rto * BACKOFF, self.timeout_s)
         finally:
             self.wire.settimeout(saved)
 
@@ -336,7 +360,7 @@ class UdpChannel:
             wait_until = min(time.monotonic() + rto, last_heard + self.timeout_s)
             while not current.failed and (pkt := self._recv(wait_until)) is not None:
                 att = attempts.get(struct.unpack_from("<H", pkt, 6)[0]) if len(pkt) >= 8 else None
-                if att is None or struct.unpack_from("<H", pkt)[0] == CMD_REG_EVENT:
+                if att is None or struct.unpack_from("<H", pkt)[0] == CMD_REG_EVENT or not self._session_ok(pkt):
                     self.counters.add("stale")  # earlier exchange (old reply id), event, or junk
                     continue
                 self._take(att, pkt, start)
@@ -348,7 +372,7 @@ class UdpChannel:
             # This attempt failed: it came back incomplete, or went quiet for a whole RTO.
             last_problem = current.describe()
             if not current.heard:
-                rto = min(rto * 2, self.timeout_s)  # nothing came back: back off, the link may be down
+                rto = min(rto * BACKOFF, self.timeout_s)  # nothing came back: back off, the link may be down
             # (An answer that came back short means the device is there: re-ask at once.)
             if time.monotonic() >= last_heard + self.timeout_s:
                 raise self._no_answer(f"chunk at offset {start}", len(attempts))
