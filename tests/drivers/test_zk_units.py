@@ -47,6 +47,8 @@ def test_quirks_from_mapping_reads_every_key() -> None:
         ({"user_size": 40}, "user_size"),
         ({"disable_while_reading": "yes"}, "disable_while_reading"),
         ({"read_users": 1}, "read_users"),
+        ({"udp_max_chunk": 512}, "udp_max_chunk"),
+        ({"udp_max_chunk": "1024"}, "udp_max_chunk"),
     ],
 )
 def test_quirks_reject_unknown_or_invalid_keys_by_name(mapping: dict[str, object], names: str) -> None:
@@ -190,6 +192,34 @@ def test_network_failures_are_unreachable(exc: BaseException) -> None:
     assert isinstance(out, Unreachable) and out.transient
 
 
+@pytest.mark.parametrize(
+    ("exc", "message"),
+    [
+        (wrapped(TimeoutError("timed out")), "no answer from h:4370/tcp within 10 s (op)"),
+        (wrapped(ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")),
+         "connection refused by h:4370/tcp (op): nothing listens on that port"),
+        (wrapped(OSError(errno.EHOSTUNREACH, "No route to host")), "no route to h:4370/tcp (op)"),
+        (ConnectionResetError("reset"), "connection to h:4370/tcp dropped during op"),
+        (wrapped(BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")),
+         "network error talking to h:4370/tcp during op: Resource temporarily unavailable"),
+    ],
+)
+def test_unreachable_messages_are_plain(exc: BaseException, message: str) -> None:
+    out = translate(exc, "op", "tcp://h:4370", [], None, 10.0)
+    assert isinstance(out, Unreachable) and str(out) == message
+
+
+def test_tcp_connect_timeout_reads_as_no_answer() -> None:
+    # connect_ex() on a socket with a timeout returns EAGAIN for a timeout ("[Errno 11] Resource
+    # temporarily unavailable" in the message operators used to get).
+    class Raw:
+        def connect_ex(self, address: object) -> int:
+            return errno.EAGAIN
+
+    with pytest.raises(TimeoutError, match="timed out"):
+        RecordingSocket(Raw(), FrameRing(), tcp=True).connect_ex(("10.0.0.5", 4370))  # type: ignore[arg-type]
+
+
 def test_unauthenticated_is_auth_rejected_not_transient() -> None:
     out = tr(ZKErrorResponse("Unauthenticated"), 2005)
     assert isinstance(out, AuthRejected) and not out.transient
@@ -217,3 +247,14 @@ def test_nonsense_is_protocol_error_with_frames(exc: BaseException) -> None:
     out = tr(exc, 2001)
     assert isinstance(out, ProtocolError)
     assert out.frames == ["rx 00"]
+
+
+def test_udp_exchange_failures_translate() -> None:
+    from drivers.zk import udp
+
+    assert isinstance(tr(udp.UdpExchangeError("chunk at offset 0 still incomplete")), ProtocolError)
+    assert isinstance(tr(udp.UdpRefused("busy", 2003)), Busy)
+    assert isinstance(tr(udp.UdpRefused("refused", 2001)), ProtocolError)
+    out = translate(udp.UdpNoAnswer("raw", 10.0, 5), "download attendance log", "udp://10.0.0.5:4370", [], None)
+    assert isinstance(out, Unreachable)
+    assert str(out) == "no answer from 10.0.0.5:4370/udp within 10 s (download attendance log; asked 5 times)"
