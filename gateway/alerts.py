@@ -22,6 +22,7 @@ import structlog
 
 from gateway.config import Config, DeviceConfig
 from gateway.health import DeviceHealth, Transition
+from gateway.humanize import duration_text
 from gateway.store.health_repo import AlertRow, HealthRepo
 
 log = structlog.get_logger(__name__)
@@ -97,15 +98,6 @@ CHECKS: dict[str, tuple[str, ...]] = {
 _EVENT_WORD = {"start": "PROBLEM", "end": "RESOLVED", "reminder": "STILL OPEN", "escalate": "WORSE",
                "notice": "NOTICE"}
 _APPRISE_TYPE = {"info": "info", "warning": "warning", "critical": "failure"}
-
-
-def _fmt_duration(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    if seconds < 3600:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"
 
 
 @dataclass(frozen=True)
@@ -207,9 +199,9 @@ class AlertRouter:
         word = _EVENT_WORD.get(t.event, t.event.upper())
         problem_text = t.problem.replace("_", " ")
         if t.event == "end":
-            headline = f"{problem_text} resolved after {_fmt_duration(t.duration_s)}"
+            headline = f"{problem_text} resolved after {duration_text(t.duration_s)}"
         elif t.event == "reminder":
-            headline = f"{problem_text} for {_fmt_duration(t.duration_s)}: {t.detail}"
+            headline = f"{problem_text} for {duration_text(t.duration_s)}: {t.detail}"
         else:
             headline = f"{problem_text}: {t.detail}"
         title = f"[{word}] {name} ({t.device_id}) {problem_text} - {site.office_name or site.office_code}"
@@ -275,9 +267,9 @@ class AlertRouter:
         if muted:
             fields["muted"] = True
         if t.event == "end":
-            log.info("device problem resolved", duration=_fmt_duration(t.duration_s), **fields)
+            log.info("device problem resolved", duration=duration_text(t.duration_s), **fields)
         elif t.event == "reminder":
-            log.warning("device problem still open", duration=_fmt_duration(t.duration_s), **fields)
+            log.warning("device problem still open", duration=duration_text(t.duration_s), **fields)
         elif t.severity == "info":
             log.info(f"device {t.event}", **fields)
         else:

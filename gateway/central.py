@@ -38,6 +38,7 @@ from starlette.routing import BaseRoute, Route
 
 from gateway import export
 from gateway.config import CentralConfig, Config
+from gateway.humanize import duration_text
 from gateway.models import Punch
 from gateway.normalize import state_name, verify_name
 from gateway.services import AppContext, Service
@@ -721,15 +722,6 @@ _HEARTBEAT_KEY = "central.silent_check_at"
 CENTRAL_OUTAGE_S = 300.0
 
 
-def _fmt_duration(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    if seconds < 3600:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"
-
-
 class CentralService:
     """The central API's housekeeping on the scheduler: receipt pruning and the silent-gateway watch."""
 
@@ -827,7 +819,7 @@ class CentralService:
                 if self.api.store.open_silent(name, last_seen_at=last, now=now,
                                               alert=self._alert(g, "start", now, quiet_s)):
                     log.warning("office gateway silent", gateway=name, office=g["office_code"],
-                                last_contact=last.isoformat(), silent_for=_fmt_duration(quiet_s),
+                                last_contact=last.isoformat(), silent_for=duration_text(quiet_s),
                                 backlog=g["outbox_depth"])
                     out.append((name, "start"))
             elif name not in watched:
@@ -840,13 +832,13 @@ class CentralService:
                 if self.api.store.close_silent(name, silent_since=g["silent_since"],
                                                alert=self._alert(g, "end", now, outage_s)):
                     log.info("office gateway reporting again", gateway=name, office=g["office_code"],
-                             outage=_fmt_duration(outage_s), backlog=g["outbox_depth"])
+                             outage=duration_text(outage_s), backlog=g["outbox_depth"])
                     out.append((name, "end"))
             elif self._reminder_due(g["silent_notified_at"], now, reminder_s) and self.api.store.remind_silent(
                     name, notified_at=g["silent_notified_at"], now=now,
                     alert=self._alert(g, "reminder", now, quiet_s)):
                 log.warning("office gateway still silent", gateway=name, office=g["office_code"],
-                            silent_for=_fmt_duration(quiet_s))
+                            silent_for=duration_text(quiet_s))
                 out.append((name, "reminder"))
         return out
 
@@ -864,7 +856,7 @@ class CentralService:
         since: datetime = g["silent_since"] or last
         depth, oldest = g["outbox_depth"], g["oldest_unforwarded_s"]
         backlog = ("no backlog figure reported" if depth is None else
-                   f"{depth} punch(es) waiting" + (f", the oldest {_fmt_duration(oldest)} old" if oldest else ""))
+                   f"{depth} punch(es) waiting" + (f", the oldest {duration_text(oldest)} old" if oldest else ""))
         where = ", ".join(x for x in (f"from {g['remote_addr']}" if g.get("remote_addr") else "",
                                       f"host {g['hostname']}" if g.get("hostname") else "",
                                       f"fpgw {g['version']}" if g.get("version") else "") if x)
@@ -876,17 +868,17 @@ class CentralService:
                        f"from the gateway tokens file. Last contact {contact}.")
         elif event == "end":
             word, severity = "RESOLVED", "info"
-            headline = f"Office gateway {name} - {office} reporting again after {_fmt_duration(duration_s)}"
+            headline = f"Office gateway {name} - {office} reporting again after {duration_text(duration_s)}"
             message = (f"RESOLVED The office gateway {name} of {office} reports again after "
-                       f"{_fmt_duration(duration_s)} of silence (contact {contact}). It now reports {backlog}; "
+                       f"{duration_text(duration_s)} of silence (contact {contact}). It now reports {backlog}; "
                        "they arrive by themselves.")
         else:
             word = "PROBLEM" if event == "start" else "STILL OPEN"
             severity = "critical"
-            headline = f"Office gateway {name} - {office} silent for {_fmt_duration(duration_s)}"
+            headline = f"Office gateway {name} - {office} silent for {duration_text(duration_s)}"
             message = (f"{word} [critical] The office gateway {name} of {office} has not reported to the central "
-                       f"server for {_fmt_duration(duration_s)} (alert after "
-                       f"{_fmt_duration(self.silent_after_s)}). Last contact {contact}. At its last contact it "
+                       f"server for {duration_text(duration_s)} (alert after "
+                       f"{duration_text(self.silent_after_s)}). Last contact {contact}. At its last contact it "
                        f"reported {backlog}. No punches or device health from this office arrive until it "
                        "reports again; punches are kept at the office meanwhile.")
         gateway = {"name": name, "office_code": code, "office_name": office_name or None,

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from gateway.config import Config
+from gateway.humanize import duration_text
 
 
 def _date(text: str) -> date:
@@ -181,23 +182,13 @@ def cmd_forward_status(args: argparse.Namespace) -> int:
     print(f"upstream:        {config.forward.url or '(forwarding off: [forward] url is empty)'}")
     print(f"waiting:         {stats.depth} punch(es)")
     if stats.oldest_age_s is not None:
-        print(f"oldest waiting:  {_human(stats.oldest_age_s)}" + ("  (LATE: past forward.alert_after_s)" if late
+        print(f"oldest waiting:  {duration_text(stats.oldest_age_s)}" + ("  (LATE: past forward.alert_after_s)" if late
                                                                   else ""))
     print(f"rejected:        {stats.rejected} punch(es)" + ("  -> fix the cause, then `fpgw forward retry-rejected`"
                                                              if stats.rejected else ""))
     for r in rejected:
         print(f"  #{r['punch_id']} {r['device_id']} {r['device_user_id']} {r['device_time']}: {r['last_error']}")
     return 1 if late else 0
-
-
-def _human(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"
 
 
 def cmd_forward_retry(args: argparse.Namespace) -> int:
@@ -301,15 +292,15 @@ def cmd_gateways(args: argparse.Namespace) -> int:
     print(f"{'gateway':<24} {'office':<14} {'last contact':>13} {'status':<7} {'backlog':>8} {'oldest':>9} "
           f"{'punches':>9}")
     for g in rows:
-        oldest = _human(g["oldest_unforwarded_s"]) if g["oldest_unforwarded_s"] is not None else "-"
+        oldest = duration_text(g["oldest_unforwarded_s"]) if g["oldest_unforwarded_s"] is not None else "-"
         depth = g["outbox_depth"] if g["outbox_depth"] is not None else "-"
-        ago = _human((now - g["last_seen_at"]).total_seconds()) + " ago"
+        ago = duration_text((now - g["last_seen_at"]).total_seconds()) + " ago"
         status = "SILENT" if g["silent"] else "ok"
         print(f"{g['name']:<24} {g['office_code']:<14} {ago:>13} {status:<7} {depth!s:>8} {oldest:>9} "
               f"{g['punches_received']:>9}")
     silent = sum(1 for g in rows if g["silent"])
     if silent:
-        print(f"\n{silent} gateway(s) SILENT: no contact for more than {_human(silent_after_s)} "
+        print(f"\n{silent} gateway(s) SILENT: no contact for more than {duration_text(silent_after_s)} "
               "(central.gateway_silent_after_s). At the office check: is the server powered on, is the internet "
               "link up, `systemctl status fpgw`, `fpgw forward status`.")
     return 0

@@ -20,6 +20,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from gateway.config import Config, WorkingHoursConfig
+from gateway.humanize import duration_text
 from gateway.models import PollOutcome
 
 #: Every problem name the tracker can open, in the order the status page lists them.
@@ -162,17 +163,6 @@ def _parse_dt(text: str) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-def _fmt_s(seconds: float) -> str:
-    seconds = abs(seconds)
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"
-
-
 class HealthTracker:
     """Outcomes and sweeps in, Transitions out. Not thread-safe: the owner serializes calls."""
 
@@ -232,7 +222,8 @@ class HealthTracker:
             # Stopped by our own shutdown: says nothing about the device.
             return out
         if kind == "timeout":
-            self._open(h, out, "poll_hang", now, f"a poll ran past the {_fmt_s(self.config.polling.poll_deadline_s)} "
+            deadline = duration_text(self.config.polling.poll_deadline_s)
+            self._open(h, out, "poll_hang", now, f"a poll ran past the {deadline} "
                        "deadline (polling.poll_deadline_s) and was stopped",
                        {"deadline_s": self.config.polling.poll_deadline_s, "error": outcome.error})
         else:
@@ -290,7 +281,7 @@ class HealthTracker:
             self._check_offline(h, now, out)
             if h.poll_started_at is not None and (now - h.poll_started_at).total_seconds() > deadline:
                 self._open(h, out, "poll_hang", now,
-                           f"a poll started {_fmt_s((now - h.poll_started_at).total_seconds())} ago and has not "
+                           f"a poll started {duration_text((now - h.poll_started_at).total_seconds())} ago and has not "
                            "finished", {"started_at": h.poll_started_at.isoformat(), "deadline_s": deadline})
             self._check_silent(h, now, out)
             for p in list(h.problems.values()):
@@ -329,15 +320,16 @@ class HealthTracker:
         h.clock_skew_s = o.clock_skew_s
         if o.clock_corrected:
             skew = o.clock_skew_s or 0.0
+            direction = "ahead" if skew > 0 else "behind"
             self._notice(h, out, "clock_corrected", now,
-                         f"device clock was {_fmt_s(skew)} {'ahead' if skew > 0 else 'behind'}; the gateway set it",
+                         f"device clock was {duration_text(skew)} {direction}; the gateway set it",
                          {"clock_skew_s": o.clock_skew_s})
             self._close(h, out, "clock_skew", now)
         elif o.clock_skew_s is not None and not rtc_reset:
             skew = o.clock_skew_s
             if abs(skew) > self.rules.clock_skew_warn_s:
                 self._open(h, out, "clock_skew", now,
-                           f"device clock is {_fmt_s(skew)} {'ahead of' if skew > 0 else 'behind'} the server",
+                           f"device clock is {duration_text(skew)} {'ahead of' if skew > 0 else 'behind'} the server",
                            {"clock_skew_s": round(skew, 1), "limit_s": self.rules.clock_skew_warn_s})
             else:
                 self._close(h, out, "clock_skew", now)
@@ -393,7 +385,8 @@ class HealthTracker:
         since = h.last_ok_at.isoformat() if h.last_ok_at else None
         self._open(h, out, "offline", now,
                    f"no answer for {h.consecutive_failures} poll{'s' if h.consecutive_failures != 1 else ''} in a row"
-                   + (f", last good poll {_fmt_s((now - h.last_ok_at).total_seconds())} ago" if h.last_ok_at else "")
+                   + (f", last good poll {duration_text((now - h.last_ok_at).total_seconds())} ago"
+                      if h.last_ok_at else "")
                    + f" (last error: {h.last_error_kind})",
                    {"failures": h.consecutive_failures, "last_ok_at": since, "last_error_kind": h.last_error_kind,
                     "last_error": h.last_error})
@@ -405,7 +398,7 @@ class HealthTracker:
         worked = working_seconds(h.last_new_punch_at, now, self.rules.working_hours, tz)
         if worked >= self.rules.silent_after_s:
             self._open(h, out, "silent", now,
-                       f"reachable but no new punch for {_fmt_s(worked)} of working time "
+                       f"reachable but no new punch for {duration_text(worked)} of working time "
                        f"(since {h.last_new_punch_at.astimezone(tz):%Y-%m-%d %H:%M})",
                        {"last_new_punch_at": h.last_new_punch_at.isoformat(), "working_s": round(worked)})
 
