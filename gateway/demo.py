@@ -167,8 +167,8 @@ def run_demo(folder: Path, *, duration_s: float | None = None, interval_s: float
                 timer.cancel()
                 timer.join()
     print(f"\nDemo stopped. The database stays in {folder}; look at it with:\n"
-          f"  fpgw --config {_rel(config_path)} devices\n"
-          f"  fpgw --config {_rel(config_path)} punches --format csv --output punches.csv", file=sys.stderr)
+          f"  {_fpgw()} --config {_rel(config_path)} devices\n"
+          f"  {_fpgw()} --config {_rel(config_path)} punches --format csv --output punches.csv", file=sys.stderr)
     return code
 
 
@@ -178,6 +178,15 @@ def _forget_previous_run(folder: Path) -> None:
     for name in ("fpgw.db", "fpgw.db-wal", "fpgw.db-shm", "simulator-truth.jsonl"):
         (folder / name).unlink(missing_ok=True)
     shutil.rmtree(folder / "backups", ignore_errors=True)
+
+
+def _fpgw() -> str:
+    """How to call fpgw again from this shell: plain `fpgw` when it is on PATH, else the path used now."""
+    here = Path(sys.argv[0]).absolute() if sys.argv and sys.argv[0] else None
+    found = shutil.which("fpgw")
+    if here is None or here.name != "fpgw" or (found and Path(found).absolute() == here):
+        return "fpgw"
+    return _rel(here)
 
 
 def _rel(path: Path) -> str:
@@ -190,6 +199,7 @@ def _rel(path: Path) -> str:
 def _print_banner(folder: Path, config_path: Path, devices: list[tuple[DemoDevice, Any]], interval_s: float,
                   http_port: int | None, duration_s: float | None) -> None:
     cfg = _rel(config_path)
+    exe = _fpgw()
     out = [
         "",
         "fpgw demo: a simulated office of 4 fingerprint terminals, polled by the real gateway daemon",
@@ -208,10 +218,10 @@ def _print_banner(folder: Path, config_path: Path, devices: list[tuple[DemoDevic
     out += [
         "",
         "  In another terminal, try:",
-        f"    fpgw --config {cfg} devices",
-        f"    fpgw --config {cfg} punches --from $(date +%F) --to $(date +%F)",
-        f"    fpgw --config {cfg} punches --device lobby --format csv --output lobby.csv",
-        f"    fpgw --config {cfg} poll lobby",
+        f"    {exe} --config {cfg} devices",
+        f"    {exe} --config {cfg} punches --from $(date +%F) --to $(date +%F)",
+        f"    {exe} --config {cfg} punches --device lobby --format csv --output lobby.csv",
+        f"    {exe} --config {cfg} poll lobby",
         "",
         f"  Stops by itself after {duration_s:g} s." if duration_s else "  Press Ctrl-C to stop.",
         "",
