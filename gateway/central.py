@@ -512,23 +512,28 @@ class CentralApi:
             raise ApiError(400, "bad_json", f"body is not valid JSON: {exc}") from None
 
     # -- ingest ----------------------------------------------------------------------------------
+    async def _batch_body(self, request: Request, key: str, *, hint: str = "") -> tuple[dict[str, Any], list[Any]]:
+        """The JSON object of an ingest request and its list under ``key``, within central.max_batch."""
+        doc = await self._json_body(request)
+        if not isinstance(doc, dict):
+            raise BadPayload("body must be a JSON object")
+        raw = doc.get(key)
+        if not isinstance(raw, list):
+            raise BadPayload(f"{key}: required, a list")
+        if len(raw) > self.config.max_batch:
+            raise ApiError(413, "batch_too_large",
+                           f"{len(raw)} {key} in one request; at most {self.config.max_batch}{hint}")
+        return doc, raw
+
     async def ingest_punches(self, request: Request) -> Response:
         """POST /ingest/punches: store a batch idempotently; per-punch results."""
         tok = self._bearer(request, self.gateway_tokens)
         office = next(iter(tok.offices or ()))
         try:
-            doc = await self._json_body(request)
-            if not isinstance(doc, dict):
-                raise BadPayload("body must be a JSON object")
+            doc, raw = await self._batch_body(request, "punches", hint=" (forward.batch_size)")
             batch_id = doc.get("batch_id")
             if not isinstance(batch_id, str) or not _BATCH_ID.match(batch_id):
                 raise BadPayload("batch_id: required, 1-100 letters, digits, '_', '.', ':' or '-'")
-            raw = doc.get("punches")
-            if not isinstance(raw, list):
-                raise BadPayload("punches: required, a list")
-            if len(raw) > self.config.max_batch:
-                raise ApiError(413, "batch_too_large",
-                               f"{len(raw)} punches in one batch; at most {self.config.max_batch} (forward.batch_size)")
             meta = _gateway_meta(doc, office)
             parsed = [parse_punch(p, i, office) for i, p in enumerate(raw)]
         except ApiError as exc:
@@ -561,14 +566,7 @@ class CentralApi:
         tok = self._bearer(request, self.gateway_tokens)
         office = next(iter(tok.offices or ()))
         try:
-            doc = await self._json_body(request)
-            if not isinstance(doc, dict):
-                raise BadPayload("body must be a JSON object")
-            raw = doc.get("devices")
-            if not isinstance(raw, list):
-                raise BadPayload("devices: required, a list")
-            if len(raw) > self.config.max_batch:
-                raise ApiError(413, "batch_too_large", f"at most {self.config.max_batch} devices")
+            doc, raw = await self._batch_body(request, "devices")
             meta = _gateway_meta(doc, office)
             devices = [parse_device(d, i) for i, d in enumerate(raw)]
         except ApiError as exc:
