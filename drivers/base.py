@@ -154,9 +154,13 @@ class SetsClock(Protocol):
 
 @runtime_checkable
 class ClearsLog(Protocol):
-    """Optional session ability: clear the attendance log. Only call once every record is stored."""
+    """Optional session ability: clear the attendance log. Only call once every record is stored.
 
-    def clear_punches(self) -> None: ...
+    ``expected_records``: clear only if the device still holds exactly that many records (else Busy),
+    so a punch that landed after the last download is never wiped.
+    """
+
+    def clear_punches(self, expected_records: int | None = None) -> None: ...
 
 
 @runtime_checkable

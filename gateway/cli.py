@@ -138,10 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-reload", action="store_true", help="do not run `systemctl daemon-reload`")
     p.set_defaults(func=cmd_install_unit, one_shot=True, needs_config=False)
 
-    from gateway import cli_central, cli_monitor
+    from gateway import cli_central, cli_clear, cli_monitor
 
     sub.add_parser = add  # type: ignore[method-assign]  # other areas' commands keep their own options
     cli_monitor.register(sub)
+    cli_clear.register(sub)  # after cli_monitor: adds `clear` to the same `devices` actions
     cli_central.register(sub)
     return parser
 
@@ -328,7 +329,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
         muted = r.get("muted_until")
         if muted and datetime.fromisoformat(muted.replace("Z", "+00:00")) > datetime.now(UTC):
             problems = ("" if problems == "-" else problems + ",") + "muted"
-        if r.get("last_poll_outcome") not in (None, "ok", "unchanged"):
+        if r.get("last_poll_outcome") not in (None, "ok", "unchanged", "cleared"):
             problems = problems if problems != "-" else f"last poll: {r['last_poll_outcome']}"
         name = r["device_id"] + ("" if r["device_id"] in configured else " (removed)")
         table.append([name, r["name"] or "", f"{r['address']}:{r['port']}/{r['transport']}", r["serial"] or "-",

@@ -67,6 +67,9 @@ class PollingConfig:
     backoff_max_s: float = 1800.0
     #: On SIGTERM, wait this long for in-flight polls before abandoning them.
     shutdown_deadline_s: float = 20.0
+    #: Clear a device's log after a full poll once records/capacity reaches this (0 = never), but only
+    #: after every record read is verified stored (and accepted upstream when forwarding is on).
+    clear_when_full_ratio: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,8 @@ class DeviceConfig:
     location: str = ""
     #: Date the terminal was installed; earlier punches are kept but flagged ``before_device``.
     installed_on: date | None = None
+    #: polling.clear_when_full_ratio for this device (0 = never clear it automatically).
+    clear_when_full_ratio: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -339,6 +344,7 @@ def _parse_polling(r: Reader) -> PollingConfig:
         full_reconcile_s=r.duration_s("full_reconcile_s", 86400.0, min=60),
         backoff_max_s=r.duration_s("backoff_max_s", 1800.0, min=5),
         shutdown_deadline_s=r.duration_s("shutdown_deadline_s", 20.0, min=1),
+        clear_when_full_ratio=_clear_ratio(r, 0.0),
     )
     r.done()
     return cfg
@@ -383,6 +389,7 @@ def _parse_devices(top: Reader, site: SiteConfig, polling: PollingConfig, base_d
         location = r.str("location", "")
         name = r.str("name", dev_id)
         installed_on = _parse_date(r, "installed_on")
+        clear_ratio = _clear_ratio(r, polling.clear_when_full_ratio)
         r.done()
         if (address, port, transport) in seen_addr:
             r.problem("address", f"another device already uses {address}:{port}/{transport}")
@@ -391,8 +398,18 @@ def _parse_devices(top: Reader, site: SiteConfig, polling: PollingConfig, base_d
                                     transport=transport, driver=driver, comm_key=comm_key,
                                     serial=serial or None, interval_s=interval, timeout_s=timeout,
                                     timezone=tz, enabled=enabled, quirks=dict(quirks), location=location,
-                                    installed_on=installed_on))
+                                    installed_on=installed_on, clear_when_full_ratio=clear_ratio))
     return devices
+
+
+def _clear_ratio(r: Reader, default: float) -> float:
+    """clear_when_full_ratio: 0 (never) or a fill ratio from 0.1 to 1 (a tiny ratio would clear on every poll)."""
+    value = r.float("clear_when_full_ratio", default, min=0.0, max=1.0)
+    if value is None:
+        return default
+    if 0 < value < 0.1:
+        r.problem("clear_when_full_ratio", f"must be 0 (never) or between 0.1 and 1, got {value}")
+    return float(value)
 
 
 def _check_quirks(driver: str, quirks: Mapping[str, Any]) -> str | None:

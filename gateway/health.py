@@ -353,7 +353,8 @@ class HealthTracker:
                            {"records": counts.records, "records_cap": counts.records_cap, "users": counts.users,
                             "users_cap": counts.users_cap, "ratio": round(worst, 3)}, severity=level)
             if o.previous_record_count is not None and counts.records < o.previous_record_count \
-                    and not o.previous_serial:  # a replaced device has its own, unrelated count
+                    and not o.previous_serial \
+                    and not o.cleared_records:  # replaced: unrelated count; cleared by fpgw: verified stored first
                 self._notice(h, out, "log_shrank", now,
                              f"the device log shrank from {o.previous_record_count} to {counts.records} records "
                              "(cleared at the device?)",

@@ -81,6 +81,9 @@ class PollOutcome:
     #: True when this poll set the device clock (clock correction policy).
     clock_corrected: bool = False
     bytes_read: int = 0
+    #: Records fpgw itself cleared from the device after verifying them stored (the log shrank on purpose:
+    #: no log_shrank notice). ``counts`` then holds the count after the clear.
+    cleared_records: int = 0
 
     @property
     def duration_s(self) -> float:

@@ -8,6 +8,12 @@ Steady state is cheap: the log is downloaded only when the record count changed,
 changed, or the periodic full reconcile is due. Every DriverError becomes an outcome with its
 ``kind``; anything else is a bug (logged with a traceback every time). No retry loop here: the
 next tick is the retry (gateway.scheduler backs failing devices off).
+
+Clearing a terminal (`fpgw devices clear`, or the ``clear_when_full_ratio`` policy after a full poll)
+also lives here, because it must reuse the poll's own download and store step: nothing is deleted
+from a device until every record just read is found in the database by its dedup key (and, with
+forwarding on, none of the device's punches still waits in the outbox), and the driver clears only
+if the device still holds exactly the records we read (``clear_punches(expected_records=N)``).
 """
 
 from __future__ import annotations
@@ -18,12 +24,24 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 from zoneinfo import ZoneInfo
 
 import structlog
 from sqlalchemy.exc import DBAPIError
 
-from drivers.base import Counts, DeviceInfo, DeviceUser, Driver, DriverError, RawPunch, ReadsUsers, SetsClock
+from drivers.base import (
+    Busy,
+    ClearsLog,
+    Counts,
+    DeviceInfo,
+    DeviceUser,
+    Driver,
+    DriverError,
+    RawPunch,
+    ReadsUsers,
+    SetsClock,
+)
 from gateway.config import Config, DeviceConfig
 from gateway.models import PollOutcome, Punch
 from gateway.normalize import DEFAULT_NOT_BEFORE, DeviceContext, EmployeeMap, normalize_punches
@@ -65,6 +83,33 @@ class _Read:
     corrected: bool = False
     bytes_read: int = 0
     notes: list[str] = field(default_factory=list)
+    #: The normalized punches of a full read (what a clear must find stored).
+    punches: list[Punch] | None = None
+
+
+ClearStatus = Literal["cleared", "dry_run", "refused", "failed"]
+
+
+@dataclass(frozen=True)
+class ClearResult:
+    """What a clear attempt verified and did (the CLI prints it; the policy logs it)."""
+
+    device_id: str
+    status: ClearStatus
+    message: str
+    serial: str | None = None
+    #: Records downloaded from the device (the count the clear was guarded with).
+    records: int = 0
+    #: Of those, how many were found stored in the database by their dedup key.
+    verified: int = 0
+    new_punches: int = 0
+    #: Outbox rows of this device not yet accepted upstream (pending, rejected); None when not checked.
+    waiting: tuple[int, int] | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the log was cleared, or a dry run found nothing that would stop it."""
+        return self.status in ("cleared", "dry_run")
 
 
 class DevicePoller:
@@ -133,7 +178,117 @@ class DevicePoller:
             self._session(device, state, read, deadline)
         except (DriverError, PollAborted) as exc:
             return self._failed(device, state, read, started, exc)
-        return self._store_good(device, state, read, started)
+        outcome = self._store_good(device, state, read, started)
+        if self._clear_due(device, read.counts) and read.punches is not None:
+            outcome = self._policy_clear(device, read, outcome)
+        return outcome
+
+    # -- clearing ------------------------------------------------------------------------------------
+    def _clear_due(self, device: DeviceConfig, counts: Counts | None) -> bool:
+        """The automatic policy applies: enabled for the device and records/capacity at the ratio.
+
+        Never with an unknown capacity (0): we cannot tell how full the device is.
+        """
+        ratio = device.clear_when_full_ratio
+        if ratio <= 0 or counts is None or counts.records_cap <= 0 or counts.records <= 0:
+            return False
+        return counts.records / counts.records_cap >= ratio
+
+    def _policy_clear(self, device: DeviceConfig, read: _Read, outcome: PollOutcome) -> PollOutcome:
+        result = self._verify_and_clear(device, read, outcome, dry_run=False,
+                                        require_forwarded=bool(self.config.forward.url))
+        if result.status != "cleared":
+            # Not an error: the next full poll tries again (the device keeps every record meanwhile).
+            log.info("automatic clear postponed", reason=result.message, records=result.records)
+            return outcome
+        assert outcome.counts is not None
+        return replace(outcome, cleared_records=result.records, counts=replace(outcome.counts, records=0))
+
+    def clear_device(self, device: DeviceConfig, *, dry_run: bool = False,
+                     require_forwarded: bool | None = None) -> ClearResult:
+        """`fpgw devices clear`: download the whole log, store it, verify, then clear with the count guard.
+
+        ``require_forwarded`` defaults to "forwarding is configured". Never raises for device
+        problems (they become a "failed"/"refused" result); a database error propagates after
+        nothing was cleared.
+        """
+        if require_forwarded is None:
+            require_forwarded = bool(self.config.forward.url)
+        started = self._now()
+        t0 = time.monotonic()
+        with structlog.contextvars.bound_contextvars(device=device.id,
+                                                     serial=self._serials.get(device.id, "unknown")):
+            state = self.store.device_state(device.id)
+            read = _Read()
+            try:
+                self._session(device, state, read, t0 + self.config.polling.poll_deadline_s, force_full=True)
+            except (DriverError, PollAborted) as exc:
+                self._failed(device, state, read, started, exc)
+                return ClearResult(device.id, "failed", f"could not download the log: {exc}",
+                                   serial=read.info.serial if read.info else None)
+            # Same store step (one transaction) as a poll: a database error escapes here, before any clear.
+            outcome = self._store_good(device, state, read, started)
+            result = self._verify_and_clear(device, read, outcome, dry_run=dry_run,
+                                            require_forwarded=require_forwarded)
+            if result.status == "cleared":
+                assert outcome.counts is not None
+                outcome = replace(outcome, cleared_records=result.records,
+                                  counts=replace(outcome.counts, records=0))
+            self._notify(outcome)
+            return result
+
+    def _verify_and_clear(self, device: DeviceConfig, read: _Read, outcome: PollOutcome, *, dry_run: bool,
+                          require_forwarded: bool) -> ClearResult:
+        """Verify every record just read is stored (and forwarded), then clear guarded by its count."""
+        assert read.info is not None and read.punches is not None and read.raw is not None
+        serial = read.info.serial
+        n = len(read.raw)
+        base = ClearResult(device.id, "refused", "", serial=serial, records=n, new_punches=outcome.new_punches)
+        if n == 0:
+            return replace(base, message="the device log is already empty; nothing to clear")
+        missing = self.store.missing_keys(serial, (p.key for p in read.punches))
+        verified = sum(1 for p in read.punches if p.key not in missing)
+        base = replace(base, verified=verified)
+        if missing:
+            return replace(base, message=f"{len(missing)} of the {n} records read are not in the database; "
+                                         "nothing cleared")
+        waiting: tuple[int, int] | None = None
+        if require_forwarded:
+            waiting = self.store.outbox_waiting(device.id)
+            base = replace(base, waiting=waiting)
+            if sum(waiting):
+                pending, rejected = waiting
+                return replace(base, message=f"{pending + rejected} punches of this device are not yet accepted "
+                                             f"by the central server ({pending} pending, {rejected} rejected) "
+                                             "in the outbox; nothing cleared")
+        if dry_run:
+            return replace(base, status="dry_run", message="dry run: every check passed; nothing cleared")
+        cleared_at_start = self._now()
+        try:
+            with self.driver_for(device).connect() as session:
+                now_serial = session.info().serial
+                if now_serial != serial:
+                    return replace(base, message=f"another terminal answers now (serial {now_serial}, read "
+                                                 f"{serial}); nothing cleared")
+                if not isinstance(session, ClearsLog):
+                    return replace(base, status="failed", message="this driver cannot clear a device log")
+                # The driver locks the keypad, re-reads the count and clears only if it is still n.
+                session.clear_punches(expected_records=n)
+        except Busy as exc:
+            return replace(base, message=f"a new punch arrived after the download; nothing cleared ({exc}); "
+                                         "retry to store it and clear")
+        except DriverError as exc:
+            # If the clear command itself got through, nothing is lost either: everything was verified.
+            return replace(base, status="failed", message=f"could not clear the device: {exc}")
+        try:
+            self.store.record_clear(device.id, serial, started_at=cleared_at_start, finished_at=self._now(),
+                                    records_cleared=n)
+        except Exception as exc:
+            log.error("device log cleared but the clear could not be recorded (the next poll may report "
+                      "log_shrank)", error=repr(exc))
+        what = "stored and forwarded" if require_forwarded else "stored"
+        log.info(f"device log cleared by fpgw after verifying {n} punches {what}", records=n)
+        return replace(base, status="cleared", message=f"cleared {n} records after verifying them {what}")
 
     def _check(self, deadline: float, step: str) -> None:
         if self.stop_event.is_set():
@@ -142,7 +297,8 @@ class DevicePoller:
             raise PollAborted("timeout", f"poll exceeded polling.poll_deadline_s "
                                          f"({self.config.polling.poll_deadline_s:g} s) before {step}")
 
-    def _session(self, device: DeviceConfig, state: DeviceState, read: _Read, deadline: float) -> None:
+    def _session(self, device: DeviceConfig, state: DeviceState, read: _Read, deadline: float, *,
+                 force_full: bool = False) -> None:
         driver = self.driver_for(device)
         # The session's exit re-enables the terminal and closes the socket whatever happens inside.
         with driver.connect() as session:
@@ -153,7 +309,7 @@ class DevicePoller:
                 read.skew_s = self._clock(device, session, read)
                 self._check(deadline, "reading counts")
                 read.counts = session.counts()
-                if self._needs_full(device, state, read.info, read.counts):
+                if force_full or self._needs_full(device, state, read.info, read.counts):
                     self._check(deadline, "downloading the log")
                     read.raw = session.read_punches()
                 if isinstance(session, ReadsUsers) and self._needs_users(device, state, read.info, read.counts):
@@ -195,7 +351,12 @@ class DevicePoller:
         if state.last_full_read_at is None:
             return True
         due = state.last_full_read_at + timedelta(seconds=self.config.polling.full_reconcile_s)
-        return self._now() >= due
+        if self._now() >= due:
+            return True
+        # The clear policy needs a fresh full read to verify; with forwarding, only once the outbox of this
+        # device drained (else the clear would be refused anyway and the download wasted).
+        return self._clear_due(device, counts) and (
+            not self.config.forward.url or sum(self.store.outbox_waiting(device.id)) == 0)
 
     def _needs_users(self, device: DeviceConfig, state: DeviceState, info: DeviceInfo, counts: Counts) -> bool:
         return (device.id not in self._users_read or state.serial != info.serial
@@ -214,21 +375,29 @@ class DevicePoller:
             self.employees.refresh()
             punches = normalize_punches(read.raw, self._context(device, info.serial), employees=self.employees,
                                         now=self._now())
+            read.punches = punches
         previous_serial = state.serial if state.serial is not None and state.serial != info.serial else None
         if previous_serial is not None:
             log.warning("device serial changed: terminal replaced or readdressed; polling the new one",
                         previous_serial=previous_serial)
+        cleared_by_us = 0
         if state.last_record_count is not None and counts.records < state.last_record_count \
                 and previous_serial is None:
-            log.warning("device log shrank: cleared at the device? every earlier punch is already stored",
-                        records=counts.records, previous_records=state.last_record_count)
+            # `fpgw devices clear` (another process) may have cleared it while a poll of ours was running.
+            cleared_by_us = self.store.cleared_since_last_poll(device.id) or 0
+            if cleared_by_us:
+                log.info("device log shrank after a clear by fpgw", records=counts.records,
+                         previous_records=state.last_record_count)
+            else:
+                log.warning("device log shrank: cleared at the device? every earlier punch is already stored",
+                            records=counts.records, previous_records=state.last_record_count)
         outcome = PollOutcome(
             device_id=device.id, started_at=started, finished_at=self._now(), ok=True,
             mode="full" if read.raw is not None else "count", serial=info.serial, previous_serial=previous_serial,
             info=info, counts=counts, previous_record_count=state.last_record_count,
             previous_firmware=state.firmware, records_read=len(punches), clock_skew_s=read.skew_s,
             clock_corrected=read.corrected, bytes_read=read.bytes_read,
-            error="; ".join(read.notes) or None,
+            error="; ".join(read.notes) or None, cleared_records=cleared_by_us,
         )
         saved = self.store.save_poll(outcome, punches, forward=bool(self.config.forward.url),
                                      address=(device.address, device.port))

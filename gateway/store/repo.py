@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, Insert, Table, TextClause, select, text, update
+from sqlalchemy import Engine, Insert, Table, TextClause, func, select, text, update
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection
@@ -276,6 +276,69 @@ class Store:
         else:
             conn.execute(update(s.device_identities).where(i.id == row.id)
                          .values(last_seen_at=at, firmware=firmware or None))
+
+    # -- clearing a terminal (gateway.poller.DevicePoller.clear_device / the clear policy) ----------
+    def missing_keys(self, serial: str, keys: Iterable[tuple[str, str, str]]) -> set[tuple[str, str, str]]:
+        """The dedup keys among ``keys`` that are NOT in the punches table (empty = all stored).
+
+        Read back from the database after save_poll committed, so a clear is decided on what is
+        durably there, not on what the insert believed it wrote.
+        """
+        wanted = set(keys)
+        p = s.punches.c
+        with self.engine.connect() as conn:
+            stored = {(serial, r[0], r[1]) for r in conn.execute(
+                select(p.device_user_id, p.device_time).where(p.device_serial == serial))}
+        return wanted - stored
+
+    def outbox_waiting(self, device_id: str) -> tuple[int, int]:
+        """(pending, rejected) outbox rows of this device's punches: not yet accepted upstream."""
+        o, p = s.outbox.c, s.punches.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(o.state, func.count()).select_from(s.outbox.join(s.punches, p.id == o.punch_id))
+                                .where(p.office_code == self.office_code, p.device_id == device_id)
+                                .group_by(o.state)).all()
+        by_state = {r[0]: int(r[1]) for r in rows}
+        return by_state.get("pending", 0), by_state.get("rejected", 0)
+
+    def record_clear(self, device_id: str, serial: str, *, started_at: datetime, finished_at: datetime,
+                     records_cleared: int) -> None:
+        """Record a clear done by fpgw: a poll_runs row (outcome "cleared") and the device's count set to 0.
+
+        Setting last_record_count to 0 in the same transaction is what keeps the next poll from
+        mistaking our own clear for a clear at the keypad (the log_shrank notice).
+        """
+        d = s.devices.c
+        with self._writer.begin() as conn:
+            pk = conn.execute(select(d.pk).where(d.office_code == self.office_code,
+                                                 d.device_id == device_id)).scalar_one()
+            conn.execute(update(s.devices).where(d.pk == pk).values(last_record_count=0, updated_at=utcnow()))
+            conn.execute(s.poll_runs.insert().values(
+                device_pk=pk, serial=serial, started_at=started_at, finished_at=finished_at,
+                duration_s=(finished_at - started_at).total_seconds(), outcome="cleared", mode="full",
+                records_on_device=0, records_read=records_cleared, new_records=0, bytes_read=0, error=None))
+
+    def cleared_since_last_poll(self, device_id: str) -> int | None:
+        """Records cleared by fpgw after the last good poll started (None when there was no such clear).
+
+        Why: `fpgw devices clear` runs in another process than the daemon; a daemon poll that read the
+        count before the clear and stored it after would otherwise make the next poll see a shrink.
+        """
+        d, r = s.devices.c, s.poll_runs.c
+        with self.engine.connect() as conn:
+            pk = conn.execute(select(d.pk).where(d.office_code == self.office_code,
+                                                 d.device_id == device_id)).scalar_one_or_none()
+            if pk is None:
+                return None
+            clear = conn.execute(select(r.finished_at, r.records_read).where(r.device_pk == pk, r.outcome == "cleared")
+                                 .order_by(r.id.desc()).limit(1)).first()
+            if clear is None or clear.finished_at is None:
+                return None
+            last_poll = conn.execute(select(func.max(r.started_at)).where(
+                r.device_pk == pk, r.outcome.in_(("ok", "unchanged")))).scalar_one()
+        if last_poll is not None and clear.finished_at < last_poll:
+            return None
+        return int(clear.records_read or 0)
 
     def save_users(self, serial: str, users: Sequence[DeviceUser]) -> None:
         """Replace the stored user table of one device."""
