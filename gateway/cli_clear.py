@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
 
 from gateway.config import Config
+
+if TYPE_CHECKING:
+    from gateway.poller import ClearResult
 
 EXIT_OK, EXIT_FAILURE = 0, 1
 
@@ -84,7 +87,7 @@ def cmd_clear(args: argparse.Namespace) -> int:
     return EXIT_OK if result.ok else EXIT_FAILURE
 
 
-def _report(device_id: str, where: str, r: Any, *, forwarding: bool, local_only: bool,
+def _report(device_id: str, where: str, r: ClearResult, *, forwarding: bool, local_only: bool,
             waiting_local: tuple[int, int] | None) -> None:
     out = sys.stdout
     if r.status == "failed" and not r.records:
