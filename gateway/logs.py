@@ -161,9 +161,7 @@ def setup_logging(fmt: str = "auto", level: str = "info", *, stream: TextIO | No
     )
     handler.setFormatter(formatter)
     root = logging.getLogger()
-    for old in list(root.handlers):
-        if getattr(old, "_fpgw", False):
-            root.removeHandler(old)
+    _remove_our_handlers(root)
     handler._fpgw = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(numeric)
@@ -175,6 +173,19 @@ def setup_logging(fmt: str = "auto", level: str = "info", *, stream: TextIO | No
         aps.addFilter(_DropMaxInstances())
     logging.captureWarnings(True)
     return fmt
+
+
+def _remove_our_handlers(root: logging.Logger) -> None:
+    for old in list(root.handlers):
+        if getattr(old, "_fpgw", False):
+            root.removeHandler(old)
+
+
+def reset_logging() -> None:
+    """Undo setup_logging (tests and in-process callers of the CLI): our handler off, structlog defaults."""
+    _remove_our_handlers(logging.getLogger())
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()
 
 
 def _colors_ok(stream: TextIO) -> bool:

@@ -28,6 +28,7 @@ from core_support import (
 from test_core_daemon import write_toml
 
 from gateway.cli import main
+from gateway.logs import reset_logging
 from gateway.store import schema as s
 
 pytest.importorskip("simulators.zk", reason="simulators.zk not importable")
@@ -44,16 +45,7 @@ def fleet(tmp_path: Path) -> Iterator[Any]:
 def _restore_logging() -> Iterator[None]:
     """main() configures logging onto the (captured) stderr; undo it so later tests log normally."""
     yield
-    import logging
-
-    import structlog
-
-    root = logging.getLogger()
-    for h in list(root.handlers):
-        if getattr(h, "_fpgw", False):
-            root.removeHandler(h)
-    structlog.reset_defaults()
-    structlog.contextvars.clear_contextvars()
+    reset_logging()
 
 
 def cli(capsys: pytest.CaptureFixture[str], config_path: Path, *argv: str) -> tuple[int, str, str]:

@@ -15,6 +15,7 @@ from core_support import DeviceEntry, config_dict, sim_spec, stored_keys, truth_
 from test_core_daemon import write_toml
 
 from gateway.cli import main
+from gateway.logs import reset_logging
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -23,16 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 def _restore_logging() -> Any:
     """main() configures logging onto the (captured) stderr; undo it so later tests log normally."""
     yield
-    import logging
-
-    import structlog
-
-    root = logging.getLogger()
-    for h in list(root.handlers):
-        if getattr(h, "_fpgw", False):
-            root.removeHandler(h)
-    structlog.reset_defaults()
-    structlog.contextvars.clear_contextvars()
+    reset_logging()
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

@@ -18,7 +18,7 @@ import structlog
 from drivers.fake import FakeDevice, FakeDriver, make_punch
 from gateway import sdnotify
 from gateway.config import parse_config
-from gateway.logs import resolve_format, setup_logging
+from gateway.logs import reset_logging, resolve_format, setup_logging
 from gateway.poller import DevicePoller
 from gateway.store.db import create_db_engine, upgrade
 from gateway.store.repo import Store
@@ -29,12 +29,7 @@ def log_stream() -> Iterator[io.StringIO]:
     """Configure logging into a buffer; restore the defaults afterwards."""
     stream = io.StringIO()
     yield stream
-    root = logging.getLogger()
-    for h in list(root.handlers):
-        if getattr(h, "_fpgw", False):
-            root.removeHandler(h)
-    structlog.reset_defaults()
-    structlog.contextvars.clear_contextvars()
+    reset_logging()
 
 
 @pytest.mark.timeout(10)
