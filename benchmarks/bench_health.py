@@ -32,15 +32,15 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry, generate_latest
 
 from drivers.base import Counts, DeviceInfo
-from gateway import metrics
 from gateway.config import parse_config
-from gateway.health import HealthTracker
-from gateway.http import StatusView
+from gateway.health.monitor import HealthMonitor
+from gateway.health.tracker import HealthTracker
 from gateway.models import PollOutcome
-from gateway.monitor import HealthMonitor
 from gateway.services import AppContext
 from gateway.store.db import create_db_engine, upgrade
-from gateway.store.repo import Store
+from gateway.store.punches import Store
+from gateway.web import metrics
+from gateway.web.status import StatusView
 
 
 def per_call(fn: Callable[[int], Any], n: int, repeat: int = 3) -> float:

@@ -1,4 +1,4 @@
-"""Benchmark: one poll end to end through gateway.poller (driver -> normalize -> store), simulator on loopback.
+"""Benchmark: one poll end to end through gateway.polling.poller (driver -> normalize -> store), simulator on loopback.
 
 Where it sits: complements benchmarks/bench_driver.py (driver only) by timing what the daemon really
 does per poll: the first poll of a device (full download, every punch new), a poll when nothing
@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gateway.config import parse_config
 from gateway.logs import setup_logging
-from gateway.poller import DevicePoller
+from gateway.polling.poller import DevicePoller
 from gateway.store.db import create_db_engine, upgrade
-from gateway.store.repo import Store
+from gateway.store.punches import Store
 from simulators.zk import DeviceSpec, Fleet
 
 

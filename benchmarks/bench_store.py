@@ -1,4 +1,4 @@
-"""Benchmark: punches stored per second on SQLite and PostgreSQL (gateway.store.repo).
+"""Benchmark: punches stored per second on SQLite and PostgreSQL (gateway.store.punches).
 
 Where it sits: a standalone script over the real store code; prints figures and ratios, asserts
 nothing about timing. Baseline measured in the same run: row-by-row inserts (one INSERT ... ON
@@ -30,7 +30,7 @@ from sqlalchemy.engine import make_url
 from gateway.logs import setup_logging
 from gateway.models import Punch
 from gateway.store.db import create_db_engine, upgrade, writer
-from gateway.store.repo import PUNCH_KEY, insert_ignore, insert_punches, punch_row
+from gateway.store.punches import PUNCH_KEY, insert_ignore, insert_punches, punch_row
 from gateway.store.schema import punches as punches_table
 
 

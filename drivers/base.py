@@ -1,8 +1,8 @@
 """The driver contract: what the gateway's poller may ask of any terminal, and how failures are classified.
 
-Flow: gateway.poller -> Driver.connect() -> Session.{info,counts,read_punches,...} -> device.
+Flow: gateway.polling.poller -> Driver.connect() -> Session.{info,counts,read_punches,...} -> device.
 A driver is small, synchronous and blocking; it returns raw device values (no time zone, no dedup:
-that is gateway.normalize's job) and raises only the DriverError subclasses below, so the poller and
+that is gateway.polling.normalize's job) and raises only the DriverError subclasses below, so the poller and
 the health model can react to *what kind* of failure happened (offline vs misconfigured vs broken).
 This module imports nothing from gateway/ and nothing device specific.
 """

@@ -1,7 +1,7 @@
 """Composition root: builds the daemon from a Config, starts and stops it in order.
 
     Gateway(config): engine (+ migrations) -> Store.sync_devices -> scheduler -> AppContext -> poll jobs
-        -> services of gateway.monitor, .forwarder, .central, .http (started in that order, stopped reversed)
+        -> services of gateway.health.monitor, .forwarder, .central, .http (started in that order, stopped reversed)
     run_forever(): signals, faulthandler, sd_notify READY/STATUS/WATCHDOG/STOPPING, waits for the stop event.
 
 Tests run a Gateway in-process with start()/stop(); `fpgw run` calls run_forever().
@@ -24,11 +24,11 @@ from sqlalchemy.engine import make_url
 
 from gateway import sdnotify
 from gateway.config import Config
-from gateway.poller import DevicePoller, DriverFactory
-from gateway.scheduler import PollScheduler, build_scheduler
+from gateway.polling.poller import DevicePoller, DriverFactory
+from gateway.polling.scheduler import PollScheduler, build_scheduler
 from gateway.services import AppContext, Service
 from gateway.store.db import DatabaseError, create_db_engine, current_revision, head_revision, upgrade
-from gateway.store.repo import Store
+from gateway.store.punches import Store
 
 log = structlog.get_logger(__name__)
 
@@ -42,7 +42,10 @@ ServiceFactory = Callable[[AppContext], list[Service]]
 
 def default_service_factories() -> list[tuple[str, ServiceFactory]]:
     """The areas plugged into the daemon, in start order (see gateway.services)."""
-    from gateway import central, forwarder, http, monitor
+    from gateway.central import api as central
+    from gateway.forward import forwarder
+    from gateway.health import monitor
+    from gateway.web import status as http
 
     return [("monitor", monitor.services), ("forwarder", forwarder.services), ("central", central.services),
             ("http", http.services)]

@@ -1,6 +1,6 @@
 """Logging setup: structlog for our own lines, the same renderer for every library's stdlib records.
 
-Called once by gateway.cli before anything logs. Formats: ``journal`` (logfmt with a ``<N>`` syslog
+Called once by gateway.cli.main before anything logs. Formats: ``journal`` (logfmt with a ``<N>`` syslog
 priority prefix and no timestamp, so ``journalctl -p warning`` works), ``json`` (one object per
 line), ``console`` (readable, for a terminal). ``auto`` picks journal when stderr is the journal
 ($JOURNAL_STREAM matches stderr's dev:inode), console on a TTY, JSON otherwise. Per-poll context
@@ -115,7 +115,7 @@ class _CurrentStderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 class _DropMaxInstances(logging.Filter):
-    """APScheduler warns on every skipped tick of an overrunning poll; gateway.scheduler logs it once."""
+    """APScheduler warns on every skipped tick of an overrunning poll; gateway.polling.scheduler logs it once."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "maximum number of running instances reached" not in record.getMessage()

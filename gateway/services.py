@@ -1,10 +1,10 @@
 """The plug-in seam of the daemon: long-running services started and stopped by gateway.app.
 
 gateway.app builds one ``AppContext`` (config, engine, store, scheduler, stop event) and asks each
-area for its services: ``gateway.monitor.services(ctx)`` (health, alerts), ``gateway.forwarder.services(ctx)``
-(outbox -> upstream), ``gateway.central.services(ctx)`` (central API), ``gateway.http.services(ctx)``
-(status page, JSON, /metrics, serves the routes the others registered). Start order is that order;
-stop order is the reverse. Poll outcomes reach services through ``ctx.poll_observers``.
+area for its services: ``gateway.health.monitor`` (health, alerts), ``gateway.forward.forwarder``
+(outbox -> upstream), ``gateway.central.api`` (central API), ``gateway.web.status`` (status page,
+JSON, /metrics, serves the routes the others registered). Start order is that order; stop order is
+the reverse. Poll outcomes reach services through ``ctx.poll_observers``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from gateway.config import Config
     from gateway.models import PollOutcome
-    from gateway.store.repo import Store
+    from gateway.store.punches import Store
 
 
 class Service(Protocol):
@@ -51,7 +51,7 @@ class AppContext:
     stop_event: threading.Event = field(default_factory=threading.Event)
     #: Called (in the polling thread) with every PollOutcome, after it was stored. Must be quick.
     poll_observers: list[Callable[[PollOutcome], None]] = field(default_factory=list)
-    #: Starlette routes registered by services; gateway.http serves them.
+    #: Starlette routes registered by services; gateway.web.status serves them.
     http_routes: list[BaseRoute] = field(default_factory=list)
     #: Prometheus registry every service registers its metrics with.
     metrics_registry: CollectorRegistry | None = None

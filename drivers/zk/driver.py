@@ -1,6 +1,7 @@
 """ZkDriver: the gateway's driver for ZKTeco terminals on port 4370, built on pyzk 0.9 (pinned).
 
-Flow: gateway.poller -> ZkDriver.connect() -> ZkSession.{info,counts,read_punches,...} -> pyzk -> device.
+Flow: gateway.polling.poller -> ZkDriver.connect() -> ZkSession.{info,counts,read_punches,...}
+-> pyzk -> device.
 This is the ONLY module that imports pyzk. It (1) hands pyzk a recording socket (frames.py) so the
 last frames and byte counts are known, (2) uses pyzk only for the wire exchange (read_sizes,
 read_with_buffer, simple commands) and decodes datasets itself in linear time (records.py), (3)

@@ -120,7 +120,7 @@ def insert_alert(conn: Connection, *, office_code: str, problem: str, event: str
                  office_name: str = "", extra: Mapping[str, Any] | None = None, at: datetime | None = None) -> None:
     """Queue a gateway-wide alert (no device) for the alert sender.
 
-    ``details`` holds the alert document in the same shape as gateway.alerts' device alerts (title,
+    ``details`` holds the alert document in the same shape as gateway.health.alerts' device alerts (title,
     message with what to check, office, problem, event, severity, seen), so webhooks get one format.
     ``extra`` adds or replaces top-level keys of that document (the central's silent-gateway alerts name
     the office of the gateway there, while the row belongs to the central's own office_code, which is

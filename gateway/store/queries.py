@@ -1,7 +1,7 @@
 """Read-only queries for people: the device overview and the punch log (CLI, status page, reports).
 
-Sits beside gateway.store.repo (which does the daemon's writes); both are the only SQL in the gateway.
-Health columns come from the device_health table written by gateway.monitor; when it has no row
+Sits beside gateway.store.punches (which does the daemon's writes); both are the only SQL in the gateway.
+Health columns come from the device_health table written by gateway.health.monitor; when it has no row
 for a device the state is "unknown". Results are plain dicts of JSON-friendly values.
 """
 

@@ -13,11 +13,11 @@ from zoneinfo import ZoneInfo
 import pytest
 from core_support import DeviceEntry, RunningGateway, config_dict, sim_spec, table_rows
 
-from gateway.cli import main
+from gateway.cli.main import main
 from gateway.config import load_config
-from gateway.report import build_report
+from gateway.health.report import build_report
 from gateway.store import schema as s
-from gateway.store.health_repo import HealthRepo
+from gateway.store.health import HealthRepo
 
 pytest.importorskip("simulators.zk", reason="simulators.zk not importable")
 from simulators.zk import Fleet, read_truth
@@ -96,7 +96,7 @@ def test_alerts_lists_history_and_open_problems(office, capsys: pytest.CaptureFi
         repo = HealthRepo(engine, config.site.office_code)
         [h] = [x for x in repo.load_health() if x.device_id == "c"]
         t0 = datetime.now(UTC) - timedelta(hours=3)
-        from gateway.health import Problem
+        from gateway.health.tracker import Problem
 
         h.problems["storage"] = Problem("storage", "warning", t0, "records storage 85% full (850 of 1000)")
         repo.record([h], [

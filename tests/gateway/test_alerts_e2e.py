@@ -17,7 +17,7 @@ from core_support import DeviceEntry, RunningGateway, make_config, sim_spec, tab
 from health_support import WebhookReceiver, count
 
 from gateway.store import schema as s
-from gateway.store.health_repo import HealthRepo
+from gateway.store.health import HealthRepo
 
 pytest.importorskip("simulators.zk", reason="simulators.zk not importable")
 from simulators.zk import Fleet

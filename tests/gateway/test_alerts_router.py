@@ -11,13 +11,13 @@ import pytest
 from health_support import WebhookReceiver, count
 from sqlalchemy import select
 
-from gateway.alerts import AlertRouter
 from gateway.config import Config, parse_config
-from gateway.health import Transition
+from gateway.health.alerts import AlertRouter
+from gateway.health.tracker import Transition
 from gateway.store import schema as s
 from gateway.store.db import create_db_engine, upgrade
-from gateway.store.health_repo import HealthRepo
-from gateway.store.repo import Store
+from gateway.store.health import HealthRepo
+from gateway.store.punches import Store
 
 pytestmark = pytest.mark.timeout(60)
 

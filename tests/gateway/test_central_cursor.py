@@ -17,9 +17,9 @@ import pytest
 from sqlalchemy import text
 
 from gateway.models import Punch
-from gateway.store.central_repo import CentralStore, PunchQuery
+from gateway.store.central import CentralStore, PunchQuery
 from gateway.store.db import create_db_engine, upgrade
-from gateway.store.repo import insert_punches
+from gateway.store.punches import insert_punches
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(120)]
 

@@ -18,9 +18,9 @@ import pytest
 from health_support import WebhookReceiver, count
 
 from gateway.app import Gateway
-from gateway.central import PROBLEM_SILENT, add_token
+from gateway.central.api import PROBLEM_SILENT, add_token
 from gateway.config import Config, parse_config
-from gateway.forwarder import Forwarder
+from gateway.forward.forwarder import Forwarder
 from gateway.store.db import create_db_engine, upgrade
 
 OFFICE, CENTRE = "1801.01", "1801.00"

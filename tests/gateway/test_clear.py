@@ -27,7 +27,7 @@ from core_support import (
 )
 from test_core_daemon import write_toml
 
-from gateway.cli import main
+from gateway.cli.main import main
 from gateway.logs import reset_logging
 from gateway.store import schema as s
 
@@ -225,7 +225,7 @@ def test_database_failure_while_storing_clears_nothing(fleet: Any, db_url: str, 
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     from sqlalchemy.exc import OperationalError
 
-    from gateway.store.repo import Store
+    from gateway.store.punches import Store
 
     a = fleet.add(sim_spec("CLR-DB", records=150, seed=14))
     path = write_config(tmp_path, db_url, [DeviceEntry("a", a)])

@@ -14,7 +14,7 @@ import pytest
 from core_support import DeviceEntry, config_dict, sim_spec, stored_keys, truth_keys
 from test_core_daemon import write_toml
 
-from gateway.cli import main
+from gateway.cli.main import main
 from gateway.logs import reset_logging
 
 REPO = Path(__file__).resolve().parents[2]

@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from gateway.central import CentralApi, ThreadedServer, add_token
+from gateway.central.api import CentralApi, ThreadedServer, add_token
 from gateway.config import CentralConfig, parse_config
-from gateway.forwarder import Forwarder
+from gateway.forward.forwarder import Forwarder
 from gateway.models import PollOutcome, Punch
 from gateway.store import schema as s
 from gateway.store.db import create_db_engine, upgrade
 from gateway.store.outbox import outbox_stats
-from gateway.store.repo import Store
+from gateway.store.punches import Store
 
 pytestmark = pytest.mark.timeout(60)
 OFFICE = "1801.05"

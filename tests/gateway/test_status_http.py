@@ -13,8 +13,8 @@ from core_support import DeviceEntry, RunningGateway, make_config, sim_spec
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from gateway.http import build_app, check_access, is_loopback
-from gateway.store.health_repo import HealthRepo
+from gateway.store.health import HealthRepo
+from gateway.web.status import build_app, check_access, is_loopback
 
 pytest.importorskip("simulators.zk", reason="simulators.zk not importable")
 from simulators.zk import Fleet

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from gateway.central import CentralApi, add_token
+from gateway.central.api import CentralApi, add_token
 from gateway.config import CentralConfig
 from gateway.store import schema as s
 from gateway.store.db import create_db_engine, upgrade
@@ -388,10 +388,10 @@ def test_daily_recap_and_completeness_over_the_api(central: Central) -> None:
 @pytest.mark.timeout(60)
 def test_a_broken_token_file_keeps_the_previous_tokens_and_is_logged_once(
         central: Central, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import gateway.central
+    import gateway.central.api
 
     logs: list[dict[str, Any]] = []
-    monkeypatch.setattr(gateway.central, "log", type("Rec", (), {
+    monkeypatch.setattr(gateway.central.api, "log", type("Rec", (), {
         "__getattr__": lambda self, level: lambda event, **kw: logs.append({"event": event, "level": level, **kw})})())
     (tmp_path / "api.toml").write_text("[[token]]\nname = 'half-written")
     for _ in range(3):
@@ -403,10 +403,10 @@ def test_a_broken_token_file_keeps_the_previous_tokens_and_is_logged_once(
 @pytest.mark.timeout(60)
 def test_a_gateway_refused_again_and_again_is_logged_once_and_once_more_when_it_recovers(
         central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
-    import gateway.central
+    import gateway.central.api
 
     logs: list[tuple[str, str, dict[str, Any]]] = []
-    monkeypatch.setattr(gateway.central, "log", type("Rec", (), {
+    monkeypatch.setattr(gateway.central.api, "log", type("Rec", (), {
         "__getattr__": lambda self, level: lambda event, **kw: logs.append((level, event, kw))})())
     assert central.ingest([punch("1")], batch_id="ok-0").status_code == 200  # first contact: no line
     for i in range(4):

@@ -28,10 +28,10 @@ from starlette.routing import Route
 from test_central_api import OFFICE_A, Central, device_doc, make_central, punch
 from test_forward import make_config, punches, store_punches
 
-from gateway.central import openapi_bytes
-from gateway.forwarder import Forwarder
+from gateway.central.api import openapi_bytes
+from gateway.forward.forwarder import Forwarder
 from gateway.store.db import create_db_engine, upgrade
-from gateway.store.repo import Store
+from gateway.store.punches import Store
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
-from gateway.central import PROBLEM_SILENT, CentralApi, CentralService, add_token
+from gateway.central.api import PROBLEM_SILENT, CentralApi, CentralService, add_token
 from gateway.config import Config, ConfigError, parse_config
 from gateway.store import schema as s
 from gateway.store.db import create_db_engine, upgrade
@@ -201,8 +201,8 @@ def test_a_gateway_whose_token_was_removed_is_no_longer_watched(centre: Centre) 
 
 
 def test_fpgw_central_gateways_marks_silent_gateways(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from gateway.cli import main
-    from gateway.store.central_repo import CentralStore
+    from gateway.cli.main import main
+    from gateway.store.central import CentralStore
 
     db = f"sqlite:///{tmp_path / 'central.db'}"
     cfg = tmp_path / "config.toml"
@@ -229,11 +229,11 @@ def test_fpgw_central_gateways_marks_silent_gateways(tmp_path: Path, capsys: pyt
 
 
 def test_a_failing_check_is_logged_once_per_streak(centre: Centre, monkeypatch: pytest.MonkeyPatch) -> None:
-    import gateway.central
+    import gateway.central.api
 
     events: list[str] = []
-    monkeypatch.setattr(gateway.central.log, "exception", lambda msg, **kw: events.append(msg))
-    monkeypatch.setattr(gateway.central.log, "info", lambda msg, **kw: events.append(msg))
+    monkeypatch.setattr(gateway.central.api.log, "exception", lambda msg, **kw: events.append(msg))
+    monkeypatch.setattr(gateway.central.api.log, "info", lambda msg, **kw: events.append(msg))
     svc = centre.service()
     broken = True
     real = centre.api.store.silent_watch_rows

@@ -19,9 +19,9 @@ from drivers.fake import FakeDevice, FakeDriver, make_punch
 from gateway import sdnotify
 from gateway.config import parse_config
 from gateway.logs import reset_logging, resolve_format, setup_logging
-from gateway.poller import DevicePoller
+from gateway.polling.poller import DevicePoller
 from gateway.store.db import create_db_engine, upgrade
-from gateway.store.repo import Store
+from gateway.store.punches import Store
 
 
 @pytest.fixture

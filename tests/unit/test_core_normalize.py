@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from drivers.base import RawPunch
-from gateway.normalize import DeviceContext, EmployeeMap, normalize_punches, state_name, verify_name
+from gateway.polling.normalize import DeviceContext, EmployeeMap, normalize_punches, state_name, verify_name
 
 NOW = datetime(2026, 11, 23, 3, 0, tzinfo=UTC)  # 10:00 WIB
 

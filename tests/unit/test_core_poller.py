@@ -14,10 +14,10 @@ from sqlalchemy import select
 from drivers.base import AuthRejected, DeviceUser, ProtocolError, Unreachable
 from drivers.fake import FakeDevice, FakeDriver, make_punch
 from gateway.config import Config, parse_config
-from gateway.poller import DevicePoller
+from gateway.polling.poller import DevicePoller
 from gateway.store import schema as s
 from gateway.store.db import create_db_engine, upgrade
-from gateway.store.repo import Store
+from gateway.store.punches import Store
 
 BASE = datetime(2026, 11, 20, 7, 0)
 

@@ -12,7 +12,7 @@ import pytest
 
 from gateway.config import Config, DeviceConfig, parse_config
 from gateway.models import PollOutcome
-from gateway.scheduler import PollScheduler, build_scheduler, poll_job_id
+from gateway.polling.scheduler import PollScheduler, build_scheduler, poll_job_id
 
 
 def make_config(tmp_path: Path, n: int = 3, **polling: Any) -> Config:

@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 from openpyxl import load_workbook
 
-from gateway import export
-from gateway.central import load_tokens
-from gateway.cli import main
+from gateway.central import export
+from gateway.central.api import load_tokens
+from gateway.cli.main import main
 from gateway.models import PollOutcome, Punch
 from gateway.store.db import create_db_engine, upgrade
 from gateway.store.outbox import outbox_stats, settle
-from gateway.store.repo import Store
+from gateway.store.punches import Store
 
 pytestmark = pytest.mark.timeout(60)
 OFFICE = "1801.03"
@@ -217,7 +217,7 @@ def test_export_to_a_missing_folder_is_a_clear_error_and_leaves_no_file(tmp_path
 
 
 def test_fpgw_central_gateways_lists_who_forwarded(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from gateway.store.central_repo import CentralStore
+    from gateway.store.central import CentralStore
 
     cfg, db = _office(tmp_path, forward=False)
     capsys.readouterr()

@@ -21,12 +21,12 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import select
 
 from gateway.config import Config, parse_config
-from gateway.forwarder import Forwarder, full_jitter
+from gateway.forward.forwarder import Forwarder, full_jitter
 from gateway.models import PollOutcome, Punch
 from gateway.store import schema as s
 from gateway.store.db import create_db_engine, upgrade
 from gateway.store.outbox import outbox_stats, retry_rejected
-from gateway.store.repo import Store
+from gateway.store.punches import Store
 
 pytestmark = pytest.mark.timeout(60)
 OFFICE = "1801.01"
@@ -113,11 +113,11 @@ class LogRecorder:
 
 @pytest.fixture
 def logs(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    """Log events of gateway.forwarder during the test."""
-    import gateway.forwarder
+    """Log events of gateway.forward.forwarder during the test."""
+    import gateway.forward.forwarder
 
     rec = LogRecorder()
-    monkeypatch.setattr(gateway.forwarder, "log", rec)
+    monkeypatch.setattr(gateway.forward.forwarder, "log", rec)
     return rec.events
 
 
@@ -462,8 +462,8 @@ def test_an_answer_for_other_rows_is_not_trusted(office: Office) -> None:
 
 
 def test_forwarding_alerts_reach_the_team_through_the_alert_sender(office: Office) -> None:
-    from gateway.alerts import AlertRouter, Channel
-    from gateway.store.health_repo import HealthRepo
+    from gateway.health.alerts import AlertRouter, Channel
+    from gateway.store.health import HealthRepo
 
     store_punches(office.store, punches(2))
     office.upstream.decide = lambda p: {"status": "rejected", "reason": "office_mismatch: punch says 9999"}

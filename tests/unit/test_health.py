@@ -9,7 +9,7 @@ import pytest
 
 from drivers.base import Counts, DeviceInfo
 from gateway.config import Config, parse_config
-from gateway.health import HealthTracker, Transition, working_seconds
+from gateway.health.tracker import HealthTracker, Transition, working_seconds
 from gateway.models import PollOutcome
 
 pytestmark = pytest.mark.timeout(30)

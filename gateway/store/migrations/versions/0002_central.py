@@ -14,7 +14,7 @@ down_revision = '0001'
 branch_labels = None
 depends_on = None
 
-#: Must equal gateway.store.central_repo.FEED_LOCK_KEY (kept literal: migrations are frozen history).
+#: Must equal gateway.store.central.FEED_LOCK_KEY (kept literal: migrations are frozen history).
 FEED_LOCK_KEY = 0x46505746
 
 

@@ -1,6 +1,6 @@
 """RawPunch (device values) -> Punch (what we store): time zones, names, employee ids, quality flags.
 
-Sits between the driver and the store: gateway.poller calls ``normalize_punches`` on what a session
+Sits between the driver and the store: gateway.polling.poller calls ``normalize_punches`` on what a session
 read, then hands the result to ``store.save_poll``. Pure functions except ``EmployeeMap``, which reads
 its CSV when the file changes. Nothing is ever dropped here: a punch with an impossible time or an
 unknown user is kept and flagged, because each one may be somebody's allowance.

@@ -1,4 +1,4 @@
-"""Prometheus metrics of the gateway (served by gateway.http at /metrics).
+"""Prometheus metrics of the gateway (served by gateway.web.status at /metrics).
 
     poller --PollOutcome (ctx.poll_observers)--> PollMetrics (duration histogram, polls by outcome)
     scrape --> HealthCollector.collect(): device state, problems, counts, skew, ages from the health monitor
@@ -17,10 +17,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from gateway.models import PollOutcome
-from gateway.store.health_repo import HealthRepo
+from gateway.store.health import HealthRepo
 
 if TYPE_CHECKING:
-    from gateway.monitor import HealthMonitor
+    from gateway.health.monitor import HealthMonitor
 
 #: Poll durations from a quick count check (~0.1 s) to a full download of a big log (minutes).
 POLL_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)

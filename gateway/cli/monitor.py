@@ -1,7 +1,7 @@
 """`fpgw` commands of the health area: `devices mute|unmute`, `alerts`, `report`.
 
-Registered by gateway.cli through ``register(subparsers)``; every command reads the same database as the
-daemon (gateway.store.health_repo). A mute written here is picked up by the running daemon at its next
+Registered by gateway.cli.main through ``register(subparsers)``; every command reads the same database as the
+daemon (gateway.store.health). A mute written here is picked up by the running daemon at its next
 sweep (within 30 s); unmuting re-sends the problems still open once.
 """
 
@@ -93,7 +93,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def _open(args: argparse.Namespace) -> tuple[Config, Any, Any]:
     from gateway.store.db import create_db_engine, upgrade
-    from gateway.store.health_repo import HealthRepo
+    from gateway.store.health import HealthRepo
 
     config: Config = args.loaded_config
     engine = create_db_engine(config.database.url, pool_size=1)
@@ -117,7 +117,7 @@ def cmd_mute(args: argparse.Namespace) -> int:
     try:
         if not _known(config, args.device):
             return _fail(f"unknown device {args.device!r} (devices: {', '.join(d.id for d in config.devices)})")
-        from gateway.store.repo import Store
+        from gateway.store.punches import Store
 
         Store(engine, config.site.office_code).sync_devices(config.devices)
         until = datetime.now(UTC) + args.duration
@@ -199,7 +199,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Daily device report."""
-    from gateway.report import build_report, render_csv, render_json, render_text
+    from gateway.health.report import build_report, render_csv, render_json, render_text
 
     config, engine, repo = _open(args)
     today = datetime.now(ZoneInfo(config.site.timezone)).date()

@@ -27,11 +27,11 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from gateway.alerts import CHECKS
 from gateway.config import Config
-from gateway.health import PROBLEMS, DeviceHealth
+from gateway.health.alerts import CHECKS
+from gateway.health.tracker import PROBLEMS, DeviceHealth
 from gateway.services import AppContext, Service
-from gateway.store.health_repo import AlertRow, HealthRepo
+from gateway.store.health import AlertRow, HealthRepo
 
 log = structlog.get_logger(__name__)
 
@@ -115,7 +115,7 @@ class StatusView:
         outbox = None
         if self.config.forward.url:
             try:
-                from gateway.metrics import outbox_reader
+                from gateway.web.metrics import outbox_reader
 
                 depth, age = outbox_reader(self.repo)()
                 outbox = {"depth": depth, "oldest_age_s": None if age is None else round(age)}

@@ -3,7 +3,7 @@
     office forwarder --POST /api/v1/ingest/punches|health (gateway token)--> validate --> CentralStore
     BKD --GET /api/v1/punches|recap/daily|completeness|devices|gateways (API token)--> CentralStore --> export
 ``services(ctx)`` appends these Starlette routes to ``ctx.http_routes`` when ``[central] enabled``;
-gateway.http serves them. Handlers parse and authorise on the event loop and run every database call
+gateway.web.status serves them. Handlers parse and authorise on the event loop and run every database call
 in Starlette's thread pool (SQLAlchemy is synchronous). Tokens live hashed in TOML files (see
 TokenFile); the office of an ingested punch always comes from the gateway's token.
 """
@@ -36,13 +36,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from gateway import export
+from gateway.central import export
 from gateway.config import CentralConfig, Config
 from gateway.humanize import duration_text
 from gateway.models import Punch
-from gateway.normalize import state_name, verify_name
+from gateway.polling.normalize import state_name, verify_name
 from gateway.services import AppContext, Service
-from gateway.store.central_repo import FEED_COLUMNS, CentralStore, PunchQuery, decode_cursor, encode_cursor
+from gateway.store.central import FEED_COLUMNS, CentralStore, PunchQuery, decode_cursor, encode_cursor
 from gateway.store.schema import utcnow
 
 log = structlog.get_logger(__name__)
@@ -691,7 +691,7 @@ class CentralApi:
 
 def openapi_bytes() -> bytes:
     """The shipped OpenAPI document."""
-    return (resources.files("gateway") / "openapi.json").read_bytes()
+    return (resources.files("gateway.central") / "openapi.json").read_bytes()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Device health model: a pure state machine fed by poll outcomes and a periodic sweep (no I/O here).
 
     poller --PollOutcome--> HealthTracker.record()   scheduler --sweep (30 s)--> HealthTracker.sweep(now)
-                                      \\__ Transition[] __> gateway.monitor (log, persist) --> gateway.alerts
+                   \\__ Transition[] __> gateway.health.monitor (log, persist) --> gateway.health.alerts
 
 Main state per device: unknown -> online <-> offline, with hysteresis (offline only after
 ``offline_after_failures`` failed polls AND ``offline_after_s`` without a good poll; online again on the

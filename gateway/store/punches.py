@@ -2,7 +2,7 @@
 
     poller --(device_id, Punch[], PollOutcome)--> Store.save_poll()   one transaction:
         punches (idempotent insert on the dedup key) + outbox rows for the new ones + device row + poll run
-    forwarder --> Store outbox methods (gateway.forwarder)   health --> Store health methods
+    forwarder --> Store outbox methods (gateway.forward.forwarder)   health --> Store health methods
 
 Idempotency: punches are inserted with ON CONFLICT DO NOTHING on (device_serial, device_user_id,
 device_time) and RETURNING tells which rows were really new, on SQLite and PostgreSQL alike, so
@@ -277,7 +277,7 @@ class Store:
             conn.execute(update(s.device_identities).where(i.id == row.id)
                          .values(last_seen_at=at, firmware=firmware or None))
 
-    # -- clearing a terminal (gateway.poller.DevicePoller.clear_device / the clear policy) ----------
+    # -- clearing a terminal (gateway.polling.poller.DevicePoller.clear_device / the clear policy) ----------
     def missing_keys(self, serial: str, keys: Iterable[tuple[str, str, str]]) -> set[tuple[str, str, str]]:
         """The dedup keys among ``keys`` that are NOT in the punches table (empty = all stored).
 

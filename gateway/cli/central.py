@@ -1,9 +1,9 @@
 """`fpgw export`, `fpgw forward ...` and `fpgw central ...`: forwarding and BKD tooling on the command line.
 
-    gateway.cli.build_parser() --register(sub)--> these subcommands
-    export   -> CentralStore (local DB) -> gateway.export writers -> file / stdout
-    forward  -> gateway.store.outbox (status, rejected rows, requeue) / gateway.forwarder (one run now)
-    central  -> gateway.central token files (mint, list)
+    gateway.cli.main.build_parser() --register(sub)--> these subcommands
+    export   -> CentralStore (local DB) -> gateway.central.export writers -> file / stdout
+    forward  -> gateway.store.outbox (status, rejected rows, requeue) / gateway.forward.forwarder (one run now)
+    central  -> gateway.central.api token files (mint, list)
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def _fail(message: str) -> Exception:
-    from gateway.cli import CliError
+    from gateway.cli.main import CliError
 
     return CliError(message)
 
@@ -98,8 +98,8 @@ def _engine(config: Config) -> Any:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Write punches / recap / completeness to a file or stdout."""
-    from gateway import export
-    from gateway.store.central_repo import FEED_COLUMNS, CentralStore, PunchQuery
+    from gateway.central import export
+    from gateway.store.central import FEED_COLUMNS, CentralStore, PunchQuery
 
     config: Config = args.loaded_config
     fmt = args.format
@@ -206,7 +206,7 @@ def cmd_forward_retry(args: argparse.Namespace) -> int:
 
 def cmd_forward_now(args: argparse.Namespace) -> int:
     """Run one forwarding pass now."""
-    from gateway.forwarder import Forwarder
+    from gateway.forward.forwarder import Forwarder
 
     config: Config = args.loaded_config
     if not config.forward.url:
@@ -239,7 +239,7 @@ def _token_file(args: argparse.Namespace) -> Path:
 
 def cmd_add_token(args: argparse.Namespace) -> int:
     """Mint and store a token."""
-    from gateway.central import TokenFileError, add_token
+    from gateway.central.api import TokenFileError, add_token
 
     offices = [o.strip() for o in args.offices.split(",") if o.strip()]
     offices_arg = None if offices == ["*"] or not offices else offices
@@ -257,7 +257,7 @@ def cmd_add_token(args: argparse.Namespace) -> int:
 
 def cmd_list_tokens(args: argparse.Namespace) -> int:
     """List token names and scopes."""
-    from gateway.central import TokenFileError, load_tokens
+    from gateway.central.api import TokenFileError, load_tokens
 
     path = _token_file(args)
     try:
@@ -271,8 +271,8 @@ def cmd_list_tokens(args: argparse.Namespace) -> int:
 
 def cmd_gateways(args: argparse.Namespace) -> int:
     """List the gateways known to this central instance."""
-    from gateway import export
-    from gateway.store.central_repo import CentralStore
+    from gateway.central import export
+    from gateway.store.central import CentralStore
     from gateway.store.schema import utcnow
 
     config: Config = args.loaded_config

@@ -7,7 +7,7 @@
 Steady state is cheap: the log is downloaded only when the record count changed, the serial
 changed, or the periodic full reconcile is due. Every DriverError becomes an outcome with its
 ``kind``; anything else is a bug (logged with a traceback every time). No retry loop here: the
-next tick is the retry (gateway.scheduler backs failing devices off).
+next tick is the retry (gateway.polling.scheduler backs failing devices off).
 
 Clearing a terminal (`fpgw devices clear`, or the ``clear_when_full_ratio`` policy after a full poll)
 also lives here, because it must reuse the poll's own download and store step: nothing is deleted
@@ -44,8 +44,8 @@ from drivers.base import (
 )
 from gateway.config import Config, DeviceConfig
 from gateway.models import PollOutcome, Punch
-from gateway.normalize import DEFAULT_NOT_BEFORE, DeviceContext, EmployeeMap, normalize_punches
-from gateway.store.repo import DeviceState, Store
+from gateway.polling.normalize import DEFAULT_NOT_BEFORE, DeviceContext, EmployeeMap, normalize_punches
+from gateway.store.punches import DeviceState, Store
 
 log = structlog.get_logger(__name__)
 

@@ -1,6 +1,6 @@
 """Alert routing: health Transitions -> alert documents -> log + alerts table -> channels (apprise, webhooks).
 
-    gateway.monitor --Transition[]--> AlertRouter.handle()  (persist first, log once, queue)
+    gateway.health.monitor --Transition[]--> AlertRouter.handle()  (persist first, log once, queue)
         --> ONE sender thread --> apprise URLs (Telegram, e-mail, WhatsApp gateways via form://) + JSON webhooks
 Delivery is retried with backoff up to ``alerts.max_attempts`` and never runs in a polling thread;
 undelivered alerts survive a restart (pending rows are re-queued at start). Muted devices' alerts are
@@ -21,9 +21,9 @@ import httpx
 import structlog
 
 from gateway.config import Config, DeviceConfig
-from gateway.health import DeviceHealth, Transition
+from gateway.health.tracker import DeviceHealth, Transition
 from gateway.humanize import duration_text
-from gateway.store.health_repo import AlertRow, HealthRepo
+from gateway.store.health import AlertRow, HealthRepo
 
 log = structlog.get_logger(__name__)
 

@@ -1,7 +1,7 @@
 """`fpgw devices clear DEVICE`: empty a terminal's attendance log only after its records are safely stored.
 
-Registered by gateway.cli under the `devices` command (next to `devices mute|unmute`). The work is
-done by gateway.poller.DevicePoller.clear_device: download the whole log, store it (the poll's own
+Registered by gateway.cli.main under the `devices` command (next to `devices mute|unmute`). The work is
+done by gateway.polling.poller.DevicePoller.clear_device: download the whole log, store it (the poll's own
 transaction), read every record's dedup key back from the database, with forwarding configured also
 require that none of the device's punches still waits in the outbox, and only then clear with the
 driver's expected-count guard (a punch that lands in between makes the device refuse: nothing cleared).
@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING
 from gateway.config import Config
 
 if TYPE_CHECKING:
-    from gateway.poller import ClearResult
+    from gateway.polling.poller import ClearResult
 
 EXIT_OK, EXIT_FAILURE = 0, 1
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add `devices clear` to the `devices` command's actions (created by gateway.cli_monitor)."""
+    """Add `devices clear` to the `devices` command's actions (created by gateway.cli.monitor)."""
     devices = subparsers.choices["devices"]
     actions = next((a for a in devices._actions if isinstance(a, argparse._SubParsersAction)), None)
     if actions is None:  # pragma: no cover - only if `devices mute` disappears
@@ -52,9 +52,9 @@ def _confirm(device_id: str, where: str) -> bool:
 
 def cmd_clear(args: argparse.Namespace) -> int:
     """Download, store, verify, then clear one device's log."""
-    from gateway.poller import DevicePoller
+    from gateway.polling.poller import DevicePoller
     from gateway.store.db import create_db_engine, upgrade
-    from gateway.store.repo import Store
+    from gateway.store.punches import Store
 
     config: Config = args.loaded_config
     known = {d.id: d for d in config.devices}

@@ -17,7 +17,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from gateway.config import Config
-from gateway.store.health_repo import HealthRepo
+from gateway.store.health import HealthRepo
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ INGEST_HEALTH = "/api/v1/ingest/health"
 GZIP_ABOVE_BYTES = 4096
 
 
-#: What the maintenance team should check, sent with the alerts (same idea as gateway.alerts.CHECKS).
+#: What the maintenance team should check, sent with the alerts (same idea as gateway.health.alerts.CHECKS).
 CHECKS_REJECTED = (
     "Read the reason (also in `fpgw forward status`). office_mismatch: [site] office_code differs from the office "
     "BKD registered for this gateway's token - fix the config or ask BKD for the right token.",
@@ -435,7 +435,7 @@ class _Metrics:
     def __init__(self, registry: Any) -> None:
         from prometheus_client import Counter, Gauge
 
-        # Depth and age of the outbox are exported by gateway.metrics (through outbox_stats).
+        # Depth and age of the outbox are exported by gateway.web.metrics (through outbox_stats).
         self.rejected = Gauge("fpgw_outbox_rejected", "Punches the upstream refused (set aside)", registry=registry)
         self.up = Gauge("fpgw_forward_upstream_up", "1 when the last forward request succeeded", registry=registry)
         self.punches = Counter("fpgw_forward_punches", "Punches settled by the upstream's answer", ["result"],

@@ -1,7 +1,7 @@
 """SQL for device health, alert history, mutes, status and the daily report (device_health, alerts tables).
 
-    gateway.monitor --DeviceHealth--> HealthRepo.save_health()     gateway.alerts --> record / mark_*
-    gateway.http / gateway.metrics / gateway.report / fpgw alerts|mute --> the read methods here
+    gateway.health.monitor --DeviceHealth--> HealthRepo.save_health()     gateway.health.alerts --> record / mark_*
+    gateway.web.status / gateway.web.metrics / gateway.health.report / fpgw alerts|mute --> the read methods here
 Writes use ``writer(engine)`` (BEGIN IMMEDIATE on SQLite); every method is one short transaction.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.engine import Connection
 
-from gateway.health import DeviceHealth, problems_from_json
+from gateway.health.tracker import DeviceHealth, problems_from_json
 from gateway.store import schema as s
 from gateway.store.db import writer
 from gateway.store.schema import utcnow

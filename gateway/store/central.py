@@ -1,7 +1,7 @@
 """Central side of forwarding: idempotent ingest from office gateways and the BKD pull queries.
 
-    gateway forwarder --HTTP--> gateway.central (validates) --> CentralStore.ingest_punches / ingest_health
-    BKD client --HTTP--> gateway.central --> CentralStore.feed / iter_punches / devices --> gateway.export
+    gateway forwarder --HTTP--> gateway.central.api (validates) --> CentralStore.ingest_punches / ingest_health
+    BKD client --HTTP--> gateway.central.api --> CentralStore.feed / iter_punches / devices --> gateway.central.export
 
 Feed cursor: the punches' own monotonic ``id``. On PostgreSQL ids come from a sequence and are NOT
 committed in order when transactions overlap: T1 takes id 10, T2 takes id 11 and commits first, a
@@ -30,7 +30,7 @@ from gateway.models import Punch
 from gateway.store import outbox
 from gateway.store import schema as s
 from gateway.store.db import writer
-from gateway.store.repo import PUNCH_KEY, insert_ignore, punch_row
+from gateway.store.punches import PUNCH_KEY, insert_ignore, punch_row
 from gateway.store.schema import utcnow
 
 #: pg_advisory_xact_lock key of the feed-order guard (same literal as in migration 0002).

@@ -15,11 +15,11 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 
-from gateway.alerts import AlertRouter
-from gateway.health import DeviceHealth, HealthTracker, Transition
+from gateway.health.alerts import AlertRouter
+from gateway.health.tracker import DeviceHealth, HealthTracker, Transition
 from gateway.models import PollOutcome
 from gateway.services import AppContext, Service
-from gateway.store.health_repo import HealthRepo
+from gateway.store.health import HealthRepo
 
 log = structlog.get_logger(__name__)
 
@@ -190,7 +190,7 @@ def services(ctx: AppContext) -> list[Service]:
         from prometheus_client import CollectorRegistry
 
         ctx.metrics_registry = CollectorRegistry(auto_describe=True)
-    from gateway import metrics
+    from gateway.web import metrics
 
     metrics.install(ctx.metrics_registry, monitor, ctx.poll_observers, with_outbox=bool(ctx.config.forward.url))
     return [monitor]

@@ -1,9 +1,9 @@
 """`fpgw` command line: run the daemon, poll once, look at devices and punches, check config, migrate, demo.
 
-Entry point of the console script (pyproject: fpgw = gateway.cli:main). Every subcommand loads the
+Entry point of the console script (pyproject: fpgw = gateway.cli.main:main). Every subcommand loads the
 config (--config, $FPGW_CONFIG, /etc/fpgw/config.toml), sets up logging and calls into gateway.app /
-gateway.poller / gateway.store. Other areas add subcommands through gateway.cli_monitor.register and
-gateway.cli_central.register. Exit codes: 0 ok, 2 configuration error, 1 any other failure.
+gateway.polling.poller / gateway.store. Other areas add subcommands through gateway.cli.monitor.register and
+gateway.cli.central.register. Exit codes: 0 ok, 2 configuration error, 1 any other failure.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def default_config_path() -> str:
 
 def repo_file(*parts: str) -> Path | None:
     """A file shipped next to the packages (config.example.toml, systemd/fpgw.service), if present."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parent.parent  # the gateway package
     for base in (here / "data", here.parent):
         candidate = base.joinpath(*parts)
         if candidate.is_file():
@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder for the demo config and database (default: %(default)s)")
     p.add_argument("--duration", type=float, default=None, metavar="SECONDS", help="stop after this long")
     p.add_argument("--interval", type=float, default=15.0, metavar="SECONDS", help="poll interval (default: 15)")
-    p.add_argument("--http-port", type=int, default=8470, help="status page port when gateway.http is enabled")
+    p.add_argument("--http-port", type=int, default=8470, help="status page port when gateway.web.status is enabled")
     p.add_argument("--keep", action="store_true",
                    help="keep the previous run's database (default: start a fresh office every run)")
     p.set_defaults(func=cmd_demo, one_shot=False, needs_config=False)
@@ -138,7 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-reload", action="store_true", help="do not run `systemctl daemon-reload`")
     p.set_defaults(func=cmd_install_unit, one_shot=True, needs_config=False)
 
-    from gateway import cli_central, cli_clear, cli_monitor
+    from gateway.cli import central as cli_central
+    from gateway.cli import clear as cli_clear
+    from gateway.cli import monitor as cli_monitor
 
     sub.add_parser = add  # type: ignore[method-assign]  # other areas' commands keep their own options
     cli_monitor.register(sub)
@@ -237,7 +239,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _open_store(config: Config) -> tuple[Any, Any]:
     from gateway.store.db import create_db_engine, upgrade
-    from gateway.store.repo import Store
+    from gateway.store.punches import Store
 
     engine = create_db_engine(config.database.url, pool_size=2)
     if config.database.auto_migrate:
@@ -248,7 +250,7 @@ def _open_store(config: Config) -> tuple[Any, Any]:
 
 def cmd_poll(args: argparse.Namespace) -> int:
     """Poll the named devices (or all) once, sequentially, and print one line each."""
-    from gateway.poller import DevicePoller
+    from gateway.polling.poller import DevicePoller
 
     config = _config(args)
     enabled = [d for d in config.devices if d.enabled]

@@ -1,0 +1,1 @@
+"""Forwarding: drains the outbox upstream to the central (BKD) gateway."""

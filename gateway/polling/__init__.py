@@ -1,0 +1,1 @@
+"""Polling: the scheduler asks the poller to poll each terminal; punches are normalized and stored."""
