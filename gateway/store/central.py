@@ -27,9 +27,9 @@ from sqlalchemy import Engine, Select, delete, select, update
 from sqlalchemy.engine import Connection
 
 from gateway.models import Punch
-from gateway.store import outbox
 from gateway.store import schema as s
 from gateway.store.db import writer
+from gateway.store.health import insert_alert
 from gateway.store.punches import PUNCH_KEY, insert_ignore, punch_row
 from gateway.store.schema import utcnow
 
@@ -315,7 +315,7 @@ class CentralStore:
                 g.name == name, g.silent_since.is_(None), g.last_seen_at == last_seen_at)
                 .values(silent_since=last_seen_at, silent_notified_at=now)).rowcount
             if done == 1:
-                outbox.insert_alert(conn, **alert)
+                insert_alert(conn, **alert)
         return done == 1
 
     def remind_silent(self, name: str, *, notified_at: datetime | None, now: datetime,
@@ -327,7 +327,7 @@ class CentralStore:
             done = conn.execute(update(s.gateways).where(g.name == name, g.silent_since.is_not(None), cond)
                                 .values(silent_notified_at=now)).rowcount
             if done == 1:
-                outbox.insert_alert(conn, **alert)
+                insert_alert(conn, **alert)
         return done == 1
 
     def close_silent(self, name: str, *, silent_since: datetime, alert: Mapping[str, Any]) -> bool:
@@ -337,7 +337,7 @@ class CentralStore:
             done = conn.execute(update(s.gateways).where(g.name == name, g.silent_since == silent_since)
                                 .values(silent_since=None, silent_notified_at=None)).rowcount
             if done == 1:
-                outbox.insert_alert(conn, **alert)
+                insert_alert(conn, **alert)
         return done == 1
 
     def get_fact(self, key: str) -> str | None:

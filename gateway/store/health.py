@@ -1,14 +1,18 @@
 """SQL for device health, alert history, mutes, status and the daily report (device_health, alerts tables).
 
-    gateway.health.monitor --DeviceHealth--> HealthRepo.save_health()     gateway.health.alerts --> record / mark_*
+    gateway.health.monitor --DeviceHealth, alerts--> HealthRepo.record()   gateway.health.alerts --> mark_*
     gateway.web.status / gateway.web.metrics / gateway.health.report / fpgw alerts|mute --> the read methods here
+    forwarder / central silent watch --> insert_alert() / add_alert() (gateway-wide alerts, no device)
+    forwarder --> device_health_snapshot() (what gateway.wire.encode_device sends to the central)
 Writes use ``writer(engine)`` (BEGIN IMMEDIATE on SQLite); every method is one short transaction.
+The daily report counts punches per device-local day (device_time's date); for a device in the
+office's zone (the default) that is the office-local day every other punch query uses.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -124,10 +128,6 @@ class HealthRepo:
                                           default=None),
                     clock_skew_s=r.clock_skew_s))
         return out
-
-    def save_health(self, healths: Iterable[DeviceHealth]) -> None:
-        """Upsert the health rows of these devices (mute columns are left alone)."""
-        self.record(healths, [])
 
     def record(self, healths: Iterable[DeviceHealth], alerts: Sequence[dict[str, Any]]) -> list[int]:
         """Upsert health rows and insert alert rows in ONE transaction; returns the alert ids in order."""
@@ -257,3 +257,75 @@ def _json(text: str | None) -> dict[str, Any]:
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
+
+
+# -- gateway-wide alerts (forwarding, silent gateways) and the health snapshot -------------------------
+
+def insert_alert(conn: Connection, *, office_code: str, problem: str, event: str, severity: str, title: str,
+                 message: str, details: Mapping[str, Any] | None = None, checks: Sequence[str] = (),
+                 office_name: str = "", extra: Mapping[str, Any] | None = None, at: datetime | None = None) -> None:
+    """Queue a gateway-wide alert (no device) for the alert sender.
+
+    ``details`` holds the alert document in the same shape as gateway.health.alerts' device alerts (title,
+    message with what to check, office, problem, event, severity, seen), so webhooks get one format.
+    ``extra`` adds or replaces top-level keys of that document (the central's silent-gateway alerts name
+    the office of the gateway there, while the row belongs to the central's own office_code, which is
+    what its alert sender delivers).
+    """
+    now = at or utcnow()
+    seen = dict(details or {})
+    full = message + ("\nWhat to check:\n" + "\n".join(f"- {c}" for c in checks) if checks else "")
+    doc = {"office": {"code": office_code, "name": office_name}, "device": None, "problem": problem, "event": event,
+           "severity": severity, "at": now.isoformat(), "detail": message, "seen": seen, "check": list(checks),
+           "reason": seen.get("reason"), "title": title[:300], "message": full, **(extra or {})}
+    conn.execute(s.alerts.insert().values(
+        created_at=now, office_code=office_code, device_id=None, device_serial=None, problem=problem,
+        event=event, severity=severity, title=title[:300], message=full,
+        details=json.dumps(doc, default=str), muted=False, attempts=0))
+
+
+def add_alert(engine: Engine, **alert: Any) -> None:
+    """insert_alert in its own transaction."""
+    with writer(engine).begin() as conn:
+        insert_alert(conn, **alert)
+
+
+def last_alert_event(engine: Engine, problem: str, *, reason: str | None = None,
+                     since: datetime | None = None) -> tuple[str, datetime] | None:
+    """(event, created_at) of the newest alert row for ``problem`` (and ``reason`` in its details)."""
+    a = s.alerts.c
+    q = select(a.event, a.created_at, a.details).where(a.problem == problem)
+    if since is not None:
+        q = q.where(a.created_at >= since)
+    with engine.connect() as conn:
+        for event, created, details in conn.execute(q.order_by(a.id.desc()).limit(200)):
+            if reason is None:
+                return event, created
+            try:
+                if json.loads(details).get("reason") == reason:
+                    return event, created
+            except ValueError:
+                continue
+    return None
+
+
+def device_health_snapshot(engine: Engine, office_code: str) -> list[dict[str, Any]]:
+    """This office's devices with their health rows (``h_state``; ``problems`` as a dict): what the forwarder
+    sends the central through gateway.wire.encode_device."""
+    d, h = s.devices.c, s.device_health.c
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(s.devices, h.state.label("h_state"), h.state_since, h.consecutive_failures,
+                   h.last_failure_at, h.last_error_kind, h.last_error, h.problems, h.muted_until, h.mute_reason)
+            .select_from(s.devices.outerjoin(s.device_health, h.device_pk == d.pk))
+            .where(d.office_code == office_code).order_by(d.device_id)).mappings().all()
+    out = []
+    for r in rows:
+        item = dict(r)
+        try:
+            problems = json.loads(r["problems"]) if r["problems"] else {}
+        except ValueError:
+            problems = {}
+        item["problems"] = problems if isinstance(problems, dict) else {}
+        out.append(item)
+    return out
