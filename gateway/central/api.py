@@ -18,10 +18,9 @@ import zlib
 from collections.abc import Callable, Mapping
 from datetime import date
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
-from sqlalchemy import Engine
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -35,6 +34,9 @@ from gateway.central.tokens import Token, TokenFile, TokenFileError
 from gateway.config import CentralConfig, Config
 from gateway.services import AppContext, Service
 from gateway.store.central import FEED_COLUMNS, CentralStore, PunchQuery, decode_cursor, encode_cursor
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine  # a type only: SQL runs in gateway.store
 
 log = structlog.get_logger(__name__)
 

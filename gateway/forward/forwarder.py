@@ -17,11 +17,10 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import structlog
-from sqlalchemy import Engine
 
 from gateway import __version__, wire
 from gateway.config import Config
@@ -29,6 +28,9 @@ from gateway.services import AppContext, Service
 from gateway.store import health, outbox
 from gateway.store.outbox import OutboxItem
 from gateway.store.schema import utcnow
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine  # a type only: SQL runs in gateway.store
 
 log = structlog.get_logger(__name__)
 
