@@ -26,7 +26,8 @@ import structlog
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
-from gateway.central.api import CentralApi, ThreadedServer, add_token
+from gateway.central.api import CentralApi
+from gateway.central.tokens import add_token
 from gateway.config import CentralConfig, parse_config
 from gateway.forward.forwarder import Forwarder
 from gateway.models import PollOutcome, Punch
@@ -34,6 +35,7 @@ from gateway.store import schema as s
 from gateway.store.db import create_db_engine, upgrade
 from gateway.store.outbox import outbox_stats
 from gateway.store.punches import Store
+from gateway.web.server import ThreadedServer
 
 OFFICE = "1801.01"
 

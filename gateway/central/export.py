@@ -2,7 +2,8 @@
 
     CentralStore.feed / iter_punches --rows--> render() (JSON / CSV / XLSX)
                                      --rows--> daily_recap() / completeness() --> render()
-Pure functions over row dicts (no SQL, no HTTP), so the API and the CLI give identical files.
+Pure functions over row dicts (no SQL, no HTTP), so the API and the CLI give identical files. A punch's
+day is its office-local date (the date of its local_time), as in every punch query (gateway.store.central).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
     gateway.cli.main.build_parser() --register(sub)--> these subcommands
     export   -> CentralStore (local DB) -> gateway.central.export writers -> file / stdout
     forward  -> gateway.store.outbox (status, rejected rows, requeue) / gateway.forward.forwarder (one run now)
-    central  -> gateway.central.api token files (mint, list)
+    central  -> gateway.central.tokens token files (mint, list)
 """
 
 from __future__ import annotations
@@ -239,7 +239,7 @@ def _token_file(args: argparse.Namespace) -> Path:
 
 def cmd_add_token(args: argparse.Namespace) -> int:
     """Mint and store a token."""
-    from gateway.central.api import TokenFileError, add_token
+    from gateway.central.tokens import TokenFileError, add_token
 
     offices = [o.strip() for o in args.offices.split(",") if o.strip()]
     offices_arg = None if offices == ["*"] or not offices else offices
@@ -257,7 +257,7 @@ def cmd_add_token(args: argparse.Namespace) -> int:
 
 def cmd_list_tokens(args: argparse.Namespace) -> int:
     """List token names and scopes."""
-    from gateway.central.api import TokenFileError, load_tokens
+    from gateway.central.tokens import TokenFileError, load_tokens
 
     path = _token_file(args)
     try:

@@ -300,7 +300,7 @@ def _local(text: str | None, zone: ZoneInfo) -> str:
 def cmd_devices(args: argparse.Namespace) -> int:
     """Device table (or JSON) with health from the monitor's device_health table."""
     from gateway.store.db import create_db_engine
-    from gateway.store.queries import device_overview
+    from gateway.store.health import device_overview
 
     config = _config(args)
     engine = create_db_engine(config.database.url, pool_size=1)
@@ -354,7 +354,7 @@ def _print_table(headers: list[str], rows: Iterable[list[str]], out: TextIO) -> 
 def cmd_punches(args: argparse.Namespace) -> int:
     """Stored punches as a table, CSV or JSON."""
     from gateway.store.db import create_db_engine
-    from gateway.store.queries import PUNCH_FIELDS, PunchFilter, iter_punches
+    from gateway.store.punches import PUNCH_FIELDS, PunchFilter, iter_punches
 
     config = _config(args)
     if args.date_from and args.date_to and args.date_to < args.date_from:

@@ -10,8 +10,6 @@ idempotently, so a resend after a timeout or a crash never duplicates anything.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
 import socket
 import ssl
@@ -19,18 +17,20 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import structlog
-from sqlalchemy import Engine
 
-from gateway import __version__
+from gateway import __version__, wire
 from gateway.config import Config
 from gateway.services import AppContext, Service
-from gateway.store import outbox
-from gateway.store.outbox import PROBLEM_BACKLOG, PROBLEM_REJECTED, OutboxItem
+from gateway.store import health, outbox
+from gateway.store.outbox import OutboxItem
 from gateway.store.schema import utcnow
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine  # a type only: SQL runs in gateway.store
 
 log = structlog.get_logger(__name__)
 
@@ -38,6 +38,9 @@ INGEST_PUNCHES = "/api/v1/ingest/punches"
 INGEST_HEALTH = "/api/v1/ingest/health"
 #: Bodies larger than this are gzip-compressed (office links are slow; JSON punches compress ~10x).
 GZIP_ABOVE_BYTES = 4096
+#: Problems the forwarder raises through the alerts table.
+PROBLEM_REJECTED = "forward_rejected"
+PROBLEM_BACKLOG = "forward_backlog"
 
 
 #: What the maintenance team should check, sent with the alerts (same idea as gateway.health.alerts.CHECKS).
@@ -204,12 +207,12 @@ class Forwarder:
 
     def _meta(self) -> dict[str, Any]:
         stats = outbox.outbox_stats(self.engine, self.now())
-        return {"office_code": self.office_code, "office_name": self.config.site.office_name or None,
-                "hostname": self._hostname, "version": __version__,
-                "outbox_depth": stats.depth, "oldest_unforwarded_s": stats.oldest_age_s}
+        return wire.gateway_meta(office_code=self.office_code, office_name=self.config.site.office_name or None,
+                                 hostname=self._hostname, version=__version__, outbox_depth=stats.depth,
+                                 oldest_unforwarded_s=stats.oldest_age_s)
 
     def _post(self, path: str, doc: dict[str, Any]) -> httpx.Response:
-        body = json.dumps(doc, separators=(",", ":")).encode()
+        body = wire.dumps(doc)
         headers = {"Content-Type": "application/json"}
         if len(body) > GZIP_ABOVE_BYTES:
             import gzip
@@ -231,9 +234,7 @@ class Forwarder:
 
     def _send(self, items: Sequence[OutboxItem], report: RunReport) -> None:
         """Send items; settle what the upstream answered. Raises UpstreamError when nothing was settled."""
-        punches = [it.punch for it in items]
-        digest = hashlib.sha256(json.dumps(punches, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-        doc = {"batch_id": f"b-{digest[:40]}", "gateway": self._meta(), "punches": punches}
+        doc = wire.punch_batch([wire.encode_punch(it.punch) for it in items], self._meta())
         resp = self._post(INGEST_PUNCHES, doc)
         report.requests += 1
         if resp.status_code == 413 and len(items) > 1 and len(items) <= self.batch_limit:
@@ -311,7 +312,7 @@ class Forwarder:
 
     def _should_alert_rejected(self, code: str) -> bool:
         window = self.config.alerts.reminder_s or 86400.0
-        last = outbox.last_alert_event(self.engine, PROBLEM_REJECTED, reason=code,
+        last = health.last_alert_event(self.engine, PROBLEM_REJECTED, reason=code,
                                        since=self.now() - timedelta(seconds=window))
         return last is None
 
@@ -369,7 +370,8 @@ class Forwarder:
         if (self.retry_at is not None and now < self.retry_at) or self.stop_event.is_set():
             return
         self._next_health_at = now + timedelta(seconds=self.health_every_s)
-        doc = {"gateway": self._meta(), "devices": outbox.health_snapshot(self.engine, self.office_code)}
+        doc = wire.health_report(self._meta(), [wire.encode_device(row) for row in
+                                                health.device_health_snapshot(self.engine, self.office_code)])
         try:
             resp = self._post(INGEST_HEALTH, doc)
             if resp.status_code != 200:
@@ -387,12 +389,12 @@ class Forwarder:
         if self._metrics:
             self._metrics.rejected.set(stats.rejected)
         if self._backlog_open is None:
-            last = outbox.last_alert_event(self.engine, PROBLEM_BACKLOG)
+            last = health.last_alert_event(self.engine, PROBLEM_BACKLOG)
             self._backlog_open = last is not None and last[0] != "end"
         late = stats.oldest_age_s is not None and stats.oldest_age_s > self.fwd.alert_after_s
         if late and not self._backlog_open:
             hours = stats.oldest_age_s / 3600 if stats.oldest_age_s else 0.0
-            outbox.add_alert(self.engine, office_code=self.office_code, problem=PROBLEM_BACKLOG, event="start",
+            health.add_alert(self.engine, office_code=self.office_code, problem=PROBLEM_BACKLOG, event="start",
                              severity="warning",
                              title=f"Punches not forwarded to BKD for {hours:.1f} h ({stats.depth} waiting)",
                              message=(f"{stats.depth} punch(es) wait in the outbox; the oldest is {hours:.1f} h old. "
@@ -406,7 +408,7 @@ class Forwarder:
                         alert_after_s=self.fwd.alert_after_s)
             self._backlog_open = True
         elif not late and self._backlog_open:
-            outbox.add_alert(self.engine, office_code=self.office_code, problem=PROBLEM_BACKLOG, event="end",
+            health.add_alert(self.engine, office_code=self.office_code, problem=PROBLEM_BACKLOG, event="end",
                              severity="info", title="Forwarding to BKD caught up",
                              message=f"The outbox is back to normal ({stats.depth} waiting).",
                              details={"depth": stats.depth, "oldest_age_s": stats.oldest_age_s},

@@ -3,6 +3,10 @@
     gateway forwarder --HTTP--> gateway.central.api (validates) --> CentralStore.ingest_punches / ingest_health
     BKD client --HTTP--> gateway.central.api --> CentralStore.feed / iter_punches / devices --> gateway.central.export
 
+Dates (PunchQuery.date_from / date_to, the pull API's date= / from= / to=, `fpgw export`) are office-local
+days: the date of each punch's own local wall-clock time (local_time, in its device's zone, which is its
+office's zone unless a device sets another), the same day `fpgw punches --date` shows at the office.
+
 Feed cursor: the punches' own monotonic ``id``. On PostgreSQL ids come from a sequence and are NOT
 committed in order when transactions overlap: T1 takes id 10, T2 takes id 11 and commits first, a
 reader pages past 11 and never sees 10. Migration 0002 installs a statement-level BEFORE INSERT
@@ -27,9 +31,9 @@ from sqlalchemy import Engine, Select, delete, select, update
 from sqlalchemy.engine import Connection
 
 from gateway.models import Punch
-from gateway.store import outbox
 from gateway.store import schema as s
 from gateway.store.db import writer
+from gateway.store.health import insert_alert
 from gateway.store.punches import PUNCH_KEY, insert_ignore, punch_row
 from gateway.store.schema import utcnow
 
@@ -315,7 +319,7 @@ class CentralStore:
                 g.name == name, g.silent_since.is_(None), g.last_seen_at == last_seen_at)
                 .values(silent_since=last_seen_at, silent_notified_at=now)).rowcount
             if done == 1:
-                outbox.insert_alert(conn, **alert)
+                insert_alert(conn, **alert)
         return done == 1
 
     def remind_silent(self, name: str, *, notified_at: datetime | None, now: datetime,
@@ -327,7 +331,7 @@ class CentralStore:
             done = conn.execute(update(s.gateways).where(g.name == name, g.silent_since.is_not(None), cond)
                                 .values(silent_notified_at=now)).rowcount
             if done == 1:
-                outbox.insert_alert(conn, **alert)
+                insert_alert(conn, **alert)
         return done == 1
 
     def close_silent(self, name: str, *, silent_since: datetime, alert: Mapping[str, Any]) -> bool:
@@ -337,7 +341,7 @@ class CentralStore:
             done = conn.execute(update(s.gateways).where(g.name == name, g.silent_since == silent_since)
                                 .values(silent_since=None, silent_notified_at=None)).rowcount
             if done == 1:
-                outbox.insert_alert(conn, **alert)
+                insert_alert(conn, **alert)
         return done == 1
 
     def get_fact(self, key: str) -> str | None:

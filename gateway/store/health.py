@@ -1,16 +1,20 @@
 """SQL for device health, alert history, mutes, status and the daily report (device_health, alerts tables).
 
-    gateway.health.monitor --DeviceHealth--> HealthRepo.save_health()     gateway.health.alerts --> record / mark_*
+    gateway.health.monitor --DeviceHealth, alerts--> HealthRepo.record()   gateway.health.alerts --> mark_*
     gateway.web.status / gateway.web.metrics / gateway.health.report / fpgw alerts|mute --> the read methods here
+    forwarder / central silent watch --> insert_alert() / add_alert() (gateway-wide alerts, no device)
+    forwarder --> device_health_snapshot() (what gateway.wire.encode_device sends to the central)
 Writes use ``writer(engine)`` (BEGIN IMMEDIATE on SQLite); every method is one short transaction.
+The daily report counts punches per device-local day (device_time's date); for a device in the
+office's zone (the default) that is the office-local day every other punch query uses.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine, func, select, update
@@ -124,10 +128,6 @@ class HealthRepo:
                                           default=None),
                     clock_skew_s=r.clock_skew_s))
         return out
-
-    def save_health(self, healths: Iterable[DeviceHealth]) -> None:
-        """Upsert the health rows of these devices (mute columns are left alone)."""
-        self.record(healths, [])
 
     def record(self, healths: Iterable[DeviceHealth], alerts: Sequence[dict[str, Any]]) -> list[int]:
         """Upsert health rows and insert alert rows in ONE transaction; returns the alert ids in order."""
@@ -257,3 +257,139 @@ def _json(text: str | None) -> dict[str, Any]:
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
+
+
+# -- gateway-wide alerts (forwarding, silent gateways) and the health snapshot -------------------------
+
+def insert_alert(conn: Connection, *, office_code: str, problem: str, event: str, severity: str, title: str,
+                 message: str, details: Mapping[str, Any] | None = None, checks: Sequence[str] = (),
+                 office_name: str = "", extra: Mapping[str, Any] | None = None, at: datetime | None = None) -> None:
+    """Queue a gateway-wide alert (no device) for the alert sender.
+
+    ``details`` holds the alert document in the same shape as gateway.health.alerts' device alerts (title,
+    message with what to check, office, problem, event, severity, seen), so webhooks get one format.
+    ``extra`` adds or replaces top-level keys of that document (the central's silent-gateway alerts name
+    the office of the gateway there, while the row belongs to the central's own office_code, which is
+    what its alert sender delivers).
+    """
+    now = at or utcnow()
+    seen = dict(details or {})
+    full = message + ("\nWhat to check:\n" + "\n".join(f"- {c}" for c in checks) if checks else "")
+    doc = {"office": {"code": office_code, "name": office_name}, "device": None, "problem": problem, "event": event,
+           "severity": severity, "at": now.isoformat(), "detail": message, "seen": seen, "check": list(checks),
+           "reason": seen.get("reason"), "title": title[:300], "message": full, **(extra or {})}
+    conn.execute(s.alerts.insert().values(
+        created_at=now, office_code=office_code, device_id=None, device_serial=None, problem=problem,
+        event=event, severity=severity, title=title[:300], message=full,
+        details=json.dumps(doc, default=str), muted=False, attempts=0))
+
+
+def add_alert(engine: Engine, **alert: Any) -> None:
+    """insert_alert in its own transaction."""
+    with writer(engine).begin() as conn:
+        insert_alert(conn, **alert)
+
+
+def last_alert_event(engine: Engine, problem: str, *, reason: str | None = None,
+                     since: datetime | None = None) -> tuple[str, datetime] | None:
+    """(event, created_at) of the newest alert row for ``problem`` (and ``reason`` in its details)."""
+    a = s.alerts.c
+    q = select(a.event, a.created_at, a.details).where(a.problem == problem)
+    if since is not None:
+        q = q.where(a.created_at >= since)
+    with engine.connect() as conn:
+        for event, created, details in conn.execute(q.order_by(a.id.desc()).limit(200)):
+            if reason is None:
+                return event, created
+            try:
+                if json.loads(details).get("reason") == reason:
+                    return event, created
+            except ValueError:
+                continue
+    return None
+
+
+def device_health_snapshot(engine: Engine, office_code: str) -> list[dict[str, Any]]:
+    """This office's devices with their health rows (``h_state``; ``problems`` as a dict): what the forwarder
+    sends the central through gateway.wire.encode_device."""
+    d, h = s.devices.c, s.device_health.c
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(s.devices, h.state.label("h_state"), h.state_since, h.consecutive_failures,
+                   h.last_failure_at, h.last_error_kind, h.last_error, h.problems, h.muted_until, h.mute_reason)
+            .select_from(s.devices.outerjoin(s.device_health, h.device_pk == d.pk))
+            .where(d.office_code == office_code).order_by(d.device_id)).mappings().all()
+    out = []
+    for r in rows:
+        item = dict(r)
+        try:
+            problems = json.loads(r["problems"]) if r["problems"] else {}
+        except ValueError:
+            problems = {}
+        item["problems"] = problems if isinstance(problems, dict) else {}
+        out.append(item)
+    return out
+
+
+# -- device overview (`fpgw devices`) -----------------------------------------------------------------
+
+def _iso(value: datetime | None) -> str | None:
+    return value.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z") if value else None
+
+
+def _problems(text: str | None) -> list[str]:
+    if not text:
+        return []
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return ["?"]
+    if isinstance(data, dict):
+        return sorted(str(k) for k in data)
+    if isinstance(data, list):
+        return sorted(str(k) for k in data)
+    return []
+
+
+def device_overview(engine: Engine, office_code: str | None = None, *, include_disabled: bool = False
+                    ) -> list[dict[str, Any]]:
+    """One dict per device: identity, address, health state and problems, last seen/punch, counts, skew."""
+    d, h, r = s.devices.c, s.device_health.c, s.poll_runs.c
+    last_run = (select(r.device_pk, func.max(r.id).label("run_id")).group_by(r.device_pk).subquery())
+    q = (select(d.pk, d.office_code, d.device_id, d.name, d.location, d.address, d.port, d.transport, d.serial,
+                d.firmware, d.platform, d.enabled, d.last_seen_at, d.last_ok_at, d.last_full_read_at,
+                d.last_record_count, d.records_cap, d.last_user_count, d.users_cap, d.last_punch_at,
+                d.last_new_punch_at, d.clock_skew_s, h.state, h.state_since, h.problems, h.last_error_kind,
+                h.last_error, h.consecutive_failures, h.muted_until,
+                r.outcome.label("last_poll_outcome"), r.started_at.label("last_poll_at"),
+                r.error.label("last_poll_error"))
+         .select_from(s.devices.outerjoin(s.device_health, h.device_pk == d.pk)
+                      .outerjoin(last_run, last_run.c.device_pk == d.pk)
+                      .outerjoin(s.poll_runs, r.id == last_run.c.run_id))
+         .order_by(d.office_code, d.device_id))
+    if office_code is not None:
+        q = q.where(d.office_code == office_code)
+    if not include_disabled:
+        q = q.where(d.enabled.is_(True))
+    out: list[dict[str, Any]] = []
+    with engine.connect() as conn:
+        for row in conn.execute(q).mappings():
+            out.append({
+                "office_code": row["office_code"], "device_id": row["device_id"], "name": row["name"],
+                "location": row["location"], "address": row["address"], "port": row["port"],
+                "transport": row["transport"], "serial": row["serial"], "firmware": row["firmware"],
+                "platform": row["platform"], "enabled": bool(row["enabled"]),
+                "state": row["state"] or "unknown", "state_since": _iso(row["state_since"]),
+                "problems": _problems(row["problems"]), "last_error_kind": row["last_error_kind"],
+                "last_error": row["last_error"], "consecutive_failures": row["consecutive_failures"],
+                "muted_until": _iso(row["muted_until"]),
+                "last_seen_at": _iso(row["last_seen_at"]), "last_ok_at": _iso(row["last_ok_at"]),
+                "last_full_read_at": _iso(row["last_full_read_at"]),
+                "last_punch_at": _iso(row["last_punch_at"]), "last_new_punch_at": _iso(row["last_new_punch_at"]),
+                "records": row["last_record_count"], "records_cap": row["records_cap"],
+                "users": row["last_user_count"], "users_cap": row["users_cap"],
+                "clock_skew_s": None if row["clock_skew_s"] is None else round(row["clock_skew_s"], 1),
+                "last_poll_outcome": row["last_poll_outcome"], "last_poll_at": _iso(row["last_poll_at"]),
+                "last_poll_error": row["last_poll_error"],
+            })
+    return out

@@ -1,20 +1,26 @@
-"""Repository: every read and write the gateway does, in whole transactions. The only SQL in the gateway.
+"""Punches and the devices they come from: the poll's writes, clearing a terminal, and `fpgw punches`.
 
     poller --(device_id, Punch[], PollOutcome)--> Store.save_poll()   one transaction:
         punches (idempotent insert on the dedup key) + outbox rows for the new ones + device row + poll run
-    forwarder --> Store outbox methods (gateway.forward.forwarder)   health --> Store health methods
+    `fpgw punches` --PunchFilter--> iter_punches()   (outbox: gateway.store.outbox, health: gateway.store.health)
 
 Idempotency: punches are inserted with ON CONFLICT DO NOTHING on (device_serial, device_user_id,
 device_time) and RETURNING tells which rows were really new, on SQLite and PostgreSQL alike, so
 re-reading a whole device log (or receiving a batch twice) never duplicates anything.
+
+"Day X" in every punch query is an office-local day. Here (the office's own database) it is the
+calendar day in the office's zone (config site.timezone) of the punch's instant; the central's queries
+(gateway.store.central.PunchQuery) use each punch's local wall-clock date, which is the same day for
+every device in the office's zone (a device's timezone defaults to site.timezone).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import Engine, Insert, Table, TextClause, func, select, text, update
 from sqlalchemy.dialects import postgresql as pg_dialect
@@ -368,3 +374,58 @@ def _newest_valid(punches: Sequence[Punch]) -> datetime | None:
         if newest is None or p.utc_time > newest:
             newest = p.utc_time
     return newest
+
+
+# -- reading punches (`fpgw punches`) -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PunchFilter:
+    """What `fpgw punches` (and other readers) select. Dates are whole office-local days: ``timezone`` is the
+    office's (site.timezone), and a punch belongs to the day its instant falls on there."""
+
+    date_from: date | None = None
+    date_to: date | None = None
+    timezone: str = "Asia/Jakarta"
+    device_id: str | None = None
+    employee_id: str | None = None
+    device_user_id: str | None = None
+    office_code: str | None = None
+    limit: int | None = None
+
+
+PUNCH_FIELDS = ("id", "office_code", "device_id", "device_serial", "device_user_id", "employee_id", "device_time",
+                "utc_time", "timezone", "state", "state_name", "verify", "verify_name", "flags", "received_at")
+
+
+def iter_punches(engine: Engine, flt: PunchFilter, *, chunk: int = 2000) -> Iterator[dict[str, Any]]:
+    """Punches matching the filter, oldest first (by instant, then arrival); streams in chunks."""
+    p = s.punches.c
+    q = select(*(getattr(p, f) for f in PUNCH_FIELDS))
+    zone = ZoneInfo(flt.timezone)
+    if flt.date_from is not None:
+        q = q.where(p.utc_time >= datetime.combine(flt.date_from, time(0), zone))
+    if flt.date_to is not None:
+        q = q.where(p.utc_time < datetime.combine(flt.date_to + timedelta(days=1), time(0), zone))
+    if flt.device_id:
+        q = q.where(p.device_id == flt.device_id)
+    if flt.employee_id:
+        q = q.where(p.employee_id == flt.employee_id)
+    if flt.device_user_id:
+        q = q.where(p.device_user_id == flt.device_user_id)
+    if flt.office_code:
+        q = q.where(p.office_code == flt.office_code)
+    # Punches with an impossible date have no instant: they sort last (and only appear without a date filter).
+    q = q.order_by(p.utc_time.is_(None), p.utc_time, p.id)
+    if flt.limit:
+        q = q.limit(flt.limit)
+    with engine.connect() as conn:
+        result = conn.execution_options(stream_results=True, yield_per=chunk).execute(q)
+        for row in result.mappings():
+            item = dict(row)
+            item["utc_time"] = _iso(item["utc_time"])
+            item["received_at"] = _iso(item["received_at"])
+            yield item
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z") if value else None

@@ -12,15 +12,11 @@ from __future__ import annotations
 import hmac
 import html
 import ipaddress
-import socket
-import threading
-import time
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import structlog
-import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -32,6 +28,7 @@ from gateway.health.alerts import CHECKS
 from gateway.health.tracker import PROBLEMS, DeviceHealth
 from gateway.services import AppContext, Service
 from gateway.store.health import AlertRow, HealthRepo
+from gateway.web.server import ThreadedServer
 
 log = structlog.get_logger(__name__)
 
@@ -289,16 +286,14 @@ def build_app(ctx: AppContext, *, registry: CollectorRegistry | None = None) -> 
 
 
 class HttpServer:
-    """uvicorn serving the app from one worker thread (uvicorn skips signal handling outside the main thread)."""
+    """The daemon's HTTP service: the status app (plus ctx.http_routes) on a gateway.web.server.ThreadedServer."""
 
     name = "http"
 
     def __init__(self, ctx: AppContext) -> None:
         self.ctx = ctx
         self.config = ctx.config.http
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._sock: socket.socket | None = None
+        self._server: ThreadedServer | None = None
         self.port: int | None = None
 
     def start(self) -> None:
@@ -307,56 +302,22 @@ class HttpServer:
         if not is_loopback(cfg.listen) and not cfg.status_token:
             log.warning("http.listen is not loopback but no http.status_token is set: the status page, /status "
                         "and /metrics answer only clients on this machine", listen=cfg.listen)
-        # Bind here (not inside uvicorn) so a busy port is a clear start error with the OS reason.
+        server = ThreadedServer(build_app(self.ctx), cfg.listen, cfg.port, thread_name="fpgw-http")
+        # Bind first (not inside uvicorn) so a busy port is a clear start error with the OS reason.
         try:
-            family, _, _, _, addr = socket.getaddrinfo(cfg.listen, cfg.port, type=socket.SOCK_STREAM)[0]
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind(addr)
-                sock.listen(128)
-            except OSError:
-                sock.close()
-                raise
+            self.port = server.bind()
         except OSError as exc:
             raise RuntimeError(f"HTTP server could not listen on {cfg.listen}:{cfg.port}: {exc.strerror or exc} "
                                "(change http.port / http.listen, or set http.enabled = false)") from None
-        self.port = sock.getsockname()[1]
-        app = build_app(self.ctx)
-        server = uvicorn.Server(uvicorn.Config(app, host=cfg.listen, port=self.port, log_config=None,
-                                               lifespan="off", access_log=False, server_header=False))
         self._server = server
-        self._sock = sock
-
-        def serve() -> None:
-            try:
-                server.run(sockets=[sock])
-            except SystemExit:  # uvicorn exits on startup failure; the start() below reports it
-                pass
-            finally:
-                sock.close()
-
-        self._thread = threading.Thread(target=serve, name="fpgw-http", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not server.started and self._thread.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        if not server.started:
-            self.stop(2)
-            raise RuntimeError(f"HTTP server did not start on {cfg.listen}:{self.port} (see the log above)")
+        server.start()
         self.ctx.extras["http_port"] = self.port
         log.info("status page serving", url=f"http://{cfg.listen}:{self.port}/")
 
     def stop(self, deadline_s: float) -> None:
         """Ask uvicorn to exit and join its thread."""
         if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(max(deadline_s, 1.0))
-            if self._thread.is_alive():
-                self._server.force_exit = True  # type: ignore[union-attr]
-                self._thread.join(2.0)
-        self._thread = None
+            self._server.stop(deadline_s)
         self._server = None
 
 

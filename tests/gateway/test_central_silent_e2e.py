@@ -18,7 +18,8 @@ import pytest
 from health_support import WebhookReceiver, count
 
 from gateway.app import Gateway
-from gateway.central.api import PROBLEM_SILENT, add_token
+from gateway.central.silent import PROBLEM_SILENT
+from gateway.central.tokens import add_token
 from gateway.config import Config, parse_config
 from gateway.forward.forwarder import Forwarder
 from gateway.store.db import create_db_engine, upgrade

@@ -21,7 +21,7 @@ from core_support import DeviceEntry, RunningGateway, diff, make_config, sim_spe
 from sqlalchemy import create_engine, select
 
 from gateway.app import Gateway
-from gateway.central.api import add_token
+from gateway.central.tokens import add_token
 from gateway.config import parse_config
 from gateway.store import schema as s
 from gateway.store.outbox import outbox_stats

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from gateway.central.api import CentralApi, ThreadedServer, add_token
+from gateway.central.api import CentralApi
+from gateway.central.tokens import add_token
 from gateway.config import CentralConfig, parse_config
 from gateway.forward.forwarder import Forwarder
 from gateway.models import PollOutcome, Punch
@@ -22,6 +23,7 @@ from gateway.store import schema as s
 from gateway.store.db import create_db_engine, upgrade
 from gateway.store.outbox import outbox_stats
 from gateway.store.punches import Store
+from gateway.web.server import ThreadedServer
 
 pytestmark = pytest.mark.timeout(60)
 OFFICE = "1801.05"

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from gateway.central.api import CentralApi, add_token
+from gateway.central.api import CentralApi
+from gateway.central.tokens import add_token
 from gateway.config import CentralConfig
 from gateway.store import schema as s
 from gateway.store.db import create_db_engine, upgrade
@@ -388,10 +389,10 @@ def test_daily_recap_and_completeness_over_the_api(central: Central) -> None:
 @pytest.mark.timeout(60)
 def test_a_broken_token_file_keeps_the_previous_tokens_and_is_logged_once(
         central: Central, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import gateway.central.api
+    import gateway.central.tokens
 
     logs: list[dict[str, Any]] = []
-    monkeypatch.setattr(gateway.central.api, "log", type("Rec", (), {
+    monkeypatch.setattr(gateway.central.tokens, "log", type("Rec", (), {
         "__getattr__": lambda self, level: lambda event, **kw: logs.append({"event": event, "level": level, **kw})})())
     (tmp_path / "api.toml").write_text("[[token]]\nname = 'half-written")
     for _ in range(3):

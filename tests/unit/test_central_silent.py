@@ -19,7 +19,9 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
-from gateway.central.api import PROBLEM_SILENT, CentralApi, CentralService, add_token
+from gateway.central.api import CentralApi
+from gateway.central.silent import PROBLEM_SILENT, CentralService
+from gateway.central.tokens import add_token
 from gateway.config import Config, ConfigError, parse_config
 from gateway.store import schema as s
 from gateway.store.db import create_db_engine, upgrade
@@ -229,11 +231,11 @@ def test_fpgw_central_gateways_marks_silent_gateways(tmp_path: Path, capsys: pyt
 
 
 def test_a_failing_check_is_logged_once_per_streak(centre: Centre, monkeypatch: pytest.MonkeyPatch) -> None:
-    import gateway.central.api
+    import gateway.central.silent
 
     events: list[str] = []
-    monkeypatch.setattr(gateway.central.api.log, "exception", lambda msg, **kw: events.append(msg))
-    monkeypatch.setattr(gateway.central.api.log, "info", lambda msg, **kw: events.append(msg))
+    monkeypatch.setattr(gateway.central.silent.log, "exception", lambda msg, **kw: events.append(msg))
+    monkeypatch.setattr(gateway.central.silent.log, "info", lambda msg, **kw: events.append(msg))
     svc = centre.service()
     broken = True
     real = centre.api.store.silent_watch_rows

@@ -15,8 +15,8 @@ from gateway.config import Config, parse_config
 from gateway.models import PollOutcome, Punch
 from gateway.store import schema as s
 from gateway.store.db import create_db_engine, current_revision, head_revision, upgrade, writer
-from gateway.store.punches import Store, insert_punches
-from gateway.store.queries import PunchFilter, device_overview, iter_punches
+from gateway.store.health import device_overview
+from gateway.store.punches import PunchFilter, Store, insert_punches, iter_punches
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import pytest
 from openpyxl import load_workbook
 
 from gateway.central import export
-from gateway.central.api import load_tokens
+from gateway.central.tokens import load_tokens
 from gateway.cli.main import main
 from gateway.models import PollOutcome, Punch
 from gateway.store.db import create_db_engine, upgrade

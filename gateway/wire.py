@@ -1,0 +1,364 @@
+"""The forwarding wire format: the JSON documents an office gateway sends the central, both directions in one place.
+
+    office: store rows --encode_punch / encode_device--> punch_batch() / health_report() --dumps()--> HTTP body
+    central: HTTP body --json--> decode_punch_batch() / decode_health_report() --> Punch / device values --> store
+Sans-IO: pure functions and dataclasses, no SQL, no HTTP. gateway.forward.forwarder encodes with it and
+gateway.central.api decodes with it, so both ends of the format are ours and live together (pymodbus keeps
+one framer for client and server the same way). Malformed documents raise WireError (the central answers
+400 bad_payload with its message); a well-formed punch that cannot be stored is a per-punch rejection reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from gateway.models import Punch
+from gateway.polling.normalize import state_name, verify_name
+
+#: Keys of a punch object, in the order they are sent.
+PUNCH_KEYS = ("office_code", "device_id", "device_serial", "device_user_id", "device_time", "local_time",
+              "utc_time", "timezone", "state", "state_name", "verify", "verify_name", "uid", "workcode",
+              "raw_time", "employee_id", "flags")
+
+_BATCH_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
+_DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_DEVICE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$")
+
+
+class WireError(ValueError):
+    """A malformed document: nothing of it may be stored (the central answers 400 bad_payload)."""
+
+
+class TooManyItems(Exception):
+    """A batch holds more items than the receiver takes in one request (the central answers 413)."""
+
+    def __init__(self, key: str, count: int, limit: int) -> None:
+        super().__init__(f"{count} {key} in one request; at most {limit}")
+        self.key, self.count, self.limit = key, count, limit
+
+
+class OfficeMismatch(Exception):
+    """The sender claims another office than the one its token is for (the central answers 403)."""
+
+    def __init__(self, office_code: str, claimed: Any) -> None:
+        super().__init__(f"this gateway's token is for office {office_code!r}, not {claimed!r}; fix [site] "
+                         "office_code or ask BKD for the right token")
+        self.office_code, self.claimed = office_code, claimed
+
+
+# --------------------------------------------------------------------------------------------------
+# Encoding (office side)
+# --------------------------------------------------------------------------------------------------
+
+def _instant_text(value: datetime | None) -> str | None:
+    # UTC instants end in "Z"; values are sent as stored (the store hands out UTC).
+    return value.isoformat(timespec="seconds").replace("+00:00", "Z") if value is not None else None
+
+
+def encode_punch(row: Punch | Mapping[str, Any]) -> dict[str, Any]:
+    """The wire form of a punch: a Punch, or a punches-table row (flags as "a,b" text)."""
+    if isinstance(row, Punch):
+        row = {**{k: getattr(row, k) for k in PUNCH_KEYS}, "flags": ",".join(row.flags)}
+    local, utc = row["local_time"], row["utc_time"]
+    return {
+        "office_code": row["office_code"], "device_id": row["device_id"], "device_serial": row["device_serial"],
+        "device_user_id": row["device_user_id"], "device_time": row["device_time"],
+        "local_time": local.isoformat(timespec="seconds") if local is not None else None,
+        "utc_time": utc.isoformat(timespec="seconds").replace("+00:00", "Z") if utc is not None else None,
+        "timezone": row["timezone"], "state": row["state"], "state_name": row["state_name"],
+        "verify": row["verify"], "verify_name": row["verify_name"], "uid": row["uid"],
+        "workcode": row["workcode"], "raw_time": row["raw_time"], "employee_id": row["employee_id"],
+        "flags": [f for f in (row["flags"] or "").split(",") if f],
+    }
+
+
+def encode_device(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The wire form of one device and its health (a health snapshot row; ``problems`` already a dict)."""
+    problems = row["problems"]
+    return {
+        "device_id": row["device_id"], "name": row["name"], "location": row["location"], "address": row["address"],
+        "port": row["port"], "transport": row["transport"], "serial": row["serial"], "firmware": row["firmware"],
+        "platform": row["platform"], "device_name": row["device_name"], "mac": row["mac"], "enabled": row["enabled"],
+        "last_seen_at": _instant_text(row["last_seen_at"]), "last_ok_at": _instant_text(row["last_ok_at"]),
+        "last_full_read_at": _instant_text(row["last_full_read_at"]), "last_record_count": row["last_record_count"],
+        "last_user_count": row["last_user_count"], "records_cap": row["records_cap"], "users_cap": row["users_cap"],
+        "last_punch_at": _instant_text(row["last_punch_at"]),
+        "last_new_punch_at": _instant_text(row["last_new_punch_at"]),
+        "clock_skew_s": row["clock_skew_s"],
+        "health": {
+            "state": row["h_state"] or "unknown", "state_since": _instant_text(row["state_since"]),
+            "consecutive_failures": row["consecutive_failures"] or 0,
+            "last_failure_at": _instant_text(row["last_failure_at"]), "last_error_kind": row["last_error_kind"],
+            "last_error": row["last_error"], "problems": problems if isinstance(problems, dict) else {},
+            "muted_until": _instant_text(row["muted_until"]), "mute_reason": row["mute_reason"],
+        },
+    }
+
+
+def gateway_meta(*, office_code: str, office_name: str | None, hostname: str, version: str,
+                 outbox_depth: int | None, oldest_unforwarded_s: float | None) -> dict[str, Any]:
+    """The ``gateway`` object every document carries: who sends, and how far behind it is."""
+    return {"office_code": office_code, "office_name": office_name, "hostname": hostname, "version": version,
+            "outbox_depth": outbox_depth, "oldest_unforwarded_s": oldest_unforwarded_s}
+
+
+def batch_id(punches: Sequence[Mapping[str, Any]]) -> str:
+    """The content-derived id of a batch of wire punches: a resend of the same punches has the same id."""
+    digest = hashlib.sha256(json.dumps(punches, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return f"b-{digest[:40]}"
+
+
+def punch_batch(punches: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The POST /ingest/punches document for these wire punches."""
+    return {"batch_id": batch_id(punches), "gateway": meta, "punches": list(punches)}
+
+
+def health_report(meta: Mapping[str, Any], devices: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The POST /ingest/health document for these wire devices."""
+    return {"gateway": meta, "devices": list(devices)}
+
+
+def dumps(doc: Any) -> bytes:
+    """A document as the request body (compact JSON, ASCII)."""
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def batch_digest(punches: Any, office_code: str = "") -> str:
+    """Content digest of a batch (its punches and the office they are stored under): the same batch_id
+    with another digest is a conflict, so a stored answer is never given for different content."""
+    doc = {"office_code": office_code, "punches": punches}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------------
+# Decoding (central side)
+# --------------------------------------------------------------------------------------------------
+
+def _str(obj: Mapping[str, Any], key: str, where: str, *, required: bool = True, nullable: bool = False) -> Any:
+    if key not in obj or obj[key] is None:
+        if required and not (nullable and key in obj):
+            raise WireError(f"{where}.{key}: required")
+        return None
+    if not isinstance(obj[key], str):
+        raise WireError(f"{where}.{key}: must be a string")
+    return obj[key]
+
+
+def _int(obj: Mapping[str, Any], key: str, where: str, default: int | None = None) -> int:
+    v = obj.get(key, default)
+    if v is None and default is not None:
+        v = default
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise WireError(f"{where}.{key}: must be an integer")
+    return v
+
+
+def _instant(text: str | None, *, aware: bool) -> datetime | None:
+    if text is None:
+        return None
+    value = datetime.fromisoformat(text)  # ValueError -> rejected row
+    if aware and value.tzinfo is None:
+        raise ValueError("no UTC offset")
+    if not aware and value.tzinfo is not None:
+        raise ValueError("local time must not carry an offset")
+    return value.astimezone(UTC) if aware else value
+
+
+_LIMITS = {"device_id": 64, "device_serial": 64, "device_user_id": 64, "employee_id": 64, "timezone": 64,
+           "state_name": 16, "verify_name": 24}
+
+
+def decode_punch(obj: Any, i: int, office_code: str) -> tuple[Punch | None, str | None]:
+    """A wire punch as (Punch, None), or (None, reason) when well-formed but unacceptable; raises WireError."""
+    where = f"punches[{i}]"
+    if not isinstance(obj, dict):
+        raise WireError(f"{where}: must be an object")
+    fields = {k: _str(obj, k, where) for k in ("device_id", "device_serial", "device_user_id", "device_time",
+                                               "timezone")}
+    office = _str(obj, "office_code", where, required=False)
+    local_text = _str(obj, "local_time", where, required=False)
+    utc_text = _str(obj, "utc_time", where, required=False)
+    employee = _str(obj, "employee_id", where, required=False)
+    sname = _str(obj, "state_name", where, required=False)
+    vname = _str(obj, "verify_name", where, required=False)
+    state, verify = _int(obj, "state", where), _int(obj, "verify", where)
+    uid, workcode, raw_time = (_int(obj, "uid", where, 0), _int(obj, "workcode", where, 0),
+                               _int(obj, "raw_time", where, -1))
+    flags = obj.get("flags", [])
+    if isinstance(flags, str):
+        flags = [f for f in flags.split(",") if f]
+    if not isinstance(flags, list) or not all(isinstance(f, str) for f in flags):
+        raise WireError(f"{where}.flags: must be a list of strings")
+    # Well-formed from here on; what follows rejects the row, not the batch.
+    if office is not None and office != office_code:
+        return None, f"office_mismatch: punch says {office!r} but this gateway's token is for {office_code!r}"
+    texts = {**fields, "employee_id": employee, "state_name": sname, "verify_name": vname}
+    for key, limit in _LIMITS.items():
+        value = texts[key]
+        if value is not None and len(value) > limit:
+            return None, f"field_too_long: {key} is longer than {limit} characters"
+    if not fields["device_serial"] or not fields["device_user_id"] or not fields["device_id"]:
+        return None, "missing_identity: device_id, device_serial and device_user_id must not be empty"
+    if not _DEVICE_TIME.match(fields["device_time"]):
+        return None, f"bad_device_time: {fields['device_time'][:40]!r} is not 'YYYY-MM-DD HH:MM:SS'"
+    try:
+        ZoneInfo(fields["timezone"])
+    except (ZoneInfoNotFoundError, ValueError):
+        return None, f"unknown_timezone: {fields['timezone'][:64]!r}"
+    try:
+        local = _instant(local_text, aware=False)
+        utc = _instant(utc_text, aware=True)
+    except ValueError as exc:
+        return None, f"bad_time: local_time/utc_time not ISO 8601 ({exc})"
+    if ",".join(flags) and len(",".join(flags)) > 200:
+        return None, "field_too_long: flags"
+    return Punch(office_code=office_code, device_id=fields["device_id"], device_serial=fields["device_serial"],
+                 device_user_id=fields["device_user_id"], device_time=fields["device_time"], local_time=local,
+                 utc_time=utc, timezone=fields["timezone"], state=state, state_name=sname or state_name(state),
+                 verify=verify, verify_name=vname or verify_name(verify), uid=uid, workcode=workcode,
+                 raw_time=raw_time, employee_id=employee or None, flags=tuple(flags)), None
+
+
+_DEVICE_STR = {"name": 200, "location": 200, "address": 255, "transport": 8, "serial": 64, "firmware": 100,
+               "platform": 100, "device_name": 100, "mac": 32}
+_DEVICE_INT = ("port", "last_record_count", "last_user_count", "records_cap", "users_cap")
+_DEVICE_TIME_FIELDS = ("last_seen_at", "last_ok_at", "last_full_read_at", "last_punch_at", "last_new_punch_at")
+_HEALTH_STATES = ("unknown", "online", "offline")
+
+
+def decode_device(obj: Any, i: int) -> dict[str, Any]:
+    """A wire device-health object as devices/device_health values (strings cut to the columns); raises WireError."""
+    where = f"devices[{i}]"
+    if not isinstance(obj, dict):
+        raise WireError(f"{where}: must be an object")
+    dev_id = _str(obj, "device_id", where)
+    if not _DEVICE_ID.match(dev_id):
+        raise WireError(f"{where}.device_id: 1-64 letters, digits, '_', '.' or '-'")
+    out: dict[str, Any] = {"device_id": dev_id}
+    for key, limit in _DEVICE_STR.items():
+        v = _str(obj, key, where, required=False)
+        if v is not None:
+            out[key] = v[:limit]
+    for key in _DEVICE_INT:
+        if obj.get(key) is not None:
+            out[key] = _int(obj, key, where)
+    if obj.get("enabled") is not None:
+        if not isinstance(obj["enabled"], bool):
+            raise WireError(f"{where}.enabled: must be true or false")
+        out["enabled"] = obj["enabled"]
+    if obj.get("clock_skew_s") is not None:
+        if isinstance(obj["clock_skew_s"], bool) or not isinstance(obj["clock_skew_s"], int | float):
+            raise WireError(f"{where}.clock_skew_s: must be a number")
+        out["clock_skew_s"] = float(obj["clock_skew_s"])
+    for key in _DEVICE_TIME_FIELDS:
+        out[key] = _aware(obj, key, where)
+    health = obj.get("health") or {}
+    if not isinstance(health, dict):
+        raise WireError(f"{where}.health: must be an object")
+    h: dict[str, Any] = {}
+    state = health.get("state", "unknown")
+    if state not in _HEALTH_STATES:
+        raise WireError(f"{where}.health.state: must be one of {', '.join(_HEALTH_STATES)}")
+    h["state"] = state
+    for key in ("state_since", "last_failure_at", "muted_until"):
+        h[key] = _aware(health, key, f"{where}.health")
+    h["consecutive_failures"] = _int(health, "consecutive_failures", f"{where}.health", 0)
+    for key, limit in (("last_error_kind", 32), ("last_error", 2000), ("mute_reason", 200)):
+        v = _str(health, key, f"{where}.health", required=False)
+        h[key] = v[:limit] if v is not None else None
+    problems = health.get("problems") or {}
+    if not isinstance(problems, dict):
+        raise WireError(f"{where}.health.problems: must be an object")
+    h["problems"] = problems
+    out["health"] = h
+    return out
+
+
+def _aware(obj: Mapping[str, Any], key: str, where: str) -> datetime | None:
+    v = _str(obj, key, where, required=False)
+    if v is None:
+        return None
+    try:
+        return _instant(v, aware=True)
+    except ValueError:
+        raise WireError(f"{where}.{key}: must be an ISO 8601 instant with offset, e.g. 2026-11-23T01:30:00Z"
+                        ) from None
+
+
+def decode_gateway_meta(doc: Mapping[str, Any], office_code: str) -> dict[str, Any]:
+    """The ``gateway`` object of a document as sent (the store keeps only known keys of the right type);
+    raises WireError, or OfficeMismatch when it names another office than the token's."""
+    meta = doc.get("gateway") or {}
+    if not isinstance(meta, dict):
+        raise WireError("gateway: must be an object")
+    claimed = meta.get("office_code")
+    if claimed is not None and claimed != office_code:
+        raise OfficeMismatch(office_code, claimed)
+    return meta
+
+
+def batch_items(doc: Any, key: str, max_items: int) -> list[Any]:
+    """The list under ``key`` of a document (punches or devices), at most ``max_items`` long."""
+    if not isinstance(doc, dict):
+        raise WireError("body must be a JSON object")
+    raw = doc.get(key)
+    if not isinstance(raw, list):
+        raise WireError(f"{key}: required, a list")
+    if len(raw) > max_items:
+        raise TooManyItems(key, len(raw), max_items)
+    return raw
+
+
+@dataclass(frozen=True, slots=True)
+class PunchBatch:
+    """A decoded POST /ingest/punches document."""
+
+    batch_id: str
+    #: The sender's ``gateway`` object, as sent.
+    gateway: dict[str, Any]
+    #: Per punch, in order: (Punch, None), or (None, reason) for a punch the central rejects.
+    punches: list[tuple[Punch | None, str | None]]
+    #: batch_digest() of the punches as sent and the office they are stored under.
+    digest: str
+
+    @property
+    def rejected(self) -> dict[int, str]:
+        """index -> reason of the rejected punches."""
+        return {i: r for i, (_, r) in enumerate(self.punches) if r}
+
+
+@dataclass(frozen=True, slots=True)
+class HealthReport:
+    """A decoded POST /ingest/health document."""
+
+    gateway: dict[str, Any]
+    devices: list[dict[str, Any]]
+
+
+def decode_punch_batch(doc: Any, office_code: str, *, max_punches: int) -> PunchBatch:
+    """Validate a punch batch sent by a gateway whose token is for ``office_code``.
+
+    Raises WireError (malformed), TooManyItems or OfficeMismatch, checked in this order: body, list,
+    size, batch_id, gateway object, each punch.
+    """
+    raw = batch_items(doc, "punches", max_punches)
+    bid = doc.get("batch_id")
+    if not isinstance(bid, str) or not _BATCH_ID.match(bid):
+        raise WireError("batch_id: required, 1-100 letters, digits, '_', '.', ':' or '-'")
+    meta = decode_gateway_meta(doc, office_code)
+    parsed = [decode_punch(p, i, office_code) for i, p in enumerate(raw)]
+    return PunchBatch(batch_id=bid, gateway=meta, punches=parsed, digest=batch_digest(raw, office_code))
+
+
+def decode_health_report(doc: Any, office_code: str, *, max_devices: int) -> HealthReport:
+    """Validate a device-health report sent by a gateway whose token is for ``office_code`` (same errors)."""
+    raw = batch_items(doc, "devices", max_devices)
+    meta = decode_gateway_meta(doc, office_code)
+    return HealthReport(gateway=meta, devices=[decode_device(d, i) for i, d in enumerate(raw)])
