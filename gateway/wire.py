@@ -19,8 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from gateway.models import Punch
-from gateway.polling.normalize import state_name, verify_name
+from gateway.models import Punch, state_name, verify_name
 
 #: Keys of a punch object, in the order they are sent.
 PUNCH_KEYS = ("office_code", "device_id", "device_serial", "device_user_id", "device_time", "local_time",

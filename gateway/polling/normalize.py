@@ -17,25 +17,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from drivers.base import RawPunch
-from gateway.models import Punch
-
-STATE_NAMES: dict[int, str] = {
-    0: "check_in", 1: "check_out", 2: "break_out", 3: "break_in", 4: "overtime_in", 5: "overtime_out",
-}
-
-#: Verify-mode codes of ZKTeco TFT firmware (the PUSH protocol's table; the binary protocol uses the same).
-VERIFY_NAMES: dict[int, str] = {
-    0: "any", 1: "fingerprint", 2: "user_id", 3: "password", 4: "card", 5: "fingerprint_or_password",
-    6: "fingerprint_or_card", 7: "card_or_password", 8: "user_id_and_fingerprint",
-    9: "fingerprint_and_password", 10: "fingerprint_and_card", 11: "password_and_card",
-    12: "fingerprint_password_card", 13: "user_id_fingerprint_password", 14: "fingerprint_card_user_id",
-    15: "face", 16: "face_and_fingerprint", 17: "face_and_password", 18: "face_and_card",
-    19: "face_fingerprint_card", 20: "face_fingerprint_password", 200: "other",
-}
-for _code in range(21, 25):
-    VERIFY_NAMES[_code] = "finger_vein"
-for _code in range(25, 30):
-    VERIFY_NAMES[_code] = "palm"
+from gateway.models import Punch, state_name, verify_name
 
 #: Punches more than this far in the future (device clock ahead, or garbage) are flagged "future".
 FUTURE_TOLERANCE = timedelta(minutes=10)
@@ -43,16 +25,6 @@ FUTURE_TOLERANCE = timedelta(minutes=10)
 RTC_RESET_BEFORE = date(2001, 1, 1)
 #: Default "the device did not exist before" date when a device has no installed_on.
 DEFAULT_NOT_BEFORE = date(2010, 1, 1)
-
-
-def state_name(code: int) -> str:
-    """Name of an attendance state code ("unknown" for codes such as 255)."""
-    return STATE_NAMES.get(code, "unknown")
-
-
-def verify_name(code: int) -> str:
-    """Name of a verify-mode code."""
-    return VERIFY_NAMES.get(code, "unknown")
 
 
 @dataclass(frozen=True, slots=True)
