@@ -30,6 +30,7 @@ from zoneinfo import ZoneInfo
 import structlog
 from sqlalchemy.exc import DBAPIError
 
+from drivers import get_driver
 from drivers.base import (
     Busy,
     ClearsLog,
@@ -61,14 +62,9 @@ class PollAborted(Exception):
         self.kind = kind
 
 
-def zk_driver_factory(device: DeviceConfig) -> Driver:
-    """The production driver for a configured device (ZKTeco binary protocol via pyzk)."""
-    from drivers.zk.driver import ZkDriver, ZkParams  # imported lazily: pyzk is only needed to poll
-    from drivers.zk.quirks import ZkQuirks
-
-    params = ZkParams(address=device.address, port=device.port, transport=device.transport,
-                      comm_key=device.comm_key, timeout_s=device.timeout_s, expected_serial=device.serial)
-    return ZkDriver(params, ZkQuirks.from_mapping(device.quirks))
+def registry_driver_factory(device: DeviceConfig) -> Driver:
+    """The production driver of a device: the one its config names (``driver = "zk"``) in drivers.DRIVERS."""
+    return get_driver(device.driver)(device)
 
 
 @dataclass
@@ -120,7 +116,7 @@ class DevicePoller:
                  employees: EmployeeMap | None = None, now: Callable[[], datetime] | None = None) -> None:
         self.config = config
         self.store = store
-        self.driver_factory = driver_factory or zk_driver_factory
+        self.driver_factory = driver_factory or registry_driver_factory
         #: Shared list (gateway.app passes ctx.poll_observers) so services can register late.
         self.observers = observers
         self.stop_event = stop_event or threading.Event()
