@@ -793,10 +793,8 @@ class CentralService:
         if self._failing:
             log.info("silent-gateway check works again")
             self._failing = False
-        if written:
-            router = getattr(self.ctx.extras.get("health"), "router", None)
-            if router is not None:
-                router.queue_pending()  # deliver now, not at the next health sweep
+        if written and self.ctx.health is not None:
+            self.ctx.health.deliver_pending()  # deliver now, not at the next health sweep
         return written
 
     def _check(self, now: datetime) -> list[tuple[str, str]]:
@@ -919,9 +917,9 @@ def services(ctx: AppContext) -> list[Service]:
         log.warning("central mode on SQLite: fine for a trial, use PostgreSQL for a regency")
     api = build_api(ctx.config, ctx.engine)
     ctx.http_routes.extend(api.routes())
-    ctx.extras["central_api"] = api
+    ctx.central_api = api
     service = CentralService(ctx, api)
-    ctx.extras["central_service"] = service
+    ctx.central_service = service
     return [service]
 
 

@@ -339,9 +339,10 @@ class DevicePoller:
             previous_serial=state.serial if info and state.serial and state.serial != info.serial else None,
             info=info, counts=read.counts, previous_record_count=state.last_record_count,
             previous_firmware=state.firmware, clock_skew_s=read.skew_s, clock_corrected=read.corrected,
-            bytes_read=read.bytes_read,
+            bytes_read=read.bytes_read, transient=not isinstance(exc, DriverError) or exc.transient,
+            retry_after_s=exc.retry_after if isinstance(exc, DriverError) else None,
         )
-        # Per-poll detail at DEBUG: state changes are logged once by the scheduler and the monitor.
+        # Per-poll detail at DEBUG: state changes are logged once, by gateway.health.
         log.debug("poll failed", error_kind=kind, error=str(exc))
         self._save_failed(outcome)
         return outcome
