@@ -38,6 +38,7 @@ from gateway.health.tracker import HealthTracker
 from gateway.models import PollOutcome
 from gateway.services import AppContext
 from gateway.store.db import create_db_engine, upgrade
+from gateway.store.health import HealthRepo
 from gateway.store.punches import Store
 from gateway.web import metrics
 from gateway.web.status import StatusView
@@ -95,11 +96,12 @@ def main() -> None:
         pure = per_call(lambda i: tracker.record(outcome(ids[i % len(ids)], now + timedelta(seconds=2 + i))),
                         args.polls)
 
-        ctx = AppContext(config=config, engine=engine, store=store, scheduler=BackgroundScheduler(),
-                         metrics_registry=CollectorRegistry())
+        ctx = AppContext(config=config, store=store, health_repo=HealthRepo(engine, config.site.office_code),
+                         scheduler=BackgroundScheduler(), engine=engine, metrics_registry=CollectorRegistry())
         monitor = HealthMonitor(ctx)
-        ctx.extras["health"] = monitor
-        metrics.install(ctx.metrics_registry, monitor, ctx.poll_observers)  # type: ignore[arg-type]
+        ctx.health = monitor
+        for svc in metrics.services(ctx):
+            svc.start()
         monitor.start()
         try:
             for dev in ids:

@@ -9,11 +9,11 @@ This module imports nothing from gateway/ and nothing device specific.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 # ---------------------------------------------------------------------------------------------
 # Values a session returns
@@ -130,6 +130,48 @@ class Session(Protocol):
         ...
 
 
+class DeviceTarget(Protocol):
+    """What a driver factory reads from a configured device (gateway.config.DeviceConfig is one).
+
+    Drivers are built from this, never from gateway types: drivers/ imports nothing from gateway/.
+    """
+
+    @property
+    def address(self) -> str:
+        """IP address or host name."""
+        ...
+
+    @property
+    def port(self) -> int:
+        """TCP/UDP port."""
+        ...
+
+    @property
+    def transport(self) -> str:
+        """"tcp" or "udp" (what the protocol offers)."""
+        ...
+
+    @property
+    def comm_key(self) -> int:
+        """Numeric device password; 0 when none. Never log it."""
+        ...
+
+    @property
+    def timeout_s(self) -> float:
+        """Per-request timeout in seconds."""
+        ...
+
+    @property
+    def serial(self) -> str | None:
+        """Expected serial number, when pinned in the config."""
+        ...
+
+    @property
+    def quirks(self) -> Mapping[str, Any]:
+        """Driver workarounds from the config (``[devices.quirks]``), validated by the driver."""
+        ...
+
+
 class Driver(Protocol):
     """Reaches one configured device. Blocking; one caller at a time."""
 
@@ -161,13 +203,6 @@ class ClearsLog(Protocol):
     """
 
     def clear_punches(self, expected_records: int | None = None) -> None: ...
-
-
-@runtime_checkable
-class StreamsLive(Protocol):
-    """Optional session ability: yield punches as they happen until ``stop()`` returns True."""
-
-    def live_punches(self, idle_timeout_s: float = 10.0) -> Iterator[LiveEvent | None]: ...
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,6 +275,7 @@ __all__ = [
     "ClearsLog",
     "Counts",
     "DeviceInfo",
+    "DeviceTarget",
     "DeviceUser",
     "Driver",
     "DriverError",
@@ -250,6 +286,5 @@ __all__ = [
     "ReadsUsers",
     "Session",
     "SetsClock",
-    "StreamsLive",
     "Unreachable",
 ]

@@ -1,7 +1,8 @@
 """Composition root: builds the daemon from a Config, starts and stops it in order.
 
-    Gateway(config): engine (+ migrations) -> Store.sync_devices -> scheduler -> AppContext -> poll jobs
-        -> services of gateway.health.monitor, .forwarder, .central, .http (started in that order, stopped reversed)
+    Gateway(config): engine (+ migrations) -> repositories (Store.sync_devices, HealthRepo) -> scheduler
+        -> AppContext -> services of gateway.health.monitor, .web.metrics, .forward.forwarder, .central.api,
+        .web.status (started in that order, stopped reversed) -> poll scheduler (backs off from ctx.health) + jobs
     run_forever(): signals, faulthandler, sd_notify READY/STATUS/WATCHDOG/STOPPING, waits for the stop event.
 
 Tests run a Gateway in-process with start()/stop(); `fpgw run` calls run_forever().
@@ -28,6 +29,7 @@ from gateway.polling.poller import DevicePoller, DriverFactory
 from gateway.polling.scheduler import PollScheduler, build_scheduler
 from gateway.services import AppContext, Service
 from gateway.store.db import DatabaseError, create_db_engine, current_revision, head_revision, upgrade
+from gateway.store.health import HealthRepo
 from gateway.store.punches import Store
 
 log = structlog.get_logger(__name__)
@@ -45,10 +47,11 @@ def default_service_factories() -> list[tuple[str, ServiceFactory]]:
     from gateway.central import api as central
     from gateway.forward import forwarder
     from gateway.health import monitor
+    from gateway.web import metrics
     from gateway.web import status as http
 
-    return [("monitor", monitor.services), ("forwarder", forwarder.services), ("central", central.services),
-            ("http", http.services)]
+    return [("monitor", monitor.services), ("metrics", metrics.services), ("forwarder", forwarder.services),
+            ("central", central.services), ("http", http.services)]
 
 
 def safe_url(url: str) -> str:
@@ -68,27 +71,31 @@ class Gateway:
         self.engine = create_db_engine(config.database.url, pool_size=min(config.polling.pool_size + 4, 64))
         try:
             self._prepare_database()
+            # The repositories are built once here; services receive them through the context.
             self.store = Store(self.engine, config.site.office_code)
             self.store.sync_devices(config.devices)
             self.scheduler = build_scheduler(config)
-            self.ctx = AppContext(config=config, engine=self.engine, store=self.store, scheduler=self.scheduler,
+            self.ctx = AppContext(config=config, store=self.store,
+                                  health_repo=HealthRepo(self.engine, config.site.office_code),
+                                  scheduler=self.scheduler, engine=self.engine,
                                   metrics_registry=CollectorRegistry(auto_describe=True))
             self.poller = DevicePoller(config, self.store, driver_factory=driver_factory,
                                        observers=self.ctx.poll_observers, stop_event=self.ctx.stop_event)
-            self.polls = PollScheduler(config, self.scheduler, self.poller.poll_once,
-                                       stop_event=self.ctx.stop_event)
-            self.ctx.poll_now = self.polls.poll_now
-            self.ctx.extras["poll_scheduler"] = self.polls
-            self.ctx.extras["poller"] = self.poller
-            self.polls.add_jobs()
-            self.scheduler.add_job(self._heartbeat, "interval", seconds=HEARTBEAT_EVERY_S, id="heartbeat",
-                                   executor="housekeeping", replace_existing=True)
             self.services: list[Service] = []
             for area, factory in (service_factories if service_factories is not None
                                   else default_service_factories()):
                 for svc in factory(self.ctx):
                     self.services.append(svc)
                     log.debug("service added", area=area, service=svc.name)
+            # After the services: the health monitor (ctx.health) is where failed polls are counted, and
+            # the back-off reads that count instead of keeping its own.
+            self.polls = PollScheduler(config, self.scheduler, self.poller.poll_once,
+                                       stop_event=self.ctx.stop_event, failures=self.ctx.health)
+            self.ctx.poll_now = self.polls.poll_now
+            self.ctx.polls = self.polls
+            self.polls.add_jobs()
+            self.scheduler.add_job(self._heartbeat, "interval", seconds=HEARTBEAT_EVERY_S, id="heartbeat",
+                                   executor="housekeeping", replace_existing=True)
         except BaseException:
             self.engine.dispose()
             raise

@@ -18,6 +18,7 @@ from datetime import date, time
 from pathlib import Path
 from typing import Any, Literal
 
+from drivers import check_quirks, driver_names
 from gateway.configlib import ConfigError, Reader
 
 Transport = Literal["tcp", "udp"]
@@ -84,7 +85,7 @@ class DeviceConfig:
     address: str
     port: int = 4370
     transport: Transport = "tcp"
-    #: Driver kind; only "zk" (ZKTeco binary protocol, port 4370) for now.
+    #: Driver name, looked up in ``drivers.DRIVERS`` ("zk": ZKTeco binary protocol, port 4370).
     driver: str = "zk"
     #: Comm key (numeric password) from ``comm_key_env`` / ``comm_key_file``; 0 when the device has none.
     comm_key: int = field(default=0, repr=False)
@@ -364,7 +365,7 @@ def _parse_devices(top: Reader, site: SiteConfig, polling: PollingConfig, base_d
         address = r.str("address", allow_empty=False)
         port = r.int("port", 4370, min=1, max=65535)
         transport = r.str("transport", "tcp", choices=("tcp", "udp"))
-        driver = r.str("driver", "zk", choices=("zk",))
+        driver = r.str("driver", "zk", choices=driver_names())
         key_text = r.secret("comm_key", base_dir=base_dir)
         comm_key = 0
         if key_text is not None:
@@ -383,7 +384,7 @@ def _parse_devices(top: Reader, site: SiteConfig, polling: PollingConfig, base_d
             r.problem("quirks", "must be a table, e.g. quirks = { record_size = 40 }")
             quirks = {}
         else:
-            problem = _check_quirks(driver, quirks)
+            problem = check_quirks(driver, quirks) if quirks else None
             if problem:
                 r.problem("quirks", problem)
         location = r.str("location", "")
@@ -410,19 +411,6 @@ def _clear_ratio(r: Reader, default: float) -> float:
     if 0 < value < 0.1:
         r.problem("clear_when_full_ratio", f"must be 0 (never) or between 0.1 and 1, got {value}")
     return float(value)
-
-
-def _check_quirks(driver: str, quirks: Mapping[str, Any]) -> str | None:
-    """The driver's own validation of its workaround table (None when fine)."""
-    if driver != "zk" or not quirks:
-        return None
-    from drivers.zk.quirks import ZkQuirks  # the driver owns the list of quirks it understands
-
-    try:
-        ZkQuirks.from_mapping(quirks)
-    except (TypeError, ValueError) as exc:
-        return str(exc)
-    return None
 
 
 def _parse_date(r: Reader, name: str) -> date | None:

@@ -60,6 +60,11 @@ class PollOutcome:
     #: One of ERROR_KINDS when not ok.
     error_kind: str | None = None
     error: str | None = None
+    #: False when the failure will not go away by itself (DriverError.transient: wrong comm key, another
+    #: terminal at the address): the scheduler then probes slowly.
+    transient: bool = True
+    #: Seconds the device asked us to wait before the next try (DriverError.retry_after, e.g. Busy).
+    retry_after_s: float | None = None
     #: "count" (counts only, nothing new), "full" (log downloaded) or "none" (failed before counting).
     mode: Literal["count", "full", "none"] = "none"
     serial: str | None = None

@@ -1,10 +1,11 @@
 """The plug-in seam of the daemon: long-running services started and stopped by gateway.app.
 
-gateway.app builds one ``AppContext`` (config, engine, store, scheduler, stop event) and asks each
-area for its services: ``gateway.health.monitor`` (health, alerts), ``gateway.forward.forwarder``
-(outbox -> upstream), ``gateway.central.api`` (central API), ``gateway.web.status`` (status page,
-JSON, /metrics, serves the routes the others registered). Start order is that order; stop order is
-the reverse. Poll outcomes reach services through ``ctx.poll_observers``.
+gateway.app builds one ``AppContext`` (config, the repositories, scheduler, stop event) and asks each
+area for its services: ``gateway.health.monitor`` (health, alerts), ``gateway.web.metrics`` (Prometheus
+collectors), ``gateway.forward.forwarder`` (outbox -> upstream), ``gateway.central.api`` (central API),
+``gateway.web.status`` (status page, JSON, /metrics, serves the routes the others registered). Start order
+is that order; stop order is the reverse. Poll outcomes reach services through ``ctx.poll_observers``;
+services find each other through the typed fields below (each says who sets it), never through a dict.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from apscheduler.schedulers.background import BackgroundScheduler
@@ -20,8 +21,12 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
     from starlette.routing import BaseRoute
 
+    from gateway.central.api import CentralApi
+    from gateway.central.silent import CentralService
     from gateway.config import Config
+    from gateway.health.tracker import DeviceHealth
     from gateway.models import PollOutcome
+    from gateway.store.health import HealthRepo
     from gateway.store.punches import Store
 
 
@@ -39,14 +44,54 @@ class Service(Protocol):
         ...
 
 
+class FailureView(Protocol):
+    """The health model's count of failed polls, read by the poll scheduler to back a device off.
+
+    Implemented by gateway.health (the one place that counts failures); gateway.polling depends only on this.
+    """
+
+    def consecutive_failures(self, device_id: str) -> int:
+        """Polls of the device that failed in a row since its last good poll (0 when it is fine or unknown)."""
+        ...
+
+
+class HealthView(FailureView, Protocol):
+    """The health monitor as the other services see it (status page, metrics, central)."""
+
+    def snapshot(self) -> dict[str, DeviceHealth]:
+        """Every device's health (a copy, safe to read from any thread)."""
+        ...
+
+    def alert_deliveries(self) -> tuple[int, int]:
+        """(alerts delivered, failed delivery attempts) since start, for metrics."""
+        ...
+
+    def deliver_pending(self) -> None:
+        """Send alerts other writers put in the alerts table now, not at the next sweep."""
+        ...
+
+
+class RunningPolls(Protocol):
+    """Which device polls are running now (the health sweep catches a poll that never reports)."""
+
+    def running_since(self) -> dict[str, float]:
+        """Device id -> ``time.monotonic()`` when its running poll started."""
+        ...
+
+
 @dataclass
 class AppContext:
     """Everything a service may use. Built once by gateway.app."""
 
     config: Config
-    engine: Engine
+    #: Punches, devices and poll runs (gateway.store.punches).
     store: Store
+    #: Device health, alerts, mutes and the devices table as health sees it (gateway.store.health).
+    health_repo: HealthRepo
     scheduler: BackgroundScheduler
+    #: The database engine, only for areas whose store code still takes one: the forwarder
+    #: (gateway.store.outbox functions) and central mode (CentralApi builds its CentralStore).
+    engine: Engine
     #: Set when the daemon is shutting down; long loops check it.
     stop_event: threading.Event = field(default_factory=threading.Event)
     #: Called (in the polling thread) with every PollOutcome, after it was stored. Must be quick.
@@ -57,5 +102,12 @@ class AppContext:
     metrics_registry: CollectorRegistry | None = None
     #: Request a poll of one device now (set by gateway.app; coalesced behind a running poll).
     poll_now: Callable[[str], bool] | None = None
-    #: Free-form values services share (e.g. "health" -> the HealthMonitor for the status page).
-    extras: dict[str, Any] = field(default_factory=dict)
+    #: The polls in flight (set by gateway.app: the PollScheduler).
+    polls: RunningPolls | None = None
+    #: The health monitor (set by gateway.health.monitor.services).
+    health: HealthView | None = None
+    #: The port the HTTP server listens on (set by gateway.web.status once it serves; useful with port 0).
+    http_port: int | None = None
+    #: Central mode's API and housekeeping service (set by gateway.central.api.services when enabled).
+    central_api: CentralApi | None = None
+    central_service: CentralService | None = None

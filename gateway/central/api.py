@@ -390,8 +390,8 @@ def services(ctx: AppContext) -> list[Service]:
         log.warning("central mode on SQLite: fine for a trial, use PostgreSQL for a regency")
     api = build_api(ctx.config, ctx.engine)
     ctx.http_routes.extend(api.routes())
-    ctx.extras["central_api"] = api
+    ctx.central_api = api
     service = CentralService(ctx, api)
-    ctx.extras["central_service"] = service
+    ctx.central_service = service
     return [service]
 

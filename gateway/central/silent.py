@@ -122,10 +122,8 @@ class CentralService:
         if self._failing:
             log.info("silent-gateway check works again")
             self._failing = False
-        if written:
-            router = getattr(self.ctx.extras.get("health"), "router", None)
-            if router is not None:
-                router.queue_pending()  # deliver now, not at the next health sweep
+        if written and self.ctx.health is not None:
+            self.ctx.health.deliver_pending()  # deliver now, not at the next health sweep
         return written
 
     def _check(self, now: datetime) -> list[tuple[str, str]]:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from gateway.config import Config
 
 if TYPE_CHECKING:
-    from gateway.polling.poller import ClearResult
+    from gateway.polling.clear import ClearResult
 
 EXIT_OK, EXIT_FAILURE = 0, 1
 

@@ -3,7 +3,8 @@
     poller --PollOutcome (ctx.poll_observers)--> HealthMonitor.observe()   scheduler --"health-sweep" 30 s--> sweep()
         --> HealthTracker --Transition[]--> AlertRouter (log + alerts table + sender thread)
                                    \\--> device_health table (loaded at start: a restart neither forgets nor re-alerts)
-Publishes itself as ``ctx.extras["health"]`` for the status page and metrics.
+Published as ``ctx.health`` (a gateway.services.HealthView) for the status page, metrics and central; the poll
+scheduler backs failing devices off from its failure count (FailureView), so failures are counted only here.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from gateway.health.alerts import AlertRouter
 from gateway.health.tracker import DeviceHealth, HealthTracker, Transition
 from gateway.models import PollOutcome
 from gateway.services import AppContext, Service
-from gateway.store.health import HealthRepo
 
 log = structlog.get_logger(__name__)
 
@@ -37,7 +37,7 @@ class HealthMonitor:
         self.ctx = ctx
         self.config = ctx.config
         self.clock = clock or (lambda: datetime.now(UTC))
-        self.repo = HealthRepo(ctx.engine, ctx.config.site.office_code)
+        self.repo = ctx.health_repo
         self.tracker = HealthTracker(ctx.config)
         self.router = router or AlertRouter(ctx.config, self.repo, clock=self.clock)
         self.sweep_every_s = sweep_every_s
@@ -121,6 +121,19 @@ class HealthMonitor:
         with self._lock:
             return self.tracker.snapshot()
 
+    def consecutive_failures(self, device_id: str) -> int:
+        """Failed polls in a row (FailureView: the poll scheduler's back-off reads this)."""
+        with self._lock:
+            return self.tracker.consecutive_failures(device_id)
+
+    def alert_deliveries(self) -> tuple[int, int]:
+        """(alerts delivered, failed delivery attempts) since start."""
+        return self.router.sent, self.router.failed
+
+    def deliver_pending(self) -> None:
+        """Queue alerts other writers (central mode, the forwarder) put in the alerts table, now."""
+        self.router.queue_pending()
+
     def muted_until(self, device_id: str) -> datetime | None:
         """When the device's mute ends (None when not muted)."""
         until = self._muted.get(device_id)
@@ -137,15 +150,10 @@ class HealthMonitor:
     def _note_in_flight(self, now: datetime) -> None:
         # The poll scheduler knows which polls are running (monotonic start): a poll that never
         # reports is caught here without any hook in the poller.
-        polls = self.ctx.extras.get("poll_scheduler")
-        states = getattr(polls, "states", None)
-        if not states:
+        if self.ctx.polls is None:
             return
         mono = time.monotonic()
-        for device_id, st in list(states.items()):
-            since = getattr(st, "running_since", None)
-            if since is None:
-                continue
+        for device_id, since in self.ctx.polls.running_since().items():
             started = now - timedelta(seconds=mono - since)
             h = self.tracker.health(device_id, now)
             if h.poll_started_at is None or abs((h.poll_started_at - started).total_seconds()) > 1:
@@ -185,12 +193,5 @@ class HealthMonitor:
 def services(ctx: AppContext) -> list[Service]:
     """The health monitor (with its alert router) for the daemon."""
     monitor = HealthMonitor(ctx)
-    ctx.extras["health"] = monitor
-    if ctx.metrics_registry is None:
-        from prometheus_client import CollectorRegistry
-
-        ctx.metrics_registry = CollectorRegistry(auto_describe=True)
-    from gateway.web import metrics
-
-    metrics.install(ctx.metrics_registry, monitor, ctx.poll_observers, with_outbox=bool(ctx.config.forward.url))
+    ctx.health = monitor
     return [monitor]

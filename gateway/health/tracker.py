@@ -13,7 +13,6 @@ from the outcome or the caller (``sweep(now)``), so tests drive it explicitly.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -197,6 +196,11 @@ class HealthTracker:
         """Device ids whose persisted fields changed since the last call."""
         dirty, self._dirty = self._dirty, set()
         return dirty
+
+    def consecutive_failures(self, device_id: str) -> int:
+        """Failed polls in a row since the last good one (0 for an unknown device)."""
+        h = self._devices.get(device_id)
+        return h.consecutive_failures if h is not None else 0
 
     def offline_window_s(self, device_id: str) -> float:
         """How long without a good poll before a failing device counts as offline."""
@@ -451,7 +455,3 @@ def problems_from_json(data: dict[str, Any]) -> dict[str, Problem]:
     """Decode the device_health.problems JSON (unknown names are kept: a newer version may have written them)."""
     return {name: Problem.from_json(name, value) for name, value in data.items() if isinstance(value, dict)}
 
-
-def open_problems(healths: Iterable[DeviceHealth]) -> int:
-    """Number of open problems across devices (notices excluded)."""
-    return sum(1 for h in healths for p in h.problems.values() if not p.notice)

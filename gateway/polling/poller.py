@@ -10,10 +10,8 @@ changed, or the periodic full reconcile is due. Every DriverError becomes an out
 next tick is the retry (gateway.polling.scheduler backs failing devices off).
 
 Clearing a terminal (`fpgw devices clear`, or the ``clear_when_full_ratio`` policy after a full poll)
-also lives here, because it must reuse the poll's own download and store step: nothing is deleted
-from a device until every record just read is found in the database by its dedup key (and, with
-forwarding on, none of the device's punches still waits in the outbox), and the driver clears only
-if the device still holds exactly the records we read (``clear_punches(expected_records=N)``).
+starts here, because it reuses the poll's own download and store step; what is verified before
+anything is deleted, and the guarded clear itself, live in gateway.polling.clear.
 """
 
 from __future__ import annotations
@@ -24,15 +22,13 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Literal
 from zoneinfo import ZoneInfo
 
 import structlog
 from sqlalchemy.exc import DBAPIError
 
+from drivers import get_driver
 from drivers.base import (
-    Busy,
-    ClearsLog,
     Counts,
     DeviceInfo,
     DeviceUser,
@@ -44,6 +40,7 @@ from drivers.base import (
 )
 from gateway.config import Config, DeviceConfig
 from gateway.models import PollOutcome, Punch
+from gateway.polling.clear import ClearResult, clear_due, verify_and_clear
 from gateway.polling.normalize import DEFAULT_NOT_BEFORE, DeviceContext, EmployeeMap, normalize_punches
 from gateway.store.punches import DeviceState, Store
 
@@ -61,14 +58,9 @@ class PollAborted(Exception):
         self.kind = kind
 
 
-def zk_driver_factory(device: DeviceConfig) -> Driver:
-    """The production driver for a configured device (ZKTeco binary protocol via pyzk)."""
-    from drivers.zk.driver import ZkDriver, ZkParams  # imported lazily: pyzk is only needed to poll
-    from drivers.zk.quirks import ZkQuirks
-
-    params = ZkParams(address=device.address, port=device.port, transport=device.transport,
-                      comm_key=device.comm_key, timeout_s=device.timeout_s, expected_serial=device.serial)
-    return ZkDriver(params, ZkQuirks.from_mapping(device.quirks))
+def registry_driver_factory(device: DeviceConfig) -> Driver:
+    """The production driver of a device: the one its config names (``driver = "zk"``) in drivers.DRIVERS."""
+    return get_driver(device.driver)(device)
 
 
 @dataclass
@@ -87,31 +79,6 @@ class _Read:
     punches: list[Punch] | None = None
 
 
-ClearStatus = Literal["cleared", "dry_run", "refused", "failed"]
-
-
-@dataclass(frozen=True)
-class ClearResult:
-    """What a clear attempt verified and did (the CLI prints it; the policy logs it)."""
-
-    device_id: str
-    status: ClearStatus
-    message: str
-    serial: str | None = None
-    #: Records downloaded from the device (the count the clear was guarded with).
-    records: int = 0
-    #: Of those, how many were found stored in the database by their dedup key.
-    verified: int = 0
-    new_punches: int = 0
-    #: Outbox rows of this device not yet accepted upstream (pending, rejected); None when not checked.
-    waiting: tuple[int, int] | None = None
-
-    @property
-    def ok(self) -> bool:
-        """True when the log was cleared, or a dry run found nothing that would stop it."""
-        return self.status in ("cleared", "dry_run")
-
-
 class DevicePoller:
     """Polls devices for the daemon and the CLI; keeps one driver per device so its caches survive."""
 
@@ -120,7 +87,7 @@ class DevicePoller:
                  employees: EmployeeMap | None = None, now: Callable[[], datetime] | None = None) -> None:
         self.config = config
         self.store = store
-        self.driver_factory = driver_factory or zk_driver_factory
+        self.driver_factory = driver_factory or registry_driver_factory
         #: Shared list (gateway.app passes ctx.poll_observers) so services can register late.
         self.observers = observers
         self.stop_event = stop_event or threading.Event()
@@ -179,21 +146,11 @@ class DevicePoller:
         except (DriverError, PollAborted) as exc:
             return self._failed(device, state, read, started, exc)
         outcome = self._store_good(device, state, read, started)
-        if self._clear_due(device, read.counts) and read.punches is not None:
+        if clear_due(device, read.counts) and read.punches is not None:
             outcome = self._policy_clear(device, read, outcome)
         return outcome
 
     # -- clearing ------------------------------------------------------------------------------------
-    def _clear_due(self, device: DeviceConfig, counts: Counts | None) -> bool:
-        """The automatic policy applies: enabled for the device and records/capacity at the ratio.
-
-        Never with an unknown capacity (0): we cannot tell how full the device is.
-        """
-        ratio = device.clear_when_full_ratio
-        if ratio <= 0 or counts is None or counts.records_cap <= 0 or counts.records <= 0:
-            return False
-        return counts.records / counts.records_cap >= ratio
-
     def _policy_clear(self, device: DeviceConfig, read: _Read, outcome: PollOutcome) -> PollOutcome:
         result = self._verify_and_clear(device, read, outcome, dry_run=False,
                                         require_forwarded=bool(self.config.forward.url))
@@ -203,6 +160,13 @@ class DevicePoller:
             return outcome
         assert outcome.counts is not None
         return replace(outcome, cleared_records=result.records, counts=replace(outcome.counts, records=0))
+
+    def _verify_and_clear(self, device: DeviceConfig, read: _Read, outcome: PollOutcome, *, dry_run: bool,
+                          require_forwarded: bool) -> ClearResult:
+        assert read.info is not None and read.punches is not None and read.raw is not None
+        return verify_and_clear(self.store, self.driver_for(device), device.id, serial=read.info.serial,
+                                punches=read.punches, records=len(read.raw), new_punches=outcome.new_punches,
+                                dry_run=dry_run, require_forwarded=require_forwarded, now=self._now)
 
     def clear_device(self, device: DeviceConfig, *, dry_run: bool = False,
                      require_forwarded: bool | None = None) -> ClearResult:
@@ -236,59 +200,6 @@ class DevicePoller:
                                   counts=replace(outcome.counts, records=0))
             self._notify(outcome)
             return result
-
-    def _verify_and_clear(self, device: DeviceConfig, read: _Read, outcome: PollOutcome, *, dry_run: bool,
-                          require_forwarded: bool) -> ClearResult:
-        """Verify every record just read is stored (and forwarded), then clear guarded by its count."""
-        assert read.info is not None and read.punches is not None and read.raw is not None
-        serial = read.info.serial
-        n = len(read.raw)
-        base = ClearResult(device.id, "refused", "", serial=serial, records=n, new_punches=outcome.new_punches)
-        if n == 0:
-            return replace(base, message="the device log is already empty; nothing to clear")
-        missing = self.store.missing_keys(serial, (p.key for p in read.punches))
-        verified = sum(1 for p in read.punches if p.key not in missing)
-        base = replace(base, verified=verified)
-        if missing:
-            return replace(base, message=f"{len(missing)} of the {n} records read are not in the database; "
-                                         "nothing cleared")
-        waiting: tuple[int, int] | None = None
-        if require_forwarded:
-            waiting = self.store.outbox_waiting(device.id)
-            base = replace(base, waiting=waiting)
-            if sum(waiting):
-                pending, rejected = waiting
-                return replace(base, message=f"{pending + rejected} punches of this device are not yet accepted "
-                                             f"by the central server ({pending} pending, {rejected} rejected) "
-                                             "in the outbox; nothing cleared")
-        if dry_run:
-            return replace(base, status="dry_run", message="dry run: every check passed; nothing cleared")
-        cleared_at_start = self._now()
-        try:
-            with self.driver_for(device).connect() as session:
-                now_serial = session.info().serial
-                if now_serial != serial:
-                    return replace(base, message=f"another terminal answers now (serial {now_serial}, read "
-                                                 f"{serial}); nothing cleared")
-                if not isinstance(session, ClearsLog):
-                    return replace(base, status="failed", message="this driver cannot clear a device log")
-                # The driver locks the keypad, re-reads the count and clears only if it is still n.
-                session.clear_punches(expected_records=n)
-        except Busy as exc:
-            return replace(base, message=f"a new punch arrived after the download; nothing cleared ({exc}); "
-                                         "retry to store it and clear")
-        except DriverError as exc:
-            # If the clear command itself got through, nothing is lost either: everything was verified.
-            return replace(base, status="failed", message=f"could not clear the device: {exc}")
-        try:
-            self.store.record_clear(device.id, serial, started_at=cleared_at_start, finished_at=self._now(),
-                                    records_cleared=n)
-        except Exception as exc:
-            log.error("device log cleared but the clear could not be recorded (the next poll may report "
-                      "log_shrank)", error=repr(exc))
-        what = "stored and forwarded" if require_forwarded else "stored"
-        log.info(f"device log cleared by fpgw after verifying {n} punches {what}", records=n)
-        return replace(base, status="cleared", message=f"cleared {n} records after verifying them {what}")
 
     def _check(self, deadline: float, step: str) -> None:
         if self.stop_event.is_set():
@@ -355,7 +266,7 @@ class DevicePoller:
             return True
         # The clear policy needs a fresh full read to verify; with forwarding, only once the outbox of this
         # device drained (else the clear would be refused anyway and the download wasted).
-        return self._clear_due(device, counts) and (
+        return clear_due(device, counts) and (
             not self.config.forward.url or sum(self.store.outbox_waiting(device.id)) == 0)
 
     def _needs_users(self, device: DeviceConfig, state: DeviceState, info: DeviceInfo, counts: Counts) -> bool:
@@ -428,9 +339,10 @@ class DevicePoller:
             previous_serial=state.serial if info and state.serial and state.serial != info.serial else None,
             info=info, counts=read.counts, previous_record_count=state.last_record_count,
             previous_firmware=state.firmware, clock_skew_s=read.skew_s, clock_corrected=read.corrected,
-            bytes_read=read.bytes_read,
+            bytes_read=read.bytes_read, transient=not isinstance(exc, DriverError) or exc.transient,
+            retry_after_s=exc.retry_after if isinstance(exc, DriverError) else None,
         )
-        # Per-poll detail at DEBUG: state changes are logged once by the scheduler and the monitor.
+        # Per-poll detail at DEBUG: state changes are logged once, by gateway.health.
         log.debug("poll failed", error_kind=kind, error=str(exc))
         self._save_failed(outcome)
         return outcome

@@ -4,7 +4,10 @@ gateway.app builds one ``PollScheduler``; it owns the BackgroundScheduler (share
 AppContext.scheduler) with two executors: ``default`` (bounded pool for device polls) and
 ``housekeeping`` (small pool for jobs other services add, so a slow upstream never starves polls).
 One job ``poll:<id>`` per device, staggered; a failing device is backed off by skipping ticks until
-its next probe time (x1.5 per failure up to polling.backoff_max_s), never by rescheduling jobs.
+its next probe time (x1.5 per failed poll up to polling.backoff_max_s; at once to that cap when someone must
+fix something; never before a Busy device's retry_after), never by rescheduling jobs. The failure count is
+the health model's (a FailureView wired by gateway.app): failures are counted once, and outages are logged
+once, by gateway.health; this module logs back-off detail at DEBUG only.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from gateway.config import Config, DeviceConfig
 from gateway.models import PollOutcome
+from gateway.services import FailureView
 
 log = structlog.get_logger(__name__)
 
@@ -31,6 +35,23 @@ BACKOFF_FACTOR = 1.5
 HOUSEKEEPING_WORKERS = 4
 #: The first poll after start waits this long, so startup logs and READY come first.
 FIRST_POLL_DELAY_S = 1.0
+
+
+def backoff_s(interval_s: float, failures: int, cap_s: float, *, transient: bool = True,
+              retry_after_s: float | None = None) -> float:
+    """Seconds until the next probe of a device whose last ``failures`` polls failed.
+
+    The first failure keeps the normal interval (one lost packet is not an outage), then x1.5 per failure up
+    to ``cap_s``. A failure that is not transient (wrong comm key, another terminal at the address) will not
+    go away by itself: probe at the cap straight away. A device that said when to come back (Busy.retry_after)
+    is not asked before then (capped too).
+    """
+    cap_s = max(cap_s, interval_s)
+    growing = min(interval_s * BACKOFF_FACTOR ** (max(failures, 1) - 1), cap_s)
+    delay = growing if transient else cap_s
+    if retry_after_s:
+        delay = max(delay, min(retry_after_s, cap_s))
+    return delay
 
 
 def poll_job_id(device_id: str) -> str:
@@ -56,8 +77,7 @@ class DeviceRunState:
     running_since: float | None = None
     #: A manual poll requested while one was running: run once more right after it.
     pending: bool = False
-    consecutive_failures: int = 0
-    last_error_kind: str | None = None
+    #: Backed off: scheduled ticks before this are skipped (manual polls are not).
     next_probe_at: datetime | None = None
     last_outcome: PollOutcome | None = None
     last_finished_at: datetime | None = None
@@ -65,12 +85,17 @@ class DeviceRunState:
 
 
 class PollScheduler:
-    """Runs ``poll(device)`` for every enabled device on its interval; coalesces manual polls; backs off."""
+    """Runs ``poll(device)`` for every enabled device on its interval; coalesces manual polls; backs off.
+
+    ``failures`` is where failed polls are counted (the health monitor in the daemon). Without it the
+    back-off never grows: every failure counts as the first (non-transient failures and retry_after apply).
+    """
 
     def __init__(self, config: Config, scheduler: BackgroundScheduler,
                  poll: Callable[[DeviceConfig], PollOutcome], *, stop_event: threading.Event,
-                 now: Callable[[], datetime] | None = None) -> None:
+                 failures: FailureView | None = None, now: Callable[[], datetime] | None = None) -> None:
         self.config = config
+        self.failures = failures
         self.scheduler = scheduler
         self._poll = poll
         self.stop_event = stop_event
@@ -152,28 +177,24 @@ class PollScheduler:
         now = self._now()
         self.last_progress = time.monotonic()
         dev = st.device
+        # Read outside our lock: the observers (health) already recorded this outcome in the poll thread.
+        failures = self.failures.consecutive_failures(dev.id) if self.failures is not None else 1
         with self._lock:
             st.last_outcome = outcome
             st.last_finished_at = now
             if outcome.ok:
-                if st.consecutive_failures:
-                    log.info("device answering again; normal polling resumed", device=dev.id,
-                             serial=outcome.serial, failures=st.consecutive_failures)
-                st.consecutive_failures = 0
-                st.last_error_kind = None
+                if st.next_probe_at is not None:
+                    log.debug("device answering again; normal polling resumed", device=dev.id, serial=outcome.serial)
                 st.next_probe_at = None
                 return
             if outcome.error_kind == "abandoned":
                 return
-            st.consecutive_failures += 1
-            # First failure: keep the normal interval (one lost packet is not an outage); then x1.5 each.
-            delay = min(dev.interval_s * BACKOFF_FACTOR ** (st.consecutive_failures - 1),
-                        max(self.config.polling.backoff_max_s, dev.interval_s))
+            delay = backoff_s(dev.interval_s, failures, self.config.polling.backoff_max_s,
+                              transient=outcome.transient, retry_after_s=outcome.retry_after_s)
             st.next_probe_at = now + timedelta(seconds=delay) - timedelta(seconds=0.5)
-            if outcome.error_kind != st.last_error_kind:
-                log.warning("device poll failing; backing off", device=dev.id, serial=outcome.serial,
-                            error_kind=outcome.error_kind, error=outcome.error, next_probe_in_s=round(delay))
-                st.last_error_kind = outcome.error_kind
+            # The outage itself is logged once by gateway.health (start WARNING, end INFO with its duration).
+            log.debug("device poll failed; backing off", device=dev.id, serial=outcome.serial,
+                      error_kind=outcome.error_kind, failures=failures, next_probe_in_s=round(delay))
 
     def _on_event(self, event: JobExecutionEvent) -> None:
         job_id = getattr(event, "job_id", "")
@@ -192,6 +213,11 @@ class PollScheduler:
             log.error("poll job crashed (bug)", device=device_id, error=repr(event.exception))
 
     # -- introspection ---------------------------------------------------------------------------
+    def running_since(self) -> dict[str, float]:
+        """Device id -> ``time.monotonic()`` when its running poll started (RunningPolls)."""
+        with self._lock:
+            return {i: st.running_since for i, st in self.states.items() if st.running_since is not None}
+
     def in_flight(self) -> list[str]:
         """Ids of devices being polled right now."""
         with self._lock:

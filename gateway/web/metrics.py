@@ -1,8 +1,9 @@
-"""Prometheus metrics of the gateway (served by gateway.web.status at /metrics).
+"""Prometheus metrics of the gateway: a service registering its collectors on ctx.metrics_registry
+(served by gateway.web.status at /metrics).
 
     poller --PollOutcome (ctx.poll_observers)--> PollMetrics (duration histogram, polls by outcome)
-    scrape --> HealthCollector.collect(): device state, problems, counts, skew, ages from the health monitor
-               and the devices table; outbox depth/age (forwarding's outbox_stats); alerts sent/failed
+    scrape --> HealthCollector.collect(): device state, problems, counts, skew, ages from ctx.health (the health
+               monitor) and the devices table; outbox depth/age (forwarding's outbox_stats); alerts sent/failed
 Labels are always ``device`` (and ``serial`` where it identifies the terminal), as in the logs.
 """
 
@@ -10,17 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from gateway.models import PollOutcome
+from gateway.services import AppContext, HealthView, Service
 from gateway.store.health import HealthRepo
-
-if TYPE_CHECKING:
-    from gateway.health.monitor import HealthMonitor
+from gateway.store.outbox import outbox_stats
 
 #: Poll durations from a quick count check (~0.1 s) to a full download of a big log (minutes).
 POLL_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -48,7 +48,7 @@ class PollMetrics:
 class HealthCollector(Collector):
     """Gauges computed at scrape time from the health monitor and the store (always current, no bookkeeping)."""
 
-    def __init__(self, monitor: HealthMonitor, repo: HealthRepo,
+    def __init__(self, monitor: HealthView, repo: HealthRepo,
                  outbox: Callable[[], tuple[int, float | None]] | None = None,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.monitor = monitor
@@ -113,11 +113,11 @@ class HealthCollector(Collector):
             muted.add_metric([r.device_id], 1.0 if r.muted_until is not None and r.muted_until > now else 0.0)
         yield from (up, states, records, users, ratio, skew, punch_age, seen_age, problems, open_n, muted)
 
-        router = self.monitor.router
+        delivered, delivery_failures = self.monitor.alert_deliveries()
         sent = CounterMetricFamily("fpgw_alerts_sent", "Alerts delivered to every channel")
-        sent.add_metric([], router.sent)
+        sent.add_metric([], delivered)
         failed = CounterMetricFamily("fpgw_alert_delivery_failures", "Failed alert delivery attempts")
-        failed.add_metric([], router.failed)
+        failed.add_metric([], delivery_failures)
         yield from (sent, failed)
 
         if self.outbox is not None:
@@ -133,30 +133,40 @@ class HealthCollector(Collector):
             yield g
 
 
-def outbox_reader(repo: HealthRepo, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
-                  ) -> Callable[[], tuple[int, float | None]]:
-    """(depth, oldest age s) of the outbox: forwarding's outbox_stats when present, else a direct count."""
-    try:
-        from gateway.store.outbox import outbox_stats
-    except ImportError:  # forwarding not installed in this tree: count the table ourselves
-        def direct() -> tuple[int, float | None]:
-            depth, oldest = repo.outbox_depth()
-            return depth, (clock() - oldest).total_seconds() if oldest else None
-        return direct
-
-    def via_forwarding() -> tuple[int, float | None]:
+def outbox_reader(repo: HealthRepo) -> Callable[[], tuple[int, float | None]]:
+    """(depth, oldest age s) of the outbox, through forwarding's outbox_stats."""
+    def read() -> tuple[int, float | None]:
         stats = outbox_stats(repo.engine)
         return stats.depth, stats.oldest_age_s
-    return via_forwarding
+    return read
 
 
-def install(registry: CollectorRegistry, monitor: HealthMonitor, poll_observers: list[Any] | None,
-            *, with_outbox: bool = True) -> PollMetrics:
-    """Register the poll metrics and the health collector on ``registry``."""
-    pm = PollMetrics(registry)
-    if poll_observers is not None:
-        poll_observers.append(pm.observe)
-    registry.register(HealthCollector(monitor, monitor.repo,
-                                      outbox_reader(monitor.repo, monitor.clock) if with_outbox else None,
-                                      clock=monitor.clock))
-    return pm
+class MetricsService:
+    """Registers the poll metrics and the health collector; feeds the poll metrics while running."""
+
+    name = "metrics"
+
+    def __init__(self, ctx: AppContext) -> None:
+        self.ctx = ctx
+        if ctx.metrics_registry is None:
+            ctx.metrics_registry = CollectorRegistry(auto_describe=True)
+        self.poll_metrics = PollMetrics(ctx.metrics_registry)
+        if ctx.health is not None:
+            outbox = outbox_reader(ctx.health_repo) if ctx.config.forward.url else None
+            ctx.metrics_registry.register(HealthCollector(ctx.health, ctx.health_repo, outbox))
+
+    def start(self) -> None:
+        """Count every poll from now on."""
+        self.ctx.poll_observers.append(self.poll_metrics.observe)
+
+    def stop(self, deadline_s: float) -> None:
+        """Stop counting polls (the registry keeps serving what was counted)."""
+        try:
+            self.ctx.poll_observers.remove(self.poll_metrics.observe)
+        except ValueError:
+            pass
+
+
+def services(ctx: AppContext) -> list[Service]:
+    """The metrics of polls and device health (after gateway.health.monitor, whose ctx.health it reads)."""
+    return [MetricsService(ctx)]

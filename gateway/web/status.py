@@ -1,7 +1,7 @@
 """Built-in HTTP server: status page (HTML), /status JSON, /healthz, /metrics, plus routes other services add.
 
     technician's phone / Prometheus / BKD --HTTP--> Starlette app (uvicorn in a worker thread)
-        reads: ctx.extras["health"] (HealthMonitor snapshot), HealthRepo (devices, alerts), outbox stats
+        reads: ctx.health (health monitor snapshot), ctx.health_repo (devices, alerts), outbox stats
 Loopback clients need no login; others need ``http.status_token`` (Bearer header or ``?token=``). Without a
 token, a non-loopback listener refuses non-loopback clients (logged once at start). Routes in
 ``ctx.http_routes`` (central API) are mounted as given: they do their own auth.
@@ -72,11 +72,11 @@ class StatusView:
     def __init__(self, ctx: AppContext) -> None:
         self.ctx = ctx
         self.config: Config = ctx.config
-        self.repo = HealthRepo(ctx.engine, ctx.config.site.office_code)
+        self.repo: HealthRepo = ctx.health_repo
         self.tz = ZoneInfo(ctx.config.site.timezone)
 
     def _healths(self) -> dict[str, DeviceHealth]:
-        monitor = self.ctx.extras.get("health")
+        monitor = self.ctx.health
         if monitor is not None:
             return monitor.snapshot()
         return {h.device_id: h for h in self.repo.load_health()}
@@ -311,7 +311,7 @@ class HttpServer:
                                "(change http.port / http.listen, or set http.enabled = false)") from None
         self._server = server
         server.start()
-        self.ctx.extras["http_port"] = self.port
+        self.ctx.http_port = self.port
         log.info("status page serving", url=f"http://{cfg.listen}:{self.port}/")
 
     def stop(self, deadline_s: float) -> None:

@@ -58,8 +58,8 @@ def test_status_page_renders_in_headless_chromium_on_a_phone(tmp_path: Path) -> 
         with RunningGateway(config) as gw:
             gw.poll_all(["lobi", "staf", "gudang"])
             gw.gateway.polls.wait_idle(20)
-            gw.gateway.ctx.extras["health"].sweep(datetime.now(UTC) + timedelta(seconds=5))
-            url = f"http://127.0.0.1:{gw.gateway.ctx.extras['http_port']}/"
+            gw.gateway.ctx.health.sweep(datetime.now(UTC) + timedelta(seconds=5))
+            url = f"http://127.0.0.1:{gw.gateway.ctx.http_port}/"
             dom = run_chromium(binary, tmp_path / "profile-dom", "--dump-dom", url)
             shot = tmp_path / "status.png"
             png = run_chromium(binary, tmp_path / "profile-shot", f"--screenshot={shot}",

@@ -20,7 +20,6 @@ from drivers.base import (
     RawPunch,
     ReadsUsers,
     SetsClock,
-    StreamsLive,
 )
 
 pytestmark = pytest.mark.timeout(30)
@@ -73,7 +72,6 @@ def test_optional_abilities_are_declared(harness: Harness) -> None:
         assert isinstance(s, ReadsUsers)
         assert isinstance(s, SetsClock)
         assert isinstance(s, ClearsLog)
-        assert isinstance(s, StreamsLive)
 
 
 def test_read_users(harness: Harness) -> None:

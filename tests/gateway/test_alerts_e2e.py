@@ -47,7 +47,7 @@ def health_config(db_url: str, entries: list[DeviceEntry], tmp_path: Path, hook:
 def settle(gw: RunningGateway) -> None:
     """Wait until polls (with their observers) are done and every alert due was delivered."""
     assert not gw.gateway.polls.wait_idle(30)
-    monitor = gw.gateway.ctx.extras["health"]
+    monitor = gw.gateway.ctx.health
     assert monitor.router.wait_idle(20)
 
 
@@ -82,12 +82,12 @@ def test_offline_alerts_once_recovers_once_and_never_repeats_across_restarts(
         assert hook.events() == []  # one failure: not offline yet (hysteresis)
         assert poll(gw).error_kind == "unreachable"
         hook.wait_for(lambda r: count(r, "offline", "start") == 1)
-        status = gw.gateway.ctx.extras["health"].snapshot()["a"]
+        status = gw.gateway.ctx.health.snapshot()["a"]
         assert status.state == "offline" and "offline" in status.problems
     # Restart while still offline: the problem is remembered, nothing is re-sent.
     with RunningGateway(config) as gw:
         assert poll(gw).error_kind == "unreachable"
-        gw.gateway.ctx.extras["health"].sweep()
+        gw.gateway.ctx.health.sweep()
         settle(gw)
         assert hook.events() == [("offline", "start")]
         a.clear_fault("offline")
@@ -98,7 +98,7 @@ def test_offline_alerts_once_recovers_once_and_never_repeats_across_restarts(
     # And once more: recovered state is remembered too.
     with RunningGateway(config) as gw:
         assert poll(gw).ok
-        gw.gateway.ctx.extras["health"].sweep()
+        gw.gateway.ctx.health.sweep()
         settle(gw)
     assert hook.events() == [("offline", "start"), ("offline", "end")]
     assert alerts_in_db(db_url) == [("offline", "start"), ("offline", "end")]
@@ -129,7 +129,7 @@ def test_simulator_fault_gives_one_start_and_one_end_alert(
         poll(gw)
         poll(gw)  # a second bad poll: still exactly one start (and offline needs two failures)
         # Offline also needs offline_after_s without a good poll: a refused connect fails at once.
-        gw.gateway.ctx.extras["health"].sweep(datetime.now(UTC) + timedelta(seconds=5))
+        gw.gateway.ctx.health.sweep(datetime.now(UTC) + timedelta(seconds=5))
         settle(gw)
         got = hook.wait_for(lambda r: count(r, problem, "start") == 1)
         start = next(d for d in got if d["problem"] == problem)
@@ -175,7 +175,7 @@ def test_silent_device_during_working_hours_and_its_end(fleet, hook: WebhookRece
                                    "working_hours": {"start": "00:00", "end": "23:59", "days": [1, 2, 3, 4, 5, 6, 7]}})
     with RunningGateway(config) as gw:
         assert poll(gw).ok
-        monitor = gw.gateway.ctx.extras["health"]
+        monitor = gw.gateway.ctx.health
         now = datetime.now(UTC)
         assert monitor.sweep(now + timedelta(minutes=30)) == []
         [t] = monitor.sweep(now + timedelta(hours=2))
@@ -186,7 +186,7 @@ def test_silent_device_during_working_hours_and_its_end(fleet, hook: WebhookRece
         hook.wait_for(lambda r: count(r, "silent", "end") == 1)
     # After a restart the silent clock runs on from the last new punch (not from the restart).
     with RunningGateway(config) as gw:
-        monitor = gw.gateway.ctx.extras["health"]
+        monitor = gw.gateway.ctx.health
         later = datetime.now(UTC)
         assert monitor.sweep(later + timedelta(minutes=50)) == []
         assert [(t.problem, t.event) for t in monitor.sweep(later + timedelta(minutes=65))] == [("silent", "start")]
@@ -202,7 +202,7 @@ def test_hung_poll_is_reported_while_it_runs(fleet, hook: WebhookReceiver, sqlit
                            polling={"poll_deadline_s": 5})
     with RunningGateway(config) as gw:
         assert poll(gw).ok
-        monitor = gw.gateway.ctx.extras["health"]
+        monitor = gw.gateway.ctx.health
         a.set_fault("slow", 1.0)  # every reply 1 s late: the poll runs well past the 5 s deadline
         started = datetime.now(UTC)
         assert gw.gateway.ctx.poll_now is not None and gw.gateway.ctx.poll_now("a")
@@ -229,7 +229,7 @@ def test_muted_device_records_but_does_not_send_and_unmute_sends_open_state_once
     config = health_config(sqlite_url, [DeviceEntry("a", a)], tmp_path, hook, monkeypatch)
     with RunningGateway(config) as gw:
         assert poll(gw).ok
-        monitor = gw.gateway.ctx.extras["health"]
+        monitor = gw.gateway.ctx.health
         repo = HealthRepo(gw.gateway.engine, "1801.01.02")
         repo.set_mute("a", datetime.now(UTC) + timedelta(hours=2), "ganti kabel")
         monitor.sweep()
@@ -254,7 +254,7 @@ def test_mute_expiry_sends_the_open_problem_once(fleet, hook: WebhookReceiver, s
     a = fleet.add(sim_spec("HL-MUTE2", records=30, faults={"storage_full": True}))
     config = health_config(sqlite_url, [DeviceEntry("a", a)], tmp_path, hook, monkeypatch)
     with RunningGateway(config) as gw:
-        monitor = gw.gateway.ctx.extras["health"]
+        monitor = gw.gateway.ctx.health
         HealthRepo(gw.gateway.engine, "1801.01.02").set_mute("a", datetime.now(UTC) + timedelta(hours=1), "servis")
         monitor.sweep()
         poll(gw)
@@ -293,13 +293,13 @@ def test_mute_that_ran_out_while_stopped_is_honoured_at_start(
     with RunningGateway(config) as gw:
         repo = HealthRepo(gw.gateway.engine, "1801.01.02")
         repo.set_mute("a", datetime.now(UTC) + timedelta(hours=1), "servis")
-        gw.gateway.ctx.extras["health"].sweep()
+        gw.gateway.ctx.health.sweep()
         poll(gw)
         repo.set_mute("a", datetime.now(UTC) - timedelta(minutes=1))  # as if the hour passed while stopped
     assert hook.events() == []
     with RunningGateway(config) as gw:
         got = hook.wait_for(lambda r: len(r) == 1)
-        gw.gateway.ctx.extras["health"].sweep()
+        gw.gateway.ctx.health.sweep()
         settle(gw)
     assert hook.events() == [("auth_rejected", "reminder")] and "mute ended" in got[0]["message"]
     assert all(r["muted_until"] is None for r in table_rows(sqlite_url, s.device_health))
@@ -314,7 +314,7 @@ def test_reminder_while_a_problem_lasts(fleet, hook: WebhookReceiver, sqlite_url
                          alerts={"webhooks_env": "T_HOOK", "reminder_s": "6h"},
                          health={"silent_after_s": "30d"})  # only the skew problem in this test
     with RunningGateway(config) as gw:
-        monitor = gw.gateway.ctx.extras["health"]
+        monitor = gw.gateway.ctx.health
         poll(gw)
         hook.wait_for(lambda r: count(r, "clock_skew", "start") == 1)
         now = datetime.now(UTC)

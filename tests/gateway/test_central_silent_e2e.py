@@ -58,7 +58,7 @@ def _office(tmp_path: Path, url: str) -> tuple[Forwarder, Any]:
 
 
 def _report(tmp_path: Path, central: Gateway) -> None:
-    fwd, engine = _office(tmp_path, f"http://127.0.0.1:{central.ctx.extras['http_port']}")
+    fwd, engine = _office(tmp_path, f"http://127.0.0.1:{central.ctx.http_port}")
     try:
         assert fwd.run_once().health_sent
     finally:
@@ -67,7 +67,7 @@ def _report(tmp_path: Path, central: Gateway) -> None:
 
 
 def _silent_flag(central: Gateway, token: str) -> bool:
-    r = httpx.get(f"http://127.0.0.1:{central.ctx.extras['http_port']}/api/v1/gateways",
+    r = httpx.get(f"http://127.0.0.1:{central.ctx.http_port}/api/v1/gateways",
                   headers={"Authorization": f"Bearer {token}"}, timeout=5)
     [gw] = r.json()["items"]
     return bool(gw["silent"])
@@ -81,7 +81,7 @@ def test_silent_office_gateway_one_alert_one_recovery_none_repeated_across_a_res
         config, bkd = _central_config(db_url, tmp_path)
 
         with Gateway(config) as central:
-            assert central.ctx.extras["central_service"].check_every_s == 1.5
+            assert central.ctx.central_service.check_every_s == 1.5
             _report(tmp_path, central)
             assert _silent_flag(central, bkd) is False
             # The office goes quiet: one alert after SILENT_AFTER_S, and only one however often the job runs.

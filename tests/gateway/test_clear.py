@@ -63,7 +63,7 @@ def clear_runs(db_url: str) -> list[Any]:
 
 
 def problems(gw: RunningGateway, device_id: str) -> set[str]:
-    return set(gw.gateway.ctx.extras["health"].snapshot()[device_id].problems)
+    return set(gw.gateway.ctx.health.snapshot()[device_id].problems)
 
 
 def shrank_alerts(db_url: str) -> list[Any]:

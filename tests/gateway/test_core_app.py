@@ -97,3 +97,46 @@ def test_gateway_refuses_an_old_schema_when_auto_migrate_is_off(tmp_path: Path) 
                         "devices": []}, base_dir=tmp_path)
     with pytest.raises(DatabaseError, match="fpgw db upgrade"):
         Gateway(cfg, service_factories=[])
+
+
+@pytest.mark.timeout(60)
+def test_an_outage_logs_one_warning_when_it_starts_and_one_info_with_its_duration_when_it_ends(
+        tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from structlog.testing import capture_logs
+
+    from drivers.base import Unreachable
+
+    cfg = parse_config({"site": {"office_code": "1801.01.02"},
+                        "database": {"url": f"sqlite:///{tmp_path / 'fpgw.db'}"},
+                        "polling": {"interval_s": 3600, "shutdown_deadline_s": 5},
+                        "health": {"offline_after_failures": 2, "offline_after_s": 1},
+                        "http": {"enabled": False},
+                        "devices": [{"id": "lobby", "address": "10.0.0.1"}]}, base_dir=tmp_path)
+    driver = FakeDriver(FakeDevice(serial="SN1"))
+    gw = Gateway(cfg, driver_factory=lambda d: driver)  # the default services: health, metrics
+    rec = Recorder()
+    gw.ctx.poll_observers.append(rec)
+
+    def poll() -> Any:
+        when = datetime.now(UTC)
+        assert gw.ctx.poll_now is not None and gw.ctx.poll_now("lobby")
+        return rec.wait_for("lobby", when)
+
+    with capture_logs() as logs, gw:
+        assert poll().ok
+        driver.script("connect", Unreachable("no answer"), Unreachable("no answer"), Unreachable("no answer"))
+        for _ in range(3):
+            assert poll().error_kind == "unreachable"
+        assert gw.ctx.health is not None
+        gw.ctx.health.sweep(datetime.now(UTC) + timedelta(seconds=5))
+        assert gw.ctx.health.consecutive_failures("lobby") == 3
+        assert poll().ok
+        assert gw.ctx.health.consecutive_failures("lobby") == 0
+    said = [(e["log_level"], e["event"], e.get("problem")) for e in logs
+            if e["log_level"] in ("warning", "info") and "device" in e["event"]
+            and e.get("problem") in (None, "offline")]  # (the fake's clock is off too: clock_skew)
+    assert said == [("warning", "device problem", "offline"), ("info", "device problem resolved", "offline")]
+    (ended,) = [e for e in logs if e["event"] == "device problem resolved"]
+    assert ended["duration"]  # how long the outage lasted, in words

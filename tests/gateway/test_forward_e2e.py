@@ -235,8 +235,8 @@ def test_offices_forward_through_a_flapping_link_and_bkd_gets_everything_exactly
     }, base_dir=tmp_path)
 
     with Gateway(central_cfg) as central, Fleet(truth_path=tmp_path / "truth.jsonl") as fleet, \
-            FaultyProxy(central.ctx.extras["http_port"]) as proxy:
-        central_url = f"http://127.0.0.1:{central.ctx.extras['http_port']}"
+            FaultyProxy(central.ctx.http_port) as proxy:
+        central_url = f"http://127.0.0.1:{central.ctx.http_port}"
         proxy.set_mode("refuse")
         sims: dict[str, list[Any]] = {}
         gateways: dict[str, RunningGateway] = {}

@@ -42,8 +42,8 @@ def test_status_json_html_metrics_show_devices_and_problems(fleet, db_url: str, 
         gw.poll_all(["a", "b"])
         gw.gateway.polls.wait_idle(20)
         HealthRepo(gw.gateway.engine, "1801.01.02").set_mute("b", datetime.now(UTC) + timedelta(hours=1), "servis")
-        gw.gateway.ctx.extras["health"].sweep()
-        port = gw.gateway.ctx.extras["http_port"]
+        gw.gateway.ctx.health.sweep()
+        port = gw.gateway.ctx.http_port
         base = f"http://127.0.0.1:{port}"
         with httpx.Client(base_url=base, timeout=10) as client:
             doc = client.get("/status").json()
@@ -89,8 +89,8 @@ def test_offline_device_is_red_on_the_page(fleet, sqlite_url: str, tmp_path: Pat
     with RunningGateway(config) as gw:
         gw.poll("a")
         gw.gateway.polls.wait_idle(20)
-        gw.gateway.ctx.extras["health"].sweep(datetime.now(UTC) + timedelta(seconds=5))
-        port = gw.gateway.ctx.extras["http_port"]
+        gw.gateway.ctx.health.sweep(datetime.now(UTC) + timedelta(seconds=5))
+        port = gw.gateway.ctx.http_port
         doc = httpx.get(f"http://127.0.0.1:{port}/status", timeout=10).json()
         html = httpx.get(f"http://127.0.0.1:{port}/", timeout=10).text
     [dev] = doc["devices"]
@@ -155,7 +155,7 @@ def test_outbox_depth_on_status_and_metrics_when_forwarding(fleet, sqlite_url: s
     with RunningGateway(config) as gw:
         assert gw.poll("a").new_punches == 25
         gw.gateway.polls.wait_idle(20)
-        port = gw.gateway.ctx.extras["http_port"]
+        port = gw.gateway.ctx.http_port
         doc = httpx.get(f"http://127.0.0.1:{port}/status", timeout=10).json()
         text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
         page = httpx.get(f"http://127.0.0.1:{port}/", timeout=10).text

@@ -58,7 +58,7 @@ class Centre:
         return at
 
     def service(self, *, fresh_start: bool = False) -> CentralService:
-        ctx = SimpleNamespace(config=self.config, extras={}, scheduler=None)
+        ctx = SimpleNamespace(config=self.config, health=None, scheduler=None)
         svc = CentralService(ctx, self.api)  # type: ignore[arg-type]
         if fresh_start:
             svc.grace_from = svc._outage_grace(datetime.now(UTC))

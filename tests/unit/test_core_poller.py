@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import select
 
-from drivers.base import AuthRejected, DeviceUser, ProtocolError, Unreachable
+from drivers.base import AuthRejected, Busy, DeviceUser, ProtocolError, Unreachable
 from drivers.fake import FakeDevice, FakeDriver, make_punch
 from gateway.config import Config, parse_config
 from gateway.polling.poller import DevicePoller
@@ -146,6 +146,17 @@ def test_failures_become_classified_outcomes_and_are_recorded(setup: Any, op: st
     assert runs(setup)[-1][0] == kind
     assert driver.sessions_opened == driver.sessions_closed and driver.device.enabled
     assert poller.poll_once(config.device("lobby")).ok  # the next tick is the retry
+
+
+@pytest.mark.timeout(30)
+def test_failed_outcome_carries_whether_it_is_transient_and_the_devices_retry_after(setup: Any) -> None:
+    poller, driver, config, _ = build(setup)
+    driver.fail("connect", AuthRejected("comm key rejected"))
+    o = poller.poll_once(config.device("lobby"))
+    assert (o.error_kind, o.transient, o.retry_after_s) == ("auth_rejected", False, None)
+    driver.fail("counts", Busy("enrolling", retry_after=45.0))
+    o = poller.poll_once(config.device("lobby"))
+    assert (o.error_kind, o.transient, o.retry_after_s) == ("busy", True, 45.0)
 
 
 @pytest.mark.timeout(30)

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from gateway.config import Config, DeviceConfig, parse_config
+from gateway.health.tracker import HealthTracker
 from gateway.models import PollOutcome
-from gateway.polling.scheduler import PollScheduler, build_scheduler, poll_job_id
+from gateway.polling.scheduler import PollScheduler, backoff_s, build_scheduler, poll_job_id
 
 
 def make_config(tmp_path: Path, n: int = 3, **polling: Any) -> Config:
@@ -32,11 +33,16 @@ class FakeClock:
 
 
 class ScriptedPoll:
-    """Poll function returning scripted ok/failed outcomes; can block to simulate a long poll."""
+    """Poll function returning scripted ok/failed outcomes; can block to simulate a long poll.
 
-    def __init__(self, clock: FakeClock) -> None:
+    Every outcome is recorded in ``health`` (as the health monitor's poll observer does in the daemon):
+    the scheduler's back-off reads the failure count from there.
+    """
+
+    def __init__(self, clock: FakeClock, health: HealthTracker) -> None:
         self.clock = clock
-        self.results: list[bool] = []
+        self.health = health
+        self.results: list[bool | PollOutcome] = []
         self.calls: list[str] = []
         self.gate: threading.Event | None = None
         self.entered = threading.Event()
@@ -47,17 +53,20 @@ class ScriptedPoll:
         if self.gate is not None:
             self.gate.wait(10)
         ok = self.results.pop(0) if self.results else True
-        return PollOutcome(device_id=device.id, started_at=self.clock.now, finished_at=self.clock.now, ok=ok,
-                           error_kind=None if ok else "unreachable", error=None if ok else "timed out")
+        outcome = ok if isinstance(ok, PollOutcome) else PollOutcome(
+            device_id=device.id, started_at=self.clock.now, finished_at=self.clock.now, ok=ok,
+            error_kind=None if ok else "unreachable", error=None if ok else "timed out")
+        self.health.record(outcome)
+        return outcome
 
 
 @pytest.fixture
 def parts(tmp_path: Path) -> Any:
     config = make_config(tmp_path)
     clock = FakeClock()
-    poll = ScriptedPoll(clock)
+    poll = ScriptedPoll(clock, HealthTracker(config))
     scheduler = build_scheduler(config)
-    ps = PollScheduler(config, scheduler, poll, stop_event=threading.Event(), now=clock)
+    ps = PollScheduler(config, scheduler, poll, stop_event=threading.Event(), failures=poll.health, now=clock)
     return config, clock, poll, scheduler, ps
 
 
@@ -90,7 +99,38 @@ def test_failing_device_is_backed_off_by_skipping_ticks_then_resumes(parts: Any)
     assert gaps[:8] == [1, 2, 3, 4, 6, 8, 10, 10]
     assert polled_at[8] == sum(gaps[:8])  # the 9th poll succeeds...
     assert gaps[8:] == [1] * len(gaps[8:])  # ...and normal polling resumes at once
-    assert ps.states["d0"].consecutive_failures == 0
+    assert poll.health.consecutive_failures("d0") == 0  # the one failure count (health's) is reset
+
+
+def test_backoff_grows_to_the_cap_jumps_there_for_operator_problems_and_honours_retry_after() -> None:
+    assert [round(backoff_s(60, n, 600)) for n in range(1, 9)] == [60, 90, 135, 202, 304, 456, 600, 600]
+    assert backoff_s(60, 1, 600, transient=False) == 600  # wrong comm key: will not fix itself, probe slowly
+    assert backoff_s(60, 1, 600, retry_after_s=240) == 240  # Busy: not asked again before it said
+    assert backoff_s(60, 4, 600, retry_after_s=30) == 60 * 1.5 ** 3  # never sooner than the back-off
+    assert backoff_s(60, 1, 600, retry_after_s=86400) == 600  # capped
+    assert backoff_s(900, 3, 600) == 900  # the cap is never below the device's own interval
+
+
+@pytest.mark.timeout(10)
+def test_operator_problem_is_probed_at_the_cap_and_busy_after_its_retry_after(parts: Any) -> None:
+    _config, clock, poll, _scheduler, ps = parts
+    t0 = clock.now
+
+    def failed(kind: str, **kw: Any) -> PollOutcome:
+        return PollOutcome(device_id="d0", started_at=clock.now, finished_at=clock.now, ok=False, error_kind=kind,
+                           **kw)
+
+    poll.results = [failed("auth_rejected", transient=False), True, failed("busy", retry_after_s=300)]
+    polled_at: list[int] = []
+    for minute in range(0, 25):
+        clock.now = t0 + timedelta(minutes=minute)
+        before = len(poll.calls)
+        ps.run_device("d0")
+        if len(poll.calls) > before:
+            polled_at.append(minute)
+    # Rejected at 0: next probe at the 10 min cap (ok); busy at 11 asking for 5 min: next at 16, then every minute.
+    assert polled_at[:4] == [0, 10, 11, 16]
+    assert polled_at[4:] == list(range(17, 25))
 
 
 @pytest.mark.timeout(10)
