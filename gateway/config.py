@@ -207,7 +207,7 @@ class CentralConfig:
     """Central mode: receive batches from gateways and serve the BKD pull API."""
 
     enabled: bool = False
-    #: TOML/CSV file of gateway tokens -> office code (see README), read at start.
+    #: TOML file of gateway tokens -> office code (see docs/bkd-api.md, token management), read at start.
     gateway_tokens_file: Path | None = None
     #: File of BKD API tokens with optional office scopes.
     api_tokens_file: Path | None = None

@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_CMD_ACK_RETRY = 2003  # "device busy, ask again" (zk-protocol.md §1.7)
+_CMD_ACK_RETRY = 2003  # "device busy, ask again" (docs/drivers/zk.md, "Command and reply codes")
 
 
 
@@ -135,7 +135,7 @@ class _HookedZK(ZK):  # type: ignore[misc]
             timeout=timeout_s,
             password=params.comm_key,
             force_udp=params.transport == "udp",
-            ommit_ping=True,  # no OS ping: blocked ICMP / no ping binary in containers (P8)
+            ommit_ping=True,  # no OS ping: blocked ICMP / no ping binary in containers (docs/drivers/zk.md)
             verbose=False,
             encoding=params.encoding,
         )

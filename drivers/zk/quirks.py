@@ -1,6 +1,6 @@
 """Per-device workarounds for ZK firmware differences, as configuration rather than code branches.
 
-Flow: gateway config ``[devices.<id>.workarounds]`` -> ``ZkQuirks.from_mapping()`` -> ZkDriver, which
+Flow: gateway config ``[devices.<id>.quirks]`` -> ``ZkQuirks.from_mapping()`` -> ZkDriver, which
 reads these fields at the few places where firmware differs (record/user layout detection, keypad
 lock during downloads, user downloads, checksum verification). Validated once, naming the bad key.
 """

@@ -5,7 +5,7 @@ DeviceUser. pyzk's own get_attendance() slices the buffer record by record (quad
 user list for every record; here every dataset is checked against its own u32 byte-count header and
 decoded in one pass with ``struct.iter_unpack``. Anything inconsistent raises ``DatasetError`` (the
 driver turns it into ProtocolError): a partial or garbled log must never reach the store.
-Layouts and field meanings: zk-protocol.md §2.9 (users) and §2.10 (records), time: §2.5.
+Layouts and field meanings: docs/drivers/zk.md, "User records", "Attendance records" and "Time".
 """
 
 from __future__ import annotations

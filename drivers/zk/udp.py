@@ -2,7 +2,7 @@
 
 Flow: pyzk's ZK -> _HookedZK (driver.py) -> UdpChannel -> RecordingSocket (frames.py) -> device.
 pyzk 0.9 reads every UDP reply with a single ``recv()`` and never sends anything twice: one lost
-datagram fails the command, and its chunk reader (1503/1504/1502, zk-protocol.md §2.8) cannot
+datagram fails the command, and its chunk reader (1503/1504/1502, docs/drivers/zk.md "Downloading a table") cannot
 re-request a lost DATA piece, so on a link losing 2 % of datagrams most downloads of a few
 thousand records fail -- every poll the same way. On UDP the driver therefore replaces pyzk's
 ``__send_command`` and ``read_with_buffer`` with this module, keeping pyzk's session id and reply
@@ -252,7 +252,7 @@ class UdpChannel:
         # = 0), so late datagrams of an earlier connection -- the re-enable connection reuses the
         # socket, a NAT may map a new socket to the old port -- would carry the reply ids the new
         # one is about to use. A random start makes such a collision a 1-in-65535 accident.
-        # Terminals echo whatever id they get (zk-protocol.md §1.4; node-zklib starts at 1).
+        # Terminals echo whatever id they get (docs/drivers/zk.md "Reply id"; node-zklib starts at 1).
         self.reply_id = random.randrange(0xFFFF)
         #: Whether this terminal echoes our session id in its answers (learnt from the first answer
         #: after CONNECT). If it does, an answer with another session id is not ours: dropped.

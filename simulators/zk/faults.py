@@ -2,7 +2,7 @@
 
 ``device.py`` and ``server.py`` read the validated values; the CLI, the fleet file and the
 control API all pass through ``normalize_fault`` so a bad value is reported the same way
-everywhere. What each fault does on the wire is documented in the README section "Device simulator".
+everywhere. What each fault does on the wire is documented in docs/simulator.md ("Faults").
 """
 
 from __future__ import annotations
