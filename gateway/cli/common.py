@@ -66,6 +66,11 @@ def config_of(args: argparse.Namespace) -> Config:
     return config
 
 
+def known_device(config: Config, device_id: str) -> bool:
+    """Whether the config names this device."""
+    return any(d.id == device_id for d in config.devices)
+
+
 def repo_file(*parts: str) -> Path | None:
     """A file shipped next to the packages (config.example.toml, systemd/fpgw.service), if present."""
     here = Path(__file__).resolve().parent.parent  # the gateway package
@@ -93,7 +98,8 @@ def options_after_command() -> argparse.ArgumentParser:
 
 def open_engine(config: Config, *, pool_size: int, migrate: bool) -> Engine:
     """An engine on the configured database; with `migrate`, first applies pending migrations when
-    database.auto_migrate is on (read-only listings pass False and never change the schema)."""
+    database.auto_migrate is on (listings pass False and never change the schema; so does `db`, which
+    migrates or reports the revision itself)."""
     from gateway.store.db import create_db_engine, upgrade
 
     engine = create_db_engine(config.database.url, pool_size=pool_size)
@@ -120,11 +126,6 @@ def open_health(config: Config) -> tuple[Engine, HealthRepo]:
 
     engine = open_engine(config, pool_size=1, migrate=True)
     return engine, HealthRepo(engine, config.site.office_code)
-
-
-def known_device(config: Config, device_id: str) -> bool:
-    """Whether the config names this device."""
-    return any(d.id == device_id for d in config.devices)
 
 
 # -- argparse value types --------------------------------------------------------------------------
