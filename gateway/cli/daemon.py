@@ -1,0 +1,74 @@
+"""`fpgw run` and `fpgw poll`: the daemon itself, and one poll of chosen devices done by hand.
+
+    run   -> gateway.app.Gateway.run_forever() until SIGTERM/SIGINT (what systemd starts)
+    poll  -> gateway.polling.poller.DevicePoller.poll_once per device, sequentially -> one line each
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from gateway.cli.common import EXIT_FAILURE, EXIT_OK, CliError, config_of, open_store, options_after_command
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `run` and `poll`."""
+    p = subparsers.add_parser("run", parents=[options_after_command()],
+                              help="run the gateway daemon (what systemd starts)")
+    p.set_defaults(func=cmd_run, one_shot=False)
+
+    p = subparsers.add_parser("poll", parents=[options_after_command()],
+                              help="poll devices once now and print what was found")
+    p.add_argument("devices", nargs="*", metavar="DEVICE", help="device ids (see `fpgw devices`)")
+    p.add_argument("--all", action="store_true", help="poll every enabled device")
+    p.set_defaults(func=cmd_poll, one_shot=True)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the daemon until SIGTERM/SIGINT."""
+    from gateway.app import Gateway
+
+    gateway = Gateway(config_of(args))
+    return gateway.run_forever()
+
+
+def cmd_poll(args: argparse.Namespace) -> int:
+    """Poll the named devices (or all) once, sequentially, and print one line each."""
+    from gateway.polling.poller import DevicePoller
+
+    config = config_of(args)
+    enabled = [d for d in config.devices if d.enabled]
+    if args.all or not args.devices:
+        if not args.all and not args.devices:
+            raise CliError("name the devices to poll, or use --all (devices: "
+                           + (", ".join(d.id for d in config.devices) or "none configured") + ")")
+        chosen = enabled
+    else:
+        known = {d.id: d for d in config.devices}
+        unknown = [i for i in args.devices if i not in known]
+        if unknown:
+            raise CliError(f"unknown device id(s): {', '.join(unknown)} (configured: {', '.join(known) or 'none'})")
+        chosen = [known[i] for i in args.devices]
+    engine, store = open_store(config)
+    try:
+        store.sync_devices(config.devices)
+        poller = DevicePoller(config, store)
+        failed = 0
+        for dev in chosen:
+            o = poller.poll_once(dev)
+            if o.ok:
+                counts = o.counts
+                cap = f"/{counts.records_cap}" if counts and counts.records_cap else ""
+                skew = f" clock_skew={o.clock_skew_s:+.0f}s" if o.clock_skew_s is not None else ""
+                print(f"{dev.id}: ok serial={o.serial} mode={o.mode} records={counts.records if counts else '?'}{cap}"
+                      f" read={o.records_read} new={o.new_punches}{skew} ({o.duration_s:.1f}s)")
+                if o.previous_serial:
+                    print(f"  note: serial changed from {o.previous_serial} (terminal replaced?)")
+                if o.flag_counts:
+                    print("  flagged: " + ", ".join(f"{k}={v}" for k, v in sorted(o.flag_counts.items())))
+            else:
+                failed += 1
+                print(f"{dev.id}: FAILED {o.error_kind}: {o.error} ({o.duration_s:.1f}s)")
+    finally:
+        engine.dispose()
+    return EXIT_FAILURE if failed else EXIT_OK
