@@ -299,10 +299,10 @@ def _default_state_dir() -> Path:
 
 
 def _parse_site(r: Reader, base_dir: Path) -> SiteConfig:
-    office_code = r.str("office_code", allow_empty=False)
-    office_name = r.str("office_name", "")
+    office_code = r.text("office_code", allow_empty=False)
+    office_name = r.text("office_name", "")
     tz = r.timezone("timezone", "Asia/Jakarta")
-    state_dir_raw = r.str("state_dir", "")
+    state_dir_raw = r.text("state_dir", "")
     r.done()
     if state_dir_raw:
         state_dir = Path(os.path.expandvars(state_dir_raw)).expanduser()
@@ -316,9 +316,9 @@ def _parse_site(r: Reader, base_dir: Path) -> SiteConfig:
 
 
 def _parse_database(r: Reader, site: SiteConfig) -> DatabaseConfig:
-    url = r.str("url", "")
-    url_env = r.str("url_env", "")
-    auto = r.bool("auto_migrate", True)
+    url = r.text("url", "")
+    url_env = r.text("url_env", "")
+    auto = r.flag("auto_migrate", True)
     r.done()
     if url_env:
         if url:
@@ -341,7 +341,7 @@ def _parse_polling(r: Reader) -> PollingConfig:
         interval_s=r.duration_s("interval_s", 300.0, min=5),
         timeout_s=r.duration_s("timeout_s", 10.0, min=0.5),
         poll_deadline_s=r.duration_s("poll_deadline_s", 300.0, min=5),
-        pool_size=r.int("pool_size", 16, min=1, max=256),
+        pool_size=r.integer("pool_size", 16, min=1, max=256),
         full_reconcile_s=r.duration_s("full_reconcile_s", 86400.0, min=60),
         backoff_max_s=r.duration_s("backoff_max_s", 1800.0, min=5),
         shutdown_deadline_s=r.duration_s("shutdown_deadline_s", 20.0, min=1),
@@ -356,16 +356,16 @@ def _parse_devices(top: Reader, site: SiteConfig, polling: PollingConfig, base_d
     seen_ids: set[str] = set()
     seen_addr: set[tuple[str, int, str]] = set()
     for r in top.tables("devices"):
-        dev_id = r.str("id", allow_empty=False)
+        dev_id = r.text("id", allow_empty=False)
         if dev_id and not _DEVICE_ID.match(dev_id):
             r.problem("id", f"{dev_id!r} must be 1-64 letters, digits, '_', '.' or '-' (no spaces)")
         if dev_id in seen_ids:
             r.problem("id", f"duplicate device id {dev_id!r}")
         seen_ids.add(dev_id)
-        address = r.str("address", allow_empty=False)
-        port = r.int("port", 4370, min=1, max=65535)
-        transport = r.str("transport", "tcp", choices=("tcp", "udp"))
-        driver = r.str("driver", "zk", choices=driver_names())
+        address = r.text("address", allow_empty=False)
+        port = r.integer("port", 4370, min=1, max=65535)
+        transport = r.text("transport", "tcp", choices=("tcp", "udp"))
+        driver = r.text("driver", "zk", choices=driver_names())
         key_text = r.secret("comm_key", base_dir=base_dir)
         comm_key = 0
         if key_text is not None:
@@ -374,11 +374,11 @@ def _parse_devices(top: Reader, site: SiteConfig, polling: PollingConfig, base_d
                           "the comm key must be a number from 0 to 999999 (device menu: COMM > Comm Key)")
             else:
                 comm_key = int(key_text)
-        serial = r.str("serial", None)
+        serial = r.text("serial", None)
         interval = r.duration_s("interval_s", polling.interval_s, min=5)
         timeout = r.duration_s("timeout_s", polling.timeout_s, min=0.5)
         tz = r.timezone("timezone", site.timezone)
-        enabled = r.bool("enabled", True)
+        enabled = r.flag("enabled", True)
         quirks = r.raw("quirks", {})
         if not isinstance(quirks, Mapping):
             r.problem("quirks", "must be a table, e.g. quirks = { record_size = 40 }")
@@ -387,8 +387,8 @@ def _parse_devices(top: Reader, site: SiteConfig, polling: PollingConfig, base_d
             problem = check_quirks(driver, quirks) if quirks else None
             if problem:
                 r.problem("quirks", problem)
-        location = r.str("location", "")
-        name = r.str("name", dev_id)
+        location = r.text("location", "")
+        name = r.text("name", dev_id)
         installed_on = _parse_date(r, "installed_on")
         clear_ratio = _clear_ratio(r, polling.clear_when_full_ratio)
         r.done()
@@ -405,7 +405,7 @@ def _parse_devices(top: Reader, site: SiteConfig, polling: PollingConfig, base_d
 
 def _clear_ratio(r: Reader, default: float) -> float:
     """clear_when_full_ratio: 0 (never) or a fill ratio from 0.1 to 1 (a tiny ratio would clear on every poll)."""
-    value = r.float("clear_when_full_ratio", default, min=0.0, max=1.0)
+    value = r.number("clear_when_full_ratio", default, min=0.0, max=1.0)
     if value is None:
         return default
     if 0 < value < 0.1:
@@ -429,14 +429,14 @@ def _parse_date(r: Reader, name: str) -> date | None:
 
 
 def _parse_logging(r: Reader) -> LoggingConfig:
-    cfg = LoggingConfig(format=r.str("format", "auto", choices=("auto", "console", "json", "journal")),
-                        level=r.str("level", "info", choices=("debug", "info", "warning", "error")))
+    cfg = LoggingConfig(format=r.text("format", "auto", choices=("auto", "console", "json", "journal")),
+                        level=r.text("level", "info", choices=("debug", "info", "warning", "error")))
     r.done()
     return cfg
 
 
 def _parse_employees(r: Reader, base_dir: Path) -> EmployeesConfig:
-    path_text = r.str("mapping_csv", "")
+    path_text = r.text("mapping_csv", "")
     r.done()
     if not path_text:
         return EmployeesConfig()
@@ -449,7 +449,7 @@ def _parse_employees(r: Reader, base_dir: Path) -> EmployeesConfig:
 
 
 def _parse_time(r: Reader, name: str, default: time) -> time:
-    text = r.str(name, default.strftime("%H:%M"))
+    text = r.text(name, default.strftime("%H:%M"))
     try:
         return time.fromisoformat(text)
     except (TypeError, ValueError):
@@ -466,14 +466,14 @@ def _parse_health(r: Reader) -> HealthConfig:
         wh.problem("days", "must be a list of ISO weekdays 1 (Monday) .. 7 (Sunday)")
     wh.done()
     cfg = HealthConfig(
-        offline_after_failures=r.int("offline_after_failures", 3, min=1, max=100),
+        offline_after_failures=r.integer("offline_after_failures", 3, min=1, max=100),
         offline_after_s=r.duration_s("offline_after_s", 0.0),
         clock_skew_warn_s=r.duration_s("clock_skew_warn_s", 120.0, min=1),
-        capacity_warn_ratio=r.float("capacity_warn_ratio", 0.80, min=0.1, max=1.0),
-        capacity_critical_ratio=r.float("capacity_critical_ratio", 0.95, min=0.1, max=1.0),
+        capacity_warn_ratio=r.number("capacity_warn_ratio", 0.80, min=0.1, max=1.0),
+        capacity_critical_ratio=r.number("capacity_critical_ratio", 0.95, min=0.1, max=1.0),
         silent_after_s=r.duration_s("silent_after_s", 4 * 3600.0, min=60),
         working_hours=working,
-        clock_correct=r.bool("clock_correct", False),
+        clock_correct=r.flag("clock_correct", False),
         clock_correct_above_s=r.duration_s("clock_correct_above_s", 60.0, min=1),
     )
     if cfg.capacity_warn_ratio > cfg.capacity_critical_ratio:
@@ -495,7 +495,7 @@ def _parse_alerts(r: Reader, base_dir: Path) -> AlertsConfig:
         urls=_secret_list(r, "urls", base_dir),
         webhooks=_secret_list(r, "webhooks", base_dir),
         reminder_s=r.duration_s("reminder_s", 86400.0),
-        max_attempts=r.int("max_attempts", 8, min=1, max=1000),
+        max_attempts=r.integer("max_attempts", 8, min=1, max=1000),
     )
     r.done()
     return cfg
@@ -503,9 +503,9 @@ def _parse_alerts(r: Reader, base_dir: Path) -> AlertsConfig:
 
 def _parse_http(r: Reader, base_dir: Path) -> HttpConfig:
     cfg = HttpConfig(
-        enabled=r.bool("enabled", True),
-        listen=r.str("listen", "127.0.0.1", allow_empty=False),
-        port=r.int("port", 8470, min=0, max=65535),
+        enabled=r.flag("enabled", True),
+        listen=r.text("listen", "127.0.0.1", allow_empty=False),
+        port=r.integer("port", 8470, min=0, max=65535),
         status_token=r.secret("status_token", base_dir=base_dir),
     )
     r.done()
@@ -513,7 +513,7 @@ def _parse_http(r: Reader, base_dir: Path) -> HttpConfig:
 
 
 def _parse_forward(r: Reader, base_dir: Path) -> ForwardConfig:
-    url = r.str("url", "")
+    url = r.text("url", "")
     if url and not (url.startswith("https://") or url.startswith("http://")):
         r.problem("url", f"must start with https:// (or http:// on a trusted network), got {url!r}")
     token = r.secret("token", base_dir=base_dir)
@@ -522,13 +522,13 @@ def _parse_forward(r: Reader, base_dir: Path) -> ForwardConfig:
     cfg = ForwardConfig(
         url=url.rstrip("/"),
         token=token,
-        batch_size=r.int("batch_size", 500, min=1, max=10000),
+        batch_size=r.integer("batch_size", 500, min=1, max=10000),
         interval_s=r.duration_s("interval_s", 30.0, min=1),
         backoff_initial_s=r.duration_s("backoff_initial_s", 5.0, min=0.1),
         backoff_max_s=r.duration_s("backoff_max_s", 3600.0, min=1),
         timeout_s=r.duration_s("timeout_s", 30.0, min=1),
         alert_after_s=r.duration_s("alert_after_s", 6 * 3600.0, min=60),
-        ca_file=r.str("ca_file", ""),
+        ca_file=r.text("ca_file", ""),
         health_interval_s=r.duration_s("health_interval_s", 300.0, min=30),
     )
     r.done()
@@ -536,7 +536,7 @@ def _parse_forward(r: Reader, base_dir: Path) -> ForwardConfig:
 
 
 def _optional_path(r: Reader, name: str, base_dir: Path) -> Path | None:
-    text = r.str(name, "")
+    text = r.text(name, "")
     if not text:
         return None
     path = Path(os.path.expandvars(text)).expanduser()
@@ -545,11 +545,11 @@ def _optional_path(r: Reader, name: str, base_dir: Path) -> Path | None:
 
 def _parse_central(r: Reader, base_dir: Path) -> CentralConfig:
     cfg = CentralConfig(
-        enabled=r.bool("enabled", False),
+        enabled=r.flag("enabled", False),
         gateway_tokens_file=_optional_path(r, "gateway_tokens_file", base_dir),
         api_tokens_file=_optional_path(r, "api_tokens_file", base_dir),
-        max_body_bytes=r.int("max_body_bytes", 5 * 1024 * 1024, min=1024),
-        max_batch=r.int("max_batch", 5000, min=1),
+        max_body_bytes=r.integer("max_body_bytes", 5 * 1024 * 1024, min=1024),
+        max_batch=r.integer("max_batch", 5000, min=1),
         gateway_silent_after_s=r.duration_s("gateway_silent_after_s", 7200.0, min=300),
     )
     if cfg.enabled:

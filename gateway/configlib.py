@@ -57,17 +57,12 @@ class Reader:
         """Record a problem found by caller-side validation."""
         self._problem(name, message)
 
-    def has(self, name: str) -> bool:
-        """True when the key is present (marks it as used)."""
-        self.used.add(name)
-        return name in self.data
-
     def _get(self, name: str, default: Any) -> Any:
         self.used.add(name)
         return self.data.get(name, default)
 
     # -- typed getters ---------------------------------------------------------------------------
-    def str(self, name: str, default: Any = _MISSING, *, allow_empty: bool = True,
+    def text(self, name: str, default: Any = _MISSING, *, allow_empty: bool = True,
             choices: Iterable[str] | None = None) -> Any:
         """A string; required when no default is given."""
         value = self._get(name, default)
@@ -88,7 +83,7 @@ class Reader:
                 return default if default is not _MISSING else options[0]
         return value
 
-    def int(self, name: str, default: Any = _MISSING, *, min: int | None = None,
+    def integer(self, name: str, default: Any = _MISSING, *, min: int | None = None,
             max: int | None = None) -> Any:
         """An integer within optional bounds."""
         value = self._get(name, default)
@@ -106,7 +101,7 @@ class Reader:
                           else f"must be {'>= ' + str(min) if min is not None else '<= ' + str(max)}, got {value}")
         return value
 
-    def float(self, name: str, default: Any = _MISSING, *, min: float | None = None,
+    def number(self, name: str, default: Any = _MISSING, *, min: float | None = None,
               max: float | None = None) -> Any:
         """A number (int or float) within optional bounds."""
         value = self._get(name, default)
@@ -142,7 +137,7 @@ class Reader:
             self._problem(name, f"must be at least {min:g} seconds, got {value!r}")
         return seconds
 
-    def bool(self, name: str, default: Any = _MISSING) -> Any:
+    def flag(self, name: str, default: Any = _MISSING) -> Any:
         """true/false."""
         value = self._get(name, default)
         if value is _MISSING:
@@ -155,22 +150,9 @@ class Reader:
             return default if default is not _MISSING else False
         return value
 
-    def str_list(self, name: str, default: Any = _MISSING) -> Any:
-        """A list of strings."""
-        value = self._get(name, default)
-        if value is _MISSING:
-            self._problem(name, "is required")
-            return []
-        if value is default:
-            return list(value) if isinstance(value, (list, tuple)) else value
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            self._problem(name, f"must be a list of strings, got {_describe(value)}")
-            return list(default) if isinstance(default, (list, tuple)) else []
-        return list(value)
-
     def timezone(self, name: str, default: Any = _MISSING) -> Any:
         """An IANA zone name such as Asia/Jakarta (WIB), Asia/Makassar (WITA), Asia/Jayapura (WIT)."""
-        value = self.str(name, default)
+        value = self.text(name, default)
         if value is None or value == "" or (value is default and default is None):
             return value
         try:
@@ -206,8 +188,8 @@ class Reader:
         """
         env_key = env_key or f"{name}_env"
         file_key = file_key or f"{name}_file"
-        env_name = self.str(env_key, None)
-        file_name = self.str(file_key, None)
+        env_name = self.text(env_key, None)
+        file_name = self.text(file_key, None)
         inline = self._get(name, None)
         if inline is not None and not allow_inline:
             self._problem(name, f"secrets are not written inline; set {self.key(env_key)} (an environment "

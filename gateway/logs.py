@@ -95,7 +95,7 @@ class _JournalRenderer:
         return "\n".join(f"<{prio}>{line}" for line in lines)
 
 
-class _CurrentStderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _CurrentStderrHandler(logging.StreamHandler):
     """Writes to whatever ``sys.stderr`` is at emit time (like logging.lastResort).
 
     Why: `fpgw` commands run in-process (tests, `fpgw demo` after another command) must not keep
@@ -105,7 +105,7 @@ class _CurrentStderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def __init__(self) -> None:
         super().__init__(sys.stderr)
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> TextIO:
         return sys.stderr
 

@@ -63,7 +63,7 @@ def _pyzk_print(*args: object, **_kw: object) -> None:
     log.debug("pyzk: %s", " ".join(str(a) for a in args))
 
 
-_pyzk_base.print = _pyzk_print  # type: ignore[attr-defined]
+_pyzk_base.print = _pyzk_print
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,8 +115,12 @@ class ZkStats:
     udp: UdpCounters = field(default_factory=UdpCounters)
 
 
-class _HookedZK(ZK):  # type: ignore[misc]
+class _HookedZK(ZK):
     """pyzk's ZK with our socket factory. Relies on pyzk 0.9 internals (name-mangled attributes)."""
+
+    # pyzk's private state that this class reads and replaces (pyzk 0.9, base.py).
+    _ZK__sock: Any
+    _ZK__reply_id: int
 
     def __init__(
         self,
@@ -176,7 +180,7 @@ class _HookedZK(ZK):  # type: ignore[misc]
     # -- UDP: pyzk's request/reply and buffered read replaced by udp.UdpChannel (loss tolerant) --
     def _ZK__send_command(self, command: int, command_string: bytes = b"", response_size: int = 8) -> dict[str, Any]:
         if self.tcp or self.udp is None:
-            return super()._ZK__send_command(command, command_string, response_size)  # type: ignore[no-any-return]
+            return super()._ZK__send_command(command, command_string, response_size)
         if command not in (zk_const.CMD_CONNECT, zk_const.CMD_AUTH) and not self.is_connect:
             raise ZKErrorConnection("instance are not connected.")
         udp = self.udp
@@ -206,7 +210,7 @@ class _HookedZK(ZK):  # type: ignore[misc]
     def read_with_buffer(self, command: int, fct: int = 0, ext: int = 0) -> tuple[bytes, int]:
         """pyzk's 1503/1504/1502 read; over UDP with lost chunks re-requested (udp.py)."""
         if self.tcp or self.udp is None:
-            return super().read_with_buffer(command, fct, ext)  # type: ignore[no-any-return]
+            return super().read_with_buffer(command, fct, ext)
         resp = self._ZK__send_command(1503, struct.pack("<bhii", 1, command, fct, ext), 1024)
         if not resp["status"]:
             raise ZKErrorResponse("RWB Not supported")
@@ -599,7 +603,7 @@ class ZkSession:
 
         def get_time() -> datetime | None:
             try:
-                return zk.get_time()  # type: ignore[no-any-return]
+                return zk.get_time()
             except ValueError:
                 # Impossible date in the RTC: pyzk's datetime() fails after the whole reply was read.
                 return None

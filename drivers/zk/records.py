@@ -161,7 +161,7 @@ def infer_record_size(
         if nbytes // s == expected_count:
             return s
     if hint in fits:
-        return hint  # type: ignore[return-value]
+        return hint
     return min(fits, key=lambda s: nbytes // s - expected_count)
 
 

@@ -28,7 +28,7 @@ from datetime import date, datetime, time, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, Select, delete, select, update
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, RowMapping
 
 from gateway.models import Punch
 from gateway.store import schema as s
@@ -101,7 +101,7 @@ def _apply(q: Select[Any], query: PunchQuery) -> Select[Any]:
     return q
 
 
-def _row(r: Mapping[str, Any]) -> dict[str, Any]:
+def _row(r: RowMapping) -> dict[str, Any]:
     out = {k: r[k] for k in FEED_COLUMNS}
     out["flags"] = [f for f in (r["flags"] or "").split(",") if f]
     return out

@@ -101,7 +101,7 @@ class HealthRepo:
              .select_from(s.devices.outerjoin(s.device_health, h.device_pk == d.pk))
              .where(d.office_code == self.office_code).order_by(d.device_id))
         with self.engine.connect() as conn:
-            return [DeviceRow(*row) for row in conn.execute(q)]
+            return [DeviceRow(*tuple(row)) for row in conn.execute(q)]
 
     # -- health --------------------------------------------------------------------------------------
     def load_health(self) -> list[DeviceHealth]:

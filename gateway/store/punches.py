@@ -353,8 +353,10 @@ class Store:
             conn.execute(s.device_users.delete().where(s.device_users.c.device_serial == serial))
             rows = [{"device_serial": serial, "user_id": u.user_id, "uid": u.uid, "name": u.name,
                      "privilege": u.privilege, "card": u.card, "updated_at": now} for u in users]
-            seen: set[str] = set()
-            unique_rows = [r for r in rows if not (r["user_id"] in seen or seen.add(r["user_id"]))]
+            first: dict[Any, dict[str, Any]] = {}
+            for row in rows:  # a device can list one user id twice: the first entry wins
+                first.setdefault(row["user_id"], row)
+            unique_rows = list(first.values())
             for i in range(0, len(unique_rows), INSERT_CHUNK):
                 conn.execute(s.device_users.insert(), unique_rows[i:i + INSERT_CHUNK])
 

@@ -85,7 +85,7 @@ class StatusView:
         """The /status JSON."""
         now = now or datetime.now(UTC)
         healths = self._healths()
-        devices = []
+        devices: list[dict[str, Any]] = []
         for r in self.repo.devices():
             if not r.enabled:
                 continue

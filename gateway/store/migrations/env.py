@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import create_engine
+from sqlalchemy import Connection, create_engine
 
 from gateway.store.schema import metadata
 
@@ -22,7 +22,7 @@ def run() -> None:
     _configure_and_run(connection)
 
 
-def _configure_and_run(connection) -> None:  # type: ignore[no-untyped-def]
+def _configure_and_run(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=metadata,
