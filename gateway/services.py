@@ -24,8 +24,7 @@ if TYPE_CHECKING:
     from gateway.central.api import CentralApi
     from gateway.central.silent import CentralService
     from gateway.config import Config
-    from gateway.health.tracker import DeviceHealth
-    from gateway.models import PollOutcome
+    from gateway.models import DeviceHealth, PollOutcome
     from gateway.store.health import HealthRepo
     from gateway.store.punches import Store
 

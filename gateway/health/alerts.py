@@ -21,8 +21,9 @@ import httpx
 import structlog
 
 from gateway.config import Config, DeviceConfig
-from gateway.health.tracker import DeviceHealth, Transition
+from gateway.health.tracker import Transition
 from gateway.humanize import duration_text
+from gateway.models import DeviceHealth
 from gateway.store.health import AlertRow, HealthRepo
 
 log = structlog.get_logger(__name__)

@@ -17,8 +17,8 @@ from datetime import UTC, datetime, timedelta
 import structlog
 
 from gateway.health.alerts import AlertRouter
-from gateway.health.tracker import DeviceHealth, HealthTracker, Transition
-from gateway.models import PollOutcome
+from gateway.health.tracker import HealthTracker, Transition
+from gateway.models import DeviceHealth, PollOutcome
 from gateway.services import AppContext, Service
 
 log = structlog.get_logger(__name__)

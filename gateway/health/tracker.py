@@ -20,24 +20,7 @@ from zoneinfo import ZoneInfo
 
 from gateway.config import Config, WorkingHoursConfig
 from gateway.humanize import duration_text
-from gateway.models import PollOutcome
-
-#: Every problem name the tracker can open, in the order the status page lists them.
-PROBLEMS = ("offline", "auth_rejected", "identity_mismatch", "protocol_error", "poll_hang", "clock_reset",
-            "clock_skew", "storage", "silent", "replaced", "log_shrank", "firmware_changed", "clock_corrected")
-
-#: One-off events: one alert ("notice"), shown on the status page for the notice window, no end alert.
-NOTICES = frozenset({"replaced", "log_shrank", "firmware_changed", "clock_corrected"})
-
-SEVERITIES = ("info", "warning", "critical")
-
-#: Default severity per problem (storage escalates warning -> critical by itself).
-SEVERITY = {
-    "offline": "critical", "auth_rejected": "critical", "identity_mismatch": "critical",
-    "protocol_error": "warning", "poll_hang": "warning", "clock_reset": "critical", "clock_skew": "warning",
-    "storage": "warning", "silent": "warning", "replaced": "warning", "log_shrank": "warning",
-    "firmware_changed": "info", "clock_corrected": "info",
-}
+from gateway.models import SEVERITIES, SEVERITY, DeviceHealth, PollOutcome, Problem
 
 #: Failure kinds that mean "could not reach the device" (count toward offline). "timeout" (the whole poll
 #: ran past polling.poll_deadline_s) is poll_hang instead; "abandoned" (our own shutdown) counts for nothing.
@@ -54,65 +37,6 @@ CLOCK_FLAGS = ("rtc_reset", "impossible_date", "future")
 
 #: How long one-off notices stay listed (replaced, log_shrank, firmware_changed, clock_corrected).
 NOTICE_WINDOW_S = 86400.0
-
-
-@dataclass
-class Problem:
-    """One open problem of one device."""
-
-    name: str
-    severity: str
-    since: datetime
-    #: One human-readable line: what was seen.
-    detail: str
-    #: Machine-readable facts behind the detail (numbers, serials, versions).
-    seen: dict[str, Any] = field(default_factory=dict)
-    #: When the last start/reminder/escalation went out (reminders count from here).
-    last_notified_at: datetime | None = None
-
-    @property
-    def notice(self) -> bool:
-        """True for one-off events that expire by themselves."""
-        return self.name in NOTICES
-
-    def to_json(self) -> dict[str, Any]:
-        """The JSON form stored in device_health.problems."""
-        return {"since": self.since.isoformat(), "severity": self.severity, "detail": self.detail,
-                "seen": self.seen,
-                "last_alert_at": self.last_notified_at.isoformat() if self.last_notified_at else None}
-
-    @classmethod
-    def from_json(cls, name: str, data: dict[str, Any]) -> Problem:
-        """Inverse of to_json."""
-        last = data.get("last_alert_at")
-        return cls(name=name, severity=str(data.get("severity", SEVERITY.get(name, "warning"))),
-                   since=_parse_dt(data["since"]), detail=str(data.get("detail", "")),
-                   seen=dict(data.get("seen") or {}), last_notified_at=_parse_dt(last) if last else None)
-
-
-@dataclass
-class DeviceHealth:
-    """Everything the tracker knows about one device (persisted in device_health)."""
-
-    device_id: str
-    state: str = "unknown"
-    state_since: datetime = field(default_factory=lambda: datetime.now(UTC))
-    consecutive_failures: int = 0
-    #: Start of the current run of failed polls.
-    failing_since: datetime | None = None
-    last_ok_at: datetime | None = None
-    last_seen_at: datetime | None = None
-    last_failure_at: datetime | None = None
-    last_error_kind: str | None = None
-    last_error: str | None = None
-    #: When a poll last brought new punches (or when watching began): the silent-device clock.
-    last_new_punch_at: datetime | None = None
-    #: A poll that started and has not reported yet (poll_hang).
-    poll_started_at: datetime | None = None
-    problems: dict[str, Problem] = field(default_factory=dict)
-    #: Last observed values, for the status page and metrics (not persisted here: the devices table has them).
-    clock_skew_s: float | None = None
-    last_poll_duration_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -155,11 +79,6 @@ def working_seconds(start: datetime, end: datetime, hours: WorkingHoursConfig, t
                 total += (hi - lo).total_seconds()
         day += timedelta(days=1)
     return total
-
-
-def _parse_dt(text: str) -> datetime:
-    value = datetime.fromisoformat(text)
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 class HealthTracker:
@@ -449,9 +368,3 @@ class HealthTracker:
             return
         self._dirty.add(h.device_id)
         out.append(Transition(h.device_id, name, "end", p.severity, now, p.since, p.detail, dict(p.seen)))
-
-
-def problems_from_json(data: dict[str, Any]) -> dict[str, Problem]:
-    """Decode the device_health.problems JSON (unknown names are kept: a newer version may have written them)."""
-    return {name: Problem.from_json(name, value) for name, value in data.items() if isinstance(value, dict)}
-

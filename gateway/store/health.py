@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.engine import Connection
 
-from gateway.health.tracker import DeviceHealth, problems_from_json
+from gateway.models import DeviceHealth, problems_from_json
 from gateway.store import schema as s
 from gateway.store.db import writer
 from gateway.store.schema import utcnow

@@ -25,7 +25,7 @@ from starlette.routing import BaseRoute, Route
 
 from gateway.config import Config
 from gateway.health.alerts import CHECKS
-from gateway.health.tracker import PROBLEMS, DeviceHealth
+from gateway.models import PROBLEMS, DeviceHealth
 from gateway.services import AppContext, Service
 from gateway.store.health import AlertRow, HealthRepo
 from gateway.web.server import ThreadedServer
