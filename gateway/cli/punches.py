@@ -35,7 +35,7 @@ def cmd_punches(args: argparse.Namespace) -> int:
     config = config_of(args)
     if args.date_from and args.date_to and args.date_to < args.date_from:
         raise CliError("--to is before --from")
-    flt = PunchFilter(date_from=args.date_from, date_to=args.date_to, timezone=config.site.timezone,
+    flt = PunchFilter(date_from=args.date_from, date_to=args.date_to,
                       device_id=args.device, employee_id=args.employee, device_user_id=args.user, limit=args.limit)
     engine = open_engine(config, pool_size=1, migrate=False)
     # Closed in the finally below (a context manager cannot wrap "maybe stdout").

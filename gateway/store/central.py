@@ -5,7 +5,8 @@
 
 Dates (PunchQuery.date_from / date_to, the pull API's date= / from= / to=, `fpgw export`) are office-local
 days: the date of each punch's own local wall-clock time (local_time, in its device's zone, which is its
-office's zone unless a device sets another), the same day `fpgw punches --date` shows at the office.
+office's zone unless a device sets another), the same day `fpgw punches --date` shows at the office
+(one meaning of a day for every punch query: see gateway.store.punches).
 
 Feed cursor: the punches' own monotonic ``id``. On PostgreSQL ids come from a sequence and are NOT
 committed in order when transactions overlap: T1 takes id 10, T2 takes id 11 and commits first, a

@@ -8,10 +8,11 @@ Idempotency: punches are inserted with ON CONFLICT DO NOTHING on (device_serial,
 device_time) and RETURNING tells which rows were really new, on SQLite and PostgreSQL alike, so
 re-reading a whole device log (or receiving a batch twice) never duplicates anything.
 
-"Day X" in every punch query is an office-local day. Here (the office's own database) it is the
-calendar day in the office's zone (config site.timezone) of the punch's instant; the central's queries
-(gateway.store.central.PunchQuery) use each punch's local wall-clock date, which is the same day for
-every device in the office's zone (a device's timezone defaults to site.timezone).
+"Day X" has one meaning in every punch query, here and at the central (gateway.store.central.PunchQuery,
+the pull API, `fpgw export`, the daily recap): the calendar date of the punch's local wall-clock time
+(local_time: the device's clock read in the device's zone, which is the office's zone, site.timezone,
+unless a device sets its own). A punch whose device date is impossible (dead clock) has no local time
+and appears only in queries without a date filter.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import Engine, Insert, Table, TextClause, func, select, text, update
 from sqlalchemy.dialects import postgresql as pg_dialect
@@ -382,12 +382,11 @@ def _newest_valid(punches: Sequence[Punch]) -> datetime | None:
 
 @dataclass(frozen=True)
 class PunchFilter:
-    """What `fpgw punches` (and other readers) select. Dates are whole office-local days: ``timezone`` is the
-    office's (site.timezone), and a punch belongs to the day its instant falls on there."""
+    """What `fpgw punches` (and other readers) select. Dates are whole office-local days (see the module
+    docstring): a punch belongs to the date of its local wall-clock time."""
 
     date_from: date | None = None
     date_to: date | None = None
-    timezone: str = "Asia/Jakarta"
     device_id: str | None = None
     employee_id: str | None = None
     device_user_id: str | None = None
@@ -403,11 +402,10 @@ def iter_punches(engine: Engine, flt: PunchFilter, *, chunk: int = 2000) -> Iter
     """Punches matching the filter, oldest first (by instant, then arrival); streams in chunks."""
     p = s.punches.c
     q = select(*(getattr(p, f) for f in PUNCH_FIELDS))
-    zone = ZoneInfo(flt.timezone)
     if flt.date_from is not None:
-        q = q.where(p.utc_time >= datetime.combine(flt.date_from, time(0), zone))
+        q = q.where(p.local_time >= datetime.combine(flt.date_from, time(0)))
     if flt.date_to is not None:
-        q = q.where(p.utc_time < datetime.combine(flt.date_to + timedelta(days=1), time(0), zone))
+        q = q.where(p.local_time < datetime.combine(flt.date_to + timedelta(days=1), time(0)))
     if flt.device_id:
         q = q.where(p.device_id == flt.device_id)
     if flt.employee_id:
