@@ -9,14 +9,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "gateway"))
-from core_support import DeviceEntry, RunningGateway, make_config, sim_spec
+from tests.support.gateway import DeviceEntry, RunningGateway, make_config, sim_spec
 
 pytest.importorskip("simulators.zk", reason="simulators.zk not importable")
 from simulators.zk import Fleet

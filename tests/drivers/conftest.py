@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from drivers_harness import Harness, fake_harness, sim_available, zk_harness
+
+from tests.support.drivers import Harness, fake_harness, sim_available, zk_harness
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import pytest
-from drivers_harness import Harness, punch_key
 
 from drivers.base import (
     ClearsLog,
@@ -22,6 +21,7 @@ from drivers.base import (
     SetsClock,
     StreamsLive,
 )
+from tests.support.drivers import Harness, punch_key
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -9,10 +9,10 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from drivers_harness import add_sim_device, zk_driver_for
 
 from drivers.base import AuthRejected, Busy, IdentityMismatch, ProtocolError, Unreachable
 from drivers.fake import FakeDevice, FakeDriver, make_punch
+from tests.support.drivers import add_sim_device, zk_driver_for
 
 pytestmark = pytest.mark.timeout(30)
 

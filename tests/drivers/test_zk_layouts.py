@@ -8,10 +8,10 @@ import time
 from typing import Any
 
 import pytest
-from drivers_harness import add_sim_device, punch_key, sim_truth, zk_driver_for
 
 from drivers.zk import ZkDriver, ZkQuirks
 from drivers.zk.driver import _HookedZK
+from tests.support.drivers import add_sim_device, punch_key, sim_truth, zk_driver_for
 
 pytestmark = pytest.mark.timeout(60)
 

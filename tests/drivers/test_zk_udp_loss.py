@@ -20,12 +20,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from drivers_harness import add_sim_device, punch_key, sim_truth, zk_driver_for
 
 from drivers.base import Unreachable
 from drivers.zk import ZkDriver, ZkParams
 from drivers.zk import udp as zkudp
 from drivers.zk.frames import FrameRing, RecordingSocket
+from tests.support.drivers import add_sim_device, punch_key, sim_truth, zk_driver_for
 
 DATA, PREPARE, ACK_OK = zkudp.CMD_DATA, zkudp.CMD_PREPARE_DATA, zkudp.CMD_ACK_OK
 

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from core_support import DeviceEntry, RunningGateway, make_config, sim_spec, table_rows
-from health_support import WebhookReceiver, count
 
 from gateway.store import schema as s
 from gateway.store.health import HealthRepo
+from tests.support.gateway import DeviceEntry, RunningGateway, make_config, sim_spec, table_rows
+from tests.support.webhook import WebhookReceiver, count
 
 pytest.importorskip("simulators.zk", reason="simulators.zk not importable")
 from simulators.zk import Fleet

@@ -17,7 +17,6 @@ from typing import Any
 
 import httpx
 import pytest
-from core_support import DeviceEntry, RunningGateway, diff, make_config, sim_spec, stored_keys, truth_keys
 from sqlalchemy import create_engine, select
 
 from gateway.app import Gateway
@@ -25,6 +24,7 @@ from gateway.central.api import add_token
 from gateway.config import parse_config
 from gateway.store import schema as s
 from gateway.store.outbox import outbox_stats
+from tests.support.gateway import DeviceEntry, RunningGateway, diff, make_config, sim_spec, stored_keys, truth_keys
 
 pytest.importorskip("simulators.zk", reason="simulators.zk not importable")
 from simulators.zk import Fleet

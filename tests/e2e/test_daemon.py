@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from core_support import DeviceEntry, config_dict, diff, sim_spec, stored_keys, truth_keys
+
+from tests.support.gateway import DeviceEntry, config_dict, diff, sim_spec, stored_keys, truth_keys
 
 pytest.importorskip("simulators.zk", reason="simulators.zk not importable")
 from simulators.zk import Fleet

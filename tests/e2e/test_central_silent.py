@@ -15,13 +15,13 @@ from typing import Any
 
 import httpx
 import pytest
-from health_support import WebhookReceiver, count
 
 from gateway.app import Gateway
 from gateway.central.api import PROBLEM_SILENT, add_token
 from gateway.config import Config, parse_config
 from gateway.forward.forwarder import Forwarder
 from gateway.store.db import create_db_engine, upgrade
+from tests.support.webhook import WebhookReceiver, count
 
 OFFICE, CENTRE = "1801.01", "1801.00"
 SILENT_AFTER_S = 6.0

@@ -9,12 +9,12 @@ from typing import Any
 
 import httpx
 import pytest
-from core_support import DeviceEntry, RunningGateway, make_config, sim_spec
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from gateway.store.health import HealthRepo
 from gateway.web.status import build_app, check_access, is_loopback
+from tests.support.gateway import DeviceEntry, RunningGateway, make_config, sim_spec
 
 pytest.importorskip("simulators.zk", reason="simulators.zk not importable")
 from simulators.zk import Fleet

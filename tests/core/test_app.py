@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from core_support import Recorder, table_rows
 
 from drivers.fake import FakeDevice, FakeDriver, make_punch
 from gateway.app import Gateway
 from gateway.config import parse_config
 from gateway.services import AppContext
 from gateway.store import schema as s
+from tests.support.gateway import Recorder, table_rows
 
 
 class RecordingService:

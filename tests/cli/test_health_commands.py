@@ -11,13 +11,13 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from core_support import DeviceEntry, RunningGateway, config_dict, sim_spec, table_rows
 
 from gateway.cli.main import main
 from gateway.config import load_config
 from gateway.health.report import build_report
 from gateway.store import schema as s
 from gateway.store.health import HealthRepo
+from tests.support.gateway import DeviceEntry, RunningGateway, config_dict, sim_spec, table_rows
 
 pytest.importorskip("simulators.zk", reason="simulators.zk not importable")
 from simulators.zk import Fleet, read_truth

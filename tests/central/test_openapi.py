@@ -25,13 +25,13 @@ from jsonschema import Draft202012Validator, FormatChecker
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 from starlette.routing import Route
-from test_central_api import OFFICE_A, Central, device_doc, make_central, punch
-from test_forward import make_config, punches, store_punches
 
 from gateway.central.api import openapi_bytes
 from gateway.forward.forwarder import Forwarder
 from gateway.store.db import create_db_engine, upgrade
 from gateway.store.punches import Store
+from tests.central.test_api import OFFICE_A, Central, device_doc, make_central, punch
+from tests.forward.test_forwarder import make_config, punches, store_punches
 
 pytestmark = pytest.mark.timeout(60)
 

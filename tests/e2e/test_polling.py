@@ -13,7 +13,9 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from core_support import (
+
+from gateway.store import schema as s
+from tests.support.gateway import (
     DeviceEntry,
     RunningGateway,
     diff,
@@ -23,8 +25,6 @@ from core_support import (
     table_rows,
     truth_keys,
 )
-
-from gateway.store import schema as s
 
 pytest.importorskip("simulators.zk", reason="simulators.zk not importable")
 from simulators.zk import Fleet

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from health_support import WebhookReceiver, count
 from sqlalchemy import select
 
 from gateway.config import Config, parse_config
@@ -18,6 +17,7 @@ from gateway.store import schema as s
 from gateway.store.db import create_db_engine, upgrade
 from gateway.store.health import HealthRepo
 from gateway.store.punches import Store
+from tests.support.webhook import WebhookReceiver, count
 
 pytestmark = pytest.mark.timeout(60)
 

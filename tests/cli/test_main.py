@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from core_support import DeviceEntry, config_dict, sim_spec, stored_keys, truth_keys
-from test_core_daemon import write_toml
 
 from gateway.cli.main import main
 from gateway.logs import reset_logging
+from tests.e2e.test_daemon import write_toml
+from tests.support.gateway import DeviceEntry, config_dict, sim_spec, stored_keys, truth_keys
 
 REPO = Path(__file__).resolve().parents[2]
 
