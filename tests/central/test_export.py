@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +15,10 @@ from openpyxl import load_workbook
 from gateway.central import export
 from gateway.central.api import load_tokens
 from gateway.cli.main import main
-from gateway.models import PollOutcome, Punch
 from gateway.store.db import create_db_engine, upgrade
 from gateway.store.outbox import outbox_stats, settle
 from gateway.store.punches import Store
+from tests.support.punches import make_punch, store_punches
 
 pytestmark = pytest.mark.timeout(60)
 OFFICE = "1801.03"
@@ -112,13 +112,8 @@ api_tokens_file = "{tmp_path / 'api.toml'}"
     for day, user, hhmm in (("2026-11-02", "1", "07:10"), ("2026-11-02", "1", "16:20"), ("2026-11-03", "2", "07:00"),
                             ("2026-11-04", "1", "07:05")):
         local = datetime.fromisoformat(f"{day}T{hhmm}:00")
-        items.append(Punch(office_code=OFFICE, device_id="lobby", device_serial="SN1", device_user_id=user,
-                           device_time=f"{day} {hhmm}:00", local_time=local,
-                           utc_time=(local - timedelta(hours=7)).replace(tzinfo=UTC), timezone="Asia/Jakarta",
-                           state=0, state_name="check_in", verify=1, verify_name="finger", employee_id=f"NIP{user}"))
-    now = datetime.now(UTC)
-    store.save_poll(PollOutcome(device_id="lobby", started_at=now, finished_at=now, ok=True, mode="full"), items,
-                    forward=True)
+        items.append(make_punch(user, local, office_code=OFFICE, employee_id=f"NIP{user}"))
+    store_punches(store, items)
     engine.dispose()
     return cfg, db
 

@@ -30,8 +30,9 @@ from gateway.central.api import openapi_bytes
 from gateway.forward.forwarder import Forwarder
 from gateway.store.db import create_db_engine, upgrade
 from gateway.store.punches import Store
-from tests.central.test_api import OFFICE_A, Central, device_doc, make_central, punch
-from tests.forward.test_forwarder import make_config, punches, store_punches
+from tests.support.central import OFFICE_A, Central, device_doc, make_central, punch
+from tests.support.config import forward_config
+from tests.support.punches import punch_batch, store_punches
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -232,12 +233,12 @@ def test_real_answers_validate_against_the_document(tmp_path: Path, sqlite_url: 
 
 
 def test_what_the_forwarder_sends_fits_the_document(tmp_path: Path, sqlite_url: str) -> None:
-    config = make_config(tmp_path, sqlite_url)
+    config = forward_config(tmp_path, sqlite_url)
     engine = create_db_engine(sqlite_url)
     upgrade(engine)
     store = Store(engine, config.site.office_code)
     store.sync_devices(config.devices)
-    store_punches(store, punches(3))
+    store_punches(store, punch_batch(3))
     sent: list[tuple[str, Any]] = []
 
     def handler(request: httpx.Request) -> httpx.Response:

@@ -9,65 +9,26 @@ real keypad clear still is. (The clear_when_full_ratio policy is tested in tests
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gateway.cli.main import main
-from gateway.logs import reset_logging
 from gateway.store import schema as s
-from tests.e2e.test_daemon import write_toml
-from tests.support.gateway import (
-    DeviceEntry,
-    RunningGateway,
-    config_dict,
-    diff,
-    make_config,
-    sim_spec,
-    stored_keys,
-    table_rows,
-    truth_keys,
-)
+from tests.support.cli import run_cli
+from tests.support.config import DeviceEntry, config_dict, make_config, write_toml
+from tests.support.fleet import sim_spec, truth_keys
+from tests.support.gateway import RunningGateway, clear_runs, diff, shrank_alerts, stored_keys, table_rows
 
-pytest.importorskip("simulators.zk", reason="simulators.zk not importable")
-from simulators.zk import Fleet
-
-
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Any]:
-    with Fleet(truth_path=tmp_path / "truth.jsonl") as f:
-        yield f
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """main() configures logging onto the (captured) stderr; undo it so later tests log normally."""
-    yield
-    reset_logging()
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 def cli(capsys: pytest.CaptureFixture[str], config_path: Path, *argv: str) -> tuple[int, str, str]:
-    code = main(["--config", str(config_path), *argv])
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_cli(capsys, "--config", str(config_path), *argv)
 
 
 def write_config(tmp_path: Path, db_url: str, entries: list[DeviceEntry], **kw: Any) -> Path:
     return write_toml(config_dict(db_url, entries, **kw), tmp_path / "config.toml")
-
-
-def clear_runs(db_url: str) -> list[Any]:
-    return [r for r in table_rows(db_url, s.poll_runs) if r["outcome"] == "cleared"]
-
-
-def problems(gw: RunningGateway, device_id: str) -> set[str]:
-    return set(gw.gateway.ctx.extras["health"].snapshot()[device_id].problems)
-
-
-def shrank_alerts(db_url: str) -> list[Any]:
-    return [a for a in table_rows(db_url, s.alerts) if a["problem"] == "log_shrank"]
 
 
 @pytest.mark.timeout(120)
@@ -111,7 +72,7 @@ def test_cli_clear_stores_everything_verifies_then_clears(fleet: Any, db_url: st
         o = gw.poll("a")
         assert o.ok and o.new_punches == 3
         gw.poll("a")
-        assert "log_shrank" not in problems(gw, "a")
+        assert "log_shrank" not in gw.problems("a")
     assert shrank_alerts(db_url) == []
     truth = truth_keys(tmp_path / "truth.jsonl", [a.serial])
     assert not truth - stored_keys(db_url, [a.serial])
@@ -144,14 +105,14 @@ def test_a_daemon_poll_racing_the_cli_clear_is_not_a_keypad_clear(fleet: Any, db
         o = gw.poll("a")
         assert o.ok and o.cleared_records == 100
         gw.poll("a")
-        assert "log_shrank" not in problems(gw, "a")
+        assert "log_shrank" not in gw.problems("a")
         # A later clear at the keypad is reported again.
         a.add_punches(5)
         assert gw.poll("a").new_punches == 5
         a.clear_log()
         gw.poll("a")
         gw.poll("a")
-        assert "log_shrank" in problems(gw, "a")
+        assert "log_shrank" in gw.problems("a")
 
 
 @pytest.mark.timeout(90)

@@ -17,43 +17,19 @@ from gateway.config import load_config
 from gateway.health.report import build_report
 from gateway.store import schema as s
 from gateway.store.health import HealthRepo
-from tests.support.gateway import DeviceEntry, RunningGateway, config_dict, sim_spec, table_rows
-
-pytest.importorskip("simulators.zk", reason="simulators.zk not importable")
-from simulators.zk import Fleet, read_truth
+from simulators.zk import read_truth
+from tests.support.config import DeviceEntry, config_dict, write_toml
+from tests.support.fleet import running_fleet, sim_spec
+from tests.support.gateway import RunningGateway, table_rows
 
 pytestmark = pytest.mark.timeout(90)
 TZ = ZoneInfo("Asia/Jakarta")
 
 
-def write_config(path: Path, doc: dict) -> Path:
-    lines = []
-
-    def emit(prefix: str, table: dict) -> None:
-        scalars = {k: v for k, v in table.items() if not isinstance(v, dict | list) or
-                   (isinstance(v, list) and not any(isinstance(x, dict) for x in v))}
-        if prefix:
-            lines.append(f"[{prefix}]")
-        for k, v in scalars.items():
-            lines.append(f"{k} = {json.dumps(v)}")
-        for k, v in table.items():
-            if isinstance(v, dict):
-                emit(f"{prefix}.{k}" if prefix else k, v)
-            elif isinstance(v, list) and any(isinstance(x, dict) for x in v):
-                for item in v:
-                    lines.append(f"[[{k}]]")
-                    for ik, iv in item.items():
-                        lines.append(f"{ik} = {json.dumps(iv)}")
-
-    emit("", doc)
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
 @pytest.fixture
 def office(tmp_path: Path):
     """A config file + database: device a (simulated history), b and c (no punches)."""
-    with Fleet(truth_path=tmp_path / "truth.jsonl") as fleet:
+    with running_fleet(tmp_path / "truth.jsonl") as fleet:
         a = fleet.add(sim_spec("CLI-A", records=300, seed=11))
         b = fleet.add(sim_spec("CLI-B", records=0, seed=12))
         c = fleet.add(sim_spec("CLI-C", records=0, seed=13))
@@ -61,7 +37,7 @@ def office(tmp_path: Path):
         doc = config_dict(db_url, [DeviceEntry("a", a), DeviceEntry("b", b), DeviceEntry("c", c)],
                           health={"working_hours": {"start": "07:00", "end": "16:00", "days": [1, 2, 3, 4, 5, 6, 7]}},
                           alerts={"reminder_s": 0})
-        path = write_config(tmp_path / "config.toml", doc)
+        path = write_toml(doc, tmp_path / "config.toml")
         config = load_config(path)
         with RunningGateway(config) as gw:
             gw.poll_all(["a", "b", "c"])

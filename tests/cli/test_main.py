@@ -13,32 +13,17 @@ from typing import Any
 import pytest
 
 from gateway.cli.main import main
-from gateway.logs import reset_logging
-from tests.e2e.test_daemon import write_toml
-from tests.support.gateway import DeviceEntry, config_dict, sim_spec, stored_keys, truth_keys
+from tests.support.cli import run_cli
+from tests.support.config import DeviceEntry, config_dict, write_toml
+from tests.support.fleet import sim_spec, truth_keys
+from tests.support.gateway import stored_keys
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Any:
-    """main() configures logging onto the (captured) stderr; undo it so later tests log normally."""
-    yield
-    reset_logging()
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
-def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-@pytest.fixture
-def fleet(tmp_path: Path) -> Any:
-    from simulators.zk import Fleet
-
-    with Fleet(truth_path=tmp_path / "truth.jsonl") as f:
-        yield f
 
 
 @pytest.mark.timeout(30)

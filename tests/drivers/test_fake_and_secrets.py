@@ -12,7 +12,8 @@ import pytest
 
 from drivers.base import AuthRejected, Busy, IdentityMismatch, ProtocolError, Unreachable
 from drivers.fake import FakeDevice, FakeDriver, make_punch
-from tests.support.drivers import add_sim_device, zk_driver_for
+from tests.support.drivers import zk_driver_for
+from tests.support.fleet import add_sim_device
 
 pytestmark = pytest.mark.timeout(30)
 

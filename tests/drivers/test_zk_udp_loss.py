@@ -25,7 +25,8 @@ from drivers.base import Unreachable
 from drivers.zk import ZkDriver, ZkParams
 from drivers.zk import udp as zkudp
 from drivers.zk.frames import FrameRing, RecordingSocket
-from tests.support.drivers import add_sim_device, punch_key, sim_truth, zk_driver_for
+from tests.support.drivers import punch_key, zk_driver_for
+from tests.support.fleet import add_sim_device, sim_truth
 
 DATA, PREPARE, ACK_OK = zkudp.CMD_DATA, zkudp.CMD_PREPARE_DATA, zkudp.CMD_ACK_OK
 

@@ -16,17 +16,10 @@ import pytest
 
 from gateway.store import schema as s
 from gateway.store.health import HealthRepo
-from tests.support.gateway import DeviceEntry, RunningGateway, make_config, sim_spec, table_rows
+from tests.support.config import DeviceEntry, make_config
+from tests.support.fleet import sim_spec
+from tests.support.gateway import RunningGateway, table_rows
 from tests.support.webhook import WebhookReceiver, count
-
-pytest.importorskip("simulators.zk", reason="simulators.zk not importable")
-from simulators.zk import Fleet
-
-
-@pytest.fixture
-def fleet(tmp_path: Path):
-    with Fleet(truth_path=tmp_path / "truth.jsonl") as f:
-        yield f
 
 
 @pytest.fixture

@@ -11,53 +11,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.support.gateway import DeviceEntry, config_dict, diff, sim_spec, stored_keys, truth_keys
-
-pytest.importorskip("simulators.zk", reason="simulators.zk not importable")
-from simulators.zk import Fleet
-
-
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Any]:
-    with Fleet(truth_path=tmp_path / "truth.jsonl") as f:
-        yield f
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    raise TypeError(v)
-
-
-def write_toml(doc: dict[str, Any], path: Path) -> Path:
-    """Minimal TOML writer for the config documents of these tests."""
-    lines: list[str] = []
-    for name, table in doc.items():
-        if isinstance(table, list):
-            for item in table:
-                lines.append(f"[[{name}]]")
-                lines += [f"{k} = {_toml_value(v)}" for k, v in item.items()]
-                lines.append("")
-        else:
-            lines.append(f"[{name}]")
-            lines += [f"{k} = {_toml_value(v)}" for k, v in table.items()]
-            lines.append("")
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return path
+from tests.support.config import DeviceEntry, config_dict, write_toml
+from tests.support.fleet import sim_spec, truth_keys
+from tests.support.gateway import diff, stored_keys
+from tests.support.wait import wait_until
 
 
 class Daemon:
@@ -113,13 +74,6 @@ class Daemon:
         self.sock.close()
 
 
-def wait_until(pred: Any, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.timeout(120)

@@ -24,10 +24,10 @@ from gateway.central.api import add_token
 from gateway.config import parse_config
 from gateway.store import schema as s
 from gateway.store.outbox import outbox_stats
-from tests.support.gateway import DeviceEntry, RunningGateway, diff, make_config, sim_spec, stored_keys, truth_keys
-
-pytest.importorskip("simulators.zk", reason="simulators.zk not importable")
-from simulators.zk import Fleet
+from tests.support.config import DeviceEntry, make_config
+from tests.support.fleet import running_fleet, sim_spec, truth_keys
+from tests.support.gateway import RunningGateway, diff, stored_keys
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.postgres
 
@@ -210,12 +210,6 @@ class BkdPuller:
         self.client.close()
 
 
-def _wait(cond: Any, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 @pytest.mark.timeout(240)
@@ -234,7 +228,7 @@ def test_offices_forward_through_a_flapping_link_and_bkd_gets_everything_exactly
         "central": {"enabled": True, "gateway_tokens_file": str(gw_tokens), "api_tokens_file": str(api_tokens)},
     }, base_dir=tmp_path)
 
-    with Gateway(central_cfg) as central, Fleet(truth_path=tmp_path / "truth.jsonl") as fleet, \
+    with Gateway(central_cfg) as central, running_fleet(tmp_path / "truth.jsonl") as fleet, \
             FaultyProxy(central.ctx.extras["http_port"]) as proxy:
         central_url = f"http://127.0.0.1:{central.ctx.extras['http_port']}"
         proxy.set_mode("refuse")
@@ -275,7 +269,7 @@ def test_offices_forward_through_a_flapping_link_and_bkd_gets_everything_exactly
 
             proxy.set_mode("pass")
             truth = truth_keys(tmp_path / "truth.jsonl")
-            _wait(lambda: all(outbox_stats(gw.gateway.engine)[::2] == (0, 0) for gw in gateways.values()),
+            wait_until(lambda: all(outbox_stats(gw.gateway.engine)[::2] == (0, 0) for gw in gateways.values()),
                   90, "every outbox to drain")
             assert stored_keys(pg_url) == truth, diff(truth, stored_keys(pg_url))
         finally:

@@ -15,25 +15,9 @@ from pathlib import Path
 import pytest
 
 from gateway.store import schema as s
-from tests.support.gateway import (
-    DeviceEntry,
-    RunningGateway,
-    diff,
-    make_config,
-    sim_spec,
-    stored_keys,
-    table_rows,
-    truth_keys,
-)
-
-pytest.importorskip("simulators.zk", reason="simulators.zk not importable")
-from simulators.zk import Fleet
-
-
-@pytest.fixture
-def fleet(tmp_path: Path):
-    with Fleet(truth_path=tmp_path / "truth.jsonl") as f:
-        yield f
+from tests.support.config import DeviceEntry, make_config
+from tests.support.fleet import sim_spec, truth_keys
+from tests.support.gateway import RunningGateway, diff, stored_keys, table_rows
 
 
 @pytest.mark.timeout(120)

@@ -20,46 +20,18 @@ import pytest
 from prometheus_client import CollectorRegistry
 from sqlalchemy import select
 
-from gateway.config import Config, parse_config
+from gateway.config import Config
 from gateway.forward.forwarder import Forwarder, full_jitter
-from gateway.models import PollOutcome, Punch
 from gateway.store import schema as s
 from gateway.store.db import create_db_engine, upgrade
 from gateway.store.outbox import outbox_stats, retry_rejected
 from gateway.store.punches import Store
+from tests.support.clock import FakeClock
+from tests.support.config import forward_config
+from tests.support.punches import punch_batch, store_punches
 
 pytestmark = pytest.mark.timeout(60)
 OFFICE = "1801.01"
-
-
-def make_config(tmp_path: Path, db_url: str, **forward: Any) -> Config:
-    token = tmp_path / "token"
-    token.write_text("secret-gateway-token\n")
-    return parse_config({
-        "site": {"office_code": OFFICE, "timezone": "Asia/Jakarta", "state_dir": str(tmp_path)},
-        "database": {"url": db_url},
-        "devices": [{"id": "lobby", "address": "127.0.0.1"}],
-        "forward": {"url": "https://bkd.example.invalid", "token_file": str(token), "batch_size": 10,
-                    "backoff_initial_s": 10, "backoff_max_s": 600, "alert_after_s": 3600, **forward},
-        "alerts": {"reminder_s": 86400},
-    }, base_dir=tmp_path)
-
-
-def punches(n: int, start: int = 0) -> list[Punch]:
-    out = []
-    for i in range(start, start + n):
-        local = datetime(2026, 11, 2, 7, 0) + timedelta(minutes=i)
-        out.append(Punch(office_code=OFFICE, device_id="lobby", device_serial="SN1", device_user_id=str(i),
-                         device_time=local.strftime("%Y-%m-%d %H:%M:%S"), local_time=local,
-                         utc_time=(local - timedelta(hours=7)).replace(tzinfo=UTC), timezone="Asia/Jakarta", state=0,
-                         state_name="check_in", verify=1, verify_name="finger", employee_id=f"NIP{i}"))
-    return out
-
-
-def store_punches(store: Store, items: list[Punch]) -> None:
-    now = datetime.now(UTC)
-    store.save_poll(PollOutcome(device_id="lobby", started_at=now, finished_at=now, ok=True, mode="full"),
-                    items, forward=True)
 
 
 @dataclass
@@ -121,15 +93,9 @@ def logs(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     return rec.events
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = datetime.now(UTC) + timedelta(seconds=5)  # rows stored "now" are due
-
-    def __call__(self) -> datetime:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += timedelta(seconds=seconds)
+def _due_clock() -> FakeClock:
+    """Five seconds ahead: rows stored "now" are due."""
+    return FakeClock(datetime.now(UTC) + timedelta(seconds=5))
 
 
 @dataclass
@@ -138,7 +104,7 @@ class Office:
     engine: Any
     store: Store
     upstream: Upstream
-    clock: Clock
+    clock: FakeClock
     fwd: Forwarder
     registry: CollectorRegistry
 
@@ -156,13 +122,13 @@ class Office:
 
 @pytest.fixture
 def office(db_url: str, tmp_path: Path) -> Iterator[Office]:
-    config = make_config(tmp_path, db_url)
+    config = forward_config(tmp_path, db_url)
     engine = create_db_engine(db_url, pool_size=4)
     upgrade(engine)
     store = Store(engine, OFFICE)
     store.sync_devices(config.devices)
     upstream = Upstream()
-    clock = Clock()
+    clock = _due_clock()
     registry = CollectorRegistry()
     fwd = Forwarder(config, engine, transport=httpx.MockTransport(upstream.handler), rng=random.Random(1),
                     now=clock, registry=registry, health_every_s=3600)
@@ -174,7 +140,7 @@ def office(db_url: str, tmp_path: Path) -> Iterator[Office]:
 
 
 def test_accepted_leave_the_outbox_rejected_are_set_aside_with_one_alert_per_reason_kept_wait(office: Office) -> None:
-    store_punches(office.store, punches(8))
+    store_punches(office.store, punch_batch(8))
 
     def decide(p: dict[str, Any]) -> dict[str, Any]:
         n = int(p["device_user_id"])
@@ -207,7 +173,7 @@ def test_accepted_leave_the_outbox_rejected_are_set_aside_with_one_alert_per_rea
     office.fwd.run_once()
     assert office.upstream.sent_users().count("4") == 1
     office.clock.advance(700)
-    store_punches(office.store, punches(1, start=20))
+    store_punches(office.store, punch_batch(1, start=20))
     office.upstream.decide = lambda p: ({"status": "rejected", "reason": "office_mismatch: again"}
                                        if p["device_user_id"] == "20" else {"status": "accepted"})
     office.fwd.run_once()
@@ -218,7 +184,7 @@ def test_accepted_leave_the_outbox_rejected_are_set_aside_with_one_alert_per_rea
 
 def test_upstream_down_keeps_everything_logs_once_and_recovery_logs_outage_and_backlog(
         office: Office, logs: list[dict[str, Any]]) -> None:
-    store_punches(office.store, punches(25))
+    store_punches(office.store, punch_batch(25))
     office.upstream.mode = "down"
     r1 = office.fwd.run_once()
     assert r1.error == "unreachable" and r1.kept == 10
@@ -244,7 +210,7 @@ def test_upstream_down_keeps_everything_logs_once_and_recovery_logs_outage_and_b
 
 @pytest.mark.parametrize("mode", ["timeout", "http500", "http401", "garbage"])
 def test_no_usable_answer_means_every_punch_is_kept_not_rejected(office: Office, mode: str) -> None:
-    store_punches(office.store, punches(3))
+    store_punches(office.store, punch_batch(3))
     office.upstream.mode = mode
     report = office.fwd.run_once()
     assert report.error and report.rejected == 0
@@ -255,7 +221,7 @@ def test_no_usable_answer_means_every_punch_is_kept_not_rejected(office: Office,
 
 
 def test_a_punch_the_upstream_cannot_parse_is_isolated_by_halving_and_the_rest_goes_through(office: Office) -> None:
-    store_punches(office.store, punches(10))
+    store_punches(office.store, punch_batch(10))
     office.upstream.bad_user = "6"
     report = office.fwd.run_once()
     assert report.accepted == 9 and report.rejected == 1
@@ -272,7 +238,7 @@ def test_backoff_is_exponential_with_full_jitter_and_capped() -> None:
 
 
 def test_backlog_older_than_alert_after_raises_one_alert_and_one_end(office: Office) -> None:
-    store_punches(office.store, punches(2))
+    store_punches(office.store, punch_batch(2))
     office.upstream.mode = "down"
     office.fwd.run_once()
     assert office.alerts() == []
@@ -297,7 +263,7 @@ def test_backlog_older_than_alert_after_raises_one_alert_and_one_end(office: Off
 
 
 def test_retry_rejected_requeues_and_they_go_out(office: Office) -> None:
-    store_punches(office.store, punches(3))
+    store_punches(office.store, punch_batch(3))
     office.upstream.decide = lambda p: {"status": "rejected", "reason": "office_mismatch: x"}
     office.fwd.run_once()
     assert outbox_stats(office.engine).rejected == 3
@@ -308,7 +274,7 @@ def test_retry_rejected_requeues_and_they_go_out(office: Office) -> None:
 
 
 def test_device_health_is_forwarded_with_the_backlog(office: Office) -> None:
-    store_punches(office.store, punches(1))
+    store_punches(office.store, punch_batch(1))
     office.upstream.mode = "down"
     office.fwd.run_once()
     office.upstream.mode = "ok"
@@ -323,7 +289,7 @@ def test_device_health_is_forwarded_with_the_backlog(office: Office) -> None:
 
 
 def test_metrics_count_results_and_upstream_state(office: Office) -> None:
-    store_punches(office.store, punches(3))
+    store_punches(office.store, punch_batch(3))
     office.upstream.decide = lambda p: ({"status": "rejected", "reason": "x: y"} if p["device_user_id"] == "0"
                                         else {"status": "accepted"})
     office.fwd.run_once()
@@ -336,7 +302,7 @@ def test_metrics_count_results_and_upstream_state(office: Office) -> None:
 
 def test_batches_too_large_for_the_centre_are_split_and_the_smaller_size_is_kept(
         office: Office, logs: list[dict[str, Any]]) -> None:
-    store_punches(office.store, punches(10))
+    store_punches(office.store, punch_batch(10))
     limit = 3
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -358,7 +324,7 @@ def test_batches_too_large_for_the_centre_are_split_and_the_smaller_size_is_kept
         assert [e["event"] for e in logs if e["log_level"] == "warning"].count(
             "upstream refuses batches this large; sending smaller ones") <= 2
         office.upstream.requests.clear()
-        store_punches(office.store, punches(6, start=50))
+        store_punches(office.store, punch_batch(6, start=50))
         fwd.run_once()
         sizes = [len(r["doc"]["punches"]) for r in office.upstream.requests if r["path"].endswith("/punches")]
         assert sizes and max(sizes) <= limit  # no more 413s: the smaller size stuck
@@ -368,13 +334,13 @@ def test_batches_too_large_for_the_centre_are_split_and_the_smaller_size_is_kept
 
 def test_unreadable_ca_file_is_one_clear_warning_and_nothing_is_lost(db_url: str, tmp_path: Path,
                                                                     logs: list[dict[str, Any]]) -> None:
-    config = make_config(tmp_path, db_url, ca_file=str(tmp_path / "missing-ca.pem"))
+    config = forward_config(tmp_path, db_url, ca_file=str(tmp_path / "missing-ca.pem"))
     engine = create_db_engine(db_url)
     upgrade(engine)
     store = Store(engine, OFFICE)
     store.sync_devices(config.devices)
-    store_punches(store, punches(2))
-    clock = Clock()
+    store_punches(store, punch_batch(2))
+    clock = _due_clock()
     fwd = Forwarder(config, engine, now=clock, rng=random.Random(5))
     try:
         for _ in range(3):
@@ -390,7 +356,7 @@ def test_unreadable_ca_file_is_one_clear_warning_and_nothing_is_lost(db_url: str
 
 def test_weeks_of_outage_and_a_restart_lose_nothing_alert_once_and_retry_within_the_cap(
         office: Office, logs: list[dict[str, Any]]) -> None:
-    store_punches(office.store, punches(30))
+    store_punches(office.store, punch_batch(30))
     office.upstream.mode = "down"
     fwd = office.fwd
     cap = office.config.forward.backoff_max_s
@@ -419,7 +385,7 @@ def test_weeks_of_outage_and_a_restart_lose_nothing_alert_once_and_retry_within_
 
 
 def test_rejection_reason_survives_when_the_link_fails_later_in_the_same_run(office: Office) -> None:
-    store_punches(office.store, punches(4))
+    store_punches(office.store, punch_batch(4))
     calls = {"n": 0}
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -446,7 +412,7 @@ def test_rejection_reason_survives_when_the_link_fails_later_in_the_same_run(off
 
 
 def test_an_answer_for_other_rows_is_not_trusted(office: Office) -> None:
-    store_punches(office.store, punches(2))
+    store_punches(office.store, punch_batch(2))
 
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, json={"results": [{"index": 1, "status": "accepted"},
@@ -465,7 +431,7 @@ def test_forwarding_alerts_reach_the_team_through_the_alert_sender(office: Offic
     from gateway.health.alerts import AlertRouter, Channel
     from gateway.store.health import HealthRepo
 
-    store_punches(office.store, punches(2))
+    store_punches(office.store, punch_batch(2))
     office.upstream.decide = lambda p: {"status": "rejected", "reason": "office_mismatch: punch says 9999"}
     office.fwd.run_once()
     received: list[dict[str, Any]] = []
@@ -485,15 +451,15 @@ def test_forwarding_alerts_reach_the_team_through_the_alert_sender(office: Offic
 def test_health_snapshot_interval_comes_from_the_config(db_url: str, tmp_path: Path) -> None:
     from gateway.config import ConfigError
 
-    assert make_config(tmp_path, db_url).forward.health_interval_s == 300.0
+    assert forward_config(tmp_path, db_url).forward.health_interval_s == 300.0
     with pytest.raises(ConfigError, match="health_interval_s"):
-        make_config(tmp_path, db_url, health_interval_s=10)
-    config = make_config(tmp_path, db_url, health_interval_s="2m")
+        forward_config(tmp_path, db_url, health_interval_s=10)
+    config = forward_config(tmp_path, db_url, health_interval_s="2m")
     assert config.forward.health_interval_s == 120.0
     engine = create_db_engine(db_url, pool_size=2)
     upgrade(engine)
     Store(engine, OFFICE).sync_devices(config.devices)
-    upstream, clock = Upstream(), Clock()
+    upstream, clock = Upstream(), _due_clock()
     fwd = Forwarder(config, engine, transport=httpx.MockTransport(upstream.handler), rng=random.Random(5), now=clock)
     try:
         sent = []

@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 import shutil
 import subprocess
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -17,11 +17,11 @@ from sqlalchemy import func, select
 from gateway.central.api import CentralApi, ThreadedServer, add_token
 from gateway.config import CentralConfig, parse_config
 from gateway.forward.forwarder import Forwarder
-from gateway.models import PollOutcome, Punch
 from gateway.store import schema as s
 from gateway.store.db import create_db_engine, upgrade
 from gateway.store.outbox import outbox_stats
 from gateway.store.punches import Store
+from tests.support.punches import make_punch, store_punches
 
 pytestmark = pytest.mark.timeout(60)
 OFFICE = "1801.05"
@@ -57,13 +57,7 @@ def _office(tmp_path: Path, url: str, token: str, ca_file: str) -> tuple[Forward
     upgrade(engine)
     store = Store(engine, OFFICE)
     store.sync_devices(cfg.devices)
-    local = datetime(2026, 11, 2, 7, 30)
-    p = Punch(office_code=OFFICE, device_id="lobby", device_serial="TLS1", device_user_id="5",
-              device_time="2026-11-02 07:30:00", local_time=local, utc_time=datetime(2026, 11, 2, 0, 30, tzinfo=UTC),
-              timezone="Asia/Jakarta", state=0, state_name="check_in", verify=1, verify_name="finger")
-    now = datetime.now(UTC)
-    store.save_poll(PollOutcome(device_id="lobby", started_at=now, finished_at=now, ok=True, mode="full"), [p],
-                    forward=True)
+    store_punches(store, [make_punch("5", datetime(2026, 11, 2, 7, 30), office_code=OFFICE, serial="TLS1")])
     return Forwarder(cfg, engine, rng=random.Random(1)), engine
 
 

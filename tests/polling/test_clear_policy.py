@@ -7,44 +7,15 @@ real keypad clear still is, forwarding makes the policy wait for the outbox to d
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gateway.store import schema as s
-from tests.support.gateway import (
-    DeviceEntry,
-    RunningGateway,
-    diff,
-    make_config,
-    sim_spec,
-    stored_keys,
-    table_rows,
-    truth_keys,
-)
-
-pytest.importorskip("simulators.zk", reason="simulators.zk not importable")
-from simulators.zk import Fleet
-
-
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Any]:
-    with Fleet(truth_path=tmp_path / "truth.jsonl") as f:
-        yield f
-
-
-def clear_runs(db_url: str) -> list[Any]:
-    return [r for r in table_rows(db_url, s.poll_runs) if r["outcome"] == "cleared"]
-
-
-def problems(gw: RunningGateway, device_id: str) -> set[str]:
-    return set(gw.gateway.ctx.extras["health"].snapshot()[device_id].problems)
-
-
-def shrank_alerts(db_url: str) -> list[Any]:
-    return [a for a in table_rows(db_url, s.alerts) if a["problem"] == "log_shrank"]
+from tests.support.config import DeviceEntry, make_config
+from tests.support.fleet import sim_spec, truth_keys
+from tests.support.gateway import RunningGateway, clear_runs, diff, shrank_alerts, stored_keys
 
 
 @pytest.mark.timeout(120)
@@ -77,11 +48,11 @@ def test_policy_clears_at_the_ratio_only_and_keypad_clears_still_raise_log_shran
         full.add_punches(2)
         assert gw.poll("full").new_punches == 2
         gw.poll_all(["full", "below"])
-        assert "log_shrank" not in problems(gw, "full") and "log_shrank" not in problems(gw, "below")
+        assert "log_shrank" not in gw.problems("full") and "log_shrank" not in gw.problems("below")
         unknown.clear_log()
         assert gw.poll("nocap").ok
         gw.poll("nocap")
-        assert "log_shrank" in problems(gw, "nocap")
+        assert "log_shrank" in gw.problems("nocap")
     assert {a["device_id"] for a in shrank_alerts(db_url)} == {"nocap"}
     runs = clear_runs(db_url)
     assert sorted(r["records_read"] for r in runs) == [90, 92]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -18,6 +18,7 @@ from gateway.polling.poller import DevicePoller
 from gateway.store import schema as s
 from gateway.store.db import create_db_engine, upgrade
 from gateway.store.punches import Store
+from tests.support.clock import FakeClock
 
 BASE = datetime(2026, 11, 20, 7, 0)
 
@@ -25,16 +26,6 @@ BASE = datetime(2026, 11, 20, 7, 0)
 def wib_now() -> datetime:
     """The wall clock of a correctly set terminal in WIB (naive, like a device clock)."""
     return datetime.now(ZoneInfo("Asia/Jakarta")).replace(tzinfo=None, microsecond=0)
-
-
-class Clock:
-    """Injectable 'now' for the poller."""
-
-    def __init__(self) -> None:
-        self.now = datetime.now(UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @pytest.fixture
@@ -47,7 +38,7 @@ def setup(tmp_path: Path) -> Iterator[Any]:
 
 def build(setup: Any, device: FakeDevice | None = None, *, health: dict[str, Any] | None = None,
           polling: dict[str, Any] | None = None, employees: str | None = None) -> tuple[DevicePoller, FakeDriver,
-                                                                                      Config, Clock]:
+                                                                                      Config, FakeClock]:
     engine, tmp_path = setup
     doc: dict[str, Any] = {"site": {"office_code": "1801.01.02"},
                            "polling": {"full_reconcile_s": 3600, **(polling or {})},
@@ -60,7 +51,7 @@ def build(setup: Any, device: FakeDevice | None = None, *, health: dict[str, Any
     driver = FakeDriver(device or FakeDevice(serial="SN1", users=[DeviceUser(1, "1001", "Budi")],
                                              punches=[make_punch("1001", BASE + timedelta(minutes=i))
                                                       for i in range(20)]))
-    clock = Clock()
+    clock = FakeClock()
     poller = DevicePoller(config, store, driver_factory=lambda dev: driver, now=clock)
     return poller, driver, config, clock
 

@@ -13,6 +13,7 @@ import pytest
 from gateway.config import Config, DeviceConfig, parse_config
 from gateway.models import PollOutcome
 from gateway.polling.scheduler import PollScheduler, build_scheduler, poll_job_id
+from tests.support.clock import FakeClock
 
 
 def make_config(tmp_path: Path, n: int = 3, **polling: Any) -> Config:
@@ -21,14 +22,6 @@ def make_config(tmp_path: Path, n: int = 3, **polling: Any) -> Config:
                          "devices": [{"id": f"d{i}", "address": f"10.0.0.{i + 1}"} for i in range(n)]
                          + [{"id": "off", "address": "10.0.0.99", "enabled": False}]},
                         base_dir=tmp_path)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = datetime(2026, 11, 23, 1, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 class ScriptedPoll:
@@ -54,7 +47,7 @@ class ScriptedPoll:
 @pytest.fixture
 def parts(tmp_path: Path) -> Any:
     config = make_config(tmp_path)
-    clock = FakeClock()
+    clock = FakeClock(datetime(2026, 11, 23, 1, 0, tzinfo=UTC))
     poll = ScriptedPoll(clock)
     scheduler = build_scheduler(config)
     ps = PollScheduler(config, scheduler, poll, stop_event=threading.Event(), now=clock)

@@ -17,6 +17,7 @@ from gateway.store import schema as s
 from gateway.store.db import create_db_engine, current_revision, head_revision, upgrade, writer
 from gateway.store.punches import Store, insert_punches
 from gateway.store.queries import PunchFilter, device_overview, iter_punches
+from tests.support.punches import make_punch
 
 
 @pytest.fixture
@@ -36,11 +37,8 @@ def config(tmp_path: Path, *ids: str) -> Config:
 
 
 def punch(user: str, minute: int, serial: str = "SN1", device: str = "lobby", flags: tuple[str, ...] = ()) -> Punch:
-    local = datetime(2026, 11, 20, 7, 0) + timedelta(minutes=minute)
-    return Punch(office_code="1801.01.02", device_id=device, device_serial=serial, device_user_id=user,
-                 device_time=local.strftime("%Y-%m-%d %H:%M:%S"), local_time=local,
-                 utc_time=(local - timedelta(hours=7)).replace(tzinfo=UTC), timezone="Asia/Jakarta", state=0,
-                 state_name="check_in", verify=1, verify_name="fingerprint", flags=flags)
+    return make_punch(user, datetime(2026, 11, 20, 7, 0) + timedelta(minutes=minute), device_id=device, serial=serial,
+                      verify_name="fingerprint", flags=flags)
 
 
 def outcome(device: str = "lobby", ok: bool = True, records: int = 0, mode: str = "full", **kw) -> PollOutcome:

@@ -1,10 +1,7 @@
-"""Helpers for driver tests: a uniform ``Harness`` over FakeDriver and over ZkDriver + simulator.
+"""Driver tests' harness: one uniform ``Harness`` over FakeDriver and over ZkDriver + simulator.
 
-The contract suite (test_contract.py) only talks to a Harness, so the same checks run over every
-driver. The simulator is imported lazily: until it exists the ZK half of the suite skips.
-Test modules import from here, not from ``conftest``: with tests/simulators collected in the same
-run, ``import conftest`` would find that directory's conftest instead (both are top-level
-"conftest" modules). The fixtures themselves live in conftest.py.
+The contract suite (tests/drivers/test_contract.py) only talks to a Harness, so the same checks run over
+every driver. The fixtures built on it (``harness``) live in tests/drivers/conftest.py.
 """
 
 from __future__ import annotations
@@ -12,26 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 from drivers.base import Driver
 from drivers.fake import FakeDevice, FakeDriver, make_punch
 from drivers.zk import ZkDriver, ZkParams, ZkQuirks
-
-
-def sim_available() -> bool:
-    """True when ``from simulators.zk import DeviceSpec, Fleet`` works."""
-    try:
-        from simulators.zk import DeviceSpec, Fleet  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-needs_sim = pytest.mark.skipif(not sim_available(), reason="simulators.zk (DeviceSpec, Fleet) not importable yet")
+from tests.support.fleet import add_sim_device, sim_truth
 
 
 @dataclass
@@ -84,29 +67,6 @@ def fake_harness() -> Harness:
 # ---------------------------------------------------------------------------------------------
 # Simulator harness
 # ---------------------------------------------------------------------------------------------
-
-
-def sim_truth(path: Path, serial: str) -> list[tuple[str, str, int, int]]:
-    """The device's log according to the simulator's truth file, in write order."""
-    from simulators.zk.truth import read_truth
-
-    return [
-        (r["user_id"], r["time"], int(r["state"]), int(r["verify"]))
-        for r in read_truth(path)
-        if r["serial"] == serial
-    ]
-
-
-def add_sim_device(fleet: Any, **spec: Any) -> Any:
-    """Add a device to the fleet with test-friendly defaults."""
-    from simulators.zk import DeviceSpec
-
-    defaults: dict[str, Any] = dict(
-        serial="SIM1", host="127.0.0.1", port=0, tcp=True, udp=True, record_layout=40, user_layout=72,
-        comm_key=0, users=50, records=300, seed=1, faults={},
-    )
-    defaults.update(spec)
-    return fleet.add(DeviceSpec(**defaults))
 
 
 def zk_driver_for(dev: Any, transport: str = "tcp", comm_key: int = 0, timeout_s: float = 3.0,

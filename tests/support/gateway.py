@@ -1,7 +1,6 @@
-"""Helpers for the core end-to-end tests: simulated fleets, configs for them, a Gateway driven by poll_now.
+"""An in-process Gateway driven by poll_now, and views of its database.
 
-Everything here goes through public surfaces: the simulator's API and truth file, gateway.config,
-gateway.app.Gateway (poll_now + poll observers), and the database tables.
+Everything goes through public surfaces: gateway.app.Gateway (poll_now + poll observers) and the database tables.
 """
 
 from __future__ import annotations
@@ -10,71 +9,16 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, select
 
 from gateway.app import Gateway
-from gateway.config import Config, parse_config
+from gateway.config import Config
 from gateway.models import PollOutcome
 from gateway.store import schema as s
-
-PunchKey = tuple[str, str, str, int, int]
-
-
-def sim_spec(serial: str, **kw: Any) -> Any:
-    """A DeviceSpec with small, fast defaults."""
-    from simulators.zk import DeviceSpec
-
-    values: dict[str, Any] = dict(serial=serial, host="127.0.0.1", port=0, tcp=True, udp=True, record_layout=40,
-                                  user_layout=72, comm_key=0, users=30, records=200, seed=7,
-                                  timezone="Asia/Jakarta", punches_per_minute=0.0, faults={})
-    values.update(kw)
-    return DeviceSpec(**values)
-
-
-@dataclass
-class DeviceEntry:
-    """How the gateway is configured for one simulated device."""
-
-    id: str
-    sim: Any
-    transport: str = "tcp"
-    comm_key_env: str | None = None
-    serial: str | None = None
-    extra: dict[str, Any] | None = None
-
-
-def config_dict(db_url: str, devices: Iterable[DeviceEntry], *, interval_s: float = 3600,
-                polling: dict[str, Any] | None = None, **sections: Any) -> dict[str, Any]:
-    """A config document for simulated devices on loopback (HTTP off unless asked)."""
-    devs = []
-    for d in devices:
-        entry: dict[str, Any] = {"id": d.id, "address": d.sim.host, "port": d.sim.port, "transport": d.transport,
-                                 "timeout_s": 2}
-        if d.comm_key_env:
-            entry["comm_key_env"] = d.comm_key_env
-        if d.serial:
-            entry["serial"] = d.serial
-        entry.update(d.extra or {})
-        devs.append(entry)
-    doc: dict[str, Any] = {
-        "site": {"office_code": "1801.01.02", "office_name": "Test office", "timezone": "Asia/Jakarta"},
-        "database": {"url": db_url},
-        "polling": {"interval_s": interval_s, "shutdown_deadline_s": 10, **(polling or {})},
-        "http": {"enabled": False},
-        "devices": devs,
-    }
-    doc.update(sections)
-    return doc
-
-
-def make_config(db_url: str, devices: Iterable[DeviceEntry], base_dir: Path, **kw: Any) -> Config:
-    """Validated Config for simulated devices."""
-    return parse_config(config_dict(db_url, devices, **kw), base_dir=base_dir)
+from tests.support.fleet import PunchKey
 
 
 class Recorder:
@@ -125,6 +69,10 @@ class RunningGateway:
         assert self.gateway.ctx.poll_now(device_id)
         return self.recorder.wait_for(device_id, when, timeout_s)
 
+    def problems(self, device_id: str) -> set[str]:
+        """Names of the device's open health problems (the health monitor's snapshot)."""
+        return set(self.gateway.ctx.extras["health"].snapshot()[device_id].problems)
+
     def poll_all(self, device_ids: Iterable[str], timeout_s: float = 60.0) -> dict[str, PollOutcome]:
         """Request polls of several devices at once, wait for all."""
         when = datetime.now(UTC)
@@ -134,17 +82,8 @@ class RunningGateway:
         return {i: self.recorder.wait_for(i, when, timeout_s) for i in ids}
 
 
-def truth_keys(truth_path: Path, serials: Iterable[str] | None = None) -> Counter[PunchKey]:
-    """Multiset of (serial, user_id, time, state, verify) every simulated device ever held."""
-    from simulators.zk import read_truth
-
-    wanted = set(serials) if serials is not None else None
-    return Counter((r["serial"], r["user_id"], r["time"], int(r["state"]), int(r["verify"]))
-                   for r in read_truth(truth_path) if wanted is None or r["serial"] in wanted)
-
-
 def stored_keys(db_url: str, serials: Iterable[str] | None = None) -> Counter[PunchKey]:
-    """Multiset of the same fields from the punches table."""
+    """Multiset of (serial, user_id, time, state, verify) from the punches table (compare with truth_keys)."""
     engine = create_engine(db_url)
     try:
         p = s.punches.c
@@ -162,6 +101,16 @@ def diff(expected: Counter[PunchKey], actual: Counter[PunchKey]) -> str:
     extra = actual - expected
     return (f"{sum(missing.values())} missing (e.g. {list(missing)[:3]}), "
             f"{sum(extra.values())} unexpected (e.g. {list(extra)[:3]})")
+
+
+def clear_runs(db_url: str) -> list[Any]:
+    """poll_runs rows of terminal clears (by `fpgw devices clear` or the clear_when_full_ratio policy)."""
+    return [r for r in table_rows(db_url, s.poll_runs) if r["outcome"] == "cleared"]
+
+
+def shrank_alerts(db_url: str) -> list[Any]:
+    """Alert rows of logs that shrank without fpgw clearing them (keypad clears)."""
+    return [a for a in table_rows(db_url, s.alerts) if a["problem"] == "log_shrank"]
 
 
 def table_rows(db_url: str, table: Any, *where: Any) -> list[Any]:

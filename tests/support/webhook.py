@@ -1,4 +1,4 @@
-"""Helpers for the health/alert/status tests: a local webhook receiver and health-focused configs.
+"""A local webhook receiver standing in for the team's alert channel (health, forward, central tests).
 
 The receiver is a tiny threaded HTTP server on 127.0.0.1 (ephemeral port) that records every JSON
 POST; it can be told to fail the next N requests so retries are exercised for real.

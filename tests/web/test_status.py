@@ -14,16 +14,9 @@ from starlette.routing import Route
 
 from gateway.store.health import HealthRepo
 from gateway.web.status import build_app, check_access, is_loopback
-from tests.support.gateway import DeviceEntry, RunningGateway, make_config, sim_spec
-
-pytest.importorskip("simulators.zk", reason="simulators.zk not importable")
-from simulators.zk import Fleet
-
-
-@pytest.fixture
-def fleet(tmp_path: Path):
-    with Fleet(truth_path=tmp_path / "truth.jsonl") as f:
-        yield f
+from tests.support.config import DeviceEntry, make_config
+from tests.support.fleet import sim_spec
+from tests.support.gateway import RunningGateway
 
 
 def http_config(db_url: str, entries: list[DeviceEntry], tmp_path: Path, **http: Any) -> Any:
