@@ -9,7 +9,7 @@ across a restart of the central), and exactly one recovery when it reports again
 from __future__ import annotations
 
 import dataclasses
-import time
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,37 @@ def _report(tmp_path: Path, central: Gateway) -> None:
         engine.dispose()
 
 
+class CheckCounter:
+    """Counts the central's scheduled silent-gateway checks, so the test waits for checks, not for seconds."""
+
+    def __init__(self, central: Gateway) -> None:
+        svc = central.ctx.extras["central_service"]
+        self._check = svc.check_silent
+        self._cond = threading.Condition()
+        self.done = 0
+        svc.check_silent = self  # the scheduler job is registered at start(), with this in its place
+
+    def __call__(self, now: Any = None) -> Any:
+        try:
+            return self._check(now)
+        finally:
+            with self._cond:
+                self.done += 1
+                self._cond.notify_all()
+
+    def wait_more(self, n: int, timeout_s: float = 20.0) -> None:
+        """Wait until ``n`` more checks have finished."""
+        with self._cond:
+            target = self.done + n
+            if not self._cond.wait_for(lambda: self.done >= target, timeout_s):
+                raise AssertionError(f"fewer than {n} silent-gateway checks ran in {timeout_s} s")
+
+
+def settle_alerts(central: Gateway) -> None:
+    """Every alert the checks wrote has been handed to the receiver (or given up on)."""
+    assert central.ctx.extras["health"].router.wait_idle(20)
+
+
 def _silent_flag(central: Gateway, token: str) -> bool:
     r = httpx.get(f"http://127.0.0.1:{central.ctx.extras['http_port']}/api/v1/gateways",
                   headers={"Authorization": f"Bearer {token}"}, timeout=5)
@@ -79,23 +110,30 @@ def test_silent_office_gateway_one_alert_one_recovery_none_repeated_across_a_res
         monkeypatch.setenv("T_SILENT_HOOK", hook.url)
         config, bkd = _central_config(db_url, tmp_path)
 
-        with Gateway(config) as central:
+        central = Gateway(config)
+        checks = CheckCounter(central)
+        with central:
             assert central.ctx.extras["central_service"].check_every_s == 1.5
             _report(tmp_path, central)
             assert _silent_flag(central, bkd) is False
             # The office goes quiet: one alert after SILENT_AFTER_S, and only one however often the job runs.
             hook.wait_for(lambda got: count(got, PROBLEM_SILENT, "start") == 1, timeout_s=20)
-            time.sleep(3.2)
+            checks.wait_more(2)
+            settle_alerts(central)
             assert hook.events() == [(PROBLEM_SILENT, "start")]
             assert _silent_flag(central, bkd) is True
 
         # The central restarts while the office is still quiet: nothing is sent again.
-        with Gateway(config) as central:
-            time.sleep(3.5)
+        central = Gateway(config)
+        checks = CheckCounter(central)
+        with central:
+            checks.wait_more(2)
+            settle_alerts(central)
             assert hook.events() == [(PROBLEM_SILENT, "start")]
             _report(tmp_path, central)
             hook.wait_for(lambda got: count(got, PROBLEM_SILENT, "end") == 1, timeout_s=20)
-            time.sleep(2)  # more checks run; the office is not silent again before SILENT_AFTER_S
+            checks.wait_more(1)  # another check runs; the office is not silent again before SILENT_AFTER_S
+            settle_alerts(central)
             assert hook.events() == [(PROBLEM_SILENT, "start"), (PROBLEM_SILENT, "end")]
             assert _silent_flag(central, bkd) is False
 

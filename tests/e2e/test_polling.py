@@ -163,7 +163,7 @@ def test_failures_are_classified_recorded_and_recovered_without_loss(fleet, db_u
 def test_scheduled_polls_run_without_being_asked(fleet, sqlite_url: str, tmp_path: Path) -> None:
     dev = fleet.add(sim_spec("E2E-SCHED", records=60, seed=41))
     config = make_config(sqlite_url, [DeviceEntry("sched", dev)], tmp_path, interval_s=5)
-    with RunningGateway(config) as gw:
+    with RunningGateway(config, scheduled=True) as gw:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and len([o for o in gw.recorder.outcomes if o.ok]) < 2:
             time.sleep(0.2)

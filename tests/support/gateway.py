@@ -1,6 +1,10 @@
-"""An in-process Gateway driven by poll_now, and views of its database.
+"""An in-process Gateway that the test drives, and views of its database.
 
-Everything goes through public surfaces: gateway.app.Gateway (poll_now + poll observers) and the database tables.
+``RunningGateway`` pauses the daemon's own periodic polls by default, so the test alone decides when a
+device is polled (``poll`` / ``poll_all`` through the public poll_now): a scheduled poll can never run
+across a change the test makes to a simulated terminal. ``scheduled=True`` keeps the schedule for the
+tests that are about it. Everything goes through public surfaces: gateway.app.Gateway (poll_now + poll
+observers, its APScheduler), and the database tables.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from sqlalchemy import create_engine, select
 from gateway.app import Gateway
 from gateway.config import Config
 from gateway.models import PollOutcome
+from gateway.polling.scheduler import poll_job_id
 from gateway.store import schema as s
 from tests.support.fleet import PunchKey
 
@@ -48,12 +53,16 @@ class Recorder:
 
 
 class RunningGateway:
-    """A started in-process Gateway with a Recorder attached."""
+    """A started in-process Gateway with a Recorder attached; periodic polls paused unless ``scheduled``."""
 
-    def __init__(self, config: Config, **kw: Any) -> None:
+    def __init__(self, config: Config, *, scheduled: bool = False, **kw: Any) -> None:
         self.gateway = Gateway(config, **kw)
         self.recorder = Recorder()
         self.gateway.ctx.poll_observers.append(self.recorder)
+        if not scheduled:
+            # Jobs are added in Gateway.__init__ and the scheduler starts in start(): paused here, they never fire.
+            for device_id in self.gateway.polls.device_ids():
+                self.gateway.scheduler.pause_job(poll_job_id(device_id))
 
     def __enter__(self) -> RunningGateway:
         self.gateway.start()
