@@ -56,3 +56,13 @@ def sim_truth(path: Path, serial: str) -> list[tuple[str, str, int, int]]:
     """One device's log according to the truth file, in write order: (user_id, time_text, state, verify)."""
     return [(r["user_id"], r["time"], int(r["state"]), int(r["verify"])) for r in read_truth(path)
             if r["serial"] == serial]
+
+
+def settle(fleet: Fleet, turns: int = 2) -> None:
+    """Wait until the simulator's event loop has run what is already queued on it, ``turns`` times over.
+
+    set_fault()/clear_fault() return once the fault is applied on the loop, but what that applying queues
+    (a dropped session's socket closing, the accept task starting or stopping) runs on the following turns.
+    """
+    for _ in range(turns):
+        fleet.call_and_wait(lambda: None)
