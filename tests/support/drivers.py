@@ -25,7 +25,7 @@ class Harness:
     driver: Driver
     #: What the device's log holds, as (user_id, time_text, state, verify) in device order.
     truth: Callable[[], list[tuple[str, str, int, int]]]
-    add_punches: Callable[[int], None]
+    add_punches: Callable[[int], object]
     enabled: Callable[[], bool]
     serial: str
     make_driver: Callable[..., Driver] = field(repr=False, default=None)  # type: ignore[assignment]

@@ -56,7 +56,7 @@ class WebhookReceiver:
     def url(self) -> str:
         """Where to POST."""
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/hook"
+        return f"http://{host!s}:{port}/hook"
 
     def __enter__(self) -> WebhookReceiver:
         self._thread.start()
@@ -79,7 +79,7 @@ class WebhookReceiver:
                 self._cond.wait(left)
             return list(self.received)
 
-    def events(self, device: str | None = None) -> list[tuple[str, str]]:
+    def events(self, device: str | None = None) -> list[tuple[str | None, str | None]]:
         """(problem, event) of every received alert (optionally of one device), in arrival order."""
         with self._cond:
             return [(d.get("problem"), d.get("event")) for d in self.received
