@@ -16,26 +16,27 @@ import random
 import sys
 import tempfile
 import time
-import uuid
+from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import structlog
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
 from gateway.central.api import CentralApi
 from gateway.central.tokens import add_token
 from gateway.config import CentralConfig, parse_config
 from gateway.forward.forwarder import Forwarder
-from gateway.models import PollOutcome, Punch
 from gateway.store import schema as s
 from gateway.store.db import create_db_engine, upgrade
 from gateway.store.outbox import outbox_stats
 from gateway.store.punches import Store
 from gateway.web.server import ThreadedServer
+from tests.support.pg import fresh_database
+from tests.support.punches import make_punch, store_punches
 
 OFFICE = "1801.01"
 
@@ -54,15 +55,9 @@ def office_db(path: Path, n: int, serial: str) -> tuple[str, int]:
     for start in range(0, n, 5000):
         items = []
         for i in range(start, min(n, start + 5000)):
-            local = base + timedelta(seconds=37 * i)
-            items.append(Punch(office_code=OFFICE, device_id="lobby", device_serial=serial,
-                               device_user_id=str(rng.randint(1, 3000)), device_time=f"{local:%Y-%m-%d %H:%M:%S}",
-                               local_time=local, utc_time=(local - timedelta(hours=7)).replace(tzinfo=UTC),
-                               timezone="Asia/Jakarta", state=i % 2, state_name="check_in", verify=1,
-                               verify_name="finger", employee_id=f"1980{i:010d}", uid=i % 3000))
-        now = datetime.now(UTC)
-        store.save_poll(PollOutcome(device_id="lobby", started_at=now, finished_at=now, ok=True, mode="full"), items,
-                        forward=True)
+            items.append(make_punch(str(rng.randint(1, 3000)), base + timedelta(seconds=37 * i), office_code=OFFICE,
+                                    serial=serial, state=i % 2, employee_id=f"1980{i:010d}", uid=i % 3000))
+        store_punches(store, items)
     depth = outbox_stats(engine).depth
     engine.dispose()
     return url, depth
@@ -100,22 +95,11 @@ def main() -> int:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))  # warnings and up only
 
     tmp = Path(tempfile.mkdtemp(prefix="fpgw-bench-"))
-    drop = None
-    if args.pg_url:
-        base = make_url(args.pg_url).set(drivername="postgresql+psycopg")
-        name = f"fpgw_bench_{uuid.uuid4().hex[:10]}"
-        admin = create_engine(base, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        central_db = base.set(database=name).render_as_string(hide_password=False)
-
-        def drop() -> None:
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            admin.dispose()
-    else:
-        central_db = f"sqlite:///{tmp / 'central.db'}"
-    try:
+    with ExitStack() as stack:
+        if args.pg_url:
+            central_db = stack.enter_context(fresh_database(args.pg_url, prefix="fpgw_bench"))
+        else:
+            central_db = f"sqlite:///{tmp / 'central.db'}"
         engine = create_db_engine(central_db, pool_size=8)
         upgrade(engine)
         token_file = tmp / "gw.token"
@@ -131,9 +115,6 @@ def main() -> int:
         with engine.connect() as conn:
             stored = conn.execute(select(func.count()).select_from(s.punches)).scalar_one()
         engine.dispose()
-    finally:
-        if drop:
-            drop()
     assert sent1 == n1 and sent2 == n2 and stored == n1 + n2, (sent1, n1, sent2, n2, stored)
     rate1, rate2 = sent1 / t1, sent2 / t2
     print(f"central store:           {make_url(central_db).get_backend_name()}")

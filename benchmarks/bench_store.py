@@ -17,21 +17,21 @@ import os
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine
 
 from gateway.logs import setup_logging
 from gateway.models import Punch
 from gateway.store.db import create_db_engine, upgrade, writer
 from gateway.store.punches import PUNCH_KEY, insert_ignore, insert_punches, punch_row
 from gateway.store.schema import punches as punches_table
+from tests.support.pg import fresh_database
+from tests.support.punches import make_punch
 
 
 def make_punches(n: int, serial: str) -> list[Punch]:
@@ -39,13 +39,9 @@ def make_punches(n: int, serial: str) -> list[Punch]:
     base = datetime(2026, 1, 5, 6, 30)
     out = []
     for i in range(n):
-        local = base + timedelta(seconds=7 * i)
-        out.append(Punch(office_code="1801.01.02", device_id="lobby", device_serial=serial,
-                         device_user_id=str(198001012005011000 + i % 300),
-                         device_time=local.strftime("%Y-%m-%d %H:%M:%S"), local_time=local,
-                         utc_time=(local - timedelta(hours=7)).replace(tzinfo=UTC), timezone="Asia/Jakarta",
-                         state=i % 2, state_name="check_in" if i % 2 == 0 else "check_out", verify=1,
-                         verify_name="fingerprint", uid=1 + i % 300))
+        out.append(make_punch(str(198001012005011000 + i % 300), base + timedelta(seconds=7 * i), serial=serial,
+                              state=i % 2, state_name="check_in" if i % 2 == 0 else "check_out",
+                              verify_name="fingerprint", uid=1 + i % 300))
     return out
 
 
@@ -105,17 +101,8 @@ def main() -> None:
     if not pg:
         print("postgresql SKIPPED: set GW_TEST_PG_URL=postgresql+psycopg://user@host:port/db to include it")
         return
-    server = make_url(pg).set(drivername="postgresql+psycopg")
-    name = f"fpgw_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        bench("postgresql", server.set(database=name).render_as_string(hide_password=False), args.n, args.baseline_n)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with fresh_database(pg, prefix="fpgw_bench") as url:
+        bench("postgresql", url, args.n, args.baseline_n)
 
 
 if __name__ == "__main__":

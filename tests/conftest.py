@@ -1,93 +1,45 @@
-"""Shared fixtures: database URLs for SQLite and PostgreSQL, and a leak check on threads.
+"""Shared fixtures: databases (SQLite, PostgreSQL), a simulated fleet, logging reset, and a leak check on threads.
 
-PostgreSQL comes from ``GW_TEST_PG_URL`` first (CI starts a throwaway cluster, see .ci/run), then from
-testcontainers when a Docker engine answers, else the PostgreSQL tests skip, or fail when
-``GW_REQUIRE_PG=1`` so CI can never silently run fewer tests.
+The helpers behind them are in tests/support (importable as ``tests.support``). PostgreSQL comes from
+tests.support.pg: ``GW_TEST_PG_URL``, else a throwaway local cluster when server binaries exist, else
+Docker; without any the PostgreSQL tests skip, or fail when ``GW_REQUIRE_PG=1`` so CI can never silently
+run fewer tests.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
-_PG_ENV = "GW_TEST_PG_URL"
-
-
-def _start_container() -> tuple[str, object] | str:
-    """Start a PostgreSQL container; returns (url, container) or the reason it could not."""
-    try:
-        import docker  # type: ignore[import-untyped]
-        from docker.errors import DockerException  # type: ignore[import-untyped]
-    except ImportError as exc:  # pragma: no cover - testcontainers pulls docker in
-        return f"docker client library missing: {exc}"
-    try:
-        docker.from_env(timeout=3).ping()
-    except DockerException as exc:
-        return f"no Docker engine reachable ({str(exc).splitlines()[0][:120]})"
-    try:
-        from testcontainers.community.postgres import PostgresContainer  # type: ignore[import-untyped]
-
-        container = PostgresContainer("postgres:16-alpine", driver="psycopg")
-        container.start()
-    except Exception as exc:  # DockerException subclasses for pull failures, etc.
-        return f"could not start a PostgreSQL container: {exc}"
-    return container.get_connection_url(), container
+from gateway.logs import reset_logging
+from simulators.zk import Fleet
+from tests.support import pg
+from tests.support.fleet import running_fleet
+from tests.support.services import REQUIRE_PG, unavailable
 
 
 @pytest.fixture(scope="session")
 def pg_server_url() -> Iterator[str]:
-    """URL of a PostgreSQL server the tests may create databases on."""
-    url = os.environ.get(_PG_ENV)
-    container = None
-    if not url:
-        started = _start_container()
-        if isinstance(started, str):
-            reason = f"PostgreSQL tests need {_PG_ENV} or Docker: {started}"
-            if os.environ.get("GW_REQUIRE_PG") == "1":
-                pytest.fail(reason + " (GW_REQUIRE_PG=1 forbids skipping)")
-            pytest.skip(reason)
-        url, container = started
+    """URL of a PostgreSQL server the tests may create databases on (one per session)."""
+    try:
+        url, stop = pg.start_server()
+    except pg.PgUnavailable as exc:
+        unavailable(f"PostgreSQL tests need a server: {exc}", REQUIRE_PG)
     try:
         yield url
     finally:
-        if container is not None:
-            container.stop()  # type: ignore[attr-defined]
-
-
-def _fresh_pg_database(server_url: str) -> tuple[str, callable]:  # type: ignore[valid-type]
-    base = make_url(server_url)
-    if base.drivername in ("postgresql", "postgresql+psycopg2"):
-        base = base.set(drivername="postgresql+psycopg")
-    name = f"fpgw_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = base.set(database=name).render_as_string(hide_password=False)
-
-    def drop() -> None:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-    return url, drop
+        stop()
 
 
 @pytest.fixture
 def pg_url(pg_server_url: str) -> Iterator[str]:
     """A fresh, empty PostgreSQL database for one test."""
-    url, drop = _fresh_pg_database(pg_server_url)
-    try:
+    with pg.fresh_database(pg_server_url) as url:
         yield url
-    finally:
-        drop()
 
 
 @pytest.fixture
@@ -102,12 +54,28 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'fpgw.db'}"
         return
-    server = request.getfixturevalue("pg_server_url")
-    url, drop = _fresh_pg_database(server)
-    try:
+    with pg.fresh_database(request.getfixturevalue("pg_server_url")) as url:
         yield url
-    finally:
-        drop()
+
+
+@pytest.fixture
+def truth_path(tmp_path: Path) -> Path:
+    """Where the simulated fleet writes its ground truth."""
+    return tmp_path / "truth.jsonl"
+
+
+@pytest.fixture
+def fleet(truth_path: Path) -> Iterator[Fleet]:
+    """A started simulator fleet on loopback (truth in ``truth_path``); stopped, sockets closed, afterwards."""
+    with running_fleet(truth_path) as f:
+        yield f
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """For tests that run ``fpgw`` in-process: main() configures logging onto the captured stderr; undo it."""
+    yield
+    reset_logging()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -9,17 +9,15 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "gateway"))
-from core_support import DeviceEntry, RunningGateway, make_config, sim_spec
-
-pytest.importorskip("simulators.zk", reason="simulators.zk not importable")
-from simulators.zk import Fleet
+from tests.support.config import DeviceEntry, make_config
+from tests.support.fleet import running_fleet, sim_spec
+from tests.support.gateway import RunningGateway
+from tests.support.services import REQUIRE_BROWSER, unavailable
 
 CHROMIUM = os.environ.get("GW_CHROMIUM", "/usr/bin/chromium")
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
@@ -28,10 +26,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
 def chromium() -> str:
     path = CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium")
     if not path:
-        reason = f"headless Chromium not found at {CHROMIUM} (apt-get install -y chromium)"
-        if os.environ.get("GW_REQUIRE_BROWSER") == "1":
-            pytest.fail(reason + " and GW_REQUIRE_BROWSER=1 forbids skipping")
-        pytest.skip(reason)
+        unavailable(f"headless Chromium not found at {CHROMIUM} (apt-get install -y chromium)", REQUIRE_BROWSER)
     return path
 
 
@@ -44,7 +39,7 @@ def run_chromium(binary: str, profile: Path, *args: str) -> subprocess.Completed
 
 def test_status_page_renders_in_headless_chromium_on_a_phone(tmp_path: Path) -> None:
     binary = chromium()
-    with Fleet(truth_path=tmp_path / "truth.jsonl") as fleet:
+    with running_fleet(tmp_path / "truth.jsonl") as fleet:
         a = fleet.add(sim_spec("BR-A", records=150, records_cap=1000))
         b = fleet.add(sim_spec("BR-B", records=900, records_cap=1000))  # 90 %: storage warning
         c = fleet.add(sim_spec("BR-C", records=10, faults={"port_closed": True}))

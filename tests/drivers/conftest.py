@@ -1,25 +1,10 @@
-"""Fixtures for driver tests (helpers in drivers_harness.py, which test modules import directly)."""
+"""Fixtures for driver tests (helpers in tests/support/drivers.py; ``fleet`` comes from tests/conftest.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
-
 import pytest
-from drivers_harness import Harness, fake_harness, sim_available, zk_harness
 
-
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Any]:
-    """A running simulator fleet with its truth file in tmp_path."""
-    if not sim_available():
-        pytest.skip("simulators.zk (DeviceSpec, Fleet) not importable yet")
-    from simulators.zk import Fleet
-
-    with Fleet(truth_path=tmp_path / "truth.jsonl") as f:
-        f.truth_file = tmp_path / "truth.jsonl"  # type: ignore[attr-defined]
-        yield f
+from tests.support.drivers import Harness, fake_harness, zk_harness
 
 
 @pytest.fixture(params=["fake", "zk-tcp", "zk-udp"])

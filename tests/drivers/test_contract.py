@@ -9,7 +9,6 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import pytest
-from drivers_harness import Harness, punch_key
 
 from drivers.base import (
     ClearsLog,
@@ -21,6 +20,7 @@ from drivers.base import (
     ReadsUsers,
     SetsClock,
 )
+from tests.support.drivers import Harness, punch_key
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -9,10 +9,11 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from drivers_harness import add_sim_device, zk_driver_for
 
 from drivers.base import AuthRejected, Busy, IdentityMismatch, ProtocolError, Unreachable
 from drivers.fake import FakeDevice, FakeDriver, make_punch
+from tests.support.drivers import zk_driver_for
+from tests.support.fleet import add_sim_device
 
 pytestmark = pytest.mark.timeout(30)
 

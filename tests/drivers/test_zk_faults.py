@@ -7,10 +7,11 @@ import time
 from typing import Any
 
 import pytest
-from drivers_harness import add_sim_device, punch_key, sim_truth, zk_driver_for
 
 from drivers.base import AuthRejected, DriverError, IdentityMismatch, ProtocolError, Unreachable
 from drivers.zk import ZkDriver, ZkQuirks
+from tests.support.drivers import punch_key, zk_driver_for
+from tests.support.fleet import add_sim_device, settle, sim_truth
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -22,21 +23,16 @@ def read_all(drv: ZkDriver) -> list[Any]:
         return s.read_punches()
 
 
-def clear_and_settle(dev: Any, fault: str) -> None:
-    """Clear a fault and let the simulator apply it.
-
-    Simulator race (reported): set_fault()/clear_fault() return before its loop changes the TCP
-    listener; for "offline" it then drains the accept backlog and closes whatever connected
-    meanwhile, so an immediate reconnect is reset. Real devices have no such window.
-    """
+def clear_and_settle(fleet: Any, dev: Any, fault: str) -> None:
+    """Clear a fault and let the simulator finish applying it (tests.support.fleet.settle)."""
     dev.clear_fault(fault)
-    time.sleep(0.2)
+    settle(fleet)
 
 
-def set_and_settle(dev: Any, fault: str, value: Any = True) -> None:
-    """Set a fault and let the simulator apply it (see clear_and_settle)."""
+def set_and_settle(fleet: Any, dev: Any, fault: str, value: Any = True) -> None:
+    """Set a fault and let the simulator finish applying it (see clear_and_settle)."""
     dev.set_fault(fault, value)
-    time.sleep(0.2)
+    settle(fleet)
 
 
 def wait_enabled(dev: Any, within_s: float) -> bool:
@@ -92,7 +88,7 @@ def test_wrong_comm_key_fault_is_auth_rejected_not_unreachable(fleet: Any, trans
 @pytest.mark.parametrize("fault", ["offline", "hang", "port_closed"])
 def test_dead_device_is_unreachable_within_the_timeout(fleet: Any, transport: str, fault: str) -> None:
     dev = add_sim_device(fleet, records=10)
-    set_and_settle(dev, fault)
+    set_and_settle(fleet, dev, fault)
     drv = zk_driver_for(dev, transport, timeout_s=1.0)
     t0 = time.monotonic()
     with pytest.raises(Unreachable) as ei:
@@ -101,13 +97,13 @@ def test_dead_device_is_unreachable_within_the_timeout(fleet: Any, transport: st
     assert ei.value.transient
     # connect() is one request; allow scheduling slack but not a second full timeout.
     assert elapsed < 1.8, f"{fault}/{transport} took {elapsed:.2f}s"
-    clear_and_settle(dev, fault)
+    clear_and_settle(fleet, dev, fault)
     assert len(read_all(drv)) == 10
 
 
 def test_port_closed_on_tcp_is_refused_at_once(fleet: Any) -> None:
     dev = add_sim_device(fleet, records=5)
-    set_and_settle(dev, "port_closed")
+    set_and_settle(fleet, dev, "port_closed")
     t0 = time.monotonic()
     with pytest.raises(Unreachable, match="refused"):
         read_all(zk_driver_for(dev, "tcp", timeout_s=3.0))
@@ -142,7 +138,7 @@ def test_device_hanging_mid_session_is_unreachable_and_ends_enabled(fleet: Any, 
         s.counts()
         dev.set_fault("hang", True)
         s.read_punches()
-    clear_and_settle(dev, "hang")
+    clear_and_settle(fleet, dev, "hang")
     assert dev.enabled
     assert_truth(fleet, dev, read_all(drv))
 

@@ -8,10 +8,11 @@ import time
 from typing import Any
 
 import pytest
-from drivers_harness import add_sim_device, punch_key, sim_truth, zk_driver_for
 
 from drivers.zk import ZkDriver, ZkQuirks
 from drivers.zk.driver import _HookedZK
+from tests.support.drivers import punch_key, zk_driver_for
+from tests.support.fleet import add_sim_device, sim_truth
 
 pytestmark = pytest.mark.timeout(60)
 

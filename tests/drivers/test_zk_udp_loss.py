@@ -20,12 +20,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from drivers_harness import add_sim_device, punch_key, sim_truth, zk_driver_for
 
 from drivers.base import Unreachable
 from drivers.zk import ZkDriver, ZkParams
 from drivers.zk import udp as zkudp
 from drivers.zk.frames import FrameRing, RecordingSocket
+from tests.support.drivers import punch_key, zk_driver_for
+from tests.support.fleet import add_sim_device, settle, sim_truth
 
 DATA, PREPARE, ACK_OK = zkudp.CMD_DATA, zkudp.CMD_PREPARE_DATA, zkudp.CMD_ACK_OK
 
@@ -130,7 +131,7 @@ def test_outage_shorter_than_timeout_is_ridden_out(fleet: Any, monkeypatch: pyte
 def test_dead_udp_device_message_is_plain(fleet: Any) -> None:
     dev = add_sim_device(fleet, records=10)
     dev.set_fault("offline", True)
-    time.sleep(0.2)
+    settle(fleet)
     with pytest.raises(Unreachable) as ei:
         read_all(zk_driver_for(dev, "udp", timeout_s=1.0))
     assert str(ei.value) == f"no answer from {dev.host}:{dev.port}/udp within 1 s (connect)"

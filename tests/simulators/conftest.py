@@ -1,31 +1,14 @@
-"""Fixtures for the simulator tests: a running Fleet per test and pyzk clients against it."""
+"""Fixtures for the simulator tests: devices in the running fleet (``fleet`` from tests/conftest.py), pyzk clients."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from zk import ZK
 
 from simulators.zk import DeviceSpec, Fleet, SimDevice
-
-
-@pytest.fixture
-def truth_path(tmp_path: Path) -> Path:
-    return tmp_path / "truth.jsonl"
-
-
-@pytest.fixture
-def fleet(truth_path: Path) -> Iterator[Fleet]:
-    """A started fleet with a truth file; stopped (sockets closed, thread joined) afterwards."""
-    f = Fleet(truth_path=truth_path)
-    f.start()
-    try:
-        yield f
-    finally:
-        f.stop()
 
 
 @pytest.fixture

@@ -13,8 +13,9 @@ import pytest
 from zk import ZK
 from zk.exception import ZKErrorResponse, ZKNetworkError
 
-from simulators.zk import Fault, SimDevice, read_truth
+from simulators.zk import Fault, Fleet, SimDevice, read_truth
 from simulators.zk import protocol as p
+from tests.support.fleet import settle
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -88,11 +89,11 @@ def test_offline_switched_at_run_time_silences_open_connection(
     dev.clear_fault(Fault.OFFLINE)
 
 
-def test_port_closed_refuses_tcp_and_udp_is_silent(add_device: Callable[..., SimDevice],
+def test_port_closed_refuses_tcp_and_udp_is_silent(fleet: Fleet, add_device: Callable[..., SimDevice],
                                                     zk_client: Callable[..., ZK]) -> None:
     dev = add_device()
     dev.set_fault("port_closed")
-    time.sleep(0.05)
+    settle(fleet)
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection((dev.host, dev.port), timeout=1)
     with pytest.raises(ZKNetworkError):
@@ -100,7 +101,7 @@ def test_port_closed_refuses_tcp_and_udp_is_silent(add_device: Callable[..., Sim
     with pytest.raises(ZKNetworkError):
         zk_client(dev, udp=True, timeout=0.5).connect()
     dev.clear_fault("port_closed")
-    time.sleep(0.05)
+    settle(fleet)
     conn = zk_client(dev).connect()
     assert conn.get_serialnumber() == dev.serial
     conn.disconnect()
@@ -319,13 +320,13 @@ def test_log_cleared_at_keypad(add_device: Callable[..., SimDevice],
 
 
 def test_replaced_device_new_serial_empty_log_same_address(
-        add_device: Callable[..., SimDevice], zk_client: Callable[..., ZK]) -> None:
+        fleet: Fleet, add_device: Callable[..., SimDevice], zk_client: Callable[..., ZK]) -> None:
     dev = add_device(serial="OLD0001", records=30)
     host, port = dev.host, dev.port
     old_conn = zk_client(dev, timeout=1).connect()
     dev.set_fault("replaced", "NEW0001")
     assert (dev.serial, dev.host, dev.port, dev.record_count) == ("NEW0001", host, port, 0)
-    time.sleep(0.05)
+    settle(fleet)
     with pytest.raises(ZKNetworkError):
         old_conn.get_serialnumber()  # the old terminal's connection is gone
     conn = zk_client(dev).connect()

@@ -1,7 +1,7 @@
 """Independent clients: node-zklib 1.3.0 and zkteco-js 1.7.2 (npm) against the simulator.
 
-Needs node and ``npm install`` in tests/simulators/js (CI: ``npm ci --prefix
-tests/simulators/js`` or ``cd tests/simulators/js && npm install``); skipped otherwise.
+Needs node and ``npm ci --prefix tests/simulators/js``; skipped otherwise, or failed when GW_REQUIRE_JS=1
+(CI sets it).
 They read the transport's profile (§3.7): TCP = 72-byte users, 40-byte records with user
 ids of at most 9 characters; UDP (node-zklib only, TCP refused) = 28-byte users, 16-byte
 records.
@@ -20,17 +20,21 @@ from typing import Any
 import pytest
 
 from simulators.zk import SimDevice
+from tests.support.services import REQUIRE_JS, unavailable
 
 JS = Path(__file__).resolve().parent / "js"
 NODE = shutil.which("node")
 
-pytestmark = [
-    pytest.mark.timeout(120),
-    pytest.mark.skipif(NODE is None, reason="node is not installed"),
-    pytest.mark.skipif(not (JS / "node_modules" / "node-zklib").is_dir()
-                       or not (JS / "node_modules" / "zkteco-js").is_dir(),
-                       reason="JS clients not installed: run `npm install` in tests/simulators/js"),
-]
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(autouse=True)
+def _js_clients() -> None:
+    """node and both npm clients, or skip (fail with GW_REQUIRE_JS=1)."""
+    if NODE is None:
+        unavailable("node is not installed", REQUIRE_JS)
+    if not all((JS / "node_modules" / lib).is_dir() for lib in ("node-zklib", "zkteco-js")):
+        unavailable("JS clients not installed: run `npm ci --prefix tests/simulators/js`", REQUIRE_JS)
 
 
 def _env() -> dict[str, str]:
