@@ -2,7 +2,7 @@
 
 gateway.app builds one ``AppContext`` (config, the repositories, scheduler, stop event) and asks each
 area for its services: ``gateway.health.monitor`` (health, alerts), ``gateway.web.metrics`` (Prometheus
-collectors), ``gateway.forward.forwarder`` (outbox -> upstream), ``gateway.central.api`` (central API),
+collectors), ``gateway.forward.forwarder`` (outbox -> upstream), ``gateway.central.service`` (central API),
 ``gateway.web.status`` (status page, JSON, /metrics, serves the routes the others registered). Start order
 is that order; stop order is the reverse. Poll outcomes reach services through ``ctx.poll_observers``;
 services find each other through the typed fields below (each says who sets it), never through a dict.
