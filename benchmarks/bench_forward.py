@@ -29,12 +29,13 @@ from sqlalchemy.engine import make_url
 from gateway.central.api import CentralApi
 from gateway.central.tokens import add_token
 from gateway.config import CentralConfig, parse_config
-from gateway.forward.forwarder import Forwarder
 from gateway.store import schema as s
+from gateway.store.central import CentralStore
 from gateway.store.db import create_db_engine, upgrade
-from gateway.store.outbox import outbox_stats
+from gateway.store.outbox import Outbox
 from gateway.store.punches import Store
 from gateway.web.server import ThreadedServer
+from tests.support.central import make_forwarder
 from tests.support.pg import fresh_database
 from tests.support.punches import make_punch, store_punches
 
@@ -58,7 +59,7 @@ def office_db(path: Path, n: int, serial: str) -> tuple[str, int]:
             items.append(make_punch(str(rng.randint(1, 3000)), base + timedelta(seconds=37 * i), office_code=OFFICE,
                                     serial=serial, state=i % 2, employee_id=f"1980{i:010d}", uid=i % 3000))
         store_punches(store, items)
-    depth = outbox_stats(engine).depth
+    depth = Outbox(engine, "").stats().depth
     engine.dispose()
     return url, depth
 
@@ -70,13 +71,13 @@ def drain(office_url: str, central_url: str, token_file: Path, batch_size: int) 
                         "forward": {"url": central_url, "token_file": str(token_file), "batch_size": batch_size,
                                     "timeout_s": 60}})
     engine = create_db_engine(office_url)
-    fwd = Forwarder(cfg, engine, health_every_s=1e9)
+    fwd = make_forwarder(cfg, engine, health_every_s=1e9)
     fwd._next_health_at = datetime.now(UTC) + timedelta(days=1)  # measure punches only
     try:
         t0 = time.perf_counter()
         report = fwd.run_once()
         elapsed = time.perf_counter() - t0
-        left = outbox_stats(engine).depth
+        left = Outbox(engine, "").stats().depth
     finally:
         fwd.stop(5)
         engine.dispose()
@@ -106,7 +107,7 @@ def main() -> int:
         token_file.write_text(add_token(tmp / "gateways.toml", "office", [OFFICE], "gateway"))
         add_token(tmp / "api.toml", "bkd", None, "api")
         api = CentralApi(CentralConfig(enabled=True, gateway_tokens_file=tmp / "gateways.toml",
-                                       api_tokens_file=tmp / "api.toml", max_batch=10000), engine)
+                                       api_tokens_file=tmp / "api.toml", max_batch=10000), CentralStore(engine))
         batched_db, n1 = office_db(tmp / "office-batched.db", args.punches, "BENCH-BATCHED")
         single_db, n2 = office_db(tmp / "office-single.db", args.baseline_punches, "BENCH-SINGLE")
         with ThreadedServer(api.app()) as server:

@@ -1,7 +1,7 @@
 """Composition root: builds the daemon from a Config, starts and stops it in order.
 
     Gateway(config): engine (+ migrations) -> repositories (Store.sync_devices, HealthRepo) -> scheduler
-        -> AppContext -> services of gateway.health.monitor, .web.metrics, .forward.forwarder, .central.api,
+        -> AppContext -> services of gateway.health.monitor, .web.metrics, .forward.forwarder, .central.service,
         .web.status (started in that order, stopped reversed) -> poll scheduler (backs off from ctx.health) + jobs
     run_forever(): signals, faulthandler, sd_notify READY/STATUS/WATCHDOG/STOPPING, waits for the stop event.
 
@@ -21,15 +21,16 @@ from typing import Any
 
 import structlog
 from prometheus_client import CollectorRegistry
-from sqlalchemy.engine import make_url
 
 from gateway import sdnotify
 from gateway.config import Config
 from gateway.polling.poller import DevicePoller, DriverFactory
 from gateway.polling.scheduler import PollScheduler, build_scheduler
 from gateway.services import AppContext, Service
-from gateway.store.db import DatabaseError, create_db_engine, current_revision, head_revision, upgrade
+from gateway.store.central import CentralStore
+from gateway.store.db import DatabaseError, create_db_engine, current_revision, head_revision, safe_url, upgrade
 from gateway.store.health import HealthRepo
+from gateway.store.outbox import Outbox
 from gateway.store.punches import Store
 
 log = structlog.get_logger(__name__)
@@ -44,7 +45,7 @@ ServiceFactory = Callable[[AppContext], list[Service]]
 
 def default_service_factories() -> list[tuple[str, ServiceFactory]]:
     """The areas plugged into the daemon, in start order (see gateway.services)."""
-    from gateway.central import api as central
+    from gateway.central import service as central
     from gateway.forward import forwarder
     from gateway.health import monitor
     from gateway.web import metrics
@@ -52,14 +53,6 @@ def default_service_factories() -> list[tuple[str, ServiceFactory]]:
 
     return [("monitor", monitor.services), ("metrics", metrics.services), ("forwarder", forwarder.services),
             ("central", central.services), ("http", http.services)]
-
-
-def safe_url(url: str) -> str:
-    """A database URL fit for logs (password hidden)."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<unparseable url>"
 
 
 class Gateway:
@@ -77,7 +70,8 @@ class Gateway:
             self.scheduler = build_scheduler(config)
             self.ctx = AppContext(config=config, store=self.store,
                                   health_repo=HealthRepo(self.engine, config.site.office_code),
-                                  scheduler=self.scheduler, engine=self.engine,
+                                  outbox=Outbox(self.engine, config.site.office_code),
+                                  central_store=CentralStore(self.engine), scheduler=self.scheduler,
                                   metrics_registry=CollectorRegistry(auto_describe=True))
             self.poller = DevicePoller(config, self.store, driver_factory=driver_factory,
                                        observers=self.ctx.poll_observers, stop_event=self.ctx.stop_event)

@@ -2,7 +2,7 @@
 
 gateway.app builds one ``AppContext`` (config, the repositories, scheduler, stop event) and asks each
 area for its services: ``gateway.health.monitor`` (health, alerts), ``gateway.web.metrics`` (Prometheus
-collectors), ``gateway.forward.forwarder`` (outbox -> upstream), ``gateway.central.api`` (central API),
+collectors), ``gateway.forward.forwarder`` (outbox -> upstream), ``gateway.central.service`` (central API),
 ``gateway.web.status`` (status page, JSON, /metrics, serves the routes the others registered). Start order
 is that order; stop order is the reverse. Poll outcomes reach services through ``ctx.poll_observers``;
 services find each other through the typed fields below (each says who sets it), never through a dict.
@@ -18,14 +18,13 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from apscheduler.schedulers.background import BackgroundScheduler
     from prometheus_client import CollectorRegistry
-    from sqlalchemy import Engine
     from starlette.routing import BaseRoute
 
-    from gateway.central.api import CentralApi
-    from gateway.central.silent import CentralService
     from gateway.config import Config
     from gateway.models import DeviceHealth, PollOutcome
+    from gateway.store.central import CentralStore
     from gateway.store.health import HealthRepo
+    from gateway.store.outbox import Outbox
     from gateway.store.punches import Store
 
 
@@ -88,9 +87,11 @@ class AppContext:
     #: Device health, alerts, mutes and the devices table as health sees it (gateway.store.health).
     health_repo: HealthRepo
     scheduler: BackgroundScheduler
-    #: The database engine, only for areas whose store code still takes one: the forwarder
-    #: (gateway.store.outbox functions) and central mode (CentralApi builds its CentralStore).
-    engine: Engine
+    #: The outbox queue the forwarder drains (gateway.store.outbox).
+    outbox: Outbox
+    #: The central (BKD) tables: ingest receipts, consolidated punches, gateways (gateway.store.central).
+    #: Used only when [central] is enabled.
+    central_store: CentralStore
     #: Set when the daemon is shutting down; long loops check it.
     stop_event: threading.Event = field(default_factory=threading.Event)
     #: Called (in the polling thread) with every PollOutcome, after it was stored. Must be quick.
@@ -107,6 +108,3 @@ class AppContext:
     health: HealthView | None = None
     #: The port the HTTP server listens on (set by gateway.web.status once it serves; useful with port 0).
     http_port: int | None = None
-    #: Central mode's API and housekeeping service (set by gateway.central.api.services when enabled).
-    central_api: CentralApi | None = None
-    central_service: CentralService | None = None

@@ -18,7 +18,7 @@ import zlib
 from collections.abc import Callable, Mapping
 from datetime import date
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 from starlette.applications import Starlette
@@ -29,14 +29,9 @@ from starlette.routing import BaseRoute, Route
 
 from gateway import wire
 from gateway.central import export
-from gateway.central.silent import CentralService
 from gateway.central.tokens import Token, TokenFile, TokenFileError
 from gateway.config import CentralConfig, Config
-from gateway.services import AppContext, Service
 from gateway.store.central import FEED_COLUMNS, CentralStore, PunchQuery, decode_cursor, encode_cursor
-
-if TYPE_CHECKING:
-    from sqlalchemy import Engine  # a type only: SQL runs in gateway.store
 
 log = structlog.get_logger(__name__)
 
@@ -98,10 +93,10 @@ def _qdate(params: Mapping[str, str], key: str) -> date | None:
 class CentralApi:
     """Request handlers of the ingest and pull API over one CentralStore."""
 
-    def __init__(self, config: CentralConfig, engine: Engine, *, workdays: tuple[int, ...] = (1, 2, 3, 4, 5),
+    def __init__(self, config: CentralConfig, store: CentralStore, *, workdays: tuple[int, ...] = (1, 2, 3, 4, 5),
                  gateway_tokens: TokenFile | None = None, api_tokens: TokenFile | None = None) -> None:
         self.config = config
-        self.store = CentralStore(engine)
+        self.store = store
         self.workdays = workdays
         if gateway_tokens is None:
             if config.gateway_tokens_file is None:
@@ -375,23 +370,6 @@ def openapi_bytes() -> bytes:
     return (resources.files("gateway.central") / "openapi.json").read_bytes()
 
 
-def build_api(config: Config, engine: Engine) -> CentralApi:
+def build_api(config: Config, store: CentralStore) -> CentralApi:
     """The API for a config with [central] enabled (raises TokenFileError on unusable token files)."""
-    return CentralApi(config.central, engine, workdays=tuple(config.health.working_hours.days))
-
-
-def services(ctx: AppContext) -> list[Service]:
-    """Central mode's routes (added to ctx.http_routes) and its housekeeping service."""
-    if not ctx.config.central.enabled:
-        return []
-    if not ctx.config.http.enabled:
-        log.warning("central mode is on but [http] enabled = false: the ingest and BKD API are not served")
-    if ctx.engine.dialect.name != "postgresql":
-        log.warning("central mode on SQLite: fine for a trial, use PostgreSQL for a regency")
-    api = build_api(ctx.config, ctx.engine)
-    ctx.http_routes.extend(api.routes())
-    ctx.central_api = api
-    service = CentralService(ctx, api)
-    ctx.central_service = service
-    return [service]
-
+    return CentralApi(config.central, store, workdays=tuple(config.health.working_hours.days))

@@ -22,8 +22,7 @@ from gateway.config import Config, ConfigError
 from gateway.logs import FORMATS, LEVELS
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Engine
-
+    from gateway.store.db import Engine
     from gateway.store.health import HealthRepo
     from gateway.store.punches import Store
 

@@ -1,7 +1,7 @@
 """`fpgw forward status|retry-rejected|now`: forwarding to the central (BKD) server, seen and repaired by hand.
 
     status          -> gateway.store.outbox: depth, oldest waiting punch, rejected rows (exit 1 when late)
-    retry-rejected  -> gateway.store.outbox.retry_rejected: back in the queue for the daemon's next run
+    retry-rejected  -> gateway.store.outbox.Outbox.retry_rejected: back in the queue for the daemon's next run
     now             -> gateway.forward.forwarder.Forwarder.run_once (even during a backoff)
 """
 
@@ -30,13 +30,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def cmd_forward_status(args: argparse.Namespace) -> int:
     """Print outbox depth, oldest age and rejected rows; exit 1 when the backlog is past alert_after_s."""
-    from gateway.store import outbox
+    from gateway.store.outbox import Outbox
 
     config = config_of(args)
     engine = open_engine(config, pool_size=2, migrate=True)
     try:
-        stats = outbox.outbox_stats(engine)
-        rejected = outbox.rejected_rows(engine, 20)
+        outbox = Outbox(engine, config.site.office_code)
+        stats = outbox.stats()
+        rejected = outbox.rejected(20)
     finally:
         engine.dispose()
     late = stats.oldest_age_s is not None and stats.oldest_age_s > config.forward.alert_after_s
@@ -60,11 +61,12 @@ def cmd_forward_status(args: argparse.Namespace) -> int:
 
 def cmd_forward_retry(args: argparse.Namespace) -> int:
     """Requeue rejected punches."""
-    from gateway.store import outbox
+    from gateway.store.outbox import Outbox
 
-    engine = open_engine(config_of(args), pool_size=2, migrate=True)
+    config = config_of(args)
+    engine = open_engine(config, pool_size=2, migrate=True)
     try:
-        n = outbox.retry_rejected(engine, args.punch_ids or None)
+        n = Outbox(engine, config.site.office_code).retry_rejected(args.punch_ids or None)
     finally:
         engine.dispose()
     print(f"{n} rejected punch(es) queued again; the daemon sends them on its next forwarding run")
@@ -74,12 +76,13 @@ def cmd_forward_retry(args: argparse.Namespace) -> int:
 def cmd_forward_now(args: argparse.Namespace) -> int:
     """Run one forwarding pass now."""
     from gateway.forward.forwarder import Forwarder
+    from gateway.store.outbox import Outbox
 
     config = config_of(args)
     if not config.forward.url:
         raise CliError("forwarding is off: set [forward] url and token_env/token_file")
     engine = open_engine(config, pool_size=2, migrate=True)
-    fwd = Forwarder(config, engine)
+    fwd = Forwarder(config, Outbox(engine, config.site.office_code))
     try:
         report = fwd.run_once()
     finally:

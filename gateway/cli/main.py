@@ -93,10 +93,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(exc, DatabaseError):
             print(f"fpgw: database: {exc}", file=sys.stderr)
             return EXIT_FAILURE
-        from sqlalchemy.exc import OperationalError
+        from gateway.store.db import StorageUnavailable, storage_error_text
 
-        if isinstance(exc, OperationalError):
-            print(f"fpgw: cannot use the database: {exc.orig or exc}", file=sys.stderr)
+        if isinstance(exc, StorageUnavailable):
+            print(f"fpgw: cannot use the database: {storage_error_text(exc)}", file=sys.stderr)
             return EXIT_FAILURE
         raise
     return int(result or 0)

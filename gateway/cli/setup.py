@@ -66,7 +66,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     """Print a short summary of the validated config."""
-    from gateway.app import safe_url
+    from gateway.store.db import safe_url
 
     c = config_of(args)
     print(f"config OK: {c.source}")

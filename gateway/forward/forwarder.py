@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 import structlog
@@ -25,12 +25,8 @@ import structlog
 from gateway import __version__, wire
 from gateway.config import Config
 from gateway.services import AppContext, Service
-from gateway.store import health, outbox
-from gateway.store.outbox import OutboxItem
+from gateway.store.outbox import Outbox, OutboxItem, next_attempt
 from gateway.store.schema import utcnow
-
-if TYPE_CHECKING:
-    from sqlalchemy import Engine  # a type only: SQL runs in gateway.store
 
 log = structlog.get_logger(__name__)
 
@@ -96,13 +92,13 @@ class Forwarder:
 
     name = "forwarder"
 
-    def __init__(self, config: Config, engine: Engine, *, scheduler: Any = None, registry: Any = None,
+    def __init__(self, config: Config, outbox: Outbox, *, scheduler: Any = None, registry: Any = None,
                  transport: httpx.BaseTransport | None = None, rng: random.Random | None = None,
                  now: Callable[[], datetime] = utcnow, health_every_s: float | None = None,
                  stop_event: threading.Event | None = None) -> None:
         self.config = config
         self.fwd = config.forward
-        self.engine = engine
+        self.outbox = outbox
         self.office_code = config.site.office_code
         self.scheduler = scheduler
         self.now = now
@@ -191,9 +187,9 @@ class Forwarder:
             report.skipped = True
             return
         # The backlog as the upstream comes back (logged with the recovery, before draining it).
-        backlog = outbox.outbox_stats(self.engine, now).depth if self.down_since is not None else 0
+        backlog = self.outbox.stats(now).depth if self.down_since is not None else 0
         while not self.stop_event.is_set():
-            items = outbox.claim_batch(self.engine, self.batch_limit, self.now())
+            items = self.outbox.claim_batch(self.batch_limit, self.now())
             if not items:
                 return
             try:
@@ -206,7 +202,7 @@ class Forwarder:
                 return
 
     def _meta(self) -> dict[str, Any]:
-        stats = outbox.outbox_stats(self.engine, self.now())
+        stats = self.outbox.stats(self.now())
         return wire.gateway_meta(office_code=self.office_code, office_name=self.config.site.office_name or None,
                                  hostname=self._hostname, version=__version__, outbox_depth=stats.depth,
                                  oldest_unforwarded_s=stats.oldest_age_s)
@@ -288,14 +284,14 @@ class Forwarder:
                 rejected[it.punch_id] = str(res.get("reason") or "rejected by upstream")[:2000]
             else:  # "retry" or anything unknown: keep, with this row's own backoff
                 delay = full_jitter(self.rng, self.fwd.backoff_initial_s, self.fwd.backoff_max_s, it.attempts + 1)
-                kept[it.punch_id] = outbox.next_attempt(now, delay)
+                kept[it.punch_id] = next_attempt(now, delay)
         by_reason: dict[str, int] = {}
         for reason in rejected.values():
             code = reason.split(":")[0].strip() or "rejected"
             by_reason[code] = by_reason.get(code, 0) + 1
         alerts = [self._rejected_alert(code, n, next(r for r in rejected.values() if r.startswith(code)))
                   for code, n in sorted(by_reason.items()) if self._should_alert_rejected(code)]
-        outbox.settle(self.engine, accepted=accepted, rejected=rejected, kept=kept,
+        self.outbox.settle(accepted=accepted, rejected=rejected, kept=kept,
                       error="kept by upstream for a later try", alerts=alerts)
         for code, n in by_reason.items():
             log.warning("punches rejected by upstream; set aside", reason=code, punches=n,
@@ -312,7 +308,7 @@ class Forwarder:
 
     def _should_alert_rejected(self, code: str) -> bool:
         window = self.config.alerts.reminder_s or 86400.0
-        last = health.last_alert_event(self.engine, PROBLEM_REJECTED, reason=code,
+        last = self.outbox.last_alert_event(PROBLEM_REJECTED, reason=code,
                                        since=self.now() - timedelta(seconds=window))
         return last is None
 
@@ -333,7 +329,7 @@ class Forwarder:
         self.retry_at = now + timedelta(seconds=delay)
         report.error = exc.kind
         if items:
-            outbox.settle(self.engine, kept={it.punch_id: self.retry_at for it in items}, error=str(exc))
+            self.outbox.settle(kept={it.punch_id: self.retry_at for it in items}, error=str(exc))
             report.kept += len(items)
         if self._metrics:
             self._metrics.up.set(0)
@@ -345,7 +341,7 @@ class Forwarder:
             self.down_since = now
         self.last_error = str(exc)
         if changed:
-            stats = outbox.outbox_stats(self.engine, now)
+            stats = self.outbox.stats(now)
             log.warning("upstream not accepting punches; keeping them in the outbox", upstream=self.fwd.url,
                         problem=exc.kind, error=exc.detail, backlog=stats.depth, retry_in_s=round(delay, 1))
 
@@ -371,7 +367,7 @@ class Forwarder:
             return
         self._next_health_at = now + timedelta(seconds=self.health_every_s)
         doc = wire.health_report(self._meta(), [wire.encode_device(row) for row in
-                                                health.device_health_snapshot(self.engine, self.office_code)])
+                                                self.outbox.device_health_snapshot()])
         try:
             resp = self._post(INGEST_HEALTH, doc)
             if resp.status_code != 200:
@@ -385,16 +381,16 @@ class Forwarder:
 
     def _check_backlog(self) -> None:
         now = self.now()
-        stats = outbox.outbox_stats(self.engine, now)
+        stats = self.outbox.stats(now)
         if self._metrics:
             self._metrics.rejected.set(stats.rejected)
         if self._backlog_open is None:
-            last = health.last_alert_event(self.engine, PROBLEM_BACKLOG)
+            last = self.outbox.last_alert_event(PROBLEM_BACKLOG)
             self._backlog_open = last is not None and last[0] != "end"
         late = stats.oldest_age_s is not None and stats.oldest_age_s > self.fwd.alert_after_s
         if late and not self._backlog_open:
             hours = stats.oldest_age_s / 3600 if stats.oldest_age_s else 0.0
-            health.add_alert(self.engine, office_code=self.office_code, problem=PROBLEM_BACKLOG, event="start",
+            self.outbox.add_alert(problem=PROBLEM_BACKLOG, event="start",
                              severity="warning",
                              title=f"Punches not forwarded to BKD for {hours:.1f} h ({stats.depth} waiting)",
                              message=(f"{stats.depth} punch(es) wait in the outbox; the oldest is {hours:.1f} h old. "
@@ -408,7 +404,7 @@ class Forwarder:
                         alert_after_s=self.fwd.alert_after_s)
             self._backlog_open = True
         elif not late and self._backlog_open:
-            health.add_alert(self.engine, office_code=self.office_code, problem=PROBLEM_BACKLOG, event="end",
+            self.outbox.add_alert(problem=PROBLEM_BACKLOG, event="end",
                              severity="info", title="Forwarding to BKD caught up",
                              message=f"The outbox is back to normal ({stats.depth} waiting).",
                              details={"depth": stats.depth, "oldest_age_s": stats.oldest_age_s},
@@ -450,5 +446,5 @@ def services(ctx: AppContext) -> list[Service]:
     """The forwarder, when ``[forward] url`` is set."""
     if not ctx.config.forward.url:
         return []
-    return [Forwarder(ctx.config, ctx.engine, scheduler=ctx.scheduler, registry=ctx.metrics_registry,
+    return [Forwarder(ctx.config, ctx.outbox, scheduler=ctx.scheduler, registry=ctx.metrics_registry,
                       stop_event=ctx.stop_event)]

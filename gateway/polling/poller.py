@@ -25,7 +25,6 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import structlog
-from sqlalchemy.exc import DBAPIError
 
 from drivers import get_driver
 from drivers.base import (
@@ -42,6 +41,7 @@ from gateway.config import Config, DeviceConfig
 from gateway.models import PollOutcome, Punch
 from gateway.polling.clear import ClearResult, clear_due, verify_and_clear
 from gateway.polling.normalize import DEFAULT_NOT_BEFORE, DeviceContext, EmployeeMap, normalize_punches
+from gateway.store.db import StorageError, storage_error_text
 from gateway.store.punches import DeviceState, Store
 
 log = structlog.get_logger(__name__)
@@ -121,13 +121,13 @@ class DevicePoller:
             try:
                 outcome = self._poll(device, started, t0)
                 self._database_ok()
-            except DBAPIError as exc:
+            except StorageError as exc:
                 # Database down or full: not a bug in the poll. Nothing is lost (the terminal still holds
                 # its log and the stored count was not advanced, so the next poll reads it again); log
                 # once per outage, not once per device per tick.
                 self._database_failed(exc)
                 outcome = PollOutcome(device_id=device.id, started_at=started, finished_at=self._now(), ok=False,
-                                      error_kind="bug", error=f"database error: {exc.orig or exc}")
+                                      error_kind="bug", error=f"database error: {storage_error_text(exc)}")
             except Exception as exc:  # a bug in our code: never kill the job, always show the traceback
                 log.exception("poll failed unexpectedly (bug)", error=repr(exc))
                 outcome = PollOutcome(device_id=device.id, started_at=started, finished_at=self._now(), ok=False,
@@ -347,13 +347,13 @@ class DevicePoller:
         self._save_failed(outcome)
         return outcome
 
-    def _database_failed(self, exc: DBAPIError) -> None:
+    def _database_failed(self, exc: StorageError) -> None:
         with self._drivers_lock:
             first = not self._db_down
             self._db_down = True
         if first:
             log.error("database unavailable; polls keep failing until it is back (punches stay on the "
-                      "terminals and are read again)", error=str(exc.orig or exc))
+                      "terminals and are read again)", error=storage_error_text(exc))
 
     def _database_ok(self) -> None:
         if self._db_down:

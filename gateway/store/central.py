@@ -115,6 +115,11 @@ class CentralStore:
         self.engine = engine
         self._writer = writer(engine)
 
+    @property
+    def on_postgresql(self) -> bool:
+        """True on PostgreSQL (what a regency-wide central should run on); False on SQLite."""
+        return self.engine.dialect.name == "postgresql"
+
     # -- ingest ----------------------------------------------------------------------------------
     def receipt(self, gateway: str, batch_id: str) -> tuple[str, dict[str, Any]] | None:
         """(digest, answer) stored for a batch already received from this gateway."""

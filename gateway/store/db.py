@@ -21,8 +21,29 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 log = structlog.get_logger(__name__)
+
+# The database errors the other layers handle, named here so that only gateway.store imports SQLAlchemy:
+#: Any error the database driver raised (server gone, disk full, locked, constraint...).
+StorageError = DBAPIError
+#: The database could not be used at all (unreachable, locked, read-only, full).
+StorageUnavailable = OperationalError
+__all__ = ["Engine", "StorageError", "StorageUnavailable"]
+
+
+def storage_error_text(exc: DBAPIError) -> str:
+    """The driver's own message of a database error (without SQLAlchemy's statement dump)."""
+    return str(exc.orig or exc)
+
+
+def safe_url(url: str) -> str:
+    """A database URL fit for logs (password hidden)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparseable url>"
 
 #: ON CONFLICT needs 3.24, RETURNING 3.35.
 MIN_SQLITE = (3, 35, 0)

@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 from gateway.models import PollOutcome
 from gateway.services import AppContext, HealthView, Service
 from gateway.store.health import HealthRepo
-from gateway.store.outbox import outbox_stats
+from gateway.store.outbox import Outbox
 
 #: Poll durations from a quick count check (~0.1 s) to a full download of a big log (minutes).
 POLL_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -133,10 +133,10 @@ class HealthCollector(Collector):
             yield g
 
 
-def outbox_reader(repo: HealthRepo) -> Callable[[], tuple[int, float | None]]:
-    """(depth, oldest age s) of the outbox, through forwarding's outbox_stats."""
+def outbox_reader(outbox: Outbox) -> Callable[[], tuple[int, float | None]]:
+    """(depth, oldest age s) of the outbox."""
     def read() -> tuple[int, float | None]:
-        stats = outbox_stats(repo.engine)
+        stats = outbox.stats()
         return stats.depth, stats.oldest_age_s
     return read
 
@@ -152,7 +152,7 @@ class MetricsService:
             ctx.metrics_registry = CollectorRegistry(auto_describe=True)
         self.poll_metrics = PollMetrics(ctx.metrics_registry)
         if ctx.health is not None:
-            outbox = outbox_reader(ctx.health_repo) if ctx.config.forward.url else None
+            outbox = outbox_reader(ctx.outbox) if ctx.config.forward.url else None
             ctx.metrics_registry.register(HealthCollector(ctx.health, ctx.health_repo, outbox))
 
     def start(self) -> None:

@@ -114,7 +114,7 @@ class StatusView:
             try:
                 from gateway.web.metrics import outbox_reader
 
-                depth, age = outbox_reader(self.repo)()
+                depth, age = outbox_reader(self.ctx.outbox)()
                 outbox = {"depth": depth, "oldest_age_s": None if age is None else round(age)}
             except Exception:  # the page must render even if the outbox query fails
                 outbox = None

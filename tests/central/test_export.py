@@ -16,7 +16,7 @@ from gateway.central import export
 from gateway.central.tokens import load_tokens
 from gateway.cli.main import main
 from gateway.store.db import create_db_engine, upgrade
-from gateway.store.outbox import outbox_stats, settle
+from gateway.store.outbox import Outbox
 from gateway.store.punches import Store
 from tests.support.punches import make_punch, store_punches
 
@@ -147,20 +147,20 @@ def test_fpgw_forward_status_and_retry_rejected(tmp_path: Path, capsys: pytest.C
     cfg, db = _office(tmp_path)
     capsys.readouterr()
     engine = create_db_engine(db)
-    settle(engine, rejected={1: "office_mismatch: punch says 9999"})
+    Outbox(engine, "").settle(rejected={1: "office_mismatch: punch says 9999"})
     assert main(["-c", str(cfg), "forward", "status"]) == 0
     out = capsys.readouterr().out
     assert "waiting:         3 punch(es)" in out and "rejected:        1 punch(es)" in out and "office_mismatch" in out
     assert main(["-c", str(cfg), "forward", "retry-rejected"]) == 0
     assert capsys.readouterr().out.startswith("1 rejected punch(es) queued again")
-    assert outbox_stats(engine)[::2] == (4, 0)
+    assert Outbox(engine, "").stats()[::2] == (4, 0)
     assert main(["-c", str(cfg), "forward", "status", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["depth"] == 4 and doc["rejected"] == 0 and doc["late"] is False
     # Nothing listens on port 9: one forwarding run keeps everything and says why.
     assert main(["-c", str(cfg), "forward", "now"]) == 1
     assert "upstream problem" in capsys.readouterr().out
-    assert outbox_stats(engine).depth == 4
+    assert Outbox(engine, "").stats().depth == 4
     engine.dispose()
 
 

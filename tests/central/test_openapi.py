@@ -27,10 +27,9 @@ from referencing.jsonschema import DRAFT202012
 from starlette.routing import Route
 
 from gateway.central.api import openapi_bytes
-from gateway.forward.forwarder import Forwarder
 from gateway.store.db import create_db_engine, upgrade
 from gateway.store.punches import Store
-from tests.support.central import OFFICE_A, Central, device_doc, make_central, punch
+from tests.support.central import OFFICE_A, Central, device_doc, make_central, make_forwarder, punch
 from tests.support.config import forward_config
 from tests.support.punches import punch_batch, store_punches
 
@@ -249,7 +248,7 @@ def test_what_the_forwarder_sends_fits_the_document(tmp_path: Path, sqlite_url: 
         return httpx.Response(200, json={"results": [{"index": i, "status": "accepted"}
                                                      for i in range(len(doc["punches"]))]})
 
-    fwd = Forwarder(config, engine, transport=httpx.MockTransport(handler), rng=random.Random(1))
+    fwd = make_forwarder(config, engine, transport=httpx.MockTransport(handler), rng=random.Random(1))
     try:
         fwd.run_once()
     finally:

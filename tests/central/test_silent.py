@@ -24,6 +24,7 @@ from gateway.central.silent import PROBLEM_SILENT, CentralService
 from gateway.central.tokens import add_token
 from gateway.config import Config, ConfigError, parse_config
 from gateway.store import schema as s
+from gateway.store.central import CentralStore
 from gateway.store.db import create_db_engine, upgrade
 
 with warnings.catch_warnings():
@@ -90,7 +91,7 @@ def centre(db_url: str, tmp_path: Path) -> Iterator[Centre]:
     }, base_dir=tmp_path)
     engine = create_db_engine(db_url, pool_size=4)
     upgrade(engine)
-    api = CentralApi(config.central, engine)
+    api = CentralApi(config.central, CentralStore(engine))
     client = TestClient(api.app())
     try:
         yield Centre(config, engine, api, client, tokens, tmp_path)

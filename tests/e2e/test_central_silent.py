@@ -17,12 +17,13 @@ import httpx
 import pytest
 
 from gateway.app import Gateway
-from gateway.central.silent import PROBLEM_SILENT
+from gateway.central.silent import PROBLEM_SILENT, CentralService
 from gateway.central.tokens import add_token
 from gateway.config import Config, parse_config
 from gateway.forward.forwarder import Forwarder
 from gateway.health.monitor import HealthMonitor
 from gateway.store.db import create_db_engine, upgrade
+from tests.support.central import make_forwarder
 from tests.support.webhook import WebhookReceiver, count
 
 OFFICE, CENTRE = "1801.01", "1801.00"
@@ -55,7 +56,7 @@ def _office(tmp_path: Path, url: str) -> tuple[Forwarder, Any]:
     engine = create_db_engine(cfg.database.url, pool_size=2)
     upgrade(engine)
     # health_every_s override: every run reports (the office's only contact when it has no punches).
-    return Forwarder(cfg, engine, health_every_s=0.01), engine
+    return make_forwarder(cfg, engine, health_every_s=0.01), engine
 
 
 def _report(tmp_path: Path, central: Gateway) -> None:
@@ -67,12 +68,18 @@ def _report(tmp_path: Path, central: Gateway) -> None:
         engine.dispose()
 
 
+def central_service(central: Gateway) -> CentralService:
+    """The central's housekeeping service (silent-gateway watch) among the daemon's services."""
+    found = [svc for svc in central.services if isinstance(svc, CentralService)]
+    assert len(found) == 1, "central mode is not on"
+    return found[0]
+
+
 class CheckCounter:
     """Counts the central's scheduled silent-gateway checks, so the test waits for checks, not for seconds."""
 
     def __init__(self, central: Gateway) -> None:
-        svc = central.ctx.central_service
-        assert svc is not None
+        svc = central_service(central)
         self._check = svc.check_silent
         self._cond = threading.Condition()
         self.done = 0
@@ -118,7 +125,7 @@ def test_silent_office_gateway_one_alert_one_recovery_none_repeated_across_a_res
         central = Gateway(config)
         checks = CheckCounter(central)
         with central:
-            assert central.ctx.central_service.check_every_s == 1.5
+            assert central_service(central).check_every_s == 1.5
             _report(tmp_path, central)
             assert _silent_flag(central, bkd) is False
             # The office goes quiet: one alert after SILENT_AFTER_S, and only one however often the job runs.

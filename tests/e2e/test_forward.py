@@ -23,7 +23,7 @@ from gateway.app import Gateway
 from gateway.central.tokens import add_token
 from gateway.config import parse_config
 from gateway.store import schema as s
-from gateway.store.outbox import outbox_stats
+from gateway.store.outbox import Outbox
 from tests.support.config import DeviceEntry, make_config
 from tests.support.fleet import running_fleet, sim_spec, truth_keys
 from tests.support.gateway import RunningGateway, diff, stored_keys
@@ -254,7 +254,7 @@ def test_offices_forward_through_a_flapping_link_and_bkd_gets_everything_exactly
                 outcomes = gw.poll_all(["t0", "t1"])
                 assert all(o.ok and o.new_punches for o in outcomes.values())
             time.sleep(1.5)
-            depth = sum(outbox_stats(gw.gateway.engine).depth for gw in gateways.values())
+            depth = sum(Outbox(gw.gateway.engine, "").stats().depth for gw in gateways.values())
             assert depth == sum(150 + 40 * i for _ in offices for i in range(2))
 
             # The link flaps through every failure while new punches keep arriving.
@@ -269,7 +269,7 @@ def test_offices_forward_through_a_flapping_link_and_bkd_gets_everything_exactly
 
             proxy.set_mode("pass")
             truth = truth_keys(tmp_path / "truth.jsonl")
-            wait_until(lambda: all(outbox_stats(gw.gateway.engine)[::2] == (0, 0) for gw in gateways.values()),
+            wait_until(lambda: all(Outbox(gw.gateway.engine, "").stats()[::2] == (0, 0) for gw in gateways.values()),
                   90, "every outbox to drain")
             assert stored_keys(pg_url) == truth, diff(truth, stored_keys(pg_url))
         finally:

@@ -24,8 +24,9 @@ from gateway.config import Config
 from gateway.forward.forwarder import Forwarder, full_jitter
 from gateway.store import schema as s
 from gateway.store.db import create_db_engine, upgrade
-from gateway.store.outbox import outbox_stats, retry_rejected
+from gateway.store.outbox import Outbox
 from gateway.store.punches import Store
+from tests.support.central import make_forwarder
 from tests.support.clock import FakeClock
 from tests.support.config import forward_config
 from tests.support.punches import punch_batch, store_punches
@@ -130,7 +131,7 @@ def office(db_url: str, tmp_path: Path) -> Iterator[Office]:
     upstream = Upstream()
     clock = _due_clock()
     registry = CollectorRegistry()
-    fwd = Forwarder(config, engine, transport=httpx.MockTransport(upstream.handler), rng=random.Random(1),
+    fwd = make_forwarder(config, engine, transport=httpx.MockTransport(upstream.handler), rng=random.Random(1),
                     now=clock, registry=registry, health_every_s=3600)
     try:
         yield Office(config, engine, store, upstream, clock, fwd, registry)
@@ -179,7 +180,7 @@ def test_accepted_leave_the_outbox_rejected_are_set_aside_with_one_alert_per_rea
     office.fwd.run_once()
     assert office.upstream.sent_users().count("4") == 2 and "4" not in office.outbox()
     assert len(office.alerts()) == 2
-    assert outbox_stats(office.engine, office.clock()) == (0, None, 4)
+    assert Outbox(office.engine, "").stats(office.clock()) == (0, None, 4)
 
 
 def test_upstream_down_keeps_everything_logs_once_and_recovery_logs_outage_and_backlog(
@@ -198,7 +199,7 @@ def test_upstream_down_keeps_everything_logs_once_and_recovery_logs_outage_and_b
     office.upstream.mode = "ok"
     office.clock.advance(700)
     r = office.fwd.run_once()
-    assert r.accepted == 25 and outbox_stats(office.engine, office.clock()).depth == 0
+    assert r.accepted == 25 and Outbox(office.engine, "").stats(office.clock()).depth == 0
     warnings = [e for e in logs if e["log_level"] == "warning"]
     infos = [e for e in logs if e["event"] == "upstream accepting punches again"]
     assert [e["event"] for e in warnings] == ["upstream not accepting punches; keeping them in the outbox"]
@@ -250,7 +251,7 @@ def test_backlog_older_than_alert_after_raises_one_alert_and_one_end(office: Off
     assert [(a["problem"], a["event"]) for a in alerts] == [("forward_backlog", "start")]
     assert json.loads(alerts[0]["details"])["seen"]["depth"] == 2 and "What to check" in alerts[0]["message"]
     # A restarted forwarder knows the alert is open (no second start).
-    fwd2 = Forwarder(office.config, office.engine, transport=httpx.MockTransport(office.upstream.handler),
+    fwd2 = make_forwarder(office.config, office.engine, transport=httpx.MockTransport(office.upstream.handler),
                      now=office.clock, rng=random.Random(2))
     fwd2.run_once()
     assert len(office.alerts()) == 1
@@ -266,8 +267,8 @@ def test_retry_rejected_requeues_and_they_go_out(office: Office) -> None:
     store_punches(office.store, punch_batch(3))
     office.upstream.decide = lambda p: {"status": "rejected", "reason": "office_mismatch: x"}
     office.fwd.run_once()
-    assert outbox_stats(office.engine).rejected == 3
-    assert retry_rejected(office.engine) == 3
+    assert Outbox(office.engine, "").stats().rejected == 3
+    assert Outbox(office.engine, "").retry_rejected() == 3
     office.upstream.decide = lambda p: {"status": "accepted"}
     office.fwd.run_once()
     assert office.outbox() == {}
@@ -315,7 +316,7 @@ def test_batches_too_large_for_the_centre_are_split_and_the_smaller_size_is_kept
         return httpx.Response(200, json={"results": [{"index": i, "status": "accepted"}
                                                      for i in range(len(doc["punches"]))]})
 
-    fwd = Forwarder(office.config, office.engine, transport=httpx.MockTransport(handler), now=office.clock,
+    fwd = make_forwarder(office.config, office.engine, transport=httpx.MockTransport(handler), now=office.clock,
                     rng=random.Random(3), health_every_s=3600)
     try:
         report = fwd.run_once()
@@ -341,12 +342,12 @@ def test_unreadable_ca_file_is_one_clear_warning_and_nothing_is_lost(db_url: str
     store.sync_devices(config.devices)
     store_punches(store, punch_batch(2))
     clock = _due_clock()
-    fwd = Forwarder(config, engine, now=clock, rng=random.Random(5))
+    fwd = make_forwarder(config, engine, now=clock, rng=random.Random(5))
     try:
         for _ in range(3):
             report = fwd.run_once()
             clock.advance(700)
-        assert report.error == "bad_ca_file" and outbox_stats(engine, clock()).depth == 2
+        assert report.error == "bad_ca_file" and Outbox(engine, "").stats(clock()).depth == 2
         warnings = [e for e in logs if e["log_level"] in ("warning", "error")]
         assert len(warnings) == 1 and "missing-ca.pem" in warnings[0]["error"]
     finally:
@@ -362,7 +363,7 @@ def test_weeks_of_outage_and_a_restart_lose_nothing_alert_once_and_retry_within_
     cap = office.config.forward.backoff_max_s
     for step in range(14 * 12):  # two weeks, a run every two hours
         if step == 7 * 12:  # the daemon restarts mid-outage
-            fwd = Forwarder(office.config, office.engine, transport=httpx.MockTransport(office.upstream.handler),
+            fwd = make_forwarder(office.config, office.engine, transport=httpx.MockTransport(office.upstream.handler),
                             now=office.clock, rng=random.Random(9), health_every_s=3600)
         fwd.run_once()
         box = office.outbox()
@@ -398,7 +399,7 @@ def test_rejection_reason_survives_when_the_link_fails_later_in_the_same_run(off
                 {"index": 1, "status": "accepted"}]})
         raise httpx.ConnectError("link gone", request=request)  # second half: the link drops
 
-    fwd = Forwarder(office.config, office.engine, transport=httpx.MockTransport(handler), now=office.clock,
+    fwd = make_forwarder(office.config, office.engine, transport=httpx.MockTransport(handler), now=office.clock,
                     rng=random.Random(4), health_every_s=3600)
     try:
         report = fwd.run_once()
@@ -418,7 +419,7 @@ def test_an_answer_for_other_rows_is_not_trusted(office: Office) -> None:
         return httpx.Response(200, json={"results": [{"index": 1, "status": "accepted"},
                                                      {"index": 0, "status": "accepted"}]})
 
-    fwd = Forwarder(office.config, office.engine, transport=httpx.MockTransport(handler), now=office.clock,
+    fwd = make_forwarder(office.config, office.engine, transport=httpx.MockTransport(handler), now=office.clock,
                     rng=random.Random(4), health_every_s=3600)
     try:
         report = fwd.run_once()
@@ -460,7 +461,8 @@ def test_health_snapshot_interval_comes_from_the_config(db_url: str, tmp_path: P
     upgrade(engine)
     Store(engine, OFFICE).sync_devices(config.devices)
     upstream, clock = Upstream(), _due_clock()
-    fwd = Forwarder(config, engine, transport=httpx.MockTransport(upstream.handler), rng=random.Random(5), now=clock)
+    fwd = make_forwarder(config, engine, transport=httpx.MockTransport(upstream.handler), rng=random.Random(5),
+                         now=clock)
     try:
         sent = []
         for _ in range(9):  # 4.5 minutes of runs, one every 30 s

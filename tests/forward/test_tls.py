@@ -19,10 +19,12 @@ from gateway.central.tokens import add_token
 from gateway.config import CentralConfig, parse_config
 from gateway.forward.forwarder import Forwarder
 from gateway.store import schema as s
+from gateway.store.central import CentralStore
 from gateway.store.db import create_db_engine, upgrade
-from gateway.store.outbox import outbox_stats
+from gateway.store.outbox import Outbox
 from gateway.store.punches import Store
 from gateway.web.server import ThreadedServer
+from tests.support.central import make_forwarder
 from tests.support.punches import make_punch, store_punches
 from tests.support.services import REQUIRE_TOOLS, unavailable
 
@@ -61,7 +63,7 @@ def _office(tmp_path: Path, url: str, token: str, ca_file: str) -> tuple[Forward
     store = Store(engine, OFFICE)
     store.sync_devices(cfg.devices)
     store_punches(store, [make_punch("5", datetime(2026, 11, 2, 7, 30), office_code=OFFICE, serial="TLS1")])
-    return Forwarder(cfg, engine, rng=random.Random(1)), engine
+    return make_forwarder(cfg, engine, rng=random.Random(1)), engine
 
 
 def test_forwarding_over_https_needs_and_uses_the_private_ca(certs: Path, tmp_path: Path) -> None:
@@ -70,7 +72,7 @@ def test_forwarding_over_https_needs_and_uses_the_private_ca(certs: Path, tmp_pa
     token = add_token(tmp_path / "gw.toml", "office", [OFFICE], "gateway")
     add_token(tmp_path / "api.toml", "bkd", None, "api")
     api = CentralApi(CentralConfig(enabled=True, gateway_tokens_file=tmp_path / "gw.toml",
-                                   api_tokens_file=tmp_path / "api.toml"), central_db)
+                                   api_tokens_file=tmp_path / "api.toml"), CentralStore(central_db))
     with ThreadedServer(api.app(), ssl_certfile=str(certs / "server.pem"),
                         ssl_keyfile=str(certs / "server.key")) as server:
         assert server.url.startswith("https://")
@@ -79,7 +81,7 @@ def test_forwarding_over_https_needs_and_uses_the_private_ca(certs: Path, tmp_pa
         try:
             report = fwd.run_once()
             assert report.error == "unreachable" and "CERTIFICATE" in (fwd.last_error or "").upper()
-            assert outbox_stats(engine).depth == 1
+            assert Outbox(engine, "").stats().depth == 1
         finally:
             fwd.stop(1)
             engine.dispose()
@@ -87,7 +89,7 @@ def test_forwarding_over_https_needs_and_uses_the_private_ca(certs: Path, tmp_pa
         fwd, engine = _office(tmp_path, server.url, token, str(certs / "ca.pem"))
         try:
             report = fwd.run_once()
-            assert report.error is None and report.accepted == 1 and outbox_stats(engine).depth == 0
+            assert report.error is None and report.accepted == 1 and Outbox(engine, "").stats().depth == 0
         finally:
             fwd.stop(1)
             engine.dispose()

@@ -1,4 +1,5 @@
-"""The central API behind a Starlette TestClient: two office gateway tokens, two BKD tokens, wire punch documents."""
+"""Both ends of forwarding for tests: an office Forwarder over a database, and the central API behind a Starlette
+TestClient (two office gateway tokens, two BKD tokens, wire punch documents)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,12 @@ from sqlalchemy import func, select
 
 from gateway.central.api import CentralApi
 from gateway.central.tokens import add_token
-from gateway.config import CentralConfig
+from gateway.config import CentralConfig, Config
+from gateway.forward.forwarder import Forwarder
 from gateway.store import schema as s
+from gateway.store.central import CentralStore
 from gateway.store.db import create_db_engine, upgrade
+from gateway.store.outbox import Outbox
 
 OFFICE_A = "1801.01"
 OFFICE_B = "1801.02"
@@ -23,6 +27,11 @@ with warnings.catch_warnings():
     # Starlette 1.x nudges towards httpx2 for its TestClient; httpx is what the project ships.
     warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
+
+
+def make_forwarder(config: Config, engine: Any, **kw: Any) -> Forwarder:
+    """The office's forwarder over ``engine``'s outbox (keywords go to Forwarder)."""
+    return Forwarder(config, Outbox(engine, config.site.office_code), **kw)
 
 
 @dataclass
@@ -61,7 +70,7 @@ def make_central(db_url: str, tmp_path: Path, **cfg: Any) -> Central:
     bkd_all = add_token(api_file, "bkd", None, "api")
     bkd_a = add_token(api_file, "bkd-a", [OFFICE_A], "api")
     config = CentralConfig(enabled=True, gateway_tokens_file=gw_file, api_tokens_file=api_file, **cfg)
-    api = CentralApi(config, engine)
+    api = CentralApi(config, CentralStore(engine))
     return Central(TestClient(api.app()), engine, gw_a, gw_b, bkd_all, bkd_a, api)
 
 
