@@ -25,7 +25,7 @@ import binascii
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import Engine, Select, delete, select, update
@@ -35,7 +35,7 @@ from gateway.models import Punch
 from gateway.store import schema as s
 from gateway.store.db import writer
 from gateway.store.health import insert_alert
-from gateway.store.punches import PUNCH_KEY, insert_ignore, punch_row
+from gateway.store.punches import PUNCH_KEY, insert_ignore, on_local_days, punch_row
 from gateway.store.schema import utcnow
 
 #: pg_advisory_xact_lock key of the feed-order guard (same literal as in migration 0002).
@@ -93,13 +93,7 @@ def _apply(q: Select[Any], query: PunchQuery) -> Select[Any]:
         q = q.where(p.device_id == query.device)
     if query.employee:
         q = q.where(p.employee_id == query.employee)
-    if query.date_from:
-        start = datetime.combine(query.date_from, time())
-        q = q.where(p.local_time >= start)
-    if query.date_to:
-        end = datetime.combine(query.date_to + timedelta(days=1), time())
-        q = q.where(p.local_time < end)
-    return q
+    return on_local_days(q, query.date_from, query.date_to)
 
 
 def _row(r: RowMapping) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Insert, Table, TextClause, func, select, text, update
+from sqlalchemy import Engine, Insert, Select, Table, TextClause, func, select, text, update
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection
@@ -398,14 +398,22 @@ PUNCH_FIELDS = ("id", "office_code", "device_id", "device_serial", "device_user_
                 "utc_time", "timezone", "state", "state_name", "verify", "verify_name", "flags", "received_at")
 
 
+def on_local_days(q: Select[Any], date_from: date | None, date_to: date | None) -> Select[Any]:
+    """Punches of the whole days ``date_from``..``date_to`` (both included, either open): the one meaning of a
+    day in every punch query (see the module docstring)."""
+    p = s.punches.c
+    if date_from is not None:
+        q = q.where(p.local_time >= datetime.combine(date_from, time(0)))
+    if date_to is not None:
+        q = q.where(p.local_time < datetime.combine(date_to + timedelta(days=1), time(0)))
+    return q
+
+
 def iter_punches(engine: Engine, flt: PunchFilter, *, chunk: int = 2000) -> Iterator[dict[str, Any]]:
     """Punches matching the filter, oldest first (by instant, then arrival); streams in chunks."""
     p = s.punches.c
     q = select(*(getattr(p, f) for f in PUNCH_FIELDS))
-    if flt.date_from is not None:
-        q = q.where(p.local_time >= datetime.combine(flt.date_from, time(0)))
-    if flt.date_to is not None:
-        q = q.where(p.local_time < datetime.combine(flt.date_to + timedelta(days=1), time(0)))
+    q = on_local_days(q, flt.date_from, flt.date_to)
     if flt.device_id:
         q = q.where(p.device_id == flt.device_id)
     if flt.employee_id:
