@@ -42,7 +42,7 @@ def test_device_wall_clock_becomes_the_right_instant(zone: str, wall: str, utc: 
     assert p.utc_time == utc
     assert p.device_time == wall and p.local_time == datetime.strptime(wall, "%Y-%m-%d %H:%M:%S")
     assert p.timezone == zone and p.flags == ()
-    assert p.key == ("SN1", "1001", wall)
+    assert p.key == ("SN1", "1001", wall, 0)
 
 
 FLAG_CASES = [
