@@ -356,6 +356,13 @@ class Store:
                 duration_s=(finished_at - started_at).total_seconds(), outcome="cleared", mode="full",
                 records_on_device=0, records_read=records_cleared, new_records=0, bytes_read=0, error=None))
 
+    def new_log_epoch(self, serial: str) -> int:
+        """Start a new log epoch for this terminal (its log restarted: cleared, or replaced by a rolling
+        overwrite the caller detected); returns it. Same-time records read afterwards get new identities
+        (see "Punch identity" above). Call it before the save_poll of the first download of the new log."""
+        with self._writer.begin() as conn:
+            return _bump_log_epoch(conn, serial)
+
     def cleared_since_last_poll(self, device_id: str) -> int | None:
         """Records cleared by fpgw after the last good poll started (None when there was no such clear).
 
