@@ -55,10 +55,17 @@ def test_migration_keeps_the_identity_of_punches_stored_before_it(engine: Engine
                 " state, state_name, verify, verify_name, uid, workcode, raw_time, flags, received_at, source) "
                 "VALUES ('1801.01.02', 'lobby', 'SN1', :u, :t, 'Asia/Jakarta', 0, 'check_in', 1, 'fingerprint',"
                 " 0, 0, -1, :f, :r, 'poll')"), {"u": user, "t": when, "f": flags, "r": now})
+        # Both still wait to be forwarded.
+        conn.execute(text("INSERT INTO outbox (punch_id, state, attempts, next_attempt_at, created_at) "
+                          "SELECT id, 'pending', 2, :r, :r FROM punches"), {"r": now})
     assert upgrade(engine)[0] == "0003"
     with engine.connect() as conn:
         got = sorted(tuple(r) for r in conn.execute(select(s.punches.c.device_time, s.punches.c.occurrence)))
+        # The table rebuild (SQLite) must not cascade into the outbox: the queue survives the upgrade.
+        box = conn.execute(select(s.outbox.c.punch_id, s.outbox.c.attempts)).all()
+        ids = set(conn.execute(select(s.punches.c.id)).scalars())
     assert got == [(RESET, 1), ("2026-11-20 07:00:00", 0)]
+    assert {r[0] for r in box} == ids and {r[1] for r in box} == {2}
     store = Store(engine, "1801.01.02")
     store.sync_devices(parse_config({"site": {"office_code": "1801.01.02"},
                                      "devices": [{"id": "lobby", "address": "10.0.0.1"}]}, base_dir=tmp_path).devices)
