@@ -40,13 +40,19 @@ class Punch:
     workcode: int = 0
     raw_time: int = -1
     employee_id: str | None = None
-    #: Quality flags (future, before_device, rtc_reset, impossible_date, unmapped_user); never a reason to drop.
+    #: Quality flags (future, before_device, rtc_reset, impossible_date, unmapped_user, value flags such as
+    #: bad_workcode); never a reason to drop.
     flags: tuple[str, ...] = ()
+    #: Keeps apart records the device holds with the same user and the same time: 0 for every punch with a
+    #: trustworthy time; for a punch whose time is flagged rtc_reset / impossible_date (a dead clock writes
+    #: the same time again and again), 1, 2, ... by position among the records of one download with that
+    #: user and time, plus the device's log epoch (see gateway.store.punches, "Punch identity").
+    occurrence: int = 0
 
     @property
-    def key(self) -> tuple[str, str, str]:
+    def key(self) -> tuple[str, str, str, int]:
         """The dedup key: the same punch read twice (or forwarded twice) has the same key."""
-        return (self.device_serial, self.device_user_id, self.device_time)
+        return (self.device_serial, self.device_user_id, self.device_time, self.occurrence)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from gateway.models import Punch, state_name, verify_name
 #: Keys of a punch object, in the order they are sent.
 PUNCH_KEYS = ("office_code", "device_id", "device_serial", "device_user_id", "device_time", "local_time",
               "utc_time", "timezone", "state", "state_name", "verify", "verify_name", "uid", "workcode",
-              "raw_time", "employee_id", "flags")
+              "raw_time", "employee_id", "flags", "occurrence")
 
 _BATCH_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -66,7 +66,7 @@ def encode_punch(row: Punch | Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(row, Punch):
         row = {**{k: getattr(row, k) for k in PUNCH_KEYS}, "flags": ",".join(row.flags)}
     local, utc = row["local_time"], row["utc_time"]
-    return {
+    out = {
         "office_code": row["office_code"], "device_id": row["device_id"], "device_serial": row["device_serial"],
         "device_user_id": row["device_user_id"], "device_time": row["device_time"],
         "local_time": local.isoformat(timespec="seconds") if local is not None else None,
@@ -76,6 +76,11 @@ def encode_punch(row: Punch | Mapping[str, Any]) -> dict[str, Any]:
         "workcode": row["workcode"], "raw_time": row["raw_time"], "employee_id": row["employee_id"],
         "flags": [f for f in (row["flags"] or "").split(",") if f],
     }
+    # Part of the punch's identity (Punch.occurrence); sent only when not 0, so a batch of ordinary
+    # punches is byte for byte what older gateways send (same batch_id) and older centrals see nothing new.
+    if row.get("occurrence"):
+        out["occurrence"] = row["occurrence"]
+    return out
 
 
 def encode_device(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -190,6 +195,8 @@ def decode_punch(obj: Any, i: int, office_code: str) -> tuple[Punch | None, str 
     state, verify = _int(obj, "state", where), _int(obj, "verify", where)
     uid, workcode, raw_time = (_int(obj, "uid", where, 0), _int(obj, "workcode", where, 0),
                                _int(obj, "raw_time", where, -1))
+    # Punch identity (Punch.occurrence; absent from older gateways = 0).
+    occurrence = _int(obj, "occurrence", where, 0)
     flags = obj.get("flags", [])
     if isinstance(flags, str):
         flags = [f for f in flags.split(",") if f]
@@ -198,6 +205,8 @@ def decode_punch(obj: Any, i: int, office_code: str) -> tuple[Punch | None, str 
     # Well-formed from here on; what follows rejects the row, not the batch.
     if office is not None and office != office_code:
         return None, f"office_mismatch: punch says {office!r} but this gateway's token is for {office_code!r}"
+    if not 0 <= occurrence < 2 ** 63:
+        return None, "value_out_of_range: occurrence must be 0 or a positive 64-bit integer"
     texts = {**fields, "employee_id": employee, "state_name": sname, "verify_name": vname}
     for key, limit in _LIMITS.items():
         value = texts[key]
@@ -222,7 +231,7 @@ def decode_punch(obj: Any, i: int, office_code: str) -> tuple[Punch | None, str 
                  device_user_id=fields["device_user_id"], device_time=fields["device_time"], local_time=local,
                  utc_time=utc, timezone=fields["timezone"], state=state, state_name=sname or state_name(state),
                  verify=verify, verify_name=vname or verify_name(verify), uid=uid, workcode=workcode,
-                 raw_time=raw_time, employee_id=employee or None, flags=tuple(flags)), None
+                 raw_time=raw_time, employee_id=employee or None, flags=tuple(flags), occurrence=occurrence), None
 
 
 _DEVICE_STR = {"name": 200, "location": 200, "address": 255, "transport": 8, "serial": 64, "firmware": 100,

@@ -4,6 +4,7 @@ same errors as before the format had its own module (the bytes are pinned with l
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -170,7 +171,19 @@ def test_documents_keep_their_key_order() -> None:
     assert list(doc) == ["batch_id", "gateway", "punches"]
     assert list(doc["gateway"]) == ["office_code", "office_name", "hostname", "version", "outbox_depth",
                                     "oldest_unforwarded_s"]
-    assert list(wire.encode_punch(FULL)) == list(wire.PUNCH_KEYS)
+    # occurrence is sent only when not 0 (older gateways' batches keep their batch_id).
+    assert list(wire.encode_punch(FULL)) == [k for k in wire.PUNCH_KEYS if k != "occurrence"]
+    assert list(wire.encode_punch(replace(FULL, occurrence=2))) == list(wire.PUNCH_KEYS)
+
+
+def test_occurrence_round_trips_and_defaults_to_zero() -> None:
+    two = wire.encode_punch(replace(FULL, occurrence=2))
+    assert two["occurrence"] == 2
+    assert wire.decode_punch(two, 0, FULL.office_code)[0].occurrence == 2  # type: ignore[union-attr]
+    old = wire.encode_punch(FULL)
+    assert "occurrence" not in old and wire.decode_punch(old, 0, FULL.office_code)[0].occurrence == 0  # type: ignore[union-attr]
+    bad = {**two, "occurrence": -1}
+    assert wire.decode_punch(bad, 0, FULL.office_code)[1].startswith("value_out_of_range")  # type: ignore[union-attr]
 
 
 # --------------------------------------------------------------------------------------------------

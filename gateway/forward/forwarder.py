@@ -6,6 +6,13 @@
 A job on the scheduler's housekeeping pool every ``forward.interval_s``. Polling never waits for it:
 the two meet only in the outbox table. Batches carry a content-derived batch_id and the central stores
 idempotently, so a resend after a timeout or a crash never duplicates anything.
+
+One bad punch never blocks the queue: a batch the upstream refuses as a whole (400/413) is halved until
+the culprit stands alone and is set aside; a batch answered 5xx is halved the same way (``_isolate``),
+and a punch that fails *alone* POISON_AFTER times while other punches of the same runs went through is
+set aside too (outbox state "rejected", reason ``server_error: ...``; `fpgw forward status` shows it,
+`fpgw forward retry-rejected` sends it again). When nothing gets through at all it is an outage, not a
+poison punch: everything stays queued with the usual backoff and nothing is set aside.
 """
 
 from __future__ import annotations
@@ -37,6 +44,13 @@ GZIP_ABOVE_BYTES = 4096
 #: Problems the forwarder raises through the alerts table.
 PROBLEM_REJECTED = "forward_rejected"
 PROBLEM_BACKLOG = "forward_backlog"
+#: A punch answered 5xx when sent alone this many times (in runs where other punches were accepted) is set
+#: aside as rejected: a transient server error does not quarantine a punch, a punch that crashes the
+#: central every time does not block the queue.
+POISON_AFTER = 3
+#: Requests a 5xx bisection may make before anything succeeded: beyond this it is an outage, not a
+#: poison punch (keeps a central that answers 503 to everything from being hammered).
+ISOLATION_BUDGET_MAX = 12
 
 
 #: What the maintenance team should check, sent with the alerts (same idea as gateway.health.alerts.CHECKS).
@@ -193,7 +207,12 @@ class Forwarder:
             if not items:
                 return
             try:
-                self._send(items, report)
+                try:
+                    self._send(items, report)
+                except UpstreamError as exc:
+                    if exc.kind != "server_error" or len(items) < 2:
+                        raise  # a lone punch answered 5xx proves nothing: backoff, and it joins the next batch
+                    self._isolate(items, report, exc)
             except UpstreamError as exc:
                 self._upstream_failed(exc, items, report)
                 return
@@ -250,7 +269,8 @@ class Forwarder:
             self._settle(items, {}, {items[0].punch_id: reason}, report)
             return
         if resp.status_code != 200:
-            kind = {401: "unauthorized", 403: "forbidden", 429: "throttled"}.get(resp.status_code, "http_error")
+            kind = {401: "unauthorized", 403: "forbidden", 429: "throttled"}.get(
+                resp.status_code, "server_error" if resp.status_code >= 500 else "http_error")
             raise UpstreamError(kind, f"HTTP {resp.status_code} {_error_message(resp)}"[:300])
         try:
             answer = resp.json()
@@ -264,6 +284,49 @@ class Forwarder:
         for it, res in zip(items, results, strict=True):
             statuses[it.punch_id] = res if isinstance(res, dict) else {}
         self._settle(items, statuses, {}, report)
+
+    def _isolate(self, items: Sequence[OutboxItem], report: RunReport, first: UpstreamError) -> None:
+        """The upstream answered 5xx to ``items``: find the punches it fails on by halving the batch.
+
+        Both halves of a failing group are sent before going deeper, so an upstream that works proves it
+        within a few requests. Halves it accepts are settled as usual. Raises UpstreamError (everything
+        unsettled stays queued, nothing set aside) when nothing got through within the budget or at all:
+        that is an outage. Otherwise each punch that failed alone is kept with its own backoff, or set
+        aside as rejected once it failed alone POISON_AFTER times.
+        """
+        budget = min(ISOLATION_BUDGET_MAX, len(items).bit_length() + 2)
+        failed, ok_seen, last = 1, False, first
+        groups: list[Sequence[OutboxItem]] = [items]
+        suspects: list[OutboxItem] = []
+        while groups:
+            group = groups.pop(0)
+            if len(group) == 1:
+                suspects.append(group[0])
+                continue
+            mid = len(group) // 2
+            for half in (group[:mid], group[mid:]):
+                try:
+                    self._send(half, report)
+                    ok_seen = True
+                except UpstreamError as exc:
+                    if exc.kind != "server_error":
+                        raise  # the link itself failed: the usual backoff, nothing set aside
+                    failed, last = failed + 1, exc
+                    if not ok_seen and failed > budget:
+                        raise
+                    groups.append(half)
+        if not ok_seen:
+            raise last
+        rejected: dict[int, str] = {}
+        for it in suspects:
+            if it.attempts + 1 >= POISON_AFTER:
+                rejected[it.punch_id] = (f"server_error: {last.detail} - the central failed on this punch alone "
+                                         f"{it.attempts + 1} times while other punches went through")[:2000]
+        # Suspects below the threshold are kept with their own backoff (the rest of the queue moves on).
+        self._settle(suspects, {}, rejected, report)
+        if rejected:
+            log.warning("punch set aside: the central fails on it every time", punches=len(rejected),
+                        error=last.detail)
 
     def _settle(self, items: Sequence[OutboxItem], statuses: dict[int, dict[str, Any]], rejected: dict[int, str],
                 report: RunReport) -> None:

@@ -4,11 +4,18 @@ Sits between the driver and the store: gateway.polling.poller calls ``normalize_
 read, then hands the result to ``store.save_poll``. Pure functions except ``EmployeeMap``, which reads
 its CSV when the file changes. Nothing is ever dropped here: a punch with an impossible time or an
 unknown user is kept and flagged, because each one may be somebody's allowance.
+
+Every value a device sends is bounded to its column here (gateway.store.schema.punches), so one odd
+record can never make a poll's INSERT fail (PostgreSQL refuses a work code of 2^31 in an INTEGER column)
+nor make the central answer 500: see ``bound_raw``. Records whose time cannot tell them apart (a dead
+clock stamps every punch 2000-01-01 00:00:00) get an occurrence number (``Punch.occurrence``).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import re
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -25,6 +32,19 @@ FUTURE_TOLERANCE = timedelta(minutes=10)
 RTC_RESET_BEFORE = date(2001, 1, 1)
 #: Default "the device did not exist before" date when a device has no installed_on.
 DEFAULT_NOT_BEFORE = date(2010, 1, 1)
+
+#: Column bounds of the punches table (gateway.store.schema): INTEGER is 32-bit signed on PostgreSQL.
+INT32_MIN, INT32_MAX = -(2 ** 31), 2 ** 31 - 1
+INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
+#: punches.device_user_id is String(64).
+USER_ID_MAX = 64
+#: Flags whose time cannot keep two records apart: such records are numbered (Punch.occurrence).
+UNTRUSTED_TIME_FLAGS = frozenset({"rtc_reset", "impossible_date"})
+#: Added next to every bad_<field> flag, so one flag finds all punches with a value that did not fit.
+VALUE_FLAG = "value_out_of_range"
+_DEVICE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$")
+#: Stored for a time text that is not "YYYY-MM-DD HH:MM:SS" at all (flagged bad_device_time + impossible_date).
+BAD_TIME_TEXT = "0000-00-00 00:00:00"
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,24 +119,90 @@ class EmployeeMap:
         return self._per_device.get((serial, device_user_id)) or self._global.get(device_user_id)
 
 
+def _bound_int(value: object, field: str, flags: list[str], *, low: int = INT32_MIN, high: int = INT32_MAX
+               ) -> int:
+    """``value`` if it fits [low, high]; else flagged ``bad_<field>`` and made to fit.
+
+    An unsigned 32-bit value (ZK stores work codes and uids as u32) is kept bit for bit as its signed
+    32-bit twin (value - 2^32), so the raw value stays recoverable: raw = stored & 0xFFFFFFFF. Anything
+    wider is clamped. A non-integer (a driver bug) becomes 0.
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        flags.append(f"bad_{field}")
+        return 0
+    if low <= value <= high:
+        return value
+    flags.append(f"bad_{field}")
+    if high == INT32_MAX and INT32_MAX < value < 2 ** 32:
+        return value - 2 ** 32
+    return max(low, min(high, value))
+
+
+def _bound_text(value: object, limit: int) -> tuple[str, bool]:
+    """(text that fits a String(limit) column and any database, changed?): control characters, NUL and lone
+    surrogates become '?'; a too-long text is cut and ends in a hash of the original, so two different
+    long values never become the same."""
+    text = value if isinstance(value, str) else str(value)
+    clean = "".join(ch if ch.isprintable() else "?" for ch in text)
+    if clean == text and len(text) <= limit:
+        return text, False
+    digest = hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return clean[:limit - 9] + "~" + digest, True
+
+
+def bound_raw(rp: RawPunch) -> tuple[RawPunch, list[str]]:
+    """The record with every field fitted to its column, and the flags naming what did not fit.
+
+    Never raises and never drops: the punch is kept, the flag says which value was changed.
+    """
+    flags: list[str] = []
+    user_id, user_changed = _bound_text(rp.user_id, USER_ID_MAX)
+    if user_changed:
+        flags.append("bad_user_id")
+    time_text, local = rp.time_text, rp.local_time
+    if not isinstance(time_text, str) or not _DEVICE_TIME.match(time_text):
+        flags.append("bad_device_time")
+        time_text, local = BAD_TIME_TEXT, None
+    state = _bound_int(rp.state, "state", flags)
+    verify = _bound_int(rp.verify, "verify", flags)
+    uid = _bound_int(rp.uid, "uid", flags)
+    workcode = _bound_int(rp.workcode, "workcode", flags)
+    raw_time = _bound_int(rp.raw_time, "raw_time", flags, low=INT64_MIN, high=INT64_MAX)
+    if not flags:
+        return rp, flags
+    flags.append(VALUE_FLAG)
+    return RawPunch(user_id=user_id, time_text=time_text, local_time=local, state=state, verify=verify, uid=uid,
+                    workcode=workcode, raw_time=raw_time), flags
+
+
 def normalize_punches(raw: Iterable[RawPunch], ctx: DeviceContext, *, employees: EmployeeMap | None = None,
                       now: datetime | None = None) -> list[Punch]:
-    """Normalize a batch of raw punches from one device. Never drops a punch."""
+    """Normalize a batch of raw punches from one device. Never drops a punch.
+
+    ``raw`` must be one download of the device's log in device order: the occurrence numbers of records
+    with an untrusted time (see Punch.occurrence) count within it, so the same log read again numbers the
+    same records the same way.
+    """
     now = now or datetime.now(UTC)
     zone = ZoneInfo(ctx.timezone)
     latest_ok = now + FUTURE_TOLERANCE
     mapped = employees is not None and employees.configured
     out: list[Punch] = []
-    for rp in raw:
-        flags: list[str] = []
+    seen: dict[tuple[str, str], int] = {}
+    for original in raw:
+        rp, flags = bound_raw(original)
         local = rp.local_time
         utc_time: datetime | None = None
-        if local is None:
+        if local is not None:
+            try:
+                # Indonesia has no DST, so local wall time -> instant is unambiguous there; fold=0
+                # picks the first occurrence elsewhere.
+                utc_time = local.replace(tzinfo=zone).astimezone(UTC)
+            except OverflowError:  # year 1 east of UTC: no instant exists
+                local = None
+        if local is None or utc_time is None:
             flags.append("impossible_date")
         else:
-            # Indonesia has no DST, so local wall time -> instant is unambiguous there; fold=0
-            # picks the first occurrence elsewhere.
-            utc_time = local.replace(tzinfo=zone).astimezone(UTC)
             if local.date() < RTC_RESET_BEFORE:
                 flags.append("rtc_reset")
             elif local.date() < ctx.not_before:
@@ -126,11 +212,18 @@ def normalize_punches(raw: Iterable[RawPunch], ctx: DeviceContext, *, employees:
         employee_id = employees.lookup(ctx.serial, rp.user_id) if employees is not None else None
         if mapped and employee_id is None:
             flags.append("unmapped_user")
+        occurrence = 0
+        if UNTRUSTED_TIME_FLAGS.intersection(flags):
+            # A dead clock gives every punch the same time: the n-th record of this user at this time
+            # in the log is occurrence n, so two real punches stay two, and a re-read maps them again.
+            n = seen.get((rp.user_id, rp.time_text), 0) + 1
+            seen[(rp.user_id, rp.time_text)] = n
+            occurrence = n
         out.append(Punch(
             office_code=ctx.office_code, device_id=ctx.device_id, device_serial=ctx.serial,
             device_user_id=rp.user_id, device_time=rp.time_text, local_time=local, utc_time=utc_time,
             timezone=ctx.timezone, state=rp.state, state_name=state_name(rp.state), verify=rp.verify,
             verify_name=verify_name(rp.verify), uid=rp.uid, workcode=rp.workcode, raw_time=rp.raw_time,
-            employee_id=employee_id, flags=tuple(flags),
+            employee_id=employee_id, flags=tuple(dict.fromkeys(flags)), occurrence=occurrence,
         ))
     return out

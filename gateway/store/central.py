@@ -137,14 +137,14 @@ class CentralStore:
         c = s.punches.c
         b = s.ingest_batches.c
         with self._writer.begin() as conn:
-            new_keys: set[tuple[str, str, str]] = set()
+            new_keys: set[tuple[str, str, str, int]] = set()
             rows = [punch_row(p, now, "forward") for p in punches if p is not None]
             for i in range(0, len(rows), INGEST_CHUNK):
                 stmt = insert_ignore(conn, s.punches, PUNCH_KEY).returning(c.device_serial, c.device_user_id,
-                                                                           c.device_time)
-                new_keys.update((r[0], r[1], r[2]) for r in conn.execute(stmt, rows[i:i + INGEST_CHUNK]))
+                                                                           c.device_time, c.occurrence)
+                new_keys.update((r[0], r[1], r[2], r[3]) for r in conn.execute(stmt, rows[i:i + INGEST_CHUNK]))
             results: list[dict[str, Any]] = []
-            seen: set[tuple[str, str, str]] = set()
+            seen: set[tuple[str, str, str, int]] = set()
             for i, p in enumerate(punches):
                 if p is None:
                     results.append({"index": i, "status": "rejected", "reason": rejected[i]})

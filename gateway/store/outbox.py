@@ -42,7 +42,7 @@ class OutboxItem:
 
 _PUNCH_COLUMNS = ("office_code", "device_id", "device_serial", "device_user_id", "device_time", "local_time",
                   "utc_time", "timezone", "state", "state_name", "verify", "verify_name", "uid", "workcode",
-                  "raw_time", "employee_id", "flags")
+                  "raw_time", "employee_id", "flags", "occurrence")
 
 
 class Outbox:

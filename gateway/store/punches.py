@@ -5,8 +5,21 @@
     `fpgw punches` --PunchFilter--> iter_punches()   (outbox: gateway.store.outbox, health: gateway.store.health)
 
 Idempotency: punches are inserted with ON CONFLICT DO NOTHING on (device_serial, device_user_id,
-device_time) and RETURNING tells which rows were really new, on SQLite and PostgreSQL alike, so
-re-reading a whole device log (or receiving a batch twice) never duplicates anything.
+device_time, occurrence) and RETURNING tells which rows were really new, on SQLite and PostgreSQL alike,
+so re-reading a whole device log (or receiving a batch twice) never duplicates anything.
+
+Punch identity. A punch is (device serial, user, device time) - the same record read again is the same
+punch - except when its time cannot tell records apart: a terminal whose clock died stamps every punch
+2000-01-01 00:00:00 (flags rtc_reset / impossible_date). Those records are numbered: the n-th record of
+that user at that time in one download is occurrence n (gateway.polling.normalize), so two real punches
+stay two and the same log read again maps the same records to the same rows. Because a cleared log
+numbers from 1 again, such numbers are lifted by the device's *log epoch* (kv ``log_epoch:<serial>``,
+times OCCURRENCE_EPOCH_STRIDE) before they are stored: the epoch goes up when fpgw clears the terminal
+(record_clear) and when a poll sees its record count drop (cleared at the keypad). Limits, also in
+docs/operate.md: a log cleared at the keypad and refilled past its old count before the next poll, and a
+rolling log that overwrites the oldest of two same-time records, renumber records the gateway cannot tell
+apart - the first can store an old record twice (never lose one), the second can take a new record for
+the overwritten one (losing it). Punches with a trustworthy time are unaffected (occurrence 0).
 
 "Day X" has one meaning in every punch query, here and at the central (gateway.store.central.PunchQuery,
 the pull API, `fpgw export`, the daily recap): the calendar date of the punch's local wall-clock time
@@ -18,7 +31,7 @@ and appears only in queries without a date filter.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
@@ -36,6 +49,11 @@ from gateway.store.schema import utcnow
 
 #: Rows per INSERT statement (keeps SQLite under its bound-parameter limit and PG packets sane).
 INSERT_CHUNK = 500
+#: Occurrence numbers of one log epoch stay below this (one log never holds a million records with the
+#: same user and time); stored occurrence = n + epoch * stride.
+OCCURRENCE_EPOCH_STRIDE = 1_000_000
+
+PunchKey = tuple[str, str, str, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,8 +78,8 @@ class SaveResult:
     new_punches: int
     newest_punch_utc: datetime | None
     new_ids: tuple[int, ...] = ()
-    #: Dedup keys (device_serial, device_user_id, device_time) of the punches that were new.
-    new_keys: frozenset[tuple[str, str, str]] = frozenset()
+    #: Keys (Punch.key, as given to save_poll) of the punches that were new.
+    new_keys: frozenset[PunchKey] = frozenset()
 
 
 def insert_ignore(conn: Connection, table: Table, index_elements: Sequence[str]) -> Insert:
@@ -79,11 +97,11 @@ def punch_row(p: Punch, received_at: datetime, source: str = "poll") -> dict[str
         "utc_time": p.utc_time, "timezone": p.timezone, "state": p.state, "state_name": p.state_name,
         "verify": p.verify, "verify_name": p.verify_name, "uid": p.uid, "workcode": p.workcode,
         "raw_time": p.raw_time, "employee_id": p.employee_id, "flags": ",".join(p.flags),
-        "received_at": received_at, "source": source,
+        "received_at": received_at, "source": source, "occurrence": p.occurrence,
     }
 
 
-PUNCH_KEY = ("device_serial", "device_user_id", "device_time")
+PUNCH_KEY = ("device_serial", "device_user_id", "device_time", "occurrence")
 
 
 def insert_punches(conn: Connection, punches: Iterable[Punch], *, received_at: datetime,
@@ -93,11 +111,11 @@ def insert_punches(conn: Connection, punches: Iterable[Punch], *, received_at: d
 
 
 def _insert_punch_rows(conn: Connection, punches: Iterable[Punch], *, received_at: datetime,
-                       source: str = "poll") -> list[tuple[int, str, str, str]]:
-    """Idempotent insert returning (id, device_serial, device_user_id, device_time) of the new rows."""
+                       source: str = "poll") -> list[tuple[int, PunchKey]]:
+    """Idempotent insert returning (id, key) of the new rows."""
     if conn.dialect.name == "postgresql":
         return _insert_punch_rows_pg(conn, punches, received_at=received_at, source=source)
-    new_rows: list[tuple[int, str, str, str]] = []
+    new_rows: list[tuple[int, PunchKey]] = []
     batch: list[dict[str, Any]] = []
     c = s.punches.c
 
@@ -105,8 +123,8 @@ def _insert_punch_rows(conn: Connection, punches: Iterable[Punch], *, received_a
         if not batch:
             return
         stmt = insert_ignore(conn, s.punches, PUNCH_KEY).returning(c.id, c.device_serial, c.device_user_id,
-                                                                    c.device_time)
-        new_rows.extend((r[0], r[1], r[2], r[3]) for r in conn.execute(stmt, batch))
+                                                                    c.device_time, c.occurrence)
+        new_rows.extend((r[0], (r[1], r[2], r[3], r[4])) for r in conn.execute(stmt, batch))
         batch.clear()
 
     for p in punches:
@@ -136,21 +154,21 @@ def _pg_unnest_statement() -> TextClause:
         _PG_UNNEST = text(
             f"INSERT INTO punches ({', '.join(names)}) SELECT * FROM unnest({casts}) "
             f"ON CONFLICT ({', '.join(PUNCH_KEY)}) DO NOTHING "
-            "RETURNING id, device_serial, device_user_id, device_time")
+            "RETURNING id, device_serial, device_user_id, device_time, occurrence")
     return _PG_UNNEST
 
 
 def _insert_punch_rows_pg(conn: Connection, punches: Iterable[Punch], *, received_at: datetime,
-                          source: str) -> list[tuple[int, str, str, str]]:
+                          source: str) -> list[tuple[int, PunchKey]]:
     stmt = _pg_unnest_statement()
-    new_rows: list[tuple[int, str, str, str]] = []
+    new_rows: list[tuple[int, PunchKey]] = []
     batch: list[dict[str, Any]] = []
 
     def flush() -> None:
         if not batch:
             return
         params = {name: [row[name] for row in batch] for name in batch[0]}
-        new_rows.extend((r[0], r[1], r[2], r[3]) for r in conn.execute(stmt, params))
+        new_rows.extend((r[0], (r[1], r[2], r[3], r[4])) for r in conn.execute(stmt, params))
         batch.clear()
 
     for p in punches:
@@ -226,6 +244,16 @@ class Store:
         with self._writer.begin() as conn:
             pk = conn.execute(select(d.pk).where(d.office_code == self.office_code,
                                                  d.device_id == outcome.device_id)).scalar_one()
+            counts = outcome.counts
+            if outcome.ok and outcome.serial and counts is not None and outcome.previous_serial is None \
+                    and not outcome.cleared_records:
+                prev_count = conn.execute(select(d.last_record_count).where(d.pk == pk)).scalar_one()
+                if prev_count is not None and counts.records < prev_count:
+                    # Cleared at the keypad: the refilled log numbers its same-time records from 1 again.
+                    _bump_log_epoch(conn, outcome.serial)
+            as_stored: dict[PunchKey, PunchKey] = {}
+            if outcome.serial and any(p.occurrence for p in punches):
+                punches, as_stored = _in_epoch(punches, _log_epoch(conn, outcome.serial))
             new_rows = _insert_punch_rows(conn, punches, received_at=now) if punches else []
             new_ids = [r[0] for r in new_rows]
             if forward and new_ids:
@@ -235,7 +263,7 @@ class Store:
             # Every punch of the batch is stored now (new or from an earlier poll).
             newest = _newest_valid(punches)
             values: dict[str, Any] = {"updated_at": now}
-            info, counts = outcome.info, outcome.counts
+            info = outcome.info
             if info is not None or counts is not None:
                 values["last_seen_at"] = outcome.finished_at
             if info is not None:
@@ -267,7 +295,7 @@ class Store:
                 records_on_device=counts.records if counts else None, records_read=outcome.records_read,
                 new_records=len(new_ids), bytes_read=outcome.bytes_read, error=outcome.error))
         return SaveResult(new_punches=len(new_ids), newest_punch_utc=newest, new_ids=tuple(new_ids),
-                          new_keys=frozenset((r[1], r[2], r[3]) for r in new_rows))
+                          new_keys=frozenset(as_stored.get(r[1], r[1]) for r in new_rows))
 
     @staticmethod
     def _touch_identity(conn: Connection, pk: int, serial: str, address: tuple[str, int], firmware: str,
@@ -284,18 +312,21 @@ class Store:
                          .values(last_seen_at=at, firmware=firmware or None))
 
     # -- clearing a terminal (gateway.polling.poller.DevicePoller.clear_device / the clear policy) ----------
-    def missing_keys(self, serial: str, keys: Iterable[tuple[str, str, str]]) -> set[tuple[str, str, str]]:
-        """The dedup keys among ``keys`` that are NOT in the punches table (empty = all stored).
+    def missing_keys(self, serial: str, keys: Iterable[PunchKey]) -> set[PunchKey]:
+        """The keys (Punch.key, as given to save_poll) among ``keys`` that are NOT in the punches table
+        (empty = all stored).
 
         Read back from the database after save_poll committed, so a clear is decided on what is
-        durably there, not on what the insert believed it wrote.
+        durably there, not on what the insert believed it wrote. Occurrence numbers are looked up in
+        the device's current log epoch, as save_poll stored them.
         """
         wanted = set(keys)
         p = s.punches.c
         with self.engine.connect() as conn:
-            stored = {(serial, r[0], r[1]) for r in conn.execute(
-                select(p.device_user_id, p.device_time).where(p.device_serial == serial))}
-        return wanted - stored
+            epoch = _log_epoch(conn, serial)
+            stored = {(serial, r[0], r[1], r[2]) for r in conn.execute(
+                select(p.device_user_id, p.device_time, p.occurrence).where(p.device_serial == serial))}
+        return {k for k in wanted if _stored_key(k, epoch) not in stored}
 
     def outbox_waiting(self, device_id: str) -> tuple[int, int]:
         """(pending, rejected) outbox rows of this device's punches: not yet accepted upstream."""
@@ -319,10 +350,18 @@ class Store:
             pk = conn.execute(select(d.pk).where(d.office_code == self.office_code,
                                                  d.device_id == device_id)).scalar_one()
             conn.execute(update(s.devices).where(d.pk == pk).values(last_record_count=0, updated_at=utcnow()))
+            _bump_log_epoch(conn, serial)  # the emptied log numbers its same-time records from 1 again
             conn.execute(s.poll_runs.insert().values(
                 device_pk=pk, serial=serial, started_at=started_at, finished_at=finished_at,
                 duration_s=(finished_at - started_at).total_seconds(), outcome="cleared", mode="full",
                 records_on_device=0, records_read=records_cleared, new_records=0, bytes_read=0, error=None))
+
+    def new_log_epoch(self, serial: str) -> int:
+        """Start a new log epoch for this terminal (its log restarted: cleared, or replaced by a rolling
+        overwrite the caller detected); returns it. Same-time records read afterwards get new identities
+        (see "Punch identity" above). Call it before the save_poll of the first download of the new log."""
+        with self._writer.begin() as conn:
+            return _bump_log_epoch(conn, serial)
 
     def cleared_since_last_poll(self, device_id: str) -> int | None:
         """Records cleared by fpgw after the last good poll started (None when there was no such clear).
@@ -359,6 +398,50 @@ class Store:
             unique_rows = list(first.values())
             for i in range(0, len(unique_rows), INSERT_CHUNK):
                 conn.execute(s.device_users.insert(), unique_rows[i:i + INSERT_CHUNK])
+
+
+def _epoch_key(serial: str) -> str:
+    return f"log_epoch:{serial}"
+
+
+def _log_epoch(conn: Connection, serial: str) -> int:
+    """The device's log epoch (0 until fpgw or the keypad first cleared it)."""
+    value = conn.execute(select(s.kv.c.value).where(s.kv.c.key == _epoch_key(serial))).scalar()
+    try:
+        return int(value) if value is not None else 0
+    except ValueError:
+        return 0
+
+
+def _bump_log_epoch(conn: Connection, serial: str) -> int:
+    """Next log epoch of the device, inside the caller's transaction; returns it."""
+    epoch = _log_epoch(conn, serial) + 1
+    now = utcnow()
+    if not conn.execute(update(s.kv).where(s.kv.c.key == _epoch_key(serial))
+                        .values(value=str(epoch), updated_at=now)).rowcount:
+        conn.execute(s.kv.insert().values(key=_epoch_key(serial), value=str(epoch), updated_at=now))
+    return epoch
+
+
+def _stored_key(key: PunchKey, epoch: int) -> PunchKey:
+    serial, user, when, occurrence = key
+    return (serial, user, when, occurrence + epoch * OCCURRENCE_EPOCH_STRIDE) if occurrence and epoch else key
+
+
+def _in_epoch(punches: Sequence[Punch], epoch: int) -> tuple[Sequence[Punch], dict[PunchKey, PunchKey]]:
+    """The punches with their occurrence lifted into ``epoch``, and stored key -> given key."""
+    if not epoch:
+        return punches, {}
+    out: list[Punch] = []
+    back: dict[PunchKey, PunchKey] = {}
+    for p in punches:
+        if p.occurrence:
+            q = replace(p, occurrence=p.occurrence + epoch * OCCURRENCE_EPOCH_STRIDE)
+            back[q.key] = p.key
+            out.append(q)
+        else:
+            out.append(p)
+    return out, back
 
 
 def _run_outcome(outcome: PollOutcome) -> str:

@@ -177,13 +177,18 @@ punches = Table(
     Column("raw_time", BigInteger, nullable=False, default=-1),
     #: Employee id (NIP) through the optional mapping; NULL when unmapped (the punch is kept anyway).
     Column("employee_id", String(64)),
-    #: Comma-separated quality flags: future, before_device, rtc_reset, impossible_date, unmapped_user.
+    #: Comma-separated quality flags: future, before_device, rtc_reset, impossible_date, unmapped_user,
+    #: bad_<field> + value_out_of_range (a device value did not fit its column; gateway.polling.normalize).
     Column("flags", String(200), nullable=False, default=""),
     #: When this store first received it.
     Column("received_at", UtcDateTime(), nullable=False),
     #: poll (read from a device here) or forward (received from an office gateway).
     Column("source", String(16), nullable=False, default="poll"),
-    UniqueConstraint("device_serial", "device_user_id", "device_time", name="uq_punches_key"),
+    #: Part of the key: 0 for a punch with a trustworthy time; n-th record with the same user and an
+    #: untrusted time (rtc_reset / impossible_date) plus the device's log epoch (gateway.models.Punch,
+    #: gateway.store.punches "Punch identity"; migration 0004_punch_occurrence).
+    Column("occurrence", BigInteger, nullable=False, default=0, server_default="0"),
+    UniqueConstraint("device_serial", "device_user_id", "device_time", "occurrence", name="uq_punches_key"),
     Index(None, "utc_time"),
     Index(None, "office_code", "utc_time"),
     Index(None, "employee_id", "utc_time"),

@@ -21,14 +21,15 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import select
 
 from gateway.config import Config
-from gateway.forward.forwarder import Forwarder, full_jitter
+from gateway.forward.forwarder import Forwarder, RunReport, full_jitter
 from gateway.store import schema as s
 from gateway.store.db import create_db_engine, upgrade
 from gateway.store.outbox import Outbox
 from gateway.store.punches import Store
 from tests.support.central import make_forwarder
+from tests.support.cli import run_cli
 from tests.support.clock import FakeClock
-from tests.support.config import forward_config
+from tests.support.config import forward_config, write_toml
 from tests.support.punches import punch_batch, store_punches
 
 pytestmark = pytest.mark.timeout(60)
@@ -43,6 +44,8 @@ class Upstream:
     decide: Callable[[dict[str, Any]], dict[str, Any]] = lambda p: {"status": "accepted", "duplicate": False}
     requests: list[dict[str, Any]] = field(default_factory=list)
     bad_user: str | None = None
+    #: A punch that makes the central answer 500 to every batch holding it (e.g. a work code of 2^31).
+    poison_users: set[str] = field(default_factory=set)
 
     def handler(self, request: httpx.Request) -> httpx.Response:
         body = request.content
@@ -62,6 +65,8 @@ class Upstream:
             return httpx.Response(200, json={"results": []})
         if request.url.path.endswith("/health"):
             return httpx.Response(200, json={"office_code": OFFICE, "devices": len(doc["devices"])})
+        if any(p["device_user_id"] in self.poison_users for p in doc["punches"]):
+            return httpx.Response(500, text="Internal Server Error")
         if self.bad_user is not None and any(p["device_user_id"] == self.bad_user for p in doc["punches"]):
             return httpx.Response(400, json={"error": "bad_payload", "message": "punches[0].state: must be an integer"})
         return httpx.Response(200, json={"results": [{"index": i, **self.decide(p)}
@@ -475,3 +480,79 @@ def test_health_snapshot_interval_comes_from_the_config(db_url: str, tmp_path: P
     finally:
         fwd.stop(1)
         engine.dispose()
+
+
+def _run_later(office: Office, *new_users: int) -> RunReport:
+    """Past every row's backoff, with new punches of these users stored, one forwarding run."""
+    office.clock.advance(700)
+    for n in new_users:
+        store_punches(office.store, punch_batch(1, start=n))
+    return office.fwd.run_once()
+
+
+def test_a_punch_the_central_answers_500_to_is_isolated_then_set_aside_and_the_queue_moves_on(
+        office: Office, tmp_path: Path, capsys: pytest.CaptureFixture[str], restore_logging: None) -> None:
+    store_punches(office.store, punch_batch(25))
+    office.upstream.poison_users = {"3"}
+    first = office.fwd.run_once()
+    # Everything but the poison punch went through in the very first run; it waits alone, not rejected yet
+    # (a transient 500 never sets a punch aside).
+    assert first.error is None and first.accepted == 24 and first.rejected == 0
+    box = office.outbox()
+    assert list(box) == ["3"] and box["3"].state == "pending" and box["3"].attempts == 1
+    # While it waits for its retry, new punches are not held behind it.
+    store_punches(office.store, punch_batch(2, start=30))
+    assert office.fwd.run_once().accepted == 2 and list(office.outbox()) == ["3"]
+    # It fails alone again (attempt 2), then a third time: set aside with the reason, one alert.
+    assert _run_later(office, 40).accepted == 1 and office.outbox()["3"].state == "pending"
+    third = _run_later(office, 41, 42)
+    assert (third.accepted, third.rejected) == (2, 1)
+    box = office.outbox()
+    assert list(box) == ["3"] and box["3"].state == "rejected"
+    assert box["3"].last_error.startswith("server_error: HTTP 500") and "alone 3 times" in box["3"].last_error
+    assert [json.loads(a["details"])["reason"] for a in office.alerts()] == ["server_error"]
+    # Later punches keep flowing; the rejected one is not sent again.
+    n_sent = office.upstream.sent_users().count("3")
+    assert _run_later(office, 43).accepted == 1 and office.upstream.sent_users().count("3") == n_sent
+    # `fpgw forward status` shows it with the reason; retry-rejected queues it again and, fixed, it goes.
+    doc = {"site": {"office_code": OFFICE, "timezone": "Asia/Jakarta", "state_dir": str(tmp_path)},
+           "database": {"url": office.config.database.url},
+           "devices": [{"id": "lobby", "address": "127.0.0.1"}],
+           "forward": {"url": "https://bkd.example.invalid", "token_file": str(tmp_path / "token")}}
+    cfg = write_toml(doc, tmp_path / "fpgw.toml")
+    code, out, _ = run_cli(capsys, "-c", str(cfg), "forward", "status")
+    assert code == 0 and "rejected:        1 punch(es)" in out and "server_error: HTTP 500" in out
+    code, out, _ = run_cli(capsys, "-c", str(cfg), "forward", "retry-rejected")
+    assert code == 0 and out.startswith("1 rejected punch(es) queued again")
+    office.upstream.poison_users = set()
+    assert office.fwd.run_once().accepted == 1 and office.outbox() == {}
+
+
+def test_a_500_outage_sets_nothing_aside_and_asks_little(office: Office) -> None:
+    store_punches(office.store, punch_batch(25))
+    office.upstream.mode = "http500"  # every request: 502 from a proxy in front of a dead central
+    for _ in range(6):
+        before = len(office.upstream.requests)
+        report = office.fwd.run_once()
+        assert report.error == "server_error" and report.rejected == 0 and report.accepted == 0
+        # One batch, halved a few times to look for a culprit, then given up as an outage.
+        assert len(office.upstream.requests) - before <= 7
+        office.clock.advance(700)
+    box = office.outbox()
+    assert len(box) == 25 and {r.state for r in box.values()} == {"pending"}
+    assert [a["problem"] for a in office.alerts()] == []
+    office.upstream.mode = "ok"
+    office.clock.advance(700)
+    assert office.fwd.run_once().accepted == 25 and office.outbox() == {}
+
+
+def test_refused_connections_never_set_anything_aside_even_with_old_rows(office: Office) -> None:
+    store_punches(office.store, punch_batch(12))
+    office.upstream.mode = "down"
+    for _ in range(8):
+        assert office.fwd.run_once().rejected == 0
+        office.clock.advance(700)
+    box = office.outbox()
+    assert {r.state for r in box.values()} == {"pending"} and max(r.attempts for r in box.values()) >= 3
+    office.upstream.mode = "ok"
+    assert office.fwd.run_once().accepted == 12

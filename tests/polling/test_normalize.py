@@ -42,7 +42,7 @@ def test_device_wall_clock_becomes_the_right_instant(zone: str, wall: str, utc: 
     assert p.utc_time == utc
     assert p.device_time == wall and p.local_time == datetime.strptime(wall, "%Y-%m-%d %H:%M:%S")
     assert p.timezone == zone and p.flags == ()
-    assert p.key == ("SN1", "1001", wall)
+    assert p.key == ("SN1", "1001", wall, 0)
 
 
 FLAG_CASES = [
@@ -123,3 +123,28 @@ def test_nothing_is_dropped_and_order_is_kept() -> None:
     out = normalize_punches([raw(str(i), t) for i, t in enumerate(texts)], ctx(), now=NOW)
     assert [p.device_time for p in out] == texts
     assert [p.device_user_id for p in out] == ["0", "1", "2", "3", "4"]
+
+
+@pytest.mark.timeout(10)
+def test_only_records_with_an_untrusted_time_are_numbered_per_user_and_time() -> None:
+    got = normalize_punches([raw("1", "2000-01-01 00:00:00"), raw("2", "2000-01-01 00:00:00"),
+                             raw("1", "2000-01-01 00:00:00"), raw("1", "2026-02-31 08:00:00"),
+                             raw("1", "2026-11-20 07:00:00"), raw("1", "2026-11-20 07:00:00")], ctx(), now=NOW)
+    # A trustworthy time is the identity itself: the same record twice is one punch (occurrence 0).
+    assert [p.occurrence for p in got] == [1, 1, 2, 1, 0, 0]
+
+
+@pytest.mark.timeout(10)
+def test_bad_values_are_fitted_and_flagged_never_dropped() -> None:
+    weird = RawPunch("7\udcff", "2026/11/20 07:00", None, 2 ** 31, -(2 ** 31) - 1, uid=2 ** 32 - 1,
+                     workcode=True, raw_time=-(2 ** 64))  # type: ignore[arg-type]
+    year_one = RawPunch("8", "0001-01-01 00:00:00", datetime(1, 1, 1), 0, 1)
+    p, q = normalize_punches([weird, year_one], ctx(), now=NOW)
+    assert p.device_time == "0000-00-00 00:00:00" and p.local_time is None and p.utc_time is None
+    assert (p.state, p.verify, p.uid, p.workcode, p.raw_time) == (-(2 ** 31), -(2 ** 31), -1, 0, -(2 ** 63))
+    assert p.device_user_id.startswith("7?~") and p.occurrence == 1
+    assert set(p.flags) == {"bad_user_id", "bad_device_time", "bad_state", "bad_verify", "bad_uid", "bad_workcode",
+                            "bad_raw_time", "value_out_of_range", "impossible_date"}
+    assert len(",".join(p.flags)) <= 200
+    # Year 1 in WIB has no UTC instant: impossible_date rather than a crash.
+    assert q.utc_time is None and q.local_time is None and "impossible_date" in q.flags
