@@ -146,14 +146,15 @@ def test_a_punch_between_download_and_clear_stops_the_clear(fleet: Any, db_url: 
 
 
 @pytest.mark.timeout(90)
-def test_forwarding_requires_an_empty_outbox_unless_local_only(fleet: Any, db_url: str, tmp_path: Path,
-                                                               capsys: pytest.CaptureFixture[str],
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_clear_requires_forwarded_requires_an_empty_outbox_unless_local_only(
+        fleet: Any, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("T_FWD_TOKEN", "x" * 32)
     a = fleet.add(sim_spec("CLR-FWD", records=80, seed=13))
     # Nothing listens on port 9: the CLI never forwards, so the new punches stay in the outbox.
     path = write_config(tmp_path, db_url, [DeviceEntry("a", a)],
-                        forward={"url": "http://127.0.0.1:9", "token_env": "T_FWD_TOKEN"})
+                        forward={"url": "http://127.0.0.1:9", "token_env": "T_FWD_TOKEN"},
+                        polling={"clear_requires_forwarded": True})
     code, out, err = cli(capsys, path, "devices", "clear", "a", "--yes")
     assert code == 1, (out, err)
     assert "80 of 80 records, all present" in out
