@@ -89,14 +89,13 @@ def stale_marks(marks: Sequence[tuple[str, datetime]], now: datetime, max_age_s:
     return out
 
 
-def reenable_if_left_disabled(store: Store, device_id: str, session: object, now: datetime,
-                              max_age_s: float) -> bool | None:
-    """Send ENABLEDEVICE when a stale disable mark says an earlier session left this terminal locked.
+def reenable_if_left_disabled(store: Store, device_id: str, session: object, owners: Sequence[str]) -> bool | None:
+    """Send ENABLEDEVICE when stale disable marks (``owners``, see stale_marks) say an earlier session left
+    this terminal locked.
 
     Returns None (nothing to do), True (re-enabled; marks cleared) or False (the driver cannot). A
     DriverError propagates (the terminal may still be locked; the mark stays for the next session).
     """
-    owners = stale_marks(store.disable_marks(device_id), now, max_age_s)
     if not owners:
         return None
     if not isinstance(session, EnablesDevice):
@@ -166,6 +165,11 @@ def verify_and_clear(store: Store, driver: Driver, device_id: str, *, serial: st
                                              f"{serial}); nothing cleared")
             if not isinstance(session, ClearsLog):
                 return replace(base, status="failed", message="this driver cannot clear a device log")
+            marks = store.disable_marks(device_id)
+            if len(stale_marks(marks, now(), 600.0)) < len(marks):
+                # A poll of the daemon may be downloading: its end re-enables the keypad, mid-clear.
+                return replace(base, message="another fpgw process is reading this terminal right now; "
+                                             "nothing cleared; retry in a minute")
             store.mark_disabling(device_id, owner)
             # The driver locks the keypad, re-reads the log and clears only if it holds exactly these records
             # (a count would miss a full log that overwrote its oldest record with a new punch).

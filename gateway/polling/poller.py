@@ -30,6 +30,7 @@ import structlog
 
 from drivers import get_driver
 from drivers.base import (
+    Busy,
     Counts,
     DeviceInfo,
     DeviceUser,
@@ -46,6 +47,7 @@ from gateway.polling.clear import (
     clear_due,
     process_owner,
     reenable_if_left_disabled,
+    stale_marks,
     verify_and_clear,
 )
 from gateway.polling.normalize import DEFAULT_NOT_BEFORE, DeviceContext, EmployeeMap, normalize_punches
@@ -226,13 +228,17 @@ class DevicePoller:
                  force_full: bool = False) -> None:
         driver = self.driver_for(device)
         owner, marked = process_owner(), False
+        marks = self.store.disable_marks(device.id)
+        stale = stale_marks(marks, self._now(), 2 * self.config.polling.poll_deadline_s)
+        # Another live fpgw process (`fpgw devices clear`) holds the keypad locked right now: our download
+        # would re-enable it at its end, in the middle of that clear. A poll that needs the log waits (Busy).
+        locked_elsewhere = len(marks) > len(stale)
         # The session's exit re-enables the terminal and closes the socket whatever happens inside.
         with driver.connect() as session:
             try:
                 try:
                     # An earlier session (maybe a killed `fpgw devices clear`) may have left it locked.
-                    if reenable_if_left_disabled(self.store, device.id, session, self._now(),
-                                                 2 * self.config.polling.poll_deadline_s) is False:
+                    if reenable_if_left_disabled(self.store, device.id, session, stale) is False:
                         read.left_disabled = True
                 except DriverError:
                     read.left_disabled = True
@@ -244,6 +250,10 @@ class DevicePoller:
                 self._check(deadline, "reading counts")
                 read.counts = session.counts()
                 if force_full or self._needs_full(device, state, read.info, read.counts):
+                    if locked_elsewhere and not force_full:
+                        # Not a count-only success: that would store the new count without its records.
+                        raise Busy("another fpgw process (fpgw devices clear?) holds the terminal locked; "
+                                   "the log is read at the next poll", retry_after=30.0)
                     self._check(deadline, "downloading the log")
                     # Durably, before the driver locks the keypad for the download: if this process dies
                     # meanwhile, the next session (of any process) knows to re-enable the terminal.

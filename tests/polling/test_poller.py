@@ -291,3 +291,19 @@ def test_a_fresh_disable_mark_of_another_live_process_is_left_alone() -> None:
     marks = [(me, now), (live_other, now), ("otherhost:42", now), (dead, now),
              ("otherhost:43", now - timedelta(seconds=601))]
     assert stale_marks(marks, now, 600) == [me, dead, "otherhost:43"]
+
+
+def test_a_poll_does_not_download_while_another_live_process_holds_the_keypad_locked(setup: Any) -> None:
+    """Its download would end with ENABLEDEVICE, unlocking the keypad in the middle of the other's clear."""
+    poller, driver, config, _ = build(setup)
+    dev = config.devices[0]
+    assert poller.poll_once(dev).new_punches == 20
+    poller.store.mark_disabling("lobby", "otherhost:4242")  # fresh, another host: maybe clearing right now
+    driver.add_punches([make_punch("1001", BASE + timedelta(days=1))])
+    driver.calls.clear()
+    o = poller.poll_once(dev)
+    assert not o.ok and o.error_kind == "busy" and "read_punches" not in driver.calls
+    assert "enable_device" not in driver.calls
+    assert poller.store.device_state("lobby").last_record_count == 20  # the new count is not taken as read
+    poller.store.clear_disable_marks("lobby", ["otherhost:4242"])
+    assert poller.poll_once(dev).new_punches == 1
