@@ -370,6 +370,13 @@ class DevicePoller:
                   bytes=read.bytes_read, duration_s=round(outcome.duration_s, 3))
         if saved.new_punches:
             log.info("new punches stored", new=saved.new_punches, records=counts.records)
+        if punches and saved.new_punches >= len(punches) and previous_serial is None \
+                and 0 < counts.records_cap <= counts.records and (state.last_record_count or 0) >= counts.records_cap:
+            # Full before and now, and not one record seen before: a log that overwrites its oldest record
+            # turned over completely since the last read, so punches in between may be gone unread.
+            log.warning("full log turned over completely since the last read: on a terminal that overwrites "
+                        "its oldest record, punches may have been lost; poll it more often or clear it "
+                        "(polling.clear_when_full_ratio)", records=counts.records, capacity=counts.records_cap)
         return outcome
 
     def _failed(self, device: DeviceConfig, state: DeviceState, read: _Read, started: datetime,

@@ -307,3 +307,32 @@ def test_a_poll_does_not_download_while_another_live_process_holds_the_keypad_lo
     assert poller.store.device_state("lobby").last_record_count == 20  # the new count is not taken as read
     poller.store.clear_disable_marks("lobby", ["otherhost:4242"])
     assert poller.poll_once(dev).new_punches == 1
+
+
+def test_a_full_log_that_turned_over_completely_between_polls_is_warned_about(setup: Any) -> None:
+    from structlog.testing import capture_logs
+
+    device = FakeDevice(serial="SN1", users=[DeviceUser(1, "1001", "Budi")], records_cap=20,
+                        punches=[make_punch("1001", BASE + timedelta(minutes=i)) for i in range(20)])
+    poller, driver, config, _ = build(setup, device)
+    poller.poll_once(config.devices[0])
+    with driver.lock:
+        device.punches[:] = [make_punch("1001", BASE + timedelta(days=1, minutes=i)) for i in range(20)]
+    with capture_logs() as logs:
+        assert poller.poll_once(config.devices[0]).new_punches == 20
+    assert any("turned over completely" in e["event"] and e["log_level"] == "warning" for e in logs)
+
+
+def test_make_durable_checkpoints_the_sqlite_write_ahead_log(setup: Any) -> None:
+    """Item 7 (power loss): on SQLite the clear path syncs the WAL with a FULL checkpoint first."""
+    from sqlalchemy import event
+
+    engine, _ = setup
+    statements: list[str] = []
+    event.listen(engine, "connect", lambda dbapi, _rec: dbapi.set_trace_callback(statements.append))
+    engine.dispose()  # new connections: traced from the start
+    poller, _, config, _ = build(setup)
+    assert poller.poll_once(config.devices[0]).new_punches == 20
+    statements.clear()
+    assert poller.store.make_durable() == "checkpoint"
+    assert statements == ["PRAGMA wal_checkpoint(FULL)"]
