@@ -107,6 +107,16 @@ def reenable_if_left_disabled(store: Store, device_id: str, session: object, own
     return True
 
 
+def forget_disable_mark(store: Store, device_id: str, owner: str) -> None:
+    """Remove our mark after a session that ended cleanly; a database error only leaves it (the next
+    session of ours then sends one harmless ENABLEDEVICE) and must not turn a done job into a failure."""
+    try:
+        store.clear_disable_marks(device_id, [owner])
+    except StorageError as exc:
+        log.warning("could not remove the disable mark; the next session re-enables the terminal once",
+                    error=storage_error_text(exc))
+
+
 def clear_due(device: DeviceConfig, counts: Counts | None) -> bool:
     """The automatic policy applies: enabled for the device and records/capacity at the ratio.
 
@@ -174,9 +184,9 @@ def verify_and_clear(store: Store, driver: Driver, device_id: str, *, serial: st
             # The driver locks the keypad, re-reads the log and clears only if it holds exactly these records
             # (a count would miss a full log that overwrote its oldest record with a new punch).
             session.clear_punches(expected_records=n, expected=raw)
-        store.clear_disable_marks(device_id, [owner])
+        forget_disable_mark(store, device_id, owner)
     except Busy as exc:
-        store.clear_disable_marks(device_id, [owner])  # the session ended and re-enabled the terminal
+        forget_disable_mark(store, device_id, owner)  # the session ended and re-enabled the terminal
         return replace(base, message=f"a new punch arrived after the download; nothing cleared ({exc}); "
                                      "retry to store it and clear")
     except DriverError as exc:

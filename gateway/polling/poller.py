@@ -45,6 +45,7 @@ from gateway.models import PollOutcome, Punch
 from gateway.polling.clear import (
     ClearResult,
     clear_due,
+    forget_disable_mark,
     process_owner,
     reenable_if_left_disabled,
     stale_marks,
@@ -272,7 +273,7 @@ class DevicePoller:
             finally:
                 read.bytes_read = session.bytes_read
         if marked:  # the session ended cleanly: the driver re-enabled the terminal
-            self.store.clear_disable_marks(device.id, [owner])
+            forget_disable_mark(self.store, device.id, owner)
 
     def _clock(self, device: DeviceConfig, session: object, read: _Read) -> float | None:
         info = read.info
