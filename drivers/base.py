@@ -9,7 +9,7 @@ This module imports nothing from gateway/ and nothing device specific.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -199,10 +199,22 @@ class ClearsLog(Protocol):
     """Optional session ability: clear the attendance log. Only call once every record is stored.
 
     ``expected_records``: clear only if the device still holds exactly that many records (else Busy),
-    so a punch that landed after the last download is never wiped.
+    so a punch that landed after the last download is never wiped. ``expected``: the records of that
+    download; the driver then re-reads the log with the keypad locked and clears only if it holds exactly
+    this multiset of records (else Busy). Counts alone miss a log that overwrites its oldest record when
+    full: the count stays the same while the records change.
     """
 
-    def clear_punches(self, expected_records: int | None = None) -> None: ...
+    def clear_punches(self, expected_records: int | None = None, *,
+                      expected: Collection[RawPunch] | None = None) -> None: ...
+
+
+@runtime_checkable
+class EnablesDevice(Protocol):
+    """Optional session ability: re-enable a terminal that an earlier session (maybe a killed process)
+    left disabled. Harmless when the terminal is already enabled."""
+
+    def enable_device(self) -> None: ...
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,6 +291,7 @@ __all__ = [
     "DeviceUser",
     "Driver",
     "DriverError",
+    "EnablesDevice",
     "IdentityMismatch",
     "LiveEvent",
     "ProtocolError",

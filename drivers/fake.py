@@ -12,8 +12,8 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections import deque
-from collections.abc import Iterable, Iterator
+from collections import Counter, deque
+from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -30,7 +30,8 @@ from drivers.base import (
 
 #: Operations that can be scripted to fail or be slowed down.
 OPERATIONS = frozenset(
-    {"connect", "info", "counts", "read_punches", "read_users", "set_time", "clear_punches", "live_punches"}
+    {"connect", "info", "counts", "read_punches", "read_users", "set_time", "clear_punches", "live_punches",
+     "enable_device"}
 )
 
 
@@ -229,15 +230,24 @@ class FakeSession:
             else:
                 d.clock_offset = local_time - datetime.now()
 
-    def clear_punches(self, expected_records: int | None = None) -> None:
-        """Clear the log; with ``expected_records`` only if the count still matches."""
+    def clear_punches(self, expected_records: int | None = None, *,
+                      expected: Collection[RawPunch] | None = None) -> None:
+        """Clear the log; with ``expected_records``/``expected`` only if the count/records still match."""
         d = self._op("clear_punches")
         with self._driver.lock:
             if expected_records is not None and len(d.punches) != expected_records:
                 raise Busy(
                     f"fake: refusing to clear: {len(d.punches)} records, caller stored {expected_records}"
                 )
+            if expected is not None and Counter(d.punches) != Counter(expected):
+                raise Busy("fake: refusing to clear: the records changed since the caller's download")
             d.punches.clear()
+
+    def enable_device(self) -> None:
+        """Re-enable the device (undo a disable left behind by an earlier session)."""
+        d = self._op("enable_device")
+        with self._driver.lock:
+            d.enabled = True
 
     def stop_live(self) -> None:
         """Make live_punches() return after its current wait."""

@@ -69,8 +69,12 @@ class PollingConfig:
     #: On SIGTERM, wait this long for in-flight polls before abandoning them.
     shutdown_deadline_s: float = 20.0
     #: Clear a device's log after a full poll once records/capacity reaches this (0 = never), but only
-    #: after every record read is verified stored (and accepted upstream when forwarding is on).
+    #: after every record read is verified stored (and accepted upstream when clear_requires_forwarded).
     clear_when_full_ratio: float = 0.0
+    #: With forwarding on, clear a terminal (policy or `fpgw devices clear`) only once BKD accepted all of its
+    #: punches. False (default): stored durably in the office database is enough, so a full terminal is not
+    #: kept refusing punches while BKD is down; the office database is then the only copy until forwarded.
+    clear_requires_forwarded: bool = False
 
 
 @dataclass(frozen=True)
@@ -346,6 +350,7 @@ def _parse_polling(r: Reader) -> PollingConfig:
         backoff_max_s=r.duration_s("backoff_max_s", 1800.0, min=5),
         shutdown_deadline_s=r.duration_s("shutdown_deadline_s", 20.0, min=1),
         clear_when_full_ratio=_clear_ratio(r, 0.0),
+        clear_requires_forwarded=r.flag("clear_requires_forwarded", False),
     )
     r.done()
     return cfg

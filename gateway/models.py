@@ -95,6 +95,9 @@ class PollOutcome:
     #: Records fpgw itself cleared from the device after verifying them stored (the log shrank on purpose:
     #: no log_shrank notice). ``counts`` then holds the count after the clear.
     cleared_records: int = 0
+    #: True when the terminal was found left disabled (keypad locked, "Working...") by an earlier session or a
+    #: killed process and could not be re-enabled in this poll.
+    terminal_disabled: bool = False
 
     @property
     def duration_s(self) -> float:
@@ -135,7 +138,7 @@ def verify_name(code: int) -> str:
 # -- device health (the tracker's state; stored by gateway.store.health, shown by gateway.web) ------------
 
 #: Every problem name the tracker can open, in the order the status page lists them.
-PROBLEMS = ("offline", "auth_rejected", "identity_mismatch", "protocol_error", "poll_hang", "clock_reset",
+PROBLEMS = ("offline", "disabled", "auth_rejected", "identity_mismatch", "protocol_error", "poll_hang", "clock_reset",
             "clock_skew", "storage", "silent", "replaced", "log_shrank", "firmware_changed", "clock_corrected")
 
 #: One-off events: one alert ("notice"), shown on the status page for the notice window, no end alert.
@@ -145,7 +148,7 @@ SEVERITIES = ("info", "warning", "critical")
 
 #: Default severity per problem (storage escalates warning -> critical by itself).
 SEVERITY = {
-    "offline": "critical", "auth_rejected": "critical", "identity_mismatch": "critical",
+    "offline": "critical", "disabled": "critical", "auth_rejected": "critical", "identity_mismatch": "critical",
     "protocol_error": "warning", "poll_hang": "warning", "clock_reset": "critical", "clock_skew": "warning",
     "storage": "warning", "silent": "warning", "replaced": "warning", "log_shrank": "warning",
     "firmware_changed": "info", "clock_corrected": "info",

@@ -18,7 +18,8 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -441,6 +442,8 @@ class ZkSession:
         # True from the moment we ask the device to disable itself until it confirmed re-enabling:
         # if the DISABLE reply is lost the device may still be disabled.
         self._disabled = False
+        # True while clear_punches() keeps the terminal disabled between its re-read and the clear.
+        self._hold_disabled = False
         # False once an exchange broke mid-way: the socket may hold stale bytes, so no further
         # command may be trusted on it (cleanup then uses a fresh connection).
         self._stream_ok = True
@@ -570,9 +573,15 @@ class ZkSession:
             self._call("disable device", self._zk.disable_device)
 
     def _enable(self) -> None:
-        if self._disabled:
+        # clear_punches() holds the keypad locked across its verifying re-read and the clear itself.
+        if self._disabled and not self._hold_disabled:
             self._call("enable device", self._zk.enable_device)
             self._disabled = False
+
+    def enable_device(self) -> None:
+        """Send ENABLEDEVICE: undo a disable left behind by an earlier session or a killed process."""
+        self._call("enable device", self._zk.enable_device)
+        self._disabled = False
 
     def _download(self, what: str, command: int, fct: int = 0) -> bytes:
         data, _size = self._call(what, self._zk.read_with_buffer, command, fct, in_sync_on_reply_error=False)
@@ -739,24 +748,39 @@ class ZkSession:
         records.encode_time(local_time)  # range check before touching the device
         self._call("set time", self._zk.set_time, local_time.replace(microsecond=0))
 
-    def clear_punches(self, expected_records: int | None = None) -> None:
+    def clear_punches(self, expected_records: int | None = None, *,
+                      expected: Collection[RawPunch] | None = None) -> None:
         """Clear the attendance log. Only call once every record is stored.
 
         With ``expected_records`` (ZK extension, optional): the terminal is disabled, its record
         count checked, and the log cleared only if it still holds exactly that many records, so a
-        punch that landed after the last download is never wiped. Otherwise raises Busy.
+        punch that landed after the last download is never wiped. Otherwise raises Busy. With
+        ``expected`` the log is also downloaded again while the keypad stays locked and cleared only if
+        it holds exactly these records: a full log that overwrites its oldest record keeps its count.
         """
         self._disable()
-        if expected_records is not None:
-            self._read_sizes()
-            if self._zk.records != expected_records:
+        self._hold_disabled = True
+        try:
+            if expected_records is not None:
+                self._read_sizes()
+                if self._zk.records != expected_records:
+                    raise Busy(
+                        f"{self._driver.where}: refusing to clear: device holds {self._zk.records} records, "
+                        f"caller stored {expected_records}; download again first"
+                    )
+            if expected is not None:
+                now = Counter(self.read_punches())
+                if now != Counter(expected):
+                    changed = sum((now - Counter(expected)).values())
+                    raise Busy(
+                        f"{self._driver.where}: refusing to clear: {changed} record(s) on the device differ "
+                        "from the ones the caller stored; download again first"
+                    )
+            self._call("clear attendance log", self._zk.clear_attendance)
+        finally:
+            self._hold_disabled = False
+            if self._stream_ok:
                 self._enable()
-                raise Busy(
-                    f"{self._driver.where}: refusing to clear: device holds {self._zk.records} records, "
-                    f"caller stored {expected_records}; download again first"
-                )
-        self._call("clear attendance log", self._zk.clear_attendance)
-        self._enable()
 
     def stop_live(self) -> None:
         """Ask a running live_punches() to finish after the current wait (thread safe)."""

@@ -7,13 +7,16 @@
                        after its records are safely stored
 
 `devices clear`: the poller downloads the whole log, stores it (the poll's own transaction), reads every
-record's dedup key back from the database, with forwarding configured also requires that none of the device's
-punches still waits in the outbox, and only then clears with the driver's expected-count guard (a punch that
-lands in between makes the device refuse: nothing cleared). Running beside the daemon: the daemon's per-device
-guard lives in its own process and cannot be taken from here. It is still safe: the clear happens only if the
-device holds exactly the records this command downloaded and verified, with the keypad locked while it checks,
-and the daemon's next poll recognises the clear as ours (poll_runs outcome "cleared"), not as a clear at the
-keypad. Exit codes of `clear`: 0 cleared (or a dry run that found nothing in the way), 1 refused or failed.
+record's dedup key back from the database, makes it durable on disk, with forwarding configured and
+polling.clear_requires_forwarded also requires that none of the device's punches still waits in the outbox, and
+only then clears with the driver's guard: the log is read again with the keypad locked and cleared only if it
+holds exactly the records stored (a punch that lands in between makes the device refuse: nothing cleared).
+Running beside the daemon: the daemon's per-device guard lives in its own process and cannot be taken from
+here. It is still safe: the clear happens only if the device holds exactly the records this command
+downloaded and verified, with the keypad locked while it checks (if this command is killed meanwhile, a
+durable mark makes the daemon's next session re-enable the keypad), and the daemon's next poll recognises the
+clear as ours (poll_runs outcome "cleared"), not as a clear at the keypad. Exit codes of `clear`: 0 cleared
+(or a dry run that found nothing in the way), 1 refused or failed.
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     p.add_argument("--dry-run", action="store_true", help="download, store and verify, but do not clear")
     p.add_argument("--local-only", action="store_true",
-                   help="with forwarding configured: clear even if punches still wait in the outbox")
+                   help="with polling.clear_requires_forwarded: clear even if punches still wait in the outbox")
     p.set_defaults(func=cmd_clear, one_shot=True)
 
 
@@ -188,24 +191,24 @@ def cmd_clear(args: argparse.Namespace) -> int:
     if not (args.yes or args.dry_run) and not _confirm(device.id, where):
         raise CliError(f"not clearing {device.id}: confirm with --yes (or try --dry-run first)")
     forwarding = bool(config.forward.url)
+    gated = forwarding and config.polling.clear_requires_forwarded
     engine, store = open_store(config)
     try:
         store.sync_devices(config.devices)
         poller = DevicePoller(config, store)
-        result = poller.clear_device(device, dry_run=args.dry_run,
-                                     require_forwarded=forwarding and not args.local_only)
+        result = poller.clear_device(device, dry_run=args.dry_run, require_forwarded=gated and not args.local_only)
         waiting_local: tuple[int, int] | None = None
-        if forwarding and args.local_only:
+        if forwarding and (args.local_only or not gated):
             waiting_local = store.outbox_waiting(device.id)
     finally:
         engine.dispose()
-    _report_clear(device.id, where, result, forwarding=forwarding, local_only=args.local_only,
+    _report_clear(device.id, where, result, forwarding=forwarding, gated=gated, local_only=args.local_only,
                   waiting_local=waiting_local)
     return EXIT_OK if result.ok else EXIT_FAILURE
 
 
-def _report_clear(device_id: str, where: str, r: ClearResult, *, forwarding: bool, local_only: bool,
-                  waiting_local: tuple[int, int] | None) -> None:
+def _report_clear(device_id: str, where: str, r: ClearResult, *, forwarding: bool, gated: bool,
+                  local_only: bool, waiting_local: tuple[int, int] | None) -> None:
     out = sys.stdout
     if r.status == "failed" and not r.records:
         print(f"fpgw: {device_id}: {r.message}", file=sys.stderr)
@@ -216,7 +219,7 @@ def _report_clear(device_id: str, where: str, r: ClearResult, *, forwarding: boo
         state = "all present" if r.verified == r.records else "NOT all present"
         print(f"{device_id}: verified in the database by (serial, user id, device time): "
               f"{r.verified} of {r.records} records, {state}", file=out)
-    if forwarding and not local_only and r.waiting is not None:
+    if gated and not local_only and r.waiting is not None:
         pending, rejected = r.waiting
         if pending or rejected:
             print(f"{device_id}: still waiting in the outbox for the central server: {pending} pending, "
@@ -224,9 +227,10 @@ def _report_clear(device_id: str, where: str, r: ClearResult, *, forwarding: boo
                   "--local-only clears anyway)", file=out)
         else:
             print(f"{device_id}: every punch of this device was accepted by the central server", file=out)
-    elif forwarding and local_only and waiting_local is not None:
+    elif forwarding and waiting_local is not None:
         pending, rejected = waiting_local
-        print(f"{device_id}: --local-only: {pending} pending and {rejected} rejected punches of this device "
+        why = "--local-only" if local_only else "polling.clear_requires_forwarded = false"
+        print(f"{device_id}: {why}: {pending} pending and {rejected} rejected punches of this device "
               "still wait in the outbox; they stay in the database and are forwarded later", file=out)
     elif not forwarding:
         print(f"{device_id}: forwarding is not configured; stored locally is what counts", file=out)

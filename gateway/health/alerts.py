@@ -36,6 +36,13 @@ CHECKS: dict[str, tuple[str, ...]] = {
         "Did the IP address change (DHCP)? Compare the device menu COMM > Ethernet with the gateway config.",
         "From the gateway server: ping the device and check TCP/UDP port 4370 is open (no firewall in between).",
     ),
+    "disabled": (
+        "The terminal shows \"Working...\" and takes no punches: a gateway session (or another program) disabled "
+        "it and could not enable it again. The gateway retries at every poll.",
+        "Restart the terminal (power off and on): it always starts enabled. Punches made while it was locked "
+        "were refused by the terminal, not lost by the gateway; ask staff to punch again.",
+        "If it keeps happening, check for a flaky network link to the terminal (fpgw devices, the status page).",
+    ),
     "auth_rejected": (
         "The comm key (COMM > Comm Key / Connection password) on the device differs from the gateway config.",
         "Set the same number on both sides (the config reads it from comm_key_env / comm_key_file), "

@@ -152,6 +152,13 @@ class HealthTracker:
         else:
             self._close(h, out, "poll_hang", now)
 
+        if outcome.terminal_disabled:
+            self._open(h, out, "disabled", now,
+                       "the terminal was left disabled (keypad locked, \"Working...\") by an earlier session and "
+                       "could not be re-enabled", {"error": (outcome.error or "")[:500] or None})
+        elif outcome.ok:
+            self._close(h, out, "disabled", now)
+
         answered = outcome.ok or kind in ANSWERED_KINDS or outcome.info is not None
         if answered:
             h.last_seen_at = now

@@ -5,9 +5,11 @@
         -> normalize -> store.save_poll (ONE transaction) -> ctx.poll_observers
 
 Steady state is cheap: the log is downloaded only when the record count changed, the serial
-changed, or the periodic full reconcile is due. Every DriverError becomes an outcome with its
-``kind``; anything else is a bug (logged with a traceback every time). No retry loop here: the
-next tick is the retry (gateway.polling.scheduler backs failing devices off).
+changed, the log is full (a terminal that overwrites its oldest record keeps its count: a full log is read
+every poll), or the periodic full reconcile is due. Before a download (the driver may lock the keypad) a
+durable disable mark is written; a later session that finds a stale one re-enables the terminal first.
+Every DriverError becomes an outcome with its ``kind``; anything else is a bug (logged with a traceback
+every time). No retry loop here: the next tick is the retry (gateway.polling.scheduler backs failing devices off).
 
 Clearing a terminal (`fpgw devices clear`, or the ``clear_when_full_ratio`` policy after a full poll)
 starts here, because it reuses the poll's own download and store step; what is verified before
@@ -28,6 +30,7 @@ import structlog
 
 from drivers import get_driver
 from drivers.base import (
+    Busy,
     Counts,
     DeviceInfo,
     DeviceUser,
@@ -39,7 +42,15 @@ from drivers.base import (
 )
 from gateway.config import Config, DeviceConfig
 from gateway.models import PollOutcome, Punch
-from gateway.polling.clear import ClearResult, clear_due, verify_and_clear
+from gateway.polling.clear import (
+    ClearResult,
+    clear_due,
+    forget_disable_mark,
+    process_owner,
+    reenable_if_left_disabled,
+    stale_marks,
+    verify_and_clear,
+)
 from gateway.polling.normalize import DEFAULT_NOT_BEFORE, DeviceContext, EmployeeMap, normalize_punches
 from gateway.store.db import StorageError, storage_error_text
 from gateway.store.punches import DeviceState, Store
@@ -77,6 +88,8 @@ class _Read:
     notes: list[str] = field(default_factory=list)
     #: The normalized punches of a full read (what a clear must find stored).
     punches: list[Punch] | None = None
+    #: Found left disabled by an earlier session and could not re-enable it.
+    left_disabled: bool = False
 
 
 class DevicePoller:
@@ -153,7 +166,7 @@ class DevicePoller:
     # -- clearing ------------------------------------------------------------------------------------
     def _policy_clear(self, device: DeviceConfig, read: _Read, outcome: PollOutcome) -> PollOutcome:
         result = self._verify_and_clear(device, read, outcome, dry_run=False,
-                                        require_forwarded=bool(self.config.forward.url))
+                                        require_forwarded=self._requires_forwarded())
         if result.status != "cleared":
             # Not an error: the next full poll tries again (the device keeps every record meanwhile).
             log.info("automatic clear postponed", reason=result.message, records=result.records)
@@ -165,19 +178,23 @@ class DevicePoller:
                           require_forwarded: bool) -> ClearResult:
         assert read.info is not None and read.punches is not None and read.raw is not None
         return verify_and_clear(self.store, self.driver_for(device), device.id, serial=read.info.serial,
-                                punches=read.punches, records=len(read.raw), new_punches=outcome.new_punches,
+                                punches=read.punches, raw=read.raw, new_punches=outcome.new_punches,
                                 dry_run=dry_run, require_forwarded=require_forwarded, now=self._now)
+
+    def _requires_forwarded(self) -> bool:
+        """Clear only once BKD accepted the device's punches: forwarding on and polling.clear_requires_forwarded."""
+        return bool(self.config.forward.url) and self.config.polling.clear_requires_forwarded
 
     def clear_device(self, device: DeviceConfig, *, dry_run: bool = False,
                      require_forwarded: bool | None = None) -> ClearResult:
         """`fpgw devices clear`: download the whole log, store it, verify, then clear with the count guard.
 
-        ``require_forwarded`` defaults to "forwarding is configured". Never raises for device
+        ``require_forwarded`` defaults to forwarding on and polling.clear_requires_forwarded. Never raises for device
         problems (they become a "failed"/"refused" result); a database error propagates after
         nothing was cleared.
         """
         if require_forwarded is None:
-            require_forwarded = bool(self.config.forward.url)
+            require_forwarded = self._requires_forwarded()
         started = self._now()
         t0 = time.monotonic()
         with structlog.contextvars.bound_contextvars(device=device.id,
@@ -211,9 +228,22 @@ class DevicePoller:
     def _session(self, device: DeviceConfig, state: DeviceState, read: _Read, deadline: float, *,
                  force_full: bool = False) -> None:
         driver = self.driver_for(device)
+        owner, marked = process_owner(), False
+        marks = self.store.disable_marks(device.id)
+        stale = stale_marks(marks, self._now(), 2 * self.config.polling.poll_deadline_s)
+        # Another live fpgw process (`fpgw devices clear`) holds the keypad locked right now: our download
+        # would re-enable it at its end, in the middle of that clear. A poll that needs the log waits (Busy).
+        locked_elsewhere = len(marks) > len(stale)
         # The session's exit re-enables the terminal and closes the socket whatever happens inside.
         with driver.connect() as session:
             try:
+                try:
+                    # An earlier session (maybe a killed `fpgw devices clear`) may have left it locked.
+                    if reenable_if_left_disabled(self.store, device.id, session, stale) is False:
+                        read.left_disabled = True
+                except DriverError:
+                    read.left_disabled = True
+                    raise
                 read.info = session.info()
                 structlog.contextvars.bind_contextvars(serial=read.info.serial)
                 self._serials[device.id] = read.info.serial
@@ -221,7 +251,15 @@ class DevicePoller:
                 self._check(deadline, "reading counts")
                 read.counts = session.counts()
                 if force_full or self._needs_full(device, state, read.info, read.counts):
+                    if locked_elsewhere and not force_full:
+                        # Not a count-only success: that would store the new count without its records.
+                        raise Busy("another fpgw process (fpgw devices clear?) holds the terminal locked; "
+                                   "the log is read at the next poll", retry_after=30.0)
                     self._check(deadline, "downloading the log")
+                    # Durably, before the driver locks the keypad for the download: if this process dies
+                    # meanwhile, the next session (of any process) knows to re-enable the terminal.
+                    self.store.mark_disabling(device.id, owner)
+                    marked = True
                     read.raw = session.read_punches()
                 if isinstance(session, ReadsUsers) and self._needs_users(device, state, read.info, read.counts):
                     self._check(deadline, "downloading users")
@@ -234,6 +272,8 @@ class DevicePoller:
                                  error=str(exc))
             finally:
                 read.bytes_read = session.bytes_read
+        if marked:  # the session ended cleanly: the driver re-enabled the terminal
+            forget_disable_mark(self.store, device.id, owner)
 
     def _clock(self, device: DeviceConfig, session: object, read: _Read) -> float | None:
         info = read.info
@@ -259,6 +299,10 @@ class DevicePoller:
             return True  # first poll, or another terminal (replaced): read everything it has
         if counts.records != state.last_record_count:
             return True  # grew, or shrank (cleared at the keypad: whatever is there now is new)
+        if counts.records_cap > 0 and counts.records >= counts.records_cap:
+            # Full: a terminal that overwrites its oldest record when full ("rolling" log) keeps this count
+            # while every new punch replaces an old one, so the count says nothing: read it all, every poll.
+            return True
         if state.last_full_read_at is None:
             return True
         due = state.last_full_read_at + timedelta(seconds=self.config.polling.full_reconcile_s)
@@ -267,7 +311,7 @@ class DevicePoller:
         # The clear policy needs a fresh full read to verify; with forwarding, only once the outbox of this
         # device drained (else the clear would be refused anyway and the download wasted).
         return clear_due(device, counts) and (
-            not self.config.forward.url or sum(self.store.outbox_waiting(device.id)) == 0)
+            not self._requires_forwarded() or sum(self.store.outbox_waiting(device.id)) == 0)
 
     def _needs_users(self, device: DeviceConfig, state: DeviceState, info: DeviceInfo, counts: Counts) -> bool:
         return (device.id not in self._users_read or state.serial != info.serial
@@ -308,7 +352,7 @@ class DevicePoller:
             info=info, counts=counts, previous_record_count=state.last_record_count,
             previous_firmware=state.firmware, records_read=len(punches), clock_skew_s=read.skew_s,
             clock_corrected=read.corrected, bytes_read=read.bytes_read,
-            error="; ".join(read.notes) or None, cleared_records=cleared_by_us,
+            error="; ".join(read.notes) or None, cleared_records=cleared_by_us, terminal_disabled=read.left_disabled,
         )
         saved = self.store.save_poll(outcome, punches, forward=bool(self.config.forward.url),
                                      address=(device.address, device.port))
@@ -327,6 +371,13 @@ class DevicePoller:
                   bytes=read.bytes_read, duration_s=round(outcome.duration_s, 3))
         if saved.new_punches:
             log.info("new punches stored", new=saved.new_punches, records=counts.records)
+        if punches and saved.new_punches >= len(punches) and previous_serial is None \
+                and 0 < counts.records_cap <= counts.records and (state.last_record_count or 0) >= counts.records_cap:
+            # Full before and now, and not one record seen before: a log that overwrites its oldest record
+            # turned over completely since the last read, so punches in between may be gone unread.
+            log.warning("full log turned over completely since the last read: on a terminal that overwrites "
+                        "its oldest record, punches may have been lost; poll it more often or clear it "
+                        "(polling.clear_when_full_ratio)", records=counts.records, capacity=counts.records_cap)
         return outcome
 
     def _failed(self, device: DeviceConfig, state: DeviceState, read: _Read, started: datetime,
@@ -341,6 +392,7 @@ class DevicePoller:
             previous_firmware=state.firmware, clock_skew_s=read.skew_s, clock_corrected=read.corrected,
             bytes_read=read.bytes_read, transient=not isinstance(exc, DriverError) or exc.transient,
             retry_after_s=exc.retry_after if isinstance(exc, DriverError) else None,
+            terminal_disabled=read.left_disabled,
         )
         # Per-poll detail at DEBUG: state changes are logged once, by gateway.health.
         log.debug("poll failed", error_kind=kind, error=str(exc))

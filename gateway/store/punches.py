@@ -39,6 +39,7 @@ from sqlalchemy import Engine, Insert, Select, Table, TextClause, func, select, 
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import OperationalError
 
 from drivers.base import DeviceUser
 from gateway.config import DeviceConfig
@@ -398,6 +399,62 @@ class Store:
             unique_rows = list(first.values())
             for i in range(0, len(unique_rows), INSERT_CHUNK):
                 conn.execute(s.device_users.insert(), unique_rows[i:i + INSERT_CHUNK])
+
+    # -- terminals we disable, and durability before a clear ---------------------------------------------
+    # Why a durable mark: a process killed while it held a terminal disabled ("Working...") cannot re-enable
+    # it; whoever talks to that terminal next must know to. One kv row per (device, process): the daemon must
+    # not re-enable a terminal that a live `fpgw devices clear` holds locked. The kv table needs no migration.
+    @staticmethod
+    def _disable_prefix(device_id: str) -> str:
+        return f"disabling:{device_id}:"
+
+    def mark_disabling(self, device_id: str, owner: str) -> None:
+        """Record (committed) that ``owner`` is about to disable the terminal; call BEFORE disabling it."""
+        key, now = (self._disable_prefix(device_id) + owner)[:100], utcnow()
+        with self._writer.begin() as conn:
+            if not conn.execute(update(s.kv).where(s.kv.c.key == key).values(value=owner, updated_at=now)).rowcount:
+                conn.execute(insert_ignore(conn, s.kv, ("key",)), {"key": key, "value": owner, "updated_at": now})
+
+    def disable_marks(self, device_id: str) -> list[tuple[str, datetime]]:
+        """(owner, marked at) of every mark_disabling() of this terminal not yet cleared."""
+        prefix = self._disable_prefix(device_id)
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(s.kv.c.key, s.kv.c.value, s.kv.c.updated_at)
+                                .where(s.kv.c.key.startswith(prefix, autoescape=True))).all()
+        return [(r.value, r.updated_at) for r in rows]  # device ids hold no ':' (config), so no overlap
+
+    def clear_disable_marks(self, device_id: str, owners: Iterable[str]) -> None:
+        """The terminal is known enabled again (a session ended cleanly, or we re-enabled it)."""
+        keys = [(self._disable_prefix(device_id) + o)[:100] for o in owners]
+        if keys:
+            with self._writer.begin() as conn:
+                conn.execute(s.kv.delete().where(s.kv.c.key.in_(keys)))
+
+    def make_durable(self) -> str:
+        """Make every committed transaction survive a power cut; call before deleting anything from a device.
+
+        SQLite runs in WAL mode with synchronous=NORMAL (ops-notes §2.1): a commit is atomic but may be lost
+        by a power cut until the WAL is synced. ``PRAGMA wal_checkpoint(FULL)`` syncs the WAL and copies it
+        into the database file (waiting for writers via the busy timeout). Raises StorageError when the
+        checkpoint could not complete, so the caller clears nothing. PostgreSQL: a commit is already durable.
+        Returns what was done (for logs and tests).
+        """
+        if self.engine.dialect.name != "sqlite":
+            return "commit"
+        raw = self.engine.raw_connection()
+        try:
+            # Straight on the DBAPI connection (autocommit: isolation_level None): a checkpoint inside the
+            # BEGIN that SQLAlchemy would emit could not complete.
+            row = raw.driver_connection.execute("PRAGMA wal_checkpoint(FULL)").fetchone()  # type: ignore[union-attr]
+        finally:
+            raw.close()
+        busy, wal_frames, done = (int(v) for v in row) if row is not None else (0, -1, -1)
+        if wal_frames < 0:
+            return "no-wal"  # not in WAL mode (in-memory database): each commit synced its journal
+        if busy or done < wal_frames:
+            raise OperationalError("PRAGMA wal_checkpoint(FULL)", {}, Exception(
+                f"could not checkpoint the SQLite write-ahead log ({done} of {wal_frames} frames; database busy)"))
+        return "checkpoint"
 
 
 def _epoch_key(serial: str) -> str:

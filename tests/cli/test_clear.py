@@ -125,9 +125,9 @@ def test_a_punch_between_download_and_clear_stops_the_clear(fleet: Any, db_url: 
     path = write_config(tmp_path, db_url, [DeviceEntry("a", a)])
     original = ZkSession.clear_punches
 
-    def punch_first(self: Any, expected_records: int | None = None) -> None:
+    def punch_first(self: Any, expected_records: int | None = None, **kw: Any) -> None:
         a.add_punches(1)  # someone punches after the download was stored, before the clear
-        original(self, expected_records=expected_records)
+        original(self, expected_records=expected_records, **kw)
 
     monkeypatch.setattr(ZkSession, "clear_punches", punch_first)
     code, out, err = cli(capsys, path, "devices", "clear", "a", "--yes")
@@ -146,14 +146,15 @@ def test_a_punch_between_download_and_clear_stops_the_clear(fleet: Any, db_url: 
 
 
 @pytest.mark.timeout(90)
-def test_forwarding_requires_an_empty_outbox_unless_local_only(fleet: Any, db_url: str, tmp_path: Path,
-                                                               capsys: pytest.CaptureFixture[str],
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_clear_requires_forwarded_requires_an_empty_outbox_unless_local_only(
+        fleet: Any, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("T_FWD_TOKEN", "x" * 32)
     a = fleet.add(sim_spec("CLR-FWD", records=80, seed=13))
     # Nothing listens on port 9: the CLI never forwards, so the new punches stay in the outbox.
     path = write_config(tmp_path, db_url, [DeviceEntry("a", a)],
-                        forward={"url": "http://127.0.0.1:9", "token_env": "T_FWD_TOKEN"})
+                        forward={"url": "http://127.0.0.1:9", "token_env": "T_FWD_TOKEN"},
+                        polling={"clear_requires_forwarded": True})
     code, out, err = cli(capsys, path, "devices", "clear", "a", "--yes")
     assert code == 1, (out, err)
     assert "80 of 80 records, all present" in out
@@ -200,3 +201,77 @@ def test_database_failure_while_storing_clears_nothing(fleet: Any, db_url: str, 
     assert a.record_count == 150 and a.enabled
     assert not stored_keys(db_url, [a.serial])
     assert clear_runs(db_url) == []
+
+
+@pytest.mark.timeout(90)
+def test_a_punch_on_a_full_rolling_terminal_between_download_and_clear_stops_the_clear(
+        fleet: Any, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full log that overwrites its oldest record keeps its count: the guard compares the records themselves."""
+    from drivers.zk.driver import ZkSession
+
+    a = fleet.add(sim_spec("CLR-ROLL", records=100, records_cap=100, overwrite_oldest=True, seed=21))
+    path = write_config(tmp_path, db_url, [DeviceEntry("a", a)])
+    original = ZkSession.clear_punches
+
+    def punch_first(self: Any, *args: Any, **kw: Any) -> None:
+        a.add_punches(1)  # overwrites the oldest record: still 100 records, one of them new
+        assert a.record_count == 100
+        original(self, *args, **kw)
+
+    monkeypatch.setattr(ZkSession, "clear_punches", punch_first)
+    code, out, err = cli(capsys, path, "devices", "clear", "a", "--yes")
+    assert code == 1, (out, err)
+    assert "refused" in err and "new punch" in err
+    assert a.record_count == 100 and a.enabled
+    assert clear_runs(db_url) == []
+
+    monkeypatch.setattr(ZkSession, "clear_punches", original)
+    code, out, err = cli(capsys, path, "devices", "clear", "a", "--yes")
+    assert code == 0, (out, err)
+    assert a.record_count == 0 and a.enabled
+    truth = truth_keys(tmp_path / "truth.jsonl", [a.serial])
+    stored = stored_keys(db_url, [a.serial])
+    assert not truth - stored, diff(truth, stored)
+
+
+@pytest.mark.timeout(90)
+def test_the_stored_punches_are_made_durable_before_the_clear(fleet: Any, db_url: str, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite (WAL, synchronous=NORMAL): a checkpoint(FULL) syncs them first; PostgreSQL: the commit suffices."""
+    from drivers.zk.driver import ZkSession
+    from gateway.store.punches import Store
+
+    a = fleet.add(sim_spec("CLR-SYNC", records=50, seed=22))
+    path = write_config(tmp_path, db_url, [DeviceEntry("a", a)])
+    events: list[str] = []
+    make_durable, clear_punches = Store.make_durable, ZkSession.clear_punches
+
+    def spy_durable(self: Store) -> str:
+        how = make_durable(self)
+        events.append(f"durable:{how}")
+        return how
+
+    def spy_clear(self: Any, *args: Any, **kw: Any) -> None:
+        events.append("clear")
+        clear_punches(self, *args, **kw)
+
+    monkeypatch.setattr(Store, "make_durable", spy_durable)
+    monkeypatch.setattr(ZkSession, "clear_punches", spy_clear)
+    code, out, err = cli(capsys, path, "devices", "clear", "a", "--yes")
+    assert code == 0, (out, err)
+    expected = "durable:checkpoint" if db_url.startswith("sqlite") else "durable:commit"
+    assert events == [expected, "clear"]
+
+    # A checkpoint that cannot complete stops the clear.
+    from sqlalchemy.exc import OperationalError
+
+    def busy(self: Store) -> str:
+        raise OperationalError("PRAGMA wal_checkpoint(FULL)", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(Store, "make_durable", busy)
+    a.add_punches(3)
+    events.clear()
+    code, out, err = cli(capsys, path, "devices", "clear", "a", "--yes")
+    assert code == 1 and "durable" in err and events == [] and a.record_count == 3 and a.enabled

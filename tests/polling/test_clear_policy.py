@@ -15,7 +15,7 @@ import pytest
 from gateway.store import schema as s
 from tests.support.config import DeviceEntry, make_config
 from tests.support.fleet import sim_spec, truth_keys
-from tests.support.gateway import RunningGateway, clear_runs, diff, shrank_alerts, stored_keys
+from tests.support.gateway import RunningGateway, clear_runs, diff, shrank_alerts, stored_keys, table_rows
 
 
 @pytest.mark.timeout(120)
@@ -61,14 +61,16 @@ def test_policy_clears_at_the_ratio_only_and_keypad_clears_still_raise_log_shran
 
 
 @pytest.mark.timeout(90)
-def test_policy_with_forwarding_waits_for_the_outbox_to_drain(fleet: Any, db_url: str, tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_policy_with_clear_requires_forwarded_waits_for_the_outbox_to_drain(
+        fleet: Any, db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from sqlalchemy import create_engine
 
     monkeypatch.setenv("T_FWD_TOKEN", "x" * 32)
     a = fleet.add(sim_spec("CLR-PFWD", records=95, records_cap=100, seed=18))
     config = make_config(db_url, [DeviceEntry("a", a, extra={"clear_when_full_ratio": 0.9})], tmp_path,
-                         forward={"url": "http://127.0.0.1:9", "token_env": "T_FWD_TOKEN", "interval_s": 3600})
+                         forward={"url": "http://127.0.0.1:9", "token_env": "T_FWD_TOKEN", "interval_s": 3600},
+                         polling={"clear_requires_forwarded": True})
+    assert config.polling.clear_requires_forwarded
     assert config.polling.clear_when_full_ratio == 0.0
     with RunningGateway(config) as gw:
         o = gw.poll("a")
@@ -81,6 +83,24 @@ def test_policy_with_forwarding_waits_for_the_outbox_to_drain(fleet: Any, db_url
         engine.dispose()
         o = gw.poll("a")
         assert o.mode == "full" and o.cleared_records == 95 and a.record_count == 0 and a.enabled
+    truth = truth_keys(tmp_path / "truth.jsonl", [a.serial])
+    assert stored_keys(db_url, [a.serial]) == truth
+
+
+@pytest.mark.timeout(90)
+def test_policy_by_default_clears_a_full_terminal_while_bkd_is_down(fleet: Any, db_url: str, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """clear_requires_forwarded = false (default): punches durable in the office database are enough."""
+    monkeypatch.setenv("T_FWD_TOKEN", "x" * 32)
+    a = fleet.add(sim_spec("CLR-PDOWN", records=95, records_cap=100, seed=28))
+    # Nothing listens on port 9: BKD is unreachable, every punch stays pending in the outbox.
+    config = make_config(db_url, [DeviceEntry("a", a, extra={"clear_when_full_ratio": 0.9})], tmp_path,
+                         forward={"url": "http://127.0.0.1:9", "token_env": "T_FWD_TOKEN", "interval_s": 3600})
+    assert config.polling.clear_requires_forwarded is False
+    with RunningGateway(config) as gw:
+        o = gw.poll("a")
+        assert o.ok and o.new_punches == 95 and o.cleared_records == 95 and a.record_count == 0 and a.enabled
+    assert len(table_rows(db_url, s.outbox)) == 95  # still forwarded once BKD is back
     truth = truth_keys(tmp_path / "truth.jsonl", [a.serial])
     assert stored_keys(db_url, [a.serial]) == truth
 

@@ -223,3 +223,116 @@ def test_database_outage_fails_the_poll_without_losing_punches(setup: Any, monke
     back = poller.poll_once(config.device("lobby"))
     # The failed poll advanced nothing, so the next one reads the whole log again.
     assert back.ok and back.mode == "full" and back.new_punches == 20
+
+
+# -- rolling (overwrite-oldest) logs and terminals left disabled (issue 8, items 3 and 4) --------------------
+
+def test_a_full_log_is_downloaded_every_poll_because_a_rolling_log_keeps_its_count(setup: Any) -> None:
+    device = FakeDevice(serial="SN1", users=[DeviceUser(1, "1001", "Budi")], records_cap=20,
+                        punches=[make_punch("1001", BASE + timedelta(minutes=i)) for i in range(20)])
+    poller, driver, config, _ = build(setup, device)
+    assert poller.poll_once(config.devices[0]).new_punches == 20
+    # The terminal overwrites its oldest record with each new punch: the count stays 20.
+    for k in range(3):
+        with driver.lock:
+            device.punches.pop(0)
+            device.punches.append(make_punch("1001", BASE + timedelta(hours=1, minutes=k)))
+        o = poller.poll_once(config.devices[0])
+        assert o.mode == "full" and o.counts is not None and o.counts.records == 20 and o.new_punches == 1
+    # Below capacity, an unchanged count still means a cheap count-only poll.
+    with driver.lock:
+        device.punches.pop(0)
+    poller.poll_once(config.devices[0])
+    assert poller.poll_once(config.devices[0]).mode == "count"
+
+
+def test_a_terminal_left_disabled_by_an_earlier_process_is_re_enabled_at_the_next_session(setup: Any) -> None:
+    from gateway.health.tracker import HealthTracker
+    from gateway.polling.clear import process_owner
+
+    poller, driver, config, _ = build(setup)
+    dev = config.devices[0]
+    assert poller.poll_once(dev).ok
+    store = poller.store
+    # What a process killed while it held the keypad locked leaves behind (here: this process, earlier).
+    store.mark_disabling("lobby", process_owner())
+    driver.device.enabled = False
+    driver.calls.clear()
+    tracker = HealthTracker(config)
+    driver.fail("enable_device", Unreachable("no answer to ENABLEDEVICE"))
+    o = poller.poll_once(dev)
+    assert not o.ok and o.terminal_disabled
+    assert [t.problem for t in tracker.record(o) if t.event == "start"] == ["disabled"]
+    assert store.disable_marks("lobby")  # kept: the next session tries again
+    o = poller.poll_once(dev)
+    assert o.ok and o.mode == "count" and not o.terminal_disabled
+    assert driver.calls.count("enable_device") == 2 and driver.device.enabled
+    assert store.disable_marks("lobby") == []
+    assert [(t.problem, t.event) for t in tracker.record(o) if t.problem == "disabled"] == [("disabled", "end")]
+    # A full poll marks before the download and unmarks after a clean session.
+    driver.add_punches([make_punch("1001", BASE + timedelta(days=1))])
+    driver.calls.clear()
+    assert poller.poll_once(dev).mode == "full"
+    assert store.disable_marks("lobby") == [] and "enable_device" not in driver.calls
+
+
+def test_a_fresh_disable_mark_of_another_live_process_is_left_alone() -> None:
+    """The daemon must not unlock a keypad that a running `fpgw devices clear` holds locked right now."""
+    import os
+    from datetime import UTC
+
+    from gateway.polling.clear import process_owner, stale_marks
+
+    now = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
+    me = process_owner()
+    host = me.split(":", 1)[0]
+    live_other = f"{host}:{os.getppid()}"
+    dead = f"{host}:{2**22 + 12345}"  # above the default pid_max: no such process
+    marks = [(me, now), (live_other, now), ("otherhost:42", now), (dead, now),
+             ("otherhost:43", now - timedelta(seconds=601))]
+    assert stale_marks(marks, now, 600) == [me, dead, "otherhost:43"]
+
+
+def test_a_poll_does_not_download_while_another_live_process_holds_the_keypad_locked(setup: Any) -> None:
+    """Its download would end with ENABLEDEVICE, unlocking the keypad in the middle of the other's clear."""
+    poller, driver, config, _ = build(setup)
+    dev = config.devices[0]
+    assert poller.poll_once(dev).new_punches == 20
+    poller.store.mark_disabling("lobby", "otherhost:4242")  # fresh, another host: maybe clearing right now
+    driver.add_punches([make_punch("1001", BASE + timedelta(days=1))])
+    driver.calls.clear()
+    o = poller.poll_once(dev)
+    assert not o.ok and o.error_kind == "busy" and "read_punches" not in driver.calls
+    assert "enable_device" not in driver.calls
+    assert poller.store.device_state("lobby").last_record_count == 20  # the new count is not taken as read
+    poller.store.clear_disable_marks("lobby", ["otherhost:4242"])
+    assert poller.poll_once(dev).new_punches == 1
+
+
+def test_a_full_log_that_turned_over_completely_between_polls_is_warned_about(setup: Any) -> None:
+    from structlog.testing import capture_logs
+
+    device = FakeDevice(serial="SN1", users=[DeviceUser(1, "1001", "Budi")], records_cap=20,
+                        punches=[make_punch("1001", BASE + timedelta(minutes=i)) for i in range(20)])
+    poller, driver, config, _ = build(setup, device)
+    poller.poll_once(config.devices[0])
+    with driver.lock:
+        device.punches[:] = [make_punch("1001", BASE + timedelta(days=1, minutes=i)) for i in range(20)]
+    with capture_logs() as logs:
+        assert poller.poll_once(config.devices[0]).new_punches == 20
+    assert any("turned over completely" in e["event"] and e["log_level"] == "warning" for e in logs)
+
+
+def test_make_durable_checkpoints_the_sqlite_write_ahead_log(setup: Any) -> None:
+    """Item 7 (power loss): on SQLite the clear path syncs the WAL with a FULL checkpoint first."""
+    from sqlalchemy import event
+
+    engine, _ = setup
+    statements: list[str] = []
+    event.listen(engine, "connect", lambda dbapi, _rec: dbapi.set_trace_callback(statements.append))
+    engine.dispose()  # new connections: traced from the start
+    poller, _, config, _ = build(setup)
+    assert poller.poll_once(config.devices[0]).new_punches == 20
+    statements.clear()
+    assert poller.store.make_durable() == "checkpoint"
+    assert statements == ["PRAGMA wal_checkpoint(FULL)"]
