@@ -93,6 +93,7 @@ class DeviceSpec:
     free_sizes: str = "92"  #: GET_FREE_SIZES payload: "80", "92", "112" or "zero" (4 zero bytes)
     records_count: str = "exact"  #: record count GET_FREE_SIZES reports: "exact", "zero", "+N" or "-N"
     legacy_reads: bool = False  #: answer the direct reads 9 (users) and 13 (attendance) like K40-class units
+    udp_sessions: int = 256  #: UDP session table size; when full the least recently used session is dropped
 
     def __post_init__(self) -> None:
         if isinstance(self.profile, str) and self.profile in PROFILES:
@@ -116,6 +117,9 @@ class DeviceSpec:
         if isinstance(self.tcp_write_size, bool) or not isinstance(self.tcp_write_size, int) \
                 or not 0 <= self.tcp_write_size <= 1 << 20:
             errors.append(f"tcp_write_size: must be 0..1048576, got {self.tcp_write_size!r}")
+        if isinstance(self.udp_sessions, bool) or not isinstance(self.udp_sessions, int) \
+                or not 1 <= self.udp_sessions <= 100_000:
+            errors.append(f"udp_sessions: must be 1..100000, got {self.udp_sessions!r}")
         if self.free_sizes not in FREE_SIZES_LAYOUTS:
             errors.append(f"free_sizes: must be one of {', '.join(FREE_SIZES_LAYOUTS)}, got {self.free_sizes!r}")
         try:

@@ -31,8 +31,6 @@ log = logging.getLogger("simulators.zk.server")
 
 #: Largest ZK packet a client may send us; anything bigger is a broken stream.
 MAX_REQUEST = 1 << 20
-#: UDP sessions remembered per device (each pyzk instance uses a new source port).
-MAX_UDP_SESSIONS = 256
 TCP_BACKLOG = 64
 
 
@@ -51,9 +49,15 @@ class TcpLink:
         self.peer = peer
 
     async def send(self, packet: bytes) -> None:
+        await self._write(p.tcp_wrap(packet))
+
+    async def send_many(self, packets: list[bytes]) -> None:
+        """Several packets back to back in one write: the client sees them coalesced, as from a fast unit."""
+        await self._write(b"".join(p.tcp_wrap(x) for x in packets))
+
+    async def _write(self, framed: bytes) -> None:
         if self.writer.is_closing():
             return
-        framed = p.tcp_wrap(packet)
         step = self.device.spec.tcp_write_size if self.device is not None else 0
         if step and step < len(framed):
             for i in range(0, len(framed), step):
@@ -112,6 +116,10 @@ class UdpLink:
 
     async def send(self, packet: bytes) -> None:
         self.server.udp_send(packet, self.addr)
+
+    async def send_many(self, packets: list[bytes]) -> None:
+        for x in packets:
+            self.server.udp_send(x, self.addr)
 
     async def send_partial(self, packet: bytes, fraction: float) -> None:
         return  # UDP mid-transfer drops are whole datagrams (handled by the session)
@@ -178,7 +186,6 @@ class DeviceServer:
         self._tcp_sessions: set[Session] = set()
         #: UDP sessions by peer, least recently used first.
         self._udp_sessions: OrderedDict[tuple[str, int], Session] = OrderedDict()
-        self.max_udp_sessions = MAX_UDP_SESSIONS
         self._tasks: set[asyncio.Task[Any]] = set()
         self._dummies: list[socket.socket] = []
         self._listening = False
@@ -386,7 +393,8 @@ class DeviceServer:
             self._udp_sessions[addr] = session
             # Full table: drop the least recently used session (the table is kept in use order below),
             # not the oldest one, so a long download keeps its session while idle peers come and go.
-            while len(self._udp_sessions) > self.max_udp_sessions:
+            # (each pyzk instance uses a new source port, so idle entries pile up)
+            while len(self._udp_sessions) > dev.spec.udp_sessions:
                 old_addr, old = self._udp_sessions.popitem(last=False)
                 log.info("udp session table full device=%s: dropping least recently used peer=%s:%s",
                          dev.serial, old_addr[0], old_addr[1])

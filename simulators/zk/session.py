@@ -54,6 +54,9 @@ class Link(Protocol):
     async def send(self, packet: bytes) -> None:
         """Send one ZK packet (framed for the transport) as a single write."""
 
+    async def send_many(self, packets: list[bytes]) -> None:
+        """Send several packets back to back (TCP: one write, so they arrive coalesced)."""
+
     async def send_partial(self, packet: bytes, fraction: float) -> None:
         """Send only the first ``fraction`` of a packet's data, then stop (mid-transfer drop)."""
 
@@ -423,8 +426,17 @@ class Session:
         packets of 1008 bytes whose session field counts 0, 1, 2, …, then ACK_OK carrying the last count.
         """
         sid, rid = self.session_id, pkt.reply_id
-        await self.link.send(p.build_packet(p.CMD_PREPARE_DATA, sid, rid, p.prepare_data(announced, size)))
+        prepare = p.build_packet(p.CMD_PREPARE_DATA, sid, rid, p.prepare_data(announced, size))
         pieces = [chunk[i:i + size] for i in range(0, len(chunk), size)] or [b""]
+        if not gap_s and not drop:
+            # Back to back means coalesced at the client: send the whole answer in one write, so a client
+            # that needs the packets apart fails every time rather than by scheduling luck.
+            data = [p.build_packet(p.CMD_DATA, i, rid, piece) for i, piece in enumerate(pieces)]
+            if corrupt == "checksum":
+                data[0] = _garble(data[0])
+            await self.link.send_many([prepare, *data, p.build_packet(p.CMD_ACK_OK, len(pieces) - 1, rid)])
+            return
+        await self.link.send(prepare)
         cut = int(len(pieces) * float(drop)) if drop else -1  # type: ignore[arg-type]
         for i, piece in enumerate(pieces):
             if gap_s:
