@@ -95,11 +95,18 @@ class DeviceSpec:
     legacy_reads: bool = False  #: answer the direct reads 9 (users) and 13 (attendance) like K40-class units
     udp_sessions: int = 256  #: UDP session table size; when full the least recently used session is dropped
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> DeviceSpec:
+        # Remember which fields the caller gave, so a profile fills only the others (an explicit value
+        # equal to the default, e.g. udp_framing="session" on a counter-framing profile, still wins).
+        self = super().__new__(cls)
+        object.__setattr__(self, "_explicit", frozenset(kwargs) | frozenset(_FIELD_ORDER[:len(args)]))
+        return self
+
     def __post_init__(self) -> None:
         if isinstance(self.profile, str) and self.profile in PROFILES:
-            # Profile values fill the fields left at their defaults; explicit values win.
+            explicit: frozenset[str] = getattr(self, "_explicit", frozenset())
             for key, value in PROFILES[self.profile].settings.items():
-                if getattr(self, key) == _FIELD_DEFAULTS[key]:
+                if key not in explicit:
                     setattr(self, key, value)
         errors: list[str] = []
         if not isinstance(self.profile, str) or self.profile not in PROFILES:
@@ -193,15 +200,7 @@ class DeviceSpec:
         return generator.numeric_ids_needed(self.user_layout, self.record_layout)
 
 
-def _field_default(f: dataclasses.Field[Any]) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return None
-
-
-_FIELD_DEFAULTS: dict[str, Any] = {f.name: _field_default(f) for f in dataclasses.fields(DeviceSpec)}
+_FIELD_ORDER = tuple(f.name for f in dataclasses.fields(DeviceSpec) if f.init)
 UDP_FRAMINGS = ("session", "counter")
 TCP_FRAMINGS = ("single", "packets")
 

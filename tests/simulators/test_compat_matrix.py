@@ -26,6 +26,7 @@ from zk import ZK
 from drivers import get_driver
 from simulators.zk import DeviceSpec, Fleet, SimDevice
 from simulators.zk.profiles import PROFILES
+from tests.support.fleet import DRIVER_READY_PROFILES, profile_spec
 from tests.support.services import REQUIRE_JS, unavailable
 
 pytestmark = pytest.mark.timeout(600)
@@ -233,3 +234,15 @@ def test_generic_profile_works_for_every_client_on_tcp(fleet: Fleet, js_availabl
     outcomes: dict[str, Callable[[], str]] = {c: (lambda c=c: _cell(fleet, 9000 + CLIENTS.index(c), "generic",
                                                                     "tcp", c)) for c in CLIENTS}
     assert {c: f() for c, f in outcomes.items()} == dict.fromkeys(CLIENTS, "ok")
+
+
+@pytest.mark.parametrize("profile", list(DRIVER_READY_PROFILES))
+def test_driver_ready_profiles_are_read_by_the_driver_today(fleet: Fleet, profile: str) -> None:
+    """The mix the demo office and the test fleet use: our driver reads every one on every transport it has."""
+    for transport in TRANSPORTS:
+        if not PROFILES[profile].settings.get(transport, True):
+            continue  # the model lacks this transport (x100c: UDP only)
+        spec = profile_spec(f"DR-{profile}-{transport}", profile, tcp=transport == "tcp",
+                            udp=transport == "udp", users=USERS, records=150, user_ids="numeric")
+        dev = fleet.add(spec)
+        assert _run_driver(dev, transport) == "ok", (profile, transport)

@@ -11,6 +11,7 @@ import logging
 import socket
 import struct
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -347,6 +348,11 @@ def test_profiles_fill_defaults_and_explicit_values_win() -> None:
     assert (k40.udp_framing, k40.tcp_framing, k40.tcp_packet_size, k40.free_sizes, k40.legacy_reads) == (
         "counter", "packets", 1008, "80", True)
     assert DeviceSpec(profile="k40", free_sizes="112", tcp_packet_gap_ms=20).free_sizes == "112"
+    # An explicit value equal to the default still wins over the profile.
+    assert DeviceSpec(profile="k40", udp_framing="session").udp_framing == "session"
+    assert DeviceSpec(profile="x100c", tcp=True).tcp is True
+    # replace() (device swap) keeps the resolved values.
+    assert replace(DeviceSpec(profile="k40", udp_framing="session"), serial="B").udp_framing == "session"
     assert DeviceSpec(profile="x100c").tcp is False
     assert DeviceSpec().udp_framing == "session"  # this branch's default (see docs/simulator.md)
     with pytest.raises(ValueError, match="unknown profile 'k41'"):
