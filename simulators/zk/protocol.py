@@ -365,12 +365,6 @@ def buffer_stat(size: int) -> bytes:
     return struct.pack("<BIII", 0, size, size, (size * 2654435761) & 0xFFFFFFFF)
 
 
-def counter_framed(command: int, counter: int, reply_id: int, data: bytes = b"") -> bytes:
-    """A packet of a multi-packet answer framed like real terminals: the packet counter (0, 1, 2, …)
-    in the session field (pyzk test.py captures, js_zklib issue #50)."""
-    return build_packet(command, counter & 0xFFFF, reply_id, data)
-
-
 def prepare_data(length: int, piece: int = UDP_DATA_PIECE) -> bytes:
     """8-byte PREPARE_DATA payload: chunk length + the device's packet size."""
     return struct.pack("<II", length, piece)
