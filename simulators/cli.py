@@ -19,6 +19,7 @@ from typing import Any
 from simulators.zk.config import ConfigError, FleetConfig, load_fleet_file, nth_address, spec_from_mapping
 from simulators.zk.control import ApiError, ControlClient, start_control_server
 from simulators.zk.faults import normalize_fault
+from simulators.zk.profiles import PROFILES
 from simulators.zk.server import Fleet
 
 DEFAULT_CONTROL_PORT = 7788
@@ -50,18 +51,37 @@ def _run_parser() -> argparse.ArgumentParser:
     dev = ap.add_argument_group("devices")
     dev.add_argument("--records", type=int, default=1000, help="attendance records per device")
     dev.add_argument("--users", type=int, default=50, help="users per device")
-    dev.add_argument("--layout", type=int, choices=(8, 16, 40), default=40, help="record layout")
-    dev.add_argument("--user-layout", type=int, choices=(28, 72), default=72, help="user layout")
+    dev.add_argument("--profile", choices=tuple(PROFILES), default=None,
+                     help="device model profile (framing, size layout, layouts, firmware strings, capacities); "
+                          "flags given explicitly win. See docs/simulator.md, \"Profiles\"")
+    dev.add_argument("--layout", type=int, choices=(8, 16, 40), default=None, help="record layout (default 40)")
+    dev.add_argument("--user-layout", type=int, choices=(28, 72), default=None, help="user layout (default 72)")
     dev.add_argument("--comm-key", type=int, default=0, help="comm key the devices require")
     dev.add_argument("--seed", type=int, default=1, help="seed of the first device (next ones +1)")
     dev.add_argument("--timezone", default="Asia/Jakarta", help="device local time zone")
     dev.add_argument("--punch-rate", type=float, default=0.0, help="new punches per minute per device")
-    dev.add_argument("--records-cap", type=int, default=200_000, help="attendance capacity")
-    dev.add_argument("--users-cap", type=int, default=5_000, help="user capacity")
-    dev.add_argument("--transport", choices=("both", "tcp", "udp"), default="both",
+    dev.add_argument("--records-cap", type=int, default=None, help="attendance capacity (default 200000)")
+    dev.add_argument("--users-cap", type=int, default=None, help="user capacity (default 5000)")
+    dev.add_argument("--transport", choices=("both", "tcp", "udp"), default=None,
                      help="listen on TCP and UDP (default) or only one")
-    dev.add_argument("--tcp-buffered", action="store_true",
+    dev.add_argument("--tcp-buffered", action="store_true", default=None,
                      help="answer TCP dataset reads in buffered chunks instead of one DATA packet")
+    dev.add_argument("--udp-framing", choices=("session", "counter"), default=None,
+                     help="UDP multi-packet answers: session id (default) or packet counter (real terminals) "
+                          "in the DATA packets' session field")
+    dev.add_argument("--tcp-framing", choices=("single", "packets"), default=None,
+                     help="TCP chunk answers: one DATA packet (default) or packets of --tcp-packet-size bytes")
+    dev.add_argument("--tcp-packet-size", type=int, default=None, help="bytes per DATA packet (default 1008)")
+    dev.add_argument("--tcp-packet-gap-ms", type=float, default=None,
+                     help="pause between the packets of a TCP answer (default 0)")
+    dev.add_argument("--tcp-write-size", type=int, default=None,
+                     help="bytes per socket write (1 = one byte at a time; default whole packets)")
+    dev.add_argument("--free-sizes", choices=("80", "92", "112", "zero"), default=None,
+                     help="GET_FREE_SIZES payload layout (default 92)")
+    dev.add_argument("--records-count", default=None, metavar="exact|zero|+N|-N",
+                     help="record count GET_FREE_SIZES reports (default exact)")
+    dev.add_argument("--legacy-reads", action="store_true", default=None,
+                     help="answer the direct reads 9 (users) and 13 (attendance)")
     dev.add_argument("--fault", action="append", type=_fault_arg, default=[], metavar="NAME[=VALUE]",
                      help="fault for every device, repeatable (e.g. slow=0.5, udp_loss=0.2, offline)")
     out = ap.add_argument_group("outputs")
@@ -86,16 +106,25 @@ def _config_from_args(args: argparse.Namespace) -> FleetConfig:
         raise ConfigError(f"--port: expected 0..65535, got {args.port}")
     specs = []
     faults = dict(args.fault)
+    # Only flags given on the command line are passed, so a --profile fills the rest.
+    optional = {
+        "profile": args.profile, "record_layout": args.layout, "user_layout": args.user_layout,
+        "records_cap": args.records_cap, "users_cap": args.users_cap, "tcp_buffered": args.tcp_buffered,
+        "udp_framing": args.udp_framing, "tcp_framing": args.tcp_framing,
+        "tcp_packet_size": args.tcp_packet_size, "tcp_packet_gap_ms": args.tcp_packet_gap_ms,
+        "tcp_write_size": args.tcp_write_size, "free_sizes": args.free_sizes,
+        "records_count": args.records_count, "legacy_reads": args.legacy_reads,
+    }
+    if args.transport is not None:
+        optional.update(tcp=args.transport != "udp", udp=args.transport != "tcp")
+    given = {k: v for k, v in optional.items() if v is not None}
     for i in range(args.devices):
         host, port = nth_address(args.host, i, args.per_device, args.port)
         specs.append(spec_from_mapping(f"--devices[{i}]", {
             "serial": f"{args.serial_prefix}{i + 1:04d}", "host": host, "port": port,
-            "tcp": args.transport != "udp", "udp": args.transport != "tcp",
-            "record_layout": args.layout, "user_layout": args.user_layout,
             "comm_key": args.comm_key, "users": args.users, "records": args.records,
             "seed": args.seed + i, "timezone": args.timezone,
-            "punches_per_minute": args.punch_rate, "records_cap": args.records_cap,
-            "users_cap": args.users_cap, "tcp_buffered": args.tcp_buffered, "faults": faults,
+            "punches_per_minute": args.punch_rate, "faults": faults, **given,
         }))
     return FleetConfig(devices=specs, truth=args.truth)
 
@@ -133,6 +162,7 @@ def run(argv: list[str]) -> int:
         transports = "+".join(t for t, on in (("tcp", d.spec.tcp), ("udp", d.spec.udp)) if on)
         print(f"  {d.serial:<12} {d.host}:{d.port} {transports} records={d.record_count} "
               f"users={d.user_count} layout={d.spec.record_layout}/{d.spec.user_layout}"
+              + (f" profile={d.spec.profile}" if d.spec.profile != "generic" else "")
               + (f" faults={d.faults}" if d.faults else ""), flush=True)
     if len(devs) > 50:
         print(f"  ... and {len(devs) - 50} more ({devs[-1].host}:{devs[-1].port} last)", flush=True)

@@ -55,6 +55,8 @@ def _coerce(where: str, name: str, value: Any) -> Any:
             except ValueError:
                 pass
         raise ConfigError(f"{where}.start_date: expected a date like 2025-01-06, got {value!r}")
+    if name == "free_sizes" and isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)  # free_sizes = 80 reads as naturally as "80"
     if name == "faults":
         if not isinstance(value, dict):
             raise ConfigError(f"{where}.faults: expected a table of fault = value, got {value!r}")

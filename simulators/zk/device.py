@@ -8,6 +8,7 @@ because tests and the control API call them from other threads while the loop se
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import random
@@ -23,8 +24,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from simulators.zk import generator
 from simulators.zk.faults import ACTIONS, Fault, is_active, normalize_fault
+from simulators.zk.profiles import PROFILES
 from simulators.zk.protocol import (
     ATT40_TAIL,
+    FREE_SIZES_LAYOUTS,
     RECORD_LAYOUTS,
     USER_LAYOUTS,
     Sizes,
@@ -76,9 +79,60 @@ class DeviceSpec:
     pin_width: int = 0  #: GET_PINWIDTH answer; 0 = derived from the longest user id (≥ 9)
     fingers: int = 0  #: fingerprint template count reported by read_sizes
     faces: int = 0  #: face template count reported by read_sizes
+    #: model profile (simulators/zk/profiles.py): fills every field still at its default
+    profile: str = "generic"
+    #: UDP multi-packet answers: "session" (session id in every DATA datagram) or "counter" (0, 1, 2, …
+    #: in the session field of the DATA packets, as real terminals do)
+    udp_framing: str = "session"
+    #: TCP chunk answers: "single" (one DATA packet a chunk) or "packets" (DATA packets of tcp_packet_size
+    #: bytes back to back, packet counter in the session field, as real terminals do)
+    tcp_framing: str = "single"
+    tcp_packet_size: int = 1008  #: data bytes per DATA packet with tcp_framing = "packets"
+    tcp_packet_gap_ms: float = 0.0  #: pause between the packets of a multi-packet TCP answer ("packets")
+    tcp_write_size: int = 0  #: bytes per socket write (1 = one byte at a time, a stress case); 0 = whole packet
+    free_sizes: str = "92"  #: GET_FREE_SIZES payload: "80", "92", "112" or "zero" (4 zero bytes)
+    records_count: str = "exact"  #: record count GET_FREE_SIZES reports: "exact", "zero", "+N" or "-N"
+    legacy_reads: bool = False  #: answer the direct reads 9 (users) and 13 (attendance) like K40-class units
+    udp_sessions: int = 256  #: UDP session table size; when full the least recently used session is dropped
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> DeviceSpec:
+        # Remember which fields the caller gave, so a profile fills only the others (an explicit value
+        # equal to the default, e.g. udp_framing="session" on a counter-framing profile, still wins).
+        self = super().__new__(cls)
+        object.__setattr__(self, "_explicit", frozenset(kwargs) | frozenset(_FIELD_ORDER[:len(args)]))
+        return self
 
     def __post_init__(self) -> None:
+        if isinstance(self.profile, str) and self.profile in PROFILES:
+            explicit: frozenset[str] = getattr(self, "_explicit", frozenset())
+            for key, value in PROFILES[self.profile].settings.items():
+                if key not in explicit:
+                    setattr(self, key, value)
         errors: list[str] = []
+        if not isinstance(self.profile, str) or self.profile not in PROFILES:
+            errors.append(f"profile: unknown profile {self.profile!r} (known: {', '.join(PROFILES)})")
+        if self.udp_framing not in UDP_FRAMINGS:
+            errors.append(f"udp_framing: must be one of {', '.join(UDP_FRAMINGS)}, got {self.udp_framing!r}")
+        if self.tcp_framing not in TCP_FRAMINGS:
+            errors.append(f"tcp_framing: must be one of {', '.join(TCP_FRAMINGS)}, got {self.tcp_framing!r}")
+        if isinstance(self.tcp_packet_size, bool) or not isinstance(self.tcp_packet_size, int) \
+                or not 1 <= self.tcp_packet_size <= 65472:
+            errors.append(f"tcp_packet_size: must be 1..65472, got {self.tcp_packet_size!r}")
+        if isinstance(self.tcp_packet_gap_ms, bool) or not isinstance(self.tcp_packet_gap_ms, int | float) \
+                or not 0 <= self.tcp_packet_gap_ms <= 60_000:
+            errors.append(f"tcp_packet_gap_ms: must be 0..60000, got {self.tcp_packet_gap_ms!r}")
+        if isinstance(self.tcp_write_size, bool) or not isinstance(self.tcp_write_size, int) \
+                or not 0 <= self.tcp_write_size <= 1 << 20:
+            errors.append(f"tcp_write_size: must be 0..1048576, got {self.tcp_write_size!r}")
+        if isinstance(self.udp_sessions, bool) or not isinstance(self.udp_sessions, int) \
+                or not 1 <= self.udp_sessions <= 100_000:
+            errors.append(f"udp_sessions: must be 1..100000, got {self.udp_sessions!r}")
+        if self.free_sizes not in FREE_SIZES_LAYOUTS:
+            errors.append(f"free_sizes: must be one of {', '.join(FREE_SIZES_LAYOUTS)}, got {self.free_sizes!r}")
+        try:
+            count_skew(self.records_count, 0)
+        except ValueError as e:
+            errors.append(f"records_count: {e}")
         if not isinstance(self.serial, str) or not 0 < len(self.serial) <= 23 \
                 or not self.serial.isprintable() or "=" in self.serial:
             errors.append(f"serial: must be 1–23 printable characters without '=', got {self.serial!r}")
@@ -144,6 +198,24 @@ class DeviceSpec:
         if self.user_ids == "nip":
             return False
         return generator.numeric_ids_needed(self.user_layout, self.record_layout)
+
+
+_FIELD_ORDER = tuple(f.name for f in dataclasses.fields(DeviceSpec) if f.init)
+UDP_FRAMINGS = ("session", "counter")
+TCP_FRAMINGS = ("single", "packets")
+
+
+def count_skew(mode: str, actual: int) -> int:
+    """The record count GET_FREE_SIZES reports for ``records_count`` mode ``mode`` and ``actual`` records."""
+    if not isinstance(mode, str):
+        raise ValueError(f"expected \"exact\", \"zero\", \"+N\" or \"-N\", got {mode!r}")
+    if mode == "exact":
+        return actual
+    if mode == "zero":
+        return 0
+    if len(mode) > 1 and mode[0] in "+-" and mode[1:].isdigit() and len(mode) <= 10:
+        return max(0, actual + int(mode))
+    raise ValueError(f"expected \"exact\", \"zero\", \"+N\" or \"-N\", got {mode!r}")
 
 
 class DatasetCache:
@@ -550,6 +622,13 @@ class SimDevice:
                          users_cap=self.spec.users_cap, records_cap=cap,
                          faces=self.spec.faces, faces_cap=400 if self.spec.faces else 0)
 
+    def reported_sizes(self) -> Sizes:
+        """What GET_FREE_SIZES reports: ``sizes()`` with the record count the spec's ``records_count`` asks for."""
+        s = self.sizes()
+        if self.spec.records_count == "exact":
+            return s
+        return replace(s, records=count_skew(self.spec.records_count, s.records))
+
     def pin_width(self) -> int:
         """GET_PINWIDTH answer (never 0: pyzk would crash on an empty byte)."""
         if self.spec.pin_width:
@@ -624,5 +703,6 @@ class SimDevice:
                     "records_cap": self.spec.records_cap, "users_cap": self.spec.users_cap,
                     "enabled": self.enabled, "clock": self.now().strftime("%Y-%m-%d %H:%M:%S"),
                     "timezone": self.spec.timezone, "comm_key_set": self.spec.comm_key != 0,
-                    "punches_per_minute": self.spec.punches_per_minute,
+                    "punches_per_minute": self.spec.punches_per_minute, "profile": self.spec.profile,
+                    "udp_framing": self.spec.udp_framing, "tcp_framing": self.spec.tcp_framing,
                     "faults": {f.value: v for f, v in self._faults.items()}}

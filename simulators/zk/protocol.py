@@ -28,6 +28,7 @@ CMD_OPLOG_RRQ = 34
 CMD_GET_FREE_SIZES = 50
 CMD_STARTVERIFY = 60
 CMD_CANCELCAPTURE = 62
+CMD_STATE_RRQ = 64
 CMD_GET_PINWIDTH = 69
 CMD_GET_USERTEMP = 88
 CMD_GET_TIME = 201
@@ -324,12 +325,24 @@ class Sizes:
     faces_cap: int = 0
 
 
-def pack_free_sizes(s: Sizes) -> bytes:
-    """92-byte GET_FREE_SIZES payload (80 bytes + the face block pyzk reads when present)."""
+#: GET_FREE_SIZES payload layouts: 80 bytes (K20 capture), 92 (80 + face block; adro and another
+#: capture), 112 (SpeedFace-class units, pyzk issue #170: the 92 bytes + 20 more, sent as zeros here)
+#: and "zero" (4 zero bytes, reported for some newer face terminals).
+FREE_SIZES_LAYOUTS = ("80", "92", "112", "zero")
+
+
+def pack_free_sizes(s: Sizes, layout: str = "92") -> bytes:
+    """GET_FREE_SIZES payload in ``layout`` (default: 92 bytes, 80 + the face block pyzk reads)."""
+    if layout == "zero":
+        return b"\x00\x00\x00\x00"
     fields = [0, 0, 0, 0, s.users, 0, s.fingers, 0, s.records, 0, s.oplog, 0, s.admins,
               s.passwords, s.fingers_cap, s.users_cap, s.records_cap,
               max(0, s.fingers_cap - s.fingers), max(0, s.users_cap - s.users),
               max(0, s.records_cap - s.records), s.faces, 0, s.faces_cap]
+    if layout == "80":
+        return struct.pack("<20i", *fields[:20])
+    if layout == "112":
+        return struct.pack("<28i", *fields, 0, 0, 0, 0, 0)
     return struct.pack("<23i", *fields)
 
 

@@ -31,23 +31,47 @@ log = logging.getLogger("simulators.zk.server")
 
 #: Largest ZK packet a client may send us; anything bigger is a broken stream.
 MAX_REQUEST = 1 << 20
-#: UDP sessions remembered per device (each pyzk instance uses a new source port).
-MAX_UDP_SESSIONS = 256
 TCP_BACKLOG = 64
 
 
 class TcpLink:
-    """Session output over one TCP connection: 8-byte prefix, one write per packet."""
+    """Session output over one TCP connection: 8-byte prefix, one write per packet.
+
+    With the device's ``tcp_write_size`` set, a packet goes out in writes of that many bytes, each its own
+    segment (TCP_NODELAY), so clients see any split of the stream (1 = one byte at a time).
+    """
 
     is_tcp = True
 
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, writer: asyncio.StreamWriter, device: SimDevice | None = None, peer: str = "?") -> None:
         self.writer = writer
+        self.device = device
+        self.peer = peer
 
     async def send(self, packet: bytes) -> None:
+        await self._write(p.tcp_wrap(packet))
+
+    async def send_many(self, packets: list[bytes]) -> None:
+        """Several packets back to back in one write: the client sees them coalesced, as from a fast unit."""
+        await self._write(b"".join(p.tcp_wrap(x) for x in packets))
+
+    async def _write(self, framed: bytes) -> None:
         if self.writer.is_closing():
             return
-        self.writer.write(p.tcp_wrap(packet))
+        step = self.device.spec.tcp_write_size if self.device is not None else 0
+        if step and step < len(framed):
+            for i in range(0, len(framed), step):
+                if self.writer.is_closing():
+                    return
+                self.writer.write(framed[i:i + step])
+                try:
+                    await self.writer.drain()
+                except ConnectionError:
+                    self.writer.close()
+                    return
+                await asyncio.sleep(0)  # let the kernel send this piece on its own
+            return
+        self.writer.write(framed)
         try:
             await self.writer.drain()
         except ConnectionError:
@@ -88,9 +112,14 @@ class UdpLink:
     def __init__(self, server: DeviceServer, addr: tuple[str, int]) -> None:
         self.server = server
         self.addr = addr
+        self.peer = f"{addr[0]}:{addr[1]}"
 
     async def send(self, packet: bytes) -> None:
         self.server.udp_send(packet, self.addr)
+
+    async def send_many(self, packets: list[bytes]) -> None:
+        for x in packets:
+            self.server.udp_send(x, self.addr)
 
     async def send_partial(self, packet: bytes, fraction: float) -> None:
         return  # UDP mid-transfer drops are whole datagrams (handled by the session)
@@ -155,6 +184,7 @@ class DeviceServer:
         self.udp_transport: asyncio.DatagramTransport | None = None
         self._accept_task: asyncio.Task[None] | None = None
         self._tcp_sessions: set[Session] = set()
+        #: UDP sessions by peer, least recently used first.
         self._udp_sessions: OrderedDict[tuple[str, int], Session] = OrderedDict()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._dummies: list[socket.socket] = []
@@ -311,7 +341,8 @@ class DeviceServer:
     async def _serve_tcp(self, conn: socket.socket, addr: Any) -> None:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         reader, writer = await asyncio.open_connection(sock=conn, limit=MAX_REQUEST + 64)
-        session = Session(self.device, TcpLink(writer))
+        peer = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) and len(addr) >= 2 else str(addr)
+        session = Session(self.device, TcpLink(writer, self.device, peer))
         self._tcp_sessions.add(session)
         try:
             while not session.closed:
@@ -360,11 +391,18 @@ class DeviceServer:
         if session is None or (pkt.command == p.CMD_CONNECT and session.closed):
             session = Session(dev, UdpLink(self, addr))
             self._udp_sessions[addr] = session
-            while len(self._udp_sessions) > MAX_UDP_SESSIONS:
-                _, old = self._udp_sessions.popitem(last=False)
+            # Full table: drop the least recently used session (the table is kept in use order below),
+            # not the oldest one, so a long download keeps its session while idle peers come and go.
+            # (each pyzk instance uses a new source port, so idle entries pile up)
+            while len(self._udp_sessions) > dev.spec.udp_sessions:
+                old_addr, old = self._udp_sessions.popitem(last=False)
+                log.info("udp session table full device=%s: dropping least recently used peer=%s:%s",
+                         dev.serial, old_addr[0], old_addr[1])
                 old.end()
-        elif pkt.command == p.CMD_CONNECT and session.muted:
-            session.muted = False  # a reconnect after a mid-transfer drop is answered again
+        else:
+            self._udp_sessions.move_to_end(addr)
+            if pkt.command == p.CMD_CONNECT and session.muted:
+                session.muted = False  # a reconnect after a mid-transfer drop is answered again
         self._spawn(self._handle_udp(session, pkt))
 
     async def _handle_udp(self, session: Session, pkt: p.Packet) -> None:

@@ -49,9 +49,13 @@ class Link(Protocol):
     """Where a session's packets go (TCP stream or UDP peer)."""
 
     is_tcp: bool
+    peer: str  #: the client's address as text (logged with destructive commands)
 
     async def send(self, packet: bytes) -> None:
         """Send one ZK packet (framed for the transport) as a single write."""
+
+    async def send_many(self, packets: list[bytes]) -> None:
+        """Send several packets back to back (TCP: one write, so they arrive coalesced)."""
 
     async def send_partial(self, packet: bytes, fraction: float) -> None:
         """Send only the first ``fraction`` of a packet's data, then stop (mid-transfer drop)."""
@@ -207,7 +211,13 @@ class Session:
         await self._reply(pkt, p.CMD_ACK_OK, bytes([self.device.pin_width() & 0xFF]))
 
     async def _free_sizes(self, pkt: p.Packet) -> None:
-        await self._reply(pkt, p.CMD_ACK_OK, p.pack_free_sizes(self.device.sizes()))
+        dev = self.device
+        await self._reply(pkt, p.CMD_ACK_OK, p.pack_free_sizes(dev.reported_sizes(), dev.spec.free_sizes))
+
+    async def _state(self, pkt: p.Packet) -> None:
+        # The machine state travels in the session field of a bare ACK_OK (adro's capture; public ZEM
+        # firmware source sets SessionID = machine state). 0 = idle, 2 = busy here.
+        await self._reply(pkt, p.CMD_ACK_OK, session_id=0 if self.device.enabled else 2)
 
     async def _get_time(self, pkt: p.Packet) -> None:
         await self._reply(pkt, p.CMD_ACK_OK, struct.pack("<I", self.device.now_encoded()))
@@ -240,20 +250,28 @@ class Session:
         self.device.set_disabled(False)
         await self._reply(pkt, p.CMD_ACK_OK)
 
+    def _warn_destructive(self, what: str, detail: str = "") -> None:
+        log.warning("destructive command %s device=%s peer=%s%s", what, self.device.serial, self.link.peer,
+                    f" {detail}" if detail else "")
+
     async def _clear_attlog(self, pkt: p.Packet) -> None:
+        self._warn_destructive("CLEAR_ATTLOG", f"records={self.device.record_count}")
         self.device.clear_log()
         await self._reply(pkt, p.CMD_ACK_OK)
 
     async def _clear_data(self, pkt: p.Packet) -> None:
+        self._warn_destructive("CLEAR_DATA", f"records={self.device.record_count} users={self.device.user_count}")
         self.device.clear_all()
         await self._reply(pkt, p.CMD_ACK_OK)
 
     async def _restart(self, pkt: p.Packet) -> None:
+        self._warn_destructive("RESTART")
         await self._reply(pkt, p.CMD_ACK_OK)
         self.device.set_disabled(False)  # a reboot comes up enabled
         self.device.on_change("restart")  # every session drops, as on a reboot
 
     async def _poweroff(self, pkt: p.Packet) -> None:
+        self._warn_destructive("POWEROFF")
         await self._reply(pkt, p.CMD_ACK_OK)
         # Powered off: nothing answers until someone switches it on (clear the fault).
         self.device.set_fault(Fault.OFFLINE.value, True)
@@ -271,7 +289,9 @@ class Session:
     async def _delete_user(self, pkt: p.Packet) -> None:
         if len(pkt.data) < 2:
             raise p.ProtocolError("DELETE_USER needs a u16 uid")
-        self.device.delete_user(struct.unpack_from("<H", pkt.data)[0])
+        uid = struct.unpack_from("<H", pkt.data)[0]
+        self._warn_destructive("DELETE_USER", f"uid={uid}")
+        self.device.delete_user(uid)
         await self._reply(pkt, p.CMD_ACK_OK)
 
     async def _free_data(self, pkt: p.Packet) -> None:
@@ -292,7 +312,11 @@ class Session:
         ds = await self._build_dataset(kind)
         corrupt = dev.fault(Fault.CORRUPT_CHUNK) if kind == "attlog" else None
         drop = dev.fault(Fault.DROP_MID_TRANSFER) if kind == "attlog" and len(ds) > 4 else None
-        if self.link.is_tcp and not dev.spec.tcp_buffered:
+        spec = dev.spec
+        # Real terminals answer a small set directly with one DATA packet even over TCP (pyzk's K20
+        # capture: 148 bytes); with real framing, only sets up to one packet are answered so.
+        direct = not spec.tcp_buffered or (spec.tcp_framing == "packets" and len(ds) <= spec.tcp_packet_size)
+        if self.link.is_tcp and direct:
             if corrupt == "length":
                 # The dataset's own byte count claims one record more than is sent.
                 rs = dev.spec.record_layout
@@ -332,15 +356,39 @@ class Session:
         if corrupt == "length" and len(chunk) > 4:
             chunk = chunk[:-4]  # PREPARE_DATA below still announces the requested length
         announced = length if corrupt == "length" else len(chunk)
+        await self._send_run(pkt, chunk, announced, corrupt, drop)
+
+    async def _legacy_read(self, pkt: p.Packet) -> None:
+        """CMD_USERTEMP_RRQ (9) / CMD_ATTLOG_RRQ (13) sent directly, as older PHP/JS clients do.
+
+        Like a K40-class unit (php_zklib's reader): PREPARE_DATA with the dataset size, the dataset
+        (u32 byte count + records) in DATA packets, then ACK_OK.
+        """
+        if not self.device.spec.legacy_reads:
+            await self._reply(pkt, p.CMD_ACK_UNKNOWN)
+            return
+        kind = "users" if pkt.command == p.CMD_USERTEMP_RRQ else "attlog"
+        ds = await self._build_dataset(kind)
+        await self._send_run(pkt, ds, len(ds), None, None)
+
+    async def _send_run(self, pkt: p.Packet, chunk: bytes, announced: int, corrupt: object,
+                        drop: object) -> None:
+        """PREPARE_DATA, the DATA packet(s) and ACK_OK of one chunk, framed per transport and spec."""
+        dev = self.device
+        spec = dev.spec
         sid, rid = self.session_id, pkt.reply_id
-        await self.link.send(p.build_packet(p.CMD_PREPARE_DATA, sid, rid, p.prepare_data(announced)))
+        if self.link.is_tcp and spec.tcp_framing == "packets":
+            await self._send_packets(pkt, chunk, announced, corrupt, drop, spec.tcp_packet_size,
+                                     spec.tcp_packet_gap_ms / 1000.0)
+            return
         if self.link.is_tcp:
+            await self.link.send(p.build_packet(p.CMD_PREPARE_DATA, sid, rid, p.prepare_data(announced)))
             # TCP: the whole chunk in ONE DATA packet (pyzk 0.9 recurses per packet), parts
             # spaced so node clients see one packet per 'data' event.
             await asyncio.sleep(PART_GAP_S)
             packet = p.build_packet(p.CMD_DATA, sid, rid, chunk)
             if drop:
-                await self.link.send_partial(packet, float(drop))
+                await self.link.send_partial(packet, float(drop))  # type: ignore[arg-type]
                 self.end()
                 return
             await self.link.send(_garble(packet) if corrupt == "checksum" else packet)
@@ -349,12 +397,14 @@ class Session:
             # node-zklib has already queued its next 1504: keep its PREPARE_DATA apart too.
             await asyncio.sleep(PART_GAP_S)
             return
+        await self.link.send(p.build_packet(p.CMD_PREPARE_DATA, sid, rid, p.prepare_data(announced)))
         # UDP: DATA pieces of ≤ 1024 bytes, one datagram each, then ACK_OK.
+        counter = spec.udp_framing == "counter"
         pieces = [chunk[i:i + p.UDP_DATA_PIECE] for i in range(0, len(chunk), p.UDP_DATA_PIECE)]
         if drop:
-            pieces = pieces[:max(0, int(len(pieces) * float(drop)))]
+            pieces = pieces[:max(0, int(len(pieces) * float(drop)))]  # type: ignore[arg-type]
         for i, piece in enumerate(pieces):
-            packet = p.build_packet(p.CMD_DATA, sid, rid, piece)
+            packet = p.build_packet(p.CMD_DATA, i if counter else sid, rid, piece)
             if i == 0 and corrupt == "checksum":
                 packet = _garble(packet)
             await self.link.send(packet)
@@ -365,7 +415,42 @@ class Session:
             log.info("dropping mid-transfer device=%s (udp: going silent)", dev.serial)
             self.muted = True
             return
-        await self.link.send(p.build_packet(p.CMD_ACK_OK, sid, rid))
+        # Real framing: the closing ACK_OK carries the last packet counter too (pyzk test.py capture).
+        await self.link.send(p.build_packet(p.CMD_ACK_OK, max(0, len(pieces) - 1) if counter else sid, rid))
+
+    async def _send_packets(self, pkt: p.Packet, chunk: bytes, announced: int, corrupt: object, drop: object,
+                            size: int, gap_s: float) -> None:
+        """TCP like real terminals: DATA packets of ``size`` bytes back to back, counter in the session field.
+
+        Captures (pyzk test.py, js_zklib #50): PREPARE_DATA(length, 1008) with the session id, then DATA
+        packets of 1008 bytes whose session field counts 0, 1, 2, …, then ACK_OK carrying the last count.
+        """
+        sid, rid = self.session_id, pkt.reply_id
+        prepare = p.build_packet(p.CMD_PREPARE_DATA, sid, rid, p.prepare_data(announced, size))
+        pieces = [chunk[i:i + size] for i in range(0, len(chunk), size)] or [b""]
+        if not gap_s and not drop:
+            # Back to back means coalesced at the client: send the whole answer in one write, so a client
+            # that needs the packets apart fails every time rather than by scheduling luck.
+            data = [p.build_packet(p.CMD_DATA, i, rid, piece) for i, piece in enumerate(pieces)]
+            if corrupt == "checksum":
+                data[0] = _garble(data[0])
+            await self.link.send_many([prepare, *data, p.build_packet(p.CMD_ACK_OK, len(pieces) - 1, rid)])
+            return
+        await self.link.send(prepare)
+        cut = int(len(pieces) * float(drop)) if drop else -1  # type: ignore[arg-type]
+        for i, piece in enumerate(pieces):
+            if gap_s:
+                await asyncio.sleep(gap_s)
+            packet = p.build_packet(p.CMD_DATA, i, rid, piece)
+            if i == cut:
+                log.info("dropping mid-transfer device=%s packet=%d", self.device.serial, i)
+                await self.link.send_partial(packet, 0.5)
+                self.end()
+                return
+            await self.link.send(_garble(packet) if i == 0 and corrupt == "checksum" else packet)
+        if gap_s:
+            await asyncio.sleep(gap_s)
+        await self.link.send(p.build_packet(p.CMD_ACK_OK, len(pieces) - 1, rid))
 
     # --- realtime events (§2.12) ----------------------------------------------------------
 
@@ -452,4 +537,7 @@ _HANDLERS = {
     p.CMD_FREE_DATA: Session._free_data,
     p.CMD_PREPARE_BUFFER: Session._prepare_buffer,
     p.CMD_READ_BUFFER: Session._read_buffer,
+    p.CMD_STATE_RRQ: Session._state,
+    p.CMD_USERTEMP_RRQ: Session._legacy_read,
+    p.CMD_ATTLOG_RRQ: Session._legacy_read,
 }

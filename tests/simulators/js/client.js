@@ -75,6 +75,10 @@ async function main() {
 }
 
 main().catch((err) => {
-  emit({ lib, error: String(err && (err.message || err.toString())) });
+  // zkteco-js rejects with plain objects wrapping the cause ({err: {err: Error}}): report the innermost.
+  let inner = err;
+  while (inner && inner.err) inner = inner.err;
+  const text = (inner && (inner.message || inner.code)) || String(err);
+  emit({ lib, error: text === '[object Object]' ? JSON.stringify(err) : text });
   process.exit(3);
 });
