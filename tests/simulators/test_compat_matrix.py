@@ -224,6 +224,11 @@ def test_compat_table_matches_measurement(fleet: Fleet, js_available: None,
     assert TABLE.exists(), f"{TABLE} missing: run with GW_WRITE_COMPAT=1 to create it"
     committed = _classes(TABLE.read_text(encoding="utf-8"))
     measured = _classes(text)
+    # Eight cells at once on a busy 2-core machine can run a client into its own fixed timeouts; a cell that
+    # differs is measured once more alone before it counts (the table is about protocol, not about load).
+    for i, cell in enumerate(k for k in measured if committed.get(k) != measured[k]):
+        results[cell] = _cell(fleet, 9500 + i, *cell)
+        measured[cell] = results[cell].split(":", 1)[0]
     diff = {k: (committed.get(k), results[k]) for k in measured if committed.get(k) != measured[k]}
     assert not diff, ("outcomes differ from docs/simulator-compat.md (committed class, measured): "
                       + "; ".join(f"{'/'.join(k)}: {v}" for k, v in sorted(diff.items())))
