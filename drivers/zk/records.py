@@ -165,6 +165,145 @@ def infer_record_size(
     return min(fits, key=lambda s: nbytes // s - expected_count)
 
 
+def record_evidence(body: bytes | memoryview, size: int) -> str | None:
+    """None when every record of ``body`` decodes, as layout ``size``, to a real time (years 2000-2099)
+    and a usable id; else why not. Decides the layout when the device's count disagrees with the bytes."""
+    if size not in RECORD_SIZES or len(body) % size:
+        return f"{len(body)} bytes are not whole {size}-byte records"
+    if size == 40:
+        for i, (_uid, uid_text, _v, t, _s) in enumerate(_REC40.iter_unpack(body)):
+            text = uid_text.split(b"\x00", 1)[0]
+            if not text or not all(0x21 <= c < 0x7F for c in text):
+                return f"record {i}: user id {text[:24]!r} is not printable text"
+            if decode_time(t)[1] is None:
+                return f"record {i}: time {t} is not a real date"
+        return None
+    layout = _REC16 if size == 16 else _REC8
+    t_index = 1
+    for i, fields_ in enumerate(layout.iter_unpack(body)):
+        t = fields_[t_index] if size == 16 else fields_[2]
+        if size == 16 and fields_[0] == 0:
+            return f"record {i}: user id 0"
+        if decode_time(t)[1] is None:
+            return f"record {i}: time {t} is not a real date"
+    return None
+
+
+def choose_record_size(
+    body: bytes | memoryview,
+    expected_count: int | None,
+    sizes: Iterable[int] = RECORD_SIZES,
+    forced: int | None = None,
+    hint: int | None = None,
+) -> int:
+    """Record size of an attendance body, by the device's count when it agrees, else by evidence.
+
+    ``expected_count`` None = the device gave no usable count. A count that matches exactly one
+    layout decides; otherwise the layout(s) whose records all decode to real times and ids
+    (``record_evidence``) do; when that is not unique the dataset is refused (DatasetError naming the
+    layouts), never guessed. The old rule (more records than counted: punches landed in between) is
+    kept as the last resort when no layout is clean but only one fits the bytes.
+    """
+    nbytes = len(body)
+    if forced:
+        if nbytes % forced:
+            raise DatasetError(f"{nbytes} record bytes are not a multiple of the forced record size {forced}")
+        return forced
+    fits = [s for s in sizes if nbytes % s == 0]
+    if not fits:
+        raise DatasetError(f"{nbytes} record bytes are not a multiple of any attendance layout "
+                           f"({'/'.join(str(s) for s in sizes)} bytes)")
+    if expected_count is not None:
+        exact = [s for s in fits if nbytes // s == expected_count]
+        if len(exact) == 1:
+            return exact[0]
+    reasons = {s: record_evidence(body, s) for s in fits}
+    clean = [s for s in fits if reasons[s] is None]
+    if len(clean) == 1:
+        return clean[0]
+    if hint in clean:
+        return hint
+    grown = [s for s in fits if expected_count is not None and nbytes // s >= expected_count]
+    if not clean and len(grown) == 1:
+        return grown[0]  # one layout fits the count; its odd records (bad clock) are stored and flagged
+    counted = "no usable count" if expected_count is None else f"device counted {expected_count}"
+    if not clean:
+        detail = "; ".join(f"{s}-byte layout: {reasons[s]}" for s in fits)
+        raise DatasetError(f"{nbytes} record bytes ({counted}) decode cleanly as no known layout ({detail})")
+    raise DatasetError(f"{nbytes} record bytes ({counted}) decode cleanly as several layouts "
+                       f"({'/'.join(str(s) for s in clean)} bytes): refusing to guess; set quirk record_size")
+
+
+# ---------------------------------------------------------------------------------------------
+# GET_FREE_SIZES (§2.4)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FreeSizes:
+    """Counts and capacities from a GET_FREE_SIZES answer; ``problem`` non-empty = not usable."""
+
+    records: int = 0
+    users: int = 0
+    fingers: int = 0
+    rec_cap: int = 0
+    users_cap: int = 0
+    fingers_cap: int = 0
+    faces: int = 0
+    faces_cap: int = 0
+    problem: str = ""
+
+
+_SIZES80 = struct.Struct("<20i")
+
+
+def parse_free_sizes(payload: bytes) -> FreeSizes:
+    """Decode a GET_FREE_SIZES payload: 80 bytes (K20), 92 (with faces), longer layouts (112 on newer
+    face terminals: the first 92 bytes keep their meaning). Shorter (4 zero bytes on some face
+    terminals) or negative/impossible values -> ``problem`` says why; nothing here raises."""
+    if len(payload) < 80:
+        return FreeSizes(problem=f"GET_FREE_SIZES answered with {len(payload)} bytes (80 or more expected)")
+    f = _SIZES80.unpack_from(payload, 0)
+    faces = faces_cap = 0
+    if len(payload) >= 92:
+        faces, _zero, faces_cap = struct.unpack_from("<3i", payload, 80)
+    sizes = FreeSizes(records=f[8], users=f[4], fingers=f[6], rec_cap=f[16], users_cap=f[15],
+                      fingers_cap=f[14], faces=faces, faces_cap=faces_cap)
+    values = (sizes.records, sizes.users, sizes.fingers, sizes.rec_cap, sizes.users_cap, sizes.fingers_cap,
+              sizes.faces, sizes.faces_cap)
+    if min(values) < 0:
+        return FreeSizes(problem=f"GET_FREE_SIZES reports negative counts {values}")
+    if sizes.rec_cap and sizes.records > sizes.rec_cap:
+        return FreeSizes(problem=f"GET_FREE_SIZES reports {sizes.records} records for a capacity of {sizes.rec_cap}")
+    return sizes
+
+
+# ---------------------------------------------------------------------------------------------
+# Live events (§2.12): decoded where publicly documented, refused otherwise.
+# ---------------------------------------------------------------------------------------------
+
+
+def decode_event(data: bytes) -> RawPunch:
+    """Data of an EF_ATTLOG realtime event -> punch. Documented forms: 10 bytes (manual2006: u16 user
+    id, verify, state, 6-byte time), 12 bytes (u32 user id, verify, state, time; pyzk test capture),
+    32/36 bytes (24-byte user id text, verify, state, time [+4]). Others raise DatasetError naming them."""
+    n = len(data)
+    if n == 10:
+        user: str = str(struct.unpack_from("<H", data)[0])
+        off = 2
+    elif n == 12:
+        user = str(struct.unpack_from("<I", data)[0])
+        off = 4
+    elif n in (32, 36):
+        user = _text(data[:24], "UTF-8")
+        off = 24
+    else:
+        raise DatasetError(f"realtime event of {n} bytes: no public layout (known: 10, 12, 32, 36 bytes)")
+    verify, state = data[off], data[off + 1]
+    text, local = time_from_hex6(data[off + 2: off + 8])
+    return RawPunch(user, text, local, state, verify)
+
+
 # ---------------------------------------------------------------------------------------------
 # Attendance records
 # ---------------------------------------------------------------------------------------------
