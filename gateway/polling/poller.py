@@ -212,7 +212,7 @@ class DevicePoller:
                  force_full: bool = False) -> None:
         driver = self.driver_for(device)
         # The session's exit re-enables the terminal and closes the socket whatever happens inside.
-        with driver.connect() as session:
+        with driver.connect(deadline=deadline) as session:
             try:
                 read.info = session.info()
                 structlog.contextvars.bind_contextvars(serial=read.info.serial)
