@@ -165,27 +165,84 @@ def infer_record_size(
     return min(fits, key=lambda s: nbytes // s - expected_count)
 
 
+#: First encoded time past 2099-12-31 23:59:59 (ZK clocks hold years 2000-2099 only).
+_T_2100 = 100 * 12 * 31 * 86400
+
+#: Largest attendance state accepted as evidence for the 8-byte layout.
+_MAX_STATE_8 = 15
+
+#: How each layout is described in error messages.
+LAYOUT_NAMES = {
+    8: "8-byte (u16 uid, u8 verify, u32 time at offset 3, u8 state)",
+    16: "16-byte (u32 user id, u32 time, u8 state, u8 verify, 2 reserved, u32 work code)",
+    40: "40-byte (u16 uid, 24-byte user id text, u8 verify, u32 time at offset 27, u8 state, 8 unused)",
+}
+
+
+def _record_problem(size: int, fields_: tuple[object, ...]) -> str | None:
+    """Why one decoded record cannot be a real record of layout ``size`` (None = plausible)."""
+    if size == 40:
+        raw = fields_[1]
+        assert isinstance(raw, bytes)
+        text = raw.split(b"\x00", 1)[0]
+        if not text or not all(0x21 <= c < 0x7F for c in text):
+            return f"user id {text[:24]!r} is not printable text"
+        t = fields_[3]
+    elif size == 16:
+        if fields_[0] == 0:
+            return "user id 0"
+        t = fields_[1]
+    else:
+        state = fields_[3]
+        assert isinstance(state, int)
+        if state > _MAX_STATE_8:
+            # Documented states are 0-5 (a few firmware use up to 15). In the undocumented variant with
+            # the time at offset 4, this byte is the top byte of the time (about 50 in 2026).
+            return f"state {state} is not an attendance state"
+        t = fields_[2]
+    assert isinstance(t, int)
+    # 0 = zero bytes where no time is (a wrong stride); past 2099 = not a ZK clock value.
+    if not 0 < t < _T_2100 or decode_time(t)[1] is None:
+        return f"time {t} is not a real date"
+    return None
+
+
+def _layout(size: int) -> struct.Struct:
+    return {8: _REC8, 16: _REC16, 40: _REC40}[size]
+
+
 def record_evidence(body: bytes | memoryview, size: int) -> str | None:
     """None when every record of ``body`` decodes, as layout ``size``, to a real time (years 2000-2099)
     and a usable id; else why not. Decides the layout when the device's count disagrees with the bytes."""
     if size not in RECORD_SIZES or len(body) % size:
         return f"{len(body)} bytes are not whole {size}-byte records"
-    if size == 40:
-        for i, (_uid, uid_text, _v, t, _s) in enumerate(_REC40.iter_unpack(body)):
-            text = uid_text.split(b"\x00", 1)[0]
-            if not text or not all(0x21 <= c < 0x7F for c in text):
-                return f"record {i}: user id {text[:24]!r} is not printable text"
-            if decode_time(t)[1] is None:
-                return f"record {i}: time {t} is not a real date"
+    for i, fields_ in enumerate(_layout(size).iter_unpack(body)):
+        problem = _record_problem(size, fields_)
+        if problem is not None:
+            return f"record {i}: {problem}"
+    return None
+
+
+def layout_sanity(body: bytes | memoryview, size: int, sample: int = 256) -> str | None:
+    """None unless most of an evenly spread sample of records fail ``_record_problem``: a log whose
+    count agrees with the bytes but whose records mostly decode to no real time is another (undocumented)
+    layout, never a few records with a broken clock (those are stored and flagged)."""
+    n = len(body) // size
+    if n == 0 or size not in RECORD_SIZES:
         return None
-    layout = _REC16 if size == 16 else _REC8
-    t_index = 1
-    for i, fields_ in enumerate(layout.iter_unpack(body)):
-        t = fields_[t_index] if size == 16 else fields_[2]
-        if size == 16 and fields_[0] == 0:
-            return f"record {i}: user id 0"
-        if decode_time(t)[1] is None:
-            return f"record {i}: time {t} is not a real date"
+    layout = _layout(size)
+    step = max(1, n // sample)
+    checked = bad = 0
+    first = ""
+    for i in range(0, n, step):
+        problem = _record_problem(size, layout.unpack_from(body, i * size))
+        checked += 1
+        if problem is not None:
+            bad += 1
+            first = first or f"record {i}: {problem}"
+    if bad * 2 > checked:
+        return (f"{bad} of {checked} sampled records do not decode as the {LAYOUT_NAMES[size]} layout "
+                f"({first}): an undocumented variant (e.g. an 8-byte form with the time at offset 4) is refused")
     return None
 
 
@@ -199,10 +256,12 @@ def choose_record_size(
     """Record size of an attendance body, by the device's count when it agrees, else by evidence.
 
     ``expected_count`` None = the device gave no usable count. A count that matches exactly one
-    layout decides; otherwise the layout(s) whose records all decode to real times and ids
-    (``record_evidence``) do; when that is not unique the dataset is refused (DatasetError naming the
-    layouts), never guessed. The old rule (more records than counted: punches landed in between) is
-    kept as the last resort when no layout is clean but only one fits the bytes.
+    layout decides (unless most records then decode to no real time: ``layout_sanity``); otherwise
+    the layout(s) whose records all decode to real times and ids (``record_evidence``) do. Several
+    clean layouts: the device's last one (``hint``), else the widest (a 40-byte record's id text and
+    time at fixed offsets rarely survive a wrong stride; ASCII digits read as an 8-byte record's time
+    often do). No clean layout: the old rule (more records than counted: punches landed in between)
+    if exactly one layout fits, else DatasetError naming every layout and its first bad record.
     """
     nbytes = len(body)
     if forced:
@@ -216,22 +275,22 @@ def choose_record_size(
     if expected_count is not None:
         exact = [s for s in fits if nbytes // s == expected_count]
         if len(exact) == 1:
+            insane = layout_sanity(body, exact[0])
+            if insane is not None:
+                raise DatasetError(insane)
             return exact[0]
     reasons = {s: record_evidence(body, s) for s in fits}
     clean = [s for s in fits if reasons[s] is None]
-    if len(clean) == 1:
-        return clean[0]
     if hint in clean:
         return hint
+    if clean:
+        return max(clean)
     grown = [s for s in fits if expected_count is not None and nbytes // s >= expected_count]
-    if not clean and len(grown) == 1:
-        return grown[0]  # one layout fits the count; its odd records (bad clock) are stored and flagged
+    if len(grown) == 1 and layout_sanity(body, grown[0]) is None:
+        return grown[0]  # the count fits one layout; its odd records (bad clock) are stored and flagged
     counted = "no usable count" if expected_count is None else f"device counted {expected_count}"
-    if not clean:
-        detail = "; ".join(f"{s}-byte layout: {reasons[s]}" for s in fits)
-        raise DatasetError(f"{nbytes} record bytes ({counted}) decode cleanly as no known layout ({detail})")
-    raise DatasetError(f"{nbytes} record bytes ({counted}) decode cleanly as several layouts "
-                       f"({'/'.join(str(s) for s in clean)} bytes): refusing to guess; set quirk record_size")
+    detail = "; ".join(f"{LAYOUT_NAMES.get(s, s)}: {reasons[s]}" for s in fits)
+    raise DatasetError(f"{nbytes} record bytes ({counted}) decode cleanly as no known layout ({detail})")
 
 
 # ---------------------------------------------------------------------------------------------
