@@ -884,6 +884,7 @@ class ZkSession:
         count checked, and the log cleared only if it still holds exactly that many records, so a
         punch that landed after the last download is never wiped. Otherwise raises Busy.
         """
+        self._fallback_punches = None  # a log downloaded by counts() is stale once cleared
         self._disable()
         if expected_records is not None:
             self._read_sizes()
