@@ -109,6 +109,14 @@ def test_tcp_chunks_read_by_declared_sizes(peer_kw: dict[str, object]) -> None:
     assert punches[-1].user_id == str(1000 + (n - 1) % 500 + 1)
 
 
+def test_tcp_firmware_not_echoing_reply_ids() -> None:
+    # Each chunk's trailing ACK_OK is consumed, so the stream stays in step without reply ids.
+    term = FakeTerminal(attlog=records40(1700))
+    with _session(term, "tcp", peer_kw={"fixed_reply_id": 0x1B, "split": 1016}) as s:
+        assert len(s.read_punches()) == 1700
+        assert len(s.read_users()) == 0
+
+
 # -- UDP: packet counters accepted, late answers of an earlier connection still refused --------------------
 
 def test_udp_counter_pieces_and_stale_answers() -> None:

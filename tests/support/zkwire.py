@@ -147,8 +147,11 @@ class TcpPeer(_Peer):
     single bytes of chunk answers (a hostile slow device)."""
 
     def __init__(self, term: FakeTerminal, *, split: int | None = None, gap_s: float = 0.0,
-                 trickle_s: float = 0.0, raw_replies: dict[int, bytes] | None = None) -> None:
+                 trickle_s: float = 0.0, raw_replies: dict[int, bytes] | None = None,
+                 fixed_reply_id: int | None = None) -> None:
         self.term = term
+        #: Answer every request with this reply id (firmware that does not echo ids; pyzk's mocks).
+        self.fixed_reply_id = fixed_reply_id
         self.split, self.gap_s, self.trickle_s = split, gap_s, trickle_s
         #: code -> raw bytes sent instead of the answer (prefix included; hostile replies)
         self.raw_replies = raw_replies or {}
@@ -200,6 +203,8 @@ class TcpPeer(_Peer):
                 conn.sendall(self.raw_replies[code])
                 continue
             answers = self.term.answer(code, rid, pkt[8:])
+            if self.fixed_reply_id is not None:
+                answers = [with_reply_id(a, self.fixed_reply_id) for a in answers]
             stream = b"".join(MAGIC + struct.pack("<I", len(a)) + a for a in answers)
             if code == 1504 and self.trickle_s:
                 for i in range(len(stream)):
