@@ -5,6 +5,9 @@ DeviceUser. pyzk's own get_attendance() slices the buffer record by record (quad
 user list for every record; here every dataset is checked against its own u32 byte-count header and
 decoded in one pass with ``struct.iter_unpack``. Anything inconsistent raises ``DatasetError`` (the
 driver turns it into ProtocolError): a partial or garbled log must never reach the store.
+When the device's count disagrees with the bytes, the layout is decided by evidence
+(``choose_record_size``). Also here: GET_FREE_SIZES in all its lengths (``parse_free_sizes``) and the
+live-event forms (``decode_event``); every function is pure and fuzzed (tests/drivers/test_zk_fuzz.py).
 Layouts and field meanings: docs/drivers/zk.md, "User records", "Attendance records" and "Time".
 """
 

@@ -13,6 +13,9 @@ Rules this module keeps (why in each place):
 * Each (re)sent request carries a NEW reply id; the device echoes it in every packet of its answer
   (§1.4). A datagram whose reply id belongs to no request of the current exchange is a late or
   duplicated answer to something earlier: it is discarded, never used.
+* Real terminals put a packet counter (0, 1, 2 ...) in the session field of a chunk's DATA pieces:
+  a piece is taken when that field is the session id or the next counter value of its attempt
+  (``_piece_ok``); any other session id is an earlier connection's late answer and is dropped.
 * A chunk (1504) answer -- PREPARE_DATA, DATA pieces, ACK_OK -- is assembled per reply id, so
   pieces of two attempts are never mixed. A piece byte-identical to one already taken for that
   attempt is a network duplicate and is dropped. A chunk is accepted only when PREPARE_DATA
