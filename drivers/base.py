@@ -51,6 +51,10 @@ class Counts:
     fingers_cap: int = 0
     faces: int = 0
     faces_cap: int = 0
+    #: Empty when the device's counts are trustworthy. Otherwise why not (e.g. "GET_FREE_SIZES answered
+    #: with 4 bytes"): the driver then counted ``records`` by downloading the whole log (the poller may
+    #: turn this text into a health notice; the punches of that download are reused by read_punches()).
+    unreliable: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,8 +179,14 @@ class DeviceTarget(Protocol):
 class Driver(Protocol):
     """Reaches one configured device. Blocking; one caller at a time."""
 
-    def connect(self) -> AbstractContextManager[Session]:
-        """Open a session. On failure raises a DriverError and leaves no state behind."""
+    def connect(self, deadline: float | None = None) -> AbstractContextManager[Session]:
+        """Open a session. On failure raises a DriverError and leaves no state behind.
+
+        ``deadline``: a ``time.monotonic()`` instant after which the session stops waiting for the
+        device, even in the middle of a download (a device trickling bytes would otherwise hold the
+        poll, and its keypad lock, indefinitely); passing it raises ProtocolError. None = no limit
+        beyond the per-request timeouts.
+        """
         ...
 
 

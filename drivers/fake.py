@@ -139,8 +139,11 @@ class FakeDriver:
 
     # -- Driver contract ------------------------------------------------------------------------
     @contextmanager
-    def connect(self) -> Iterator[FakeSession]:
-        """Open a session; its exit re-enables the device whatever happened inside."""
+    def connect(self, deadline: float | None = None) -> Iterator[FakeSession]:
+        """Open a session; its exit re-enables the device whatever happened inside.
+
+        ``deadline`` is accepted for the contract; the fake answers instantly (delays are scripted).
+        """
         self._step("connect")
         with self.lock:
             serial = self.device.serial

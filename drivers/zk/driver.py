@@ -46,6 +46,7 @@ from drivers.base import (
 from drivers.zk import records
 from drivers.zk.frames import FrameRing, RecordingSocket
 from drivers.zk.quirks import ZkQuirks
+from drivers.zk.tcp import MAX_PACKET, DeadlineExceeded, TcpChannel, TcpFramingError, TcpRefused
 from drivers.zk.udp import RttEstimator, UdpChannel, UdpCounters, UdpExchangeError, UdpNoAnswer, UdpRefused
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,7 @@ class _HookedZK(ZK):
         udp_rtt: RttEstimator | None = None,
         udp_counters: UdpCounters | None = None,
         udp_max_chunk: int | None = None,
+        deadline: float | None = None,
     ) -> None:
         super().__init__(
             params.address,
@@ -155,8 +157,13 @@ class _HookedZK(ZK):
         self._fg_udp_rtt = udp_rtt or RttEstimator()
         self._fg_udp_counters = udp_counters or UdpCounters()
         self._fg_udp_max_chunk = udp_max_chunk
+        self._fg_deadline = deadline
+        #: Largest dataset (bytes, u32 header included) a 1503 answer may declare; set by the session
+        #: before each download from the device's capacities and ZkQuirks.max_download_bytes.
+        self.dataset_limit = DEFAULT_MAX_DOWNLOAD
         self.wire: RecordingSocket | None = None
         self.udp: UdpChannel | None = None
+        self.tcpc: TcpChannel | None = None
 
     def _ZK__create_socket(self) -> None:
         # Same as pyzk's __create_socket, but wrapped for recording, and a refused connect raises.
@@ -171,19 +178,22 @@ class _HookedZK(ZK):
         self._ZK__sock = self.wire
         if self.tcp:
             self.wire.connect_ex(self._ZK__address)
+            self.tcpc = TcpChannel(self.wire, timeout_s=self._ZK__timeout, deadline=self._fg_deadline)
         else:
             kw = {"max_chunk": self._fg_udp_max_chunk} if self._fg_udp_max_chunk else {}
             self.udp = UdpChannel(
                 self.wire, self._ZK__address, timeout_s=self._ZK__timeout, verify=self._fg_verify,
-                rtt=self._fg_udp_rtt, counters=self._fg_udp_counters, **kw,
+                rtt=self._fg_udp_rtt, counters=self._fg_udp_counters, deadline=self._fg_deadline, **kw,
             )
 
     # -- UDP: pyzk's request/reply and buffered read replaced by udp.UdpChannel (loss tolerant) --
     def _ZK__send_command(self, command: int, command_string: bytes = b"", response_size: int = 8) -> dict[str, Any]:
-        if self.tcp or self.udp is None:
-            return super()._ZK__send_command(command, command_string, response_size)
         if command not in (zk_const.CMD_CONNECT, zk_const.CMD_AUTH) and not self.is_connect:
             raise ZKErrorConnection("instance are not connected.")
+        if self.tcp:
+            return self._tcp_command(command, bytes(command_string))
+        if self.udp is None:
+            return super()._ZK__send_command(command, command_string, response_size)
         udp = self.udp
         udp.session_id = self._ZK__session_id
         if command != zk_const.CMD_CONNECT:
@@ -199,6 +209,27 @@ class _HookedZK(ZK):
         return {"status": self._ZK__response in (zk_const.CMD_ACK_OK, zk_const.CMD_PREPARE_DATA,
                                                    zk_const.CMD_DATA), "code": self._ZK__response}
 
+    def _tcp_command(self, command: int, data: bytes, max_len: int = MAX_PACKET) -> dict[str, Any]:
+        """pyzk's TCP request/reply, but the reply read by its declared length (tcp.py), however it arrives."""
+        tcpc = self.tcpc
+        if tcpc is None:
+            raise ZKErrorConnection("no TCP connection")
+        tcpc.session_id, tcpc.reply_id = self._ZK__session_id, self._ZK__reply_id
+        try:
+            pkt = tcpc.request(command, data, max_len)
+        finally:
+            self._ZK__reply_id = tcpc.reply_id
+        self._adopt_reply(pkt)
+        return {"status": self._ZK__response in (zk_const.CMD_ACK_OK, zk_const.CMD_PREPARE_DATA,
+                                                   zk_const.CMD_DATA), "code": self._ZK__response}
+
+    def _check_dataset_size(self, size: int) -> None:
+        if size > self.dataset_limit:
+            raise DatasetTooLarge(
+                f"device declared a {size}-byte dataset; at most {self.dataset_limit} bytes expected "
+                f"(its reported capacity, or quirk max_download_bytes)"
+            )
+
     def _adopt_reply(self, pkt: bytes) -> None:
         """Leave pyzk's state as its own __send_command would after receiving ``pkt``."""
         if len(pkt) < 8:
@@ -209,20 +240,41 @@ class _HookedZK(ZK):
         self._ZK__data = pkt[8:]
 
     def read_with_buffer(self, command: int, fct: int = 0, ext: int = 0) -> tuple[bytes, int]:
-        """pyzk's 1503/1504/1502 read; over UDP with lost chunks re-requested (udp.py)."""
-        if self.tcp or self.udp is None:
+        """pyzk's 1503/1504/1502 read: exact-length TCP reads (tcp.py), UDP with lost chunks re-requested (udp.py).
+
+        Every size the device declares is checked against ``dataset_limit`` before anything is read.
+        """
+        request = struct.pack("<bhii", 1, command, fct, ext)
+        if self.tcp:
+            # A direct answer carries the whole dataset in one packet: bounded by the dataset limit.
+            resp = self._tcp_command(1503, request, max_len=max(MAX_PACKET, self.dataset_limit + 8))
+        elif self.udp is not None:
+            resp = self._ZK__send_command(1503, request, 1024)
+        else:
             return super().read_with_buffer(command, fct, ext)
-        resp = self._ZK__send_command(1503, struct.pack("<bhii", 1, command, fct, ext), 1024)
         if not resp["status"]:
             raise ZKErrorResponse("RWB Not supported")
         data: bytes = self._ZK__data
         if resp["code"] == zk_const.CMD_DATA:
-            return data, len(data)  # direct answer: the whole (small) dataset in one datagram
+            self._check_dataset_size(len(data))
+            return data, len(data)  # direct answer: the whole dataset in one packet
         if resp["code"] != zk_const.CMD_ACK_OK or len(data) < 5:
             # pyzk would read a size out of whatever this is.
             raise ZKErrorResponse(f"unexpected answer to 1503 (code {resp['code']}, {len(data)} bytes)")
         size = int(struct.unpack_from("<I", data, 1)[0])
+        self._check_dataset_size(size)
+        if self.tcp:
+            tcpc = self.tcpc
+            assert tcpc is not None
+            tcpc.session_id, tcpc.reply_id = self._ZK__session_id, self._ZK__reply_id
+            try:
+                dataset = tcpc.read_dataset(size)
+            finally:
+                self._ZK__reply_id = tcpc.reply_id
+            self.free_data()
+            return dataset, size
         udp = self.udp
+        assert udp is not None
         udp.session_id, udp.reply_id = self._ZK__session_id, self._ZK__reply_id
         try:
             dataset = udp.read_dataset(size)
@@ -239,6 +291,14 @@ class _HookedZK(ZK):
                 self.wire.close()
             except OSError:
                 pass
+
+
+#: Default bound of one downloaded dataset when the device reports no capacity (quirk max_download_bytes).
+DEFAULT_MAX_DOWNLOAD = 32 * 1024 * 1024
+
+
+class DatasetTooLarge(Exception):
+    """A 1503 answer declared a dataset larger than the device can hold or than configured."""
 
 
 def _root_cause(exc: BaseException) -> BaseException:
@@ -294,9 +354,16 @@ def translate(
         return ProtocolError(f"{where}: {what} failed: {msg} (reply code {reply_code})", frames=frames)
     if isinstance(exc, UdpRefused) and exc.code == _CMD_ACK_RETRY:
         return Busy(f"{where}: device busy during {what} (ACK_RETRY)", frames=frames)
-    if isinstance(exc, UdpExchangeError):
-        # The device answered, but never usably (always incomplete, corrupt or refused).
+    if isinstance(exc, TcpRefused | UdpRefused) and exc.code == _CMD_ACK_RETRY:
+        return Busy(f"{where}: device busy during {what} (ACK_RETRY)", frames=frames)
+    if isinstance(exc, UdpExchangeError | TcpFramingError | TcpRefused | DatasetTooLarge):
+        # The device answered, but never usably (always incomplete, corrupt, refused or oversized).
         return ProtocolError(f"{where}: {what} failed: {exc}", frames=frames)
+    if isinstance(exc, DeadlineExceeded) or isinstance(_root_cause(exc), DeadlineExceeded):
+        exc = _root_cause(exc)
+        # The poll's deadline ended a download the device was still (slowly) sending: misbehaviour,
+        # classified so the poller reports it and moves on to the other devices.
+        return ProtocolError(f"{where}: {what} stopped: {exc}", frames=frames)
     cause = _root_cause(exc)
     if isinstance(cause, OSError):  # TimeoutError included
         message = _network_message(cause, what, where, timeout_s)
@@ -361,15 +428,19 @@ class ZkDriver:
         """Address text for messages (never the comm key)."""
         return f"{self.params.transport}://{self.params.address}:{self.params.port}"
 
-    def _new_zk(self, timeout_s: float | None = None, reuse_udp: socket.socket | None = None) -> _HookedZK:
-        return _HookedZK(
+    def _new_zk(self, timeout_s: float | None = None, reuse_udp: socket.socket | None = None,
+                deadline: float | None = None) -> _HookedZK:
+        zk = _HookedZK(
             self.params, self.frames, timeout_s or self.params.timeout_s, self.quirks.verify_checksums,
-            reuse_udp, self._udp_rtt, self.stats.udp, self.quirks.udp_max_chunk,
+            reuse_udp, self._udp_rtt, self.stats.udp, self.quirks.udp_max_chunk, deadline,
         )
+        zk.dataset_limit = self.quirks.max_download_bytes
+        return zk
 
-    def _open(self, timeout_s: float | None = None, reuse_udp: socket.socket | None = None) -> _HookedZK:
+    def _open(self, timeout_s: float | None = None, reuse_udp: socket.socket | None = None,
+              deadline: float | None = None) -> _HookedZK:
         """Connect (and authenticate); on failure nothing is left open."""
-        zk = self._new_zk(timeout_s, reuse_udp)
+        zk = self._new_zk(timeout_s, reuse_udp, deadline)
         try:
             zk.connect()
         except BaseException as exc:
@@ -385,9 +456,13 @@ class ZkDriver:
         return translate(exc, what, self.where, self.frames.snapshot(), code, timeout)
 
     @contextmanager
-    def connect(self) -> Iterator[ZkSession]:
-        """Open a session; leaving the block re-enables the terminal (if we disabled it) and disconnects."""
-        zk = self._open()
+    def connect(self, deadline: float | None = None) -> Iterator[ZkSession]:
+        """Open a session; leaving the block re-enables the terminal (if we disabled it) and disconnects.
+
+        ``deadline`` (``time.monotonic()`` instant, drivers/base.py): no wait of this session, inside a
+        download included, goes past it (ProtocolError). Cleanup (re-enable, goodbye) is not bound by it.
+        """
+        zk = self._open(deadline=deadline)
         session = ZkSession(self, zk)
         with self._lock:
             self.stats.sessions += 1
@@ -449,6 +524,10 @@ class ZkSession:
         self._stream_ok = True
         self._closed = False
         self._live_stop = False
+        #: Last GET_FREE_SIZES answer of this session.
+        self._sizes = records.FreeSizes()
+        #: Punches counts() had to download (unusable GET_FREE_SIZES), handed to the next read_punches().
+        self._fallback_punches: list[RawPunch] | None = None
         #: uids of 8-byte punches that no downloaded user had, in the last read_punches().
         self.unmapped_uids: set[int] = set()
 
@@ -512,6 +591,10 @@ class ZkSession:
             return
         self._closed = True
         zk = self._zk
+        # Cleanup is not bound by the poll's deadline: the keypad must be re-enabled.
+        for channel in (zk.tcpc, zk.udp):
+            if channel is not None:
+                channel.deadline = None
         problem: DriverError | None = None
         keep_udp: socket.socket | None = None
         try:
@@ -553,19 +636,39 @@ class ZkSession:
                 frames=problem.frames,
             )
 
-    def _read_sizes(self) -> None:
-        # pyzk silently keeps the previous values when the reply is shorter than 80 bytes: preset
-        # sentinels so a short reply is detected instead of reported as zeros.
+    def _read_sizes(self) -> records.FreeSizes:
+        """GET_FREE_SIZES, decoded here (records.parse_free_sizes) for every layout firmware uses.
+
+        pyzk's read_sizes silently keeps old values for a reply under 80 bytes; here an unusable
+        answer comes back with ``problem`` set and pyzk's attributes at -1 (so a count comparison,
+        e.g. clear_punches(expected_records), can never match it).
+        """
         zk = self._zk
-        for name in ("users", "records", "fingers", "rec_cap", "users_cap", "fingers_cap"):
-            setattr(zk, name, -1)
-        zk.faces = zk.faces_cap = 0
-        self._call("read sizes", zk.read_sizes)
-        if zk.records < 0 or zk.users < 0:
-            raise ProtocolError(
-                f"{self._driver.where}: GET_FREE_SIZES reply shorter than 80 bytes",
-                frames=self._driver.frames.snapshot(),
-            )
+
+        def ask() -> bytes:
+            resp = zk._ZK__send_command(zk_const.CMD_GET_FREE_SIZES, b"", 1024)
+            if not resp["status"]:
+                raise ZKErrorResponse("can't read sizes")
+            return bytes(zk._ZK__data)
+
+        sizes = records.parse_free_sizes(self._call("read sizes", ask))
+        if sizes.problem:
+            log.warning("%s: %s; counting by downloading the log", self._driver.where, sizes.problem)
+            zk.users = zk.records = zk.fingers = zk.rec_cap = zk.users_cap = zk.fingers_cap = -1
+            zk.faces = zk.faces_cap = 0
+        else:
+            zk.users, zk.records, zk.fingers = sizes.users, sizes.records, sizes.fingers
+            zk.rec_cap, zk.users_cap, zk.fingers_cap = sizes.rec_cap, sizes.users_cap, sizes.fingers_cap
+            zk.faces, zk.faces_cap = sizes.faces, sizes.faces_cap
+        self._sizes = sizes
+        return sizes
+
+    def _limit_for(self, record_bytes: int, count: int, cap: int) -> int:
+        """Bound of a dataset of ``count`` records (capacity ``cap``) of at most ``record_bytes`` each."""
+        limit = self._quirks.max_download_bytes
+        if not self._sizes.problem and (cap or count):
+            limit = min(limit, 4 + record_bytes * max(cap, count) + record_bytes * 64)  # + slack for arrivals
+        return limit
 
     def _disable(self) -> None:
         if self._quirks.disable_while_reading and not self._disabled:
@@ -583,7 +686,8 @@ class ZkSession:
         self._call("enable device", self._zk.enable_device)
         self._disabled = False
 
-    def _download(self, what: str, command: int, fct: int = 0) -> bytes:
+    def _download(self, what: str, command: int, fct: int = 0, limit: int | None = None) -> bytes:
+        self._zk.dataset_limit = limit or self._quirks.max_download_bytes
         data, _size = self._call(what, self._zk.read_with_buffer, command, fct, in_sync_on_reply_error=False)
         return bytes(data)
 
@@ -630,39 +734,72 @@ class ZkSession:
             return ""
 
     def counts(self) -> Counts:
-        """Record/user counts and capacities, exactly as GET_FREE_SIZES reports them."""
-        self._read_sizes()
-        zk = self._zk
+        """Record/user counts and capacities as GET_FREE_SIZES reports them.
+
+        When that answer is unusable (4 zero bytes, negative or impossible values), the log is
+        downloaded to count the records (the punches are kept for the read_punches() that usually
+        follows in the same session) and ``Counts.unreliable`` says why.
+        """
+        sizes = self._read_sizes()
+        if sizes.problem:
+            self._fallback_punches = None
+            punches = self._read_punches(None)
+            self._fallback_punches = punches
+            return Counts(records=len(punches), users=max(self._driver._users_count or 0, 0),
+                          unreliable=sizes.problem)
         return Counts(
-            records=zk.records,
-            users=zk.users,
-            records_cap=max(zk.rec_cap, 0),
-            users_cap=max(zk.users_cap, 0),
-            fingers=max(zk.fingers, 0),
-            fingers_cap=max(zk.fingers_cap, 0),
-            faces=zk.faces,
-            faces_cap=zk.faces_cap,
+            records=sizes.records,
+            users=sizes.users,
+            records_cap=sizes.rec_cap,
+            users_cap=sizes.users_cap,
+            fingers=sizes.fingers,
+            fingers_cap=sizes.fingers_cap,
+            faces=sizes.faces,
+            faces_cap=sizes.faces_cap,
         )
 
     def read_punches(self) -> list[RawPunch]:
         """Download and decode the whole attendance log, in device order (linear time)."""
+        cached, self._fallback_punches = self._fallback_punches, None
+        if cached is not None:
+            return cached  # downloaded by counts() of this session (unusable GET_FREE_SIZES)
+        sizes = self._read_sizes_disabled()
+        return self._read_punches(None if sizes.problem else sizes.records, disabled=True)
+
+    def _read_sizes_disabled(self) -> records.FreeSizes:
+        self._disable()
+        return self._read_sizes()
+
+    def _read_punches(self, expected: int | None, disabled: bool = False) -> list[RawPunch]:
+        """Download + decode; ``expected`` None = the device's count is unusable (decide by evidence)."""
         drv = self._driver
         self.unmapped_uids = set()
-        self._disable()
-        self._read_sizes()
-        expected, users_now = self._zk.records, self._zk.users
+        if not disabled:
+            self._disable()
+        sizes = self._sizes
+        users_now = -1 if sizes.problem else sizes.users
         if expected == 0:
             # pyzk convention (and the devices'): no download when the log is empty.
             self._enable()
             return []
-        data = self._download("download attendance log", zk_const.CMD_ATTLOG_RRQ)
+        limit = self._limit_for(40, expected or 0, sizes.rec_cap)
+        data = self._download("download attendance log", zk_const.CMD_ATTLOG_RRQ, limit=limit)
         with drv._lock:
             drv.stats.log_downloads += 1
         try:
             body = records.split_dataset(data)
-            size = records.infer_record_size(
-                len(body), expected, records.RECORD_SIZES, self._quirks.record_size, drv._record_size
+            if len(body) == 0:
+                if expected:
+                    raise records.DatasetError(
+                        f"device reports {expected} records but sent an empty log; nothing stored")
+                self._enable()
+                return []
+            size = records.choose_record_size(
+                body, expected, records.RECORD_SIZES, self._quirks.record_size, drv._record_size
             )
+            if expected is not None and len(body) // size < expected:
+                log.warning("%s: device counted %d records but its log holds %d (%d-byte layout, decided by "
+                            "evidence)", drv.where, expected, len(body) // size, size)
         except records.DatasetError as exc:
             raise self._dataset_error("attendance dataset", exc) from exc
         uid_map: dict[int, str] = {}
@@ -711,13 +848,14 @@ class ZkSession:
         if users_now == 0:
             users: list[DeviceUser] = []
         else:
-            data = self._download("download users", zk_const.CMD_USERTEMP_RRQ, zk_const.FCT_USER)
+            limit = self._limit_for(72, max(users_now, 0), max(self._sizes.users_cap, 0))
+            data = self._download("download users", zk_const.CMD_USERTEMP_RRQ, zk_const.FCT_USER, limit=limit)
             with drv._lock:
                 drv.stats.user_downloads += 1
             try:
                 users, size = records.decode_users(
                     data,
-                    users_now,
+                    max(users_now, 0),
                     encoding=self._params.encoding,
                     forced_size=self._quirks.user_size,
                     hint_size=drv._user_size,
@@ -758,6 +896,7 @@ class ZkSession:
         ``expected`` the log is also downloaded again while the keypad stays locked and cleared only if
         it holds exactly these records: a full log that overwrites its oldest record keeps its count.
         """
+        self._fallback_punches = None  # a log downloaded by counts() is stale once cleared
         self._disable()
         self._hold_disabled = True
         try:

@@ -41,6 +41,11 @@ class ZkQuirks:
     #: (one datagram per chunk) makes a download immune to datagrams reordered within a chunk --
     #: which no client can detect -- at the cost of one round trip per KB.
     udp_max_chunk: int | None = None
+    #: Largest dataset (bytes) one download may declare, checked before anything is read; the
+    #: device's own reported capacity (records x 40 bytes, users x 72) bounds it further. A hostile or
+    #: broken terminal declaring more fails the poll with protocol_error instead of exhausting memory.
+    #: 32 MiB holds 800,000 40-byte records (the largest terminals hold 200,000-500,000).
+    max_download_bytes: int = 32 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if self.record_size is not None and self.record_size not in RECORD_SIZES:
@@ -51,6 +56,9 @@ class ZkQuirks:
             raise ValueError(f"disable_while_reading must be true or false, got {self.disable_while_reading!r}")
         if self.udp_max_chunk is not None and not 1024 <= self.udp_max_chunk <= 65472:
             raise ValueError(f"udp_max_chunk must be 1024-65472 bytes or None, got {self.udp_max_chunk!r}")
+        if isinstance(self.max_download_bytes, bool) or not isinstance(self.max_download_bytes, int) \
+                or not 1024 <= self.max_download_bytes <= 1 << 30:
+            raise ValueError(f"max_download_bytes must be 1024 to 1073741824, got {self.max_download_bytes!r}")
         for name in ("read_users", "verify_checksums"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
@@ -64,7 +72,7 @@ class ZkQuirks:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown ZK quirk(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-        for key in ("record_size", "user_size", "udp_max_chunk"):
+        for key in ("record_size", "user_size", "udp_max_chunk", "max_download_bytes"):
             v = d.get(key)
             if isinstance(v, bool) or (v is not None and not isinstance(v, int)):
                 raise ValueError(f"{key} must be an integer, got {v!r}")

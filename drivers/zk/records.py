@@ -5,6 +5,9 @@ DeviceUser. pyzk's own get_attendance() slices the buffer record by record (quad
 user list for every record; here every dataset is checked against its own u32 byte-count header and
 decoded in one pass with ``struct.iter_unpack``. Anything inconsistent raises ``DatasetError`` (the
 driver turns it into ProtocolError): a partial or garbled log must never reach the store.
+When the device's count disagrees with the bytes, the layout is decided by evidence
+(``choose_record_size``). Also here: GET_FREE_SIZES in all its lengths (``parse_free_sizes``) and the
+live-event forms (``decode_event``); every function is pure and fuzzed (tests/drivers/test_zk_fuzz.py).
 Layouts and field meanings: docs/drivers/zk.md, "User records", "Attendance records" and "Time".
 """
 
@@ -163,6 +166,204 @@ def infer_record_size(
     if hint in fits:
         return hint
     return min(fits, key=lambda s: nbytes // s - expected_count)
+
+
+#: First encoded time past 2099-12-31 23:59:59 (ZK clocks hold years 2000-2099 only).
+_T_2100 = 100 * 12 * 31 * 86400
+
+#: Largest attendance state accepted as evidence for the 8-byte layout.
+_MAX_STATE_8 = 15
+
+#: How each layout is described in error messages.
+LAYOUT_NAMES = {
+    8: "8-byte (u16 uid, u8 verify, u32 time at offset 3, u8 state)",
+    16: "16-byte (u32 user id, u32 time, u8 state, u8 verify, 2 reserved, u32 work code)",
+    40: "40-byte (u16 uid, 24-byte user id text, u8 verify, u32 time at offset 27, u8 state, 8 unused)",
+}
+
+
+def _record_problem(size: int, fields_: tuple[object, ...]) -> str | None:
+    """Why one decoded record cannot be a real record of layout ``size`` (None = plausible)."""
+    if size == 40:
+        raw = fields_[1]
+        assert isinstance(raw, bytes)
+        text = raw.split(b"\x00", 1)[0]
+        if not text or not all(0x21 <= c < 0x7F for c in text):
+            return f"user id {text[:24]!r} is not printable text"
+        t = fields_[3]
+    elif size == 16:
+        if fields_[0] == 0:
+            return "user id 0"
+        t = fields_[1]
+    else:
+        state = fields_[3]
+        assert isinstance(state, int)
+        if state > _MAX_STATE_8:
+            # Documented states are 0-5 (a few firmware use up to 15). In the undocumented variant with
+            # the time at offset 4, this byte is the top byte of the time (about 50 in 2026).
+            return f"state {state} is not an attendance state"
+        t = fields_[2]
+    assert isinstance(t, int)
+    # 0 = zero bytes where no time is (a wrong stride); past 2099 = not a ZK clock value.
+    if not 0 < t < _T_2100 or decode_time(t)[1] is None:
+        return f"time {t} is not a real date"
+    return None
+
+
+def _layout(size: int) -> struct.Struct:
+    return {8: _REC8, 16: _REC16, 40: _REC40}[size]
+
+
+def record_evidence(body: bytes | memoryview, size: int) -> str | None:
+    """None when every record of ``body`` decodes, as layout ``size``, to a real time (years 2000-2099)
+    and a usable id; else why not. Decides the layout when the device's count disagrees with the bytes."""
+    if size not in RECORD_SIZES or len(body) % size:
+        return f"{len(body)} bytes are not whole {size}-byte records"
+    for i, fields_ in enumerate(_layout(size).iter_unpack(body)):
+        problem = _record_problem(size, fields_)
+        if problem is not None:
+            return f"record {i}: {problem}"
+    return None
+
+
+def layout_sanity(body: bytes | memoryview, size: int, sample: int = 256) -> str | None:
+    """None unless most of an evenly spread sample of records fail ``_record_problem``: a log whose
+    count agrees with the bytes but whose records mostly decode to no real time is another (undocumented)
+    layout, never a few records with a broken clock (those are stored and flagged)."""
+    n = len(body) // size
+    if n == 0 or size not in RECORD_SIZES:
+        return None
+    layout = _layout(size)
+    step = max(1, n // sample)
+    checked = bad = 0
+    first = ""
+    for i in range(0, n, step):
+        problem = _record_problem(size, layout.unpack_from(body, i * size))
+        checked += 1
+        if problem is not None:
+            bad += 1
+            first = first or f"record {i}: {problem}"
+    if bad * 2 > checked:
+        return (f"{bad} of {checked} sampled records do not decode as the {LAYOUT_NAMES[size]} layout "
+                f"({first}): an undocumented variant (e.g. an 8-byte form with the time at offset 4) is refused")
+    return None
+
+
+def choose_record_size(
+    body: bytes | memoryview,
+    expected_count: int | None,
+    sizes: Iterable[int] = RECORD_SIZES,
+    forced: int | None = None,
+    hint: int | None = None,
+) -> int:
+    """Record size of an attendance body, by the device's count when it agrees, else by evidence.
+
+    ``expected_count`` None = the device gave no usable count. A count that matches exactly one
+    layout decides (unless most records then decode to no real time: ``layout_sanity``); otherwise
+    the layout(s) whose records all decode to real times and ids (``record_evidence``) do. Several
+    clean layouts: the device's last one (``hint``), else the widest (a 40-byte record's id text and
+    time at fixed offsets rarely survive a wrong stride; ASCII digits read as an 8-byte record's time
+    often do). No clean layout: the old rule (more records than counted: punches landed in between)
+    if exactly one layout fits, else DatasetError naming every layout and its first bad record.
+    """
+    nbytes = len(body)
+    if forced:
+        if nbytes % forced:
+            raise DatasetError(f"{nbytes} record bytes are not a multiple of the forced record size {forced}")
+        return forced
+    fits = [s for s in sizes if nbytes % s == 0]
+    if not fits:
+        raise DatasetError(f"{nbytes} record bytes are not a multiple of any attendance layout "
+                           f"({'/'.join(str(s) for s in sizes)} bytes)")
+    if expected_count is not None:
+        exact = [s for s in fits if nbytes // s == expected_count]
+        if len(exact) == 1:
+            insane = layout_sanity(body, exact[0])
+            if insane is not None:
+                raise DatasetError(insane)
+            return exact[0]
+    reasons = {s: record_evidence(body, s) for s in fits}
+    clean = [s for s in fits if reasons[s] is None]
+    if hint in clean:
+        return hint
+    if clean:
+        return max(clean)
+    grown = [s for s in fits if expected_count is not None and nbytes // s >= expected_count]
+    if len(grown) == 1 and layout_sanity(body, grown[0]) is None:
+        return grown[0]  # the count fits one layout; its odd records (bad clock) are stored and flagged
+    counted = "no usable count" if expected_count is None else f"device counted {expected_count}"
+    detail = "; ".join(f"{LAYOUT_NAMES.get(s, s)}: {reasons[s]}" for s in fits)
+    raise DatasetError(f"{nbytes} record bytes ({counted}) decode cleanly as no known layout ({detail})")
+
+
+# ---------------------------------------------------------------------------------------------
+# GET_FREE_SIZES (§2.4)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FreeSizes:
+    """Counts and capacities from a GET_FREE_SIZES answer; ``problem`` non-empty = not usable."""
+
+    records: int = 0
+    users: int = 0
+    fingers: int = 0
+    rec_cap: int = 0
+    users_cap: int = 0
+    fingers_cap: int = 0
+    faces: int = 0
+    faces_cap: int = 0
+    problem: str = ""
+
+
+_SIZES80 = struct.Struct("<20i")
+
+
+def parse_free_sizes(payload: bytes) -> FreeSizes:
+    """Decode a GET_FREE_SIZES payload: 80 bytes (K20), 92 (with faces), longer layouts (112 on newer
+    face terminals: the first 92 bytes keep their meaning). Shorter (4 zero bytes on some face
+    terminals) or negative/impossible values -> ``problem`` says why; nothing here raises."""
+    if len(payload) < 80:
+        return FreeSizes(problem=f"GET_FREE_SIZES answered with {len(payload)} bytes (80 or more expected)")
+    f = _SIZES80.unpack_from(payload, 0)
+    faces = faces_cap = 0
+    if len(payload) >= 92:
+        faces, _zero, faces_cap = struct.unpack_from("<3i", payload, 80)
+    sizes = FreeSizes(records=f[8], users=f[4], fingers=f[6], rec_cap=f[16], users_cap=f[15],
+                      fingers_cap=f[14], faces=faces, faces_cap=faces_cap)
+    values = (sizes.records, sizes.users, sizes.fingers, sizes.rec_cap, sizes.users_cap, sizes.fingers_cap,
+              sizes.faces, sizes.faces_cap)
+    if min(values) < 0:
+        return FreeSizes(problem=f"GET_FREE_SIZES reports negative counts {values}")
+    if sizes.rec_cap and sizes.records > sizes.rec_cap:
+        return FreeSizes(problem=f"GET_FREE_SIZES reports {sizes.records} records for a capacity of {sizes.rec_cap}")
+    return sizes
+
+
+# ---------------------------------------------------------------------------------------------
+# Live events (§2.12): decoded where publicly documented, refused otherwise.
+# ---------------------------------------------------------------------------------------------
+
+
+def decode_event(data: bytes) -> RawPunch:
+    """Data of an EF_ATTLOG realtime event -> punch. Documented forms: 10 bytes (manual2006: u16 user
+    id, verify, state, 6-byte time), 12 bytes (u32 user id, verify, state, time; pyzk test capture),
+    32/36 bytes (24-byte user id text, verify, state, time [+4]). Others raise DatasetError naming them."""
+    n = len(data)
+    if n == 10:
+        user: str = str(struct.unpack_from("<H", data)[0])
+        off = 2
+    elif n == 12:
+        user = str(struct.unpack_from("<I", data)[0])
+        off = 4
+    elif n in (32, 36):
+        user = _text(data[:24], "UTF-8")
+        off = 24
+    else:
+        raise DatasetError(f"realtime event of {n} bytes: no public layout (known: 10, 12, 32, 36 bytes)")
+    verify, state = data[off], data[off + 1]
+    text, local = time_from_hex6(data[off + 2: off + 8])
+    return RawPunch(user, text, local, state, verify)
 
 
 # ---------------------------------------------------------------------------------------------

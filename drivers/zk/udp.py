@@ -13,6 +13,9 @@ Rules this module keeps (why in each place):
 * Each (re)sent request carries a NEW reply id; the device echoes it in every packet of its answer
   (§1.4). A datagram whose reply id belongs to no request of the current exchange is a late or
   duplicated answer to something earlier: it is discarded, never used.
+* Real terminals put a packet counter (0, 1, 2 ...) in the session field of a chunk's DATA pieces:
+  a piece is taken when that field is the session id or the next counter value of its attempt
+  (``_piece_ok``); any other session id is an earlier connection's late answer and is dropped.
 * A chunk (1504) answer -- PREPARE_DATA, DATA pieces, ACK_OK -- is assembled per reply id, so
   pieces of two attempts are never mixed. A piece byte-identical to one already taken for that
   attempt is a network duplicate and is dropped. A chunk is accepted only when PREPARE_DATA
@@ -37,6 +40,7 @@ import time
 from dataclasses import dataclass, field
 
 from drivers.zk.frames import RecordingSocket, checksum, checksum_ok
+from drivers.zk.tcp import DeadlineExceeded
 
 CMD_CONNECT = 1000
 CMD_EXIT = 1001
@@ -239,6 +243,7 @@ class UdpChannel:
         rtt: RttEstimator,
         counters: UdpCounters,
         max_chunk: int = MAX_CHUNK,
+        deadline: float | None = None,
     ) -> None:
         self.wire = wire
         self.address = address
@@ -247,6 +252,8 @@ class UdpChannel:
         self.rtt = rtt
         self.counters = counters
         self.max_chunk = max_chunk
+        #: Monotonic instant after which no wait continues (the poll's deadline); None = none.
+        self.deadline = deadline
         self.session_id = 0
         # Reply ids restart with every connection. pyzk starts at the same value each time (CONNECT
         # = 0), so late datagrams of an earlier connection -- the re-enable connection reuses the
@@ -267,7 +274,14 @@ class UdpChannel:
         return self.reply_id
 
     def _recv(self, deadline: float) -> bytes | None:
-        """Next datagram before ``deadline`` (monotonic), None when the deadline passed."""
+        """Next datagram before ``deadline`` (monotonic), None when the deadline passed.
+
+        Raises DeadlineExceeded once the caller's (poll) deadline has passed: re-sending stops there.
+        """
+        if self.deadline is not None:
+            if time.monotonic() >= self.deadline:
+                raise DeadlineExceeded("deadline passed while waiting for the device (UDP)")
+            deadline = min(deadline, self.deadline)
         left = deadline - time.monotonic()
         if left <= 0:
             return None
@@ -286,6 +300,21 @@ class UdpChannel:
             # Clients never check it (§1.3), so some firmware may not echo it: learn, don't assume.
             self.echoes_session = sid == self.session_id
         return not self.echoes_session or sid == self.session_id
+
+    def _piece_ok(self, att: _Attempt, pkt: bytes) -> bool:
+        """Session check for a packet of a chunk answer, allowing the real terminals' packet counter.
+
+        Real terminals put a packet counter (0, 1, 2 ...) instead of the session id in the DATA
+        packets of a multi-packet answer (fananimi/pyzk test.py capture: tests/drivers/captures/).
+        Such a piece is ours when its reply id names this attempt (checked by the caller) AND its
+        counter is the next position of this attempt: that ties it to the request by id and order, so
+        a reordered or foreign piece is dropped (the attempt then comes back short and is re-asked),
+        and a late answer of an earlier connection still needs that connection's reply id.
+        """
+        code, _chk, sid, _rid = struct.unpack_from("<4H", pkt)
+        if code == CMD_DATA and self.session_id and sid != self.session_id:
+            return sid == len(att.pieces)
+        return self._session_ok(pkt)
 
     def _no_answer(self, what: str, attempts: int) -> UdpNoAnswer:
         host, port = self.address
@@ -360,7 +389,7 @@ class UdpChannel:
             wait_until = min(time.monotonic() + rto, last_heard + self.timeout_s)
             while not current.failed and (pkt := self._recv(wait_until)) is not None:
                 att = attempts.get(struct.unpack_from("<H", pkt, 6)[0]) if len(pkt) >= 8 else None
-                if att is None or struct.unpack_from("<H", pkt)[0] == CMD_REG_EVENT or not self._session_ok(pkt):
+                if att is None or struct.unpack_from("<H", pkt)[0] == CMD_REG_EVENT or not self._piece_ok(att, pkt):
                     self.counters.add("stale")  # earlier exchange (old reply id), event, or junk
                     continue
                 self._take(att, pkt, start)

@@ -235,7 +235,7 @@ class DevicePoller:
         # would re-enable it at its end, in the middle of that clear. A poll that needs the log waits (Busy).
         locked_elsewhere = len(marks) > len(stale)
         # The session's exit re-enables the terminal and closes the socket whatever happens inside.
-        with driver.connect() as session:
+        with driver.connect(deadline=deadline) as session:
             try:
                 try:
                     # An earlier session (maybe a killed `fpgw devices clear`) may have left it locked.

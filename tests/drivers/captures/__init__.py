@@ -1,0 +1,1 @@
+"""Public byte captures of real ZK terminals (sources named in each module)."""
