@@ -19,6 +19,8 @@ from sqlalchemy import select
 from gateway.store import schema as s
 from gateway.store.central import CentralStore
 from tests.support.central import OFFICE_A, OFFICE_B, Central, device_doc, make_central, punch
+from tests.support.cli import run_cli
+from tests.support.config import write_toml
 
 
 @pytest.fixture
@@ -116,3 +118,24 @@ def test_a_health_report_for_a_serial_bound_elsewhere_is_rejected_alone(central:
     items = central.get("/api/v1/devices").json()["items"]
     assert [(d["office_code"], d["device_id"], d["serial"]) for d in items] == [(OFFICE_A, "lobby", "SN-A")]
     assert len(_alerts(central)) == 1
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.usefixtures("restore_logging")
+def test_rebind_device_from_the_command_line_is_recorded(central: Central, db_url: str, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    assert central.ingest([punch("1", serial="SN-X")], token=central.gw_a).json()["new"] == 1
+    cfg = str(write_toml({"site": {"office_code": "9999", "timezone": "Asia/Jakarta"}, "database": {"url": db_url},
+                          "http": {"enabled": False}}, tmp_path / "central.toml"))
+    code, out, _ = run_cli(capsys, "--config", cfg, "central", "rebind-device", "SN-X")
+    assert code == 0 and f"serial SN-X: office {OFFICE_A}" in out and "by gateway:gw-a" in out
+    code, out, _ = run_cli(capsys, "--config", cfg, "central", "rebind-device", "SN-X", "--office", OFFICE_B,
+                           "--note", "moved, ticket 12", "--by", "admin-rina")
+    assert code == 0 and f"now bound to office {OFFICE_B} (was: {OFFICE_A})" in out
+    code, out, _ = run_cli(capsys, "--config", cfg, "central", "rebind-device", "SN-X")
+    assert (f"office {OFFICE_B}" in out and "by admin:admin-rina" in out and f"before: office {OFFICE_A}" in out
+            and "note: moved, ticket 12" in out)
+    r = central.ingest([punch("2", serial="SN-X", office_code=OFFICE_B)], token=central.gw_b, batch_id="b2")
+    assert r.json()["new"] == 1
+    code, _, err = run_cli(capsys, "--config", cfg, "central", "rebind-device", "SN-X", "--office", "")
+    assert code != 0 and "--office" in err
