@@ -4,9 +4,10 @@ schemathesis reads gateway/central/openapi.json (OpenAPI 3.1) and generates requ
 valid ones (positive mode: schema-conforming bodies and parameters, with the odd values JSON Schema
 allows: huge integers, any Unicode including NUL, deep nesting) and invalid ones (negative mode: wrong
 types, missing fields, values outside the schema). They run in-process against the Starlette app over a
-real migrated SQLite database, authenticated with the right kind of token. Every answer must be below
-500, with no exception raised or logged by the handler, and nothing may be stored from a rejected
-request: a 4xx leaves the tables as they were, a 200 ingest stores exactly the punches it calls new.
+real migrated database (SQLite; PostgreSQL with half of the examples), authenticated with the right
+kind of token. Every answer must be below 500, with no exception raised or logged by the handler, and
+nothing may be stored from a rejected request: a 4xx leaves the tables as they were, a 200 ingest stores
+exactly the punches it calls new.
 
 Deterministic (derandomize) so CI is stable; GW_FUZZ_EXAMPLES=<n> runs n examples per operation and mode
 with fresh randomness for a longer hunt.
@@ -36,12 +37,14 @@ from tests.support.central import Central, make_central
 _EXAMPLES = {"ingest": 300, "punches": 200, "daily": 200, "completeness": 200, "devices": 100, "gateways": 100,
              "openapi.json": 1}
 _OVERRIDE = os.environ.get("GW_FUZZ_EXAMPLES")
+#: PostgreSQL (stricter about NUL, integer ranges and encodings than SQLite) gets half of the examples.
+_PG_SHARE = 2
 _TABLES = (s.punches, s.devices, s.device_health, s.gateways, s.ingest_batches, s.device_bindings)
 
 
 @pytest.fixture
-def central(tmp_path: Path) -> Iterator[Central]:
-    c = make_central(f"sqlite:///{tmp_path / 'central.db'}", tmp_path, max_batch=50, max_body_bytes=256 * 1024)
+def central(db_url: str, tmp_path: Path) -> Iterator[Central]:
+    c = make_central(db_url, tmp_path, max_batch=50, max_body_bytes=256 * 1024)
     try:
         yield c
     finally:
@@ -61,6 +64,7 @@ def test_no_generated_request_gets_a_500_or_stores_anything_when_rejected(
     # portal thread running).
     schema = schemathesis.openapi.from_dict(json.loads(openapi_bytes()))
     operations = [r.ok() for r in schema.get_all_operations()]
+    on_pg = central.engine.dialect.name == "postgresql"
     assert len(operations) == 8
     seen: dict[int, int] = {}
     timings: dict[str, float] = {}
@@ -98,6 +102,8 @@ def test_no_generated_request_gets_a_500_or_stores_anything_when_rejected(
 
             kind = "ingest" if "/ingest/" in operation.path else operation.path.rsplit("/", 1)[-1]
             examples = int(_OVERRIDE) if _OVERRIDE else _EXAMPLES[kind]
+            if on_pg and not _OVERRIDE:
+                examples = max(1, examples // _PG_SHARE)
 
             @settings(max_examples=examples, deadline=None, database=None,
                       derandomize="GW_FUZZ_EXAMPLES" not in os.environ,
@@ -113,5 +119,5 @@ def test_no_generated_request_gets_a_500_or_stores_anything_when_rejected(
     logged = caplog.text + capsys.readouterr().out
     assert "Traceback" not in logged and not [r for r in caplog.records if r.levelno >= logging.ERROR]
     print(f"fuzzed {total} requests: {dict(sorted(seen.items()))}; seconds: {timings}")
-    assert total >= (2500 if not _OVERRIDE else 0)
-    assert seen.get(200, 0) > 200 and seen.get(400, 0) > 200
+    assert total >= (0 if _OVERRIDE else 1200 if on_pg else 2500)
+    assert seen.get(200, 0) > total // 10 and seen.get(400, 0) > total // 10
