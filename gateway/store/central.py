@@ -8,6 +8,12 @@ days: the date of each punch's own local wall-clock time (local_time, in its dev
 office's zone unless a device sets another), the same day `fpgw punches --date` shows at the office
 (one meaning of a day for every punch query: see gateway.store.punches).
 
+Office isolation (migration 0004_office_bindings): a forwarded punch is stored under its gateway token's
+office and is a duplicate only of that office's punch (uq_punches_key leads with office_code). Each device
+serial is bound to the office that first reported it (device_bindings); a punch or health report for a
+serial bound to another office is rejected (serial_bound_elsewhere) and alerted, never merged; only an
+admin rebinding (rebind_device, `fpgw central rebind-device`) moves a serial.
+
 Feed cursor: the punches' own monotonic ``id``. On PostgreSQL ids come from a sequence and are NOT
 committed in order when transactions overlap: T1 takes id 10, T2 takes id 11 and commits first, a
 reader pages past 11 and never sees 10. Migration 0002 installs a statement-level BEFORE INSERT
