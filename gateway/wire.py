@@ -4,14 +4,19 @@
     central: HTTP body --json--> decode_punch_batch() / decode_health_report() --> Punch / device values --> store
 Sans-IO: pure functions and dataclasses, no SQL, no HTTP. gateway.forward.forwarder encodes with it and
 gateway.central.api decodes with it, so both ends of the format are ours and live together (pymodbus keeps
-one framer for client and server the same way). Malformed documents raise WireError (the central answers
-400 bad_payload with its message); a well-formed punch that cannot be stored is a per-punch rejection reason.
+one framer for client and server the same way). A malformed document (not an object, no list, bad batch_id)
+raises WireError (the central answers 400 bad_payload with its message). A punch or device that cannot be
+stored is a per-item rejection reason, never a failure of the whole batch: one bad punch must not block an
+office's queue. Every value the central stores is checked here against its column: integers within the
+column's range, texts within its length, without NUL and encodable as UTF-8 (no lone surrogates),
+instants that exist in UTC (so nothing reaches the database that would make it fail with a 500).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,13 +31,45 @@ PUNCH_KEYS = ("office_code", "device_id", "device_serial", "device_user_id", "de
               "utc_time", "timezone", "state", "state_name", "verify", "verify_name", "uid", "workcode",
               "raw_time", "employee_id", "flags", "occurrence")
 
-_BATCH_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
-_DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_DEVICE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$")
+# fullmatch + ASCII: "$" would accept a trailing newline and "\d" any Unicode digit, and both then
+# overflow or confuse the column.
+_BATCH_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}", re.ASCII)
+_DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", re.ASCII)
+_DEVICE_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}", re.ASCII)
+
+#: Ranges of the integer column types (Integer, BigInteger) on every supported database.
+INT32 = (-(2 ** 31), 2 ** 31 - 1)
+INT64 = (-(2 ** 63), 2 ** 63 - 1)
 
 
 class WireError(ValueError):
     """A malformed document: nothing of it may be stored (the central answers 400 bad_payload)."""
+
+
+class ItemError(WireError):
+    """One punch or device that cannot be stored: ``reason`` is its per-item rejection ("code: detail")."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def text_problem(value: str, limit: int | None = None) -> str | None:
+    """Why a text cannot be stored in a column of ``limit`` characters (None when it can)."""
+    if limit is not None and len(value) > limit:
+        return f"longer than {limit} characters"
+    if "\x00" in value:
+        return "contains a NUL character"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid text (lone surrogate)"
+    return None
+
+
+def _shown(value: Any, limit: int = 40) -> str:
+    # Echo a client's value in a reason safely: ASCII only (a lone surrogate cannot be sent back as UTF-8).
+    return ascii(value if not isinstance(value, str) else value[:limit])[:limit + 20]
 
 
 class TooManyItems(Exception):
@@ -145,22 +182,29 @@ def batch_digest(punches: Any, office_code: str = "") -> str:
 # Decoding (central side)
 # --------------------------------------------------------------------------------------------------
 
-def _str(obj: Mapping[str, Any], key: str, where: str, *, required: bool = True, nullable: bool = False) -> Any:
+def _str(obj: Mapping[str, Any], key: str, where: str, *, required: bool = True, nullable: bool = False,
+         limit: int | None = None) -> Any:
     if key not in obj or obj[key] is None:
         if required and not (nullable and key in obj):
             raise WireError(f"{where}.{key}: required")
         return None
     if not isinstance(obj[key], str):
         raise WireError(f"{where}.{key}: must be a string")
+    problem = text_problem(obj[key], limit)
+    if problem:
+        raise WireError(f"{where}.{key}: {problem}")
     return obj[key]
 
 
-def _int(obj: Mapping[str, Any], key: str, where: str, default: int | None = None) -> int:
+def _int(obj: Mapping[str, Any], key: str, where: str, default: int | None = None,
+         bounds: tuple[int, int] = INT32) -> int:
     v = obj.get(key, default)
     if v is None and default is not None:
         v = default
     if isinstance(v, bool) or not isinstance(v, int):
         raise WireError(f"{where}.{key}: must be an integer")
+    if not bounds[0] <= v <= bounds[1]:
+        raise ItemError(f"out_of_range: {key} {_shown(v, 30)} is outside {bounds[0]}..{bounds[1]}")
     return v
 
 
@@ -172,7 +216,10 @@ def _instant(text: str | None, *, aware: bool) -> datetime | None:
         raise ValueError("no UTC offset")
     if not aware and value.tzinfo is not None:
         raise ValueError("local time must not carry an offset")
-    return value.astimezone(UTC) if aware else value
+    try:
+        return value.astimezone(UTC) if aware else value
+    except OverflowError:  # 9999-12-31T23:00:00-05:00 has no UTC instant
+        raise ValueError("outside the representable range") from None
 
 
 _LIMITS = {"device_id": 64, "device_serial": 64, "device_user_id": 64, "employee_id": 64, "timezone": 64,
@@ -180,7 +227,16 @@ _LIMITS = {"device_id": 64, "device_serial": 64, "device_user_id": 64, "employee
 
 
 def decode_punch(obj: Any, i: int, office_code: str) -> tuple[Punch | None, str | None]:
-    """A wire punch as (Punch, None), or (None, reason) when well-formed but unacceptable; raises WireError."""
+    """A wire punch as (Punch, None), or (None, reason) when it cannot be stored (never raises)."""
+    try:
+        return _decode_punch(obj, i, office_code)
+    except ItemError as exc:
+        return None, exc.reason
+    except WireError as exc:
+        return None, f"malformed: {exc}"
+
+
+def _decode_punch(obj: Any, i: int, office_code: str) -> tuple[Punch | None, str | None]:
     where = f"punches[{i}]"
     if not isinstance(obj, dict):
         raise WireError(f"{where}: must be an object")
@@ -192,34 +248,37 @@ def decode_punch(obj: Any, i: int, office_code: str) -> tuple[Punch | None, str 
     employee = _str(obj, "employee_id", where, required=False)
     sname = _str(obj, "state_name", where, required=False)
     vname = _str(obj, "verify_name", where, required=False)
-    state, verify = _int(obj, "state", where), _int(obj, "verify", where)
-    uid, workcode, raw_time = (_int(obj, "uid", where, 0), _int(obj, "workcode", where, 0),
-                               _int(obj, "raw_time", where, -1))
-    # Punch identity (Punch.occurrence; absent from older gateways = 0).
-    occurrence = _int(obj, "occurrence", where, 0)
     flags = obj.get("flags", [])
     if isinstance(flags, str):
         flags = [f for f in flags.split(",") if f]
     if not isinstance(flags, list) or not all(isinstance(f, str) for f in flags):
         raise WireError(f"{where}.flags: must be a list of strings")
+    state, verify = _int(obj, "state", where), _int(obj, "verify", where)
+    uid, workcode, raw_time = (_int(obj, "uid", where, 0), _int(obj, "workcode", where, 0),
+                               _int(obj, "raw_time", where, -1, INT64))
+    # Punch identity (Punch.occurrence; absent from older gateways = 0).
+    occurrence = _int(obj, "occurrence", where, 0, (0, INT64[1]))
     # Well-formed from here on; what follows rejects the row, not the batch.
     if office is not None and office != office_code:
-        return None, f"office_mismatch: punch says {office!r} but this gateway's token is for {office_code!r}"
-    if not 0 <= occurrence < 2 ** 63:
-        return None, "value_out_of_range: occurrence must be 0 or a positive 64-bit integer"
-    texts = {**fields, "employee_id": employee, "state_name": sname, "verify_name": vname}
+        return None, f"office_mismatch: punch says {_shown(office)} but this gateway's token is for {office_code!r}"
+    texts = {**fields, "employee_id": employee, "state_name": sname, "verify_name": vname,
+             "local_time": local_text, "utc_time": utc_text}
+    for key, value in texts.items():
+        problem = text_problem(value) if value is not None else None
+        if problem:
+            return None, f"bad_text: {key} {problem}"
     for key, limit in _LIMITS.items():
         value = texts[key]
         if value is not None and len(value) > limit:
             return None, f"field_too_long: {key} is longer than {limit} characters"
     if not fields["device_serial"] or not fields["device_user_id"] or not fields["device_id"]:
         return None, "missing_identity: device_id, device_serial and device_user_id must not be empty"
-    if not _DEVICE_TIME.match(fields["device_time"]):
-        return None, f"bad_device_time: {fields['device_time'][:40]!r} is not 'YYYY-MM-DD HH:MM:SS'"
+    if not _DEVICE_TIME.fullmatch(fields["device_time"]):
+        return None, f"bad_device_time: {_shown(fields['device_time'])} is not 'YYYY-MM-DD HH:MM:SS'"
     try:
         ZoneInfo(fields["timezone"])
-    except (ZoneInfoNotFoundError, ValueError):
-        return None, f"unknown_timezone: {fields['timezone'][:64]!r}"
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        return None, f"unknown_timezone: {_shown(fields['timezone'], 64)}"
     try:
         local = _instant(local_text, aware=False)
         utc = _instant(utc_text, aware=True)
@@ -227,6 +286,8 @@ def decode_punch(obj: Any, i: int, office_code: str) -> tuple[Punch | None, str 
         return None, f"bad_time: local_time/utc_time not ISO 8601 ({exc})"
     if ",".join(flags) and len(",".join(flags)) > 200:
         return None, "field_too_long: flags"
+    if any(text_problem(f) for f in flags):
+        return None, "bad_text: flags contain a NUL character or invalid text"
     return Punch(office_code=office_code, device_id=fields["device_id"], device_serial=fields["device_serial"],
                  device_user_id=fields["device_user_id"], device_time=fields["device_time"], local_time=local,
                  utc_time=utc, timezone=fields["timezone"], state=state, state_name=sname or state_name(state),
@@ -247,7 +308,7 @@ def decode_device(obj: Any, i: int) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise WireError(f"{where}: must be an object")
     dev_id = _str(obj, "device_id", where)
-    if not _DEVICE_ID.match(dev_id):
+    if not _DEVICE_ID.fullmatch(dev_id):
         raise WireError(f"{where}.device_id: 1-64 letters, digits, '_', '.' or '-'")
     out: dict[str, Any] = {"device_id": dev_id}
     for key, limit in _DEVICE_STR.items():
@@ -256,14 +317,18 @@ def decode_device(obj: Any, i: int) -> dict[str, Any]:
             out[key] = v[:limit]
     for key in _DEVICE_INT:
         if obj.get(key) is not None:
-            out[key] = _int(obj, key, where)
+            try:
+                out[key] = _int(obj, key, where)
+            except ItemError as exc:
+                raise WireError(f"{where}.{exc.reason}") from None
     if obj.get("enabled") is not None:
         if not isinstance(obj["enabled"], bool):
             raise WireError(f"{where}.enabled: must be true or false")
         out["enabled"] = obj["enabled"]
     if obj.get("clock_skew_s") is not None:
-        if isinstance(obj["clock_skew_s"], bool) or not isinstance(obj["clock_skew_s"], int | float):
-            raise WireError(f"{where}.clock_skew_s: must be a number")
+        if (isinstance(obj["clock_skew_s"], bool) or not isinstance(obj["clock_skew_s"], int | float)
+                or not math.isfinite(obj["clock_skew_s"]) or abs(obj["clock_skew_s"]) > 1e12):
+            raise WireError(f"{where}.clock_skew_s: must be a finite number")
         out["clock_skew_s"] = float(obj["clock_skew_s"])
     for key in _DEVICE_TIME_FIELDS:
         out[key] = _aware(obj, key, where)
@@ -277,13 +342,23 @@ def decode_device(obj: Any, i: int) -> dict[str, Any]:
     h["state"] = state
     for key in ("state_since", "last_failure_at", "muted_until"):
         h[key] = _aware(health, key, f"{where}.health")
-    h["consecutive_failures"] = _int(health, "consecutive_failures", f"{where}.health", 0)
+    try:
+        h["consecutive_failures"] = _int(health, "consecutive_failures", f"{where}.health", 0)
+    except ItemError as exc:
+        raise WireError(f"{where}.health.{exc.reason}") from None
     for key, limit in (("last_error_kind", 32), ("last_error", 2000), ("mute_reason", 200)):
         v = _str(health, key, f"{where}.health", required=False)
         h[key] = v[:limit] if v is not None else None
     problems = health.get("problems") or {}
     if not isinstance(problems, dict):
         raise WireError(f"{where}.health.problems: must be an object")
+    try:
+        # Stored as JSON text: it must encode (not nested past the recursion limit) and stay small.
+        if len(json.dumps(problems, allow_nan=False)) > 20000:
+            raise WireError(f"{where}.health.problems: larger than 20000 characters as JSON")
+    except (ValueError, RecursionError):
+        raise WireError(f"{where}.health.problems: not storable as JSON (nested too deeply, NaN or Infinity)"
+                        ) from None
     h["problems"] = problems
     out["health"] = h
     return out
@@ -308,8 +383,19 @@ def decode_gateway_meta(doc: Mapping[str, Any], office_code: str) -> dict[str, A
         raise WireError("gateway: must be an object")
     claimed = meta.get("office_code")
     if claimed is not None and claimed != office_code:
-        raise OfficeMismatch(office_code, claimed)
-    return meta
+        raise OfficeMismatch(office_code, claimed[:64] if isinstance(claimed, str) else _shown(claimed))
+    # Informational: keep the values that fit their columns, drop the others (never refuse a batch for them).
+    clean: dict[str, Any] = {}
+    for key, value in meta.items():
+        if isinstance(value, str) and text_problem(value) is None:
+            clean[key] = value
+        elif key == "outbox_depth" and isinstance(value, int) and not isinstance(value, bool):
+            clean[key] = value if INT32[0] <= value <= INT32[1] else None
+        elif key == "oldest_unforwarded_s" and isinstance(value, int | float) and not isinstance(value, bool):
+            clean[key] = float(value) if math.isfinite(value) and abs(value) < 1e15 else None
+        elif value is None or isinstance(value, bool):
+            clean[key] = value
+    return clean
 
 
 def batch_items(doc: Any, key: str, max_items: int) -> list[Any]:
@@ -347,18 +433,24 @@ class HealthReport:
     """A decoded POST /ingest/health document."""
 
     gateway: dict[str, Any]
+    #: The devices that can be stored, in order.
     devices: list[dict[str, Any]]
+    #: Index in the report of each of ``devices``.
+    indexes: list[int]
+    #: index -> reason of the devices that cannot be stored (the rest of the report still is).
+    rejected: dict[int, str]
 
 
 def decode_punch_batch(doc: Any, office_code: str, *, max_punches: int) -> PunchBatch:
     """Validate a punch batch sent by a gateway whose token is for ``office_code``.
 
-    Raises WireError (malformed), TooManyItems or OfficeMismatch, checked in this order: body, list,
-    size, batch_id, gateway object, each punch.
+    Raises WireError (malformed document), TooManyItems or OfficeMismatch, checked in this order: body,
+    list, size, batch_id, gateway object. Each punch is then decoded on its own: one that cannot be stored
+    is a per-punch rejection (PunchBatch.rejected), never an error of the batch.
     """
     raw = batch_items(doc, "punches", max_punches)
     bid = doc.get("batch_id")
-    if not isinstance(bid, str) or not _BATCH_ID.match(bid):
+    if not isinstance(bid, str) or not _BATCH_ID.fullmatch(bid):
         raise WireError("batch_id: required, 1-100 letters, digits, '_', '.', ':' or '-'")
     meta = decode_gateway_meta(doc, office_code)
     parsed = [decode_punch(p, i, office_code) for i, p in enumerate(raw)]
@@ -369,4 +461,13 @@ def decode_health_report(doc: Any, office_code: str, *, max_devices: int) -> Hea
     """Validate a device-health report sent by a gateway whose token is for ``office_code`` (same errors)."""
     raw = batch_items(doc, "devices", max_devices)
     meta = decode_gateway_meta(doc, office_code)
-    return HealthReport(gateway=meta, devices=[decode_device(d, i) for i, d in enumerate(raw)])
+    devices: list[dict[str, Any]] = []
+    indexes: list[int] = []
+    rejected: dict[int, str] = {}
+    for i, d in enumerate(raw):
+        try:
+            devices.append(decode_device(d, i))
+            indexes.append(i)
+        except WireError as exc:
+            rejected[i] = f"malformed: {exc}"
+    return HealthReport(gateway=meta, devices=devices, indexes=indexes, rejected=rejected)

@@ -83,6 +83,10 @@ _valid_text = st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuv
                       max_size=64)
 
 
+#: Any character a text column stores (everything but NUL and lone surrogates).
+_stored_chars = st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",))
+
+
 @st.composite
 def punches(draw: st.DrawFn) -> Punch:
     local = draw(st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2099, 12, 31))).replace(
@@ -94,9 +98,9 @@ def punches(draw: st.DrawFn) -> Punch:
                  device_user_id=draw(_valid_text), device_time=local.strftime("%Y-%m-%d %H:%M:%S"),
                  local_time=local if dated else None,
                  utc_time=(local - timedelta(hours=offset)).replace(tzinfo=UTC) if dated else None, timezone=zone,
-                 state=draw(st.integers(0, 255)), state_name=draw(st.text(min_size=1, max_size=16)),
-                 verify=draw(st.integers(0, 255)), verify_name=draw(st.text(min_size=1, max_size=24)),
-                 uid=draw(st.integers(0, 65535)), workcode=draw(st.integers(0, 2**31)),
+                 state=draw(st.integers(0, 255)), state_name=draw(st.text(_stored_chars, min_size=1, max_size=16)),
+                 verify=draw(st.integers(0, 255)), verify_name=draw(st.text(_stored_chars, min_size=1, max_size=24)),
+                 uid=draw(st.integers(0, 65535)), workcode=draw(st.integers(0, 2**31 - 1)),
                  raw_time=draw(st.integers(-1, 2**32)), employee_id=draw(st.none() | _valid_text),
                  flags=tuple(draw(st.lists(st.sampled_from(["future", "before_device", "rtc_reset", "impossible_date",
                                                             "unmapped_user"]), unique=True))))
@@ -183,7 +187,7 @@ def test_occurrence_round_trips_and_defaults_to_zero() -> None:
     old = wire.encode_punch(FULL)
     assert "occurrence" not in old and wire.decode_punch(old, 0, FULL.office_code)[0].occurrence == 0  # type: ignore[union-attr]
     bad = {**two, "occurrence": -1}
-    assert wire.decode_punch(bad, 0, FULL.office_code)[1].startswith("value_out_of_range")  # type: ignore[union-attr]
+    assert wire.decode_punch(bad, 0, FULL.office_code)[1].startswith("out_of_range: occurrence")  # type: ignore[union-attr]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -205,23 +209,51 @@ def _batch(**kw: Any) -> dict[str, Any]:
     (_batch(gateway={"office_code": "1801.02"}), wire.OfficeMismatch,
      "this gateway's token is for office '1801.01', not '1801.02'; fix [site] office_code or ask BKD for the right "
      "token"),
-    (_batch(punches=["x"]), wire.WireError, "punches[0]: must be an object"),
-    (_batch(punches=[{**wire.encode_punch(FULL), "device_id": None}]), wire.WireError,
-     "punches[0].device_id: required"),
-    (_batch(punches=[{**wire.encode_punch(FULL), "timezone": 7}]), wire.WireError,
-     "punches[0].timezone: must be a string"),
-    (_batch(punches=[{**wire.encode_punch(FULL), "state": True}]), wire.WireError,
-     "punches[0].state: must be an integer"),
-    (_batch(punches=[{**wire.encode_punch(FULL), "uid": "7"}]), wire.WireError,
-     "punches[0].uid: must be an integer"),
-    (_batch(punches=[{**wire.encode_punch(FULL), "flags": [1]}]), wire.WireError,
-     "punches[0].flags: must be a list of strings"),
 ])
 def test_a_malformed_batch_is_refused_whole_with_the_same_message(doc: Any, error: type[Exception],
                                                                   message: str) -> None:
     with pytest.raises(error) as caught:
         wire.decode_punch_batch(doc, OFFICE, max_punches=2)
     assert str(caught.value).startswith(message)
+
+
+@pytest.mark.parametrize(("punch", "reason"), [
+    ("x", "malformed: punches[1]: must be an object"),
+    ({**wire.encode_punch(FULL), "device_id": None}, "malformed: punches[1].device_id: required"),
+    ({**wire.encode_punch(FULL), "timezone": 7}, "malformed: punches[1].timezone: must be a string"),
+    ({**wire.encode_punch(FULL), "state": True}, "malformed: punches[1].state: must be an integer"),
+    ({**wire.encode_punch(FULL), "uid": "7"}, "malformed: punches[1].uid: must be an integer"),
+    ({**wire.encode_punch(FULL), "flags": [1]}, "malformed: punches[1].flags: must be a list of strings"),
+])
+def test_a_malformed_punch_is_rejected_alone_not_its_batch(punch: Any, reason: str) -> None:
+    # Before issue 8 these refused the whole batch: one bad punch blocked the office's queue forever.
+    batch = wire.decode_punch_batch(_batch(punches=[wire.encode_punch(FULL), punch]), OFFICE, max_punches=2)
+    assert batch.punches == [(FULL, None), (None, reason)] and batch.rejected == {1: reason}
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    ({"workcode": 2**31}, "out_of_range: workcode 2147483648 is outside -2147483648..2147483647"),
+    ({"state": -(2**31) - 1}, "out_of_range: state -2147483649 is outside -2147483648..2147483647"),
+    ({"uid": 10**30}, "out_of_range: uid 1000000000000000000000000000000 is outside -2147483648..2147483647"),
+    ({"raw_time": 2**63}, "out_of_range: raw_time 9223372036854775808 is outside "
+                          "-9223372036854775808..9223372036854775807"),
+    ({"device_user_id": "7\x00"}, "malformed: punches[1].device_user_id: contains a NUL character"),
+    ({"device_serial": "SN\ud800"}, "malformed: punches[1].device_serial: is not valid text (lone surrogate)"),
+    ({"employee_id": "\udfff"}, "malformed: punches[1].employee_id: is not valid text (lone surrogate)"),
+    ({"device_time": "2026-11-02 07:30:05\n"}, "bad_device_time: '2026-11-02 07:30:05\\n' is not "
+                                               "'YYYY-MM-DD HH:MM:SS'"),
+    ({"device_time": "\u0662\u0660\u0662\u0666-11-02 07:30:05"}, "bad_device_time: '\\u0662\\u0660\\u0662"
+                                                              "\\u0666-11-02 07:30:05' is not 'YYYY-MM-DD HH:MM:SS'"),
+    ({"utc_time": "0001-01-01T00:00:00+01:00"},
+     "bad_time: local_time/utc_time not ISO 8601 (outside the representable range)"),
+    ({"timezone": "\x00"}, "malformed: punches[1].timezone: contains a NUL character"),
+    ({"flags": ["a\x00"]}, "bad_text: flags contain a NUL character or invalid text"),
+])
+def test_a_value_that_does_not_fit_its_column_rejects_only_its_punch(change: dict[str, Any], reason: str) -> None:
+    # Issue 8 item 2: workcode >= 2**31 made the central answer 500 and the office retry the batch forever.
+    batch = wire.decode_punch_batch(_batch(punches=[wire.encode_punch(FULL), {**wire.encode_punch(FULL), **change}]),
+                                    OFFICE, max_punches=2)
+    assert batch.punches == [(FULL, None), (None, reason)]
 
 
 @pytest.mark.parametrize(("change", "reason"), [
@@ -248,7 +280,11 @@ def test_a_well_formed_but_unacceptable_punch_is_rejected_alone(change: dict[str
     ({"device_id": "bad id"}, "devices[0].device_id: 1-64 letters, digits, '_', '.' or '-'"),
     ({"port": "4370"}, "devices[0].port: must be an integer"),
     ({"enabled": 1}, "devices[0].enabled: must be true or false"),
-    ({"clock_skew_s": "3"}, "devices[0].clock_skew_s: must be a number"),
+    ({"clock_skew_s": "3"}, "devices[0].clock_skew_s: must be a finite number"),
+    ({"port": 2**31}, "devices[0].out_of_range: port 2147483648 is outside -2147483648..2147483647"),
+    ({"name": "lobby\x00"}, "devices[0].name: contains a NUL character"),
+    ({"health": {"last_error": "\ud800"}}, "devices[0].health.last_error: is not valid text (lone surrogate)"),
+    ({"last_seen_at": "9999-12-31T23:00:00-05:00"}, "devices[0].last_seen_at: must be an ISO 8601 instant"),
     ({"last_seen_at": "2026-11-02 01:00"},
      "devices[0].last_seen_at: must be an ISO 8601 instant with offset, e.g. 2026-11-23T01:30:00Z"),
     ({"health": "online"}, "devices[0].health: must be an object"),
@@ -256,11 +292,15 @@ def test_a_well_formed_but_unacceptable_punch_is_rejected_alone(change: dict[str
     ({"health": {"problems": ["clock_drift"]}}, "devices[0].health.problems: must be an object"),
     ({"health": {"muted_until": "soon"}}, "devices[0].health.muted_until: must be an ISO 8601 instant with offset"),
 ])
-def test_a_malformed_health_report_is_refused_with_the_same_message(change: dict[str, Any], message: str) -> None:
-    doc = wire.health_report({"office_code": OFFICE}, [{**wire.encode_device(SNAPSHOT_ROW), **change}])
+def test_a_malformed_device_is_rejected_alone_with_the_same_message(change: dict[str, Any], message: str) -> None:
+    doc = wire.health_report({"office_code": OFFICE}, [wire.encode_device(SNAPSHOT_ROW),
+                                                       {**wire.encode_device(SNAPSHOT_ROW), **change}])
     with pytest.raises(wire.WireError) as caught:
-        wire.decode_health_report(roundtrip(doc), OFFICE, max_devices=10)
+        wire.decode_device(roundtrip(doc)["devices"][1], 0)
     assert str(caught.value).startswith(message)
+    report = wire.decode_health_report(roundtrip(doc), OFFICE, max_devices=10)
+    assert report.indexes == [0] and list(report.rejected) == [1]
+    assert report.rejected[1].startswith("malformed: " + message.replace("devices[0]", "devices[1]"))
 
 
 def test_long_device_texts_are_cut_to_their_columns_not_refused() -> None:

@@ -31,7 +31,14 @@ from gateway import wire
 from gateway.central import export
 from gateway.central.tokens import Token, TokenFile, TokenFileError
 from gateway.config import CentralConfig, Config
-from gateway.store.central import FEED_COLUMNS, CentralStore, PunchQuery, decode_cursor, encode_cursor
+from gateway.store.central import (
+    FEED_COLUMNS,
+    SERIAL_CONFLICT,
+    CentralStore,
+    PunchQuery,
+    decode_cursor,
+    encode_cursor,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -80,22 +87,48 @@ def _wire_error(exc: Exception, hint: str = "") -> ApiError:
 # The API
 # --------------------------------------------------------------------------------------------------
 
+#: Dates a query may name (a day past them cannot be computed in year 9999; nothing is punched before 2000).
+MIN_DATE, MAX_DATE = date(1970, 1, 1), date(9998, 12, 31)
+
+
 def _qdate(params: Mapping[str, str], key: str) -> date | None:
     text = params.get(key)
     if not text:
         return None
     try:
-        return date.fromisoformat(text)
+        value = date.fromisoformat(text)
     except ValueError:
         raise ApiError(400, "bad_parameter", f"{key}: must be a date like 2026-11-23") from None
+    if not MIN_DATE <= value <= MAX_DATE:
+        raise ApiError(400, "bad_parameter", f"{key}: must be between {MIN_DATE} and {MAX_DATE}")
+    return value
+
+
+def _qtext(params: Mapping[str, str], key: str, limit: int) -> str | None:
+    """A text query parameter that can be compared with a column: bounded, no NUL, valid text."""
+    text = params.get(key) or None
+    if text is None:
+        return None
+    problem = wire.text_problem(text, limit)
+    if problem:
+        raise ApiError(400, "bad_parameter", f"{key}: {problem}")
+    return text
+
+
+def _refused_serials(answer: Mapping[str, Any]) -> bool:
+    """True when a stored answer refused punches for a serial bound to another office."""
+    return any(str(r.get("reason", "")).startswith(SERIAL_CONFLICT) for r in answer.get("results", ()))
 
 
 class CentralApi:
     """Request handlers of the ingest and pull API over one CentralStore."""
 
     def __init__(self, config: CentralConfig, store: CentralStore, *, workdays: tuple[int, ...] = (1, 2, 3, 4, 5),
-                 gateway_tokens: TokenFile | None = None, api_tokens: TokenFile | None = None) -> None:
+                 gateway_tokens: TokenFile | None = None, api_tokens: TokenFile | None = None,
+                 alert_office: str = "") -> None:
         self.config = config
+        #: The central's own office code: gateway-wide alerts (serial_bound_elsewhere) are queued under it.
+        self.alert_office = alert_office
         self.store = store
         self.workdays = workdays
         if gateway_tokens is None:
@@ -198,6 +231,8 @@ class CentralApi:
             return json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             raise ApiError(400, "bad_json", f"body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise ApiError(400, "bad_json", "body is nested too deeply") from None
 
     # -- ingest ----------------------------------------------------------------------------------
     async def ingest_punches(self, request: Request) -> Response:
@@ -221,11 +256,13 @@ class CentralApi:
                 if prior[0] != batch.digest:
                     raise ApiError(409, "batch_conflict",
                                    f"batch_id {batch.batch_id!r} was already used for other punches")
-                return prior[1], True
+                if not _refused_serials(prior[1]):
+                    return prior[1], True
+                # Its serials were refused: decide again (BKD may have rebound the device meanwhile).
             return self.store.ingest_punches(
                 gateway=tok.name, office_code=office, batch_id=batch.batch_id, digest=batch.digest,
                 punches=[p for p, _ in batch.punches], rejected=batch.rejected, remote_addr=host,
-                meta=batch.gateway)
+                meta=batch.gateway, alert_office=self.alert_office, replace_receipt=prior is not None)
 
         answer, replayed = await run_in_threadpool(store)
         self._note(tok.name, "ok")
@@ -249,15 +286,22 @@ class CentralApi:
             self._note(tok.name, exc.code)
             raise
         host = request.client.host if request.client else None
-        n = await run_in_threadpool(lambda: self.store.ingest_health(
-            gateway=tok.name, office_code=office, devices=report.devices, remote_addr=host, meta=report.gateway))
+        n, refused = await run_in_threadpool(lambda: self.store.ingest_health(
+            gateway=tok.name, office_code=office, devices=report.devices, remote_addr=host, meta=report.gateway,
+            alert_office=self.alert_office))
         self._note(tok.name, "ok")
-        return JSONResponse({"office_code": office, "devices": n})
+        # refused holds indexes into report.devices; answer with the report's own indexes.
+        rejected = {**report.rejected, **{report.indexes[j]: reason for j, reason in refused.items()}}
+        if rejected:
+            log.info("device health rejected from a gateway", gateway=tok.name, office=office,
+                     rejected=len(rejected), reasons=sorted({r.split(":")[0] for r in rejected.values()}))
+        return JSONResponse({"office_code": office, "devices": n,
+                             "rejected": [{"index": i, "reason": rejected[i]} for i in sorted(rejected)]})
 
     # -- pull ------------------------------------------------------------------------------------
     def _scope(self, request: Request) -> tuple[Token, str | None]:
         tok = self._bearer(request, self.api_tokens)
-        office = request.query_params.get("office") or None
+        office = _qtext(request.query_params, "office", 32)
         if office and tok.offices is not None and office not in tok.offices:
             raise ApiError(403, "office_forbidden", f"this token may not read office {office!r}")
         return tok, office
@@ -299,14 +343,17 @@ class CentralApi:
         except ValueError as exc:
             raise ApiError(400, "bad_cursor", f"cursor: {exc}") from None
         try:
-            limit = int(params.get("limit", DEFAULT_LIMIT))
+            text = params.get("limit", str(DEFAULT_LIMIT))
+            if len(text) > 12:
+                raise ValueError(text)
+            limit = int(text)
         except ValueError:
             raise ApiError(400, "bad_parameter", "limit: must be a number") from None
         if not 1 <= limit <= MAX_LIMIT:
             raise ApiError(400, "bad_parameter", f"limit: 1 to {MAX_LIMIT}")
         start, end = self._range(request, required=False)
-        q = PunchQuery(offices=tok.offices, office=office, device=params.get("device") or None,
-                       employee=params.get("employee") or None, date_from=start, date_to=end)
+        q = PunchQuery(offices=tok.offices, office=office, device=_qtext(params, "device", 64),
+                       employee=_qtext(params, "employee", 64), date_from=start, date_to=end)
         rows, last = await run_in_threadpool(self.store.feed, q, after, limit)
         cursor = encode_cursor(last)
         more = len(rows) == limit
@@ -319,7 +366,7 @@ class CentralApi:
         tok, office = self._scope(request)
         fmt = self._format(request)
         start, end = self._range(request, required=True)
-        q = PunchQuery(offices=tok.offices, office=office, employee=request.query_params.get("employee") or None,
+        q = PunchQuery(offices=tok.offices, office=office, employee=_qtext(request.query_params, "employee", 64),
                        date_from=start, date_to=end)
         items = await run_in_threadpool(lambda: export.daily_recap(self.store.iter_punches(q)))
         body = export.render(items, fmt, export.RECAP_COLUMNS, sheet="recap",
@@ -372,4 +419,5 @@ def openapi_bytes() -> bytes:
 
 def build_api(config: Config, store: CentralStore) -> CentralApi:
     """The API for a config with [central] enabled (raises TokenFileError on unusable token files)."""
-    return CentralApi(config.central, store, workdays=tuple(config.health.working_hours.days))
+    return CentralApi(config.central, store, workdays=tuple(config.health.working_hours.days),
+                      alert_office=config.site.office_code)

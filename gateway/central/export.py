@@ -99,6 +99,7 @@ def write_xlsx(rows: Iterable[Mapping[str, Any]], columns: Sequence[str], fp: Bi
     """An .xlsx workbook with one sheet (openpyxl write-only mode: rows go to a temp file, not memory)."""
     from openpyxl import Workbook
     from openpyxl.cell import WriteOnlyCell
+    from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
 
     wb = Workbook(write_only=True)
     ws = wb.create_sheet(sheet[:31])
@@ -108,6 +109,10 @@ def write_xlsx(rows: Iterable[Mapping[str, Any]], columns: Sequence[str], fp: Bi
         out = []
         for c in columns:
             v = _cell(r.get(c))
+            if isinstance(v, str):
+                # XML cannot hold control characters (a device may send them in a PIN); show them as U+FFFD
+                # instead of failing the whole export. CSV and JSON carry them as they are.
+                v = ILLEGAL_CHARACTERS_RE.sub("\ufffd", v)
             if isinstance(v, str) and v.startswith("="):
                 # Device texts are data, never formulas (a PIN like "=1+1" must not be evaluated).
                 cell = WriteOnlyCell(ws, value=v)

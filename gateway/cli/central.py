@@ -1,8 +1,9 @@
-"""`fpgw central add-token|list-tokens|gateways`: tooling of the central (BKD) server.
+"""`fpgw central add-token|list-tokens|gateways|rebind-device`: tooling of the central (BKD) server.
 
-    add-token    -> gateway.central.api.add_token: mint, append the SHA-256 hash to the token file, print once
-    list-tokens  -> gateway.central.api.load_tokens: names and office scopes, never the tokens
-    gateways     -> gateway.store.central.CentralStore.gateways: last contact, backlog, punches per gateway
+    add-token     -> gateway.central.api.add_token: mint, append the SHA-256 hash to the token file, print once
+    list-tokens   -> gateway.central.api.load_tokens: names and office scopes, never the tokens
+    gateways      -> gateway.store.central.CentralStore.gateways: last contact, backlog, punches per gateway
+    rebind-device -> gateway.store.central.CentralStore.rebind_device: move a terminal's serial to another office
 """
 
 from __future__ import annotations
@@ -34,6 +35,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     q = csub.add_parser("gateways", help="office gateways that forward here: last contact, backlog, punches")
     q.add_argument("--json", action="store_true", help="machine-readable output")
     q.set_defaults(func=cmd_gateways, one_shot=True)
+    q = csub.add_parser("rebind-device", help="bind a terminal's serial to another office (moved/replaced terminal)",
+                        description="Every device serial belongs to the office whose gateway first reported it; "
+                                    "punches and health for it from any other office are rejected "
+                                    "(serial_bound_elsewhere) and alerted. When a terminal really moved to "
+                                    "another office, bind its serial there; the office then retries its "
+                                    "rejected punches. Punches already stored stay with the office that sent "
+                                    "them. Without --office: show the binding.")
+    q.add_argument("serial", help="the terminal's serial number, as in the alert")
+    q.add_argument("--office", help="office code to bind it to (omit to show the current binding)")
+    q.add_argument("--note", help="why (kept with the binding), e.g. 'moved from Dinas X, ticket 123'")
+    q.add_argument("--by", help="who does it (kept with the binding; default: the login name)")
+    q.set_defaults(func=cmd_rebind_device, one_shot=True)
     q = csub.add_parser("list-tokens", help="names and office scopes of the tokens (never the tokens)")
     q.add_argument("--kind", choices=("gateway", "api"), default="api")
     q.add_argument("--file", type=Path)
@@ -117,4 +130,46 @@ def cmd_gateways(args: argparse.Namespace) -> int:
         print(f"\n{silent} gateway(s) SILENT: no contact for more than {duration_text(silent_after_s)} "
               "(central.gateway_silent_after_s). At the office check: is the server powered on, is the internet "
               "link up, `systemctl status fpgw`, `fpgw forward status`.")
+    return 0
+
+
+def cmd_rebind_device(args: argparse.Namespace) -> int:
+    """Show or change the office a device serial is bound to."""
+    import getpass
+
+    from gateway.store.central import CentralStore
+
+    serial, office = args.serial.strip(), (args.office or "").strip()
+    if not serial or len(serial) > 64:
+        raise CliError("SERIAL: 1 to 64 characters")
+    if args.office is not None and (not office or len(office) > 32):
+        raise CliError("--office: an office code of 1 to 32 characters")
+    config = config_of(args)
+    engine = open_engine(config, pool_size=2, migrate=True)
+    try:
+        store = CentralStore(engine)
+        if args.office is None:
+            rows = store.bindings(serial)
+            if not rows:
+                print(f"serial {serial} is not bound to any office yet (the first office to report it gets it)")
+                return 0
+            b = rows[0]
+            print(f"serial {serial}: office {b['office_code']} since {b['bound_at']:%Y-%m-%d %H:%M} UTC "
+                  f"(by {b['bound_by']})" + (f", before: office {b['previous_office_code']}"
+                                              if b["previous_office_code"] else "")
+                  + (f"; note: {b['note']}" if b["note"] else ""))
+            return 0
+        try:
+            by = args.by or getpass.getuser()
+        except Exception:  # no login name in a bare container
+            by = "unknown"
+        previous, _ = store.rebind_device(serial, office, by=by, note=args.note)
+    finally:
+        engine.dispose()
+    if previous == office:
+        print(f"serial {serial} was already bound to office {office}; recorded again")
+    else:
+        print(f"serial {serial} is now bound to office {office} (was: {previous or 'unbound'}). The office's gateway "
+              "may now retry its rejected punches (`fpgw forward status` at the office shows them); punches already "
+              "stored stay with the office that sent them.")
     return 0

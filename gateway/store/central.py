@@ -8,6 +8,12 @@ days: the date of each punch's own local wall-clock time (local_time, in its dev
 office's zone unless a device sets another), the same day `fpgw punches --date` shows at the office
 (one meaning of a day for every punch query: see gateway.store.punches).
 
+Office isolation (migration 0005_office_bindings): a forwarded punch is stored under its gateway token's
+office and is a duplicate only of that office's punch (uq_punches_key leads with office_code). Each device
+serial is bound to the office that first reported it (device_bindings); a punch or health report for a
+serial bound to another office is rejected (serial_bound_elsewhere) and alerted, never merged; only an
+admin rebinding (rebind_device, `fpgw central rebind-device`) moves a serial.
+
 Feed cursor: the punches' own monotonic ``id``. On PostgreSQL ids come from a sequence and are NOT
 committed in order when transactions overlap: T1 takes id 10, T2 takes id 11 and commits first, a
 reader pages past 11 and never sees 10. Migration 0002 installs a statement-level BEFORE INSERT
@@ -25,10 +31,10 @@ import binascii
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Select, delete, select, update
+from sqlalchemy import Engine, Select, delete, or_, select, update
 from sqlalchemy.engine import Connection, RowMapping
 
 from gateway.models import Punch
@@ -41,9 +47,20 @@ from gateway.store.schema import utcnow
 #: pg_advisory_xact_lock key of the feed-order guard (same literal as in migration 0002).
 FEED_LOCK_KEY = 0x46505746
 _CURSOR_PREFIX = "fpgw1:"
+#: Largest feed position (punches.id is a signed 64-bit integer).
+MAX_POSITION = 2 ** 63 - 1
 #: Rows per INSERT statement on ingest: on PostgreSQL, psycopg's conversion of one very long statement
 #: dominated a 500-row insert; 50-100-row statements measured faster.
 INGEST_CHUNK = 100
+#: alerts.problem of a punch or health report refused because its serial is bound to another office.
+SERIAL_CONFLICT = "serial_bound_elsewhere"
+#: One serial_bound_elsewhere alert per (serial, refused office) this often while the office keeps sending.
+CONFLICT_ALERT_EVERY = timedelta(hours=24)
+
+
+def _bound_elsewhere(serial: str, owner: str) -> str:
+    return (f"{SERIAL_CONFLICT}: serial {serial} belongs to office {owner} (BKD must run "
+            f"`fpgw central rebind-device {serial} --office <code>` if the terminal moved)")
 
 
 def encode_cursor(position: int) -> str:
@@ -59,9 +76,15 @@ def decode_cursor(text: str | None) -> int:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise ValueError("not a cursor returned by this API") from None
-    if not raw.startswith(_CURSOR_PREFIX) or not raw[len(_CURSOR_PREFIX):].isdigit():
+    digits = raw[len(_CURSOR_PREFIX):]
+    # ASCII digits that fit the 64-bit id column ("²" is a digit to str.isdigit, and a huge number
+    # would overflow the query parameter).
+    if not raw.startswith(_CURSOR_PREFIX) or not digits.isascii() or not digits.isdigit() or len(digits) > 19:
         raise ValueError("not a cursor returned by this API")
-    return int(raw[len(_CURSOR_PREFIX):])
+    position = int(digits)
+    if position > MAX_POSITION:
+        raise ValueError("not a cursor returned by this API")
+    return position
 
 
 @dataclass(frozen=True)
@@ -126,17 +149,35 @@ class CentralStore:
     def ingest_punches(self, *, gateway: str, office_code: str, batch_id: str, digest: str,
                        punches: Sequence[Punch | None], rejected: Mapping[int, str],
                        remote_addr: str | None = None, meta: Mapping[str, Any] | None = None,
-                       ) -> tuple[dict[str, Any], bool]:
+                       alert_office: str = "", replace_receipt: bool = False) -> tuple[dict[str, Any], bool]:
         """Store a validated batch in ONE transaction; returns (answer, replayed).
 
-        ``punches[i]`` is None exactly for the indexes in ``rejected`` (index -> reason). Punches are
-        stored with ON CONFLICT DO NOTHING, so a punch already stored (resend, overlap) is accepted as
-        a duplicate. The answer is kept as the batch's receipt: a replay gets it back unchanged.
+        ``punches[i]`` is None exactly for the indexes in ``rejected`` (index -> reason). A punch whose
+        device serial is bound to another office is rejected here too (serial_bound_elsewhere, with a
+        gateway-wide alert queued for ``alert_office``, the central's own office). The others are stored
+        with ON CONFLICT DO NOTHING on (office, serial, user, time), so a punch this office already stored
+        (resend, overlap) is accepted as a duplicate, and another office's punch never is. The answer is
+        kept as the batch's receipt: a replay gets it back unchanged (``replace_receipt`` re-decides a
+        batch whose serials were refused, after an admin rebinding).
         """
         now = utcnow()
         c = s.punches.c
         b = s.ingest_batches.c
+        punches, rejected = list(punches), dict(rejected)
         with self._writer.begin() as conn:
+            if replace_receipt:
+                conn.execute(delete(s.ingest_batches).where(b.gateway == gateway, b.batch_id == batch_id))
+            owners = self._bind_serials(conn, {p.device_serial for p in punches if p is not None}, office_code,
+                                        f"gateway:{gateway}", now)
+            refused: dict[str, int] = {}
+            for i, p in enumerate(punches):
+                if p is not None and owners[p.device_serial] != office_code:
+                    rejected[i] = _bound_elsewhere(p.device_serial, owners[p.device_serial])
+                    refused[p.device_serial] = refused.get(p.device_serial, 0) + 1
+                    punches[i] = None
+            for serial, n in refused.items():
+                self._alert_foreign_serial(conn, serial, owners[serial], office_code, gateway, now, alert_office,
+                                           what=f"{n} punch(es)")
             new_keys: set[tuple[str, str, str, int]] = set()
             rows = [punch_row(p, now, "forward") for p in punches if p is not None]
             for i in range(0, len(rows), INGEST_CHUNK):
@@ -171,13 +212,96 @@ class CentralStore:
             self._touch_gateway(conn, gateway, office_code, now, remote_addr, meta, batch=True, received=n_new)
         return answer, False
 
+    # -- device serial bindings ------------------------------------------------------------------
+    @staticmethod
+    def _bind_serials(conn: Connection, serials: set[str], office_code: str, by: str,
+                      now: datetime) -> dict[str, str]:
+        """serial -> the office it is bound to; unbound serials are bound to ``office_code`` (first reporter)."""
+        if not serials:
+            return {}
+        d = s.device_bindings.c
+        ordered = sorted(serials)
+        owners = {r.serial: r.office_code for r in conn.execute(
+            select(d.serial, d.office_code).where(d.serial.in_(ordered)))}
+        fresh = [x for x in ordered if x not in owners]
+        if fresh:
+            conn.execute(insert_ignore(conn, s.device_bindings, ("serial",)),
+                         [{"serial": x, "office_code": office_code, "bound_at": now, "bound_by": by[:120]}
+                          for x in fresh])
+            # Re-read: another office's first report may have raced in and won (PostgreSQL).
+            owners.update({r.serial: r.office_code for r in conn.execute(
+                select(d.serial, d.office_code).where(d.serial.in_(fresh)))})
+        return owners
+
+    @staticmethod
+    def _alert_foreign_serial(conn: Connection, serial: str, owner: str, sender: str, gateway: str, now: datetime,
+                              alert_office: str, *, what: str) -> None:
+        """Queue the gateway-wide alert for a refused serial, once per (serial, refused office) and day."""
+        d = s.device_bindings.c
+        done = conn.execute(update(s.device_bindings).where(
+            d.serial == serial,
+            or_(d.conflict_office_code.is_(None), d.conflict_office_code != sender,
+                d.conflict_alerted_at.is_(None), d.conflict_alerted_at < now - CONFLICT_ALERT_EVERY))
+            .values(conflict_office_code=sender, conflict_alerted_at=now)).rowcount
+        if done != 1:
+            return
+        insert_alert(
+            conn, office_code=alert_office or sender, problem=SERIAL_CONFLICT, event="start", severity="critical",
+            title=f"Device serial {serial} reported by office {sender}, but it belongs to office {owner}",
+            message=(f"PROBLEM [critical] The office gateway {gateway} of office {sender} sent {what} of the terminal "
+                     f"with serial {serial}, which is bound to office {owner}. They were refused (not stored, not "
+                     f"merged); they stay in that gateway's outbox as rejected."),
+            checks=[f"Was the terminal {serial} moved to or replaced at office {sender}? Then run "
+                    f"`fpgw central rebind-device {serial} --office {sender}` and have the office retry its "
+                    "rejected punches.",
+                    f"Otherwise office {sender}'s gateway is misconfigured or sending another office's data: check "
+                    "its [[devices]] and who holds its token."],
+            details={"serial": serial, "bound_to": owner, "sender_office": sender, "gateway": gateway,
+                     "reason": SERIAL_CONFLICT},
+            extra={"office": {"code": sender, "name": ""}}, at=now)
+
+    def rebind_device(self, serial: str, office_code: str, *, by: str, note: str | None = None
+                      ) -> tuple[str | None, str]:
+        """Bind ``serial`` to ``office_code`` (an admin action, recorded); returns (previous office, office)."""
+        now = utcnow()
+        d = s.device_bindings.c
+        with self._writer.begin() as conn:
+            previous = conn.execute(select(d.office_code).where(d.serial == serial)).scalar()
+            values = {"office_code": office_code, "bound_at": now, "bound_by": f"admin:{by}"[:120],
+                      "previous_office_code": previous, "note": (note or "")[:500] or None,
+                      "conflict_office_code": None, "conflict_alerted_at": None}
+            if previous is None:
+                conn.execute(s.device_bindings.insert().values(serial=serial, **values))
+            else:
+                conn.execute(update(s.device_bindings).where(d.serial == serial).values(**values))
+        return previous, office_code
+
+    def bindings(self, serial: str | None = None) -> list[dict[str, Any]]:
+        """The serial -> office bindings (one serial, or all), newest first."""
+        q = select(s.device_bindings)
+        if serial is not None:
+            q = q.where(s.device_bindings.c.serial == serial)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q.order_by(s.device_bindings.c.bound_at.desc())).mappings()]
+
     def ingest_health(self, *, gateway: str, office_code: str, devices: Sequence[Mapping[str, Any]],
-                      remote_addr: str | None = None, meta: Mapping[str, Any] | None = None) -> int:
-        """Upsert an office's device rows and their health (one transaction); returns devices stored."""
+                      remote_addr: str | None = None, meta: Mapping[str, Any] | None = None,
+                      alert_office: str = "") -> tuple[int, dict[int, str]]:
+        """Upsert an office's device rows and their health (one transaction); returns (devices stored,
+        index -> reason of the devices refused because their serial is bound to another office)."""
         now = utcnow()
         d, h = s.devices.c, s.device_health.c
+        refused: dict[int, str] = {}
         with self._writer.begin() as conn:
-            for dev in devices:
+            owners = self._bind_serials(conn, {dev["serial"] for dev in devices if dev.get("serial")}, office_code,
+                                        f"gateway:{gateway}", now)
+            for i, dev in enumerate(devices):
+                owner = owners.get(dev.get("serial") or "", office_code)
+                if owner != office_code:
+                    refused[i] = _bound_elsewhere(dev["serial"], owner)
+                    self._alert_foreign_serial(conn, dev["serial"], owner, office_code, gateway, now, alert_office,
+                                               what=f"a health report (device {dev['device_id']})")
+                    continue
                 values = {k: dev.get(k) for k in _DEVICE_FIELDS if k in dev}
                 values["updated_at"] = now
                 pk = conn.execute(select(d.pk).where(d.office_code == office_code,
@@ -208,7 +332,7 @@ class CentralStore:
                 else:
                     conn.execute(update(s.device_health).where(h.device_pk == pk).values(**hv))
             self._touch_gateway(conn, gateway, office_code, now, remote_addr, meta, health=True)
-        return len(devices)
+        return len(devices) - len(refused), refused
 
     @staticmethod
     def _touch_gateway(conn: Connection, name: str, office_code: str, now: datetime, remote_addr: str | None,

@@ -102,7 +102,8 @@ def punch_row(p: Punch, received_at: datetime, source: str = "poll") -> dict[str
     }
 
 
-PUNCH_KEY = ("device_serial", "device_user_id", "device_time", "occurrence")
+#: ON CONFLICT target: the columns of uq_punches_key (office first; see gateway.store.schema.punches).
+PUNCH_KEY = ("office_code", "device_serial", "device_user_id", "device_time", "occurrence")
 
 
 def insert_punches(conn: Connection, punches: Iterable[Punch], *, received_at: datetime,

@@ -188,7 +188,12 @@ punches = Table(
     #: untrusted time (rtc_reset / impossible_date) plus the device's log epoch (gateway.models.Punch,
     #: gateway.store.punches "Punch identity"; migration 0004_punch_occurrence).
     Column("occurrence", BigInteger, nullable=False, default=0, server_default="0"),
-    UniqueConstraint("device_serial", "device_user_id", "device_time", "occurrence", name="uq_punches_key"),
+    #: Identity of a punch. office_code leads it (migration 0005_office_bindings): at the central a punch is
+    #: a duplicate only of the same office's punch, so one office can never hide another's. An office
+    #: gateway writes its own site code on every punch, so there it dedups exactly as (serial, user, time,
+    #: occurrence).
+    UniqueConstraint("office_code", "device_serial", "device_user_id", "device_time", "occurrence",
+                     name="uq_punches_key"),
     Index(None, "utc_time"),
     Index(None, "office_code", "utc_time"),
     Index(None, "employee_id", "utc_time"),
@@ -321,4 +326,24 @@ ingest_batches = Table(
     #: The JSON answer given the first time.
     Column("response", Text, nullable=False),
     Index(None, "received_at"),
+)
+
+#: Which office a device serial belongs to at the central (migration 0005_office_bindings). The first office
+#: whose gateway reports a serial (a punch or a health report) gets it; a punch or health report naming a
+#: serial bound to another office is rejected (serial_bound_elsewhere) and alerted, never merged. Moving a
+#: replaced or moved terminal to another office is an explicit admin action (`fpgw central rebind-device`).
+device_bindings = Table(
+    "device_bindings", metadata,
+    Column("serial", String(64), primary_key=True),
+    Column("office_code", String(32), nullable=False),
+    Column("bound_at", UtcDateTime(), nullable=False),
+    #: "gateway:<token name>" when bound by first report, "admin:<who>" after a rebind.
+    Column("bound_by", String(120), nullable=False),
+    #: The office it was bound to before the last rebind, and why it was rebound.
+    Column("previous_office_code", String(32)),
+    Column("note", String(500)),
+    #: The last office refused for this serial and when that was alerted (one alert per office and day).
+    Column("conflict_office_code", String(32)),
+    Column("conflict_alerted_at", UtcDateTime()),
+    Index(None, "office_code"),
 )
