@@ -238,6 +238,12 @@ class Config:
     #: Where the config was read from (for messages).
     source: Path | None = None
 
+    def secrets(self) -> list[object]:
+        """Every credential this config holds (gateway.logs.register_secrets blanks them in log lines)."""
+        out: list[object] = [self.forward.token, self.http.status_token, *self.alerts.urls, *self.alerts.webhooks]
+        out += [d.comm_key for d in self.devices if d.comm_key]
+        return out
+
     def device(self, device_id: str) -> DeviceConfig:
         """The device with this id (KeyError when unknown)."""
         for dev in self.devices:

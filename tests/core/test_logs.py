@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
@@ -126,3 +127,74 @@ def test_sd_notify_abstract_socket_and_watchdog_interval(monkeypatch: pytest.Mon
     assert sdnotify.watchdog_interval_s() == 45.0
     monkeypatch.setenv("WATCHDOG_PID", "1")  # meant for another process
     assert sdnotify.watchdog_interval_s() is None
+
+
+# -- secrets never reach a log line (issue 8 item 5) ------------------------------------------------------
+
+def _failing_app() -> Any:
+    """An ASGI app whose endpoint fails with the request (headers, query) in its locals and its message."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    async def boom(request: Request) -> Response:
+        headers = dict(request.headers)
+        token = request.query_params.get("token")
+        raise RuntimeError(f"unhandled: {headers!r} token={token}")
+
+    return Starlette(routes=[Route("/boom", boom)])
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("fmt", ["json", "console", "journal"])
+def test_unhandled_request_error_logs_no_token(log_stream: io.StringIO, fmt: str) -> None:
+    import httpx
+
+    from gateway.web.server import ThreadedServer
+    from tests.support.secrets import MARKER
+
+    bearer, query = f"{MARKER}-bearer-{fmt}", f"{MARKER}-query-{fmt}"
+    setup_logging(fmt, "info", stream=log_stream)
+    with ThreadedServer(_failing_app()) as server:
+        r = httpx.get(f"{server.url}/boom", params={"token": query},
+                      headers={"Authorization": f"Bearer {bearer}", "X-Api-Key": f"{MARKER}-key"}, timeout=5)
+    assert r.status_code == 500
+    out = log_stream.getvalue()
+    assert "Exception in ASGI application" in out and "RuntimeError" in out  # the traceback is still there
+    assert MARKER not in out, out
+    assert "[REDACTED]" in out
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("fmt", ["json", "console", "journal"])
+def test_registered_secrets_and_named_values_are_blanked(log_stream: io.StringIO, fmt: str) -> None:
+    from gateway.logs import register_secret
+    from tests.support.secrets import COMM_KEY, MARKER
+
+    register_secret(f"{MARKER}-registered", COMM_KEY)
+    setup_logging(fmt, "info", stream=log_stream)
+    log = structlog.get_logger("gateway.test")
+    log.warning("connect", params=f"ZkParams(host='10.0.0.5', comm_key={COMM_KEY})", url=f"{MARKER}-registered",
+                key=COMM_KEY, records=COMM_KEY + 1)
+    logging.getLogger("httpx").warning("GET https://bkd/status?token=%s failed: authorization: Bearer %s",
+                                       f"{MARKER}-q", f"{MARKER}-b")
+    try:
+        raise ValueError(f"db at postgresql://fpgw:{MARKER}-pw@db/fpgw refused")
+    except ValueError:
+        log.exception("failed")
+    out = log_stream.getvalue()
+    assert MARKER not in out and f"={COMM_KEY}" not in out and f" {COMM_KEY}" not in out, out
+    assert str(COMM_KEY + 1) in out  # other numbers stay
+
+
+def test_redact_shapes() -> None:
+    from gateway.logs import redact
+
+    assert redact("Authorization: Bearer abcDEF123_-x") == "Authorization: Bearer [REDACTED]"
+    assert redact("(b'authorization', b'Basic dXNlcjpwYXNz')") == "(b'authorization', b'Basic [REDACTED]')"
+    assert redact('{"api_token": "zz-zz", "status_token": "s3"}') == \
+        '{"api_token": "[REDACTED]", "status_token": "[REDACTED]"}'
+    assert redact("GET /?token=abc&x=1") == "GET /?token=[REDACTED]&x=1"
+    assert redact("{'comm_key': 4321}") == "{'comm_key': [REDACTED]}"
+    assert redact("tokens=3 token_file=/etc/fpgw/token") == "tokens=3 token_file=/etc/fpgw/token"
