@@ -153,6 +153,9 @@ class HealthConfig:
     #: Set the device clock when skew exceeds ``clock_correct_above_s`` (logged when done).
     clock_correct: bool = False
     clock_correct_above_s: float = 60.0
+    #: Free space (MB) on the SQLite database's filesystem below which the gateway raises disk_nearly_full
+    #: (checked by the health sweep; 0 = off).
+    disk_free_min_mb: int = 1024
 
 
 @dataclass(frozen=True)
@@ -481,6 +484,7 @@ def _parse_health(r: Reader) -> HealthConfig:
         working_hours=working,
         clock_correct=r.flag("clock_correct", False),
         clock_correct_above_s=r.duration_s("clock_correct_above_s", 60.0, min=1),
+        disk_free_min_mb=r.integer("disk_free_min_mb", 1024, min=0, max=10_000_000),
     )
     if cfg.capacity_warn_ratio > cfg.capacity_critical_ratio:
         r.problem("capacity_warn_ratio", "must not be above capacity_critical_ratio")

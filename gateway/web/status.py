@@ -25,6 +25,7 @@ from starlette.routing import BaseRoute, Route
 
 from gateway.config import Config
 from gateway.health.alerts import CHECKS
+from gateway.health.gateway import GATEWAY_CHECKS
 from gateway.models import PROBLEMS, DeviceHealth
 from gateway.services import AppContext, Service
 from gateway.store.health import AlertRow, HealthRepo
@@ -120,6 +121,7 @@ class StatusView:
                 outbox = None
         alerts = self.repo.list_alerts(limit=20)
         return {
+            "gateway": self._gateway(),
             "office": {"code": self.config.site.office_code, "name": self.config.site.office_name},
             "generated_at": _iso(now),
             "summary": {"devices": len(devices), "online": states.count("online"),
@@ -129,6 +131,14 @@ class StatusView:
             "outbox": outbox,
             "recent_alerts": [_alert_json(a) for a in alerts],
         }
+
+    def _gateway(self) -> dict[str, Any]:
+        """The gateway's own health: database and disk problems (never a device's)."""
+        monitor = self.ctx.health
+        problems, free = monitor.gateway_health() if monitor is not None else ([], None)
+        return {"state": "problem" if problems else "ok", "disk_free_bytes": free,
+                "problems": [{"name": p.name, "severity": p.severity, "since": _iso(p.since), "detail": p.detail,
+                              "check": list(GATEWAY_CHECKS.get(p.name, ()))} for p in problems]}
 
     # -- HTML ------------------------------------------------------------------------------------------
     def local(self, iso: str | None) -> str:
@@ -194,6 +204,18 @@ class StatusView:
             age = doc["outbox"]["oldest_age_s"]
             outbox = (f"<p>Antrian kirim / outbox: {doc['outbox']['depth']} punch"
                       + (f", tertua/oldest {age // 60} min" if age else "") + "</p>")
+        gw = doc["gateway"]
+        free = gw["disk_free_bytes"]
+        free_text = f", disk {free / 1024 ** 3:.1f} GB free" if free is not None else ""
+        gw_line = (f'<p class="gw" id="gateway" data-state="{e(gw["state"])}">Gateway: OK{e(free_text)}</p>'
+                   if not gw["problems"] else "".join(
+                       f'<div class="prob gw" id="gateway-{e(p["name"])}" data-state="problem" '
+                       f'style="border-color:{_SEV_COLOUR.get(p["severity"], "#555")}"><b style="color:'
+                       f'{_SEV_COLOUR.get(p["severity"], "#555")}">Gateway: {e(p["name"].replace("_", " "))}</b> '
+                       f'<small>{e(p["severity"])}, sejak/since {e(self.local(p["since"]))}</small>'
+                       f'<div>{e(p["detail"])}</div><details><summary>Periksa / what to check</summary><ul>'
+                       + "".join(f"<li>{e(c)}</li>" for c in p["check"]) + "</ul></details></div>"
+                       for p in gw["problems"]))
         title = f"Status perangkat absensi - {office['name'] or office['code']}"
         return f"""<!doctype html>
 <html lang="id"><head><meta charset="utf-8">
@@ -225,6 +247,7 @@ padding:2px 6px 2px 0;width:55%}} td{{padding:2px 0;font-variant-numeric:tabular
 <span class="pill" style="color:{_STATE_COLOUR['online']}">{s['online']} online</span>
 <span class="pill" style="color:{_STATE_COLOUR['offline']}">{s['offline']} offline</span>
 <span class="pill">{s['open_problems']} masalah/problems</span></div>
+{gw_line}
 {outbox}
 {''.join(cards) or '<p>Belum ada perangkat / no devices configured.</p>'}
 <h2 style="font-size:1rem">Peringatan terakhir / recent alerts</h2>
