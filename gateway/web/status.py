@@ -12,6 +12,7 @@ from __future__ import annotations
 import hmac
 import html
 import ipaddress
+import ssl
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -325,7 +326,17 @@ class HttpServer:
         if not is_loopback(cfg.listen) and not cfg.status_token:
             log.warning("http.listen is not loopback but no http.status_token is set: the status page, /status "
                         "and /metrics answer only clients on this machine", listen=cfg.listen)
-        server = ThreadedServer(build_app(self.ctx), cfg.listen, cfg.port, thread_name="fpgw-http")
+        tls: dict[str, Any] = {}
+        if cfg.tls_cert_file and cfg.tls_key_file:
+            try:  # here, not in uvicorn's thread: a bad pair is a clear start error naming the keys
+                ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cfg.tls_cert_file,
+                                                                                   cfg.tls_key_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise RuntimeError(f"HTTPS certificate or key unusable (http.tls_cert_file {cfg.tls_cert_file}, "
+                                   f"http.tls_key_file {cfg.tls_key_file}): {exc}") from None
+            tls = {"ssl_certfile": str(cfg.tls_cert_file), "ssl_keyfile": str(cfg.tls_key_file)}
+        server = ThreadedServer(build_app(self.ctx), cfg.listen, cfg.port, thread_name="fpgw-http",
+                                request_timeout_s=cfg.request_timeout_s, max_connections=cfg.max_connections, **tls)
         # Bind first (not inside uvicorn) so a busy port is a clear start error with the OS reason.
         try:
             self.port = server.bind()
@@ -335,7 +346,7 @@ class HttpServer:
         self._server = server
         server.start()
         self.ctx.http_port = self.port
-        log.info("status page serving", url=f"http://{cfg.listen}:{self.port}/")
+        log.info("status page serving", url=f"{server.scheme}://{cfg.listen}:{self.port}/")
 
     def stop(self, deadline_s: float) -> None:
         """Ask uvicorn to exit and join its thread."""
