@@ -150,7 +150,8 @@ def test_status_server_serves_https_with_the_configured_certificate(tmp_path: Pa
     gw.start()
     try:
         port = gw.ctx.http_port
-        assert httpx.get(f"https://127.0.0.1:{port}/healthz", verify=ssl.create_default_context(cafile=str(cert)), timeout=5).json() == {"ok": True}
+        trust = ssl.create_default_context(cafile=str(cert))
+        assert httpx.get(f"https://127.0.0.1:{port}/healthz", verify=trust, timeout=5).json() == {"ok": True}
         with pytest.raises(httpx.HTTPError):  # no plain HTTP on that port
             httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
     finally:
@@ -167,6 +168,6 @@ def test_unusable_certificate_is_a_clear_start_error(tmp_path: Path, sqlite_url:
     config = make_config(sqlite_url, [], tmp_path, http={"enabled": True, "listen": "127.0.0.1", "port": 0,
                                                         "tls_cert_file": str(cert), "tls_key_file": str(key)})
     gw = Gateway(config)
-    with pytest.raises(RuntimeError, match="http.tls_key_file"):
+    with pytest.raises(RuntimeError, match=r"http\.tls_key_file"):
         gw.start()
     gw.stop()
