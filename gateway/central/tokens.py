@@ -156,6 +156,8 @@ def add_token(path: Path, name: str, offices: list[str] | None, kind: str) -> st
         raise TokenFileError(f"name {name!r}: use 1-100 letters, digits, '_', '.' or '-'")
     if kind == "gateway" and (not offices or len(offices) != 1 or offices == ["*"]):
         raise TokenFileError("a gateway token needs exactly one office (--offices 1801.01.02)")
+    if path.exists() and path.stat().st_size == 0:
+        path.chmod(0o600)  # an empty placeholder (made so the config validates) holds nothing yet: tighten it
     existing = load_tokens(path, kind) if path.exists() else []
     if any(t.name == name for t in existing):
         raise TokenFileError(f"{path}: a token named {name!r} already exists")
