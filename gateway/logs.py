@@ -87,14 +87,17 @@ def resolve_format(fmt: str, stream: TextIO | None = None) -> str:
 
 # -- redaction ---------------------------------------------------------------------------------------------
 
-# "Authorization: Bearer x", ('authorization', 'Basic x'), "bearer x" anywhere (a header value in a scope repr).
-_AUTH_SCHEME = re.compile(r"(?i)\b(bearer|basic|token)(\s+)([A-Za-z0-9._~+/=\-]{4,})")
+# An Authorization header's whole value, scheme included: "Authorization: Bearer x", 'authorization': 'Token x',
+# (b'authorization', b'Basic x') in an ASGI scope, "proxy-authorization=...".
+_AUTH_HEADER = re.compile(r"(?i)(?<![a-z0-9_-])((?:proxy-)?authorization\\?[\"']?\s*[:=,]\s*(?:b(?=[\"']))?\\?[\"']?)"
+                          r"(?!\[REDACTED\])([^\"'\\\r\n]+)")
+# "Bearer x" / "Basic x" anywhere else (an error message quoting a header).
+_AUTH_SCHEME = re.compile(r"(?i)\b(bearer|basic)(\s+)(?!\[REDACTED\])([A-Za-z0-9._~+/=\-]{4,})")
 # A named secret followed by its value: token=x, 'api_token': 'x', "comm_key": 123, status_token='x',
-# authorization: x, ?token=x&...  The value stops at a quote, space, comma, '&', ')' or '}'.
-_SECRET_KEYS = (r"(?:[a-z0-9_]*_)?token|authorization|x-api-key|api[_-]?key|comm[_-]?key|commkey|password|passwd|"
-                r"secret|pwd")
+# ?token=x&...  The value stops at a quote, space, comma, '&', ')' or '}'.
+_SECRET_KEYS = (r"(?:[a-z0-9_]*_)?token|x-api-key|api[_-]?key|comm[_-]?key|commkey|password|passwd|secret|pwd")
 _KEY_VALUE = re.compile(r"(?i)(?<![a-z0-9_])(" + _SECRET_KEYS + r")(\\?[\"']?\s*[:=]\s*(?:b(?=[\"']))?\\?[\"']?)"
-                        r"(?!\[REDACTED\]|(?:bearer|basic|token)\s)([^\s\"'\\,&)}\]]+)")
+                        r"(?!\[REDACTED\])([^\s\"'\\,&)}\]]+)")
 # user:password@ in URLs (database, proxy, webhook URLs).
 _URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@\"']+:)([^@\s/\"']+)(@)")
 
@@ -142,6 +145,7 @@ def redact(text: str) -> str:
             text = text.replace(s, REDACTED)
     if _numeric_secrets is not None:
         text = _numeric_secrets.sub(REDACTED, text)
+    text = _AUTH_HEADER.sub(lambda m: m.group(1) + REDACTED, text)
     text = _AUTH_SCHEME.sub(lambda m: m.group(1) + m.group(2) + REDACTED, text)
     text = _KEY_VALUE.sub(lambda m: m.group(1) + m.group(2) + REDACTED, text)
     return _URL_PASSWORD.sub(lambda m: m.group(1) + REDACTED + m.group(3), text)

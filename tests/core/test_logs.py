@@ -191,10 +191,45 @@ def test_registered_secrets_and_named_values_are_blanked(log_stream: io.StringIO
 def test_redact_shapes() -> None:
     from gateway.logs import redact
 
-    assert redact("Authorization: Bearer abcDEF123_-x") == "Authorization: Bearer [REDACTED]"
-    assert redact("(b'authorization', b'Basic dXNlcjpwYXNz')") == "(b'authorization', b'Basic [REDACTED]')"
+    assert redact("Authorization: Bearer abcDEF123_-x") == "Authorization: [REDACTED]"
+    assert redact("(b'authorization', b'Basic dXNlcjpwYXNz')") == "(b'authorization', b'[REDACTED]')"
+    assert redact('{"Authorization": "Token abc def"}') == '{"Authorization": "[REDACTED]"}'
+    assert redact("header was Bearer abcdefgh here") == "header was Bearer [REDACTED] here"
     assert redact('{"api_token": "zz-zz", "status_token": "s3"}') == \
         '{"api_token": "[REDACTED]", "status_token": "[REDACTED]"}'
     assert redact("GET /?token=abc&x=1") == "GET /?token=[REDACTED]&x=1"
     assert redact("{'comm_key': 4321}") == "{'comm_key': [REDACTED]}"
-    assert redact("tokens=3 token_file=/etc/fpgw/token") == "tokens=3 token_file=/etc/fpgw/token"
+    # Ordinary words stay: messages about tokens are not tokens.
+    for text in ("tokens=3 token_file=/etc/fpgw/token", "token file reloaded", "set token_env or token_file",
+                 "http.status_token is set", "a gateway token must name exactly one office"):
+        assert redact(text) == text
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("fmt", ["json", "journal"])
+def test_daemon_logs_no_comm_key_or_token_at_debug(fmt: str, log_stream: io.StringIO, fleet: Any, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A running gateway (right key, wrong key, an alert channel URL with a token) logs none of its secrets."""
+    from tests.support.config import DeviceEntry, make_config
+    from tests.support.fleet import sim_spec
+    from tests.support.gateway import RunningGateway
+    from tests.support.secrets import COMM_KEY, MARKER
+
+    good = fleet.add(sim_spec("LOG-KEY-OK", records=20, comm_key=COMM_KEY))
+    bad = fleet.add(sim_spec("LOG-KEY-BAD", records=20, comm_key=COMM_KEY + 1))
+    monkeypatch.setenv("T_KEY", str(COMM_KEY))
+    monkeypatch.setenv("T_HOOK", f"http://127.0.0.1:9/hook?token={MARKER}-hook")
+    config = make_config(f"sqlite:///{tmp_path / 'fpgw.db'}", [DeviceEntry("good", good, comm_key_env="T_KEY"),
+                                                               DeviceEntry("bad", bad, comm_key_env="T_KEY")],
+                         tmp_path, alerts={"webhooks_env": "T_HOOK", "reminder_s": 0, "max_attempts": 1},
+                         health={"offline_after_failures": 1})
+    setup_logging(fmt, "debug", stream=log_stream)
+    with RunningGateway(config) as gw:
+        assert gw.poll("good").ok
+        assert gw.poll("bad").error_kind == "auth_rejected"
+        monitor = gw.gateway.ctx.health
+        monitor.sweep()
+        monitor.router.wait_idle(10)
+    out = log_stream.getvalue()
+    assert "auth_rejected" in out  # the problem is logged...
+    assert MARKER not in out and str(COMM_KEY) not in out  # ...without the secrets
