@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 from gateway.health.gateway import GATEWAY_PROBLEMS
 from gateway.models import PollOutcome
 from gateway.services import AppContext, HealthView, Service
+from gateway.store.db import StorageError
 from gateway.store.health import HealthRepo
 from gateway.store.outbox import Outbox
 
@@ -78,7 +79,10 @@ class HealthCollector(Collector):
             disk.add_metric([], free)
             yield disk
         snap = self.monitor.snapshot()
-        rows = self.repo.devices()
+        try:
+            rows = self.repo.devices()
+        except StorageError:
+            rows = []  # the database is the gateway's problem (fpgw_gateway_problem above); no device gauges now
         up = GaugeMetricFamily("fpgw_device_up", "1 when the device is online, 0 offline or unknown",
                                labels=["device", "serial"])
         states = GaugeMetricFamily("fpgw_device_state", "1 for the device's current health state",

@@ -29,6 +29,7 @@ from gateway.health.alerts import CHECKS
 from gateway.health.gateway import GATEWAY_CHECKS
 from gateway.models import PROBLEMS, DeviceHealth
 from gateway.services import AppContext, Service
+from gateway.store.db import StorageError, storage_error_text
 from gateway.store.health import AlertRow, HealthRepo
 from gateway.web.server import ThreadedServer
 
@@ -86,9 +87,18 @@ class StatusView:
     def document(self, now: datetime | None = None) -> dict[str, Any]:
         """The /status JSON."""
         now = now or datetime.now(UTC)
-        healths = self._healths()
+        database_error = None
+        try:
+            healths = self._healths()
+            rows = self.repo.devices()
+            alerts = self.repo.list_alerts(limit=20)
+        except StorageError as exc:
+            # The page must still say what is wrong when the database cannot be read: the gateway line
+            # (from memory) tells the team, the device list waits for the database.
+            database_error = storage_error_text(exc)
+            healths, rows, alerts = {}, [], []
         devices: list[dict[str, Any]] = []
-        for r in self.repo.devices():
+        for r in rows:
             if not r.enabled:
                 continue
             h = healths.get(r.device_id)
@@ -120,9 +130,8 @@ class StatusView:
                 outbox = {"depth": depth, "oldest_age_s": None if age is None else round(age)}
             except Exception:  # the page must render even if the outbox query fails
                 outbox = None
-        alerts = self.repo.list_alerts(limit=20)
         return {
-            "gateway": self._gateway(),
+            "gateway": self._gateway(database_error),
             "office": {"code": self.config.site.office_code, "name": self.config.site.office_name},
             "generated_at": _iso(now),
             "summary": {"devices": len(devices), "online": states.count("online"),
@@ -133,11 +142,12 @@ class StatusView:
             "recent_alerts": [_alert_json(a) for a in alerts],
         }
 
-    def _gateway(self) -> dict[str, Any]:
+    def _gateway(self, database_error: str | None) -> dict[str, Any]:
         """The gateway's own health: database and disk problems (never a device's)."""
         monitor = self.ctx.health
         problems, free = monitor.gateway_health() if monitor is not None else ([], None)
-        return {"state": "problem" if problems else "ok", "disk_free_bytes": free,
+        return {"state": "problem" if problems or database_error else "ok", "disk_free_bytes": free,
+                "database_error": database_error,
                 "problems": [{"name": p.name, "severity": p.severity, "since": _iso(p.since), "detail": p.detail,
                               "check": list(GATEWAY_CHECKS.get(p.name, ()))} for p in problems]}
 
@@ -209,7 +219,9 @@ class StatusView:
         free = gw["disk_free_bytes"]
         free_text = f", disk {free / 1024 ** 3:.1f} GB free" if free is not None else ""
         gw_line = (f'<p class="gw" id="gateway" data-state="{e(gw["state"])}">Gateway: OK{e(free_text)}</p>'
-                   if not gw["problems"] else "".join(
+                   if not gw["problems"] and not gw["database_error"] else
+                   (f'<p class="gw" id="gateway">Gateway: database unreadable: {e(gw["database_error"])}</p>'
+                    if gw["database_error"] else "") + "".join(
                        f'<div class="prob gw" id="gateway-{e(p["name"])}" data-state="problem" '
                        f'style="border-color:{_SEV_COLOUR.get(p["severity"], "#555")}"><b style="color:'
                        f'{_SEV_COLOUR.get(p["severity"], "#555")}">Gateway: {e(p["name"].replace("_", " "))}</b> '

@@ -188,3 +188,27 @@ def test_gateway_health_open_once_and_one_database_problem_at_a_time() -> None:
     assert [p.name for p in g.snapshot()] == ["database_full"]
     assert [(e.problem.name, e.event) for e in g.pending] == [
         ("database_locked", "start"), ("database_locked", "end"), ("database_full", "start")]
+
+
+@pytest.mark.timeout(60)
+def test_status_and_metrics_still_answer_when_the_database_cannot_be_read(
+        fleet: Fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    url = f"sqlite:///{tmp_path / 'fpgw.db'}"
+    with WebhookReceiver() as hook:
+        config, _a, _b = _config(url, fleet, tmp_path, hook, monkeypatch)
+        with RunningGateway(config) as gw:
+            ctx = gw.gateway.ctx
+
+            def unreadable(*_a: Any, **_k: Any) -> Any:
+                raise OperationalError("SELECT", {}, sqlite3.OperationalError("unable to open database file"))
+
+            monkeypatch.setattr(ctx.health_repo, "devices", unreadable)
+            view = StatusView(ctx)
+            doc = view.document()
+            assert doc["gateway"]["state"] == "problem" and "unable to open" in doc["gateway"]["database_error"]
+            assert doc["devices"] == []
+            assert "Gateway: database unreadable" in view.page(doc)
+            metrics = generate_latest(ctx.metrics_registry).decode()
+            assert 'fpgw_gateway_problem{problem="database_full",severity="critical"} 0.0' in metrics
