@@ -63,9 +63,11 @@ class _GuardedH11Protocol(H11Protocol):
             self._disarm()  # the request is in; how long the app takes is not the client's doing
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
+        # Armed before uvicorn moves on: the next request on this keep-alive connection gets its own
+        # deadline, and a pipelined one that uvicorn handles right here disarms it once it is in.
         if not self.transport.is_closing():
-            self._arm()  # the next request on this keep-alive connection gets its own deadline
+            self._arm()
+        super().on_response_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()

@@ -171,3 +171,25 @@ def test_unusable_certificate_is_a_clear_start_error(tmp_path: Path, sqlite_url:
     with pytest.raises(RuntimeError, match=r"http\.tls_key_file"):
         gw.start()
     gw.stop()
+
+
+@pytest.mark.timeout(30)
+def test_pipelined_requests_are_all_answered_and_the_connection_kept() -> None:
+    with ThreadedServer(_app(), request_timeout_s=1.0, keep_alive_s=30) as server:
+        s = socket.create_connection(("127.0.0.1", server.port or 0), timeout=5)
+        try:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 3)
+            got = b""
+            while got.count(b"ok 0") < 3:
+                chunk = s.recv(4096)
+                assert chunk, got
+                got += chunk
+            time.sleep(0.5)  # within the deadline, a next request on the same connection is served
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            got = b""
+            while not got.endswith(b"ok 0"):
+                chunk = s.recv(4096)
+                assert chunk, got
+                got += chunk
+        finally:
+            s.close()
