@@ -243,12 +243,7 @@ class HealthMonitor:
                "at": at.isoformat() if isinstance(at, datetime) else str(at), "detail": alert["message"],
                "seen": alert["details"], "check": checks, "reason": alert["problem"], "title": alert["title"],
                "message": message}
-        for ch in self.router.channels:
-            try:
-                ch.send(doc)
-            except Exception as exc:  # one attempt: the row could not be stored, so there is no retry queue
-                log.warning("gateway alert not delivered", channel=ch.label, problem=alert["problem"],
-                            error=str(exc))
+        self.router.send_direct(doc)
 
     def _gateway_alert(self, ev: GatewayEvent) -> dict[str, object]:
         p, site = ev.problem, self.config.site
