@@ -133,8 +133,10 @@ class HealthMonitor:
                 # The tracker keeps its dirty set: the next sweep saves what this one could not.
                 error = storage_error_text(exc)
                 self._gateway_changed(lambda: self.gateway.storage_failed(error, now))
-            self._check_gateway(now)
-            self._send_gateway_alerts()
+        # Outside the lock: the probe may wait out a database lock and a direct alert goes over the network,
+        # while polling threads report outcomes.
+        self._check_gateway(now)
+        self._send_gateway_alerts()
         try:
             self.router.queue_pending()
         except StorageError:
@@ -193,37 +195,44 @@ class HealthMonitor:
                          duration=duration_text((ev.at - p.since).total_seconds()))
 
     def _check_gateway(self, now: datetime) -> None:
-        """Sweep part: free space under the database, and whether a failing database works again."""
+        """Sweep part: free space under the database, and whether a failing database works again (the I/O runs
+        without the monitor's lock; only the state change takes it)."""
         min_free = self.config.health.disk_free_min_mb * 1024 * 1024
         try:
             usage = self.repo.database_disk_usage()
         except OSError as exc:
             usage = None
             log.debug("cannot measure the database disk", error=str(exc))
-        self.gateway.disk_free_bytes = usage[0] if usage else None
-        if usage is not None and min_free > 0:
-            free, total = usage
-            if free < min_free:
-                self._gateway_changed(lambda: self.gateway.open(
-                    "disk_nearly_full", now, f"{free // (1024 * 1024)} MB free of {total // (1024 * 1024)} MB "
-                    f"(health.disk_free_min_mb = {self.config.health.disk_free_min_mb})",
-                    free_bytes=free, total_bytes=total))
-            elif free >= min_free * 1.1:  # a margin, so a disk hovering at the threshold does not flap
-                self._gateway_changed(lambda: self.gateway.close("disk_nearly_full", now))
-        if any(self.gateway.is_open(n) for n in DATABASE_PROBLEMS):
-            try:
-                self.repo.probe_write()
-            except StorageError as exc:
-                error = storage_error_text(exc)
+        with self._lock:
+            self.gateway.disk_free_bytes = usage[0] if usage else None
+            if usage is not None and min_free > 0:
+                free, total = usage
+                if free < min_free:
+                    self._gateway_changed(lambda: self.gateway.open(
+                        "disk_nearly_full", now, f"{free // (1024 * 1024)} MB free of {total // (1024 * 1024)} "
+                        f"MB (health.disk_free_min_mb = {self.config.health.disk_free_min_mb})",
+                        free_bytes=free, total_bytes=total))
+                elif free >= min_free * 1.1:  # a margin, so a disk hovering at the threshold does not flap
+                    self._gateway_changed(lambda: self.gateway.close("disk_nearly_full", now))
+            failing = any(self.gateway.is_open(n) for n in DATABASE_PROBLEMS)
+        if not failing:
+            return
+        try:
+            self.repo.probe_write()
+        except StorageError as exc:
+            error = storage_error_text(exc)
+            with self._lock:
                 self._gateway_changed(lambda: self.gateway.storage_failed(error, now))
-            else:
-                # A write lock and a read prove "locked"/"unreachable" over; "full" ends with a stored poll.
+        else:
+            # A write lock and a read prove "locked"/"unreachable" over; "full" ends with a stored poll.
+            with self._lock:
                 self._gateway_changed(lambda: self.gateway.storage_ok(now, full_too=False))
 
     def _send_gateway_alerts(self) -> None:
         """Turn gateway problem starts/ends into gateway-wide alert rows (delivered by the router); when the
         database cannot take the row (it is the problem), send the alert to the channels directly, once."""
-        events, self.gateway.pending = self.gateway.pending, []
+        with self._lock:
+            events, self.gateway.pending = self.gateway.pending, []
         for ev in events:
             doc = self._gateway_alert(ev)
             try:
