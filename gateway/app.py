@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry
 
 from gateway import sdnotify
 from gateway.config import Config
+from gateway.logs import register_secrets
 from gateway.polling.poller import DevicePoller, DriverFactory
 from gateway.polling.scheduler import PollScheduler, build_scheduler
 from gateway.services import AppContext, Service
@@ -61,6 +62,8 @@ class Gateway:
     def __init__(self, config: Config, *, driver_factory: DriverFactory | None = None,
                  service_factories: list[tuple[str, ServiceFactory]] | None = None) -> None:
         self.config = config
+        # Blank this config's credentials in every log line from now on (gateway.logs.redact).
+        register_secrets(config.secrets())
         self.engine = create_db_engine(config.database.url, pool_size=min(config.polling.pool_size + 4, 64))
         try:
             self._prepare_database()

@@ -9,6 +9,7 @@ the top of the repository documents every key; a test loads it so it cannot rot.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import date, time
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from drivers import check_quirks, driver_names
 from gateway.configlib import ConfigError, Reader
@@ -157,6 +159,9 @@ class HealthConfig:
     #: Set the device clock when skew exceeds ``clock_correct_above_s`` (logged when done).
     clock_correct: bool = False
     clock_correct_above_s: float = 60.0
+    #: Free space (MB) on the SQLite database's filesystem below which the gateway raises disk_nearly_full
+    #: (checked by the health sweep; 0 = off).
+    disk_free_min_mb: int = 1024
 
 
 @dataclass(frozen=True)
@@ -182,6 +187,13 @@ class HttpConfig:
     port: int = 8470
     #: Token required from clients that are not on loopback (from env or file).
     status_token: str | None = field(default=None, repr=False)
+    #: Serve HTTPS with this certificate (PEM, chain included) and private key; both or neither.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    #: A request must arrive whole (headers and body) within this time, or the connection is closed.
+    request_timeout_s: float = 30.0
+    #: Open connections beyond this get 503 at once.
+    max_connections: int = 200
 
 
 @dataclass(frozen=True)
@@ -204,6 +216,8 @@ class ForwardConfig:
     #: Device health goes upstream this often (and at start); it is also the only contact an idle
     #: gateway makes, so keep it well below the centre's central.gateway_silent_after_s.
     health_interval_s: float = 300.0
+    #: Allow an http:// url to a host other than this machine (the token and punches travel in clear text).
+    allow_plain_http: bool = False
 
 
 @dataclass(frozen=True)
@@ -241,6 +255,12 @@ class Config:
     central: CentralConfig = field(default_factory=CentralConfig)
     #: Where the config was read from (for messages).
     source: Path | None = None
+
+    def secrets(self) -> list[object]:
+        """Every credential this config holds (gateway.logs.register_secrets blanks them in log lines)."""
+        out: list[object] = [self.forward.token, self.http.status_token, *self.alerts.urls, *self.alerts.webhooks]
+        out += [d.comm_key for d in self.devices if d.comm_key]
+        return out
 
     def device(self, device_id: str) -> DeviceConfig:
         """The device with this id (KeyError when unknown)."""
@@ -480,6 +500,7 @@ def _parse_health(r: Reader) -> HealthConfig:
         working_hours=working,
         clock_correct=r.flag("clock_correct", False),
         clock_correct_above_s=r.duration_s("clock_correct_above_s", 60.0, min=1),
+        disk_free_min_mb=r.integer("disk_free_min_mb", 1024, min=0, max=10_000_000),
     )
     if cfg.capacity_warn_ratio > cfg.capacity_critical_ratio:
         r.problem("capacity_warn_ratio", "must not be above capacity_critical_ratio")
@@ -512,15 +533,29 @@ def _parse_http(r: Reader, base_dir: Path) -> HttpConfig:
         listen=r.text("listen", "127.0.0.1", allow_empty=False),
         port=r.integer("port", 8470, min=0, max=65535),
         status_token=r.secret("status_token", base_dir=base_dir),
+        tls_cert_file=_optional_path(r, "tls_cert_file", base_dir),
+        tls_key_file=_optional_path(r, "tls_key_file", base_dir),
+        request_timeout_s=r.duration_s("request_timeout_s", 30.0, min=1),
+        max_connections=r.integer("max_connections", 200, min=1, max=100_000),
     )
+    if (cfg.tls_cert_file is None) != (cfg.tls_key_file is None):
+        r.problem("tls_key_file" if cfg.tls_key_file is None else "tls_cert_file",
+                  "HTTPS needs both tls_cert_file and tls_key_file (or neither for plain HTTP)")
+    for name, path in (("tls_cert_file", cfg.tls_cert_file), ("tls_key_file", cfg.tls_key_file)):
+        if path is not None and not path.is_file():
+            r.problem(name, f"file {str(path)!r} does not exist")
     r.done()
     return cfg
 
 
 def _parse_forward(r: Reader, base_dir: Path) -> ForwardConfig:
     url = r.text("url", "")
+    allow_plain_http = r.flag("allow_plain_http", False)
     if url and not (url.startswith("https://") or url.startswith("http://")):
         r.problem("url", f"must start with https:// (or http:// on a trusted network), got {url!r}")
+    elif url.startswith("http://") and not allow_plain_http and not _loopback_url(url):
+        r.problem("url", f"{url!r} would send this gateway's token and punches in clear text: use https://, or set "
+                         "allow_plain_http = true in [forward] if this network is trusted")
     token = r.secret("token", base_dir=base_dir)
     if url and not token:
         r.problem("token_env", "forwarding needs this gateway's token (token_env or token_file)")
@@ -535,9 +570,21 @@ def _parse_forward(r: Reader, base_dir: Path) -> ForwardConfig:
         alert_after_s=r.duration_s("alert_after_s", 6 * 3600.0, min=60),
         ca_file=r.text("ca_file", ""),
         health_interval_s=r.duration_s("health_interval_s", 300.0, min=30),
+        allow_plain_http=allow_plain_http,
     )
     r.done()
     return cfg
+
+
+def _loopback_url(url: str) -> bool:
+    """True when the URL's host is this machine (localhost, 127.0.0.0/8, ::1)."""
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _optional_path(r: Reader, name: str, base_dir: Path) -> Path | None:

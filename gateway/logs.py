@@ -5,16 +5,27 @@ priority prefix and no timestamp, so ``journalctl -p warning`` works), ``json`` 
 line), ``console`` (readable, for a terminal). ``auto`` picks journal when stderr is the journal
 ($JOURNAL_STREAM matches stderr's dev:inode), console on a TTY, JSON otherwise. Per-poll context
 (``device=<id> serial=<sn>``) is bound inside each poll job with ``bound_contextvars``.
+
+Secrets never reach a log line: every rendered line (ours and every library's, tracebacks included) passes
+through redact() before it is written. It blanks ``Authorization`` headers and bearer tokens, ``token=`` /
+``comm_key=`` / ``password=`` style values (query strings, reprs, JSON keys), and the exact secrets the
+composition root registered from the config (register_secret: forward token, status token, alert URLs, comm
+keys). Tracebacks are rendered without local variables (a request's scope or a driver's parameters there
+carry tokens and keys).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
+import threading
+from collections.abc import Iterable
 from typing import Any, TextIO
 
 import structlog
+import structlog.tracebacks
 
 #: Libraries whose records we route through structlog, with the level that keeps them useful.
 _LIBRARY_LEVELS = {
@@ -40,6 +51,8 @@ _SYSLOG_PRIORITY = {"critical": 2, "error": 3, "exception": 3, "warning": 4, "wa
                     "debug": 7, "notset": 7}
 
 FORMATS = ("auto", "console", "json", "journal")
+#: What a secret is replaced with in log lines.
+REDACTED = "[REDACTED]"
 LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -70,6 +83,82 @@ def resolve_format(fmt: str, stream: TextIO | None = None) -> str:
     except (AttributeError, ValueError):
         pass
     return "json"
+
+
+# -- redaction ---------------------------------------------------------------------------------------------
+
+# An Authorization header's whole value, scheme included: "Authorization: Bearer x", 'authorization': 'Token x',
+# (b'authorization', b'Basic x') in an ASGI scope, "proxy-authorization=...".
+_AUTH_HEADER = re.compile(r"(?i)(?<![a-z0-9_-])((?:proxy-)?authorization\\?[\"']?\s*[:=,]\s*(?:b(?=[\"']))?\\?[\"']?)"
+                          r"(?!\[REDACTED\])([^\"'\\\r\n]+)")
+# "Bearer x" / "Basic x" anywhere else (an error message quoting a header).
+_AUTH_SCHEME = re.compile(r"(?i)\b(bearer|basic)(\s+)(?!\[REDACTED\])([A-Za-z0-9._~+/=\-]{4,})")
+# A named secret followed by its value: token=x, 'api_token': 'x', "comm_key": 123, status_token='x',
+# ?token=x&...  The value stops at a quote, space, comma, '&', ')' or '}'.
+_SECRET_KEYS = (r"(?:[a-z0-9_]*_)?token|x-api-key|api[_-]?key|comm[_-]?key|commkey|password|passwd|secret|pwd")
+_KEY_VALUE = re.compile(r"(?i)(?<![a-z0-9_])(" + _SECRET_KEYS + r")(\\?[\"']?\s*[:=]\s*(?:b(?=[\"']))?\\?[\"']?)"
+                        r"(?!\[REDACTED\])([^\s\"'\\,&)}\]]+)")
+# user:password@ in URLs (database, proxy, webhook URLs).
+_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@\"']+:)([^@\s/\"']+)(@)")
+
+_secrets_lock = threading.Lock()
+_secrets: frozenset[str] = frozenset()
+_numbers: frozenset[str] = frozenset()
+_numeric_secrets: re.Pattern[str] | None = None
+
+
+def register_secret(*values: object) -> None:
+    """Remember exact secret values (tokens, alert URLs, comm keys) to blank in every later log line.
+
+    Strings shorter than 6 characters are ignored (too likely to blank ordinary text); integers (comm keys)
+    of 4 or more digits are blanked only as whole numbers.
+    """
+    global _secrets, _numbers, _numeric_secrets
+    with _secrets_lock:
+        texts, numbers = set(_secrets), set(_numbers)
+        for v in values:
+            if v is None or isinstance(v, bool):
+                continue
+            if isinstance(v, int):
+                if abs(v) >= 1000:
+                    numbers.add(str(abs(v)))
+                continue
+            s = str(v).strip()
+            if len(s) >= 6:
+                texts.add(s)
+        _secrets, _numbers = frozenset(texts), frozenset(numbers)
+        _numeric_secrets = (re.compile(r"(?<!\d)(?:" + "|".join(sorted(numbers)) + r")(?!\d)")
+                            if numbers else None)
+
+
+def register_secrets(values: Iterable[object]) -> None:
+    """register_secret for each value."""
+    register_secret(*values)
+
+
+def redact(text: str) -> str:
+    """``text`` with credentials blanked (see the module docstring)."""
+    if not text:
+        return text
+    for s in sorted(_secrets, key=len, reverse=True):
+        if s in text:
+            text = text.replace(s, REDACTED)
+    if _numeric_secrets is not None:
+        text = _numeric_secrets.sub(REDACTED, text)
+    text = _AUTH_HEADER.sub(lambda m: m.group(1) + REDACTED, text)
+    text = _AUTH_SCHEME.sub(lambda m: m.group(1) + m.group(2) + REDACTED, text)
+    text = _KEY_VALUE.sub(lambda m: m.group(1) + m.group(2) + REDACTED, text)
+    return _URL_PASSWORD.sub(lambda m: m.group(1) + REDACTED + m.group(3), text)
+
+
+class _Redacting:
+    """Wraps the final renderer: whatever it produced (line, traceback, JSON) is redacted as text."""
+
+    def __init__(self, renderer: Any) -> None:
+        self.renderer = renderer
+
+    def __call__(self, logger: Any, name: str, event_dict: dict[str, Any]) -> str:
+        return redact(str(self.renderer(logger, name, event_dict)))
 
 
 def _add_priority_prefix(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
@@ -141,12 +230,17 @@ def setup_logging(fmt: str = "auto", level: str = "info", *, stream: TextIO | No
     renderer: Any
     final: list[Any]
     if fmt == "journal":
-        final = [_add_priority_prefix, structlog.processors.format_exc_info, _JournalRenderer()]
+        final = [_add_priority_prefix, structlog.processors.format_exc_info, _Redacting(_JournalRenderer())]
     elif fmt == "json":
-        final = [structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer()]
+        # No local variables in tracebacks: a request's scope (headers) or a driver's parameters live there.
+        tracebacks = structlog.processors.ExceptionRenderer(
+            structlog.tracebacks.ExceptionDictTransformer(show_locals=False))
+        final = [tracebacks, _Redacting(structlog.processors.JSONRenderer())]
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=_colors_ok(stream or sys.stderr))
-        final = [renderer]
+        # plain_traceback: rich's default shows every frame's locals.
+        renderer = structlog.dev.ConsoleRenderer(colors=_colors_ok(stream or sys.stderr),
+                                                 exception_formatter=structlog.dev.plain_traceback)
+        final = [_Redacting(renderer)]
 
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],

@@ -12,9 +12,10 @@ from typing import Any, Literal
 
 from drivers.base import Counts, DeviceInfo
 
-#: Stable names of the ways a poll can end. Health rules and metrics key on these.
+#: Stable names of the ways a poll can end. Health rules and metrics key on these. "storage": the office
+#: database failed (full, locked, unreachable): the gateway's problem, never the device's.
 ERROR_KINDS = ("unreachable", "auth_rejected", "busy", "identity_mismatch", "protocol_error", "timeout",
-               "bug", "abandoned")
+               "bug", "abandoned", "storage")
 
 
 @dataclass(frozen=True, slots=True)

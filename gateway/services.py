@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from apscheduler.schedulers.background import BackgroundScheduler
@@ -66,6 +66,11 @@ class HealthView(FailureView, Protocol):
 
     def deliver_pending(self) -> None:
         """Send alerts other writers put in the alerts table now, not at the next sweep."""
+        ...
+
+    def gateway_health(self) -> tuple[list[Any], int | None]:
+        """The gateway's own open problems (gateway.health.gateway.GatewayProblem, worst first) and the free
+        bytes on the database's disk (None when not measured)."""
         ...
 
 

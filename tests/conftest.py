@@ -1,4 +1,5 @@
-"""Shared fixtures: databases (SQLite, PostgreSQL), a simulated fleet, logging reset, and a leak check on threads.
+"""Shared fixtures: databases (SQLite, PostgreSQL), a simulated fleet, logging reset, a leak check on threads,
+and a scan of every log record and rendered log line of the run for known test secrets (tests.support.secrets).
 
 The helpers behind them are in tests/support (importable as ``tests.support``). PostgreSQL comes from
 tests.support.pg: ``GW_TEST_PG_URL``, else a throwaway local cluster when server binaries exist, else
@@ -8,17 +9,22 @@ run fewer tests.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import structlog
 
-from gateway.logs import reset_logging
+from gateway.logs import redact, reset_logging
 from simulators.zk import Fleet
 from tests.support import pg
 from tests.support.fleet import running_fleet
+from tests.support.secrets import leaked
 from tests.support.services import REQUIRE_PG, unavailable
 
 
@@ -102,5 +108,85 @@ def _no_leaked_threads(request: pytest.FixtureRequest) -> Iterator[None]:
     assert not leaked, f"test left threads running: {[t.name for t in leaked]}"
 
 
+# --------------------------------------------------------------------------------------------------
+# Secrets scan: no known test secret (tokens, comm keys) in any log line the run produces.
+# --------------------------------------------------------------------------------------------------
+
+class _SecretScan(logging.Handler):
+    """Sees every log record (as gateway.logs would render it), every line our formatter renders, and every
+    test's captured stdout/stderr; remembers where a known test secret showed up."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.NOTSET)
+        self.hits: list[str] = []
+        self._lock2 = threading.Lock()
+
+    def note(self, where: str, text: str) -> None:
+        found = leaked(text)
+        if found:
+            line = next((ln for ln in text.splitlines() if leaked(ln)), text)[:300]
+            hit = f"{where}: {', '.join(found)} in: {line}"
+            with self._lock2:
+                if hit not in self.hits:  # a test's sections reappear in its teardown report
+                    self.hits.append(hit)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+        except Exception:
+            text = str(record.msg)
+        if record.exc_info and record.exc_info[1] is not None:
+            text += "\n" + "".join(traceback.format_exception(*record.exc_info))
+        # Every record the daemon writes goes through gateway.logs' renderer, which redacts.
+        self.note(f"log record {record.name}", redact(text))
+
+    def count(self) -> int:
+        with self._lock2:
+            return len(self.hits)
+
+
+_SCAN = _SecretScan()
+_original_format = structlog.stdlib.ProcessorFormatter.format
+
+
+def _scanned_format(self: Any, record: logging.LogRecord) -> str:
+    out = _original_format(self, record)
+    _SCAN.note("rendered log line", out)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _no_secret_in_logs() -> Iterator[None]:
+    before = _SCAN.count()
+    yield
+    new = _SCAN.hits[before:]
+    assert not new, "a known test secret reached the logs:\n" + "\n".join(new)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    for title, content in report.sections:
+        if "Captured log" not in title:  # raw records (scanned redacted by the handler above)
+            _SCAN.note(f"{report.nodeid} {title}", content)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _SCAN.hits:
+        terminalreporter.section("secrets in logs", sep="=", red=True)
+        for hit in _SCAN.hits:
+            terminalreporter.line(hit)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _SCAN.hits and session.exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "allow_thread_leak: the test knowingly leaves a library thread behind")
+    logging.getLogger().addHandler(_SCAN)
+    structlog.stdlib.ProcessorFormatter.format = _scanned_format  # type: ignore[method-assign]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    logging.getLogger().removeHandler(_SCAN)
+    structlog.stdlib.ProcessorFormatter.format = _original_format  # type: ignore[method-assign]

@@ -3,7 +3,9 @@
     `fpgw central add-token` --add_token()--> tokens file (SHA-256 hashes only, 0600)
     gateway.central.api --TokenFile.lookup(presented)--> Token (name, office scope) or None
 A TokenFile re-reads its file when it changes, so a new token works without a restart; an unreadable
-file keeps the tokens it had (logged once).
+file keeps the tokens it had (logged once). A token file other users could read or write (any group/other
+permission bit) is refused with the fix (``chmod 600 PATH``): the hashes are not the tokens, but who may add
+a token must stay the service's business.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import os
 import re
 import secrets
+import stat
 import threading
 import tomllib
 from dataclasses import dataclass
@@ -45,8 +48,21 @@ def hash_token(token: str) -> str:
     return "sha256:" + hashlib.sha256(token.encode()).hexdigest()
 
 
+def check_private(path: Path) -> None:
+    """Raise TokenFileError when group or others have any permission on ``path`` (the fix is in the message)."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError as exc:
+        raise TokenFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if mode & 0o077:
+        raise TokenFileError(f"{path}: token file is open to other users (mode {mode:04o}); make it private to "
+                             f"the service: chmod 600 {path}")
+
+
 def load_tokens(path: Path, kind: str) -> list[Token]:
-    """Read a token file; ``kind`` "gateway" entries must name exactly one office."""
+    """Read a token file (refused unless private, see check_private); ``kind`` "gateway" entries must name exactly
+    one office."""
+    check_private(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -140,6 +156,8 @@ def add_token(path: Path, name: str, offices: list[str] | None, kind: str) -> st
         raise TokenFileError(f"name {name!r}: use 1-100 letters, digits, '_', '.' or '-'")
     if kind == "gateway" and (not offices or len(offices) != 1 or offices == ["*"]):
         raise TokenFileError("a gateway token needs exactly one office (--offices 1801.01.02)")
+    if path.exists() and path.stat().st_size == 0:
+        path.chmod(0o600)  # an empty placeholder (made so the config validates) holds nothing yet: tighten it
     existing = load_tokens(path, kind) if path.exists() else []
     if any(t.name == name for t in existing):
         raise TokenFileError(f"{path}: a token named {name!r} already exists")
@@ -149,6 +167,8 @@ def add_token(path: Path, name: str, offices: list[str] | None, kind: str) -> st
              f"created = \"{utcnow().isoformat(timespec='seconds')}\"\n")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    # 0600 whatever the umask; an existing file was already checked private by load_tokens above.
+    os.fchmod(fd, 0o600)
     with os.fdopen(fd, "a", encoding="utf-8") as f:
         if not existing and f.tell() == 0:
             f.write(f"# fpgw {kind} tokens: only SHA-256 hashes are stored. Manage with `fpgw central add-token`.\n")

@@ -30,7 +30,7 @@ from gateway.cli.common import (
     print_config_error,
 )
 from gateway.config import Config, ConfigError, load_config
-from gateway.logs import FORMATS, LEVELS, setup_logging
+from gateway.logs import FORMATS, LEVELS, register_secrets, setup_logging
 
 # Each group adds its commands; this order is the order of `fpgw --help`.
 REGISTER = (daemon.register, devices.register, punches.register, setup.register, alerts.register, report.register,
@@ -71,6 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     fmt = args.log_format or (config.logging.format if config else "auto")
     level = args.log_level or ("warning" if one_shot else (config.logging.level if config else "info"))
     setup_logging(fmt, level)
+    if config is not None:
+        register_secrets(config.secrets())
     args.loaded_config = config
     try:
         result = args.func(args)

@@ -90,7 +90,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
               + (f" ({'; '.join(extras)})" if extras else ""))
     print(f"  employees   {c.employees.mapping_csv or 'no PIN->NIP mapping'}")
     print(f"  alerts      {len(c.alerts.urls)} apprise URL(s), {len(c.alerts.webhooks)} webhook(s)")
-    http = f"http://{c.http.listen}:{c.http.port}/" if c.http.enabled else "off"
+    scheme = "https" if c.http.tls_cert_file else "http"
+    http = f"{scheme}://{c.http.listen}:{c.http.port}/" if c.http.enabled else "off"
     print(f"  http        {http}")
     print(f"  forward     {c.forward.url or 'off'}")
     print(f"  central     {'on' if c.central.enabled else 'off'}")

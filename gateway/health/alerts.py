@@ -268,6 +268,18 @@ class AlertRouter:
               for p in health.problems.values() if not p.notice]
         return self.handle(ts, {device_id: serial}, note="Still open after the maintenance mute ended.")
 
+    def send_direct(self, doc: dict[str, Any]) -> int:
+        """Deliver ``doc`` to every channel now, once, without an alerts-table row (for the gateway's own
+        database problems, when the database cannot take the row); returns the channels reached."""
+        reached = 0
+        for ch in self.channels:
+            try:
+                ch.send(doc)
+                reached += 1
+            except Exception as exc:  # one attempt: with no row there is no retry queue
+                log.warning("alert not delivered", channel=ch.label, problem=doc.get("problem"), error=str(exc))
+        return reached
+
     @staticmethod
     def _log(t: Transition, serial: str | None, muted: bool) -> None:
         fields: dict[str, Any] = {"device": t.device_id, "serial": serial, "problem": t.problem,

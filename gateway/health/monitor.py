@@ -3,6 +3,8 @@
     poller --PollOutcome (ctx.poll_observers)--> HealthMonitor.observe()   scheduler --"health-sweep" 30 s--> sweep()
         --> HealthTracker --Transition[]--> AlertRouter (log + alerts table + sender thread)
                                    \\--> device_health table (loaded at start: a restart neither forgets nor re-alerts)
+    poller --PollOutcome(error_kind="storage")--> GatewayHealth (gateway.health.gateway): the database's fault,
+        not the device's; the sweep also checks the database disk's free space and probes a failing database
 Published as ``ctx.health`` (a gateway.services.HealthView) for the status page, metrics and central; the poll
 scheduler backs failing devices off from its failure count (FailureView), so failures are counted only here.
 """
@@ -17,9 +19,12 @@ from datetime import UTC, datetime, timedelta
 import structlog
 
 from gateway.health.alerts import AlertRouter
+from gateway.health.gateway import DATABASE_PROBLEMS, GATEWAY_CHECKS, GatewayEvent, GatewayHealth, GatewayProblem
 from gateway.health.tracker import HealthTracker, Transition
+from gateway.humanize import duration_text
 from gateway.models import DeviceHealth, PollOutcome
 from gateway.services import AppContext, Service
+from gateway.store.db import StorageError, storage_error_text
 
 log = structlog.get_logger(__name__)
 
@@ -45,6 +50,8 @@ class HealthMonitor:
         self._serials: dict[str, str | None] = {}
         self._muted: dict[str, datetime] = {}
         self._started = False
+        #: The gateway's own health (database, disk), apart from every device.
+        self.gateway = GatewayHealth()
 
     # -- service ----------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -94,6 +101,14 @@ class HealthMonitor:
     def observe(self, outcome: PollOutcome) -> None:
         """Poll observer (runs in the polling thread): update the model; only transitions touch the DB."""
         with self._lock:
+            if outcome.error_kind == "storage":
+                # The office database failed, not the device: no device health changes (no protocol_error,
+                # no failure count for the back-off); the gateway's problem opens. Alerts go out at the sweep.
+                self._gateway_changed(lambda: self.gateway.storage_failed(outcome.error or "", outcome.finished_at))
+                return
+            if outcome.ok:
+                # A stored poll proves the database takes writes again.
+                self._gateway_changed(lambda: self.gateway.storage_ok(outcome.finished_at))
             if outcome.serial:
                 self._serials[outcome.device_id] = outcome.serial
             transitions = self.tracker.record(outcome)
@@ -107,12 +122,25 @@ class HealthMonitor:
     def sweep(self, now: datetime | None = None) -> list[Transition]:
         """Time-based rules, mutes and pending alerts from other writers; returns the transitions."""
         now = now or self.clock()
+        transitions: list[Transition] = []
         with self._lock:
-            self._note_in_flight(now)
-            transitions = self.tracker.sweep(now)
-            self._persist(transitions)
-            self._refresh_mutes(now, announce=True)
-        self.router.queue_pending()
+            try:
+                self._note_in_flight(now)
+                transitions = self.tracker.sweep(now)
+                self._persist(transitions)
+                self._refresh_mutes(now, announce=True)
+            except StorageError as exc:
+                # The tracker keeps its dirty set: the next sweep saves what this one could not.
+                error = storage_error_text(exc)
+                self._gateway_changed(lambda: self.gateway.storage_failed(error, now))
+        # Outside the lock: the probe may wait out a database lock and a direct alert goes over the network,
+        # while polling threads report outcomes.
+        self._check_gateway(now)
+        self._send_gateway_alerts()
+        try:
+            self.router.queue_pending()
+        except StorageError:
+            pass  # the database problem is open; pending rows are queued once it is back
         return transitions
 
     # -- reads -------------------------------------------------------------------------------------------
@@ -134,6 +162,11 @@ class HealthMonitor:
         """Queue alerts other writers (central mode, the forwarder) put in the alerts table, now."""
         self.router.queue_pending()
 
+    def gateway_health(self) -> tuple[list[GatewayProblem], int | None]:
+        """(the gateway's open problems worst first, free bytes on the database's disk or None)."""
+        with self._lock:
+            return self.gateway.snapshot(), self.gateway.disk_free_bytes
+
     def muted_until(self, device_id: str) -> datetime | None:
         """When the device's mute ends (None when not muted)."""
         until = self._muted.get(device_id)
@@ -146,6 +179,94 @@ class HealthMonitor:
             return
         healths = [self.tracker.health(d) for d in dirty]
         self.router.handle(transitions, self._serials, healths=healths)
+
+    # -- the gateway's own health --------------------------------------------------------------------
+    def _gateway_changed(self, change: Callable[[], object]) -> None:
+        """Apply a GatewayHealth change and log each problem start/end once, when it happens."""
+        before = len(self.gateway.pending)
+        change()
+        for ev in self.gateway.pending[before:]:
+            p = ev.problem
+            if ev.event == "start":
+                (log.error if p.severity == "critical" else log.warning)(
+                    "gateway problem", problem=p.name, severity=p.severity, detail=p.detail)
+            else:
+                log.info("gateway problem resolved", problem=p.name,
+                         duration=duration_text((ev.at - p.since).total_seconds()))
+
+    def _check_gateway(self, now: datetime) -> None:
+        """Sweep part: free space under the database, and whether a failing database works again (the I/O runs
+        without the monitor's lock; only the state change takes it)."""
+        min_free = self.config.health.disk_free_min_mb * 1024 * 1024
+        try:
+            usage = self.repo.database_disk_usage()
+        except OSError as exc:
+            usage = None
+            log.debug("cannot measure the database disk", error=str(exc))
+        with self._lock:
+            self.gateway.disk_free_bytes = usage[0] if usage else None
+            if usage is not None and min_free > 0:
+                free, total = usage
+                if free < min_free:
+                    self._gateway_changed(lambda: self.gateway.open(
+                        "disk_nearly_full", now, f"{free // (1024 * 1024)} MB free of {total // (1024 * 1024)} "
+                        f"MB (health.disk_free_min_mb = {self.config.health.disk_free_min_mb})",
+                        free_bytes=free, total_bytes=total))
+                elif free >= min_free * 1.1:  # a margin, so a disk hovering at the threshold does not flap
+                    self._gateway_changed(lambda: self.gateway.close("disk_nearly_full", now))
+            failing = any(self.gateway.is_open(n) for n in DATABASE_PROBLEMS)
+        if not failing:
+            return
+        try:
+            self.repo.probe_write()
+        except StorageError as exc:
+            error = storage_error_text(exc)
+            with self._lock:
+                self._gateway_changed(lambda: self.gateway.storage_failed(error, now))
+        else:
+            # A write lock and a read prove "locked"/"unreachable" over; "full" ends with a stored poll.
+            with self._lock:
+                self._gateway_changed(lambda: self.gateway.storage_ok(now, full_too=False))
+
+    def _send_gateway_alerts(self) -> None:
+        """Turn gateway problem starts/ends into gateway-wide alert rows (delivered by the router); when the
+        database cannot take the row (it is the problem), send the alert to the channels directly, once."""
+        with self._lock:
+            events, self.gateway.pending = self.gateway.pending, []
+        for ev in events:
+            doc = self._gateway_alert(ev)
+            try:
+                self.repo.add_gateway_alert(**doc)
+            except StorageError:
+                self._send_direct(doc)
+
+    def _send_direct(self, alert: dict[str, object]) -> None:
+        # The same document shape as gateway.store.health.insert_alert's, so webhooks see one format.
+        site = self.config.site
+        checks = [str(c) for c in alert["checks"]]  # type: ignore[attr-defined]
+        message = str(alert["message"]) + ("\nWhat to check:\n" + "\n".join(f"- {c}" for c in checks)
+                                           if checks else "")
+        at = alert["at"]
+        doc = {"office": {"code": site.office_code, "name": site.office_name}, "device": None,
+               "problem": alert["problem"], "event": alert["event"], "severity": alert["severity"],
+               "at": at.isoformat() if isinstance(at, datetime) else str(at), "detail": alert["message"],
+               "seen": alert["details"], "check": checks, "reason": alert["problem"], "title": alert["title"],
+               "message": message}
+        self.router.send_direct(doc)
+
+    def _gateway_alert(self, ev: GatewayEvent) -> dict[str, object]:
+        p, site = ev.problem, self.config.site
+        problem_text = p.name.replace("_", " ")
+        if ev.event == "end":
+            title = f"[RESOLVED] gateway {problem_text} - {site.office_name or site.office_code}"
+            message = f"gateway {problem_text} resolved after {duration_text((ev.at - p.since).total_seconds())}"
+        else:
+            title = f"[{p.severity.upper()}] gateway {problem_text} - {site.office_name or site.office_code}"
+            message = f"gateway {problem_text}: {p.detail}"
+        return {"problem": p.name, "event": ev.event, "severity": p.severity, "title": title, "message": message,
+                "details": {**p.seen, "reason": p.name}, "at": ev.at,
+                "checks": list(GATEWAY_CHECKS.get(p.name, ())) if ev.event == "start" else [],
+                "office_name": site.office_name}
 
     def _note_in_flight(self, now: datetime) -> None:
         # The poll scheduler knows which polls are running (monotonic start): a poll that never

@@ -140,7 +140,7 @@ class DevicePoller:
                 # once per outage, not once per device per tick.
                 self._database_failed(exc)
                 outcome = PollOutcome(device_id=device.id, started_at=started, finished_at=self._now(), ok=False,
-                                      error_kind="bug", error=f"database error: {storage_error_text(exc)}")
+                                      error_kind="storage", error=f"database error: {storage_error_text(exc)}")
             except Exception as exc:  # a bug in our code: never kill the job, always show the traceback
                 log.exception("poll failed unexpectedly (bug)", error=repr(exc))
                 outcome = PollOutcome(device_id=device.id, started_at=started, finished_at=self._now(), ok=False,

@@ -12,9 +12,11 @@ office's zone (the default) that is the office-local day every other punch query
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, func, select, update
@@ -226,6 +228,27 @@ class HealthRepo:
                              title=r.title, message=r.message, details=_json(r.details), muted=bool(r.muted),
                              delivered_at=r.delivered_at, attempts=r.attempts, last_error=r.last_error)
                     for r in conn.execute(q)]
+
+    # -- the gateway's own health (gateway.health.gateway) ---------------------------------------------
+    def add_gateway_alert(self, **alert: Any) -> None:
+        """Queue a gateway-wide alert of this office (insert_alert) in its own transaction."""
+        add_alert(self.engine, office_code=self.office_code, **alert)
+
+    def probe_write(self) -> None:
+        """Take the write lock and read one row, then roll back: raises StorageError while the database is
+        locked or unreachable (it cannot prove free space: nothing is allocated)."""
+        with self._writer.connect() as conn, conn.begin() as tx:
+            conn.execute(select(func.count()).select_from(s.devices))
+            tx.rollback()
+
+    def database_disk_usage(self) -> tuple[int, int] | None:
+        """(free, total) bytes of the filesystem holding a SQLite database file; None for PostgreSQL (its
+        disk is the server's) or an in-memory database. Raises OSError when the folder cannot be read."""
+        url = self.engine.url
+        if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+            return None
+        usage = shutil.disk_usage(Path(url.database).resolve().parent)
+        return usage.free, usage.total
 
     # -- outbox (owned by forwarding; read-only gauges here) ---------------------------------------------
     def outbox_depth(self) -> tuple[int, datetime | None]:

@@ -17,8 +17,10 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from gateway.health.gateway import GATEWAY_PROBLEMS
 from gateway.models import PollOutcome
 from gateway.services import AppContext, HealthView, Service
+from gateway.store.db import StorageError
 from gateway.store.health import HealthRepo
 from gateway.store.outbox import Outbox
 
@@ -63,8 +65,24 @@ class HealthCollector(Collector):
     def collect(self) -> Iterator[Any]:
         """Build every gauge for this scrape."""
         now = self.clock()
+        # The gateway's own health first: it must show even when the database cannot be read.
+        gw_problems, free = self.monitor.gateway_health()
+        gw = GaugeMetricFamily("fpgw_gateway_problem", "1 for every open problem of the gateway itself (database, "
+                               "disk)", labels=["problem", "severity"])
+        open_names = {p.name: p.severity for p in gw_problems}
+        for name, (severity, _meaning) in GATEWAY_PROBLEMS.items():
+            gw.add_metric([name, open_names.get(name, severity)], 1.0 if name in open_names else 0.0)
+        yield gw
+        if free is not None:
+            disk = GaugeMetricFamily("fpgw_database_disk_free_bytes", "Free space on the SQLite database's "
+                                     "filesystem (at the last health sweep)")
+            disk.add_metric([], free)
+            yield disk
         snap = self.monitor.snapshot()
-        rows = self.repo.devices()
+        try:
+            rows = self.repo.devices()
+        except StorageError:
+            rows = []  # the database is the gateway's problem (fpgw_gateway_problem above); no device gauges now
         up = GaugeMetricFamily("fpgw_device_up", "1 when the device is online, 0 offline or unknown",
                                labels=["device", "serial"])
         states = GaugeMetricFamily("fpgw_device_state", "1 for the device's current health state",

@@ -5,10 +5,17 @@
 The socket is bound here, before uvicorn starts, so a busy port is a clear OSError with the OS reason and
 port 0 gives the real port at once. uvicorn skips signal handling outside the main thread, which is what
 a daemon with its own signal handling wants.
+
+Hostile or broken clients cannot hold the server: a request must arrive whole (headers and body) within
+``request_timeout_s`` of the connection opening or of the previous response (slow partial requests, the
+"slowloris" pattern, are closed; uvicorn alone waits forever for headers), headers are capped at
+``max_header_bytes``, idle keep-alive connections close after ``keep_alive_s``, and past ``max_connections``
+open connections new requests get 503 at once. HTTPS when ``ssl_certfile``/``ssl_keyfile`` are given.
 """
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
@@ -16,6 +23,60 @@ from types import TracebackType
 from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+#: Defaults of the guards above (gateway.web.status.HttpServer passes the [http] values).
+REQUEST_TIMEOUT_S = 30.0
+KEEP_ALIVE_S = 5.0
+MAX_CONNECTIONS = 200
+MAX_HEADER_BYTES = 16 * 1024
+
+
+class _GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a deadline for each request to arrive in full (see the module docstring)."""
+
+    request_timeout_s = REQUEST_TIMEOUT_S
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self._arm()
+
+    def _arm(self) -> None:
+        old = getattr(self, "_request_timer", None)
+        if old is not None:
+            old.cancel()
+        # The cycle of the request before this deadline: only a NEW request arriving whole disarms it.
+        self._timer_cycle = self.cycle
+        self._request_timer: asyncio.TimerHandle | None = self.loop.call_later(self.request_timeout_s,
+                                                                                self._too_slow)
+
+    def _disarm(self) -> None:
+        if self._request_timer is not None:
+            self._request_timer.cancel()
+            self._request_timer = None
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        cycle = self.cycle
+        if (self._request_timer is not None and cycle is not None and cycle is not self._timer_cycle
+                and not cycle.more_body):
+            self._disarm()  # the request is in; how long the app takes is not the client's doing
+
+    def on_response_complete(self) -> None:
+        # Armed before uvicorn moves on: the next request on this keep-alive connection gets its own
+        # deadline, and a pipelined one that uvicorn handles right here disarms it once it is in.
+        if not self.transport.is_closing():
+            self._arm()
+        super().on_response_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _too_slow(self) -> None:
+        self._request_timer = None
+        if not self.transport.is_closing():
+            self.transport.close()
 
 
 class ThreadedServer:
@@ -25,13 +86,18 @@ class ThreadedServer:
     """
 
     def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, *, thread_name: str = "fpgw-http",
-                 backlog: int = 128, **uvicorn_options: Any) -> None:
+                 backlog: int = 128, request_timeout_s: float = REQUEST_TIMEOUT_S, keep_alive_s: float = KEEP_ALIVE_S,
+                 max_connections: int = MAX_CONNECTIONS, max_header_bytes: int = MAX_HEADER_BYTES,
+                 **uvicorn_options: Any) -> None:
         self.app = app
         self.host = host
         self.thread_name = thread_name
         self.backlog = backlog
+        protocol = type("GuardedH11Protocol", (_GuardedH11Protocol,), {"request_timeout_s": request_timeout_s})
         self.uvicorn_options = {"log_config": None, "lifespan": "off", "access_log": False, "server_header": False,
-                                **uvicorn_options}
+                                "http": protocol, "timeout_keep_alive": keep_alive_s,
+                                "limit_concurrency": max_connections, "h11_max_incomplete_event_size": max_header_bytes,
+                                "backlog": backlog, **uvicorn_options}
         self.scheme = "https" if uvicorn_options.get("ssl_certfile") else "http"
         self.requested_port = port
         #: The port actually listened on (known once bound).

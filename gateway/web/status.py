@@ -12,6 +12,7 @@ from __future__ import annotations
 import hmac
 import html
 import ipaddress
+import ssl
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -25,8 +26,10 @@ from starlette.routing import BaseRoute, Route
 
 from gateway.config import Config
 from gateway.health.alerts import CHECKS
+from gateway.health.gateway import GATEWAY_CHECKS
 from gateway.models import PROBLEMS, DeviceHealth
 from gateway.services import AppContext, Service
+from gateway.store.db import StorageError, storage_error_text
 from gateway.store.health import AlertRow, HealthRepo
 from gateway.web.server import ThreadedServer
 
@@ -84,9 +87,18 @@ class StatusView:
     def document(self, now: datetime | None = None) -> dict[str, Any]:
         """The /status JSON."""
         now = now or datetime.now(UTC)
-        healths = self._healths()
+        database_error = None
+        try:
+            healths = self._healths()
+            rows = self.repo.devices()
+            alerts = self.repo.list_alerts(limit=20)
+        except StorageError as exc:
+            # The page must still say what is wrong when the database cannot be read: the gateway line
+            # (from memory) tells the team, the device list waits for the database.
+            database_error = storage_error_text(exc)
+            healths, rows, alerts = {}, [], []
         devices: list[dict[str, Any]] = []
-        for r in self.repo.devices():
+        for r in rows:
             if not r.enabled:
                 continue
             h = healths.get(r.device_id)
@@ -118,8 +130,8 @@ class StatusView:
                 outbox = {"depth": depth, "oldest_age_s": None if age is None else round(age)}
             except Exception:  # the page must render even if the outbox query fails
                 outbox = None
-        alerts = self.repo.list_alerts(limit=20)
         return {
+            "gateway": self._gateway(database_error),
             "office": {"code": self.config.site.office_code, "name": self.config.site.office_name},
             "generated_at": _iso(now),
             "summary": {"devices": len(devices), "online": states.count("online"),
@@ -129,6 +141,15 @@ class StatusView:
             "outbox": outbox,
             "recent_alerts": [_alert_json(a) for a in alerts],
         }
+
+    def _gateway(self, database_error: str | None) -> dict[str, Any]:
+        """The gateway's own health: database and disk problems (never a device's)."""
+        monitor = self.ctx.health
+        problems, free = monitor.gateway_health() if monitor is not None else ([], None)
+        return {"state": "problem" if problems or database_error else "ok", "disk_free_bytes": free,
+                "database_error": database_error,
+                "problems": [{"name": p.name, "severity": p.severity, "since": _iso(p.since), "detail": p.detail,
+                              "check": list(GATEWAY_CHECKS.get(p.name, ()))} for p in problems]}
 
     # -- HTML ------------------------------------------------------------------------------------------
     def local(self, iso: str | None) -> str:
@@ -194,6 +215,20 @@ class StatusView:
             age = doc["outbox"]["oldest_age_s"]
             outbox = (f"<p>Antrian kirim / outbox: {doc['outbox']['depth']} punch"
                       + (f", tertua/oldest {age // 60} min" if age else "") + "</p>")
+        gw = doc["gateway"]
+        free = gw["disk_free_bytes"]
+        free_text = f", disk {free / 1024 ** 3:.1f} GB free" if free is not None else ""
+        gw_line = (f'<p class="gw" id="gateway" data-state="{e(gw["state"])}">Gateway: OK{e(free_text)}</p>'
+                   if not gw["problems"] and not gw["database_error"] else
+                   (f'<p class="gw" id="gateway">Gateway: database unreadable: {e(gw["database_error"])}</p>'
+                    if gw["database_error"] else "") + "".join(
+                       f'<div class="prob gw" id="gateway-{e(p["name"])}" data-state="problem" '
+                       f'style="border-color:{_SEV_COLOUR.get(p["severity"], "#555")}"><b style="color:'
+                       f'{_SEV_COLOUR.get(p["severity"], "#555")}">Gateway: {e(p["name"].replace("_", " "))}</b> '
+                       f'<small>{e(p["severity"])}, sejak/since {e(self.local(p["since"]))}</small>'
+                       f'<div>{e(p["detail"])}</div><details><summary>Periksa / what to check</summary><ul>'
+                       + "".join(f"<li>{e(c)}</li>" for c in p["check"]) + "</ul></details></div>"
+                       for p in gw["problems"]))
         title = f"Status perangkat absensi - {office['name'] or office['code']}"
         return f"""<!doctype html>
 <html lang="id"><head><meta charset="utf-8">
@@ -225,6 +260,7 @@ padding:2px 6px 2px 0;width:55%}} td{{padding:2px 0;font-variant-numeric:tabular
 <span class="pill" style="color:{_STATE_COLOUR['online']}">{s['online']} online</span>
 <span class="pill" style="color:{_STATE_COLOUR['offline']}">{s['offline']} offline</span>
 <span class="pill">{s['open_problems']} masalah/problems</span></div>
+{gw_line}
 {outbox}
 {''.join(cards) or '<p>Belum ada perangkat / no devices configured.</p>'}
 <h2 style="font-size:1rem">Peringatan terakhir / recent alerts</h2>
@@ -302,7 +338,17 @@ class HttpServer:
         if not is_loopback(cfg.listen) and not cfg.status_token:
             log.warning("http.listen is not loopback but no http.status_token is set: the status page, /status "
                         "and /metrics answer only clients on this machine", listen=cfg.listen)
-        server = ThreadedServer(build_app(self.ctx), cfg.listen, cfg.port, thread_name="fpgw-http")
+        tls: dict[str, Any] = {}
+        if cfg.tls_cert_file and cfg.tls_key_file:
+            try:  # here, not in uvicorn's thread: a bad pair is a clear start error naming the keys
+                ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cfg.tls_cert_file,
+                                                                                   cfg.tls_key_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise RuntimeError(f"HTTPS certificate or key unusable (http.tls_cert_file {cfg.tls_cert_file}, "
+                                   f"http.tls_key_file {cfg.tls_key_file}): {exc}") from None
+            tls = {"ssl_certfile": str(cfg.tls_cert_file), "ssl_keyfile": str(cfg.tls_key_file)}
+        server = ThreadedServer(build_app(self.ctx), cfg.listen, cfg.port, thread_name="fpgw-http",
+                                request_timeout_s=cfg.request_timeout_s, max_connections=cfg.max_connections, **tls)
         # Bind first (not inside uvicorn) so a busy port is a clear start error with the OS reason.
         try:
             self.port = server.bind()
@@ -312,7 +358,7 @@ class HttpServer:
         self._server = server
         server.start()
         self.ctx.http_port = self.port
-        log.info("status page serving", url=f"http://{cfg.listen}:{self.port}/")
+        log.info("status page serving", url=f"{server.scheme}://{cfg.listen}:{self.port}/")
 
     def stop(self, deadline_s: float) -> None:
         """Ask uvicorn to exit and join its thread."""

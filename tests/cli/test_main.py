@@ -114,7 +114,7 @@ def test_systemd_unit_verifies_cleanly(tmp_path: Path, capsys: pytest.CaptureFix
     assert res.returncode == 0 and not res.stderr.strip() and not res.stdout.strip(), res.stderr
     text = unit.read_text()
     for setting in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "DynamicUser=yes", "StateDirectory=fpgw",
-                    "LoadCredential=config.toml:/etc/fpgw/config.toml", "NoNewPrivileges=yes"):
+                    "LoadCredential=config.toml:/etc/fpgw/config.toml", "NoNewPrivileges=yes", "LimitNOFILE="):
         assert setting in text
 
 

@@ -142,3 +142,38 @@ def test_load_config_reports_unreadable_and_invalid_toml(tmp_path: Path) -> None
     with pytest.raises(ConfigError) as exc:
         load_config(bad)
     assert exc.value.problems[0].startswith("TOML syntax error")
+
+
+# -- [forward] allow_plain_http, [http] TLS (issue 8 item 11) ------------------------------------------------
+
+@pytest.mark.parametrize(("url", "allow", "refused"), [
+    ("http://bkd.example.go.id", False, True),
+    ("http://10.1.2.3:8470", False, True),
+    ("http://bkd.example.go.id", True, False),
+    ("http://127.0.0.1:8470", False, False),
+    ("http://localhost:8470", False, False),
+    ("http://[::1]:8470", False, False),
+    ("https://bkd.example.go.id", False, False),
+])
+def test_plain_http_forwarding_needs_allow_plain_http(url: str, allow: bool, refused: bool, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("T_FWD", "fpgw-test-secret-forward")
+    forward: dict[str, Any] = {"url": url, "token_env": "T_FWD"}
+    if allow:
+        forward["allow_plain_http"] = True
+    if refused:
+        found = problems(minimal(forward=forward), tmp_path)
+        assert any("forward.url" in p and "allow_plain_http = true" in p and "https://" in p for p in found), found
+    else:
+        assert parse_config(minimal(forward=forward), base_dir=tmp_path).forward.allow_plain_http is allow
+
+
+def test_https_needs_both_certificate_and_key(tmp_path: Path) -> None:
+    (tmp_path / "cert.pem").write_text("x")
+    found = problems(minimal(http={"tls_cert_file": "cert.pem"}), tmp_path)
+    assert any("http.tls_key_file" in p and "both" in p for p in found), found
+    found = problems(minimal(http={"tls_cert_file": "cert.pem", "tls_key_file": "missing.pem"}), tmp_path)
+    assert any("http.tls_key_file" in p and "does not exist" in p for p in found), found
+    (tmp_path / "key.pem").write_text("x")
+    cfg = parse_config(minimal(http={"tls_cert_file": "cert.pem", "tls_key_file": "key.pem"}), base_dir=tmp_path)
+    assert cfg.http.tls_cert_file == tmp_path / "cert.pem" and cfg.http.tls_key_file == tmp_path / "key.pem"

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
@@ -126,3 +127,109 @@ def test_sd_notify_abstract_socket_and_watchdog_interval(monkeypatch: pytest.Mon
     assert sdnotify.watchdog_interval_s() == 45.0
     monkeypatch.setenv("WATCHDOG_PID", "1")  # meant for another process
     assert sdnotify.watchdog_interval_s() is None
+
+
+# -- secrets never reach a log line (issue 8 item 5) ------------------------------------------------------
+
+def _failing_app() -> Any:
+    """An ASGI app whose endpoint fails with the request (headers, query) in its locals and its message."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    async def boom(request: Request) -> Response:
+        headers = dict(request.headers)
+        token = request.query_params.get("token")
+        raise RuntimeError(f"unhandled: {headers!r} token={token}")
+
+    return Starlette(routes=[Route("/boom", boom)])
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("fmt", ["json", "console", "journal"])
+def test_unhandled_request_error_logs_no_token(log_stream: io.StringIO, fmt: str) -> None:
+    import httpx
+
+    from gateway.web.server import ThreadedServer
+    from tests.support.secrets import MARKER
+
+    bearer, query = f"{MARKER}-bearer-{fmt}", f"{MARKER}-query-{fmt}"
+    setup_logging(fmt, "info", stream=log_stream)
+    with ThreadedServer(_failing_app()) as server:
+        r = httpx.get(f"{server.url}/boom", params={"token": query},
+                      headers={"Authorization": f"Bearer {bearer}", "X-Api-Key": f"{MARKER}-key"}, timeout=5)
+    assert r.status_code == 500
+    out = log_stream.getvalue()
+    assert "Exception in ASGI application" in out and "RuntimeError" in out  # the traceback is still there
+    assert MARKER not in out, out
+    assert "[REDACTED]" in out
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("fmt", ["json", "console", "journal"])
+def test_registered_secrets_and_named_values_are_blanked(log_stream: io.StringIO, fmt: str) -> None:
+    from gateway.logs import register_secret
+    from tests.support.secrets import COMM_KEY, MARKER
+
+    register_secret(f"{MARKER}-registered", COMM_KEY)
+    setup_logging(fmt, "info", stream=log_stream)
+    log = structlog.get_logger("gateway.test")
+    log.warning("connect", params=f"ZkParams(host='10.0.0.5', comm_key={COMM_KEY})", url=f"{MARKER}-registered",
+                key=COMM_KEY, records=COMM_KEY + 1)
+    logging.getLogger("httpx").warning("GET https://bkd/status?token=%s failed: authorization: Bearer %s",
+                                       f"{MARKER}-q", f"{MARKER}-b")
+    try:
+        raise ValueError(f"db at postgresql://fpgw:{MARKER}-pw@db/fpgw refused")
+    except ValueError:
+        log.exception("failed")
+    out = log_stream.getvalue()
+    assert MARKER not in out and f"={COMM_KEY}" not in out and f" {COMM_KEY}" not in out, out
+    assert str(COMM_KEY + 1) in out  # other numbers stay
+
+
+def test_redact_shapes() -> None:
+    from gateway.logs import redact
+
+    assert redact("Authorization: Bearer abcDEF123_-x") == "Authorization: [REDACTED]"
+    assert redact("(b'authorization', b'Basic dXNlcjpwYXNz')") == "(b'authorization', b'[REDACTED]')"
+    assert redact('{"Authorization": "Token abc def"}') == '{"Authorization": "[REDACTED]"}'
+    assert redact("header was Bearer abcdefgh here") == "header was Bearer [REDACTED] here"
+    assert redact('{"api_token": "zz-zz", "status_token": "s3"}') == \
+        '{"api_token": "[REDACTED]", "status_token": "[REDACTED]"}'
+    assert redact("GET /?token=abc&x=1") == "GET /?token=[REDACTED]&x=1"
+    assert redact("{'comm_key': 4321}") == "{'comm_key': [REDACTED]}"
+    # Ordinary words stay: messages about tokens are not tokens.
+    for text in ("tokens=3 token_file=/etc/fpgw/token", "token file reloaded", "set token_env or token_file",
+                 "http.status_token is set", "a gateway token must name exactly one office"):
+        assert redact(text) == text
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("fmt", ["json", "journal"])
+def test_daemon_logs_no_comm_key_or_token_at_debug(fmt: str, log_stream: io.StringIO, fleet: Any, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A running gateway (right key, wrong key, an alert channel URL with a token) logs none of its secrets."""
+    from tests.support.config import DeviceEntry, make_config
+    from tests.support.fleet import sim_spec
+    from tests.support.gateway import RunningGateway
+    from tests.support.secrets import COMM_KEY, MARKER
+
+    good = fleet.add(sim_spec("LOG-KEY-OK", records=20, comm_key=COMM_KEY))
+    bad = fleet.add(sim_spec("LOG-KEY-BAD", records=20, comm_key=COMM_KEY + 1))
+    monkeypatch.setenv("T_KEY", str(COMM_KEY))
+    monkeypatch.setenv("T_HOOK", f"http://127.0.0.1:9/hook?token={MARKER}-hook")
+    config = make_config(f"sqlite:///{tmp_path / 'fpgw.db'}", [DeviceEntry("good", good, comm_key_env="T_KEY"),
+                                                               DeviceEntry("bad", bad, comm_key_env="T_KEY")],
+                         tmp_path, alerts={"webhooks_env": "T_HOOK", "reminder_s": 0, "max_attempts": 1},
+                         health={"offline_after_failures": 1})
+    setup_logging(fmt, "debug", stream=log_stream)
+    with RunningGateway(config) as gw:
+        assert gw.poll("good").ok
+        assert gw.poll("bad").error_kind == "auth_rejected"
+        monitor = gw.gateway.ctx.health
+        monitor.sweep()
+        monitor.router.wait_idle(10)
+    out = log_stream.getvalue()
+    assert "auth_rejected" in out  # the problem is logged...
+    assert MARKER not in out and str(COMM_KEY) not in out  # ...without the secrets

@@ -217,7 +217,7 @@ def test_database_outage_fails_the_poll_without_losing_punches(setup: Any, monke
 
     monkeypatch.setattr(poller.store, "save_poll", down)
     first = poller.poll_once(config.device("lobby"))
-    assert not first.ok and first.error_kind == "bug" and "disk I/O error" in (first.error or "")
+    assert not first.ok and first.error_kind == "storage" and "disk I/O error" in (first.error or "")
     assert driver.device.enabled
     monkeypatch.setattr(poller.store, "save_poll", real_save)
     back = poller.poll_once(config.device("lobby"))

@@ -18,6 +18,7 @@ from gateway.store import schema as s
 from gateway.store.central import CentralStore
 from gateway.store.db import create_db_engine, upgrade
 from gateway.store.outbox import Outbox
+from tests.support.secrets import remember
 
 OFFICE_A = "1801.01"
 OFFICE_B = "1801.02"
@@ -69,6 +70,7 @@ def make_central(db_url: str, tmp_path: Path, **cfg: Any) -> Central:
     gw_b = add_token(gw_file, "gw-b", [OFFICE_B], "gateway")
     bkd_all = add_token(api_file, "bkd", None, "api")
     bkd_a = add_token(api_file, "bkd-a", [OFFICE_A], "api")
+    remember(gw_a, gw_b, bkd_all, bkd_a)  # the session's log scan looks for them
     config = CentralConfig(enabled=True, gateway_tokens_file=gw_file, api_tokens_file=api_file, **cfg)
     api = CentralApi(config, CentralStore(engine))
     return Central(TestClient(api.app()), engine, gw_a, gw_b, bkd_all, bkd_a, api)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import Config, parse_config
+from tests.support.secrets import GATEWAY_TOKEN
 
 #: The office of the gateway-level tests.
 OFFICE_CODE = "1801.01.02"
@@ -57,7 +58,7 @@ def make_config(db_url: str, devices: Iterable[DeviceEntry], base_dir: Path, **k
 def forward_config(tmp_path: Path, db_url: str, office_code: str = "1801.01", **forward: Any) -> Config:
     """An office gateway forwarding to an unreachable centre (tests replace the transport), token in tmp_path."""
     token = tmp_path / "token"
-    token.write_text("secret-gateway-token\n")
+    token.write_text(GATEWAY_TOKEN + "\n")
     return parse_config({
         "site": {"office_code": office_code, "timezone": "Asia/Jakarta", "state_dir": str(tmp_path)},
         "database": {"url": db_url},
