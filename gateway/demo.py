@@ -58,12 +58,12 @@ DEMO_DEVICES = (
 )
 
 
-#: Simulated models of the demo terminals (simulators/zk/profiles.py), with the overrides today's driver still
-#: needs (UDP session framing, a gap between TCP packets; see docs/simulator-compat.md).
+#: Simulated models of the demo terminals (simulators/zk/profiles.py), real-terminal framing included
+#: (docs/simulator-compat.md).
 _DEMO_PROFILES: dict[str, dict[str, Any]] = {
-    "lobby": {"profile": "iclock880", "tcp_packet_gap_ms": 60},
-    "hall": {"profile": "x100c", "udp_framing": "session"},
-    "secretariat": {"profile": "ma300", "tcp_packet_gap_ms": 60},
+    "lobby": {"profile": "iclock880"},
+    "hall": {"profile": "x100c"},
+    "secretariat": {"profile": "ma300"},
     "warehouse": {"profile": "generic"},
 }
 

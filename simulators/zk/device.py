@@ -82,8 +82,8 @@ class DeviceSpec:
     #: model profile (simulators/zk/profiles.py): fills every field still at its default
     profile: str = "generic"
     #: UDP multi-packet answers: "session" (session id in every DATA datagram) or "counter" (0, 1, 2, …
-    #: in the session field of the DATA packets, as real terminals do)
-    udp_framing: str = "session"
+    #: in the session field of the DATA packets, as real terminals do: the default)
+    udp_framing: str = "counter"
     #: TCP chunk answers: "single" (one DATA packet a chunk) or "packets" (DATA packets of tcp_packet_size
     #: bytes back to back, packet counter in the session field, as real terminals do)
     tcp_framing: str = "single"

@@ -193,9 +193,10 @@ class DupRelay:
 
 
 @pytest.mark.timeout(20)
+@pytest.mark.parametrize("framing", ["counter", "session"])
 @pytest.mark.parametrize(("loss", "seed"), [(0.0, 21), (0.05, 22)])
-def test_duplicated_and_late_datagrams_never_corrupt(fleet: Any, loss: float, seed: int) -> None:
-    dev = add_sim_device(fleet, records=3000, seed=seed)
+def test_duplicated_and_late_datagrams_never_corrupt(fleet: Any, loss: float, seed: int, framing: str) -> None:
+    dev = add_sim_device(fleet, records=3000, seed=seed, udp_framing=framing)
     truth = sim_truth(fleet.truth_file, dev.serial)
     relay = DupRelay((dev.host, dev.port), seed)
     try:
@@ -208,7 +209,10 @@ def test_duplicated_and_late_datagrams_never_corrupt(fleet: Any, loss: float, se
     finally:
         relay.close()
     assert relay.duplicated > 50
-    assert drv.stats.udp.duplicates > 0, "no duplicate reached an open chunk: test too weak"
+    if framing == "session":
+        # Without packet counters a duplicate is only recognised by its offset inside the open chunk.
+        assert drv.stats.udp.duplicates > 0, "no duplicate reached an open chunk: test too weak"
+    # With counters (real terminals) a repeated counter is dropped before it reaches the chunk.
     assert drv.stats.udp.stale > 0
     assert dev.enabled
 

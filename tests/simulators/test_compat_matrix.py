@@ -43,8 +43,8 @@ USERS, RECORDS = 8, 60  # 2,404-byte attendance set: three 1008-byte TCP packets
 CELL_TIMEOUT_S = 90
 #: Rows: every profile, then option variants worth a line of their own (label, DeviceSpec overrides).
 ROWS: list[tuple[str, dict[str, Any]]] = [(name, {"profile": name}) for name in PROFILES] + [
-    # the framing that becomes the default for UDP once the driver reads it (docs/simulator.md)
-    ("generic + udp_framing=counter", {"udp_framing": "counter"}),
+    # the simulator's original UDP framing (session id in every datagram), still an option (docs/simulator.md)
+    ("generic + udp_framing=session", {"udp_framing": "session"}),
     # real TCP framing with a pause between packets (issue 9: larger gaps worked for pyzk)
     ("k40 + tcp_packet_gap_ms=60", {"profile": "k40", "tcp_packet_gap_ms": 60}),
     # stress: every byte its own TCP segment

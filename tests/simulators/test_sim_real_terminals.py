@@ -354,7 +354,7 @@ def test_profiles_fill_defaults_and_explicit_values_win() -> None:
     # replace() (device swap) keeps the resolved values.
     assert replace(DeviceSpec(profile="k40", udp_framing="session"), serial="B").udp_framing == "session"
     assert DeviceSpec(profile="x100c").tcp is False
-    assert DeviceSpec().udp_framing == "session"  # this branch's default (see docs/simulator.md)
+    assert DeviceSpec().udp_framing == "counter"  # real terminals' framing is the default (docs/simulator.md)
     with pytest.raises(ValueError, match="unknown profile 'k41'"):
         DeviceSpec(profile="k41")
     for prof in PROFILES.values():

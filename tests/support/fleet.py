@@ -20,17 +20,16 @@ PunchKey = tuple[str, str, str, int, int]
 GATEWAY_DEFAULTS: dict[str, Any] = dict(host="127.0.0.1", port=0, tcp=True, udp=True, record_layout=40,
                                         user_layout=72, comm_key=0, users=30, records=200, seed=7,
                                         timezone="Asia/Jakarta", punches_per_minute=0.0, faults={})
-#: Device profiles (simulators/zk/profiles.py) our driver reads today, each with the overrides it still needs
-#: until it reads real-terminal framing (issue 9): UDP keeps the session framing, TCP packets come with a gap,
-#: and the SpeedFace-style zero record count is left out. A mixed fleet picks from these
+#: Device profiles (simulators/zk/profiles.py) our driver reads, real-terminal framing included (the
+#: SpeedFace-style profile, whose record layout is not public, is left out). A mixed fleet picks from these
 #: (checked for every transport by tests/simulators/test_compat_matrix.py).
 DRIVER_READY_PROFILES: dict[str, dict[str, Any]] = {
     "generic": {},
-    "k40": {"udp_framing": "session", "tcp_packet_gap_ms": 60},
-    "iclock880": {"udp_framing": "session", "tcp_packet_gap_ms": 60},
-    "mb360": {"udp_framing": "session", "tcp_packet_gap_ms": 60},
-    "ma300": {"udp_framing": "session", "tcp_packet_gap_ms": 60},
-    "x100c": {"udp_framing": "session"},
+    "k40": {},
+    "iclock880": {},
+    "mb360": {},
+    "ma300": {},
+    "x100c": {},
 }
 #: What ``add_sim_device`` (the driver tests) changes in them.
 DRIVER_DEFAULTS: dict[str, Any] = dict(serial="SIM1", users=50, records=300, seed=1)
