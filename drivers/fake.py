@@ -69,6 +69,9 @@ class FakeDevice:
     enabled: bool = True
     #: Bytes a download "costs", for bytes_read statistics (40 per record, like a TFT device).
     record_bytes: int = 40
+    #: Set to a reason to answer counts() like a terminal whose size query is unusable: no capacities,
+    #: ``Counts.unreliable`` set (the records still counted, as ZkDriver counts them by downloading).
+    counts_unreliable: str = ""
 
     def now(self) -> datetime:
         """The device's wall clock."""
@@ -197,6 +200,8 @@ class FakeSession:
         d = self._op("counts")
         self._bytes += 96
         with self._driver.lock:
+            if d.counts_unreliable:
+                return Counts(records=len(d.punches), users=len(d.users), unreliable=d.counts_unreliable)
             return Counts(
                 records=len(d.punches),
                 users=len(d.users),

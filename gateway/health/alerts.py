@@ -75,8 +75,15 @@ CHECKS: dict[str, tuple[str, ...]] = {
     "storage": (
         "The attendance log or user storage is nearly full; a full terminal stops recording punches.",
         "First confirm in the gateway (fpgw devices / status page) that every record was downloaded and stored.",
-        "Only then clear the attendance log through the vendor menu (Data Mgmt > Delete Attendance); "
-        "never before the gateway shows all records stored.",
+        "Then clear it with `fpgw devices clear DEVICE` (it verifies every record is stored before it clears), "
+        "or set polling.clear_when_full_ratio; never through the vendor menu before the gateway shows all "
+        "records stored.",
+    ),
+    "counts_unreliable": (
+        "The terminal answers the record-count query with nothing usable (some face and newer firmware do): "
+        "nothing is lost, the gateway downloads the whole log at every poll instead, which is slower.",
+        "If the terminal was working before, check its firmware version (fpgw devices) against a recent update; "
+        "a restart of the terminal sometimes brings the counter back.",
     ),
     "silent": (
         "The device answers but nobody punched on it during working hours: is it used, mounted, switched to "

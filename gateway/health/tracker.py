@@ -282,6 +282,12 @@ class HealthTracker:
                 self._open(h, out, "storage", now, f"{which} storage {worst:.0%} full ({used} of {cap})",
                            {"records": counts.records, "records_cap": counts.records_cap, "users": counts.users,
                             "users_cap": counts.users_cap, "ratio": round(worst, 3)}, severity=level)
+            if counts.unreliable:
+                self._open(h, out, "counts_unreliable", now,
+                           f"the terminal's record counter cannot be trusted ({counts.unreliable}); every poll "
+                           "downloads the whole log instead", {"reason": counts.unreliable})
+            else:
+                self._close(h, out, "counts_unreliable", now)
             if o.previous_record_count is not None and counts.records < o.previous_record_count \
                     and not o.previous_serial \
                     and not o.cleared_records:  # replaced: unrelated count; cleared by fpgw: verified stored first

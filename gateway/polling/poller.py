@@ -299,6 +299,8 @@ class DevicePoller:
             return True  # first poll, or another terminal (replaced): read everything it has
         if counts.records != state.last_record_count:
             return True  # grew, or shrank (cleared at the keypad: whatever is there now is new)
+        if counts.unreliable:
+            return True  # the driver could not trust the counter and already downloaded the log to count it
         if counts.records_cap > 0 and counts.records >= counts.records_cap:
             # Full: a terminal that overwrites its oldest record when full ("rolling" log) keeps this count
             # while every new punch replaces an old one, so the count says nothing: read it all, every poll.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -262,3 +263,13 @@ def test_working_seconds_across_days() -> None:
     mon = datetime(2026, 11, 23, 0, 0, tzinfo=tz)
     assert working_seconds(mon, mon + timedelta(days=7), wh, tz) == 5 * 11 * 3600
     assert working_seconds(mon + timedelta(hours=20), mon + timedelta(hours=30), wh, tz) == 0
+
+
+def test_an_unreliable_record_counter_is_a_problem_until_it_answers_sensibly_again() -> None:
+    tr = HealthTracker(make_config())
+    tr.record(ok(T0))
+    bad = replace(ok(T0 + timedelta(minutes=1)), counts=Counts(records=100, users=10, unreliable="4-byte answer"))
+    out = tr.record(bad)
+    assert events(out) == [("counts_unreliable", "start")] and "4-byte answer" in out[0].detail
+    assert events(tr.record(replace(bad, finished_at=T0 + timedelta(minutes=2)))) == []  # once, not every poll
+    assert events(tr.record(ok(T0 + timedelta(minutes=3)))) == [("counts_unreliable", "end")]

@@ -336,3 +336,17 @@ def test_make_durable_checkpoints_the_sqlite_write_ahead_log(setup: Any) -> None
     statements.clear()
     assert poller.store.make_durable() == "checkpoint"
     assert statements == ["PRAGMA wal_checkpoint(FULL)"]
+
+
+def test_an_unreliable_counter_makes_every_poll_a_full_read(setup: Any) -> None:
+    # Some face terminals answer the size query with 4 zero bytes: the driver then counts by downloading, and
+    # an unchanged count says nothing (the log may have rolled over), so the poller reads it all every time.
+    device = FakeDevice(serial="SN1", users=[DeviceUser(1, "1001", "Budi")], counts_unreliable="4-byte answer",
+                        punches=[make_punch("1001", BASE + timedelta(minutes=i)) for i in range(5)])
+    poller, driver, config, _ = build(setup, device)
+    assert poller.poll_once(config.devices[0]).new_punches == 5
+    with driver.lock:
+        device.punches.pop(0)
+        device.punches.append(make_punch("1001", BASE + timedelta(hours=1)))
+    o = poller.poll_once(config.devices[0])
+    assert o.mode == "full" and o.counts is not None and o.counts.unreliable and o.new_punches == 1
