@@ -588,6 +588,7 @@ class Chaos:
             self.office.start()
             puller = BkdPuller(f"http://127.0.0.1:{self.central_port}", bkd_token)
             puller.start()
+            settle_t0 = time.monotonic()
             try:
                 stack.callback(self.locks.release_all)
                 self.t0 = time.monotonic()
@@ -707,15 +708,24 @@ class Chaos:
     def _do_cli_clear(self, ev: Event) -> None:
         dev_id = ev.arg("device")
         if ev.arg("kill"):
-            proc = subprocess.Popen(fpgw_argv(self.office_cfg, "devices", "clear", dev_id, "--yes"),
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             dev = self.devs[dev_id]
-            hit = self._wait_for(lambda: not dev.enabled or proc.poll() is not None, 30)
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(15)
-            self.report.done["cli_clear:killed" if hit and proc.returncode == -9 else "cli_clear:finished"] += 1
-            self.say(f"`fpgw devices clear {dev_id}` SIGKILLed (keypad locked: {not dev.enabled})")
+            with self._office_op:
+                # The daemon stopped for the moment, so the keypad lock seen here is the clear's own; slow
+                # replies keep it locked long enough to be seen (and the clear killed) from here.
+                self.office.terminate(15)
+                dev.set_fault("slow", 0.6)
+                proc = subprocess.Popen(fpgw_argv(self.office_cfg, "devices", "clear", dev_id, "--yes"),
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                self._wait_for(lambda: not dev.enabled or proc.poll() is not None, 30)
+                locked = not dev.enabled
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait(15)
+                dev.clear_fault("slow")
+                self.office.start()
+            self.report.done["cli_clear:killed_locked" if locked and proc.returncode == -9
+                             else "cli_clear:finished"] += 1
+            self.say(f"`fpgw devices clear {dev_id}` SIGKILLed (keypad locked: {locked})")
             return
 
         def clear() -> None:
@@ -889,7 +899,7 @@ def main(argv: list[str] | None = None) -> int:
             print(ev)
         return 0
     opts = ChaosOptions(seed=seed, duration_s=seconds, scenarios=sc, big_records=args.big_records,
-                        punch_rate=args.punch_rate)
+                        punch_rate=args.punch_rate, out=lambda line: print(line, flush=True))
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="fpgw-chaos-"))
     with _pg_database() as db:
         report = run_chaos(opts, db, work)
