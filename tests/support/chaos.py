@@ -199,8 +199,10 @@ def make_plan(seed: int, duration_s: float, sc: Scenarios) -> list[Event]:
             add(at(0.05, 0.9), "kill_office", moment=moments[i % 3] if i < 3 else rng.choice(moments),
                 down_s=round(rng.uniform(0.2, 3.0), 1))
     if sc.cli_clear or sc.kill_clear:
-        for _ in range(max(2, round(4 * scale))):
-            add(at(0.05, 0.9), "cli_clear", device="desk", kill=sc.kill_clear and rng.random() < 0.7)
+        times = sorted(at(0.05, 0.9) for _ in range(max(2, round(4 * scale))))
+        for i, t in enumerate(times):
+            # With kill_clear the last clear is always killed: no later download re-enables the keypad by chance.
+            add(t, "cli_clear", device="desk", kill=sc.kill_clear and (i == len(times) - 1 or rng.random() < 0.5))
     if sc.office_db_lock:
         for _ in range(max(1, round(2 * scale))):
             add(at(0.05, 0.85), "office_lock", seconds=round(rng.uniform(3, 20), 1))
@@ -689,8 +691,10 @@ class Chaos:
             hit = True
             if moment == "download":
                 # The driver locks the keypad only while it reads the log: a disabled terminal = a download.
+                # (A terminal already disabled, e.g. by a killed clear, does not count.)
+                was_off = {k for k, d in self.devs.items() if not d.enabled}
                 hit = self._wait_for(lambda: any(not d.enabled for k, d in self.devs.items()
-                                                 if k not in self.quiet), 12)
+                                                 if k not in self.quiet and k not in was_off), 12)
             elif moment == "forward":
                 # Stall responses: a request the central already handled, whose answer has not arrived.
                 before = self.proxy.hits["stalled"]
@@ -709,9 +713,11 @@ class Chaos:
         dev_id = ev.arg("device")
         if ev.arg("kill"):
             dev = self.devs[dev_id]
+            # Everything on the terminal stored first: then no later poll sees a changed count and downloads
+            # (which would re-enable the keypad by chance). The daemon is stopped for the moment, so the
+            # keypad lock seen here is the clear's own; slow replies keep it locked long enough to kill it.
+            self._drain_device(dev_id)
             with self._office_op:
-                # The daemon stopped for the moment, so the keypad lock seen here is the clear's own; slow
-                # replies keep it locked long enough to be seen (and the clear killed) from here.
                 self.office.terminate(15)
                 dev.set_fault("slow", 0.6)
                 proc = subprocess.Popen(fpgw_argv(self.office_cfg, "devices", "clear", dev_id, "--yes"),
@@ -722,6 +728,7 @@ class Chaos:
                     proc.kill()
                 proc.wait(15)
                 dev.clear_fault("slow")
+                self.quiet.discard(dev_id)
                 self.office.start()
             self.report.done["cli_clear:killed_locked" if locked and proc.returncode == -9
                              else "cli_clear:finished"] += 1
@@ -818,31 +825,41 @@ class Chaos:
         if not self._central_ready():
             self.report.notes.append("central did not come back")
         self.office.terminate(30)
-        # Final polls, driven explicitly: until every terminal answers and nothing new comes in.
-        for attempt in range(6):
-            code, out = run_cli(self.office_cfg, self.cli_log, "poll", "--all", timeout_s=180)
-            lines = [ln for ln in out.splitlines() if ln.split(":")[0] in self.devs]
-            if code == 0 and lines and all(" new=0 " in ln for ln in lines):
-                break
-            if attempt == 5:
-                self.report.notes.append(f"final polls never settled: {out.strip()[-600:]}")
-        # Final forwards, driven explicitly: until the office outbox is empty (bounded).
         engine = create_engine(f"sqlite:///{self.office_db}")
         try:
             outbox = Outbox(engine, OFFICE_CODE)
-            deadline = time.monotonic() + 120
-            while True:
-                stats = outbox.stats()
-                if stats.depth == 0 or time.monotonic() > deadline:
+            # Polls, then forwards, until a round of polls finds nothing new and the outbox is empty: a
+            # terminal full enough for clear_when_full_ratio is read (and cleared) only once its punches
+            # were forwarded, so forwarding can give the next poll something to do.
+            for _round in range(4):
+                settled = self._final_polls()
+                self._final_forwards(outbox)
+                if settled:
                     break
-                run_cli(self.office_cfg, self.cli_log, "forward", "now", timeout_s=60)
-                time.sleep(0.3)
             stats = outbox.stats()
             self.report.outbox_left = stats.depth
             self.report.rejected_at_central = stats.rejected
         finally:
             engine.dispose()
         self.report.disabled = [f"{k} ({d.serial})" for k, d in self.devs.items() if not d.enabled]
+
+    def _final_polls(self) -> bool:
+        """`fpgw poll --all` until every terminal answers and nothing new comes in; True if the first round
+        already found nothing new."""
+        for attempt in range(6):
+            code, out = run_cli(self.office_cfg, self.cli_log, "poll", "--all", timeout_s=180)
+            lines = [ln for ln in out.splitlines() if ln.split(":")[0] in self.devs]
+            if code == 0 and len(lines) == len(self.devs) and all(" new=0 " in ln for ln in lines):
+                return attempt == 0
+        self.report.notes.append(f"final polls never settled: {out.strip()[-600:]}")
+        return False
+
+    def _final_forwards(self, outbox: Outbox) -> None:
+        """`fpgw forward now` until the office outbox is empty (bounded)."""
+        deadline = time.monotonic() + 120
+        while outbox.stats().depth and time.monotonic() < deadline:
+            run_cli(self.office_cfg, self.cli_log, "forward", "now", timeout_s=60)
+            time.sleep(0.3)
 
     def _compare(self, truth_path: Path, pulled: Counter[PunchKey]) -> None:
         truth = truth_keys(truth_path)
