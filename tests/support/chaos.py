@@ -202,7 +202,10 @@ def make_plan(seed: int, duration_s: float, sc: Scenarios) -> list[Event]:
         times = sorted(at(0.05, 0.9) for _ in range(max(2, round(4 * scale))))
         for i, t in enumerate(times):
             # With kill_clear the last clear is always killed: no later download re-enables the keypad by chance.
-            add(t, "cli_clear", device="desk", kill=sc.kill_clear and (i == len(times) - 1 or rng.random() < 0.5))
+            kill = sc.kill_clear and (i == len(times) - 1 or rng.random() < 0.5)
+            # --local-only half of the time: with the link flapping the outbox rarely drains, and a clear
+            # that is always refused tests nothing.
+            add(t, "cli_clear", device="desk", kill=kill, local_only=not kill and rng.random() < 0.5)
     if sc.office_db_lock:
         for _ in range(max(1, round(2 * scale))):
             add(at(0.05, 0.85), "office_lock", seconds=round(rng.uniform(3, 20), 1))
@@ -691,10 +694,15 @@ class Chaos:
             hit = True
             if moment == "download":
                 # The driver locks the keypad only while it reads the log: a disabled terminal = a download.
-                # (A terminal already disabled, e.g. by a killed clear, does not count.)
+                # (A terminal already disabled, e.g. by a killed clear, does not count.) Slow replies from the
+                # big terminal make its download last long enough to be caught in the middle.
                 was_off = {k for k, d in self.devs.items() if not d.enabled}
+                big = self.devs["big"]
+                slowed = "slow" not in big.faults
+                if slowed:
+                    big.set_fault("slow", 0.4)
                 hit = self._wait_for(lambda: any(not d.enabled for k, d in self.devs.items()
-                                                 if k not in self.quiet and k not in was_off), 12)
+                                                 if k not in self.quiet and k not in was_off), 15)
             elif moment == "forward":
                 # Stall responses: a request the central already handled, whose answer has not arrived.
                 before = self.proxy.hits["stalled"]
@@ -702,6 +710,8 @@ class Chaos:
                 self.proxy.mode = "slow"
                 hit = self._wait_for(lambda: self.proxy.hits["stalled"] > before, 12)
             self.office.kill()
+            if moment == "download" and slowed:
+                big.clear_fault("slow")
             if moment == "forward":
                 self.proxy.mode = mode if mode != "slow" else "pass"
             self.report.done[f"kill_office:{moment}" + ("" if hit else ":missed")] += 1
@@ -736,7 +746,9 @@ class Chaos:
             return
 
         def clear() -> None:
-            code, _ = run_cli(self.office_cfg, self.cli_log, "devices", "clear", dev_id, "--yes", timeout_s=120)
+            extra = ["--local-only"] if ev.arg("local_only") else []
+            code, _ = run_cli(self.office_cfg, self.cli_log, "devices", "clear", dev_id, "--yes", *extra,
+                              timeout_s=120)
             self.report.done["cli_clear:cleared" if code == 0 else "cli_clear:refused"] += 1
         self._spawn(clear, "chaos-clear")
 
