@@ -21,14 +21,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.chaos import ChaosOptions, Scenarios, run_chaos
-
-pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+from tests.support.chaos import ChaosOptions, Scenarios, make_plan, run_chaos
 
 #: Seconds of chaos in the suite (the settle phase and start-up come on top).
 SHORT_S = float(os.environ.get("GW_CHAOS_SECONDS", "60"))
 
 
+@pytest.mark.postgres
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_chaos_short_soak_loses_duplicates_and_locks_nothing(pg_url: str, tmp_path: Path) -> None:
     seed = int(os.environ.get("GW_CHAOS_SEED") or random.randrange(1, 1 << 31))
@@ -39,3 +39,16 @@ def test_chaos_short_soak_loses_duplicates_and_locks_nothing(pg_url: str, tmp_pa
     assert report.ok, report.summary()
     # The chaos really happened.
     assert report.done["fault"] and report.office_restarts >= 3 and report.truth > 0, report.summary()
+
+
+def test_chaos_plan_is_a_function_of_the_seed_and_scenarios_switch_by_name() -> None:
+    assert make_plan(1234, 60, Scenarios()) == make_plan(1234, 60, Scenarios())
+    assert make_plan(1234, 60, Scenarios()) != make_plan(1235, 60, Scenarios())
+    gaps = Scenarios().with_changes("gaps,-central_down")
+    assert gaps.rolling and gaps.kill_clear and gaps.rtc_reset_repeat and not gaps.central_down
+    assert not any(getattr(Scenarios(), n) for n in Scenarios.KNOWN_GAPS)
+    kinds = {e.kind for e in make_plan(7, 60, gaps)}
+    assert {"kill_office", "cli_clear", "office_lock", "central_lock", "flap", "replace", "rtc_repeat",
+            "keypad_clear"} <= kinds and "central_down" not in kinds
+    with pytest.raises(ValueError, match="unknown chaos scenario"):
+        Scenarios().with_changes("+nope")

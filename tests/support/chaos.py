@@ -359,7 +359,7 @@ class Locks:
 
     def postgres(self, url: str, seconds: float) -> None:
         def hold() -> None:
-            engine = create_engine(url, poolclass=None)
+            engine = create_engine(url)
             try:
                 with engine.connect() as conn:
                     conn.execute(text("SET lock_timeout = '20s'"))
@@ -439,6 +439,7 @@ class ChaosReport:
     outbox_left: int = 0
     notes: list[str] = field(default_factory=list)
     settle_s: float = 0.0
+    locks_held: dict[str, int] = field(default_factory=dict)
 
     @property
     def failures(self) -> list[str]:
@@ -467,7 +468,8 @@ class ChaosReport:
             + "".join(f" --enable {n}" for n in self.scenarios.KNOWN_GAPS if getattr(self.scenarios, n)),
             f"  plan: {self.plan_size} events; done: {dict(sorted(self.done.items()))}",
             f"  faults injected: {self.done['fault']}, office restarts: {self.office_restarts}, "
-            f"central restarts: {self.central_restarts}, crashes: {len(self.crashes)}",
+            f"central restarts: {self.central_restarts}, crashes: {len(self.crashes)}, database locks held: "
+            f"{self.locks_held.get('office', 0)} office / {self.locks_held.get('central', 0)} central",
             f"  ground truth: {self.truth} punches on {len(self.serials)} serials",
             "  " + self.office.line(),
             "  " + self.bkd.line(),
@@ -825,6 +827,7 @@ class Chaos:
         for t in self._workers:
             t.join(150)
         self.locks.release_all()
+        self.report.locks_held = dict(self.locks.held)
         if self.locks.errors:
             self.report.notes += self.locks.errors
         self.proxy.set_mode("pass")
@@ -877,7 +880,7 @@ class Chaos:
         truth = truth_keys(truth_path)
         excused: Counter[PunchKey] = getattr(self, "_abandoned", Counter())
         self.report.truth = sum(truth.values())
-        self.report.serials = dict(Counter(k[0] for k in truth.elements()))  # type: ignore[arg-type]
+        self.report.serials = dict(Counter(k[0] for k in truth.elements()))
         office = stored_keys(f"sqlite:///{self.office_db}")
         self.report.office = Side.compare("office database", truth, office, excused)
         self.report.bkd = Side.compare("BKD pull API", truth, pulled, excused)
