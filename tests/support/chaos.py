@@ -227,9 +227,10 @@ def make_plan(seed: int, duration_s: float, sc: Scenarios) -> list[Event]:
         add(t, "fault", device=dev, name="clock_reset", value=True)
         add(round(t + rng.uniform(2, 8), 1), "fault_off", device=dev, name="clock_reset")
     if sc.rtc_reset_repeat:
-        add(at(0.1, 0.3), "rtc_repeat", device="desk", step=1)
-        add(at(0.4, 0.5), "keypad_clear", device="desk")
-        add(at(0.6, 0.8), "rtc_repeat", device="desk", step=2)
+        # On the UDP terminal: the desk terminal is kill_clear's, whose keypad must stay untouched after the kill.
+        add(at(0.1, 0.3), "rtc_repeat", device="udp", step=1)
+        add(at(0.4, 0.5), "keypad_clear", device="udp")
+        add(at(0.6, 0.8), "rtc_repeat", device="udp", step=2)
     events.sort(key=lambda e: (e.t, e.kind))
     return events
 
