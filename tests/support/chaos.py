@@ -784,9 +784,10 @@ class Chaos:
             self.proxy.set_mode("pass")
         self._spawn(flap, "chaos-flap")
 
-    def _drain_device(self, dev_id: str, timeout_s: float = 40.0) -> Counter[PunchKey]:
+    def _drain_device(self, dev_id: str, timeout_s: float = 90.0) -> Counter[PunchKey]:
         """Stop punching on a terminal, clear its faults and get everything it holds stored (the technician's
-        check before touching it); returns what is still not stored when the time is up."""
+        check before touching it); returns what is still not stored when the time is up (the office database
+        may be write-locked meanwhile: two 20 s locks back to back fit in the time)."""
         dev = self.devs[dev_id]
         self.quiet.add(dev_id)
         for name in list(dev.faults):
