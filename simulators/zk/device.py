@@ -309,6 +309,8 @@ class SimDevice:
         if Fault.CLOCK_RESET in self._faults:
             self._clock_offset = _EPOCH_2000 - datetime.now(self._tz).replace(tzinfo=None, microsecond=0)
         # History is generated against the real calendar, not a faulty device clock.
+        #: Truth rows a rolling log dropped before any client read them (overwritten_unread).
+        self._overwritten_unread: list[dict[str, Any]] = []
         self._build(today or real_today, spec.records, spec.seed)
 
     # --- construction ---------------------------------------------------------------------
@@ -338,6 +340,10 @@ class SimDevice:
         # large fleet's start-up.
         self._log = array("Q", [(t << 32) | (uid << 16) | (st << 8) | vf for t, uid, st, vf in history])
         self._max_t = max((h[0] for h in history), default=0)
+        # Sequence numbers of log entries: _appended counts every entry ever put in the log; entries from
+        # _served on were never part of an attendance dataset a client asked for (see overwritten_unread).
+        self._appended = len(self._log)
+        self._served = 0
         if self._truth is not None and history:
             self._truth.write([self._row(*h) for h in history])
 
@@ -481,6 +487,11 @@ class SimDevice:
         if len(self._log) >= self.spec.records_cap:
             if not self.spec.overwrite_oldest or self.spec.records_cap == 0:
                 return None
+            if self._appended - len(self._log) >= self._served:
+                # No client asked for the log since this record was written: it is gone unread, as on a
+                # real rolling terminal whose reader fell behind (the oracle for "lost by the gateway").
+                v = self._log[0]
+                self._overwritten_unread.append(self._row(v >> 32, (v >> 16) & 0xFFFF, (v >> 8) & 0xFF, v & 0xFF))
             del self._log[0]
         # Same user, same second on one device never happens (the gateway dedups on
         # serial+user_id+local time); a collision is only possible at or before the latest
@@ -488,6 +499,7 @@ class SimDevice:
         while t <= self._max_t and self._collides(t, uid):
             t += 1
         self._log.append(_pack(t, uid, state, verify))
+        self._appended += 1
         self._max_t = max(self._max_t, t)
         self._version += 1
         return t, uid, state, verify
@@ -545,6 +557,12 @@ class SimDevice:
             n = int(self._rate_credit)
             self._rate_credit -= n
             self.add_punches(n)
+
+    def overwritten_unread(self) -> list[dict[str, Any]]:
+        """Truth rows of punches a full log with ``overwrite_oldest`` dropped before any client asked for the
+        attendance log after they were written: no reader could have them (a check on "lost" counts)."""
+        with self._lock:
+            return list(self._overwritten_unread)
 
     def clear_log(self) -> None:
         """Clear the attendance log (as at the keypad or by CMD_CLEAR_ATTLOG)."""
@@ -649,6 +667,8 @@ class SimDevice:
             layout = self.spec.user_layout if kind == "users" else self.spec.record_layout
             key = (self._cache_id, kind, layout, self._version)
             hit = DATASET_CACHE.get(key)
+            if kind == "attlog":
+                self._served = self._appended  # every entry now in the log was offered to a client
             if hit is not None:
                 return hit
             if kind == "users":

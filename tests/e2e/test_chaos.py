@@ -44,9 +44,11 @@ def test_chaos_short_soak_loses_duplicates_and_locks_nothing(pg_url: str, tmp_pa
 def test_chaos_plan_is_a_function_of_the_seed_and_scenarios_switch_by_name() -> None:
     assert make_plan(1234, 60, Scenarios()) == make_plan(1234, 60, Scenarios())
     assert make_plan(1234, 60, Scenarios()) != make_plan(1235, 60, Scenarios())
-    gaps = Scenarios().with_changes("gaps,-central_down")
+    gaps = Scenarios().with_changes("-gaps")
+    assert not (gaps.rolling or gaps.kill_clear or gaps.rtc_reset_repeat) and gaps.central_down
+    assert all(getattr(Scenarios(), n) for n in Scenarios.KNOWN_GAPS)  # fixed, so they run by default
+    gaps = Scenarios().with_changes("-gaps,gaps,-central_down")
     assert gaps.rolling and gaps.kill_clear and gaps.rtc_reset_repeat and not gaps.central_down
-    assert not any(getattr(Scenarios(), n) for n in Scenarios.KNOWN_GAPS)
     kinds = {e.kind for e in make_plan(7, 60, gaps)}
     assert {"kill_office", "cli_clear", "office_lock", "central_lock", "flap", "replace", "rtc_repeat",
             "keypad_clear"} <= kinds and "central_down" not in kinds
