@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from gateway.store import schema as s
+from simulators.zk.profiles import PROFILES
 from tests.support.config import DeviceEntry, make_config
-from tests.support.fleet import sim_spec, truth_keys
+from tests.support.fleet import DRIVER_READY_PROFILES, profile_spec, sim_spec, truth_keys
 from tests.support.gateway import RunningGateway, diff, stored_keys, table_rows
 
 
@@ -62,6 +63,34 @@ def test_mixed_fleet_matches_ground_truth_exactly_and_stays_enabled(
     assert len(runs) >= 15 and {r["outcome"] for r in runs} <= {"ok", "unchanged"}
     users = table_rows(db_url, s.device_users)
     assert {u["device_serial"] for u in users} == set(serials)
+
+
+@pytest.mark.timeout(180)
+def test_every_real_terminal_profile_on_each_of_its_transports_matches_ground_truth(
+        fleet, db_url: str, tmp_path: Path) -> None:
+    """The mixed-profile fleet (issue 9): real-terminal framings (UDP packet counters, 1008-byte TCP packets),
+    size-reply layouts and record layouts of each model, every transport it has, read exactly once."""
+    entries: list[DeviceEntry] = []
+    for n, profile in enumerate(DRIVER_READY_PROFILES):
+        for transport in ("tcp", "udp"):
+            if not PROFILES[profile].settings.get(transport, True):
+                continue  # the model has no such transport (x100c: UDP only)
+            sim = fleet.add(profile_spec(f"P-{profile}-{transport}".upper(), profile, records=300 + 37 * n,
+                                         seed=100 + 2 * n + (transport == "udp")))
+            entries.append(DeviceEntry(f"{profile}-{transport}", sim, transport))
+    config = make_config(db_url, entries, tmp_path)
+    ids = [e.id for e in entries]
+    serials = [e.sim.serial for e in entries]
+    with RunningGateway(config) as gw:
+        first = gw.poll_all(ids)
+        assert all(o.ok for o in first.values()), {k: (o.error_kind, o.error) for k, o in first.items()}
+        for e in entries:
+            e.sim.add_punches(5)
+        grown = gw.poll_all(ids)
+        assert {k: o.new_punches for k, o in grown.items()} == dict.fromkeys(ids, 5)
+        assert all(e.sim.enabled for e in entries)
+    truth = truth_keys(tmp_path / "truth.jsonl", serials)
+    assert stored_keys(db_url, serials) == truth, diff(truth, stored_keys(db_url, serials))
 
 
 @pytest.mark.timeout(120)
