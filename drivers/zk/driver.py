@@ -263,23 +263,13 @@ class _HookedZK(ZK):
             raise ZKErrorResponse(f"unexpected answer to 1503 (code {resp['code']}, {len(data)} bytes)")
         size = int(struct.unpack_from("<I", data, 1)[0])
         self._check_dataset_size(size)
-        if self.tcp:
-            tcpc = self.tcpc
-            assert tcpc is not None
-            tcpc.session_id, tcpc.reply_id = self._ZK__session_id, self._ZK__reply_id
-            try:
-                dataset = tcpc.read_dataset(size)
-            finally:
-                self._ZK__reply_id = tcpc.reply_id
-            self.free_data()
-            return dataset, size
-        udp = self.udp
-        assert udp is not None
-        udp.session_id, udp.reply_id = self._ZK__session_id, self._ZK__reply_id
+        channel = self.tcpc if self.tcp else self.udp
+        assert channel is not None
+        channel.session_id, channel.reply_id = self._ZK__session_id, self._ZK__reply_id
         try:
-            dataset = udp.read_dataset(size)
+            dataset = channel.read_dataset(size)
         finally:
-            self._ZK__reply_id = udp.reply_id
+            self._ZK__reply_id = channel.reply_id
         self.free_data()
         return dataset, size
 
