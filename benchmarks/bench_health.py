@@ -37,8 +37,10 @@ from gateway.health.monitor import HealthMonitor
 from gateway.health.tracker import HealthTracker
 from gateway.models import PollOutcome
 from gateway.services import AppContext
+from gateway.store.central import CentralStore
 from gateway.store.db import create_db_engine, upgrade
 from gateway.store.health import HealthRepo
+from gateway.store.outbox import Outbox
 from gateway.store.punches import Store
 from gateway.web import metrics
 from gateway.web.status import StatusView
@@ -97,7 +99,8 @@ def main() -> None:
                         args.polls)
 
         ctx = AppContext(config=config, store=store, health_repo=HealthRepo(engine, config.site.office_code),
-                         scheduler=BackgroundScheduler(), engine=engine, metrics_registry=CollectorRegistry())
+                         outbox=Outbox(engine, config.site.office_code), central_store=CentralStore(engine),
+                         scheduler=BackgroundScheduler(), metrics_registry=CollectorRegistry())
         monitor = HealthMonitor(ctx)
         ctx.health = monitor
         for svc in metrics.services(ctx):

@@ -1,0 +1,49 @@
+"""Every benchmark script still runs: each one once with tiny sizes, as a subprocess, checking it ends cleanly.
+
+Benchmarks are not timed here (figures come from running them by hand, docs/benchmarks.md); this only keeps
+them from rotting when the code they drive changes, which the type checker does not see (benchmarks/ is not
+in mypy's files).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+#: script -> tiny arguments, and a phrase its output must contain (it got to its figures).
+RUNS: dict[str, tuple[list[str], str]] = {
+    "bench_driver.py": (["--sizes", "1000", "--repeat", "1", "--pyzk-limit-s", "5", "--loss-records", "300",
+                         "--losses", "0.02", "--loss-repeat", "1"], "lossless"),
+    "bench_poll.py": (["--records", "1000", "--repeat", "2"], "cheaper"),
+    "bench_health.py": (["--devices", "10", "--polls", "100"], "/metrics"),
+    "bench_store.py": (["-n", "1000", "--baseline-n", "200"], "batch insert"),
+    "bench_simulator.py": (["--quick", "--devices", "10", "--fleet-records", "100"], "simulator RSS"),
+    "bench_forward.py": (["--punches", "200", "--baseline-punches", "20"], "speed-up from batching"),
+}
+
+
+#: Scripts that measure PostgreSQL too (they take the tests' throwaway server).
+NEEDS_PG = {"bench_store.py", "bench_forward.py"}
+
+
+def test_every_benchmark_script_is_covered() -> None:
+    assert sorted(RUNS) == sorted(p.name for p in (ROOT / "benchmarks").glob("bench_*.py"))
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("script", sorted(RUNS))
+def test_benchmark_runs_with_tiny_sizes(script: str, request: pytest.FixtureRequest) -> None:
+    args, marker = RUNS[script]
+    env = dict(os.environ)
+    if script in NEEDS_PG:
+        env["GW_TEST_PG_URL"] = request.getfixturevalue("pg_server_url")
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=200)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+    assert marker in res.stdout, res.stdout[-2000:]
