@@ -515,7 +515,7 @@ class ZkSession:
         self._closed = False
         self._live_stop = False
         #: Last GET_FREE_SIZES answer of this session.
-        self._sizes = records.FreeSizes()
+        self._sizes = Counts(records=0, users=0)
         #: Punches counts() had to download (unusable GET_FREE_SIZES), handed to the next read_punches().
         self._fallback_punches: list[RawPunch] | None = None
         #: uids of 8-byte punches that no downloaded user had, in the last read_punches().
@@ -626,11 +626,11 @@ class ZkSession:
                 frames=problem.frames,
             )
 
-    def _read_sizes(self) -> records.FreeSizes:
+    def _read_sizes(self) -> Counts:
         """GET_FREE_SIZES, decoded here (records.parse_free_sizes) for every layout firmware uses.
 
         pyzk's read_sizes silently keeps old values for a reply under 80 bytes; here an unusable
-        answer comes back with ``problem`` set and pyzk's attributes at -1 (so a count comparison,
+        answer comes back with ``unreliable`` set and pyzk's attributes at -1 (so a count comparison,
         e.g. clear_punches(expected_records), can never match it).
         """
         zk = self._zk
@@ -642,13 +642,13 @@ class ZkSession:
             return bytes(zk._ZK__data)
 
         sizes = records.parse_free_sizes(self._call("read sizes", ask))
-        if sizes.problem:
-            log.warning("%s: %s; counting by downloading the log", self._driver.where, sizes.problem)
+        if sizes.unreliable:
+            log.warning("%s: %s; counting by downloading the log", self._driver.where, sizes.unreliable)
             zk.users = zk.records = zk.fingers = zk.rec_cap = zk.users_cap = zk.fingers_cap = -1
             zk.faces = zk.faces_cap = 0
         else:
             zk.users, zk.records, zk.fingers = sizes.users, sizes.records, sizes.fingers
-            zk.rec_cap, zk.users_cap, zk.fingers_cap = sizes.rec_cap, sizes.users_cap, sizes.fingers_cap
+            zk.rec_cap, zk.users_cap, zk.fingers_cap = sizes.records_cap, sizes.users_cap, sizes.fingers_cap
             zk.faces, zk.faces_cap = sizes.faces, sizes.faces_cap
         self._sizes = sizes
         return sizes
@@ -656,7 +656,7 @@ class ZkSession:
     def _limit_for(self, record_bytes: int, count: int, cap: int) -> int:
         """Bound of a dataset of ``count`` records (capacity ``cap``) of at most ``record_bytes`` each."""
         limit = self._quirks.max_download_bytes
-        if not self._sizes.problem and (cap or count):
+        if not self._sizes.unreliable and (cap or count):
             limit = min(limit, 4 + record_bytes * max(cap, count) + record_bytes * 64)  # + slack for arrivals
         return limit
 
@@ -731,22 +731,13 @@ class ZkSession:
         follows in the same session) and ``Counts.unreliable`` says why.
         """
         sizes = self._read_sizes()
-        if sizes.problem:
+        if sizes.unreliable:
             self._fallback_punches = None
             punches = self._read_punches(None)
             self._fallback_punches = punches
             return Counts(records=len(punches), users=max(self._driver._users_count or 0, 0),
-                          unreliable=sizes.problem)
-        return Counts(
-            records=sizes.records,
-            users=sizes.users,
-            records_cap=sizes.rec_cap,
-            users_cap=sizes.users_cap,
-            fingers=sizes.fingers,
-            fingers_cap=sizes.fingers_cap,
-            faces=sizes.faces,
-            faces_cap=sizes.faces_cap,
-        )
+                          unreliable=sizes.unreliable)
+        return sizes
 
     def read_punches(self) -> list[RawPunch]:
         """Download and decode the whole attendance log, in device order (linear time)."""
@@ -754,9 +745,9 @@ class ZkSession:
         if cached is not None:
             return cached  # downloaded by counts() of this session (unusable GET_FREE_SIZES)
         sizes = self._read_sizes_disabled()
-        return self._read_punches(None if sizes.problem else sizes.records, disabled=True)
+        return self._read_punches(None if sizes.unreliable else sizes.records, disabled=True)
 
-    def _read_sizes_disabled(self) -> records.FreeSizes:
+    def _read_sizes_disabled(self) -> Counts:
         self._disable()
         return self._read_sizes()
 
@@ -767,12 +758,12 @@ class ZkSession:
         if not disabled:
             self._disable()
         sizes = self._sizes
-        users_now = -1 if sizes.problem else sizes.users
+        users_now = -1 if sizes.unreliable else sizes.users
         if expected == 0:
             # pyzk convention (and the devices'): no download when the log is empty.
             self._enable()
             return []
-        limit = self._limit_for(40, expected or 0, sizes.rec_cap)
+        limit = self._limit_for(40, expected or 0, sizes.records_cap)
         data = self._download("download attendance log", zk_const.CMD_ATTLOG_RRQ, limit=limit)
         with drv._lock:
             drv.stats.log_downloads += 1

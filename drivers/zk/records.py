@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from functools import lru_cache
 
-from drivers.base import DeviceUser, RawPunch
+from drivers.base import Counts, DeviceUser, RawPunch
 
 #: Attendance record sizes the ZK firmware families use (§2.10).
 RECORD_SIZES: tuple[int, ...] = (8, 16, 40)
@@ -301,43 +301,32 @@ def choose_record_size(
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class FreeSizes:
-    """Counts and capacities from a GET_FREE_SIZES answer; ``problem`` non-empty = not usable."""
-
-    records: int = 0
-    users: int = 0
-    fingers: int = 0
-    rec_cap: int = 0
-    users_cap: int = 0
-    fingers_cap: int = 0
-    faces: int = 0
-    faces_cap: int = 0
-    problem: str = ""
-
-
 _SIZES80 = struct.Struct("<20i")
 
 
-def parse_free_sizes(payload: bytes) -> FreeSizes:
+def parse_free_sizes(payload: bytes) -> Counts:
     """Decode a GET_FREE_SIZES payload: 80 bytes (K20), 92 (with faces), longer layouts (112 on newer
     face terminals: the first 92 bytes keep their meaning). Shorter (4 zero bytes on some face
-    terminals) or negative/impossible values -> ``problem`` says why; nothing here raises."""
+    terminals) or negative/impossible values -> ``Counts.unreliable`` says why (counts 0); nothing here raises."""
     if len(payload) < 80:
-        return FreeSizes(problem=f"GET_FREE_SIZES answered with {len(payload)} bytes (80 or more expected)")
+        return _unusable(f"GET_FREE_SIZES answered with {len(payload)} bytes (80 or more expected)")
     f = _SIZES80.unpack_from(payload, 0)
     faces = faces_cap = 0
     if len(payload) >= 92:
         faces, _zero, faces_cap = struct.unpack_from("<3i", payload, 80)
-    sizes = FreeSizes(records=f[8], users=f[4], fingers=f[6], rec_cap=f[16], users_cap=f[15],
-                      fingers_cap=f[14], faces=faces, faces_cap=faces_cap)
-    values = (sizes.records, sizes.users, sizes.fingers, sizes.rec_cap, sizes.users_cap, sizes.fingers_cap,
+    sizes = Counts(records=f[8], users=f[4], fingers=f[6], records_cap=f[16], users_cap=f[15],
+                   fingers_cap=f[14], faces=faces, faces_cap=faces_cap)
+    values = (sizes.records, sizes.users, sizes.fingers, sizes.records_cap, sizes.users_cap, sizes.fingers_cap,
               sizes.faces, sizes.faces_cap)
     if min(values) < 0:
-        return FreeSizes(problem=f"GET_FREE_SIZES reports negative counts {values}")
-    if sizes.rec_cap and sizes.records > sizes.rec_cap:
-        return FreeSizes(problem=f"GET_FREE_SIZES reports {sizes.records} records for a capacity of {sizes.rec_cap}")
+        return _unusable(f"GET_FREE_SIZES reports negative counts {values}")
+    if sizes.records_cap and sizes.records > sizes.records_cap:
+        return _unusable(f"GET_FREE_SIZES reports {sizes.records} records for a capacity of {sizes.records_cap}")
     return sizes
+
+
+def _unusable(why: str) -> Counts:
+    return Counts(records=0, users=0, unreliable=why)
 
 
 # ---------------------------------------------------------------------------------------------

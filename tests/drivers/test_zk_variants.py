@@ -16,11 +16,11 @@ T = encode_time(2026, 11, 3, 7, 45, 0)
 
 def test_free_sizes_from_captures() -> None:
     k20 = records.parse_free_sizes(cap.PYZK_TCP_SIZES_80[16:])
-    assert (k20.users, k20.records, k20.problem) == (70, 3225, "")
+    assert (k20.users, k20.records, k20.unreliable) == (70, 3225, "")
     f18 = records.parse_free_sizes(cap.F18_SIZES_PAYLOAD_92)
-    assert (f18.users, f18.fingers, f18.records, f18.rec_cap, f18.faces) == (3, 3, 58, 100000, 0)
+    assert (f18.users, f18.fingers, f18.records, f18.records_cap, f18.faces) == (3, 3, 58, 100000, 0)
     longer = records.parse_free_sizes(cap.F18_SIZES_PAYLOAD_92 + b"\x07" * 20)  # 112-byte layout
-    assert (longer.records, longer.problem) == (58, "")
+    assert (longer.records, longer.unreliable) == (58, "")
 
 
 @pytest.mark.parametrize("payload,why", [
@@ -29,7 +29,7 @@ def test_free_sizes_from_captures() -> None:
     (struct.pack("<20i", *([0] * 8 + [900] + [0] * 7 + [100] + [0] * 3)), "capacity of 100"),
 ])
 def test_free_sizes_unusable(payload: bytes, why: str) -> None:
-    assert why in records.parse_free_sizes(payload).problem
+    assert why in records.parse_free_sizes(payload).unreliable
 
 
 def test_live_event_forms_from_captures() -> None:
