@@ -9,7 +9,7 @@ This module imports nothing from gateway/ and nothing device specific.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -85,6 +85,24 @@ class RawPunch:
     raw_time: int = -1
 
 
+#: Progress of a long download: ``progress(records_read, records_expected)``; expected is 0 when unknown.
+#: Called from the polling thread, at most a few times per second; it must be cheap and must not raise.
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class LogPosition:
+    """Where an earlier read of a terminal's log ended: what a tail read starts from and proves.
+
+    ``records`` is how many records the log held at that read; ``last`` is the last of them (index
+    ``records - 1``). A tail read re-reads that record: if it is not ``last`` any more, the log was
+    cleared, rolled or rewritten since, and only a full download is safe.
+    """
+
+    records: int
+    last: RawPunch
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceUser:
     """A user enrolled on a terminal."""
@@ -116,16 +134,21 @@ class Session(Protocol):
     session disabled it, whatever failed inside.
     """
 
-    def info(self) -> DeviceInfo:
-        """Serial, firmware, model and device clock."""
+    def info(self, *, clock: bool = True) -> DeviceInfo:
+        """Serial, firmware, model and (``clock=True``) the device clock.
+
+        ``clock=False`` skips reading the device clock (``device_time`` is None): one round trip less for a
+        poll that does not need it. A driver may serve firmware/platform/name/MAC from its cache of the
+        same serial; the serial itself is read from the device every session (it is the identity check).
+        """
         ...
 
     def counts(self) -> Counts:
         """Record/user counts and capacities (cheap; no log download)."""
         ...
 
-    def read_punches(self) -> list[RawPunch]:
-        """Download the whole attendance log, in device order."""
+    def read_punches(self, progress: Progress | None = None) -> list[RawPunch]:
+        """Download the whole attendance log, in device order. ``progress`` is told how far it got."""
         ...
 
     @property
@@ -195,6 +218,20 @@ class ReadsUsers(Protocol):
     """Optional session ability: download the enrolled users."""
 
     def read_users(self) -> list[DeviceUser]: ...
+
+
+@runtime_checkable
+class ReadsNewPunches(Protocol):
+    """Optional session ability: read only the records added since an earlier read (a tail read).
+
+    Returns the records after the first ``known.records`` of the log, in device order (the overlap record
+    itself is not returned), after checking that record ``known.records - 1`` is still ``known.last``.
+    Returns None when that proof fails or the log holds fewer records than ``known.records`` (cleared,
+    rolled over, rewritten): the caller must then download the whole log. Costs a transfer of the new
+    records plus one, not of the whole log.
+    """
+
+    def read_punches_after(self, known: LogPosition, progress: Progress | None = None) -> list[RawPunch] | None: ...
 
 
 @runtime_checkable
@@ -304,8 +341,11 @@ __all__ = [
     "EnablesDevice",
     "IdentityMismatch",
     "LiveEvent",
+    "LogPosition",
+    "Progress",
     "ProtocolError",
     "RawPunch",
+    "ReadsNewPunches",
     "ReadsUsers",
     "Session",
     "SetsClock",

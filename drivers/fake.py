@@ -25,6 +25,7 @@ from drivers.base import (
     DeviceUser,
     IdentityMismatch,
     LiveEvent,
+    Progress,
     RawPunch,
 )
 
@@ -188,12 +189,12 @@ class FakeSession:
         """Simulated wire bytes received in this session."""
         return self._bytes
 
-    def info(self) -> DeviceInfo:
-        """Identity and clock."""
+    def info(self, *, clock: bool = True) -> DeviceInfo:
+        """Identity and (``clock``) the device clock."""
         d = self._op("info")
         self._bytes += 64
         with self._driver.lock:
-            return DeviceInfo(d.serial, d.firmware, d.platform, d.device_name, d.mac, d.now())
+            return DeviceInfo(d.serial, d.firmware, d.platform, d.device_name, d.mac, d.now() if clock else None)
 
     def counts(self) -> Counts:
         """Counts and capacities."""
@@ -209,7 +210,7 @@ class FakeSession:
                 users_cap=d.users_cap,
             )
 
-    def read_punches(self) -> list[RawPunch]:
+    def read_punches(self, progress: Progress | None = None) -> list[RawPunch]:
         """The whole log, in device order (device disabled meanwhile, like ZkDriver)."""
         drv = self._driver
         with drv.lock:
@@ -220,6 +221,8 @@ class FakeSession:
             out = list(d.punches)
             d.enabled = True
         self._bytes += 4 + d.record_bytes * len(out)
+        if progress is not None:
+            progress(len(out), len(out))
         return out
 
     def read_users(self) -> list[DeviceUser]:

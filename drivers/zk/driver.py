@@ -39,6 +39,7 @@ from drivers.base import (
     DriverError,
     IdentityMismatch,
     LiveEvent,
+    Progress,
     ProtocolError,
     RawPunch,
     Unreachable,
@@ -696,8 +697,8 @@ class ZkSession:
         wire = self._zk.wire
         return wire.bytes_read if wire is not None else 0
 
-    def info(self) -> DeviceInfo:
-        """Serial, firmware, platform, name, MAC and device clock."""
+    def info(self, *, clock: bool = True) -> DeviceInfo:
+        """Serial, firmware, platform, name, MAC and (``clock``) the device clock."""
         zk = self._zk
         firmware = self._call("read firmware version", zk.get_firmware_version)
         platform = self._optional("read platform", zk.get_platform)
@@ -711,7 +712,7 @@ class ZkSession:
                 # Impossible date in the RTC: pyzk's datetime() fails after the whole reply was read.
                 return None
 
-        device_time = self._call("read device time", get_time)
+        device_time = self._call("read device time", get_time) if clock else None
         return DeviceInfo(self._serial, firmware, platform, name, mac, device_time)
 
     def _optional(self, what: str, fn: Callable[[], str]) -> str:
@@ -739,7 +740,7 @@ class ZkSession:
                           unreliable=sizes.unreliable)
         return sizes
 
-    def read_punches(self) -> list[RawPunch]:
+    def read_punches(self, progress: Progress | None = None) -> list[RawPunch]:
         """Download and decode the whole attendance log, in device order (linear time)."""
         cached, self._fallback_punches = self._fallback_punches, None
         if cached is not None:

@@ -70,6 +70,9 @@ class DeviceState:
     last_full_read_at: datetime | None
     last_ok_at: datetime | None
     last_punch_at: datetime | None
+    #: Opaque text the poller saved with its last successful read (gateway.polling: where a tail read
+    #: starts); None when never saved or the serial changed since.
+    log_position: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,14 +232,19 @@ class Store:
             row = conn.execute(select(d.pk, d.device_id, d.serial, d.firmware, d.last_record_count,
                                       d.last_user_count, d.last_full_read_at, d.last_ok_at, d.last_punch_at)
                                .where(d.office_code == self.office_code, d.device_id == device_id)).first()
-        if row is None:
-            raise KeyError(device_id)
-        return DeviceState(*row)
+            if row is None:
+                raise KeyError(device_id)
+            position = conn.execute(select(s.kv.c.value).where(
+                s.kv.c.key == _position_key(row.serial))).scalar() if row.serial else None
+        return DeviceState(*row, log_position=position)
 
     # -- polls -----------------------------------------------------------------------------------
     def save_poll(self, outcome: PollOutcome, punches: Sequence[Punch] = (), *, forward: bool = False,
-                  address: tuple[str, int] | None = None) -> SaveResult:
+                  address: tuple[str, int] | None = None, log_position: str | None = None) -> SaveResult:
         """Store one poll's result in ONE transaction: new punches (+ outbox rows), device row, poll run.
+
+        ``log_position`` (opaque poller text) is saved for ``outcome.serial`` in the same transaction, so
+        it never runs ahead of the punches it describes; ``device_state().log_position`` returns it.
 
         Called for failed polls too (punches empty) so poll history and last_seen stay exact.
         Only after this returns are the punches durable; nothing may be deleted from a device before.
@@ -289,6 +297,8 @@ class Store:
             conn.execute(update(s.devices).where(d.pk == pk).values(**values))
             if info is not None and address is not None:
                 self._touch_identity(conn, pk, info.serial, address, info.firmware, outcome.finished_at)
+            if log_position is not None and outcome.serial:
+                _set_kv(conn, _position_key(outcome.serial), log_position, now)
             conn.execute(s.poll_runs.insert().values(
                 device_pk=pk, serial=outcome.serial, started_at=outcome.started_at,
                 finished_at=outcome.finished_at, duration_s=outcome.duration_s,
@@ -458,6 +468,15 @@ class Store:
         return "checkpoint"
 
 
+def _position_key(serial: str) -> str:
+    return f"log_position:{serial}"
+
+
+def _set_kv(conn: Connection, key: str, value: str, now: datetime) -> None:
+    if not conn.execute(update(s.kv).where(s.kv.c.key == key).values(value=value, updated_at=now)).rowcount:
+        conn.execute(s.kv.insert().values(key=key, value=value, updated_at=now))
+
+
 def _epoch_key(serial: str) -> str:
     return f"log_epoch:{serial}"
 
@@ -474,10 +493,7 @@ def _log_epoch(conn: Connection, serial: str) -> int:
 def _bump_log_epoch(conn: Connection, serial: str) -> int:
     """Next log epoch of the device, inside the caller's transaction; returns it."""
     epoch = _log_epoch(conn, serial) + 1
-    now = utcnow()
-    if not conn.execute(update(s.kv).where(s.kv.c.key == _epoch_key(serial))
-                        .values(value=str(epoch), updated_at=now)).rowcount:
-        conn.execute(s.kv.insert().values(key=_epoch_key(serial), value=str(epoch), updated_at=now))
+    _set_kv(conn, _epoch_key(serial), str(epoch), utcnow())
     return epoch
 
 
