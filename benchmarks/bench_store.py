@@ -22,7 +22,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -256,7 +256,7 @@ def bench_concurrent(report: Report, url: str, threads: int, polls_each: int, po
                            "\"database is locked\" errors", measured=len(locked), goal=0, unit="errors",
                            detail=f"{len(other)} other errors; {threads}x{polls_each} polls of {poll_size}")
         else:
-            report.figure("sqlite.concurrent.locked.baseline", f"sqlite: the same without the writer (baseline), "
+            report.figure("sqlite.concurrent.locked.baseline", "sqlite: the same without the writer (baseline), "
                           "\"database is locked\" errors", measured=len(locked), unit="errors",
                           detail=f"{len(other)} other errors{': ' + other[0] if other else ''}")
         report.figure(f"sqlite.concurrent.{label}.polls_per_s", f"sqlite: polls saved/s with {threads} threads "

@@ -34,6 +34,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
+from operator import attrgetter
 from typing import Any
 
 from sqlalchemy import Engine, Insert, Select, Table, func, select, update
@@ -176,24 +177,8 @@ def _not_stored(conn: Connection, punches: list[Punch]) -> list[Punch]:
     stored under another device id or instant, one without an instant, one stored concurrently) is left
     to the insert's ON CONFLICT DO NOTHING, so this only saves work and never decides alone.
     """
-    spans: dict[tuple[str, str, str], list[datetime]] = {}
-    for p in punches:
-        at = p.utc_time
-        if at is None:
-            continue
-        if at.tzinfo is None:
-            raise _naive_utc_error(p)
-        group = (p.office_code, p.device_id, p.device_serial)
-        span = spans.get(group)
-        if span is None:
-            if len(spans) >= PREFETCH_MAX_GROUPS:
-                return punches
-            spans[group] = [at, at]
-        elif at < span[0]:
-            span[0] = at
-        elif at > span[1]:
-            span[1] = at
-    if not spans:
+    groups = {(p.office_code, p.device_id, p.device_serial) for p in punches}
+    if len(groups) > PREFETCH_MAX_GROUPS:
         return punches
     sqlite = conn.dialect.name == "sqlite"
     # SQLite's planner (no statistics) would pick the unique key's two equal columns and walk the device's
@@ -205,15 +190,35 @@ def _not_stored(conn: Connection, punches: list[Punch]) -> list[Punch]:
            "WHERE device_id = %s AND utc_time >= %s AND utc_time <= %s AND office_code = %s AND device_serial = %s")
     stored: dict[tuple[str, str, str], set[tuple[str, str, int]]] = {}
     with _dbapi_cursor(conn, sql) as cur:
-        for (office, device, serial), (lo, hi) in spans.items():
-            bounds = (_sqlite_utc(lo), _sqlite_utc(hi)) if sqlite else (lo, hi)
-            cur.execute(sql, (device, *bounds, office, serial))
-            stored[(office, device, serial)] = set(cur.fetchall())
-    if not any(stored.values()):
+        for group in groups:
+            members = punches if len(groups) == 1 else [p for p in punches if _group(p) == group]
+            instants = [p.utc_time for p in members if p.utc_time is not None]
+            if not instants:
+                continue
+            try:
+                lo, hi = min(instants), max(instants)
+            except TypeError:  # naive and aware instants mixed
+                lo = hi = next(t for t in instants if t.tzinfo is None)
+            if lo.tzinfo is None:
+                raise ValueError(f"naive utc_time {lo!r} in a punch of {group}; attach a time zone first")
+            office, device, serial = group
+            cur.execute(sql, (device, *((_sqlite_utc(lo), _sqlite_utc(hi)) if sqlite else (lo, hi)), office, serial))
+            found = set(cur.fetchall())
+            if found:
+                stored[group] = found
+    if not stored:
         return punches
+    key = attrgetter("device_user_id", "device_time", "occurrence")
+    if len(groups) == 1:
+        # Any punch whose key is among the stored ones is stored, whatever its instant.
+        known = stored[next(iter(groups))]
+        return [p for p in punches if key(p) not in known]
     nothing: set[tuple[str, str, int]] = set()
-    return [p for p in punches if p.utc_time is None or (p.device_user_id, p.device_time, p.occurrence)
-            not in stored.get((p.office_code, p.device_id, p.device_serial), nothing)]
+    return [p for p in punches if key(p) not in stored.get(_group(p), nothing)]
+
+
+def _group(p: Punch) -> tuple[str, str, str]:
+    return (p.office_code, p.device_id, p.device_serial)
 
 
 def _sqlite_utc(value: datetime | None) -> str | None:
