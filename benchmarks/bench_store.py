@@ -18,6 +18,7 @@ writer: "database is locked" errors (goal 0) and polls saved per second.
 from __future__ import annotations
 
 import os
+import queue
 import sys
 import tempfile
 import threading
@@ -134,6 +135,63 @@ def unserialized_writer() -> Iterator[None]:
         store_db._write_lock = lock
 
 
+class GroupCommitWriter:
+    """The alternative to the store's writer lock, for comparison only (not in the product): ONE thread runs
+    every caller's save_poll, up to ``max_group`` queued polls in one transaction, each in its own SAVEPOINT
+    (a failing poll rolls back alone and gets its own error); callers return after the group committed."""
+
+    def __init__(self, store: Store, max_group: int = 64) -> None:
+        self.store, self.max_group = store, max_group
+        self.jobs: queue.Queue[list[Any] | None] = queue.Queue()
+        self.groups = 0
+        self.thread = threading.Thread(target=self._run, name="bench-group-writer")
+        self.thread.start()
+
+    def save_poll(self, outcome: PollOutcome, punches: list[Punch], **kw: Any) -> Any:
+        job: list[Any] = [outcome, punches, kw, threading.Event(), None, None]
+        self.jobs.put(job)
+        job[3].wait()
+        if job[5] is not None:
+            raise job[5]
+        return job[4]
+
+    def close(self) -> None:
+        self.jobs.put(None)
+        self.thread.join()
+
+    def _run(self) -> None:
+        write = store_db.writer(self.store.engine)
+        stop = False
+        while not stop:
+            first = self.jobs.get()
+            if first is None:
+                return
+            group = [first]
+            while len(group) < self.max_group:
+                try:
+                    job = self.jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    stop = True
+                    break
+                group.append(job)
+            self.groups += 1
+            try:
+                with write.begin() as conn:
+                    for job in group:
+                        try:
+                            with conn.begin_nested():
+                                job[4] = self.store._save_poll_in(conn, job[0], job[1], **job[2])
+                        except Exception as exc:
+                            job[5] = exc
+            except Exception as exc:
+                for job in group:
+                    job[5] = job[5] or exc
+            for job in group:
+                job[3].set()
+
+
 # -- workload -------------------------------------------------------------------------------------------
 
 def make_punches(n: int, serial: str, device_id: str, start: int = 0) -> list[Punch]:
@@ -221,7 +279,7 @@ def bench_engine(report: Report, label: str, url: str, n: int, poll_size: int, p
 def bench_concurrent(report: Report, url: str, threads: int, polls_each: int, poll_size: int,
                      label: str) -> None:
     """``threads`` pollers, each saving ``polls_each`` polls of ``poll_size`` new punches, all at once."""
-    engine = create_db_engine(url, pool_size=10)
+    engine = create_db_engine(url, pool_size=64)  # what the daemon gives 60+ polling workers
     try:
         upgrade(engine)
         devices = [f"t{i}" for i in range(threads)]
@@ -230,13 +288,17 @@ def bench_concurrent(report: Report, url: str, threads: int, polls_each: int, po
         other: list[str] = []
         start = threading.Barrier(threads + 1)
 
+        group = GroupCommitWriter(store) if label == "group" else None
+        save = group.save_poll if group is not None else store.save_poll
+
         def work(i: int) -> None:
             device = devices[i]
+            batches = [make_punches(poll_size, f"SN-{label}-{device}", device, start=k * poll_size)
+                       for k in range(polls_each)]
             start.wait()
-            for k in range(polls_each):
-                batch = make_punches(poll_size, f"SN-{label}-{device}", device, start=k * poll_size)
+            for k, batch in enumerate(batches):
                 try:
-                    store.save_poll(outcome(device, f"SN-{label}-{device}", (k + 1) * poll_size), batch, forward=True)
+                    save(outcome(device, f"SN-{label}-{device}", (k + 1) * poll_size), batch, forward=True)
                 except StorageError as exc:
                     (locked if "database is locked" in str(exc) else other).append(str(exc.orig)[:80])
                 except Exception as exc:  # the pool's own timeout when the connections are all held
@@ -250,7 +312,15 @@ def bench_concurrent(report: Report, url: str, threads: int, polls_each: int, po
         for t in pool:
             t.join()
         elapsed = time.perf_counter() - t0
+        if group is not None:
+            group.close()
         saved = threads * polls_each - len(locked) - len(other)
+        if label == "group":
+            report.figure("sqlite.concurrent.group.polls_per_s", f"sqlite: polls saved/s with {threads} threads "
+                          "(group commit, not in the product: comparison)", measured=rate(saved, elapsed),
+                          unit="polls/s", detail=f"{saved} saved in {elapsed:.1f} s, {group.groups if group else 0} "
+                          f"transactions; errors: {len(locked)} locked, {len(other)} other")
+            return
         if label == "writer":
             report.at_most("sqlite.concurrent.locked", f"sqlite: {threads} threads saving polls at once, "
                            "\"database is locked\" errors", measured=len(locked), goal=0, unit="errors",
@@ -260,7 +330,7 @@ def bench_concurrent(report: Report, url: str, threads: int, polls_each: int, po
                           "\"database is locked\" errors", measured=len(locked), unit="errors",
                           detail=f"{len(other)} other errors{': ' + other[0] if other else ''}")
         report.figure(f"sqlite.concurrent.{label}.polls_per_s", f"sqlite: polls saved/s with {threads} threads "
-                      f"({'writer' if label == 'writer' else 'baseline, no writer'})",
+                      f"({'writer lock' if label == 'writer' else 'baseline, no writer'})",
                       measured=rate(saved, elapsed), unit="polls/s", detail=f"{saved} saved in {elapsed:.1f} s")
     finally:
         engine.dispose()
@@ -272,22 +342,25 @@ def main() -> None:
         ap.add_argument("--poll-size", type=int, default=None, help="punches per small poll (1000)")
         ap.add_argument("--polls", type=int, default=None, help="small polls per pass (50)")
         ap.add_argument("--threads", type=int, default=None, help="concurrent pollers on SQLite (256)")
+        ap.add_argument("--concurrent-poll-size", type=int, default=None,
+                        help="punches per poll of each concurrent poller (500; 2 polls each)")
 
     args = bench_args(__doc__, extra=extra)
     n = args.n or (2_000 if args.quick else 100_000)
     poll_size = args.poll_size or (100 if args.quick else 1_000)
     polls = args.polls or (3 if args.quick else 50)
     threads = args.threads or (16 if args.quick else 256)
-    polls_each = 2 if args.quick else 4
+    concurrent_size = args.concurrent_poll_size or (10 if args.quick else 500)
     setup_logging("console", "warning")
     report = Report("bench_store", quick=args.quick)
-    print(f"fpgw store benchmark: {n:,} punches; {polls} polls of {poll_size:,}; {threads} threads (machine shared: "
-          "compare ratios)")
+    print(f"fpgw store benchmark: {n:,} punches; {polls} polls of {poll_size:,}; {threads} threads x 2 polls of "
+          f"{concurrent_size:,} (compare ratios: absolute figures vary with the machine's load)")
     with tempfile.TemporaryDirectory() as tmp:
         bench_engine(report, "sqlite", f"sqlite:///{Path(tmp) / 'bench.db'}", n, poll_size, polls)
-        bench_concurrent(report, f"sqlite:///{Path(tmp) / 'writer.db'}", threads, polls_each, 10, "writer")
+        bench_concurrent(report, f"sqlite:///{Path(tmp) / 'writer.db'}", threads, 2, concurrent_size, "writer")
+        bench_concurrent(report, f"sqlite:///{Path(tmp) / 'group.db'}", threads, 2, concurrent_size, "group")
         with unserialized_writer():
-            bench_concurrent(report, f"sqlite:///{Path(tmp) / 'nowriter.db'}", threads, polls_each, 10, "baseline")
+            bench_concurrent(report, f"sqlite:///{Path(tmp) / 'nowriter.db'}", threads, 2, concurrent_size, "baseline")
     pg = os.environ.get("GW_TEST_PG_URL")
     if pg:
         with fresh_database(pg, prefix="fpgw_bench") as url:

@@ -399,60 +399,67 @@ class Store:
         Called for failed polls too (punches empty) so poll history and last_seen stay exact.
         Only after this returns are the punches durable; nothing may be deleted from a device before.
         """
+        with self._writer.begin() as conn:
+            return self._save_poll_in(conn, outcome, punches, forward=forward, address=address,
+                                      log_position=log_position)
+
+    def _save_poll_in(self, conn: Connection, outcome: PollOutcome, punches: Sequence[Punch] = (), *,
+                      forward: bool = False, address: tuple[str, int] | None = None,
+                      log_position: str | None = None) -> SaveResult:
+        """save_poll inside the caller's write transaction (writer(engine)); durable only once it commits."""
         now = utcnow()
         d = s.devices.c
-        with self._writer.begin() as conn:
-            pk = conn.execute(select(d.pk).where(d.office_code == self.office_code,
-                                                 d.device_id == outcome.device_id)).scalar_one()
-            counts = outcome.counts
-            if outcome.ok and outcome.serial and counts is not None and outcome.previous_serial is None \
-                    and not outcome.cleared_records:
-                prev_count = conn.execute(select(d.last_record_count).where(d.pk == pk)).scalar_one()
-                if prev_count is not None and counts.records < prev_count:
-                    # Cleared at the keypad: the refilled log numbers its same-time records from 1 again.
-                    _bump_log_epoch(conn, outcome.serial)
-            as_stored: dict[PunchKey, PunchKey] = {}
-            if outcome.serial and any(p.occurrence for p in punches):
-                punches, as_stored = _in_epoch(punches, _log_epoch(conn, outcome.serial))
-            new_rows = _insert_punch_rows(conn, punches, received_at=now,
-                                          outbox_at=now if forward else None) if punches else []
-            new_ids = [r[0] for r in new_rows]
-            # Every punch of the batch is stored now (new or from an earlier poll).
-            newest = _newest_valid(punches)
-            values: dict[str, Any] = {"updated_at": now}
-            info = outcome.info
-            if info is not None or counts is not None:
-                values["last_seen_at"] = outcome.finished_at
-            if info is not None:
-                values.update(serial=info.serial, firmware=info.firmware or None, platform=info.platform or None,
-                              device_name=info.device_name or None, mac=info.mac or None)
-            if outcome.clock_skew_s is not None:
-                values["clock_skew_s"] = outcome.clock_skew_s
-            if counts is not None and outcome.ok:
-                values.update(last_record_count=counts.records, last_user_count=counts.users,
-                              records_cap=counts.records_cap or None, users_cap=counts.users_cap or None)
-            if outcome.ok:
-                values["last_ok_at"] = outcome.finished_at
-                if outcome.mode == "full":
-                    values["last_full_read_at"] = outcome.finished_at
-            if new_ids:
-                values["last_new_punch_at"] = outcome.finished_at
-            if newest is not None:
-                prev = conn.execute(select(d.last_punch_at).where(d.pk == pk)).scalar_one()
-                if prev is None or newest > prev:
-                    values["last_punch_at"] = newest
-            conn.execute(update(s.devices).where(d.pk == pk).values(**values))
-            if info is not None and address is not None:
-                self._touch_identity(conn, pk, info.serial, address, info.firmware, outcome.finished_at)
-            if log_position is not None and outcome.serial:
-                _set_kv(conn, _position_key(outcome.serial), log_position, now)
-            conn.execute(s.poll_runs.insert().values(
-                device_pk=pk, serial=outcome.serial, started_at=outcome.started_at,
-                finished_at=outcome.finished_at, duration_s=outcome.duration_s,
-                outcome=_run_outcome(outcome),
-                mode=outcome.mode if outcome.mode != "none" else "count",
-                records_on_device=counts.records if counts else None, records_read=outcome.records_read,
-                new_records=len(new_ids), bytes_read=outcome.bytes_read, error=outcome.error))
+        pk = conn.execute(select(d.pk).where(d.office_code == self.office_code,
+                                             d.device_id == outcome.device_id)).scalar_one()
+        counts = outcome.counts
+        if outcome.ok and outcome.serial and counts is not None and outcome.previous_serial is None \
+                and not outcome.cleared_records:
+            prev_count = conn.execute(select(d.last_record_count).where(d.pk == pk)).scalar_one()
+            if prev_count is not None and counts.records < prev_count:
+                # Cleared at the keypad: the refilled log numbers its same-time records from 1 again.
+                _bump_log_epoch(conn, outcome.serial)
+        as_stored: dict[PunchKey, PunchKey] = {}
+        if outcome.serial and any(p.occurrence for p in punches):
+            punches, as_stored = _in_epoch(punches, _log_epoch(conn, outcome.serial))
+        new_rows = _insert_punch_rows(conn, punches, received_at=now,
+                                      outbox_at=now if forward else None) if punches else []
+        new_ids = [r[0] for r in new_rows]
+        # Every punch of the batch is stored now (new or from an earlier poll).
+        newest = _newest_valid(punches)
+        values: dict[str, Any] = {"updated_at": now}
+        info = outcome.info
+        if info is not None or counts is not None:
+            values["last_seen_at"] = outcome.finished_at
+        if info is not None:
+            values.update(serial=info.serial, firmware=info.firmware or None, platform=info.platform or None,
+                          device_name=info.device_name or None, mac=info.mac or None)
+        if outcome.clock_skew_s is not None:
+            values["clock_skew_s"] = outcome.clock_skew_s
+        if counts is not None and outcome.ok:
+            values.update(last_record_count=counts.records, last_user_count=counts.users,
+                          records_cap=counts.records_cap or None, users_cap=counts.users_cap or None)
+        if outcome.ok:
+            values["last_ok_at"] = outcome.finished_at
+            if outcome.mode == "full":
+                values["last_full_read_at"] = outcome.finished_at
+        if new_ids:
+            values["last_new_punch_at"] = outcome.finished_at
+        if newest is not None:
+            prev = conn.execute(select(d.last_punch_at).where(d.pk == pk)).scalar_one()
+            if prev is None or newest > prev:
+                values["last_punch_at"] = newest
+        conn.execute(update(s.devices).where(d.pk == pk).values(**values))
+        if info is not None and address is not None:
+            self._touch_identity(conn, pk, info.serial, address, info.firmware, outcome.finished_at)
+        if log_position is not None and outcome.serial:
+            _set_kv(conn, _position_key(outcome.serial), log_position, now)
+        conn.execute(s.poll_runs.insert().values(
+            device_pk=pk, serial=outcome.serial, started_at=outcome.started_at,
+            finished_at=outcome.finished_at, duration_s=outcome.duration_s,
+            outcome=_run_outcome(outcome),
+            mode=outcome.mode if outcome.mode != "none" else "count",
+            records_on_device=counts.records if counts else None, records_read=outcome.records_read,
+            new_records=len(new_ids), bytes_read=outcome.bytes_read, error=outcome.error))
         return SaveResult(new_punches=len(new_ids), newest_punch_utc=newest, new_ids=tuple(new_ids),
                           new_keys=frozenset(as_stored.get(r[1], r[1]) for r in new_rows))
 
