@@ -4,9 +4,13 @@
         punches (idempotent insert on the dedup key) + outbox rows for the new ones + device row + poll run
     `fpgw punches` --PunchFilter--> iter_punches()   (outbox: gateway.store.outbox, health: gateway.store.health)
 
-Idempotency: punches are inserted with ON CONFLICT DO NOTHING on (device_serial, device_user_id,
-device_time, occurrence) and RETURNING tells which rows were really new, on SQLite and PostgreSQL alike,
-so re-reading a whole device log (or receiving a batch twice) never duplicates anything.
+Idempotency: punches are inserted with ON CONFLICT DO NOTHING on (office_code, device_serial,
+device_user_id, device_time, occurrence) and the database tells which rows were really new (PostgreSQL:
+RETURNING; SQLite: the rows above the highest id read first, under the write lock), so re-reading a whole
+device log (or receiving a batch twice) never duplicates anything. Speed (issue 14): rows are bound at
+the DBAPI level in the same transaction (SQLite executemany, PostgreSQL COPY into a temporary table), and
+a big batch first reads the keys already stored for its time span and inserts only the missing ones, so
+a full reconcile is mostly one read. benchmarks/bench_store.py measures it against the old insert.
 
 Punch identity. A punch is (device serial, user, device time) - the same record read again is the same
 punch - except when its time cannot tell records apart: a terminal whose clock died stamps every punch
