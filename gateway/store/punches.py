@@ -35,7 +35,7 @@ and appears only in queries without a date filter.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from operator import attrgetter
@@ -610,13 +610,16 @@ class Store:
         """
         if self.engine.dialect.name != "sqlite":
             return "commit"
-        raw = self.engine.raw_connection()
-        try:
-            # Straight on the DBAPI connection (autocommit: isolation_level None): a checkpoint inside the
-            # BEGIN that SQLAlchemy would emit could not complete.
-            row = raw.driver_connection.execute("PRAGMA wal_checkpoint(FULL)").fetchone()  # type: ignore[union-attr]
-        finally:
-            raw.close()
+        # Holding this process's writer: the checkpoint then waits only for other processes' writers.
+        with self._writer.lock or nullcontext():
+            raw = self.engine.raw_connection()
+            try:
+                # Straight on the DBAPI connection (autocommit: isolation_level None): a checkpoint inside the
+                # BEGIN that SQLAlchemy would emit could not complete.
+                row = raw.driver_connection.execute(  # type: ignore[union-attr]
+                    "PRAGMA wal_checkpoint(FULL)").fetchone()
+            finally:
+                raw.close()
         busy, wal_frames, done = (int(v) for v in row) if row is not None else (0, -1, -1)
         if wal_frames < 0:
             return "no-wal"  # not in WAL mode (in-memory database): each commit synced its journal
