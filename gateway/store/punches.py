@@ -413,15 +413,15 @@ class Store:
         """save_poll inside the caller's write transaction (writer(engine)); durable only once it commits."""
         now = utcnow()
         d = s.devices.c
-        pk = conn.execute(select(d.pk).where(d.office_code == self.office_code,
-                                             d.device_id == outcome.device_id)).scalar_one()
+        # One read of the device row (its id and what this poll compares with); the write lock is held.
+        pk, prev_count, prev_punch_at = conn.execute(
+            select(d.pk, d.last_record_count, d.last_punch_at)
+            .where(d.office_code == self.office_code, d.device_id == outcome.device_id)).one()
         counts = outcome.counts
         if outcome.ok and outcome.serial and counts is not None and outcome.previous_serial is None \
-                and not outcome.cleared_records:
-            prev_count = conn.execute(select(d.last_record_count).where(d.pk == pk)).scalar_one()
-            if prev_count is not None and counts.records < prev_count:
-                # Cleared at the keypad: the refilled log numbers its same-time records from 1 again.
-                _bump_log_epoch(conn, outcome.serial)
+                and not outcome.cleared_records and prev_count is not None and counts.records < prev_count:
+            # Cleared at the keypad: the refilled log numbers its same-time records from 1 again.
+            _bump_log_epoch(conn, outcome.serial)
         as_stored: dict[PunchKey, PunchKey] = {}
         if outcome.serial and any(p.occurrence for p in punches):
             punches, as_stored = _in_epoch(punches, _log_epoch(conn, outcome.serial))
@@ -448,10 +448,8 @@ class Store:
                 values["last_full_read_at"] = outcome.finished_at
         if new_ids:
             values["last_new_punch_at"] = outcome.finished_at
-        if newest is not None:
-            prev = conn.execute(select(d.last_punch_at).where(d.pk == pk)).scalar_one()
-            if prev is None or newest > prev:
-                values["last_punch_at"] = newest
+        if newest is not None and (prev_punch_at is None or newest > prev_punch_at):
+            values["last_punch_at"] = newest
         conn.execute(update(s.devices).where(d.pk == pk).values(**values))
         if info is not None and address is not None:
             self._touch_identity(conn, pk, info.serial, address, info.firmware, outcome.finished_at)
@@ -687,13 +685,9 @@ def _run_outcome(outcome: PollOutcome) -> str:
 
 def _newest_valid(punches: Sequence[Punch]) -> datetime | None:
     # The newest *valid* instant in the batch; flagged future/rtc values would mislead "last punch".
-    newest: datetime | None = None
-    for p in punches:
-        if p.utc_time is None or "future" in p.flags or "rtc_reset" in p.flags:
-            continue
-        if newest is None or p.utc_time > newest:
-            newest = p.utc_time
-    return newest
+    valid = [p.utc_time for p in punches
+             if p.utc_time is not None and not (p.flags and ("future" in p.flags or "rtc_reset" in p.flags))]
+    return max(valid) if valid else None
 
 
 # -- reading punches (`fpgw punches`) -----------------------------------------------------------------
