@@ -16,11 +16,12 @@ from __future__ import annotations
 import sqlite3
 import threading
 import weakref
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from alembic import command
@@ -99,14 +100,41 @@ def _setup_sqlite(engine: Engine) -> None:
         conn.exec_driver_sql(f"BEGIN {mode}")
 
 
+class WriteLock:
+    """A re-entrant lock that knows whether the calling thread holds it (the writer's turn)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._owner: int | None = None
+        self._depth = 0
+
+    def __enter__(self) -> WriteLock:
+        self._lock.acquire()
+        self._owner = threading.get_ident()
+        self._depth += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._depth -= 1
+        if not self._depth:
+            self._owner = None
+        self._lock.release()
+
+    def held_here(self) -> bool:
+        """True when the calling thread holds it (work submitted now must run inline, not wait for itself)."""
+        return self._owner == threading.get_ident()
+
+
 class Writer:
-    """Write transactions on one engine: ``with writer(engine).begin() as conn: ...``.
+    """Write transactions on one engine: ``with writer(engine).begin() as conn: ...`` or ``writer(engine).run(fn)``.
 
     SQLite: one write transaction at a time per process (a re-entrant lock shared by every Writer of the
     engine, taken before a connection is checked out and held until the commit or rollback is done), each
-    opened with BEGIN IMMEDIATE. Measured with 256 threads saving polls at once (benchmarks/bench_store.py):
-    without the lock SQLite's busy handler let some of them fail with "database is locked"; with it none
-    does. PostgreSQL: plain transactions, concurrent (row locks and ON CONFLICT keep them correct).
+    opened with BEGIN IMMEDIATE; ``run`` (Store.save_poll) goes further and hands the work to the engine's
+    writer thread, which commits the polls queued meanwhile together (group commit). Measured with 256
+    threads saving polls at once (benchmarks/bench_store.py): without the writer SQLite's busy handler let
+    some of them fail with "database is locked"; with it none does. PostgreSQL: plain transactions,
+    concurrent (row locks and ON CONFLICT keep them correct).
     """
 
     def __init__(self, engine: Engine) -> None:
@@ -135,18 +163,134 @@ class Writer:
         with self.lock, self._tx_engine.connect() as conn:
             yield conn
 
+    def run(self, work: Callable[[Connection], T]) -> T:
+        """``work(conn)`` in a write transaction; returns its result once that is committed, or raises its error.
 
-#: engine pool -> its in-process write lock (the pool is shared by an engine and its execution_options copies).
-_WRITE_LOCKS: weakref.WeakKeyDictionary[Any, threading.RLock] = weakref.WeakKeyDictionary()
-_WRITE_LOCKS_GUARD = threading.Lock()
+        SQLite: run by the engine's writer thread, possibly in one transaction with other callers' work,
+        each in its own SAVEPOINT: a failing piece of work rolls back alone and only its caller gets the
+        error (the whole group fails only when the commit itself fails). Inline when the calling thread
+        already holds the writer (no waiting for itself), and on PostgreSQL.
+        """
+        if self.lock is None or self.lock.held_here():
+            with self.begin() as conn:
+                return work(conn)
+        return _group_committer(self).submit(work)
 
 
-def _write_lock(engine: Engine) -> threading.RLock:
-    with _WRITE_LOCKS_GUARD:
-        lock = _WRITE_LOCKS.get(engine.pool)
-        if lock is None:
-            lock = _WRITE_LOCKS[engine.pool] = threading.RLock()
-        return lock
+T = TypeVar("T")
+
+
+class _Job:
+    __slots__ = ("done", "error", "result", "work")
+
+    def __init__(self, work: Callable[[Connection], Any]) -> None:
+        self.work = work
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+class _GroupCommitter:
+    """The writer thread of one SQLite engine: takes the queued work, up to MAX_GROUP at a time, into ONE
+    transaction. Started on demand; ends after IDLE_S without work, so nothing needs stopping at shutdown."""
+
+    MAX_GROUP = 64
+    IDLE_S = 0.5
+
+    def __init__(self, writer: Writer) -> None:
+        self._writer = writer
+        self._jobs: deque[_Job] = deque()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def queued(self) -> int:
+        """Work waiting for the writer thread (not yet taken into a transaction)."""
+        with self._cond:
+            return len(self._jobs)
+
+    def submit(self, work: Callable[[Connection], T]) -> T:
+        job = _Job(work)
+        with self._cond:
+            self._jobs.append(job)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="fpgw-db-writer")
+                self._thread.start()
+            self._cond.notify()
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if not self._jobs:
+                    self._cond.wait(timeout=self.IDLE_S)
+                    if not self._jobs:
+                        self._thread = None
+                        return
+                group = [self._jobs.popleft() for _ in range(min(len(self._jobs), self.MAX_GROUP))]
+            self._commit(group)
+
+    def _commit(self, group: list[_Job]) -> None:
+        try:
+            with self._writer.begin() as conn:
+                if len(group) == 1:
+                    group[0].result = group[0].work(conn)
+                    return
+                for job in group:
+                    try:
+                        with conn.begin_nested():
+                            job.result = job.work(conn)
+                    except BaseException as exc:  # this caller's error, raised in its own thread
+                        job.error, job.result = exc, None
+        except BaseException as exc:  # the transaction failed: nobody's work is stored
+            for job in group:
+                job.error, job.result = job.error or exc, None
+        finally:
+            for job in group:
+                job.done.set()
+
+
+class _Shared:
+    """What every Writer of one SQLite engine shares."""
+
+    def __init__(self) -> None:
+        self.lock = WriteLock()
+        self.group: _GroupCommitter | None = None
+
+
+#: engine pool -> its writer state (the pool is shared by an engine and its execution_options copies).
+_SHARED: weakref.WeakKeyDictionary[Any, _Shared] = weakref.WeakKeyDictionary()
+_SHARED_GUARD = threading.Lock()
+
+
+def _shared(engine: Engine) -> _Shared:
+    with _SHARED_GUARD:
+        shared = _SHARED.get(engine.pool)
+        if shared is None:
+            shared = _SHARED[engine.pool] = _Shared()
+        return shared
+
+
+def _write_lock(engine: Engine) -> WriteLock | None:
+    return _shared(engine).lock
+
+
+def _group_committer(writer: Writer) -> _GroupCommitter:
+    shared = _shared(writer.engine)
+    with _SHARED_GUARD:
+        if shared.group is None:
+            shared.group = _GroupCommitter(writer)
+        return shared.group
+
+
+def pending_writes(engine: Engine) -> int:
+    """Work queued for the engine's writer thread right now (0 on PostgreSQL): a gauge, and for tests."""
+    if engine.dialect.name != "sqlite":
+        return 0
+    group = _shared(engine).group
+    return group.queued() if group is not None else 0
 
 
 def writer(engine: Engine) -> Writer:

@@ -403,9 +403,9 @@ class Store:
         Called for failed polls too (punches empty) so poll history and last_seen stay exact.
         Only after this returns are the punches durable; nothing may be deleted from a device before.
         """
-        with self._writer.begin() as conn:
-            return self._save_poll_in(conn, outcome, punches, forward=forward, address=address,
-                                      log_position=log_position)
+        # SQLite: on the writer thread, committed together with the polls that queued meanwhile (db.Writer.run).
+        return self._writer.run(lambda conn: self._save_poll_in(conn, outcome, punches, forward=forward,
+                                                                address=address, log_position=log_position))
 
     def _save_poll_in(self, conn: Connection, outcome: PollOutcome, punches: Sequence[Punch] = (), *,
                       forward: bool = False, address: tuple[str, int] | None = None,

@@ -18,7 +18,7 @@ from drivers.base import Counts
 from gateway.config import parse_config
 from gateway.models import PollOutcome, Punch
 from gateway.store import schema as s
-from gateway.store.db import StorageError, create_db_engine, upgrade, writer
+from gateway.store.db import StorageError, create_db_engine, pending_writes, upgrade, writer
 from gateway.store.punches import (
     OCCURRENCE_EPOCH_STRIDE,
     PG_COPY_MIN,
@@ -29,6 +29,7 @@ from gateway.store.punches import (
     punch_row,
 )
 from tests.support.punches import make_punch
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 OFFICE = "1801.01.02"
@@ -268,5 +269,49 @@ def test_sqlite_poll_waits_for_the_writer_instead_of_failing(sqlite_url: str, tm
         holder.join(timeout=30)
         poller.join(timeout=30)
         assert saved == [1]
+    finally:
+        eng.dispose()
+
+
+def test_sqlite_group_commit_fails_only_the_bad_poll_and_its_thread_ends(sqlite_url: str, tmp_path: Path) -> None:
+    eng = create_db_engine(sqlite_url)
+    try:
+        upgrade(eng)
+        devices = [f"d{i}" for i in range(6)]
+        store = new_store(eng, tmp_path, *devices)
+        results: dict[str, BaseException | int] = {}
+
+        def poll(device: str) -> None:
+            batch = [make_punch(str(u), datetime(2026, 3, 5, 7, 0) + timedelta(minutes=u), serial=f"SN-{device}",
+                                device_id=device, office_code=OFFICE) for u in range(3)]
+            if device == "d2":
+                batch[1] = replace_punch(batch[1], state_name=None)  # NOT NULL: the database refuses it
+            try:
+                results[device] = store.save_poll(outcome(device, f"SN-{device}", 3), batch, forward=True).new_punches
+            except BaseException as exc:
+                results[device] = exc
+
+        threads = [threading.Thread(target=poll, args=(d,), name=f"test-poller-{d}") for d in devices]
+        # Hold the writer so that every poll queues; they are then committed as ONE group.
+        with writer(eng).begin():
+            for t in threads:
+                t.start()
+            # The writer thread holds the first one (waiting for the writer), the others wait in its queue.
+            wait_until(lambda: pending_writes(eng) >= len(devices) - 1, 30, "every poll queued for the writer",
+                       every_s=0.02)
+        for t in threads:
+            t.join(timeout=60)
+        assert isinstance(results.pop("d2"), StorageError)
+        assert results == {d: 3 for d in devices if d != "d2"}
+        with eng.connect() as conn:
+            stored = dict(conn.execute(select(s.punches.c.device_id, func.count()).group_by(s.punches.c.device_id))
+                          .all())
+            runs = conn.execute(select(func.count()).select_from(s.poll_runs)).scalar_one()
+        assert stored == {d: 3 for d in devices if d != "d2"} and runs == len(devices) - 1
+        # The writer thread ends by itself once idle: nothing to stop at shutdown.
+        for t in threading.enumerate():
+            if t.name == "fpgw-db-writer":
+                t.join(timeout=10)
+                assert not t.is_alive()
     finally:
         eng.dispose()
