@@ -3,10 +3,11 @@
 Called once by the composition root (gateway.app / CLI) before anything touches the database.
 SQLite is set up for a long-running daemon with concurrent pollers: WAL, ``BEGIN IMMEDIATE`` for write
 transactions (deferred writers can deadlock past busy_timeout), and ONE writer per process: every write
-transaction of an engine goes through ``writer(engine)``, which runs them one at a time (an in-process lock),
-so hundreds of polling threads queue in Python instead of racing for SQLite's lock (whose busy handler
-sleeps and gives up after busy_timeout: "database is locked"). The busy timeout then only covers other
-processes (``fpgw`` CLI commands beside the daemon).
+transaction of an engine goes through ``writer(engine)``, which runs them one at a time (an in-process lock;
+polls through a writer thread that commits the queued ones together), so hundreds of polling threads queue
+in Python instead of racing for SQLite's lock (whose busy handler sleeps and gives up after busy_timeout:
+"database is locked"). The busy timeout then only covers other processes (``fpgw`` CLI commands beside
+the daemon).
 Migrations run under a lock (PostgreSQL advisory lock / SQLite write lock) so two starters never
 migrate at once, and a SQLite database is backed up before its schema is changed.
 """
