@@ -315,3 +315,16 @@ def test_sqlite_group_commit_fails_only_the_bad_poll_and_its_thread_ends(sqlite_
                 assert not t.is_alive()
     finally:
         eng.dispose()
+
+
+def test_two_big_batches_in_one_transaction_each_report_their_own_new_rows(engine: Engine) -> None:
+    # PostgreSQL: the second COPY reuses the session's staging table in the same transaction.
+    log = varied_punches("SN1", 3 * PG_COPY_MIN)
+    now = datetime.now(UTC)
+    with writer(engine).begin() as conn:
+        first = insert_punches(conn, log[:PG_COPY_MIN + 20], received_at=now)
+        second = insert_punches(conn, log[PG_COPY_MIN - 20:], received_at=now)  # 40 already stored above
+    assert len(first) == PG_COPY_MIN + 20 and len(second) == 2 * PG_COPY_MIN - 20
+    assert not set(first) & set(second)
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(s.punches)).scalar_one() == len(log)
