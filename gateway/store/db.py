@@ -223,6 +223,8 @@ class _GroupCommitter:
         return job.result
 
     def _run(self) -> None:
+        lock = self._writer.lock
+        assert lock is not None  # only SQLite engines have a writer thread
         while True:
             with self._cond:
                 if not self._jobs:
@@ -230,8 +232,11 @@ class _GroupCommitter:
                     if not self._jobs:
                         self._thread = None
                         return
-                group = [self._jobs.popleft() for _ in range(min(len(self._jobs), self.MAX_GROUP))]
-            self._commit(group)
+            # The writer's turn first, then the group: work queued while waiting for it joins this transaction.
+            with lock:
+                with self._cond:
+                    group = [self._jobs.popleft() for _ in range(min(len(self._jobs), self.MAX_GROUP))]
+                self._commit(group)
 
     def _commit(self, group: list[_Job]) -> None:
         try:

@@ -296,8 +296,8 @@ def test_sqlite_group_commit_fails_only_the_bad_poll_and_its_thread_ends(sqlite_
         with writer(eng).begin():
             for t in threads:
                 t.start()
-            # The writer thread holds the first one (waiting for the writer), the others wait in its queue.
-            wait_until(lambda: pending_writes(eng) >= len(devices) - 1, 30, "every poll queued for the writer",
+            # The writer thread waits for the writer's turn before taking its group: every poll queues.
+            wait_until(lambda: pending_writes(eng) == len(devices), 30, "every poll queued for the writer",
                        every_s=0.02)
         for t in threads:
             t.join(timeout=60)
