@@ -4,9 +4,13 @@
         punches (idempotent insert on the dedup key) + outbox rows for the new ones + device row + poll run
     `fpgw punches` --PunchFilter--> iter_punches()   (outbox: gateway.store.outbox, health: gateway.store.health)
 
-Idempotency: punches are inserted with ON CONFLICT DO NOTHING on (device_serial, device_user_id,
-device_time, occurrence) and RETURNING tells which rows were really new, on SQLite and PostgreSQL alike,
-so re-reading a whole device log (or receiving a batch twice) never duplicates anything.
+Idempotency: punches are inserted with ON CONFLICT DO NOTHING on (office_code, device_serial,
+device_user_id, device_time, occurrence) and the database tells which rows were really new (PostgreSQL:
+RETURNING; SQLite: the rows above the highest id read first, under the write lock), so re-reading a whole
+device log (or receiving a batch twice) never duplicates anything. Speed (issue 14): rows are bound at
+the DBAPI level in the same transaction (SQLite executemany, PostgreSQL COPY into a temporary table), and
+a big batch first reads the keys already stored for its time span and inserts only the missing ones, so
+a full reconcile is mostly one read. benchmarks/bench_store.py measures it against the old insert.
 
 Punch identity. A punch is (device serial, user, device time) - the same record read again is the same
 punch - except when its time cannot tell records apart: a terminal whose clock died stamps every punch
@@ -31,15 +35,17 @@ and appears only in queries without a date filter.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
+from operator import attrgetter
 from typing import Any
 
-from sqlalchemy import Engine, Insert, Select, Table, TextClause, func, select, text, update
+from sqlalchemy import Engine, Insert, Select, Table, func, select, update
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from drivers.base import DeviceUser
 from gateway.config import DeviceConfig
@@ -109,85 +115,233 @@ def punch_row(p: Punch, received_at: datetime, source: str = "poll") -> dict[str
 PUNCH_KEY = ("office_code", "device_serial", "device_user_id", "device_time", "occurrence")
 
 
+#: Columns of a punches row, in the order the insert paths below bind them (punch_row's keys).
+PUNCH_COLUMNS = ("office_code", "device_id", "device_serial", "device_user_id", "device_time", "local_time",
+                 "utc_time", "timezone", "state", "state_name", "verify", "verify_name", "uid", "workcode",
+                 "raw_time", "employee_id", "flags", "received_at", "source", "occurrence")
+#: A batch at least this big first reads which of its punches are already stored (one indexed range query
+#: per device) and inserts only the others: a full re-read (reconcile) is then mostly a read instead of
+#: 100k conflicting inserts. Smaller batches go straight to the idempotent insert.
+PREFETCH_MIN = 64
+#: A batch of more devices than this skips that read (a mixed batch; the insert alone is still idempotent).
+PREFETCH_MAX_GROUPS = 8
+#: From this many rows PostgreSQL gets them by COPY into a temporary table; smaller batches travel as one
+#: array per column in the INSERT itself (one round trip instead of three).
+PG_COPY_MIN = 200
+
+
 def insert_punches(conn: Connection, punches: Iterable[Punch], *, received_at: datetime,
                    source: str = "poll") -> list[int]:
     """Insert punches idempotently inside the caller's transaction; returns the ids of the new rows."""
     return [row[0] for row in _insert_punch_rows(conn, punches, received_at=received_at, source=source)]
 
 
-def _insert_punch_rows(conn: Connection, punches: Iterable[Punch], *, received_at: datetime,
-                       source: str = "poll") -> list[tuple[int, PunchKey]]:
-    """Idempotent insert returning (id, key) of the new rows."""
-    if conn.dialect.name == "postgresql":
-        return _insert_punch_rows_pg(conn, punches, received_at=received_at, source=source)
-    new_rows: list[tuple[int, PunchKey]] = []
-    batch: list[dict[str, Any]] = []
-    c = s.punches.c
+def _insert_punch_rows(conn: Connection, punches: Iterable[Punch], *, received_at: datetime, source: str = "poll",
+                       outbox_at: datetime | None = None) -> list[tuple[int, PunchKey]]:
+    """Idempotent insert returning (id, key) of the new rows; with ``outbox_at``, also an outbox row (due
+    then) for each new row, in the same statement flow.
 
-    def flush() -> None:
-        if not batch:
-            return
-        stmt = insert_ignore(conn, s.punches, PUNCH_KEY).returning(c.id, c.device_serial, c.device_user_id,
-                                                                    c.device_time, c.occurrence)
-        new_rows.extend((r[0], (r[1], r[2], r[3], r[4])) for r in conn.execute(stmt, batch))
-        batch.clear()
-
-    for p in punches:
-        batch.append(punch_row(p, received_at, source))
-        if len(batch) >= INSERT_CHUNK:
-            flush()
-    flush()
-    return new_rows
-
-
-#: Rows per statement on PostgreSQL, where each column travels as one array parameter.
-PG_INSERT_CHUNK = 2000
-_PG_UNNEST: TextClause | None = None
-
-
-def _pg_unnest_statement() -> TextClause:
-    """INSERT ... SELECT FROM unnest(arrays) ON CONFLICT DO NOTHING RETURNING ...
-
-    Why: a multi-VALUES insert sends 19 parameters per row and psycopg re-parses the huge statement
-    for every batch (about 4,500 rows/s); one typed array per column is ~3x faster (benchmarks/bench_store.py).
+    Why not SQLAlchemy's executemany: its per-row parameter processing was half the time of a poll's save
+    (issue 14). Rows are bound at the DBAPI level on the connection's own cursor, inside the caller's
+    transaction, with the values converted here exactly as the column types would have (UtcDateTime,
+    DateTime; tests/store/test_fast_insert.py reads both back and compares).
     """
-    global _PG_UNNEST
-    if _PG_UNNEST is None:
-        dialect = pg_dialect.dialect()
-        names = list(punch_row(_SAMPLE_PUNCH, utcnow()))
-        casts = ", ".join(f"CAST(:{n} AS {s.punches.c[n].type.compile(dialect=dialect)}[])" for n in names)
-        _PG_UNNEST = text(
-            f"INSERT INTO punches ({', '.join(names)}) SELECT * FROM unnest({casts}) "
-            f"ON CONFLICT ({', '.join(PUNCH_KEY)}) DO NOTHING "
-            "RETURNING id, device_serial, device_user_id, device_time, occurrence")
-    return _PG_UNNEST
+    batch = list(punches)
+    if len(batch) >= PREFETCH_MIN:
+        batch = _not_stored(conn, batch)
+    if not batch:
+        return []
+    if conn.dialect.name == "postgresql":
+        return _insert_pg(conn, batch, received_at, source, outbox_at)
+    return _insert_sqlite(conn, batch, received_at, source, outbox_at)
 
 
-def _insert_punch_rows_pg(conn: Connection, punches: Iterable[Punch], *, received_at: datetime,
-                          source: str) -> list[tuple[int, PunchKey]]:
-    stmt = _pg_unnest_statement()
-    new_rows: list[tuple[int, PunchKey]] = []
-    batch: list[dict[str, Any]] = []
-
-    def flush() -> None:
-        if not batch:
-            return
-        params = {name: [row[name] for row in batch] for name in batch[0]}
-        new_rows.extend((r[0], (r[1], r[2], r[3], r[4])) for r in conn.execute(stmt, params))
-        batch.clear()
-
-    for p in punches:
-        if p.utc_time is not None and p.utc_time.tzinfo is None:  # the ORM type would refuse it too
-            raise ValueError(f"naive utc_time in punch {p.key}")
-        batch.append(punch_row(p, received_at, source))
-        if len(batch) >= PG_INSERT_CHUNK:
-            flush()
-    flush()
-    return new_rows
+@contextmanager
+def _dbapi_cursor(conn: Connection, what: str) -> Iterator[Any]:
+    """The raw cursor of ``conn`` (same transaction); driver errors come out as SQLAlchemy's (StorageError)."""
+    dbapi = conn.dialect.loaded_dbapi
+    cursor = conn.connection.cursor()
+    try:
+        yield cursor
+    except dbapi.Error as exc:
+        raise DBAPIError.instance(what, None, exc, dbapi.Error, dialect=conn.dialect) from exc
+    finally:
+        cursor.close()
 
 
-_SAMPLE_PUNCH = Punch(office_code="", device_id="", device_serial="", device_user_id="", device_time="",
-                      local_time=None, utc_time=None, timezone="", state=0, state_name="", verify=0, verify_name="")
+def _naive_utc_error(p: Punch) -> ValueError:
+    return ValueError(f"naive utc_time {p.utc_time!r} in punch {p.key}; attach a time zone first")
+
+
+def _not_stored(conn: Connection, punches: list[Punch]) -> list[Punch]:
+    """The punches whose key is not stored yet, as far as one range read per device can tell.
+
+    Reads the keys stored for the batch's (office, device id, serial) between its oldest and newest
+    instant (index ix_punches_device_id_utc_time) and drops the punches found. What it misses (a punch
+    stored under another device id or instant, one without an instant, one stored concurrently) is left
+    to the insert's ON CONFLICT DO NOTHING, so this only saves work and never decides alone.
+    """
+    groups = {(p.office_code, p.device_id, p.device_serial) for p in punches}
+    if len(groups) > PREFETCH_MAX_GROUPS:
+        return punches
+    sqlite = conn.dialect.name == "sqlite"
+    # SQLite's planner (no statistics) would pick the unique key's two equal columns and walk the device's
+    # whole history; the instant range is what bounds the read.
+    sql = ("SELECT device_user_id, device_time, occurrence FROM punches INDEXED BY ix_punches_device_id_utc_time "
+           "WHERE device_id = ? AND utc_time >= ? AND utc_time <= ? AND office_code = ? AND device_serial = ?"
+           if sqlite else
+           "SELECT device_user_id, device_time, occurrence FROM punches "
+           "WHERE device_id = %s AND utc_time >= %s AND utc_time <= %s AND office_code = %s AND device_serial = %s")
+    stored: dict[tuple[str, str, str], set[tuple[str, str, int]]] = {}
+    with _dbapi_cursor(conn, sql) as cur:
+        for group in groups:
+            members = punches if len(groups) == 1 else [p for p in punches if _group(p) == group]
+            instants = [p.utc_time for p in members if p.utc_time is not None]
+            if not instants:
+                continue
+            try:
+                lo, hi = min(instants), max(instants)
+            except TypeError:  # naive and aware instants mixed
+                lo = hi = next(t for t in instants if t.tzinfo is None)
+            if lo.tzinfo is None:
+                raise ValueError(f"naive utc_time {lo!r} in a punch of {group}; attach a time zone first")
+            office, device, serial = group
+            cur.execute(sql, (device, *((_sqlite_utc(lo), _sqlite_utc(hi)) if sqlite else (lo, hi)), office, serial))
+            found = set(cur.fetchall())
+            if found:
+                stored[group] = found
+    if not stored:
+        return punches
+    key = attrgetter("device_user_id", "device_time", "occurrence")
+    if len(groups) == 1:
+        # Any punch whose key is among the stored ones is stored, whatever its instant.
+        known = stored[next(iter(groups))]
+        return [p for p in punches if key(p) not in known]
+    nothing: set[tuple[str, str, int]] = set()
+    return [p for p in punches if key(p) not in stored.get(_group(p), nothing)]
+
+
+def _group(p: Punch) -> tuple[str, str, str]:
+    return (p.office_code, p.device_id, p.device_serial)
+
+
+def _sqlite_utc(value: datetime | None) -> str | None:
+    """UtcDateTime's SQLite storage form: naive UTC text with microseconds, as SQLAlchemy's DATETIME writes."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError(f"naive datetime {value!r} given for a UTC column; attach a time zone first")
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def _sqlite_local(value: datetime | None) -> str | None:
+    """DateTime's SQLite storage form (the wall clock as given; SQLAlchemy's DATETIME ignores a zone)."""
+    if value is None:
+        return None
+    return (value.replace(tzinfo=None) if value.tzinfo is not None else value).isoformat(" ", "microseconds")
+
+
+_SQLITE_INSERT = (f"INSERT INTO punches ({', '.join(PUNCH_COLUMNS)}) VALUES ({', '.join('?' * len(PUNCH_COLUMNS))}) "
+                  f"ON CONFLICT ({', '.join(PUNCH_KEY)}) DO NOTHING")
+
+
+def _insert_sqlite(conn: Connection, batch: list[Punch], received_at: datetime, source: str,
+                   outbox_at: datetime | None) -> list[tuple[int, PunchKey]]:
+    """executemany of a one-row INSERT ... ON CONFLICT DO NOTHING, then the new rows by id.
+
+    Why not RETURNING: sqlite3's executemany cannot return rows, and multi-row VALUES statements measured
+    about 1.5x slower (issue 14). The new rows are exactly those above the highest id read first: the
+    transaction holds SQLite's write lock from its first write (BEGIN IMMEDIATE, writer()), a deferred
+    transaction whose snapshot went stale fails its first write instead (SQLITE_BUSY_SNAPSHOT), and a rowid
+    table without AUTOINCREMENT gives each new row max(id) + 1.
+    """
+    received = _sqlite_utc(received_at)
+    rows = []
+    for p in batch:
+        utc = p.utc_time
+        if utc is not None and utc.tzinfo is None:
+            raise _naive_utc_error(p)
+        rows.append((p.office_code, p.device_id, p.device_serial, p.device_user_id, p.device_time,
+                     _sqlite_local(p.local_time), _sqlite_utc(utc), p.timezone, p.state, p.state_name, p.verify,
+                     p.verify_name, p.uid, p.workcode, p.raw_time, p.employee_id, ",".join(p.flags), received,
+                     source, p.occurrence))
+    with _dbapi_cursor(conn, _SQLITE_INSERT) as cur:
+        cur.execute("SELECT max(id) FROM punches")
+        last = cur.fetchone()[0] or 0
+        cur.executemany(_SQLITE_INSERT, rows)
+        cur.execute("SELECT id, device_serial, device_user_id, device_time, occurrence FROM punches WHERE id > ?",
+                    (last,))
+        new = [(r[0], (r[1], r[2], r[3], r[4])) for r in cur.fetchall()]
+        if outbox_at is not None and new:
+            due = _sqlite_utc(outbox_at)
+            cur.execute("INSERT INTO outbox (punch_id, state, attempts, next_attempt_at, created_at) "
+                        "SELECT id, 'pending', 0, ?, ? FROM punches WHERE id > ?", (due, due, last))
+    return new
+
+
+#: PostgreSQL type of each column as bound (text for the varchar columns: the INSERT casts to the column).
+_PG_TYPES = {"local_time": "timestamp", "utc_time": "timestamptz", "received_at": "timestamptz",
+             "state": "int4", "verify": "int4", "uid": "int4", "workcode": "int4", "raw_time": "int8",
+             "occurrence": "int8"}
+_PG_COPY_TYPES = [_PG_TYPES.get(c, "text") for c in PUNCH_COLUMNS]
+_PG_STAGE = "fpgw_punch_in"
+_PG_CREATE_STAGE = (f"CREATE TEMP TABLE IF NOT EXISTS {_PG_STAGE} ("
+                    + ", ".join(f"{c} {t}" for c, t in zip(PUNCH_COLUMNS, _PG_COPY_TYPES, strict=True))
+                    + ") ON COMMIT DELETE ROWS")
+_PG_RETURNING = "RETURNING id, device_serial, device_user_id, device_time, occurrence"
+
+
+def _pg_insert_sql(source_sql: str, outbox: bool) -> str:
+    insert = (f"INSERT INTO punches ({', '.join(PUNCH_COLUMNS)}) {source_sql} "
+              f"ON CONFLICT ({', '.join(PUNCH_KEY)}) DO NOTHING {_PG_RETURNING}")
+    if not outbox:
+        return insert
+    return (f"WITH ins AS ({insert}), queued AS (INSERT INTO outbox (punch_id, state, attempts, next_attempt_at, "
+            "created_at) SELECT id, 'pending', 0, %s, %s FROM ins) "
+            "SELECT id, device_serial, device_user_id, device_time, occurrence FROM ins")
+
+
+_PG_FROM_STAGE = f"SELECT {', '.join(PUNCH_COLUMNS)} FROM {_PG_STAGE}"
+_PG_FROM_ARRAYS = "SELECT * FROM unnest(" + ", ".join(f"%s::{t}[]" for t in _PG_COPY_TYPES) + ")"
+
+
+def _insert_pg(conn: Connection, batch: list[Punch], received_at: datetime, source: str,
+               outbox_at: datetime | None) -> list[tuple[int, PunchKey]]:
+    """COPY into a session temp table, then ONE INSERT ... SELECT ... ON CONFLICT DO NOTHING RETURNING that
+    also queues the outbox rows (a data-modifying WITH); small batches send arrays instead of the COPY."""
+    flags = ",".join
+    rows = []
+    for p in batch:
+        utc, local = p.utc_time, p.local_time
+        if utc is not None and utc.tzinfo is None:
+            raise _naive_utc_error(p)
+        if local is not None and local.tzinfo is not None:
+            local = local.replace(tzinfo=None)
+        rows.append((p.office_code, p.device_id, p.device_serial, p.device_user_id, p.device_time, local, utc,
+                     p.timezone, p.state, p.state_name, p.verify, p.verify_name, p.uid, p.workcode, p.raw_time,
+                     p.employee_id, flags(p.flags), received_at, source, p.occurrence))
+    outbox = outbox_at is not None
+    with _dbapi_cursor(conn, "INSERT INTO punches (fast path)") as cur:
+        params: list[Any]
+        if len(rows) >= PG_COPY_MIN:
+            info = conn.connection.info
+            tx = id(conn.get_transaction())
+            # The stage is emptied at each commit; a second batch in the same transaction empties it first.
+            cur.execute(_PG_CREATE_STAGE + (f"; DELETE FROM {_PG_STAGE}" if info.get(_PG_STAGE) == tx else ""))
+            info[_PG_STAGE] = tx
+            with cur.copy(f"COPY {_PG_STAGE} ({', '.join(PUNCH_COLUMNS)}) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(_PG_COPY_TYPES)
+                for row in rows:
+                    copy.write_row(row)
+            sql, params = _pg_insert_sql(_PG_FROM_STAGE, outbox), []
+        else:
+            sql, params = _pg_insert_sql(_PG_FROM_ARRAYS, outbox), [list(col) for col in zip(*rows, strict=True)]
+        if outbox:
+            params += [outbox_at, outbox_at]
+        cur.execute(sql, params)
+        return [(r[0], (r[1], r[2], r[3], r[4])) for r in cur.fetchall()]
 
 
 class Store:
@@ -249,63 +403,65 @@ class Store:
         Called for failed polls too (punches empty) so poll history and last_seen stay exact.
         Only after this returns are the punches durable; nothing may be deleted from a device before.
         """
+        # SQLite: on the writer thread, committed together with the polls that queued meanwhile (db.Writer.run).
+        return self._writer.run(lambda conn: self._save_poll_in(conn, outcome, punches, forward=forward,
+                                                                address=address, log_position=log_position))
+
+    def _save_poll_in(self, conn: Connection, outcome: PollOutcome, punches: Sequence[Punch] = (), *,
+                      forward: bool = False, address: tuple[str, int] | None = None,
+                      log_position: str | None = None) -> SaveResult:
+        """save_poll inside the caller's write transaction (writer(engine)); durable only once it commits."""
         now = utcnow()
         d = s.devices.c
-        with self._writer.begin() as conn:
-            pk = conn.execute(select(d.pk).where(d.office_code == self.office_code,
-                                                 d.device_id == outcome.device_id)).scalar_one()
-            counts = outcome.counts
-            if outcome.ok and outcome.serial and counts is not None and outcome.previous_serial is None \
-                    and not outcome.cleared_records:
-                prev_count = conn.execute(select(d.last_record_count).where(d.pk == pk)).scalar_one()
-                if prev_count is not None and counts.records < prev_count:
-                    # Cleared at the keypad: the refilled log numbers its same-time records from 1 again.
-                    _bump_log_epoch(conn, outcome.serial)
-            as_stored: dict[PunchKey, PunchKey] = {}
-            if outcome.serial and any(p.occurrence for p in punches):
-                punches, as_stored = _in_epoch(punches, _log_epoch(conn, outcome.serial))
-            new_rows = _insert_punch_rows(conn, punches, received_at=now) if punches else []
-            new_ids = [r[0] for r in new_rows]
-            if forward and new_ids:
-                conn.execute(s.outbox.insert(), [
-                    {"punch_id": i, "state": "pending", "attempts": 0, "next_attempt_at": now, "created_at": now}
-                    for i in new_ids])
-            # Every punch of the batch is stored now (new or from an earlier poll).
-            newest = _newest_valid(punches)
-            values: dict[str, Any] = {"updated_at": now}
-            info = outcome.info
-            if info is not None or counts is not None:
-                values["last_seen_at"] = outcome.finished_at
-            if info is not None:
-                values.update(serial=info.serial, firmware=info.firmware or None, platform=info.platform or None,
-                              device_name=info.device_name or None, mac=info.mac or None)
-            if outcome.clock_skew_s is not None:
-                values["clock_skew_s"] = outcome.clock_skew_s
-            if counts is not None and outcome.ok:
-                values.update(last_record_count=counts.records, last_user_count=counts.users,
-                              records_cap=counts.records_cap or None, users_cap=counts.users_cap or None)
-            if outcome.ok:
-                values["last_ok_at"] = outcome.finished_at
-                if outcome.mode == "full":
-                    values["last_full_read_at"] = outcome.finished_at
-            if new_ids:
-                values["last_new_punch_at"] = outcome.finished_at
-            if newest is not None:
-                prev = conn.execute(select(d.last_punch_at).where(d.pk == pk)).scalar_one()
-                if prev is None or newest > prev:
-                    values["last_punch_at"] = newest
-            conn.execute(update(s.devices).where(d.pk == pk).values(**values))
-            if info is not None and address is not None:
-                self._touch_identity(conn, pk, info.serial, address, info.firmware, outcome.finished_at)
-            if log_position is not None and outcome.serial:
-                _set_kv(conn, _position_key(outcome.serial), log_position, now)
-            conn.execute(s.poll_runs.insert().values(
-                device_pk=pk, serial=outcome.serial, started_at=outcome.started_at,
-                finished_at=outcome.finished_at, duration_s=outcome.duration_s,
-                outcome=_run_outcome(outcome),
-                mode=outcome.mode if outcome.mode != "none" else "count",
-                records_on_device=counts.records if counts else None, records_read=outcome.records_read,
-                new_records=len(new_ids), bytes_read=outcome.bytes_read, error=outcome.error))
+        # One read of the device row (its id and what this poll compares with); the write lock is held.
+        pk, prev_count, prev_punch_at = conn.execute(
+            select(d.pk, d.last_record_count, d.last_punch_at)
+            .where(d.office_code == self.office_code, d.device_id == outcome.device_id)).one()
+        counts = outcome.counts
+        if outcome.ok and outcome.serial and counts is not None and outcome.previous_serial is None \
+                and not outcome.cleared_records and prev_count is not None and counts.records < prev_count:
+            # Cleared at the keypad: the refilled log numbers its same-time records from 1 again.
+            _bump_log_epoch(conn, outcome.serial)
+        as_stored: dict[PunchKey, PunchKey] = {}
+        if outcome.serial and any(p.occurrence for p in punches):
+            punches, as_stored = _in_epoch(punches, _log_epoch(conn, outcome.serial))
+        new_rows = _insert_punch_rows(conn, punches, received_at=now,
+                                      outbox_at=now if forward else None) if punches else []
+        new_ids = [r[0] for r in new_rows]
+        # Every punch of the batch is stored now (new or from an earlier poll).
+        newest = _newest_valid(punches)
+        values: dict[str, Any] = {"updated_at": now}
+        info = outcome.info
+        if info is not None or counts is not None:
+            values["last_seen_at"] = outcome.finished_at
+        if info is not None:
+            values.update(serial=info.serial, firmware=info.firmware or None, platform=info.platform or None,
+                          device_name=info.device_name or None, mac=info.mac or None)
+        if outcome.clock_skew_s is not None:
+            values["clock_skew_s"] = outcome.clock_skew_s
+        if counts is not None and outcome.ok:
+            values.update(last_record_count=counts.records, last_user_count=counts.users,
+                          records_cap=counts.records_cap or None, users_cap=counts.users_cap or None)
+        if outcome.ok:
+            values["last_ok_at"] = outcome.finished_at
+            if outcome.mode == "full":
+                values["last_full_read_at"] = outcome.finished_at
+        if new_ids:
+            values["last_new_punch_at"] = outcome.finished_at
+        if newest is not None and (prev_punch_at is None or newest > prev_punch_at):
+            values["last_punch_at"] = newest
+        conn.execute(update(s.devices).where(d.pk == pk).values(**values))
+        if info is not None and address is not None:
+            self._touch_identity(conn, pk, info.serial, address, info.firmware, outcome.finished_at)
+        if log_position is not None and outcome.serial:
+            _set_kv(conn, _position_key(outcome.serial), log_position, now)
+        conn.execute(s.poll_runs.insert().values(
+            device_pk=pk, serial=outcome.serial, started_at=outcome.started_at,
+            finished_at=outcome.finished_at, duration_s=outcome.duration_s,
+            outcome=_run_outcome(outcome),
+            mode=outcome.mode if outcome.mode != "none" else "count",
+            records_on_device=counts.records if counts else None, records_read=outcome.records_read,
+            new_records=len(new_ids), bytes_read=outcome.bytes_read, error=outcome.error))
         return SaveResult(new_punches=len(new_ids), newest_punch_utc=newest, new_ids=tuple(new_ids),
                           new_keys=frozenset(as_stored.get(r[1], r[1]) for r in new_rows))
 
@@ -452,13 +608,16 @@ class Store:
         """
         if self.engine.dialect.name != "sqlite":
             return "commit"
-        raw = self.engine.raw_connection()
-        try:
-            # Straight on the DBAPI connection (autocommit: isolation_level None): a checkpoint inside the
-            # BEGIN that SQLAlchemy would emit could not complete.
-            row = raw.driver_connection.execute("PRAGMA wal_checkpoint(FULL)").fetchone()  # type: ignore[union-attr]
-        finally:
-            raw.close()
+        # Holding this process's writer: the checkpoint then waits only for other processes' writers.
+        with self._writer.lock or nullcontext():
+            raw = self.engine.raw_connection()
+            try:
+                # Straight on the DBAPI connection (autocommit: isolation_level None): a checkpoint inside the
+                # BEGIN that SQLAlchemy would emit could not complete.
+                row = raw.driver_connection.execute(  # type: ignore[union-attr]
+                    "PRAGMA wal_checkpoint(FULL)").fetchone()
+            finally:
+                raw.close()
         busy, wal_frames, done = (int(v) for v in row) if row is not None else (0, -1, -1)
         if wal_frames < 0:
             return "no-wal"  # not in WAL mode (in-memory database): each commit synced its journal
@@ -526,13 +685,9 @@ def _run_outcome(outcome: PollOutcome) -> str:
 
 def _newest_valid(punches: Sequence[Punch]) -> datetime | None:
     # The newest *valid* instant in the batch; flagged future/rtc values would mislead "last punch".
-    newest: datetime | None = None
-    for p in punches:
-        if p.utc_time is None or "future" in p.flags or "rtc_reset" in p.flags:
-            continue
-        if newest is None or p.utc_time > newest:
-            newest = p.utc_time
-    return newest
+    valid = [p.utc_time for p in punches
+             if p.utc_time is not None and not (p.flags and ("future" in p.flags or "rtc_reset" in p.flags))]
+    return max(valid) if valid else None
 
 
 # -- reading punches (`fpgw punches`) -----------------------------------------------------------------

@@ -22,7 +22,7 @@ RUNS: dict[str, tuple[list[str], str]] = {
                          "--losses", "0.02", "--loss-repeat", "1"], "lossless"),
     "bench_poll.py": (["--records", "1000", "--repeat", "2"], "cheaper"),
     "bench_health.py": (["--devices", "10", "--polls", "100"], "/metrics"),
-    "bench_store.py": (["-n", "1000", "--baseline-n", "200"], "batch insert"),
+    "bench_store.py": (["--quick"], "duplicates/s"),
     "bench_simulator.py": (["--quick", "--devices", "10", "--fleet-records", "100"], "simulator RSS"),
     "bench_forward.py": (["--punches", "200", "--baseline-punches", "20"], "speed-up from batching"),
 }
