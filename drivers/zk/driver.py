@@ -117,6 +117,8 @@ class ZkStats:
     unmapped_punches: int = 0
     #: info(clock=False) answered from the cached firmware/platform/name/MAC (no round trips).
     info_cache_hits: int = 0
+    #: Dataset bytes received (1503 direct answers and 1504 chunks, users included; no packet headers).
+    dataset_bytes: int = 0
     #: Tail reads (read_punches_after) that returned the new records.
     tail_reads: int = 0
     #: Tail reads that returned None (log shorter, overlap record changed, layout unknown): full read needed.
@@ -772,7 +774,10 @@ class ZkSession:
             zk.free_data()
             return data
 
-        return self._call(what, run, in_sync_on_reply_error=False)
+        data = self._call(what, run, in_sync_on_reply_error=False)
+        with self._driver._lock:
+            self._driver.stats.dataset_bytes += len(data)
+        return data
 
     def _dataset_error(self, what: str, exc: records.DatasetError) -> ProtocolError:
         return ProtocolError(f"{self._driver.where}: {what}: {exc}", frames=self._driver.frames.snapshot())
@@ -988,6 +993,8 @@ class ZkSession:
             return data, total, False
 
         data, total, direct = self._call("read new attendance records", run, in_sync_on_reply_error=False)
+        with drv._lock:
+            drv.stats.dataset_bytes += len(data or b"")
         if data is None:
             return self._refuse_tail(f"the {total}-byte dataset does not hold {known.records} whole "
                                      f"{size}-byte records")
