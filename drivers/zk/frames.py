@@ -24,26 +24,35 @@ _TCP_MAGIC = b"\x50\x50\x82\x7d"
 
 
 class FrameRing:
-    """Thread-safe ring of the last ``size`` frames as ``"tx|rx <hex>"`` strings, each truncated."""
+    """Thread-safe ring of the last ``size`` frames, shown as ``"tx|rx <hex>"`` strings, each truncated.
+
+    A frame is kept as its first ``max_bytes`` bytes (secrets already blanked) and its length; the hex text
+    is made only when someone asks (``snapshot``): a download passes thousands of frames through here.
+    """
 
     def __init__(self, size: int = 32, max_bytes: int = 96) -> None:
-        self._frames: deque[str] = deque(maxlen=size)
+        self._frames: deque[tuple[str, bytes, int]] = deque(maxlen=size)
         self._max_bytes = max_bytes
         self._lock = threading.Lock()
 
     def add(self, direction: str, data: bytes, tcp: bool) -> None:
         """Record one frame (a send or a recv chunk)."""
-        shown = _redact(data, tcp)
-        text = shown[: self._max_bytes].hex(" ")
-        if len(shown) > self._max_bytes:
-            text += f" ...(+{len(shown) - self._max_bytes} bytes)"
+        # Blanking the prefix gives the prefix of the blanked frame (the header is never blanked).
+        shown = _redact(bytes(data[: self._max_bytes]), tcp)
         with self._lock:
-            self._frames.append(f"{direction} {text}")
+            self._frames.append((direction, shown, len(data)))
 
     def snapshot(self) -> list[str]:
         """Copy of the frames, oldest first."""
         with self._lock:
-            return list(self._frames)
+            frames = list(self._frames)
+        out = []
+        for direction, shown, length in frames:
+            text = shown.hex(" ")
+            if length > len(shown):
+                text += f" ...(+{length - len(shown)} bytes)"
+            out.append(f"{direction} {text}")
+        return out
 
     def clear(self) -> None:
         """Forget all frames."""
