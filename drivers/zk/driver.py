@@ -7,7 +7,9 @@ last frames and byte counts are known, (2) uses pyzk only for the wire exchange 
 read_with_buffer, simple commands) and decodes datasets itself in linear time (records.py), (3)
 translates everything pyzk raises -- including the raw socket/struct errors that escape its data
 phase -- into the DriverError tree of drivers/base.py, and (4) always re-enables the terminal and
-closes the connection when a session ends, whatever failed.
+closes the connection when a session ends, whatever failed. Tail reads (read_punches_after) ask 1504
+for the byte range of the new records only; firmware/platform/name/MAC are cached per serial so a
+steady poll costs three round trips (docs/drivers/zk.md, "What a poll does", "Tail reads").
 """
 
 from __future__ import annotations
@@ -427,10 +429,13 @@ def _drain_udp(wire: RecordingSocket, quiet_s: float = 0.3, max_s: float = 2.0) 
 
 
 def _same_record(found: RawPunch, known: RawPunch) -> bool:
-    """Whether a re-read record is the one read before: every decoded field (the raw time only when the
-    known record carries one; the datetime follows from the text)."""
+    """Whether a re-read record is the one read before: user id, time text, state and verify mode always;
+    uid, work code and raw time when the known record carries them (non-zero uid/work code, raw time >= 0:
+    a caller that kept only the four always-present fields still gets a tail read). The datetime follows
+    from the text."""
     return (found.user_id == known.user_id and found.time_text == known.time_text and found.state == known.state
-            and found.verify == known.verify and found.uid == known.uid and found.workcode == known.workcode
+            and found.verify == known.verify and (not known.uid or found.uid == known.uid)
+            and (not known.workcode or found.workcode == known.workcode)
             and (known.raw_time < 0 or found.raw_time == known.raw_time))
 
 

@@ -231,3 +231,17 @@ def test_progress_reporter_throttles() -> None:
         rep.update(i)  # all within the first 0.25 s
     rep.done(10)
     assert calls == [(10, 10)]
+
+
+@pytest.mark.timeout(60)
+def test_a_position_kept_without_uid_and_raw_time_still_gets_a_tail_read(fleet: Any) -> None:
+    dev = add_sim_device(fleet, records=300, tcp_buffered=True)
+    drv = zk_driver_for(dev)
+    before = full_read(drv)
+    dev.add_punches(2)
+    last = before[-1]
+    bare = RawPunch(last.user_id, last.time_text, last.local_time, last.state, last.verify)  # uid 0, raw_time -1
+    new = tail_read(drv, LogPosition(len(before), bare))[0]
+    assert new is not None and [punch_key(p) for p in new] == sim_truth(fleet.truth_file, dev.serial)[-2:]
+    wrong_uid = replace(last, uid=last.uid + 1)
+    assert tail_read(drv, LogPosition(len(before), wrong_uid))[0] is None
