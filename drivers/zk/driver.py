@@ -7,7 +7,9 @@ last frames and byte counts are known, (2) uses pyzk only for the wire exchange 
 read_with_buffer, simple commands) and decodes datasets itself in linear time (records.py), (3)
 translates everything pyzk raises -- including the raw socket/struct errors that escape its data
 phase -- into the DriverError tree of drivers/base.py, and (4) always re-enables the terminal and
-closes the connection when a session ends, whatever failed.
+closes the connection when a session ends, whatever failed. Tail reads (read_punches_after) ask 1504
+for the byte range of the new records only; firmware/platform/name/MAC are cached per serial so a
+steady poll costs three round trips (docs/drivers/zk.md, "What a poll does", "Tail reads").
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from drivers.base import (
     DriverError,
     IdentityMismatch,
     LiveEvent,
+    LogPosition,
     Progress,
     ProtocolError,
     RawPunch,
@@ -114,6 +117,14 @@ class ZkStats:
     fresh_reenables: int = 0
     #: 8-byte punches whose uid was not in the user table (reported with user_id = str(uid)).
     unmapped_punches: int = 0
+    #: info(clock=False) answered from the cached firmware/platform/name/MAC (no round trips).
+    info_cache_hits: int = 0
+    #: Dataset bytes received (1503 direct answers and 1504 chunks, users included; no packet headers).
+    dataset_bytes: int = 0
+    #: Tail reads (read_punches_after) that returned the new records.
+    tail_reads: int = 0
+    #: Tail reads that returned None (log shorter, overlap record changed, layout unknown): full read needed.
+    tail_refused: int = 0
     #: UDP only: requests re-sent, stale/duplicate datagrams dropped, chunks read (udp.py).
     udp: UdpCounters = field(default_factory=UdpCounters)
 
@@ -240,11 +251,23 @@ class _HookedZK(ZK):
         self._ZK__response = self._ZK__header[0]
         self._ZK__data = pkt[8:]
 
-    def read_with_buffer(self, command: int, fct: int = 0, ext: int = 0) -> tuple[bytes, int]:
+    def read_with_buffer(self, command: int, fct: int = 0, ext: int = 0,
+                         on_chunk: Callable[[int], None] | None = None) -> tuple[bytes, int]:
         """pyzk's 1503/1504/1502 read: exact-length TCP reads (tcp.py), UDP with lost chunks re-requested (udp.py).
 
         Every size the device declares is checked against ``dataset_limit`` before anything is read.
+        ``on_chunk(n)``: bytes received so far, after each 1504 chunk.
         """
+        direct, size = self.prepare_dataset(command, fct, ext)
+        if direct is not None:
+            return direct, size
+        dataset = self.read_range(0, size, on_chunk)
+        self.free_data()
+        return dataset, size
+
+    def prepare_dataset(self, command: int, fct: int = 0, ext: int = 0) -> tuple[bytes | None, int]:
+        """1503: ``(dataset, size)`` when the device answered with the whole dataset at once (direct),
+        ``(None, size)`` when it prepared a buffer to be read with 1504 (``read_range``, then FREE_DATA)."""
         request = struct.pack("<bhii", 1, command, fct, ext)
         if self.tcp:
             # A direct answer carries the whole dataset in one packet: bounded by the dataset limit.
@@ -252,7 +275,8 @@ class _HookedZK(ZK):
         elif self.udp is not None:
             resp = self._ZK__send_command(1503, request, 1024)
         else:
-            return super().read_with_buffer(command, fct, ext)
+            whole, whole_size = super().read_with_buffer(command, fct, ext)
+            return bytes(whole), whole_size
         if not resp["status"]:
             raise ZKErrorResponse("RWB Not supported")
         data: bytes = self._ZK__data
@@ -264,15 +288,29 @@ class _HookedZK(ZK):
             raise ZKErrorResponse(f"unexpected answer to 1503 (code {resp['code']}, {len(data)} bytes)")
         size = int(struct.unpack_from("<I", data, 1)[0])
         self._check_dataset_size(size)
+        return None, size
+
+    def read_range(self, start: int, end: int, on_chunk: Callable[[int], None] | None = None) -> bytes:
+        """Bytes ``start`` to ``end`` of the dataset prepared by ``prepare_dataset`` (1504 chunks)."""
         channel = self.tcpc if self.tcp else self.udp
         assert channel is not None
         channel.session_id, channel.reply_id = self._ZK__session_id, self._ZK__reply_id
         try:
-            dataset = channel.read_dataset(size)
+            return channel.read_range(start, end, on_chunk)
         finally:
             self._ZK__reply_id = channel.reply_id
-        self.free_data()
-        return dataset, size
+
+    def say_goodbye(self) -> None:
+        """Send CMD_EXIT and close the socket without waiting for the answer (docs/drivers/zk.md, "Goodbye")."""
+        channel = self.tcpc if self.tcp else self.udp
+        if channel is not None and self.wire is not None:
+            channel.session_id, channel.reply_id = self._ZK__session_id, self._ZK__reply_id
+            try:
+                channel.send_only(zk_const.CMD_EXIT)
+            except OSError as exc:
+                log.debug("goodbye not sent: %s", exc)
+            self._ZK__reply_id = channel.reply_id
+        self.close_socket()
 
     def close_socket(self) -> None:
         """Close the wire without talking to the device (its stream may be out of sync)."""
@@ -390,6 +428,54 @@ def _drain_udp(wire: RecordingSocket, quiet_s: float = 0.3, max_s: float = 2.0) 
     return None
 
 
+def _same_record(found: RawPunch, known: RawPunch) -> bool:
+    """Whether a re-read record is the one read before: user id, time text, state and verify mode always;
+    uid, work code and raw time when the known record carries them (non-zero uid/work code, raw time >= 0:
+    a caller that kept only the four always-present fields still gets a tail read). The datetime follows
+    from the text."""
+    return (found.user_id == known.user_id and found.time_text == known.time_text and found.state == known.state
+            and found.verify == known.verify and (not known.uid or found.uid == known.uid)
+            and (not known.workcode or found.workcode == known.workcode)
+            and (known.raw_time < 0 or found.raw_time == known.raw_time))
+
+
+class _ProgressReporter:
+    """Tells a caller's ``Progress`` how a download goes: at most every ``INTERVAL_S`` while chunks arrive,
+    and always once at the end. Whatever the callback raises is logged (once) and never reaches the download."""
+
+    INTERVAL_S = 0.25
+
+    def __init__(self, progress: Progress | None, expected: int) -> None:
+        self.progress = progress
+        self.expected = expected
+        self._last = time.monotonic()
+        self._failed = False
+
+    def update(self, records_read: int, expected: int | None = None) -> None:
+        if self.progress is None:
+            return
+        now = time.monotonic()
+        if now - self._last < self.INTERVAL_S:
+            return
+        self._last = now
+        if expected is not None:
+            self.expected = expected
+        self._call(records_read)
+
+    def done(self, records_read: int) -> None:
+        if self.progress is not None:
+            self._call(records_read)
+
+    def _call(self, records_read: int) -> None:
+        assert self.progress is not None
+        try:
+            self.progress(records_read, self.expected)
+        except Exception as exc:
+            if not self._failed:
+                self._failed = True
+                log.warning("download progress callback failed (ignored): %s: %s", type(exc).__name__, exc)
+
+
 class ZkDriver:
     """Reaches one configured ZK terminal. Blocking; one caller at a time.
 
@@ -409,6 +495,8 @@ class ZkDriver:
         self._users_count: int | None = None
         self._record_size: int | None = None
         self._user_size: int | None = None
+        #: (firmware, platform, device name, MAC) of the serial in ``_serial``, read by an earlier info().
+        self._static_info: tuple[str, str, str, str] | None = None
         # Set when a session could not re-enable the terminal: the next session does it first.
         self._needs_enable = False
         # Round-trip estimate of this terminal's UDP link, kept across sessions (udp.py).
@@ -476,6 +564,7 @@ class ZkDriver:
                 self._users_count = None
                 self._record_size = None
                 self._user_size = None
+                self._static_info = None
             self._serial = serial
 
     def _reenable_fresh(self, reuse_udp: socket.socket | None = None) -> None:
@@ -596,10 +685,9 @@ class ZkSession:
                         self._disabled = False
                     except Exception as exc:
                         log.warning("%s: enable after session failed: %s", self._driver.where, exc)
-                try:
-                    zk.disconnect()
-                except Exception as exc:
-                    log.debug("%s: disconnect failed: %s", self._driver.where, exc)
+                # Goodbye without waiting for its answer (docs/drivers/zk.md, "Goodbye"): nothing
+                # depends on it, and waiting costs a round trip on every poll.
+                zk.say_goodbye()
             if self._disabled and not zk.tcp and zk.wire is not None:
                 # On UDP there is no connection for the device to see closing, and a device may
                 # tie the DISABLE to the client that sent it: re-enable from the same local port,
@@ -677,10 +765,24 @@ class ZkSession:
         self._call("enable device", self._zk.enable_device)
         self._disabled = False
 
-    def _download(self, what: str, command: int, fct: int = 0, limit: int | None = None) -> bytes:
-        self._zk.dataset_limit = limit or self._quirks.max_download_bytes
-        data, _size = self._call(what, self._zk.read_with_buffer, command, fct, in_sync_on_reply_error=False)
-        return bytes(data)
+    def _download(self, what: str, command: int, fct: int = 0, limit: int | None = None,
+                  on_bytes: Callable[[int, int], None] | None = None) -> bytes:
+        """1503, then (buffered answer) the 1504 chunks and FREE_DATA; ``on_bytes(received, size)`` per chunk."""
+        zk = self._zk
+        zk.dataset_limit = limit or self._quirks.max_download_bytes
+
+        def run() -> bytes:
+            direct, size = zk.prepare_dataset(command, fct)
+            if direct is not None:
+                return direct
+            data = zk.read_range(0, size, None if on_bytes is None else lambda n: on_bytes(n, size))
+            zk.free_data()
+            return data
+
+        data = self._call(what, run, in_sync_on_reply_error=False)
+        with self._driver._lock:
+            self._driver.stats.dataset_bytes += len(data)
+        return data
 
     def _dataset_error(self, what: str, exc: records.DatasetError) -> ProtocolError:
         return ProtocolError(f"{self._driver.where}: {what}: {exc}", frames=self._driver.frames.snapshot())
@@ -697,13 +799,34 @@ class ZkSession:
         wire = self._zk.wire
         return wire.bytes_read if wire is not None else 0
 
+    @property
+    def requests_sent(self) -> int:
+        """Request packets sent to the device in this session (re-sends and the unanswered EXIT included)."""
+        wire = self._zk.wire
+        return wire.packets_sent if wire is not None else 0
+
     def info(self, *, clock: bool = True) -> DeviceInfo:
-        """Serial, firmware, platform, name, MAC and (``clock``) the device clock."""
+        """Serial, firmware, platform, name, MAC and (``clock``) the device clock.
+
+        ``clock=False`` costs no round trip once this driver has read the static fields of this serial:
+        firmware, platform, name and MAC come from the driver's cache (re-read whenever ``clock=True``,
+        and after the device at this address reported another serial).
+        """
         zk = self._zk
-        firmware = self._call("read firmware version", zk.get_firmware_version)
-        platform = self._optional("read platform", zk.get_platform)
-        name = self._optional("read device name", zk.get_device_name)
-        mac = self._optional("read MAC", zk.get_mac)
+        drv = self._driver
+        static = drv._static_info if not clock else None
+        if static is None:
+            firmware = self._call("read firmware version", zk.get_firmware_version)
+            platform = self._optional("read platform", zk.get_platform)
+            name = self._optional("read device name", zk.get_device_name)
+            mac = self._optional("read MAC", zk.get_mac)
+            static = (firmware, platform, name, mac)
+            with drv._lock:
+                if drv._serial == self._serial:
+                    drv._static_info = static
+        else:
+            with drv._lock:
+                drv.stats.info_cache_hits += 1
 
         def get_time() -> datetime | None:
             try:
@@ -713,7 +836,7 @@ class ZkSession:
                 return None
 
         device_time = self._call("read device time", get_time) if clock else None
-        return DeviceInfo(self._serial, firmware, platform, name, mac, device_time)
+        return DeviceInfo(self._serial, *static, device_time)
 
     def _optional(self, what: str, fn: Callable[[], str]) -> str:
         """Getters some firmware does not support: a clean error reply means "not reported"."""
@@ -741,31 +864,47 @@ class ZkSession:
         return sizes
 
     def read_punches(self, progress: Progress | None = None) -> list[RawPunch]:
-        """Download and decode the whole attendance log, in device order (linear time)."""
+        """Download and decode the whole attendance log, in device order (linear time).
+
+        ``progress(records_read, records_expected)`` is called as chunks arrive (at most every 0.25 s)
+        and once at the end; an exception it raises is logged, never raised into the download.
+        """
         cached, self._fallback_punches = self._fallback_punches, None
         if cached is not None:
+            _ProgressReporter(progress, len(cached)).done(len(cached))
             return cached  # downloaded by counts() of this session (unusable GET_FREE_SIZES)
         sizes = self._read_sizes_disabled()
-        return self._read_punches(None if sizes.unreliable else sizes.records, disabled=True)
+        return self._read_punches(None if sizes.unreliable else sizes.records, disabled=True, progress=progress)
 
     def _read_sizes_disabled(self) -> Counts:
         self._disable()
         return self._read_sizes()
 
-    def _read_punches(self, expected: int | None, disabled: bool = False) -> list[RawPunch]:
+    def _read_punches(self, expected: int | None, disabled: bool = False,
+                      progress: Progress | None = None) -> list[RawPunch]:
         """Download + decode; ``expected`` None = the device's count is unusable (decide by evidence)."""
         drv = self._driver
-        self.unmapped_uids = set()
         if not disabled:
             self._disable()
         sizes = self._sizes
         users_now = -1 if sizes.unreliable else sizes.users
+        reporter = _ProgressReporter(progress, expected or 0)
         if expected == 0:
             # pyzk convention (and the devices'): no download when the log is empty.
             self._enable()
+            reporter.done(0)
             return []
+        guess = self._quirks.record_size or drv._record_size or 40
+
+        def on_bytes(received: int, size: int) -> None:
+            if expected:
+                reporter.update(expected * received // size)
+            else:
+                reporter.update(max(0, received - 4) // guess, max(0, size - 4) // guess)
+
         limit = self._limit_for(40, expected or 0, sizes.records_cap)
-        data = self._download("download attendance log", zk_const.CMD_ATTLOG_RRQ, limit=limit)
+        data = self._download("download attendance log", zk_const.CMD_ATTLOG_RRQ, limit=limit,
+                              on_bytes=on_bytes if progress is not None else None)
         with drv._lock:
             drv.stats.log_downloads += 1
         try:
@@ -775,6 +914,7 @@ class ZkSession:
                     raise records.DatasetError(
                         f"device reports {expected} records but sent an empty log; nothing stored")
                 self._enable()
+                reporter.done(0)
                 return []
             size = records.choose_record_size(
                 body, expected, records.RECORD_SIZES, self._quirks.record_size, drv._record_size
@@ -784,15 +924,24 @@ class ZkSession:
                             "evidence)", drv.where, expected, len(body) // size, size)
         except records.DatasetError as exc:
             raise self._dataset_error("attendance dataset", exc) from exc
+        punches = self._decode(body, size, users_now)
+        drv._record_size = size
+        reporter.expected = reporter.expected or len(punches)
+        reporter.done(len(punches))
+        return punches
+
+    def _decode(self, body: memoryview, size: int, users_now: int) -> list[RawPunch]:
+        """Records of one layout -> punches (8-byte: uids mapped); re-enables the terminal before decoding."""
+        drv = self._driver
+        self.unmapped_uids = set()
         uid_map: dict[int, str] = {}
         if size == 8:
             uid_map = self._uid_map_for(body, users_now)
-        self._enable()
+        self._enable()  # everything is read: the keypad need not wait for the decode
         try:
             punches = records.parse_records(body, size, self._params.encoding, self._map_uid(uid_map))
         except records.DatasetError as exc:
             raise self._dataset_error("attendance dataset", exc) from exc
-        drv._record_size = size
         if self.unmapped_uids:
             with drv._lock:
                 drv.stats.unmapped_punches += sum(1 for p in punches if p.uid in self.unmapped_uids)
@@ -801,6 +950,102 @@ class ZkSession:
                 drv.where, self._serial, len(self.unmapped_uids), sorted(self.unmapped_uids)[:20],
             )
         return punches
+
+    def read_punches_after(self, known: LogPosition, progress: Progress | None = None) -> list[RawPunch] | None:
+        """The records after the first ``known.records`` of the log, reading only them and the one before.
+
+        drivers.base.ReadsNewPunches. 1503 prepares the attendance dataset as for a full read; 1504 then
+        asks for the byte range from record ``known.records - 1`` to the end (1504 takes any start offset
+        and length: pyzk's own read_with_buffer reads its chunks at running offsets, fact sheet §2.8).
+        The dataset starts with its u32 byte count, so record ``i`` is at ``4 + i * record_size``; the
+        record size is the one this driver decided on the last full read of this serial (or the
+        ``record_size`` quirk). That overlap record must decode to ``known.last`` (uid-mapped user id for
+        the 8-byte layout), else None. None also when the log holds fewer than ``known.records`` records,
+        the record size is not known yet, or the dataset's size is not whole records: the caller then
+        reads everything. The keypad is locked and unlocked exactly as by read_punches(). A terminal that
+        answers 1503 with the whole dataset at once (small logs over TCP) costs a full transfer here too.
+        """
+        drv = self._driver
+        cached, self._fallback_punches = self._fallback_punches, None
+        if cached is not None:  # counts() of this session already downloaded the whole log
+            return self._tail_of(cached, known, progress)
+        size = self._quirks.record_size or drv._record_size
+        if known.records < 1 or size is None:
+            return self._refuse_tail("no earlier full read of this serial decided the record size"
+                                     if size is None else "no record known")
+        sizes = self._read_sizes_disabled()
+        users_now = -1 if sizes.unreliable else sizes.users
+        if not sizes.unreliable and sizes.records < known.records:
+            return self._refuse_tail(f"the device counts {sizes.records} records, fewer than the "
+                                     f"{known.records} read before")
+        zk = self._zk
+        zk.dataset_limit = self._limit_for(40, max(sizes.records, known.records), sizes.records_cap)
+        reporter = _ProgressReporter(progress, max(0, sizes.records - known.records))
+        first = 4 + (known.records - 1) * size
+
+        def on_bytes(received: int) -> None:
+            reporter.update(max(0, received // size - 1))
+
+        def run() -> tuple[bytes | None, int, bool]:
+            direct, total = zk.prepare_dataset(zk_const.CMD_ATTLOG_RRQ)
+            if direct is not None:
+                return direct, total, True
+            if total < first + size or (total - 4) % size:
+                zk.free_data()
+                return None, total, False
+            data = zk.read_range(first, total, on_bytes if progress is not None else None)
+            zk.free_data()
+            return data, total, False
+
+        data, total, direct = self._call("read new attendance records", run, in_sync_on_reply_error=False)
+        with drv._lock:
+            drv.stats.dataset_bytes += len(data or b"")
+        if data is None:
+            return self._refuse_tail(f"the {total}-byte dataset does not hold {known.records} whole "
+                                     f"{size}-byte records")
+        tail: memoryview
+        if direct:
+            try:
+                body = records.split_dataset(data)
+            except records.DatasetError as exc:
+                raise self._dataset_error("attendance dataset", exc) from exc
+            if len(body) % size or len(body) // size < known.records:
+                return self._refuse_tail(f"the {len(body)}-byte log does not hold {known.records} whole "
+                                         f"{size}-byte records")
+            tail = body[first - 4:]
+        else:
+            tail = memoryview(data)
+        insane = records.layout_sanity(tail, size)
+        if insane is not None:
+            return self._refuse_tail(insane)
+        punches = self._decode(tail, size, users_now)
+        if not _same_record(punches[0], known.last):
+            return self._refuse_tail(f"record {known.records - 1} is not the last one read before "
+                                     "(log cleared, rolled over or rewritten)")
+        with drv._lock:
+            drv.stats.tail_reads += 1
+        reporter.expected = len(punches) - 1
+        reporter.done(len(punches) - 1)
+        return punches[1:]
+
+    def _tail_of(self, punches: list[RawPunch], known: LogPosition,
+                 progress: Progress | None) -> list[RawPunch] | None:
+        """read_punches_after() over a log already downloaded whole in this session."""
+        if known.records < 1 or len(punches) < known.records \
+                or not _same_record(punches[known.records - 1], known.last):
+            return self._refuse_tail("the log does not continue the one read before")
+        new = punches[known.records:]
+        _ProgressReporter(progress, len(new)).done(len(new))
+        return new
+
+    def _refuse_tail(self, why: str) -> list[RawPunch] | None:
+        """A tail read that cannot prove it continues the earlier read: re-enable, count, None."""
+        self._enable()
+        with self._driver._lock:
+            self._driver.stats.tail_refused += 1
+        log.info("%s serial=%s: tail read refused, a full read is needed: %s", self._driver.where,
+                 self._serial, why)
+        return None
 
     def _map_uid(self, uid_map: dict[int, str]) -> Callable[[int], str]:
         def lookup(uid: int) -> str:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from drivers.zk.frames import RecordingSocket, checksum
@@ -160,6 +161,10 @@ class TcpChannel:
         self.wire.send(build_tcp_packet(command, self.session_id, self.reply_id, data))
         return self.reply_id
 
+    def send_only(self, command: int, data: bytes = b"") -> None:
+        """Send one request whose answer nobody waits for (CMD_EXIT before closing the socket)."""
+        self._send(command, data)
+
     def _read_exact(self, n: int, what: str) -> bytes:
         """``n`` bytes, however they arrive; each wait is at most ``timeout_s`` and ends at the deadline."""
         buf = bytearray()
@@ -210,14 +215,25 @@ class TcpChannel:
             return pkt
         raise TcpFramingError(f"{MAX_SKIPPED} packets without an answer to {what}")
 
-    def read_dataset(self, size: int) -> bytes:
+    def read_dataset(self, size: int, on_chunk: Callable[[int], None] | None = None) -> bytes:
         """All ``size`` bytes of a dataset prepared by 1503, chunk by chunk (the caller bounded ``size``)."""
+        return self.read_range(0, size, on_chunk)
+
+    def read_range(self, start: int, end: int, on_chunk: Callable[[int], None] | None = None) -> bytes:
+        """Bytes ``start`` to ``end`` of a dataset prepared by 1503, in 1504 chunks from ``start``.
+
+        1504 takes any start offset and length (pyzk's read_with_buffer asks for its chunks at running
+        offsets, fact sheet §2.8), so a tail read asks only for the bytes it needs. ``on_chunk(n)`` is
+        told the bytes received so far after each chunk.
+        """
         out = bytearray()
         saved = self.wire.gettimeout()
         try:
-            while len(out) < size:
-                start, length = len(out), min(MAX_CHUNK, size - len(out))
-                out += self._read_chunk(start, length)
+            while start + len(out) < end:
+                at = start + len(out)
+                out += self._read_chunk(at, min(MAX_CHUNK, end - at))
+                if on_chunk is not None:
+                    on_chunk(len(out))
         finally:
             self.wire.settimeout(saved)
         return bytes(out)

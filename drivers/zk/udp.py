@@ -37,6 +37,7 @@ import random
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from drivers.zk.frames import RecordingSocket, checksum, checksum_ok
@@ -273,6 +274,10 @@ class UdpChannel:
         self.wire.sendto(build_packet(command, self.session_id, self.reply_id, data), self.address)
         return self.reply_id
 
+    def send_only(self, command: int, data: bytes = b"") -> None:
+        """Send one request whose answer nobody waits for (CMD_EXIT before closing the socket)."""
+        self._send(command, data)
+
     def _recv(self, deadline: float) -> bytes | None:
         """Next datagram before ``deadline`` (monotonic), None when the deadline passed.
 
@@ -365,13 +370,23 @@ class UdpChannel:
             self.wire.settimeout(saved)
 
     # -- buffered read (1504 chunks) ---------------------------------------------------------
-    def read_dataset(self, size: int) -> bytes:
+    def read_dataset(self, size: int, on_chunk: Callable[[int], None] | None = None) -> bytes:
         """All ``size`` bytes of a dataset prepared by 1503, chunk by chunk; never partial."""
+        return self.read_range(0, size, on_chunk)
+
+    def read_range(self, start: int, end: int, on_chunk: Callable[[int], None] | None = None) -> bytes:
+        """Bytes ``start`` to ``end`` of a prepared dataset (1504 takes any offset, §2.8); never partial.
+
+        ``on_chunk(n)`` is told the bytes received so far after each chunk.
+        """
         out = bytearray()
         saved = self.wire.gettimeout()
         try:
-            while len(out) < size:
-                out += self._read_chunk(len(out), size - len(out))
+            while start + len(out) < end:
+                at = start + len(out)
+                out += self._read_chunk(at, end - at)
+                if on_chunk is not None:
+                    on_chunk(len(out))
         finally:
             self.wire.settimeout(saved)
         return bytes(out)

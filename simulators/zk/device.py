@@ -15,7 +15,7 @@ import random
 import struct
 import threading
 from array import array
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
@@ -297,6 +297,12 @@ class SimDevice:
         #: "working..." until some client enables it, the disable timeout runs out, or it reboots.
         self._disabled = False
         self._rate_credit = 0.0
+        #: Request packets received from clients (every command, re-sent ones and EXIT included; the
+        #: clients' own ACK_OKs to events are not requests). Counted on the simulator's loop thread;
+        #: tests and benchmarks read it to count a client's round trips.
+        self.requests_received = 0
+        #: The same, per command code.
+        self.requests_by_command: Counter[int] = Counter()
         #: Set by the server: called (thread-safely) when faults change or sessions must drop.
         self.on_change: Callable[[str], None] = lambda what: None
         #: Set by the server: called with new punches so registered sessions get events.

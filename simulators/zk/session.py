@@ -91,6 +91,8 @@ class Session:
         dev = self.device
         if pkt.command == p.CMD_ACK_OK:
             return  # clients ACK our events; answering would start an endless ping-pong
+        dev.requests_received += 1
+        dev.requests_by_command[pkt.command] += 1
         if self.muted or self.closed:
             return
         if not pkt.checksum_ok:

@@ -63,14 +63,14 @@ def test_tcp_buffered_answers_large_log(fleet: Any) -> None:
 def user_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Counts every 1503 user-table read pyzk performs for the driver (independent of ZkStats)."""
     calls: list[int] = []
-    real = _HookedZK.read_with_buffer
+    real = _HookedZK.prepare_dataset
 
     def counting(self: Any, command: int, fct: int = 0, ext: int = 0) -> Any:
         if fct == 5:  # FCT_USER
             calls.append(command)
         return real(self, command, fct, ext)
 
-    monkeypatch.setattr(_HookedZK, "read_with_buffer", counting)
+    monkeypatch.setattr(_HookedZK, "prepare_dataset", counting)
     return calls
 
 

@@ -376,3 +376,28 @@ def test_profile_in_the_fleet_file_and_on_the_command_line() -> None:
         ("k40", "Ver 6.60 May 25 2018", 15.0, 80_000)] * 2
     plain = _config_from_args(_run_parser().parse_args([])).devices[0]
     assert (plain.profile, plain.records_cap, plain.tcp) == ("generic", 200_000, True)
+
+
+@pytest.mark.parametrize("udp", [False, True], ids=["tcp", "udp"])
+def test_read_buffer_at_any_offset_returns_that_range(add_device: Callable[..., SimDevice], raw: Any,
+                                                      udp: bool) -> None:
+    """1504 takes any start offset and length (pyzk reads at running offsets, §2.8): a tail read asks for the
+    last records only, starting inside the dataset, not at a chunk boundary."""
+    dev = add_device(tcp=not udp, udp=udp, tcp_framing="packets", tcp_buffered=True, users=5, records=500)
+    c = raw(dev, udp=udp)
+    ds = dev.dataset("attlog")
+    c.request(p.CMD_PREPARE_BUFFER, struct.pack("<bhii", 1, p.CMD_ATTLOG_RRQ, 0, 0))
+    for start, length in [(4 + 40 * 497, 80), (4 + 40 * 13, 3000), (7, 1), (len(ds) - 1, 1)]:
+        answer = c.run(p.CMD_READ_BUFFER, struct.pack("<ii", start, length))
+        assert answer[0].command == p.CMD_PREPARE_DATA and struct.unpack_from("<I", answer[0].data)[0] == length
+        assert b"".join(x.data for x in answer if x.command == p.CMD_DATA) == ds[start:start + length]
+
+
+def test_device_counts_the_requests_it_receives(add_device: Callable[..., SimDevice], raw: Any) -> None:
+    dev = add_device(users=5, records=10)
+    c = raw(dev)
+    before = dev.requests_received
+    c.request(p.CMD_GET_FREE_SIZES)
+    c.request(p.CMD_GET_FREE_SIZES)
+    assert dev.requests_received == before + 2
+    assert dev.requests_by_command[p.CMD_GET_FREE_SIZES] == 2

@@ -1,0 +1,81 @@
+"""The fast paths of records.py and frames.py equal their plain forms on any input.
+
+``parse_records`` (one pass, cached day/clock parts, per-decode id tables, collector paused) must give
+exactly what ``reference_parse_records`` (record by record, no caches) gives, for every layout, any bytes
+(impossible dates, non-UTF-8 id text, zero times) and any encoding; ``checksum`` (one integer reduced
+modulo 0xFFFF) must equal the word-by-word fold of the fact sheet, including the 0x0000/0xFFFF edge.
+"""
+
+from __future__ import annotations
+
+import gc
+import struct
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from drivers.zk import records
+from drivers.zk.frames import _checksum_by_words, checksum
+
+
+def mapped(uid: int) -> str:
+    return f"P{uid % 97}" if uid % 5 else str(uid)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([8, 16, 40]), st.lists(st.binary(min_size=40, max_size=40), max_size=40),
+       st.sampled_from(["UTF-8", "latin-1", "gb2312"]))
+def test_fast_decode_equals_the_reference_on_any_bytes(size: int, raw: list[bytes], encoding: str) -> None:
+    body = b"".join(r[:size] for r in raw)
+    assert records.parse_records(body, size, encoding, mapped) == \
+        records.reference_parse_records(body, size, encoding, mapped)
+
+
+#: Encoded times around month ends, leap days, impossible dates (Feb 30, Apr 31), midnight, 2000 and 2099.
+_EDGE_TIMES = st.one_of(
+    st.integers(0, records._T_2100 - 1),
+    st.sampled_from([0, 1, 86399, 86400, records._T_2100 - 1, records._T_2100, 0xFFFFFFFF]),
+    st.builds(lambda y, m, d, s: ((y * 12 + m) * 31 + d) * 86400 + s,
+              st.integers(0, 99), st.integers(0, 11), st.integers(27, 30), st.integers(0, 86399)),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 0xFFFF), st.integers(0, 255), _EDGE_TIMES.map(lambda t: t & 0xFFFFFFFF),
+                          st.integers(0, 255), st.integers(0, 0xFFFFFFFF)), max_size=30))
+def test_fast_decode_equals_the_reference_on_every_layout_and_date(fields: list[tuple[int, ...]]) -> None:
+    bodies = {
+        8: b"".join(struct.pack("<HBIB", uid, v, t, s) for uid, v, t, s, _w in fields),
+        16: b"".join(struct.pack("<IIBB2xI", w, t, s, v, w ^ 0x5A5A) for _u, v, t, s, w in fields),
+        40: b"".join(struct.pack("<H24sBIB8x", uid, str(w).encode(), v, t, s) for uid, v, t, s, w in fields),
+    }
+    for size, body in bodies.items():
+        fast = records.parse_records(body, size, "UTF-8", mapped)
+        assert fast == records.reference_parse_records(body, size, "UTF-8", mapped)
+        assert [p.raw_time for p in fast] == [f[2] for f in fields]
+
+
+def test_decode_leaves_the_garbage_collector_as_it_found_it() -> None:
+    body = struct.pack("<IIBB2xI", 7, 800_000_000, 0, 1, 0)
+    assert gc.isenabled()
+    records.parse_records(body, 16)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        records.parse_records(body, 16)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(st.binary(min_size=4, max_size=300),
+                 st.lists(st.sampled_from([0x00, 0xFF]), min_size=4, max_size=64).map(bytes)))
+def test_checksum_equals_the_word_fold(packet: bytes) -> None:
+    assert checksum(packet) == _checksum_by_words(packet)
+
+
+def test_checksum_edge_cases() -> None:
+    assert checksum(b"\x00" * 8) == _checksum_by_words(b"\x00" * 8) == 0xFFFF  # sum 0
+    assert checksum(b"\xff\xff\x00\x00") == _checksum_by_words(b"\xff\xff\x00\x00")  # sum 0xFFFF
+    assert checksum(b"\x01\x00\x12\x34\x02") == _checksum_by_words(b"\x01\x00\x12\x34\x02")  # odd length
