@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 RUNS: dict[str, tuple[list[str], str]] = {
     "bench_driver.py": (["--sizes", "1000", "--repeat", "1", "--pyzk-limit-s", "5", "--loss-records", "300",
                          "--losses", "0.02", "--loss-repeat", "1"], "lossless"),
-    "bench_poll.py": (["--records", "1000", "--repeat", "2"], "cheaper"),
+    "bench_poll.py": (["--quick"], "poll when nothing changed"),
     "bench_health.py": (["--devices", "10", "--polls", "100"], "/metrics"),
     "bench_store.py": (["-n", "1000", "--baseline-n", "200"], "batch insert"),
     "bench_simulator.py": (["--quick", "--devices", "10", "--fleet-records", "100"], "simulator RSS"),
