@@ -254,3 +254,19 @@ def test_normalize_punches_matches_its_plain_per_punch_specification(tmp_path: P
             reference_normalize(raws, context, employees=emp, now=now)
 
     check()
+
+
+@pytest.mark.timeout(10)
+def test_the_fast_punch_constructor_builds_the_same_frozen_punch() -> None:
+    import dataclasses
+
+    from gateway.polling.normalize import _NEW_PUNCH
+
+    values = ("1801.01.02", "lobby", "SN1", "1001", "2026-11-20 07:00:00", datetime(2026, 11, 20, 7),
+              datetime(2026, 11, 20, 0, tzinfo=UTC), "Asia/Jakarta", 0, "check_in", 1, "fingerprint", 7, 0, 123,
+              "E1", ("future",), 0)
+    fast, plain = _NEW_PUNCH(*values), Punch(*values)
+    assert type(fast) is Punch and fast == plain and hash(fast) == hash(plain) and repr(fast) == repr(plain)
+    assert [getattr(fast, f.name) for f in dataclasses.fields(Punch)] == list(values)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.state = 1  # type: ignore[misc]
