@@ -309,7 +309,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_dir, Fleet(truth_path=Path(tmp_dir) / "truth.jsonl") as fleet:
         tmp = Path(tmp_dir)
         sim = fleet.add(DeviceSpec(serial="BENCH1", host="127.0.0.1", port=0, tcp=True, udp=True, record_layout=40,
-                                   user_layout=72, users=300, records=records, seed=3))
+                                   user_layout=72, users=300, records=records, seed=3,
+                                   # buffered TCP answers (1503/1504 chunks) as real terminals give for big logs;
+                                   # a direct answer always carries the whole log, a tail read too
+                                   tcp_buffered=True))
         size = f"{records:,} records, {args.transport.upper()}, SQLite"
 
         # 1. `fpgw poll` as the operator runs it: a fresh process and database.
