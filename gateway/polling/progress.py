@@ -64,6 +64,8 @@ class DownloadProgress:
             if now >= self._next_log:
                 self._next_log = now + self._log_every_s
                 self.lines_logged += 1
+                if self.display is not None and not self._broken:
+                    self.display.finish()  # wipe the live line first: the log may go to the same terminal
                 log.info("downloading the attendance log", read=self.what, records_read=records_read,
                          records_expected=records_expected or None, records_per_s=round(rate),
                          elapsed_s=round(elapsed, 1))
