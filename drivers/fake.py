@@ -25,14 +25,15 @@ from drivers.base import (
     DeviceUser,
     IdentityMismatch,
     LiveEvent,
+    LogPosition,
     Progress,
     RawPunch,
 )
 
 #: Operations that can be scripted to fail or be slowed down.
 OPERATIONS = frozenset(
-    {"connect", "info", "counts", "read_punches", "read_users", "set_time", "clear_punches", "live_punches",
-     "enable_device"}
+    {"connect", "info", "counts", "read_punches", "read_punches_after", "read_users", "set_time", "clear_punches",
+     "live_punches", "enable_device"}
 )
 
 
@@ -73,6 +74,8 @@ class FakeDevice:
     #: Set to a reason to answer counts() like a terminal whose size query is unusable: no capacities,
     #: ``Counts.unreliable`` set (the records still counted, as ZkDriver counts them by downloading).
     counts_unreliable: str = ""
+    #: Downloads tell their progress every this many records (0: once, at the end), like a driver reading chunks.
+    progress_step: int = 0
 
     def now(self) -> datetime:
         """The device's wall clock."""
@@ -221,8 +224,26 @@ class FakeSession:
             out = list(d.punches)
             d.enabled = True
         self._bytes += 4 + d.record_bytes * len(out)
-        if progress is not None:
-            progress(len(out), len(out))
+        _tell(progress, len(out), d.progress_step)
+        return out
+
+    def read_punches_after(self, known: LogPosition, progress: Progress | None = None) -> list[RawPunch] | None:
+        """The records after the first ``known.records`` (ReadsNewPunches), after checking that record
+        ``known.records - 1`` is still ``known.last``; None when it is not or the log is shorter. Costs the
+        new records plus the overlap record in bytes_read."""
+        drv = self._driver
+        with drv.lock:
+            if drv.disable_while_reading:
+                drv.device.enabled = False
+        d = self._op("read_punches_after")
+        with drv.lock:
+            log = d.punches
+            proven = 1 <= known.records <= len(log) and log[known.records - 1] == known.last
+            out = list(log[known.records:]) if proven else None
+            d.enabled = True
+        self._bytes += 4 + d.record_bytes * (len(out) + 1 if out is not None else 1)
+        if out is not None:
+            _tell(progress, len(out), d.progress_step)
         return out
 
     def read_users(self) -> list[DeviceUser]:
@@ -275,6 +296,16 @@ class FakeSession:
                 yield None
                 continue
             yield LiveEvent(replace(p))
+
+
+def _tell(progress: Progress | None, total: int, step: int) -> None:
+    """Report a download of ``total`` records the way a chunked driver does: every ``step`` records, then the end."""
+    if progress is None:
+        return
+    if step > 0:
+        for done in range(step, total, step):
+            progress(done, total)
+    progress(total, total)
 
 
 __all__ = ["OPERATIONS", "FakeDevice", "FakeDriver", "FakeSession", "make_punch"]

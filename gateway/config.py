@@ -66,6 +66,9 @@ class PollingConfig:
     pool_size: int = 16
     #: Download the full log at least this often even if the record count did not change.
     full_reconcile_s: float = 86400.0
+    #: Read the device clock (skew, clock correction) at most this often, and whenever the whole log is read;
+    #: the polls in between skip that request (one round trip less per poll).
+    clock_check_s: float = 300.0
     #: Longest wait between probes of a failing device (backoff grows x1.5 up to this).
     backoff_max_s: float = 1800.0
     #: On SIGTERM, wait this long for in-flight polls before abandoning them.
@@ -367,6 +370,7 @@ def _parse_polling(r: Reader) -> PollingConfig:
         poll_deadline_s=r.duration_s("poll_deadline_s", 300.0, min=5),
         pool_size=r.integer("pool_size", 16, min=1, max=256),
         full_reconcile_s=r.duration_s("full_reconcile_s", 86400.0, min=60),
+        clock_check_s=r.duration_s("clock_check_s", 300.0, min=0),
         backoff_max_s=r.duration_s("backoff_max_s", 1800.0, min=5),
         shutdown_deadline_s=r.duration_s("shutdown_deadline_s", 20.0, min=1),
         clear_when_full_ratio=_clear_ratio(r, 0.0),

@@ -72,8 +72,9 @@ class PollOutcome:
     transient: bool = True
     #: Seconds the device asked us to wait before the next try (DriverError.retry_after, e.g. Busy).
     retry_after_s: float | None = None
-    #: "count" (counts only, nothing new), "full" (log downloaded) or "none" (failed before counting).
-    mode: Literal["count", "full", "none"] = "none"
+    #: "count" (counts only, nothing new), "full" (whole log downloaded), "tail" (only the records added since the
+    #: last read: not a full read, so it proves nothing about older records) or "none" (failed before counting).
+    mode: Literal["count", "full", "tail", "none"] = "none"
     serial: str | None = None
     #: The serial previously known at this device id, when it changed (device replaced).
     previous_serial: str | None = None

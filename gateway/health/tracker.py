@@ -247,7 +247,8 @@ class HealthTracker:
         elif info is not None and info.device_time is not None:
             self._close(h, out, "clock_reset", now)
 
-        h.clock_skew_s = o.clock_skew_s
+        if o.clock_skew_s is not None:  # None: not measured in this poll (polling.clock_check_s); keep the last
+            h.clock_skew_s = o.clock_skew_s
         if o.clock_corrected:
             skew = o.clock_skew_s or 0.0
             direction = "ahead" if skew > 0 else "behind"

@@ -1,13 +1,17 @@
 """DevicePoller: one poll of one device -> PollOutcome. The only module that calls drivers.
 
     scheduler --poll:<id>--> DevicePoller.poll_once(device)
-        driver.connect() -> info (serial, clock) -> counts -> [read_punches] -> [read_users]
-        -> normalize -> store.save_poll (ONE transaction) -> ctx.poll_observers
+        driver.connect() -> info (serial; the clock only when a check is due) -> counts
+        -> [read_punches_after(position) | read_punches] -> [read_users]
+        -> normalize -> store.save_poll (ONE transaction, with the new log position) -> ctx.poll_observers
 
-Steady state is cheap: the log is downloaded only when the record count changed, the serial
-changed, the log is full (a terminal that overwrites its oldest record keeps its count: a full log is read
-every poll), or the periodic full reconcile is due. Before a download (the driver may lock the keypad) a
-durable disable mark is written; a later session that finds a stale one re-enables the terminal first.
+Steady state is cheap: the log is read only when the record count changed, the serial changed, the log is
+full (a terminal that overwrites its oldest record keeps its count: a full log is read every poll), or the
+periodic full reconcile is due. When the log merely grew, only the new records are read (a tail read, from
+the position saved with the last read; gateway.polling.position) if the driver can and nothing calls for a
+full read; the device clock is read every polling.clock_check_s, not at every poll. Before a download (the
+driver may lock the keypad) a durable disable mark is written; a later session that finds a stale one
+re-enables the terminal first.
 Every DriverError becomes an outcome with its ``kind``; anything else is a bug (logged with a traceback
 every time). No retry loop here: the next tick is the retry (gateway.polling.scheduler backs failing devices off).
 
@@ -24,6 +28,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 from zoneinfo import ZoneInfo
 
 import structlog
@@ -36,8 +41,11 @@ from drivers.base import (
     DeviceUser,
     Driver,
     DriverError,
+    LogPosition,
     RawPunch,
+    ReadsNewPunches,
     ReadsUsers,
+    Session,
     SetsClock,
 )
 from gateway.config import Config, DeviceConfig
@@ -51,7 +59,15 @@ from gateway.polling.clear import (
     stale_marks,
     verify_and_clear,
 )
-from gateway.polling.normalize import DEFAULT_NOT_BEFORE, DeviceContext, EmployeeMap, normalize_punches
+from gateway.polling.normalize import (
+    DEFAULT_NOT_BEFORE,
+    RTC_RESET_BEFORE,
+    DeviceContext,
+    EmployeeMap,
+    normalize_punches,
+)
+from gateway.polling.position import position_text, read_position
+from gateway.polling.progress import DownloadProgress, ProgressDisplay
 from gateway.store.db import StorageError, storage_error_text
 from gateway.store.punches import DeviceState, Store
 
@@ -80,13 +96,21 @@ class _Read:
 
     info: DeviceInfo | None = None
     counts: Counts | None = None
+    #: What was read of the log: the whole log ("full"), only the records after the saved position ("tail"),
+    #: or nothing (None: the counts said nothing changed).
+    mode: Literal["full", "tail"] | None = None
+    #: The records read (the whole log, or the tail).
     raw: list[RawPunch] | None = None
+    #: The normalized records of a tail read (normalized in the session: see _tail_read).
+    tail: list[Punch] | None = None
+    #: Position text to save with this read (gateway.polling.position); None = keep the stored one.
+    position: str | None = None
     users: list[DeviceUser] | None = None
     skew_s: float | None = None
     corrected: bool = False
     bytes_read: int = 0
     notes: list[str] = field(default_factory=list)
-    #: The normalized punches of a full read (what a clear must find stored).
+    #: The normalized punches of a full read (what a clear must find stored; never a tail read's).
     punches: list[Punch] | None = None
     #: Found left disabled by an earlier session and could not re-enable it.
     left_disabled: bool = False
@@ -97,7 +121,9 @@ class DevicePoller:
 
     def __init__(self, config: Config, store: Store, *, driver_factory: DriverFactory | None = None,
                  observers: Sequence[Observer] | list[Observer] = (), stop_event: threading.Event | None = None,
-                 employees: EmployeeMap | None = None, now: Callable[[], datetime] | None = None) -> None:
+                 employees: EmployeeMap | None = None, now: Callable[[], datetime] | None = None,
+                 progress_display: ProgressDisplay | None = None,
+                 progress_clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.store = store
         self.driver_factory = driver_factory or registry_driver_factory
@@ -112,6 +138,13 @@ class DevicePoller:
         self._users_read: set[str] = set()
         self._serials: dict[str, str] = {}
         self._db_down = False
+        #: Shows downloads as they run (`fpgw poll` on a terminal); None in the daemon.
+        self.progress_display = progress_display
+        self._progress_clock = progress_clock
+        #: When this process last read each device's clock (polling.clock_check_s).
+        self._clock_read_at: dict[str, datetime] = {}
+        #: Devices whose driver refused a tail read since their last good one (logged at INFO once).
+        self._tail_refused: set[str] = set()
 
     # -- drivers ---------------------------------------------------------------------------------
     def driver_for(self, device: DeviceConfig) -> Driver:
@@ -159,7 +192,8 @@ class DevicePoller:
         except (DriverError, PollAborted) as exc:
             return self._failed(device, state, read, started, exc)
         outcome = self._store_good(device, state, read, started)
-        if clear_due(device, read.counts) and read.punches is not None:
+        # Only a full read can prove every record stored before a clear (a tail read saw only the new ones).
+        if clear_due(device, read.counts) and read.mode == "full" and read.punches is not None:
             outcome = self._policy_clear(device, read, outcome)
         return outcome
 
@@ -244,23 +278,36 @@ class DevicePoller:
                 except DriverError:
                     read.left_disabled = True
                     raise
-                read.info = session.info()
+                clock_due = self._clock_due(device, state)
+                read.info = session.info(clock=clock_due)
                 structlog.contextvars.bind_contextvars(serial=read.info.serial)
                 self._serials[device.id] = read.info.serial
+                if not clock_due and read.info.serial != state.serial:
+                    clock_due = True  # another terminal answers at this address: check its clock at once
+                    read.info = session.info()
                 read.skew_s = self._clock(device, session, read)
                 self._check(deadline, "reading counts")
                 read.counts = session.counts()
-                if force_full or self._needs_full(device, state, read.info, read.counts):
+                why = "forced" if force_full else self._why_read(device, state, read.info, read.counts)
+                if why is not None:
                     if locked_elsewhere and not force_full:
                         # Not a count-only success: that would store the new count without its records.
                         raise Busy("another fpgw process (fpgw devices clear?) holds the terminal locked; "
                                    "the log is read at the next poll", retry_after=30.0)
+                    known = self._tail_start(device, state, read.counts, session, why)
+                    if known is None and not clock_due:
+                        # A full download costs far more than one clock read: check the clock with it.
+                        read.info = session.info()
+                        read.skew_s = self._clock(device, session, read)
                     self._check(deadline, "downloading the log")
                     # Durably, before the driver locks the keypad for the download: if this process dies
                     # meanwhile, the next session (of any process) knows to re-enable the terminal.
                     self.store.mark_disabling(device.id, owner)
                     marked = True
-                    read.raw = session.read_punches()
+                    if known is not None and isinstance(session, ReadsNewPunches):
+                        self._tail_read(device, session, read, known)
+                    if read.mode is None:
+                        self._full_read(device, session, read)
                 if isinstance(session, ReadsUsers) and self._needs_users(device, state, read.info, read.counts):
                     self._check(deadline, "downloading users")
                     try:
@@ -275,10 +322,60 @@ class DevicePoller:
         if marked:  # the session ended cleanly: the driver re-enabled the terminal
             forget_disable_mark(self.store, device.id, owner)
 
+    def _full_read(self, device: DeviceConfig, session: Session, read: _Read) -> None:
+        """Download the whole log; the position to save is its last record."""
+        progress = DownloadProgress(device.id, "full", display=self.progress_display, clock=self._progress_clock)
+        ok = False
+        try:
+            raw = session.read_punches(progress)
+            ok = True
+        finally:
+            progress.finish(ok)
+        read.mode, read.raw = "full", raw
+        read.position = position_text(LogPosition(len(raw), raw[-1]) if raw else None)
+
+    def _tail_read(self, device: DeviceConfig, session: ReadsNewPunches, read: _Read, known: LogPosition) -> None:
+        """Read only the records after ``known``; leaves read.mode None when a full read is needed instead."""
+        progress = DownloadProgress(device.id, "tail", display=self.progress_display, clock=self._progress_clock)
+        ok = False
+        try:
+            tail = session.read_punches_after(known, progress)
+            ok = True
+        finally:
+            progress.finish(ok)
+        if tail is None:
+            # The record we read last is not where it was: the log was cleared, rolled over or rewritten.
+            if device.id not in self._tail_refused:
+                self._tail_refused.add(device.id)
+                log.info("the terminal's log changed under the last read position; reading the whole log",
+                         position=known.records)
+            else:
+                log.debug("tail read refused by the driver; reading the whole log", position=known.records)
+            return
+        assert read.info is not None
+        punches = self._normalize(device, read.info.serial, tail)
+        if any(p.occurrence for p in punches):
+            # Occurrence numbers count same-time records within the WHOLE log (gateway.polling.normalize): a tail
+            # cannot number them the way a full read does, so a record with an untrusted time means a full read.
+            log.debug("new records with an untrusted time; reading the whole log to number them", records=len(tail))
+            return
+        self._tail_refused.discard(device.id)
+        read.mode, read.raw, read.tail = "tail", tail, punches
+        if tail:
+            read.position = position_text(LogPosition(known.records + len(tail), tail[-1]))
+
+    def _clock_due(self, device: DeviceConfig, state: DeviceState) -> bool:
+        """Read the device clock in this poll? On the first poll (of this process too), then every
+        polling.clock_check_s; a poll that reads the whole log reads it anyway (see _session)."""
+        last = self._clock_read_at.get(device.id)
+        return state.serial is None or last is None or \
+            (self._now() - last).total_seconds() >= self.config.polling.clock_check_s
+
     def _clock(self, device: DeviceConfig, session: object, read: _Read) -> float | None:
         info = read.info
         if info is None or info.device_time is None:
             return None
+        self._clock_read_at[device.id] = self._now()
         zone = ZoneInfo(device.timezone)
         local_now = self._now().astimezone(zone).replace(tzinfo=None)
         skew = (info.device_time - local_now).total_seconds()
@@ -294,26 +391,49 @@ class DevicePoller:
                 log.info("device clock corrected", skew_s=round(skew, 1), set_to=target.isoformat(sep=" "))
         return skew
 
-    def _needs_full(self, device: DeviceConfig, state: DeviceState, info: DeviceInfo, counts: Counts) -> bool:
+    def _why_read(self, device: DeviceConfig, state: DeviceState, info: DeviceInfo, counts: Counts) -> str | None:
+        """Why this poll must read the log (None: the counts say nothing changed). Only "grew" allows a tail read."""
         if state.serial != info.serial or state.last_record_count is None:
-            return True  # first poll, or another terminal (replaced): read everything it has
-        if counts.records != state.last_record_count:
-            return True  # grew, or shrank (cleared at the keypad: whatever is there now is new)
+            return "new terminal"  # first poll, or another terminal (replaced): read everything it has
         if counts.unreliable:
-            return True  # the driver could not trust the counter and already downloaded the log to count it
+            return "unreliable counts"  # the driver could not trust the counter and downloaded the log to count it
         if counts.records_cap > 0 and counts.records >= counts.records_cap:
             # Full: a terminal that overwrites its oldest record when full ("rolling" log) keeps this count
             # while every new punch replaces an old one, so the count says nothing: read it all, every poll.
-            return True
-        if state.last_full_read_at is None:
-            return True
-        due = state.last_full_read_at + timedelta(seconds=self.config.polling.full_reconcile_s)
-        if self._now() >= due:
-            return True
+            return "log full"
+        if state.last_full_read_at is None or \
+                self._now() >= state.last_full_read_at + timedelta(seconds=self.config.polling.full_reconcile_s):
+            return "reconcile due"
         # The clear policy needs a fresh full read to verify; with forwarding, only once the outbox of this
         # device drained (else the clear would be refused anyway and the download wasted).
-        return clear_due(device, counts) and (
-            not self._requires_forwarded() or sum(self.store.outbox_waiting(device.id)) == 0)
+        if clear_due(device, counts) and (
+                not self._requires_forwarded() or sum(self.store.outbox_waiting(device.id)) == 0):
+            return "clear due"
+        if counts.records < state.last_record_count:
+            return "log shrank"  # cleared at the keypad: whatever is there now is new
+        if counts.records > state.last_record_count:
+            return "grew"
+        return None
+
+    def _tail_start(self, device: DeviceConfig, state: DeviceState, counts: Counts, session: Session,
+                    why: str) -> LogPosition | None:
+        """The saved position to read on from, when this read may be a tail read; None = read the whole log."""
+        if why != "grew" or not isinstance(session, ReadsNewPunches):
+            return None
+        known = read_position(state.log_position)
+        if known is None:
+            if state.log_position:
+                log.info("saved log position unreadable; reading the whole log")
+            return None
+        last = known.last.local_time
+        if known.records > counts.records or known.records > (state.last_record_count or 0) \
+                or last is None or last.date() < RTC_RESET_BEFORE:
+            # The log holds fewer records than we read (cleared since: by fpgw, whose clear stores a count of 0),
+            # or the proof record has a time that cannot tell records apart (a dead clock writes the same one
+            # again and again): only a full read is safe.
+            log.debug("saved log position not usable for a tail read", position=known.records, records=counts.records)
+            return None
+        return known
 
     def _needs_users(self, device: DeviceConfig, state: DeviceState, info: DeviceInfo, counts: Counts) -> bool:
         return (device.id not in self._users_read or state.serial != info.serial
@@ -324,15 +444,19 @@ class DevicePoller:
         return DeviceContext(office_code=self.config.site.office_code, device_id=device.id, serial=serial,
                              timezone=device.timezone, not_before=device.installed_on or DEFAULT_NOT_BEFORE)
 
+    def _normalize(self, device: DeviceConfig, serial: str, raw: list[RawPunch]) -> list[Punch]:
+        self.employees.refresh()
+        return normalize_punches(raw, self._context(device, serial), employees=self.employees, now=self._now())
+
     def _store_good(self, device: DeviceConfig, state: DeviceState, read: _Read, started: datetime) -> PollOutcome:
         assert read.info is not None and read.counts is not None
         info, counts = read.info, read.counts
         punches: list[Punch] = []
-        if read.raw is not None:
-            self.employees.refresh()
-            punches = normalize_punches(read.raw, self._context(device, info.serial), employees=self.employees,
-                                        now=self._now())
-            read.punches = punches
+        if read.mode == "tail" and read.tail is not None:
+            punches = read.tail
+        elif read.mode == "full" and read.raw is not None:
+            # After the session: the terminal is unlocked and the connection closed before this CPU work.
+            punches = read.punches = self._normalize(device, info.serial, read.raw)
         previous_serial = state.serial if state.serial is not None and state.serial != info.serial else None
         if previous_serial is not None:
             log.warning("device serial changed: terminal replaced or readdressed; polling the new one",
@@ -350,17 +474,20 @@ class DevicePoller:
                             records=counts.records, previous_records=state.last_record_count)
         outcome = PollOutcome(
             device_id=device.id, started_at=started, finished_at=self._now(), ok=True,
-            mode="full" if read.raw is not None else "count", serial=info.serial, previous_serial=previous_serial,
+            mode=read.mode or "count", serial=info.serial, previous_serial=previous_serial,
             info=info, counts=counts, previous_record_count=state.last_record_count,
             previous_firmware=state.firmware, records_read=len(punches), clock_skew_s=read.skew_s,
             clock_corrected=read.corrected, bytes_read=read.bytes_read,
             error="; ".join(read.notes) or None, cleared_records=cleared_by_us, terminal_disabled=read.left_disabled,
         )
         saved = self.store.save_poll(outcome, punches, forward=bool(self.config.forward.url),
-                                     address=(device.address, device.port))
+                                     address=(device.address, device.port), log_position=read.position)
         if read.users is not None:
             self.store.save_users(info.serial, read.users)
             self._users_read.add(device.id)
+        # The poll ends when its punches are stored: the reported duration (CLI, metrics, health) covers the store
+        # too. (The poll_runs row, written inside save_poll, cannot include its own transaction.)
+        outcome = replace(outcome, finished_at=self._now())
         flags: Counter[str] = Counter()
         if saved.new_keys:
             for p in punches:

@@ -680,7 +680,7 @@ def _in_epoch(punches: Sequence[Punch], epoch: int) -> tuple[Sequence[Punch], di
 def _run_outcome(outcome: PollOutcome) -> str:
     if not outcome.ok:
         return outcome.error_kind or "bug"
-    return "ok" if outcome.mode == "full" else "unchanged"
+    return "ok" if outcome.mode in ("full", "tail") else "unchanged"
 
 
 def _newest_valid(punches: Sequence[Punch]) -> datetime | None:

@@ -116,7 +116,9 @@ def test_simulator_fault_gives_one_start_and_one_end_alert(
         fault: str, value: Any, problem: str, fleet, hook: WebhookReceiver, sqlite_url: str, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     a = fleet.add(sim_spec(f"HL-{fault[:10].upper()}", records=40))
-    config = health_config(sqlite_url, [DeviceEntry("a", a)], tmp_path, hook, monkeypatch)
+    # Every poll reads the clock (clock_check_s = 0): the clock faults must show at the very next poll.
+    config = health_config(sqlite_url, [DeviceEntry("a", a)], tmp_path, hook, monkeypatch,
+                           polling={"clock_check_s": 0})
     with RunningGateway(config) as gw:
         assert poll(gw).ok
         a.set_fault(fault, value)

@@ -4,11 +4,25 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from drivers.base import RawPunch
-from gateway.polling.normalize import DeviceContext, EmployeeMap, normalize_punches, state_name, verify_name
+from gateway.models import Punch
+from gateway.polling.normalize import (
+    FUTURE_TOLERANCE,
+    RTC_RESET_BEFORE,
+    UNTRUSTED_TIME_FLAGS,
+    DeviceContext,
+    EmployeeMap,
+    bound_raw,
+    normalize_punches,
+    state_name,
+    verify_name,
+)
 
 NOW = datetime(2026, 11, 23, 3, 0, tzinfo=UTC)  # 10:00 WIB
 
@@ -148,3 +162,111 @@ def test_bad_values_are_fitted_and_flagged_never_dropped() -> None:
     assert len(",".join(p.flags)) <= 200
     # Year 1 in WIB has no UTC instant: impossible_date rather than a crash.
     assert q.utc_time is None and q.local_time is None and "impossible_date" in q.flags
+
+
+def reference_normalize(raw: list[RawPunch], ctx: DeviceContext, *, employees: EmployeeMap | None,
+                        now: datetime) -> list[Punch]:
+    """The plain, per-punch form of normalize_punches (before its speed-up): the specification it must match."""
+    zone = ZoneInfo(ctx.timezone)
+    latest_ok = now + FUTURE_TOLERANCE
+    mapped = employees is not None and employees.configured
+    out: list[Punch] = []
+    seen: dict[tuple[str, str], int] = {}
+    for original in raw:
+        rp, flags = bound_raw(original)
+        local = rp.local_time
+        utc_time: datetime | None = None
+        if local is not None:
+            try:
+                utc_time = local.replace(tzinfo=zone).astimezone(UTC)
+            except OverflowError:
+                local = None
+        if local is None or utc_time is None:
+            flags.append("impossible_date")
+        else:
+            if local.date() < RTC_RESET_BEFORE:
+                flags.append("rtc_reset")
+            elif local.date() < ctx.not_before:
+                flags.append("before_device")
+            if utc_time > latest_ok:
+                flags.append("future")
+        employee_id = employees.lookup(ctx.serial, rp.user_id) if employees is not None else None
+        if mapped and employee_id is None:
+            flags.append("unmapped_user")
+        occurrence = 0
+        if UNTRUSTED_TIME_FLAGS.intersection(flags):
+            occurrence = seen[(rp.user_id, rp.time_text)] = seen.get((rp.user_id, rp.time_text), 0) + 1
+        out.append(Punch(
+            office_code=ctx.office_code, device_id=ctx.device_id, device_serial=ctx.serial,
+            device_user_id=rp.user_id, device_time=rp.time_text, local_time=local, utc_time=utc_time,
+            timezone=ctx.timezone, state=rp.state, state_name=state_name(rp.state), verify=rp.verify,
+            verify_name=verify_name(rp.verify), uid=rp.uid, workcode=rp.workcode, raw_time=rp.raw_time,
+            employee_id=employee_id, flags=tuple(dict.fromkeys(flags)), occurrence=occurrence))
+    return out
+
+
+_YEARS = st.sampled_from([1, 2, 1999, 2000, 2009, 2015, 2026, 2027, 2031, 9999])
+_TEXTS = st.one_of(
+    st.builds(lambda y, mo, d, h, mi, s: f"{y:04d}-{mo:02d}-{d:02d} {h:02d}:{mi:02d}:{s:02d}", _YEARS,
+              st.integers(1, 13), st.integers(1, 32), st.integers(0, 25), st.integers(0, 61), st.integers(0, 59)),
+    st.sampled_from(["2026/11/20 07:00", "", "2026-11-20T07:00:00", "２０２６-11-20 07:00:00"]),
+    # Days with a zone transition (Berlin, New York, Lord Howe's half hour), in the gap, the fold and after.
+    st.sampled_from([f"{day} {hm}:00" for day in ("2026-03-29", "2026-10-25", "2026-03-08", "2026-11-01",
+                                                   "2026-04-05", "2026-10-04")
+                     for hm in ("00:30", "01:45", "02:30", "12:00", "23:59")]),
+    st.text(max_size=25))
+_INTS = st.one_of(st.integers(-3, 300), st.integers(-(2 ** 70), 2 ** 70), st.booleans(),
+                  st.sampled_from([2 ** 31 - 1, 2 ** 31, 2 ** 32 - 1, -(2 ** 31) - 1, 2 ** 63, -(2 ** 63) - 1]))
+
+
+@st.composite
+def raw_punches(draw: st.DrawFn) -> RawPunch:
+    text = draw(_TEXTS)
+    try:
+        local: datetime | None = datetime.strptime(text, "%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        local = None
+    if draw(st.integers(0, 9)) == 0:  # a driver whose two time fields disagree (a bug): still never a crash
+        local = draw(st.one_of(st.none(), st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31))))
+    user = draw(st.one_of(st.sampled_from(["1001", "1002", "7", ""]), st.text(max_size=70)))
+    return RawPunch(user, text, local, draw(_INTS), draw(_INTS), uid=draw(_INTS), workcode=draw(_INTS),
+                    raw_time=draw(_INTS))
+
+
+@pytest.mark.timeout(120)
+def test_normalize_punches_matches_its_plain_per_punch_specification(tmp_path: Path) -> None:
+    csv_path = tmp_path / "employees.csv"
+    csv_path.write_text("device_user_id,employee_id,serial\n1001,E1,\n1002,E2,SN1\n7,E7,OTHER\n", encoding="utf-8")
+    mapping = EmployeeMap(csv_path)
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(raws=st.lists(raw_punches(), max_size=30),
+           zone=st.sampled_from(["Asia/Jakarta", "Asia/Jayapura", "Europe/Berlin", "America/New_York",
+                                 "Australia/Lord_Howe", "Pacific/Kiritimati", "Etc/GMT+12"]),
+           not_before=st.dates(min_value=date(1, 1, 1), max_value=date(2030, 1, 1)),
+           now=st.datetimes(min_value=datetime(2001, 1, 1), max_value=datetime(2099, 1, 1), timezones=st.just(UTC)),
+           employees=st.sampled_from([None, "none", "csv"]))
+    def check(raws: list[RawPunch], zone: str, not_before: date, now: datetime, employees: str | None) -> None:
+        emp = None if employees is None else EmployeeMap(None) if employees == "none" else mapping
+        context = DeviceContext(office_code="1801.01.02", device_id="lobby", serial="SN1", timezone=zone,
+                                not_before=not_before)
+        assert normalize_punches(raws, context, employees=emp, now=now) == \
+            reference_normalize(raws, context, employees=emp, now=now)
+
+    check()
+
+
+@pytest.mark.timeout(10)
+def test_the_fast_punch_constructor_builds_the_same_frozen_punch() -> None:
+    import dataclasses
+
+    from gateway.polling.normalize import _NEW_PUNCH
+
+    values = ("1801.01.02", "lobby", "SN1", "1001", "2026-11-20 07:00:00", datetime(2026, 11, 20, 7),
+              datetime(2026, 11, 20, 0, tzinfo=UTC), "Asia/Jakarta", 0, "check_in", 1, "fingerprint", 7, 0, 123,
+              "E1", ("future",), 0)
+    fast, plain = _NEW_PUNCH(*values), Punch(*values)
+    assert type(fast) is Punch and fast == plain and hash(fast) == hash(plain) and repr(fast) == repr(plain)
+    assert [getattr(fast, f.name) for f in dataclasses.fields(Punch)] == list(values)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.state = 1  # type: ignore[misc]

@@ -74,12 +74,13 @@ def test_log_is_downloaded_only_when_the_count_changes_or_reconcile_is_due(setup
     assert (second.mode, second.new_punches) == ("count", 0)
     assert "read_punches" not in driver.calls and "read_users" not in driver.calls
     driver.add_punches([make_punch("1001", BASE + timedelta(hours=3))])
-    third = poller.poll_once(dev)
-    assert (third.mode, third.new_punches, third.records_read) == ("full", 1, 21)
+    third = poller.poll_once(dev)  # the log grew: only the new record is read (a tail read)
+    assert (third.mode, third.new_punches, third.records_read) == ("tail", 1, 1)
+    assert "read_punches_after" in driver.calls and "read_punches" not in driver.calls
     clock.now += timedelta(seconds=3601)  # full reconcile due even though nothing changed
     fourth = poller.poll_once(dev)
-    assert (fourth.mode, fourth.new_punches) == ("full", 0)
-    assert runs(setup) == [("ok", "full", 20), ("unchanged", "count", 0), ("ok", "full", 1), ("ok", "full", 0)]
+    assert (fourth.mode, fourth.new_punches, fourth.records_read) == ("full", 0, 21)
+    assert runs(setup) == [("ok", "full", 20), ("unchanged", "count", 0), ("ok", "tail", 1), ("ok", "full", 0)]
     assert driver.sessions_opened == driver.sessions_closed == 4 and driver.device.enabled
 
 
@@ -175,7 +176,8 @@ def test_stop_requested_abandons_before_touching_the_device(setup: Any) -> None:
 @pytest.mark.timeout(30)
 def test_clock_skew_is_measured_and_corrected_when_configured(setup: Any) -> None:
     device = FakeDevice(serial="SN1", frozen_time=wib_now() + timedelta(minutes=10))
-    poller, driver, config, _ = build(setup, device, health={"clock_correct": True, "clock_correct_above_s": 60})
+    poller, driver, config, _ = build(setup, device, health={"clock_correct": True, "clock_correct_above_s": 60},
+                                      polling={"clock_check_s": 0})  # every poll reads the clock
     o = poller.poll_once(config.device("lobby"))
     assert o.clock_skew_s is not None and 590 < o.clock_skew_s < 610
     assert o.clock_corrected and "set_time" in driver.calls
@@ -269,10 +271,10 @@ def test_a_terminal_left_disabled_by_an_earlier_process_is_re_enabled_at_the_nex
     assert driver.calls.count("enable_device") == 2 and driver.device.enabled
     assert store.disable_marks("lobby") == []
     assert [(t.problem, t.event) for t in tracker.record(o) if t.problem == "disabled"] == [("disabled", "end")]
-    # A full poll marks before the download and unmarks after a clean session.
+    # A download (here a tail read: the log grew) marks before it and unmarks after a clean session.
     driver.add_punches([make_punch("1001", BASE + timedelta(days=1))])
     driver.calls.clear()
-    assert poller.poll_once(dev).mode == "full"
+    assert poller.poll_once(dev).mode == "tail"
     assert store.disable_marks("lobby") == [] and "enable_device" not in driver.calls
 
 
