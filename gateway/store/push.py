@@ -71,9 +71,10 @@ class PushRepo:
         self._writer = writer(engine)
 
     # -- command queue ---------------------------------------------------------------------------
-    def queue_command(self, device_id: str, serial: str, kind: str, text: str) -> PushCommand:
+    def queue_command(self, device_id: str, serial: str, kind: str, text: str, *,
+                      at: datetime | None = None) -> PushCommand:
         """Queue a command for the terminal's next getrequest; ValueError when its queue is full."""
-        now = utcnow()
+        now = at or utcnow()
         cmd = PushCommand(id=secrets.token_hex(6), serial=serial, device_id=device_id, kind=kind, text=text,
                           state="queued", queued_at=now.isoformat())
         with self._writer.begin() as conn:

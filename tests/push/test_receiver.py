@@ -1,0 +1,258 @@
+"""The push receiver's endpoints through HTTP (in-process client): exact replies, limits, bad input, commands,
+health for terminals that call us. Time is driven by fake clocks; the database is real (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.config import Config, parse_config
+from gateway.health.tracker import HealthTracker
+from gateway.models import PollOutcome
+from gateway.push.receiver import PushReceiver
+from gateway.store.db import create_db_engine, upgrade
+from gateway.store.punches import Store
+from gateway.store.push import PushRepo
+from gateway.web.server import ThreadedServer
+from tests.support.clock import FakeClock
+from tests.support.config import OFFICE_CODE
+from tests.support.gateway import stored_keys
+
+SERIAL = "PSH001"
+
+
+class FakeMonotonic:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Rig:
+    client: httpx.Client
+    receiver: PushReceiver
+    repo: PushRepo
+    outcomes: list[PollOutcome]
+    clock: FakeClock
+    mono: FakeMonotonic
+    config: Config
+    db_url: str
+
+    def get(self, path: str, **params: str) -> Any:
+        return self.client.get(path, params={"SN": SERIAL, **params})
+
+    def post(self, path: str, body: bytes | str, headers: dict[str, str] | None = None, **params: str) -> Any:
+        return self.client.post(path, params={"SN": SERIAL, **params},
+                                content=body.encode() if isinstance(body, str) else body, headers=headers or {})
+
+
+def make_rig(db_url: str, tmp_path: Path, *, devices: list[dict[str, Any]] | None = None,
+             **push: Any) -> Iterator[Rig]:
+    config = parse_config({
+        "site": {"office_code": OFFICE_CODE, "timezone": "Asia/Jakarta", "state_dir": str(tmp_path)},
+        "database": {"url": db_url},
+        "push": {"port": 0, "delay_s": 10, **push},
+        "devices": devices or [{"id": "p1", "driver": "push", "serial": SERIAL}],
+    }, base_dir=tmp_path)
+    engine = create_db_engine(db_url, pool_size=4)
+    upgrade(engine)
+    store = Store(engine, OFFICE_CODE)
+    store.sync_devices(config.devices)
+    outcomes: list[PollOutcome] = []
+    clock, mono = FakeClock(datetime(2026, 11, 30, 1, 0, tzinfo=UTC)), FakeMonotonic()
+    repo = PushRepo(engine)
+    receiver = PushReceiver(config, store, repo, [outcomes.append], clock=clock, monotonic=mono)
+    try:
+        # The daemon's own server (uvicorn in a thread, without its Date header) on loopback.
+        with ThreadedServer(receiver.app(), date_header=False) as server, \
+                httpx.Client(base_url=server.url, timeout=10) as client:
+            yield Rig(client, receiver, repo, outcomes, clock, mono, config, db_url)
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def rig(db_url: str, tmp_path: Path) -> Iterator[Rig]:
+    yield from make_rig(db_url, tmp_path)
+
+
+@pytest.fixture
+def lite(sqlite_url: str, tmp_path: Path) -> Iterator[Rig]:
+    yield from make_rig(sqlite_url, tmp_path)
+
+
+ATTLOG = "1452\t2026-11-30 08:16:28\t0\t1\t0\t0\t0\n8965\t2026-11-30 08:16:37\t1\t15\t0\t0\t0\n"
+
+
+def test_handshake_is_the_documented_option_block_with_a_date_header(lite: Rig) -> None:
+    r = lite.get("/iclock/cdata", options="all", pushver="2.2.14", language="73")
+    assert r.status_code == 200
+    lines = r.text.split("\n")
+    assert lines[0] == f"GET OPTION FROM: {SERIAL}"
+    options = dict(line.split("=", 1) for line in lines[1:] if line)
+    assert options["Delay"] == "10" and options["ErrorDelay"] == "30" and options["Realtime"] == "1"
+    assert options["TimeZone"] == "7"  # WIB in hours (the unit the firmware expects for whole hours)
+    assert options["ATTLOGStamp"] == "None" and options["TransFlag"].startswith("TransData AttLog\tOpLog")
+    assert r.headers["date"] == "Mon, 30 Nov 2026 01:00:00 GMT"
+    assert "\r" not in r.text
+
+
+@pytest.mark.parametrize(("zone", "value"), [("Asia/Makassar", "8"), ("Asia/Jayapura", "9"),
+                                              ("Asia/Kolkata", "330"), ("America/St_Johns", "-210")])
+def test_timezone_option_is_hours_when_whole_else_minutes(sqlite_url: str, tmp_path: Path, zone: str,
+                                                          value: str) -> None:
+    for rig in make_rig(sqlite_url, tmp_path, devices=[{"id": "p1", "driver": "push", "serial": SERIAL,
+                                                       "timezone": zone}]):
+        options = dict(line.split("=", 1) for line in rig.get("/iclock/cdata", options="all").text.split("\n")[1:]
+                       if line)
+        assert options["TimeZone"] == value
+
+
+def test_attlog_is_acknowledged_after_commit_and_a_resend_is_stored_once(rig: Rig) -> None:
+    first = rig.post("/iclock/cdata", ATTLOG, table="ATTLOG", Stamp="9999")
+    assert (first.status_code, first.text) == (200, "OK: 2")
+    again = rig.post("/iclock/cdata", ATTLOG, table="ATTLOG", Stamp="9999")
+    assert (again.status_code, again.text) == (200, "OK: 2")
+    keys = stored_keys(rig.db_url)
+    assert keys == {(SERIAL, "1452", "2026-11-30 08:16:28", 0, 1): 1, (SERIAL, "8965", "2026-11-30 08:16:37", 1, 15): 1}
+    news = [o.new_punches for o in rig.outcomes if o.mode == "full"]
+    assert news == [2, 0]
+
+
+@pytest.mark.parametrize(("path", "body", "ctype"), [
+    ("/iclock/cdata", ATTLOG.replace("\n", "\r\n"), "text/plain"),
+    ("/iclock/cdata.aspx", ATTLOG, "text/plain"),
+    ("/iclock/cdata/", ATTLOG, "text/plain"),
+    ("/iclock/cdata", ATTLOG.replace("\t", "%09").replace("\n", "%0A").replace(" ", "+"),
+     "application/x-www-form-urlencoded"),
+    ("/iclock/cdata", ATTLOG.replace("\t0\t0\t0\n", "\t0\t0\t0\t1\t36.5\t36.5\n"), "text/plain"),
+    ("/iclock/cdata", ATTLOG.rstrip("\n"), "text/plain"),
+])
+def test_attlog_variants_store_the_same_punches(lite: Rig, path: str, body: str, ctype: str) -> None:
+    r = lite.post(path, body, {"Content-Type": ctype}, table="ATTLOG")
+    assert (r.status_code, r.text) == (200, "OK: 2")
+    assert sum(stored_keys(lite.db_url).values()) == 2
+
+
+def test_unusable_lines_are_acknowledged_not_stored_and_good_ones_kept(lite: Rig) -> None:
+    body = "\t2026-11-30 08:00:00\t0\t1\n77\tyesterday\t0\t1\nA-12\t2026-11-30 08:00:00\tx\ty\tz\n"
+    r = lite.post("/iclock/cdata", body, table="ATTLOG")
+    assert (r.status_code, r.text) == (200, "OK: 1")  # never a reply that makes the terminal resend forever
+    assert stored_keys(lite.db_url) == {(SERIAL, "A-12", "2026-11-30 08:00:00", 0, 0): 1}
+
+
+def test_limits_refuse_the_whole_upload_and_store_nothing(sqlite_url: str, tmp_path: Path) -> None:
+    for rig in make_rig(sqlite_url, tmp_path, max_lines=10, max_body_bytes=4096):
+        many = "".join(f"{i}\t2026-11-30 08:00:00\t0\t1\n" for i in range(11))
+        assert rig.post("/iclock/cdata", many, table="ATTLOG").status_code == 413
+        big = "1\t2026-11-30 08:00:00\t0\t1\n" + "x" * 5000
+        assert rig.post("/iclock/cdata", big, table="ATTLOG").status_code == 413
+        assert sum(stored_keys(rig.db_url).values()) == 0
+
+
+@pytest.mark.parametrize("params", [{}, {"SN": ""}, {"SN": "bad serial"}, {"SN": "x" * 65}, {"SN": "ab/../c"}])
+def test_missing_or_malformed_serial_is_400(lite: Rig, params: dict[str, str]) -> None:
+    r = lite.client.post("/iclock/cdata", params={"table": "ATTLOG", **params}, content=ATTLOG.encode())
+    assert r.status_code == 400
+
+
+def test_unknown_serial_gets_a_slow_option_block_refused_uploads_and_is_recorded(lite: Rig) -> None:
+    r = lite.client.get("/iclock/cdata", params={"SN": "NEW777", "options": "all"})
+    assert r.status_code == 200 and r.text.startswith("GET OPTION FROM: NEW777\n") and "Delay=600" in r.text
+    up = lite.client.post("/iclock/cdata", params={"SN": "NEW777", "table": "ATTLOG"}, content=ATTLOG.encode())
+    assert up.status_code == 403
+    assert lite.client.get("/iclock/getrequest", params={"SN": "NEW777"}).text == "OK"
+    assert sum(stored_keys(lite.db_url).values()) == 0
+    unknown = lite.repo.unknown_terminals()
+    assert [u["serial"] for u in unknown] == ["NEW777"] and unknown[0]["address"]
+
+
+def test_wrong_push_key_is_refused_and_reported_to_health(sqlite_url: str, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FPGW_TEST_PUSH_KEY", "4a9594af164f2b9779b59e8554b5df26")
+    for rig in make_rig(sqlite_url, tmp_path, devices=[{"id": "p1", "driver": "push", "serial": SERIAL,
+                                                       "push_key_env": "FPGW_TEST_PUSH_KEY"}]):
+        assert rig.get("/iclock/cdata", options="all", pushcommkey="nope").status_code == 403
+        assert [o.error_kind for o in rig.outcomes] == ["auth_rejected"]
+        ok = rig.get("/iclock/cdata", options="all", pushcommkey="4A9594AF164F2B9779B59E8554B5DF26")
+        assert ok.status_code == 200
+
+
+def test_operlog_is_counted_and_kept_raw(lite: Rig) -> None:
+    body = ("OPLOG 4\t0\t2026-11-30 08:00:00\t0\t0\t0\t0\nUSER PIN=1\tName=Ani\tPri=0\tPasswd=\tCard=[15CD5B07]\n"
+            "FP PIN=1\tFID=6\tSize=1184\tValid=1\tTMP=ABCD\n")
+    r = lite.post("/iclock/cdata", body, table="OPERLOG", Stamp="9999")
+    assert (r.status_code, r.text) == (200, "OK: 3")
+    kept = lite.repo.operlog_uploads(SERIAL)
+    assert len(kept) == 1 and "Name=Ani" in kept[0] and "TMP=ABCD" in kept[0]
+    assert sum(stored_keys(lite.db_url).values()) == 0
+
+
+def test_commands_are_handed_out_once_and_results_recorded(lite: Rig) -> None:
+    reboot = lite.repo.queue_command("p1", SERIAL, "reboot", "REBOOT")
+    query = lite.repo.queue_command("p1", SERIAL, "query-log", "DATA QUERY ATTLOG StartTime=2026-11-30 00:00:00"
+                                                               "\tEndTime=2026-11-30 23:59:59")
+    r = lite.get("/iclock/getrequest")
+    assert r.text.split("\n")[:2] == [f"C:{reboot.id}:REBOOT", f"C:{query.id}:{query.text}"]
+    assert lite.get("/iclock/getrequest").text == "OK"
+    done = lite.post("/iclock/devicecmd", f"ID={reboot.id}&Return=0&CMD=REBOOT\nID={query.id}&Return=-1&CMD=DATA\n")
+    assert done.text == "OK"
+    states = {c.id: (c.state, c.return_code) for c in lite.repo.commands(SERIAL)}
+    assert states == {reboot.id: ("done", 0), query.id: ("failed", -1)}
+
+
+def test_a_command_never_answered_times_out(lite: Rig) -> None:
+    cmd = lite.repo.queue_command("p1", SERIAL, "reboot", "REBOOT", at=lite.clock())
+    lite.receiver.sweep()
+    assert lite.repo.commands(SERIAL)[0].state == "queued"
+    lite.clock.advance(lite.config.push.command_timeout_s + 1)
+    lite.receiver.sweep()
+    assert [(c.id, c.state) for c in lite.repo.commands(SERIAL)] == [(cmd.id, "timeout")]
+
+
+def test_info_counts_and_firmware_reach_health_and_a_silent_terminal_goes_offline(lite: Rig) -> None:
+    tracker = HealthTracker(lite.config)
+    info = "Ver 2.0.12-20150625,12,24,345,192.168.16.27,10,7,15,0,111"
+    assert lite.get("/iclock/getrequest", INFO=info).text == "OK"
+    for o in lite.outcomes:
+        tracker.record(o)
+    last = lite.outcomes[-1]
+    assert last.ok and last.counts is not None and (last.counts.records, last.counts.users) == (345, 12)
+    assert last.info is not None and last.info.firmware == "Ver 2.0.12-20150625"
+    assert tracker.health("p1").state == "online"
+    seen = len(lite.outcomes)
+    # Calls within push.offline_after_s: nothing reported by the sweep.
+    lite.mono.now += lite.config.push.offline_after_s - 1
+    lite.receiver.sweep()
+    assert len(lite.outcomes) == seen
+    for _ in range(lite.config.health.offline_after_failures):
+        lite.mono.now += 30
+        lite.clock.advance(lite.config.push.offline_after_s)
+        lite.receiver.sweep()
+        for o in lite.outcomes[seen:]:
+            tracker.record(o)
+        seen = len(lite.outcomes)
+    assert tracker.health("p1").state == "offline"
+    assert lite.outcomes[-1].error_kind == "unreachable"
+    # The next call brings it back at once.
+    lite.clock.advance(5)
+    lite.get("/iclock/ping")
+    for o in lite.outcomes[seen:]:
+        tracker.record(o)
+    assert tracker.health("p1").state == "online"
+
+
+def test_rate_limit_answers_503_without_storing(sqlite_url: str, tmp_path: Path) -> None:
+    for rig in make_rig(sqlite_url, tmp_path, rate_per_device=1):
+        codes = [rig.get("/iclock/ping").status_code for _ in range(6)]
+        assert codes[:4] == [200] * 4 and codes[4:] == [503, 503]
+        rig.mono.now += 2
+        assert rig.get("/iclock/ping").status_code == 200
