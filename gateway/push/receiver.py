@@ -209,16 +209,21 @@ class PushReceiver:
                    "Pragma": "no-cache", "Cache-Control": "no-store"}
         return PlainTextResponse(text, status_code=status, headers=headers)
 
-    def _log_refusal(self, exc: Refused, request: Request, address: str) -> None:
-        # Once a minute per reason and caller: a misconfigured terminal retries every few seconds.
-        key = f"{exc.log_key}|{address}"
+    def _first_in_a_while(self, key: str, every_s: float = 60.0) -> bool:
+        """True at most once per ``every_s`` per key: a misconfigured terminal retries every few seconds,
+        and its log line must not repeat at that rate."""
         now = self.monotonic()
         with self._lock:
-            if now - self._logged.get(key, -1e9) < 60.0:
-                return
+            if now - self._logged.get(key, -1e9) < every_s:
+                return False
             if len(self._logged) > 10_000:
                 self._logged.clear()
             self._logged[key] = now
+        return True
+
+    def _log_refusal(self, exc: Refused, request: Request, address: str) -> None:
+        if not self._first_in_a_while(f"{exc.log_key}|{address}"):
+            return
         log.warning("push request refused", reason=exc.reason, status=exc.status, address=address,
                     path=request.url.path[:100])
 
@@ -348,8 +353,8 @@ class PushReceiver:
                             timezone=device.timezone, not_before=device.installed_on or DEFAULT_NOT_BEFORE)
         punches = _batch_occurrences(normalize_punches(batch.punches, ctx, employees=self.employees, now=now), body)
         skew = self._skew(term, punches, now)
-        if batch.refused:
-            log.warning("push upload had unusable lines; they are acknowledged and not stored",
+        if batch.refused and self._first_in_a_while(f"unusable|{device.id}", 600.0):
+            log.warning("push upload had unusable lines; they are acknowledged and not stored (said once per 10 min)",
                         device=device.id, serial=serial, refused=len(batch.refused),
                         first=[f"line {n}: {why}" for n, why in batch.refused[:3]])
         try:
