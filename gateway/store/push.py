@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, delete, select, update
+from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.engine import Connection
 
 from gateway.store import schema as s
@@ -182,6 +182,12 @@ class PushRepo:
         """Drop an unknown-terminal entry (after adding it to the config, or to silence it)."""
         with self._writer.begin() as conn:
             return bool(conn.execute(delete(s.kv).where(s.kv.c.key == f"{_UNKNOWN}{serial.lower()}")).rowcount)
+
+    def stored_punches(self, serial: str) -> int:
+        """Punches stored from this serial (a push terminal's clear is allowed only when none is missing)."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(s.punches).where(
+                s.punches.c.device_serial == serial)).scalar_one())
 
     # -- OPERLOG ---------------------------------------------------------------------------------
     def save_operlog(self, serial: str, lines: list[str], at: datetime) -> None:

@@ -79,8 +79,8 @@ def test_push_terminals_with_quirks_store_every_punch_exactly_once(db_url: str, 
 
 def test_reply_lost_after_commit_resend_is_stored_once(db_url: str, tmp_path: Path, truth: TruthWriter) -> None:
     cfg = push_config(db_url, tmp_path, ["PSH001"])
-    with RunningGateway(cfg) as gw, FaultyProxy(receiver_port(gw)) as proxy:
-        with terminal(proxy.url, truth, serial="PSH001") as term:
+    with RunningGateway(cfg) as gw, FaultyProxy(receiver_port(gw)) as proxy, \
+            terminal(proxy.url, truth, serial="PSH001") as term:
             wait_until(lambda: term.stats.handshakes >= 1, 20, "handshake")
             # The gateway commits the upload, then the reply is cut: the terminal must send it again.
             proxy.set_mode("drop_mid_response")
