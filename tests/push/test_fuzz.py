@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.push import protocol as p
-from tests.push.test_receiver import SERIAL, Rig, make_rig
 from tests.support.gateway import stored_keys
+from tests.support.push import SERIAL, Rig, make_rig
 
 ALLOWED = {200, 400, 403, 404, 405, 413}
 

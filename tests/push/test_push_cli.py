@@ -13,10 +13,10 @@ from gateway.config import load_config
 from gateway.store import schema as s
 from simulators.push.terminal import PushSpec, PushTerminal
 from simulators.zk.truth import TruthWriter
-from tests.push.test_push_e2e import receiver_port
 from tests.support.config import OFFICE_CODE
 from tests.support.fleet import truth_keys
 from tests.support.gateway import RunningGateway, diff, stored_keys, table_rows
+from tests.support.push import receiver_port
 from tests.support.wait import wait_until
 
 

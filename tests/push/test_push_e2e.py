@@ -4,52 +4,17 @@ punches in the database exactly once (SQLite and PostgreSQL), health, unknown te
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from gateway.config import Config, parse_config
 from gateway.store import schema as s
-from simulators.push.terminal import PushSpec, PushTerminal
 from simulators.zk.truth import TruthWriter
-from tests.support.config import OFFICE_CODE
 from tests.support.fleet import truth_keys
 from tests.support.gateway import RunningGateway, diff, stored_keys, table_rows
 from tests.support.proxy import FaultyProxy
+from tests.support.push import push_config, receiver_port, terminal
 from tests.support.wait import wait_until
-
-#: Sim waits (Delay, ErrorDelay) are clamped to this, so a test takes seconds, not minutes.
-SIM_WAIT_S = 0.2
-
-
-def push_config(db_url: str, tmp_path: Path, serials: list[str], **push: Any) -> Config:
-    return parse_config({
-        "site": {"office_code": OFFICE_CODE, "timezone": "Asia/Jakarta", "state_dir": str(tmp_path)},
-        "database": {"url": db_url},
-        "polling": {"shutdown_deadline_s": 5},
-        "http": {"enabled": False},
-        "push": {"listen": "127.0.0.1", "port": 0, "delay_s": 2, "error_delay_s": 10, **push},
-        "devices": [{"id": f"p{i}", "driver": "push", "serial": sn} for i, sn in enumerate(serials)],
-    }, base_dir=tmp_path)
-
-
-def receiver_port(gw: RunningGateway) -> int:
-    svc = next(x for x in gw.gateway.services if x.name == "push")
-    port = getattr(svc, "port", None)
-    assert isinstance(port, int)
-    return port
-
-
-@contextmanager
-def terminal(server: str, truth: TruthWriter, **spec: Any) -> Iterator[PushTerminal]:
-    term = PushTerminal(PushSpec(server=server, max_wait_s=SIM_WAIT_S, timeout_s=3, **spec), truth)
-    term.start()
-    try:
-        yield term
-    finally:
-        term.stop()
 
 
 @pytest.fixture
