@@ -23,7 +23,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any
@@ -33,7 +33,7 @@ import structlog
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from drivers.base import DeviceInfo
@@ -46,6 +46,7 @@ from gateway.store.db import StorageError, storage_error_text
 from gateway.store.punches import Store
 from gateway.store.push import PushRepo
 from gateway.web.server import ThreadedServer
+from gateway.web.status import check_access
 
 log = structlog.get_logger(__name__)
 
@@ -516,9 +517,24 @@ def _batch_occurrences(punches: list[Punch], body: bytes) -> list[Punch]:
     return [replace(pu, occurrence=pu.occurrence + base) if pu.occurrence else pu for pu in punches]
 
 
+def status_route(config: Config, repo: PushRepo) -> Route:
+    """``GET /push`` on the status server: unknown terminals trying to push (serial, address, when) and the
+    command queue, as JSON, under the status page's access rule (loopback, or http.status_token)."""
+    async def endpoint(request: Request) -> Response:
+        refused = check_access(request.client.host if request.client else None, request.headers,
+                               request.query_params.get("token"), config.http.status_token)
+        if refused is not None:
+            return PlainTextResponse("status token required", status_code=refused)
+        unknown = await run_in_threadpool(repo.unknown_terminals)
+        commands = await run_in_threadpool(repo.commands)
+        return JSONResponse({"unknown_terminals": unknown, "commands": [asdict(c) for c in commands[-200:]]})
+    return Route("/push", endpoint, methods=["GET"])
+
+
 def services(ctx: AppContext) -> list[Service]:
-    """The push receiver, when a push terminal is configured and [push] is enabled."""
+    """The push receiver, when a push terminal is configured and [push] is enabled (and its status route)."""
     if not ctx.config.push.enabled or not any(d.pushes for d in ctx.config.devices):
         return []
-    return [PushReceiver(ctx.config, ctx.store, PushRepo(ctx.store.engine), ctx.poll_observers,
-                         scheduler=ctx.scheduler)]
+    repo = PushRepo(ctx.store.engine)
+    ctx.http_routes.append(status_route(ctx.config, repo))
+    return [PushReceiver(ctx.config, ctx.store, repo, ctx.poll_observers, scheduler=ctx.scheduler)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from gateway.store import schema as s
@@ -79,7 +80,7 @@ def test_server_down_then_back_terminal_resends_everything(sqlite_url: str, tmp_
 
 def test_unknown_terminal_is_refused_slowly_recorded_and_loses_nothing(sqlite_url: str, tmp_path: Path,
                                                                       truth: TruthWriter) -> None:
-    cfg = push_config(sqlite_url, tmp_path, ["PSH001"])
+    cfg = push_config(sqlite_url, tmp_path, ["PSH001"], http={"enabled": True, "port": 0})
     with RunningGateway(cfg) as gw:
         url = f"http://127.0.0.1:{receiver_port(gw)}"
         with terminal(url, truth, serial="STRANGER9", records=3) as term:
@@ -88,6 +89,9 @@ def test_unknown_terminal_is_refused_slowly_recorded_and_loses_nothing(sqlite_ur
             # Told to call rarely (the simulator clamps it, a real terminal waits 10 minutes).
             assert int(term.stats.options["Delay"]) >= 600 and int(term.stats.options["ErrorDelay"]) >= 600
             assert term.pending == 3  # refused, not acknowledged: still on the terminal
+        # The status server lists it (JSON at /push) with its serial and address.
+        listing = httpx.get(f"http://127.0.0.1:{gw.gateway.ctx.http_port}/push", timeout=10).json()
+        assert [(u["serial"], u["address"]) for u in listing["unknown_terminals"]] == [("STRANGER9", "127.0.0.1")]
     assert sum(stored_keys(sqlite_url).values()) == 0
     unknown = [r for r in table_rows(sqlite_url, s.kv) if r["key"].startswith("push_unknown:")]
     assert len(unknown) == 1 and '"STRANGER9"' in unknown[0]["value"] and "127.0.0.1" in unknown[0]["value"]

@@ -85,12 +85,14 @@ def make_rig(db_url: str, tmp_path: Path, *, devices: list[dict[str, Any]] | Non
 SIM_WAIT_S = 0.2
 
 
-def push_config(db_url: str, tmp_path: Path, serials: list[str], **push: Any) -> Config:
+def push_config(db_url: str, tmp_path: Path, serials: list[str], *, http: dict[str, Any] | None = None,
+                **push: Any) -> Config:
+    """A gateway with push terminals of these serials (ids p0, p1, ...); the receiver on a free loopback port."""
     return parse_config({
         "site": {"office_code": OFFICE_CODE, "timezone": "Asia/Jakarta", "state_dir": str(tmp_path)},
         "database": {"url": db_url},
         "polling": {"shutdown_deadline_s": 5},
-        "http": {"enabled": False},
+        "http": http or {"enabled": False},
         "push": {"listen": "127.0.0.1", "port": 0, "delay_s": 2, "error_delay_s": 10, **push},
         "devices": [{"id": f"p{i}", "driver": "push", "serial": sn} for i, sn in enumerate(serials)],
     }, base_dir=tmp_path)
