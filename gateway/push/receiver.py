@@ -19,6 +19,7 @@ never a 500.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import ssl
 import threading
 import time
@@ -91,6 +92,9 @@ class _Terminal:
     tokens: float = 0.0
     tokens_at: float = 0.0
     info: p.TerminalInfo | None = None
+    #: Its last handshake carried a wrong pushcommkey: every call is refused until a handshake with the right
+    #: one (else its command polls would report it healthy between two refused handshakes).
+    key_rejected: bool = False
 
 
 class PushReceiver:
@@ -113,6 +117,8 @@ class PushReceiver:
         self._lock = threading.Lock()
         self._terminals = {d.serial.lower(): _Terminal(d) for d in config.devices
                            if d.pushes and d.enabled and d.serial}
+        #: Serials of push devices switched off in the config: refused, but not "unknown".
+        self._disabled = {d.serial.lower() for d in config.devices if d.pushes and not d.enabled and d.serial}
         self._started_at = monotonic()
         self._unknown: dict[str, tuple[str, int, float]] = {}
         self._logged: dict[str, float] = {}
@@ -246,6 +252,8 @@ class PushReceiver:
         serial = self._serial(request)
         term = self._terminals.get(serial.lower())
         if term is None:
+            if serial.lower() in self._disabled:
+                raise Refused(403, "this terminal is disabled in the gateway's config", log_key=f"disabled {serial}")
             self._note_unknown(serial, address)
             return None
         now = self.monotonic()
@@ -260,10 +268,12 @@ class PushReceiver:
         key = term.device.push_key
         if key is not None and handshake:
             given = self._query(request, "pushcommkey")
-            if given.lower() != key.lower():
+            term.key_rejected = not hmac.compare_digest(given.lower().encode(), key.lower().encode())
+        if term.key_rejected:
+            if handshake:
                 self._outcome(term, ok=False, error_kind="auth_rejected",
                               error="the terminal's pushcommkey does not match this device's push key")
-                raise Refused(403, "wrong pushcommkey", log_key=f"key {serial}")
+            raise Refused(403, "wrong pushcommkey", log_key=f"key {serial}")
         self._called(term, address)
         return term
 

@@ -116,8 +116,20 @@ def test_wrong_push_key_is_refused_and_reported_to_health(sqlite_url: str, tmp_p
                                                        "push_key_env": "FPGW_TEST_PUSH_KEY"}]):
         assert rig.get("/iclock/cdata", options="all", pushcommkey="nope").status_code == 403
         assert [o.error_kind for o in rig.outcomes] == ["auth_rejected"]
+        # Until a handshake with the right key, its other calls are refused too (no "healthy" heartbeat).
+        assert rig.get("/iclock/getrequest").status_code == 403
+        assert rig.post("/iclock/cdata", ATTLOG, table="ATTLOG").status_code == 403
+        assert [o.error_kind for o in rig.outcomes] == ["auth_rejected"]
         ok = rig.get("/iclock/cdata", options="all", pushcommkey="4A9594AF164F2B9779B59E8554B5DF26")
         assert ok.status_code == 200
+        assert rig.post("/iclock/cdata", ATTLOG, table="ATTLOG").text == "OK: 2"
+
+
+def test_a_disabled_push_device_is_refused_and_not_listed_as_unknown(sqlite_url: str, tmp_path: Path) -> None:
+    for rig in make_rig(sqlite_url, tmp_path, devices=[{"id": "p1", "driver": "push", "serial": SERIAL,
+                                                       "enabled": False}]):
+        assert rig.post("/iclock/cdata", ATTLOG, table="ATTLOG").status_code == 403
+        assert rig.repo.unknown_terminals() == [] and sum(stored_keys(rig.db_url).values()) == 0
 
 
 def test_operlog_is_counted_and_kept_raw(lite: Rig) -> None:
