@@ -91,6 +91,9 @@ def test_unknown_terminal_is_refused_slowly_recorded_and_loses_nothing(sqlite_ur
             assert term.pending == 3  # refused, not acknowledged: still on the terminal
         # The status server lists it (JSON at /push) with its serial and address.
         listing = httpx.get(f"http://127.0.0.1:{gw.gateway.ctx.http_port}/push", timeout=10).json()
+        status = httpx.get(f"http://127.0.0.1:{gw.gateway.ctx.http_port}/status", timeout=10).json()
+        assert "p0" in str(status)
+        assert httpx.get(f"http://127.0.0.1:{gw.gateway.ctx.http_port}/", timeout=10).status_code == 200
         assert [(u["serial"], u["address"]) for u in listing["unknown_terminals"]] == [("STRANGER9", "127.0.0.1")]
     assert sum(stored_keys(sqlite_url).values()) == 0
     unknown = [r for r in table_rows(sqlite_url, s.kv) if r["key"].startswith("push_unknown:")]

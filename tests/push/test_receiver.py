@@ -196,6 +196,21 @@ def test_info_counts_and_firmware_reach_health_and_a_silent_terminal_goes_offlin
     assert tracker.health("p1").state == "online"
 
 
+def test_clock_skew_from_a_realtime_upload_of_a_regularly_calling_terminal_only(lite: Rig) -> None:
+    # 01:00 UTC is 08:00 in Jakarta; the terminal's clock is 5 minutes ahead.
+    lite.get("/iclock/getrequest")
+    lite.mono.now += 5
+    lite.get("/iclock/getrequest")
+    lite.mono.now += 5
+    lite.post("/iclock/cdata", "7\t2026-11-30 08:05:00\t0\t1\n", table="ATTLOG")
+    assert lite.outcomes[-1].clock_skew_s == 300.0
+    # A backlog after an outage (a long silence, many records) says nothing about the clock: the last value stays.
+    lite.mono.now += 3600
+    backlog = "".join(f"{u}\t2026-11-30 06:{u:02d}:00\t0\t1\n" for u in range(10))
+    lite.post("/iclock/cdata", backlog, table="ATTLOG")
+    assert lite.outcomes[-1].mode == "full" and lite.outcomes[-1].clock_skew_s == 300.0
+
+
 def test_rate_limit_answers_503_without_storing(sqlite_url: str, tmp_path: Path) -> None:
     for rig in make_rig(sqlite_url, tmp_path, rate_per_device=1):
         codes = [rig.get("/iclock/ping").status_code for _ in range(6)]
