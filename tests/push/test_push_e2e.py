@@ -14,7 +14,7 @@ from simulators.zk.truth import TruthWriter
 from tests.support.fleet import truth_keys
 from tests.support.gateway import RunningGateway, diff, stored_keys, table_rows
 from tests.support.proxy import FaultyProxy
-from tests.support.push import push_config, receiver_port, terminal
+from tests.support.push import push_config, receiver_port, self_signed_cert, terminal
 from tests.support.wait import wait_until
 
 
@@ -115,3 +115,20 @@ def test_push_terminal_health_online_with_counts_and_firmware_from_info(sqlite_u
         devices = table_rows(sqlite_url, s.devices)
         assert devices[0]["serial"] == "PSH001" and devices[0]["firmware"] == "Ver 8.0.4-20240101"
         assert devices[0]["last_record_count"] == 6
+
+
+@pytest.mark.timeout(60)
+def test_receiver_serves_https_with_the_configured_certificate(sqlite_url: str, tmp_path: Path) -> None:
+    import ssl
+
+    cert, key = self_signed_cert(tmp_path)
+    cfg = push_config(sqlite_url, tmp_path, ["PSH001"], tls_cert_file=str(cert), tls_key_file=str(key))
+    with RunningGateway(cfg) as gw:
+        url = f"https://127.0.0.1:{receiver_port(gw)}/iclock/cdata"
+        trust = ssl.create_default_context(cafile=str(cert))
+        r = httpx.post(url, params={"SN": "PSH001", "table": "ATTLOG"}, content=b"9\t2026-11-30 08:00:00\t0\t1\n",
+                       verify=trust, timeout=10)
+        assert (r.status_code, r.text) == (200, "OK: 1")
+        with pytest.raises(httpx.HTTPError):  # no plain HTTP on that port
+            httpx.get(url.replace("https", "http"), params={"SN": "PSH001"}, timeout=5)
+    assert sum(stored_keys(sqlite_url).values()) == 1
