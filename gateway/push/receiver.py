@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -45,7 +45,7 @@ from gateway.push import protocol as p
 from gateway.services import AppContext, Service
 from gateway.store.db import StorageError, storage_error_text
 from gateway.store.punches import Store
-from gateway.store.push import PushRepo
+from gateway.store.push import COMMANDS_KEPT_DAYS, PushRepo
 from gateway.web.server import ThreadedServer
 from gateway.web.status import check_access
 
@@ -505,6 +505,7 @@ class PushReceiver:
             self._outcome(term, ok=False, error_kind="unreachable",
                           error=f"no call from the terminal for {silent_s:.0f} s (push.offline_after_s = {limit:g})")
         try:
+            self.repo.forget_commands(self.clock() - timedelta(days=COMMANDS_KEPT_DAYS))
             for cmd in self.repo.expire_commands(self.clock(), self.cfg.command_timeout_s):
                 log.warning("command timed out: the terminal never answered", device=cmd.device_id,
                             command=cmd.kind, command_id=cmd.id, queued_at=cmd.queued_at, state_before="sent"

@@ -29,8 +29,10 @@ _UNKNOWN = "push_unknown:"
 _OPERLOG = "push_op:"
 #: Unknown serials remembered at most (a scanner inventing serials cannot grow the table without end).
 UNKNOWN_MAX = 200
-#: Commands waiting for one terminal at most.
+#: Commands waiting (queued or sent, not answered) for one terminal at most.
 QUEUE_MAX = 50
+#: Answered and timed-out commands are kept this long for `fpgw devices commands`, then deleted.
+COMMANDS_KEPT_DAYS = 30
 
 
 @dataclass
@@ -78,9 +80,10 @@ class PushRepo:
         cmd = PushCommand(id=secrets.token_hex(6), serial=serial, device_id=device_id, kind=kind, text=text,
                           state="queued", queued_at=now.isoformat())
         with self._writer.begin() as conn:
-            waiting = len(_rows(conn, f"{_CMD}{serial.lower()}:"))
-            if waiting >= QUEUE_MAX:
-                raise ValueError(f"{QUEUE_MAX} commands are already recorded for {serial}; "
+            waiting = [c for _, v in _rows(conn, f"{_CMD}{serial.lower()}:")
+                       if (c := _command(v)) is not None and c.state in ("queued", "sent")]
+            if len(waiting) >= QUEUE_MAX:
+                raise ValueError(f"{QUEUE_MAX} commands already wait for {serial}; "
                                  "wait for the terminal to answer them (fpgw devices commands)")
             conn.execute(s.kv.insert().values(key=_cmd_key(serial, cmd.id), value=json.dumps(asdict(cmd)),
                                               updated_at=now))
@@ -141,11 +144,11 @@ class PushRepo:
                 expired.append(cmd)
         return expired
 
-    def forget_commands(self, serial: str, older_than: datetime) -> int:
-        """Delete answered or timed-out commands of a terminal recorded before ``older_than``."""
+    def forget_commands(self, older_than: datetime) -> int:
+        """Delete answered or timed-out commands (of every terminal) queued before ``older_than``."""
         gone = 0
         with self._writer.begin() as conn:
-            for key, value in _rows(conn, f"{_CMD}{serial.lower()}:"):
+            for key, value in _rows(conn, _CMD):
                 cmd = _command(value)
                 if cmd is not None and cmd.state not in ("queued", "sent") \
                         and datetime.fromisoformat(cmd.queued_at) < older_than:

@@ -162,6 +162,39 @@ def test_a_command_never_answered_times_out(lite: Rig) -> None:
     lite.clock.advance(lite.config.push.command_timeout_s + 1)
     lite.receiver.sweep()
     assert [(c.id, c.state) for c in lite.repo.commands(SERIAL)] == [(cmd.id, "timeout")]
+    # Kept for `fpgw devices commands` for a while, then deleted by the sweep.
+    lite.clock.advance(31 * 86400)
+    lite.receiver.sweep()
+    assert lite.repo.commands(SERIAL) == []
+
+
+def test_answered_commands_do_not_fill_the_queue(lite: Rig) -> None:
+    for _ in range(60):
+        lite.mono.now += 1  # within push.rate_per_device
+        cmd = lite.repo.queue_command("p1", SERIAL, "info", "INFO")
+        assert lite.get("/iclock/getrequest").text.startswith(f"C:{cmd.id}:INFO")
+        lite.post("/iclock/devicecmd", f"ID={cmd.id}\nReturn=0\nCMD=INFO\nFWVersion=Ver 8")
+    assert len(lite.repo.commands(SERIAL)) == 60 and lite.repo.commands(SERIAL)[-1].state == "done"
+    for _ in range(50):
+        lite.repo.queue_command("p1", SERIAL, "reboot", "REBOOT")
+    with pytest.raises(ValueError, match="already wait"):
+        lite.repo.queue_command("p1", SERIAL, "reboot", "REBOOT")
+
+
+def test_a_replaced_terminal_new_serial_is_a_notice_and_keeps_the_history(sqlite_url: str, tmp_path: Path) -> None:
+    for old in make_rig(sqlite_url, tmp_path):
+        assert old.post("/iclock/cdata", ATTLOG, table="ATTLOG").text == "OK: 2"
+    tracker = None
+    for new in make_rig(sqlite_url, tmp_path, devices=[{"id": "p1", "driver": "push", "serial": "NEW0001"}]):
+        tracker = HealthTracker(new.config)
+        r = new.client.post("/iclock/cdata", params={"SN": "NEW0001", "table": "ATTLOG"},
+                            content=b"5\t2026-11-30 09:00:00\t0\t1\n")
+        assert r.text == "OK: 1"
+        assert new.outcomes[0].previous_serial == SERIAL and new.outcomes[0].serial == "NEW0001"
+        for o in new.outcomes:
+            tracker.record(o)
+        assert "replaced" in tracker.health("p1").problems
+    assert {k[0] for k in stored_keys(sqlite_url)} == {SERIAL, "NEW0001"}
 
 
 def test_info_counts_and_firmware_reach_health_and_a_silent_terminal_goes_offline(lite: Rig) -> None:
