@@ -410,8 +410,11 @@ class PushReceiver:
         if info_text:
             info = p.parse_info(info_text)
             if info is not None and info != term.info:
-                term.info = info
-                self._outcome(term, ok=True)
+                before, term.info = term.info, info
+                # Counts grow with every punch: the next heartbeat (within a minute) carries them. Reported at
+                # once only what health must see now: the first INFO, new firmware, a log that shrank.
+                if before is None or info.firmware != before.firmware or info.counts.records < before.counts.records:
+                    self._outcome(term, ok=True)
         commands = self.repo.take_commands(term.device.serial or "")
         for cmd in commands:
             log.info("command handed to terminal", device=term.device.id, command=cmd.kind, command_id=cmd.id)
