@@ -26,7 +26,7 @@ from gateway.config import Config, ConfigError, DeviceConfig, load_config
 from gateway.push import protocol as p
 
 #: States of a command that will not change any more.
-FINAL = ("done", "failed", "timeout")
+FINAL = ("done", "failed", "timeout", "refused")
 
 
 def register_actions(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -109,7 +109,7 @@ def _queue(args: argparse.Namespace, device: DeviceConfig, kind: str, text: str)
     if now.state == "done":
         print(f"{device.id}: {kind} done")
         return EXIT_OK
-    if now.state in ("failed", "timeout"):
+    if now.state in ("failed", "timeout", "refused"):
         print(f"{device.id}: {kind} {now.state}: {now.result or 'no answer from the terminal'}")
         return EXIT_FAILURE
     if args.wait > 0:
@@ -134,7 +134,11 @@ def cmd_query_log(args: argparse.Namespace) -> int:
 
 
 def cmd_clear_push(args: argparse.Namespace) -> int:
-    """`fpgw devices clear` of a push terminal: CLEAR LOG only when every record it reported is stored."""
+    """`fpgw devices clear` of a push terminal: CLEAR LOG only when every record it reported is stored.
+
+    Checked twice: here against the last count the terminal reported (a quick refusal), and again by the
+    receiver when the terminal takes the command, against the count it sends with that very call.
+    """
     from gateway.store.punches import Store
     from gateway.store.push import PushRepo
 

@@ -45,7 +45,7 @@ from gateway.push import protocol as p
 from gateway.services import AppContext, Service
 from gateway.store.db import StorageError, storage_error_text
 from gateway.store.punches import Store
-from gateway.store.push import COMMANDS_KEPT_DAYS, PushRepo
+from gateway.store.push import COMMANDS_KEPT_DAYS, PushCommand, PushRepo
 from gateway.web.server import ThreadedServer
 from gateway.web.status import check_access
 
@@ -407,18 +407,35 @@ class PushReceiver:
         if term is None:
             return "OK"
         info_text = self._query(request, "INFO")
-        if info_text:
-            info = p.parse_info(info_text)
-            if info is not None and info != term.info:
-                before, term.info = term.info, info
-                # Counts grow with every punch: the next heartbeat (within a minute) carries them. Reported at
-                # once only what health must see now: the first INFO, new firmware, a log that shrank.
-                if before is None or info.firmware != before.firmware or info.counts.records < before.counts.records:
-                    self._outcome(term, ok=True)
-        commands = self.repo.take_commands(term.device.serial or "")
+        info = p.parse_info(info_text) if info_text else None
+        if info is not None and info != term.info:
+            before, term.info = term.info, info
+            # Counts grow with every punch: the next heartbeat (within a minute) carries them. Reported at
+            # once only what health must see now: the first INFO, new firmware, a log that shrank.
+            if before is None or info.firmware != before.firmware or info.counts.records < before.counts.records:
+                self._outcome(term, ok=True)
+        commands = [c for c in self.repo.take_commands(term.device.serial or "") if self._may_hand_out(term, c, info)]
         for cmd in commands:
             log.info("command handed to terminal", device=term.device.id, command=cmd.kind, command_id=cmd.id)
         return p.command_lines([(c.id, c.text) for c in commands])
+
+    def _may_hand_out(self, term: _Terminal, cmd: PushCommand, info: p.TerminalInfo | None) -> bool:
+        """A clear goes out only if every record the terminal holds right now (the INFO of this very call) is
+        stored: nothing is deleted from a terminal before it is durably stored. Otherwise it is withdrawn."""
+        if cmd.kind != "clear":
+            return True
+        serial = term.device.serial or ""
+        holds = info.counts.records if info is not None else None
+        stored = self.repo.stored_punches(serial)
+        if holds is not None and stored >= holds:
+            return True
+        why = ("the terminal did not report its record count (INFO)" if holds is None else
+               f"the terminal holds {holds} records but only {stored} are stored")
+        self.repo.record_result(serial, cmd.id, None, f"refused by the gateway: {why}; nothing cleared",
+                                state="refused")
+        log.warning("clear withdrawn: not every record is stored", device=term.device.id, command_id=cmd.id,
+                    holds=holds, stored=stored)
+        return False
 
     def _devicecmd(self, request: Request, address: str, body: bytes) -> str:
         term = self._terminal(request, address)

@@ -45,7 +45,8 @@ class PushCommand:
     #: What `fpgw devices` asked for: sync-time, reboot, query-log, clear, info.
     kind: str
     text: str
-    #: queued -> sent (handed out at a getrequest) -> done | failed (the terminal answered) | timeout.
+    #: queued -> sent (handed out at a getrequest) -> done | failed (the terminal answered) | timeout;
+    #: refused: withdrawn by the gateway before it was handed out (a clear whose records are not all stored).
     state: str
     queued_at: str
     sent_at: str | None = None
@@ -119,15 +120,19 @@ class PushRepo:
                     break
         return sorted(taken, key=lambda c: c.queued_at)
 
-    def record_result(self, serial: str, command_id: str, return_code: int, result: str) -> PushCommand | None:
-        """Store a terminal's answer to one of our commands (None when we never queued that id)."""
+    def record_result(self, serial: str, command_id: str, return_code: int | None, result: str, *,
+                      state: str | None = None) -> PushCommand | None:
+        """Store a terminal's answer to one of our commands (None when we never queued that id).
+
+        ``state`` "refused": the gateway itself withdrew the command (return_code None) before the terminal ran it.
+        """
         key = _cmd_key(serial, command_id)
         with self._writer.begin() as conn:
             value = conn.execute(select(s.kv.c.value).where(s.kv.c.key == key)).scalar()
             cmd = _command(value) if value is not None else None
             if cmd is None:
                 return None
-            cmd.state = "done" if return_code == 0 else "failed"
+            cmd.state = state or ("done" if return_code == 0 else "failed")
             cmd.answered_at = utcnow().isoformat()
             cmd.return_code, cmd.result = return_code, result[:1000]
             conn.execute(update(s.kv).where(s.kv.c.key == key).values(value=json.dumps(asdict(cmd)),

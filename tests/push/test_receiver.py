@@ -155,6 +155,21 @@ def test_commands_are_handed_out_once_and_results_recorded(lite: Rig) -> None:
     assert states == {reboot.id: ("done", 0), query.id: ("failed", -1)}
 
 
+def test_a_clear_is_handed_out_only_when_the_terminal_holds_no_record_that_is_not_stored(lite: Rig) -> None:
+    assert lite.post("/iclock/cdata", ATTLOG, table="ATTLOG").text == "OK: 2"
+    first = lite.repo.queue_command("p1", SERIAL, "clear", "CLEAR LOG")
+    # This very call says the terminal holds 3 records: one is not stored yet, so the clear is withdrawn.
+    assert lite.get("/iclock/getrequest", INFO="Ver 8,1,1,3,10.0.0.9").text == "OK"
+    assert lite.repo.commands(SERIAL)[0].state == "refused"
+    second = lite.repo.queue_command("p1", SERIAL, "clear", "CLEAR LOG")
+    assert lite.get("/iclock/getrequest").text == "OK"  # no INFO in this call: not handed out either
+    third = lite.repo.queue_command("p1", SERIAL, "clear", "CLEAR LOG")
+    reply = lite.get("/iclock/getrequest", INFO="Ver 8,1,1,2,10.0.0.9").text
+    assert reply == f"C:{third.id}:CLEAR LOG\n"
+    assert {c.id: c.state for c in lite.repo.commands(SERIAL)} == {first.id: "refused", second.id: "refused",
+                                                                   third.id: "sent"}
+
+
 def test_a_command_never_answered_times_out(lite: Rig) -> None:
     cmd = lite.repo.queue_command("p1", SERIAL, "reboot", "REBOOT", at=lite.clock())
     lite.receiver.sweep()
