@@ -26,6 +26,10 @@ from gateway.configlib import ConfigError, Reader
 Transport = Literal["tcp", "udp"]
 
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+#: ``driver = "push"``: the terminal calls us (ADMS/"iclock" over HTTP, gateway.push); it is never polled.
+PUSH_DRIVER = "push"
+#: Serials a push terminal may announce (letters, digits, ``_ -``; the receiver refuses anything else).
+PUSH_SERIAL = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,14 @@ class DeviceConfig:
     installed_on: date | None = None
     #: polling.clear_when_full_ratio for this device (0 = never clear it automatically).
     clear_when_full_ratio: float = 0.0
+    #: Push terminals only: the ``pushcommkey`` the terminal must send (from ``push_key_env`` /
+    #: ``push_key_file``); None = not checked.
+    push_key: str | None = field(default=None, repr=False)
+
+    @property
+    def pushes(self) -> bool:
+        """True for a terminal that calls the gateway (driver = "push") instead of being polled."""
+        return self.driver == PUSH_DRIVER
 
 
 @dataclass(frozen=True)
@@ -242,6 +254,39 @@ class CentralConfig:
 
 
 @dataclass(frozen=True)
+class PushConfig:
+    """The ADMS/PUSH receiver (gateway.push): terminals with ``driver = "push"`` call it over HTTP."""
+
+    #: Serve the receiver at all (on by default when a push device is configured).
+    enabled: bool = True
+    #: Address and port the terminals call ("Cloud server" / ADMS address in the terminal menu).
+    listen: str = "0.0.0.0"
+    port: int = 8081
+    #: Serve HTTPS with this certificate and key (both or neither); many terminals only speak HTTP.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    #: Told to terminals in the handshake: seconds between their command polls (getrequest) ...
+    delay_s: int = 10
+    #: ... and seconds to wait before retrying after a failed call.
+    error_delay_s: int = 30
+    #: A push terminal that has not called for this long counts as not answering (offline after
+    #: health.offline_after_failures such checks, one per sweep).
+    offline_after_s: float = 300.0
+    #: Largest request body accepted (bigger uploads get 413; the terminal sends smaller batches).
+    max_body_bytes: int = 2 * 1024 * 1024
+    #: Most lines in one upload.
+    max_lines: int = 20000
+    #: Requests per second one terminal may make (a burst of 4x is allowed); beyond: 503, retried later.
+    rate_per_device: float = 20.0
+    #: A command a terminal has not answered within this time is reported as timed out.
+    command_timeout_s: float = 900.0
+    #: A request must arrive whole within this time (slow clients are cut off).
+    request_timeout_s: float = 30.0
+    #: Open connections beyond this get 503 at once.
+    max_connections: int = 500
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole validated configuration."""
 
@@ -256,6 +301,7 @@ class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     forward: ForwardConfig = field(default_factory=ForwardConfig)
     central: CentralConfig = field(default_factory=CentralConfig)
+    push: PushConfig = field(default_factory=PushConfig)
     #: Where the config was read from (for messages).
     source: Path | None = None
 
@@ -263,6 +309,7 @@ class Config:
         """Every credential this config holds (gateway.logs.register_secrets blanks them in log lines)."""
         out: list[object] = [self.forward.token, self.http.status_token, *self.alerts.urls, *self.alerts.webhooks]
         out += [d.comm_key for d in self.devices if d.comm_key]
+        out += [d.push_key for d in self.devices if d.push_key]
         return out
 
     def device(self, device_id: str) -> DeviceConfig:
@@ -310,13 +357,14 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path | None = None,
     http = _parse_http(top.table("http"), base_dir)
     forward = _parse_forward(top.table("forward"), base_dir)
     central = _parse_central(top.table("central"), base_dir)
+    push = _parse_push(top.table("push"), base_dir)
     top.done()
 
     if problems:
         raise ConfigError(problems, str(source) if source else "")
     return Config(site=site, database=database, polling=polling, devices=tuple(devices),
                   logging=logging_cfg, employees=employees, health=health, alerts=alerts, http=http,
-                  forward=forward, central=central, source=source)
+                  forward=forward, central=central, push=push, source=source)
 
 
 def _default_state_dir() -> Path:
@@ -391,10 +439,13 @@ def _parse_devices(top: Reader, site: SiteConfig, polling: PollingConfig, base_d
         if dev_id in seen_ids:
             r.problem("id", f"duplicate device id {dev_id!r}")
         seen_ids.add(dev_id)
-        address = r.text("address", allow_empty=False)
+        driver = r.text("driver", "zk", choices=(*driver_names(), PUSH_DRIVER))
+        pushes = driver == PUSH_DRIVER
+        # A push terminal calls us from whatever address it has: its address is informational.
+        address = r.text("address", "", allow_empty=True) if pushes else r.text("address", allow_empty=False)
         port = r.integer("port", 4370, min=1, max=65535)
         transport = r.text("transport", "tcp", choices=("tcp", "udp"))
-        driver = r.text("driver", "zk", choices=driver_names())
+        push_key = r.secret("push_key", base_dir=base_dir) if pushes else None
         key_text = r.secret("comm_key", base_dir=base_dir)
         comm_key = 0
         if key_text is not None:
@@ -408,8 +459,14 @@ def _parse_devices(top: Reader, site: SiteConfig, polling: PollingConfig, base_d
         timeout = r.duration_s("timeout_s", polling.timeout_s, min=0.5)
         tz = r.timezone("timezone", site.timezone)
         enabled = r.flag("enabled", True)
+        if pushes and not (serial and PUSH_SERIAL.match(serial)):
+            r.problem("serial", "a push terminal is known by its serial number: set serial = \"...\" (letters, "
+                                "digits, '_' or '-'; menu: System Info > Device Info)")
         quirks = r.raw("quirks", {})
-        if not isinstance(quirks, Mapping):
+        if pushes and quirks:
+            r.problem("quirks", "push terminals have no driver workarounds")
+            quirks = {}
+        elif not isinstance(quirks, Mapping):
             r.problem("quirks", "must be a table, e.g. quirks = { record_size = 40 }")
             quirks = {}
         else:
@@ -421,14 +478,19 @@ def _parse_devices(top: Reader, site: SiteConfig, polling: PollingConfig, base_d
         installed_on = _parse_date(r, "installed_on")
         clear_ratio = _clear_ratio(r, polling.clear_when_full_ratio)
         r.done()
-        if (address, port, transport) in seen_addr:
-            r.problem("address", f"another device already uses {address}:{port}/{transport}")
-        seen_addr.add((address, port, transport))
+        if not pushes:
+            if (address, port, transport) in seen_addr:
+                r.problem("address", f"another device already uses {address}:{port}/{transport}")
+            seen_addr.add((address, port, transport))
         devices.append(DeviceConfig(id=dev_id, name=name or dev_id, address=address, port=port,
                                     transport=transport, driver=driver, comm_key=comm_key,
                                     serial=serial or None, interval_s=interval, timeout_s=timeout,
                                     timezone=tz, enabled=enabled, quirks=dict(quirks), location=location,
-                                    installed_on=installed_on, clear_when_full_ratio=clear_ratio))
+                                    installed_on=installed_on, clear_when_full_ratio=clear_ratio,
+                                    push_key=push_key or None))
+    serials = [d.serial.lower() for d in devices if d.pushes and d.serial]
+    for dup in sorted({x for x in serials if serials.count(x) > 1}):
+        top.problem("devices", f"two push devices have the serial {dup!r} (serials compare case-insensitively)")
     return devices
 
 
@@ -619,8 +681,38 @@ def _parse_central(r: Reader, base_dir: Path) -> CentralConfig:
     return cfg
 
 
+def _parse_push(r: Reader, base_dir: Path) -> PushConfig:
+    cfg = PushConfig(
+        enabled=r.flag("enabled", True),
+        listen=r.text("listen", "0.0.0.0", allow_empty=False),
+        port=r.integer("port", 8081, min=0, max=65535),
+        tls_cert_file=_optional_path(r, "tls_cert_file", base_dir),
+        tls_key_file=_optional_path(r, "tls_key_file", base_dir),
+        delay_s=r.integer("delay_s", 10, min=2, max=600),
+        error_delay_s=r.integer("error_delay_s", 30, min=10, max=3600),
+        offline_after_s=r.duration_s("offline_after_s", 300.0, min=30),
+        max_body_bytes=r.integer("max_body_bytes", 2 * 1024 * 1024, min=4096, max=64 * 1024 * 1024),
+        max_lines=r.integer("max_lines", 20000, min=10, max=1_000_000),
+        rate_per_device=r.number("rate_per_device", 20.0, min=0.1, max=10_000.0),
+        command_timeout_s=r.duration_s("command_timeout_s", 900.0, min=10),
+        request_timeout_s=r.duration_s("request_timeout_s", 30.0, min=1),
+        max_connections=r.integer("max_connections", 500, min=1, max=100_000),
+    )
+    if (cfg.tls_cert_file is None) != (cfg.tls_key_file is None):
+        r.problem("tls_key_file" if cfg.tls_key_file is None else "tls_cert_file",
+                  "HTTPS needs both tls_cert_file and tls_key_file (or neither for plain HTTP)")
+    for name, path in (("tls_cert_file", cfg.tls_cert_file), ("tls_key_file", cfg.tls_key_file)):
+        if path is not None and not path.is_file():
+            r.problem(name, f"file {str(path)!r} does not exist")
+    if cfg.offline_after_s < 2 * cfg.delay_s:
+        r.problem("offline_after_s", f"must be at least twice delay_s ({cfg.delay_s} s), or a terminal that "
+                                     "calls on time would look offline")
+    r.done()
+    return cfg
+
+
 __all__ = [
     "AlertsConfig", "CentralConfig", "Config", "ConfigError", "DatabaseConfig", "DeviceConfig",
     "EmployeesConfig", "ForwardConfig", "HealthConfig", "HttpConfig", "LoggingConfig", "PollingConfig",
-    "SiteConfig", "WorkingHoursConfig", "load_config", "parse_config",
+    "PushConfig", "SiteConfig", "WorkingHoursConfig", "load_config", "parse_config",
 ]

@@ -16,6 +16,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from simulators.push.fleet import PushFleet, specs_from_entries
+from simulators.push.terminal import PushSpec
 from simulators.zk.config import ConfigError, FleetConfig, load_fleet_file, nth_address, spec_from_mapping
 from simulators.zk.control import ApiError, ControlClient, start_control_server
 from simulators.zk.faults import normalize_fault
@@ -84,6 +86,13 @@ def _run_parser() -> argparse.ArgumentParser:
                      help="answer the direct reads 9 (users) and 13 (attendance)")
     dev.add_argument("--fault", action="append", type=_fault_arg, default=[], metavar="NAME[=VALUE]",
                      help="fault for every device, repeatable (e.g. slow=0.5, udp_loss=0.2, offline)")
+    push = ap.add_argument_group("push terminals (ADMS/iclock: they call the gateway over HTTP)")
+    push.add_argument("--push-server", default=None, metavar="URL",
+                      help="gateway push receiver, e.g. http://127.0.0.1:8081 (default for kind = \"push\" "
+                           "fleet entries without server)")
+    push.add_argument("--push-devices", type=int, default=0,
+                      help="run N push terminals (serials PUSH0001, ...) against --push-server, besides the "
+                           "ZK devices (0 = none; with --fleet use kind = \"push\" entries instead)")
     out = ap.add_argument_group("outputs")
     out.add_argument("--truth", type=Path, help="append every punch to this JSONL ground-truth file")
     out.add_argument("--control-port", type=int, default=None,
@@ -100,8 +109,8 @@ def _config_from_args(args: argparse.Namespace) -> FleetConfig:
         if args.truth is not None:
             cfg.truth = args.truth
         return cfg
-    if not 1 <= args.devices <= 10_000:
-        raise ConfigError(f"--devices: expected 1..10000, got {args.devices}")
+    if not (0 if args.push_devices else 1) <= args.devices <= 10_000:
+        raise ConfigError(f"--devices: expected 1..10000 (0 with --push-devices), got {args.devices}")
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port: expected 0..65535, got {args.port}")
     specs = []
@@ -144,16 +153,29 @@ def run(argv: list[str]) -> int:
         logging.getLogger("simulators.zk.server").setLevel(logging.WARNING)
     control_port = args.control_port if args.control_port is not None else (
         cfg.control_port if args.fleet is not None else DEFAULT_CONTROL_PORT)
+    try:
+        push_specs = specs_from_entries(cfg.push_devices, server=args.push_server)
+        if args.fleet is None and args.push_devices:
+            push_specs += [PushSpec(serial=f"PUSH{i + 1:04d}", server=args.push_server or PushSpec.server,
+                                    timezone=args.timezone, seed=args.seed + i, punches_per_minute=args.punch_rate,
+                                    users=args.users) for i in range(args.push_devices)]
+    except (ConfigError, ValueError) as e:
+        ap.error(str(e))
     fleet = Fleet(truth_path=cfg.truth)
+    push_fleet = PushFleet(cfg.truth)
     try:
         for spec in cfg.devices:
             fleet.add(spec)
+        for push_spec in push_specs:
+            push_fleet.add(push_spec)
         fleet.start()
+        push_fleet.start()
         control = None
         if not args.no_control and control_port is not None:
             control = start_control_server(fleet, control_port)
     except (OSError, ValueError) as e:
         fleet.stop()
+        push_fleet.stop()
         print(f"fpgw-sim: error: {e}", file=sys.stderr)
         return 1
     devs = fleet.devices
@@ -166,6 +188,9 @@ def run(argv: list[str]) -> int:
               + (f" faults={d.faults}" if d.faults else ""), flush=True)
     if len(devs) > 50:
         print(f"  ... and {len(devs) - 50} more ({devs[-1].host}:{devs[-1].port} last)", flush=True)
+    for term in push_fleet.terminals[:50]:
+        print(f"  {term.spec.serial:<12} push -> {term.spec.server} pushver={term.spec.pushver} "
+              f"records={term.record_count}", flush=True)
     if control is not None:
         print(f"control API: {control.url}  (fpgw-sim ctl --url {control.url} list)", flush=True)
     if cfg.truth is not None:
@@ -174,6 +199,7 @@ def run(argv: list[str]) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait(args.duration)
+    push_fleet.stop()
     fleet.stop()
     print("fpgw-sim: stopped", flush=True)
     return 0

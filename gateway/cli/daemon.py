@@ -42,7 +42,7 @@ def cmd_poll(args: argparse.Namespace) -> int:
     from gateway.polling.poller import DevicePoller
 
     config = config_of(args)
-    enabled = [d for d in config.devices if d.enabled]
+    enabled = [d for d in config.devices if d.enabled and not d.pushes]  # push terminals call us: not polled
     if args.all or not args.devices:
         if not args.all and not args.devices:
             raise CliError("name the devices to poll, or use --all (devices: "
@@ -54,6 +54,10 @@ def cmd_poll(args: argparse.Namespace) -> int:
         if unknown:
             raise CliError(f"unknown device id(s): {', '.join(unknown)} (configured: {', '.join(known) or 'none'})")
         chosen = [known[i] for i in args.devices]
+        pushing = [d.id for d in chosen if d.pushes]
+        if pushing:
+            raise CliError(f"{', '.join(pushing)}: push terminal(s) call the gateway themselves and cannot be polled; "
+                           "`fpgw devices query-log` asks one to upload a range again")
     engine, store = open_store(config)
     try:
         store.sync_devices(config.devices)

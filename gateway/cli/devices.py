@@ -28,6 +28,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
+from gateway.cli import push
 from gateway.cli.common import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -72,6 +73,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--local-only", action="store_true",
                    help="with polling.clear_requires_forwarded: clear even if punches still wait in the outbox")
     p.set_defaults(func=cmd_clear, one_shot=True)
+    push.register_actions(actions)  # sync-time, reboot, query-log, commands, unknown, add-push (push terminals)
 
 
 # -- devices (the table) ---------------------------------------------------------------------------
@@ -187,6 +189,8 @@ def cmd_clear(args: argparse.Namespace) -> int:
     device = known.get(args.device)
     if device is None:
         raise CliError(f"unknown device {args.device!r} (devices: {', '.join(known) or 'none configured'})")
+    if device.pushes:
+        return push.cmd_clear_push(args)
     where = f"{device.address}:{device.port}/{device.transport}"
     if not (args.yes or args.dry_run) and not _confirm(device.id, where):
         raise CliError(f"not clearing {device.id}: confirm with --yes (or try --dry-run first)")

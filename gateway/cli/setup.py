@@ -86,13 +86,19 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             extras.append("quirks " + ",".join(f"{k}={v}" for k, v in d.quirks.items()))
         if not d.enabled:
             extras.append("DISABLED")
-        print(f"    - {d.id:<16} {d.transport}://{d.address}:{d.port} every {d.interval_s:g} s, {d.timezone}"
-              + (f" ({'; '.join(extras)})" if extras else ""))
+        where = f"push terminal (calls the gateway), serial {d.serial}" if d.pushes else \
+            f"{d.transport}://{d.address}:{d.port} every {d.interval_s:g} s"
+        if d.pushes:
+            extras = [e for e in extras if not e.startswith("serial")] + (["push key set"] if d.push_key else [])
+        print(f"    - {d.id:<16} {where}, {d.timezone}" + (f" ({'; '.join(extras)})" if extras else ""))
     print(f"  employees   {c.employees.mapping_csv or 'no PIN->NIP mapping'}")
     print(f"  alerts      {len(c.alerts.urls)} apprise URL(s), {len(c.alerts.webhooks)} webhook(s)")
     scheme = "https" if c.http.tls_cert_file else "http"
     http = f"{scheme}://{c.http.listen}:{c.http.port}/" if c.http.enabled else "off"
     print(f"  http        {http}")
+    if any(d.pushes for d in c.devices):
+        scheme = "https" if c.push.tls_cert_file else "http"
+        print(f"  push        {f'{scheme}://{c.push.listen}:{c.push.port}/iclock/' if c.push.enabled else 'off'}")
     print(f"  forward     {c.forward.url or 'off'}")
     print(f"  central     {'on' if c.central.enabled else 'off'}")
     return EXIT_OK

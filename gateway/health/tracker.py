@@ -90,7 +90,8 @@ class HealthTracker:
         self.notice_window_s = notice_window_s
         self._devices: dict[str, DeviceHealth] = {}
         self._dirty: set[str] = set()
-        self._interval = {d.id: d.interval_s for d in config.devices}
+        # A push terminal is "polled" by its own calls: its offline window is push.offline_after_s.
+        self._interval = {d.id: config.push.offline_after_s / 3 if d.pushes else d.interval_s for d in config.devices}
         self._tz = {d.id: ZoneInfo(d.timezone) for d in config.devices}
 
     # -- state access -------------------------------------------------------------------------------

@@ -102,7 +102,9 @@ class PollScheduler:
         self._now = now or (lambda: datetime.now(UTC))
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
-        self.states: dict[str, DeviceRunState] = {d.id: DeviceRunState(d) for d in config.devices if d.enabled}
+        # Push terminals (driver = "push") call the gateway themselves (gateway.push): nothing to poll.
+        self.states: dict[str, DeviceRunState] = {d.id: DeviceRunState(d) for d in config.devices
+                                                  if d.enabled and not d.pushes}
         #: monotonic time of the last finished poll (any outcome): the watchdog's progress signal.
         self.last_progress = time.monotonic()
         scheduler.add_listener(self._on_event, EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES | EVENT_JOB_ERROR)

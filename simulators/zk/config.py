@@ -35,6 +35,8 @@ class FleetConfig:
     truth: Path | None = None  #: ground-truth JSONL path
     control_port: int | None = 7788  #: control API port on 127.0.0.1 (None = off, 0 = any)
     log_level: str = "INFO"
+    #: ``[[devices]]`` entries with ``kind = "push"`` as (where, table): HTTP clients built by simulators.push.
+    push_devices: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
 
 def _suggest(key: str, known: set[str] | dict[str, Any]) -> str:
@@ -159,12 +161,19 @@ def fleet_from_mapping(raw: dict[str, Any], where: str = "fleet",
         raise ConfigError(f"{where}: fleet.per_device: expected \"host\" or \"port\", got {per_device!r}")
 
     specs: list[DeviceSpec] = []
+    push: list[tuple[str, dict[str, Any]]] = []
     n = 0
     for i, entry in enumerate(devices):
         loc = f"{where}: devices[{i}]"
         if not isinstance(entry, dict):
             raise ConfigError(f"{loc}: must be a table")
         entry = dict(entry)
+        kind = entry.pop("kind", "zk")
+        if kind == "push":
+            push.append((loc, entry))
+            continue
+        if kind != "zk":
+            raise ConfigError(f"{loc}.kind: expected \"zk\" (default) or \"push\", got {kind!r}")
         count = entry.pop("count", 1)
         if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 10_000:
             raise ConfigError(f"{loc}.count: expected 1..10000, got {count!r}")
@@ -200,7 +209,7 @@ def fleet_from_mapping(raw: dict[str, Any], where: str = "fleet",
         if base_dir is not None and not truth_path.is_absolute():
             truth_path = base_dir / truth_path
     return FleetConfig(devices=specs, truth=truth_path, control_port=control,
-                       log_level=str(fleet.get("log_level", "INFO")))
+                       log_level=str(fleet.get("log_level", "INFO")), push_devices=push)
 
 
 def _check_unique(specs: list[DeviceSpec], where: str) -> None:

@@ -128,7 +128,7 @@ def test_config_example_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     assert c.site.office_code == "1801.01.02" and len(c.devices) >= 2
     # Every section of the Config is present in the example (so a new one cannot be forgotten).
     for section in ("site", "database", "polling", "devices", "logging", "employees", "health", "alerts", "http",
-                    "forward", "central"):
+                    "forward", "central", "push"):
         assert section in data, f"config.example.toml lacks [{section}]"
 
 
