@@ -13,7 +13,7 @@ from collections.abc import Callable, Collection, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 # ---------------------------------------------------------------------------------------------
 # Values a session returns
@@ -57,9 +57,12 @@ class Counts:
     unreliable: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class RawPunch:
+class RawPunch(NamedTuple):
     """One attendance record exactly as the device holds it; the gateway normalizes it later.
+
+    A NamedTuple, not a dataclass: a download builds one per record (200,000 for a big log), and a frozen
+    dataclass costs about 15 times more to build (measured: 2.4 us against 0.15 us through
+    ``tuple.__new__``), which was most of the decode time. It is immutable and hashable all the same.
 
     ``time_text`` is the device-local wall clock as ``YYYY-MM-DD HH:MM:SS``, decoded without
     validation: a terminal with a broken clock can hold impossible dates (Feb 31, year 2000 after an

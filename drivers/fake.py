@@ -15,7 +15,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from drivers.base import (
@@ -295,7 +295,7 @@ class FakeSession:
             except queue.Empty:
                 yield None
                 continue
-            yield LiveEvent(replace(p))
+            yield LiveEvent(p)  # RawPunch is immutable: no copy needed
 
 
 def _tell(progress: Progress | None, total: int, step: int) -> None:

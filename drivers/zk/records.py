@@ -436,6 +436,7 @@ def parse_records(
     times = _TimeDecoder()
     days_get, new_day = times.days.get, times.day
     clocks = _CLOCKS
+    new = tuple.__new__  # RawPunch is a NamedTuple: build it from a tuple without the keyword machinery
     punch = RawPunch
     # (Tuple items are read by index, not unpacked: measurably cheaper per record.)
     with _gc_paused():
@@ -451,8 +452,8 @@ def parse_records(
                 if user_id is None:
                     user_id = names[uid_text] = _text(uid_text, encoding)
                 midnight = dd[1]
-                append(punch(user_id, dd[0] + clock[0], None if midnight is None else midnight + clock[1],
-                             state, verify, uid, 0, t))
+                append(new(punch, (user_id, dd[0] + clock[0], None if midnight is None else midnight + clock[1],
+                                  state, verify, uid, 0, t)))
         elif size == 16:
             numbers: dict[int, str] = {}
             for user_no, t, state, verify, workcode in _REC16.iter_unpack(body):
@@ -465,8 +466,8 @@ def parse_records(
                 if user_id is None:
                     user_id = numbers[user_no] = str(user_no)
                 midnight = dd[1]
-                append(punch(user_id, dd[0] + clock[0], None if midnight is None else midnight + clock[1],
-                             state, verify, 0, workcode, t))
+                append(new(punch, (user_id, dd[0] + clock[0], None if midnight is None else midnight + clock[1],
+                                  state, verify, 0, workcode, t)))
         else:
             assert uid_to_user_id is not None
             mapped: dict[int, str] = {}
@@ -480,8 +481,8 @@ def parse_records(
                 if user_id is None:
                     user_id = mapped[uid] = uid_to_user_id(uid)
                 midnight = dd[1]
-                append(punch(user_id, dd[0] + clock[0], None if midnight is None else midnight + clock[1],
-                             state, verify, uid, 0, t))
+                append(new(punch, (user_id, dd[0] + clock[0], None if midnight is None else midnight + clock[1],
+                                  state, verify, uid, 0, t)))
     return out
 
 

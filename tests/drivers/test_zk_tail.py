@@ -8,7 +8,6 @@ prove that the log still continues the earlier read.
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -108,7 +107,7 @@ def test_overlap_record_mismatch_is_refused(fleet: Any, field: str) -> None:
     last = before[-1]
     changed = {"user_id": last.user_id + "9", "time_text": last.time_text[:-1] + "9", "state": last.state + 1,
                "verify": last.verify + 1, "raw_time": last.raw_time + 1}[field]
-    assert tail_read(drv, LogPosition(len(before), replace(last, **{field: changed})))[0] is None
+    assert tail_read(drv, LogPosition(len(before), last._replace(**{field: changed})))[0] is None
     # The genuine position still works (nothing was lost by refusing).
     new = tail_read(drv, position(before))[0]
     assert new is not None and len(new) == 1
@@ -120,7 +119,7 @@ def test_8_byte_overlap_compares_the_mapped_user_id(fleet: Any) -> None:
     drv = zk_driver_for(dev)
     before = full_read(drv)
     dev.add_punches(2)
-    assert tail_read(drv, LogPosition(len(before), replace(before[-1], user_id="someone else")))[0] is None
+    assert tail_read(drv, LogPosition(len(before), before[-1]._replace(user_id="someone else")))[0] is None
     new = tail_read(drv, position(before))[0]
     assert new is not None and [punch_key(p) for p in new] == sim_truth(fleet.truth_file, dev.serial)[-2:]
 
@@ -250,5 +249,5 @@ def test_a_position_kept_without_uid_and_raw_time_still_gets_a_tail_read(fleet: 
     bare = RawPunch(last.user_id, last.time_text, last.local_time, last.state, last.verify)  # uid 0, raw_time -1
     new = tail_read(drv, LogPosition(len(before), bare))[0]
     assert new is not None and [punch_key(p) for p in new] == sim_truth(fleet.truth_file, dev.serial)[-2:]
-    wrong_uid = replace(last, uid=last.uid + 1)
+    wrong_uid = last._replace(uid=last.uid + 1)
     assert tail_read(drv, LogPosition(len(before), wrong_uid))[0] is None
