@@ -2,7 +2,8 @@
 
     Gateway(config): engine (+ migrations) -> repositories (Store.sync_devices, HealthRepo) -> scheduler
         -> AppContext -> services of gateway.health.monitor, .web.metrics, .forward.forwarder, .central.service,
-        .web.status (started in that order, stopped reversed) -> poll scheduler (backs off from ctx.health) + jobs
+        .web.status (started in that order, stopped reversed) -> poll scheduler (its own pool of polling.pool_size
+        workers, started after the services; backs off from ctx.health)
     run_forever(): signals, faulthandler, sd_notify READY/STATUS/WATCHDOG/STOPPING, waits for the stop event.
 
 Tests run a Gateway in-process with start()/stop(); `fpgw run` calls run_forever().
@@ -87,7 +88,8 @@ class Gateway:
             # After the services: the health monitor (ctx.health) is where failed polls are counted, and
             # the back-off reads that count instead of keeping its own.
             self.polls = PollScheduler(config, self.scheduler, self.poller.poll_once,
-                                       stop_event=self.ctx.stop_event, failures=self.ctx.health)
+                                       stop_event=self.ctx.stop_event, failures=self.ctx.health,
+                                       registry=self.ctx.metrics_registry)
             self.ctx.poll_now = self.polls.poll_now
             self.ctx.polls = self.polls
             self.polls.add_jobs()
@@ -133,6 +135,7 @@ class Gateway:
             self.stop()
             raise
         self.scheduler.resume()
+        self.polls.start()
         self._running = True
         log.info("gateway started", office=self.config.site.office_code, devices=len(self.polls.states),
                  database=safe_url(self.config.database.url),
@@ -149,7 +152,7 @@ class Gateway:
         deadline_s = self.config.polling.shutdown_deadline_s
         if self.scheduler.running:
             self.scheduler.pause()
-        busy = self.polls.wait_idle(deadline_s)
+        busy = self.polls.stop(deadline_s)
         if busy:
             log.warning("stopping with polls still running; abandoning them", devices=busy,
                         waited_s=deadline_s)
@@ -169,7 +172,7 @@ class Gateway:
     # -- daemon ----------------------------------------------------------------------------------
     def healthy(self) -> bool:
         """Real progress: the scheduler dispatches jobs and no poll hangs far past its deadline."""
-        if not self.scheduler.running:
+        if not self.scheduler.running or not self.polls.alive():
             return False
         if time.monotonic() - self._heartbeat_at > 6 * HEARTBEAT_EVERY_S:
             return False
