@@ -221,7 +221,13 @@ def main() -> None:
     for dev, started, _fin, _o, _e in runs:
         by_device.setdefault(dev, []).append(started)
     first = [min(v) - wall_start for v in by_device.values()]
-    cold = cold_s if cold_s is not None else float("nan")
+    # Cold start from the database: when the last terminal's first poll finished (the sampling loop above
+    # only looks every few seconds).
+    first_done = {}
+    for dev, _s, fin, _o, _e in runs:
+        first_done[dev] = min(first_done.get(dev, fin), fin)
+    cold = (max(first_done.values()) - wall_start) if len(first_done) >= n else float("nan")
+    durations = sorted(f - s for _d, s, f, _o, _e in runs if f >= s)
     # Steady state: from the moment every terminal was read once to the end.
     steady_from = wall_start + (cold_s or 0.0)
     gaps: list[float] = []
@@ -251,6 +257,14 @@ def main() -> None:
                    f"; CPU {cold_cpu_pct:.0f} % of the machine meanwhile")
     report.figure("fleet.steady_rate", "steady polls per minute", rate, "/min",
                   detail=f"{len(steady_polls)} polls in {steady_span:.0f} s; needed {n * 60 / interval:.0f}/min")
+    if durations:
+        mean_d = sum(durations) / len(durations)
+        report.figure("fleet.poll_s", "poll duration, median", durations[len(durations) // 2], "s",
+                      detail=f"p95 {durations[int(len(durations) * 0.95)]:.2f} s, max {durations[-1]:.2f} s, "
+                      f"mean {mean_d:.3f} s")
+        # Little's law: polls in flight on average = polls per second x seconds per poll.
+        report.figure("fleet.busy_workers", "poll workers busy on average (rate x mean duration)",
+                      n / interval * mean_d, "", detail=f"pool_size {args.pool_size or 'default'}")
     report.at_most("fleet.max_gap_ratio", "worst gap between two polls of one terminal / interval",
                    measured=max(gaps, default=float("nan")) / interval, goal=1.5, unit="x",
                    detail=f"{len(gaps)} gaps; p99 {sorted(gaps)[int(len(gaps) * 0.99)] / interval if gaps else 0:.2f}x")

@@ -291,7 +291,7 @@ class PollScheduler:
     def run_claimed_here(self) -> list[str]:
         """Run the polls ``dispatch`` handed out, in the calling thread (tests drive the schedule this way,
         without starting the workers); returns the device ids polled, in order."""
-        done = []
+        done: list[str] = []
         while True:
             with self._lock:
                 if not self._work:
