@@ -12,7 +12,8 @@ silently when the pool is saturated (docs/operate.md, "How polling works"). Inst
   moves to its slot (gaps between two polls of a device stay within 0.5-1.5 intervals);
 - a slot that passes without a poll of its device is a missed cycle (a poll started more than half an interval
   late moves on to the slot after next): it is counted (per device, metric ``fpgw_poll_cycles_missed``), and
-  polling warns once that the interval cannot be met (with figures), and once when it keeps up again;
+  polling warns once that the interval cannot be met (with figures), and once when it keeps up again (slots
+  missed while the cold start still reads other terminals are counted apart and do not warn);
 - a failing device is backed off by moving its next poll (x1.5 per failed poll up to polling.backoff_max_s; at
   once to that cap when someone must fix something; never before a Busy device's retry_after). The failure count
   is the health model's (a FailureView wired by gateway.app): outages are logged once by gateway.health.
@@ -122,6 +123,8 @@ class PollingStats:
     #: Failed database writes whose error says the database was locked (SQLite busy).
     locked: int = 0
     missed_cycles: int = 0
+    #: Slots of terminals already read that passed while the cold start still read the others.
+    missed_in_cold_start: int = 0
     #: Seconds from start until every device had been read once (None until then).
     cold_start_s: float | None = None
 
@@ -346,8 +349,13 @@ class PollScheduler:
             missed = max(round((next_due - st.due_at) / interval) - 1, 0)
             if missed:
                 st.missed_cycles += missed
-                self.stats.missed_cycles += missed
-                self._last_missed_at = now
+                if self._never_polled:
+                    # The cold start still reads other terminals (longest-waiting first): expected, and
+                    # reported with the cold start, not as "cannot keep up".
+                    self.stats.missed_in_cold_start += missed
+                else:
+                    self.stats.missed_cycles += missed
+                    self._last_missed_at = now
                 if self._missed_metric is not None:
                     self._missed_metric.labels(st.device.id).inc(missed)
         st.due_at = next_due
@@ -405,7 +413,8 @@ class PollScheduler:
                 if not self._never_polled:
                     self.stats.cold_start_s = time.monotonic() - self._started_mono
                     log.info("first read of every terminal done", devices=len(self.states),
-                             seconds=round(self.stats.cold_start_s, 1), pool_size=self.pool_size)
+                             seconds=round(self.stats.cold_start_s, 1), pool_size=self.pool_size,
+                             missed_cycles_meanwhile=self.stats.missed_in_cold_start)
             if outcome.ok:
                 if st.next_probe_at is not None:
                     log.debug("device answering again; normal polling resumed", device=dev.id, serial=outcome.serial)
@@ -454,7 +463,8 @@ class PollScheduler:
         failed = {k: v for k, v in s.outcomes.items() if k != "ok"}
         log.info("polling summary", polls=s.polls, ok=s.outcomes.get("ok", 0), failed=sum(failed.values()),
                  failures_by_kind=failed or None, storage_errors=s.outcomes.get("storage", 0), locked_errors=s.locked,
-                 missed_cycles=s.missed_cycles, cold_start_s=round(s.cold_start_s, 1) if s.cold_start_s else None,
+                 missed_cycles=s.missed_cycles, missed_in_cold_start=s.missed_in_cold_start,
+                 cold_start_s=round(s.cold_start_s, 1) if s.cold_start_s else None,
                  pool_size=self.pool_size)
 
     # -- introspection ---------------------------------------------------------------------------
