@@ -268,8 +268,10 @@ def main() -> None:
     report.at_most("fleet.max_gap_ratio", "worst gap between two polls of one terminal / interval",
                    measured=max(gaps, default=float("nan")) / interval, goal=1.5, unit="x",
                    detail=f"{len(gaps)} gaps; p99 {sorted(gaps)[int(len(gaps) * 0.99)] / interval if gaps else 0:.2f}x")
-    report.at_most("fleet.missed_cycles", "polls started a whole interval late (missed a cycle)",
-                   measured=missed, goal=0, unit="", detail="gateway's polling summary")
+    report.at_most("fleet.missed_cycles", "slots passed without a poll of their terminal (missed cycles)",
+                   measured=missed, goal=0, unit="",
+                   detail=f"gateway's polling summary; {summary.get('missed_in_cold_start', '?')} more while the "
+                   "cold start read the others")
     report.at_most("fleet.errors", "failed polls recorded in poll_runs", measured=sum(errors.values()), goal=0,
                    unit="", detail=", ".join(f"{k} {v}" for k, v in errors.most_common()) or "none")
     report.at_most("fleet.storage_errors", "polls whose database write failed (not in poll_runs)",
