@@ -2,8 +2,9 @@
 
 gateway.app builds one ``PollScheduler`` and one APScheduler BackgroundScheduler (``build_scheduler``, shared
 with the services through AppContext.scheduler for their housekeeping jobs: sweeps, forwarding). Device polls
-do not go through APScheduler: with hundreds of terminals its per-job misfire and coalescing rules drop polls
-silently when the pool is saturated (docs/operate.md, "How polling works"). Instead:
+do not go through APScheduler: with hundreds of terminals its per-job rules drop polls when the pool is
+saturated (a job that waited past misfire_grace_time is discarded with one WARNING; an overrun is skipped by
+max_instances), and nothing then tells which terminal went unpolled. Instead:
 
 - one dispatcher thread hands due devices to ``polling.pool_size`` worker threads, never more at once, always the
   device that has waited longest first (a manual "poll now" before them), so no terminal is ever starved;
