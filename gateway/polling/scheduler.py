@@ -166,8 +166,10 @@ class PollScheduler:
         self._running = 0
         self._paused: set[str] = set()
         self._epoch: float | None = None
-        self._started_mono = time.monotonic()
+        self._created_at = clock()
         self._never_polled = set(self.states)
+        #: Scheduler clock time when every device had been read once (None during the cold start).
+        self._cold_done_at: float | None = None
         self.stats = PollingStats()
         #: Behind schedule since (scheduler clock; None when keeping up) and the last missed cycle.
         self._behind_since: float | None = None
@@ -350,12 +352,16 @@ class PollScheduler:
             missed = max(round((next_due - st.due_at) / interval) - 1, 0)
             if missed:
                 st.missed_cycles += missed
-                if self._never_polled:
-                    # The cold start still reads other terminals (longest-waiting first): expected, and
-                    # reported with the cold start, not as "cannot keep up".
-                    self.stats.missed_in_cold_start += missed
-                else:
-                    self.stats.missed_cycles += missed
+                # The slots that passed unserved are due_at + k x interval, k = 0..missed-1 (this late poll stands
+                # for the slot after them). Those that passed while the cold start still read other terminals
+                # (which go first: longest waiting) are expected, and reported with the cold start, not as
+                # "cannot keep up".
+                cold_end = self._cold_done_at
+                in_cold = missed if cold_end is None else min(max(math.ceil((cold_end - st.due_at) / interval), 0),
+                                                              missed)
+                self.stats.missed_in_cold_start += in_cold
+                if missed > in_cold:
+                    self.stats.missed_cycles += missed - in_cold
                     self._last_missed_at = now
                 if self._missed_metric is not None:
                     self._missed_metric.labels(st.device.id).inc(missed)
@@ -404,7 +410,8 @@ class PollScheduler:
         with self._lock:
             st.last_outcome = outcome
             st.last_finished_at = now
-            self._durations.append(took_s)
+            if dev.id not in self._never_polled:
+                self._durations.append(took_s)  # first reads download whole logs: not what a cycle costs
             kind = "ok" if outcome.ok else (outcome.error_kind or "bug")
             self.stats.outcomes[kind] += 1
             if kind == "storage" and "locked" in (outcome.error or ""):
@@ -412,10 +419,10 @@ class PollScheduler:
             if dev.id in self._never_polled:
                 self._never_polled.discard(dev.id)
                 if not self._never_polled:
-                    self.stats.cold_start_s = time.monotonic() - self._started_mono
+                    self._cold_done_at = self._clock()
+                    self.stats.cold_start_s = self._cold_done_at - self._created_at
                     log.info("first read of every terminal done", devices=len(self.states),
-                             seconds=round(self.stats.cold_start_s, 1), pool_size=self.pool_size,
-                             missed_cycles_meanwhile=self.stats.missed_in_cold_start)
+                             seconds=round(self.stats.cold_start_s, 1), pool_size=self.pool_size)
             if outcome.ok:
                 if st.next_probe_at is not None:
                     log.debug("device answering again; normal polling resumed", device=dev.id, serial=outcome.serial)

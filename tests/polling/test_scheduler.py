@@ -279,3 +279,30 @@ def test_storage_errors_are_counted_by_kind_without_backing_the_device_off(parts
         ps.stop(1)
     summary = [e for e in logs if e["event"] == "polling summary"]
     assert summary and summary[0]["storage_errors"] == 1 and summary[0]["locked_errors"] == 1
+
+
+class SlowFirstReads(ScriptedPoll):
+    """First reads take 30 s each (whole logs), later polls 1 s."""
+
+    def __call__(self, device: DeviceConfig) -> PollOutcome:
+        first = device.id not in self.calls
+        outcome = super().__call__(device)
+        self.clock.advance(30.0 if first else 1.0)
+        return outcome
+
+
+@pytest.mark.timeout(10)
+def test_slots_missed_during_a_slow_cold_start_are_counted_apart_and_do_not_warn(tmp_path: Path) -> None:
+    config = make_config(tmp_path, n=4, pool_size=1)
+    clock = FakeClock(datetime(2026, 11, 23, 1, 0, tzinfo=UTC))
+    poll = SlowFirstReads(clock, HealthTracker(config))
+    ps = PollScheduler(config, build_scheduler(config), poll, stop_event=threading.Event(), now=clock)
+    ps.add_jobs()
+    with capture_logs() as logs:
+        polled = _drive(clock, ps, 10 * 60)
+    assert polled[:4] == ["d0", "d1", "d2", "d3"]  # the cold start reads everyone first (2 min with 1 worker)
+    assert ps.stats.missed_in_cold_start > 0  # d0's and d1's slots passed meanwhile: counted...
+    assert ps.stats.missed_cycles == 0  # ...apart, and once every terminal was read, none was missed
+    assert not [e for e in logs if e["event"].startswith("polling cannot keep up")]
+    cold = [e["seconds"] for e in logs if e["event"] == "first read of every terminal done"]
+    assert len(cold) == 1 and 120 <= cold[0] <= 125  # 4 reads of 30 s (+ the 1 s steps of _drive)
