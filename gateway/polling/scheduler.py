@@ -157,7 +157,10 @@ class PollScheduler:
         self._clock = clock
         self.pool_size = pool_size or config.polling.pool_size
         self._lock = threading.Lock()
+        #: Wakes the dispatcher (a poll ended, poll now, stop) and wait_idle; workers wait on their own
+        #: condition, so a finished poll does not wake every idle worker.
         self._cond = threading.Condition(self._lock)
+        self._work_cond = threading.Condition(self._lock)
         self.states: dict[str, DeviceRunState] = {
             d.id: DeviceRunState(d, index=i) for i, d in enumerate(x for x in config.devices if x.enabled)}
         self._work: deque[DeviceRunState] = deque()
@@ -243,9 +246,8 @@ class PollScheduler:
         """Stop dispatching, wait for running polls up to ``deadline_s``; returns devices still in flight."""
         with self._lock:
             self._cond.notify_all()
+            self._work_cond.notify_all()
         busy = self.wait_idle(deadline_s)
-        with self._lock:
-            self._cond.notify_all()
         for t in [self._dispatcher, *self._workers]:
             if t is not None and not busy:
                 t.join(2.0)
@@ -260,7 +262,7 @@ class PollScheduler:
                     break
                 self._cond.wait(min(wait_s, IDLE_WAKE_S))
         with self._lock:
-            self._cond.notify_all()
+            self._work_cond.notify_all()
 
     def dispatch(self) -> float:
         """Hand due devices to free workers (longest-waiting first); returns seconds until the next is due."""
@@ -283,13 +285,14 @@ class PollScheduler:
                     next_due = min(next_due, due)
             free = self.pool_size - self._running - len(self._work)
             ready.sort(key=lambda r: r[:3])
-            for _, _, _, st in ready[:max(free, 0)]:
+            handed = ready[:max(free, 0)]
+            for _, _, _, st in handed:
                 manual = st.pending
                 st.pending = False
                 self._claim(st, now, manual)
                 self._work.append(st)
-            if ready and free > 0:
-                self._cond.notify_all()
+            if handed:
+                self._work_cond.notify(len(handed))
             waiting = len(ready) - max(free, 0)
             self._note_load(now, waiting)
             return max(next_due - now, 0.01) if math.isfinite(next_due) else IDLE_WAKE_S
@@ -314,7 +317,7 @@ class PollScheduler:
         while True:
             with self._lock:
                 while not self._work and not self.stop_event.is_set():
-                    self._cond.wait(IDLE_WAKE_S)
+                    self._work_cond.wait(IDLE_WAKE_S)
                 if not self._work:
                     return
                 st = self._work.popleft()
