@@ -237,8 +237,10 @@ def main() -> None:
     steady_polls = [r for r in runs if r[1] >= steady_from]
     steady_span = max((r[1] for r in runs), default=steady_from) - steady_from
     errors = Counter(o for _d, _s, _f, o, _e in runs if o not in ("ok", "unchanged", "abandoned", "cleared"))
-    missed = int(summary.get("missed_cycles", 0) or 0)  # type: ignore[call-overload]
-    storage = int(summary.get("storage_errors", 0) or 0)  # type: ignore[call-overload]
+    has_summary = "event" in summary
+    # An fpgw without the summary line: missed cycles unknown, database errors counted from its log lines.
+    missed = float(summary.get("missed_cycles", 0) or 0) if has_summary else float("nan")  # type: ignore[arg-type]
+    storage = int(summary.get("storage_errors" if has_summary else "locked_log_lines", 0) or 0)  # type: ignore[call-overload]
     locked = int(summary.get("locked_errors", summary.get("locked_log_lines", 0)) or 0)  # type: ignore[call-overload]
     steady_samples = [s for s in samples if s[0] >= t_start + (cold_s or 0)]
     cpu_pct = ((steady_samples[-1][1] - steady_samples[0][1]) / (steady_samples[-1][0] - steady_samples[0][0])
