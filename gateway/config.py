@@ -66,8 +66,9 @@ class PollingConfig:
     timeout_s: float = 10.0
     #: Upper bound for one whole poll (connect + download); a poll running longer counts as hung.
     poll_deadline_s: float = 300.0
-    #: Worker threads polling devices at the same time.
-    pool_size: int = 16
+    #: Worker threads polling devices at the same time (not one per device: a steady poll is short, so a small
+    #: pool serves many terminals; docs/operate.md "Sizing" has the arithmetic and the measurements).
+    pool_size: int = 32
     #: Download the full log at least this often even if the record count did not change.
     full_reconcile_s: float = 86400.0
     #: Read the device clock (skew, clock correction) at most this often, and whenever the whole log is read;
@@ -416,7 +417,7 @@ def _parse_polling(r: Reader) -> PollingConfig:
         interval_s=r.duration_s("interval_s", 300.0, min=5),
         timeout_s=r.duration_s("timeout_s", 10.0, min=0.5),
         poll_deadline_s=r.duration_s("poll_deadline_s", 300.0, min=5),
-        pool_size=r.integer("pool_size", 16, min=1, max=256),
+        pool_size=r.integer("pool_size", 32, min=1, max=128),
         full_reconcile_s=r.duration_s("full_reconcile_s", 86400.0, min=60),
         clock_check_s=r.duration_s("clock_check_s", 300.0, min=0),
         backoff_max_s=r.duration_s("backoff_max_s", 1800.0, min=5),

@@ -7,13 +7,21 @@
         not the device's; the sweep also checks the database disk's free space and probes a failing database
 Published as ``ctx.health`` (a gateway.services.HealthView) for the status page, metrics and central; the poll
 scheduler backs failing devices off from its failure count (FailureView), so failures are counted only here.
+
+Locking: the tracker is updated under one lock, but nothing touches the database or the network while it is
+held (hundreds of poll threads report here). Each caller computes its transitions under the lock and queues
+them with a copy of the changed health records; one caller at a time writes the queue in order (a batch of
+several callers' changes in one transaction), the others return at once. Order is kept (per device too),
+each state change is logged once (after its row is stored), and a failed write goes back to the queue.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 import structlog
@@ -30,6 +38,19 @@ log = structlog.get_logger(__name__)
 
 #: Seconds between sweeps (offline window, hung polls, silent devices, reminders, mutes, pending alerts).
 SWEEP_EVERY_S = 30.0
+#: Queued batches one writer takes per transaction, and transactions before it hands the queue on: a poll
+#: thread that happens to write for others goes back to polling soon (the next caller or sweep takes over).
+WRITE_BATCH = 64
+WRITE_ROUNDS = 8
+
+
+@dataclass
+class _Changes:
+    """What one observe or sweep changed: transitions to record and copies of the health rows to store."""
+
+    transitions: list[Transition]
+    healths: dict[str, DeviceHealth]
+    serials: dict[str, str | None] = field(default_factory=dict)
 
 
 class HealthMonitor:
@@ -50,6 +71,9 @@ class HealthMonitor:
         self._serials: dict[str, str | None] = {}
         self._muted: dict[str, datetime] = {}
         self._started = False
+        #: Changes computed under ``_lock`` and not stored yet, oldest first (see the module docstring).
+        self._unwritten: deque[_Changes] = deque()
+        self._writing = False
         #: The gateway's own health (database, disk), apart from every device.
         self.gateway = GatewayHealth()
 
@@ -92,14 +116,16 @@ class HealthMonitor:
             pass
         try:
             with self._lock:
-                self._persist([])
+                self._queue_changes([])
+            self._write_changes(rounds=None)
         except Exception:
             log.exception("could not save device health at stop")
         self.router.stop(min(deadline_s, 10.0))
 
     # -- inputs -----------------------------------------------------------------------------------------
     def observe(self, outcome: PollOutcome) -> None:
-        """Poll observer (runs in the polling thread): update the model; only transitions touch the DB."""
+        """Poll observer (runs in the polling thread): update the model; only changes touch the DB, and never
+        under the lock (module docstring)."""
         with self._lock:
             if outcome.error_kind == "storage":
                 # The office database failed, not the device: no device health changes (no protocol_error,
@@ -111,8 +137,15 @@ class HealthMonitor:
                 self._gateway_changed(lambda: self.gateway.storage_ok(outcome.finished_at))
             if outcome.serial:
                 self._serials[outcome.device_id] = outcome.serial
-            transitions = self.tracker.record(outcome)
-            self._persist(transitions)
+            queued = self._queue_changes(self.tracker.record(outcome))
+        if queued:
+            try:
+                self._write_changes()
+            except StorageError as exc:
+                # Kept in the queue for the next caller or the sweep; the gateway's problem logs it once.
+                error = storage_error_text(exc)
+                with self._lock:
+                    self._gateway_changed(lambda: self.gateway.storage_failed(error, outcome.finished_at))
 
     def poll_started(self, device_id: str, at: datetime) -> None:
         """A poll began (optional hook; the sweep also reads the poll scheduler's in-flight polls)."""
@@ -124,14 +157,18 @@ class HealthMonitor:
         now = now or self.clock()
         transitions: list[Transition] = []
         with self._lock:
-            try:
-                self._note_in_flight(now)
-                transitions = self.tracker.sweep(now)
-                self._persist(transitions)
+            self._note_in_flight(now)
+            transitions = self.tracker.sweep(now)
+            self._queue_changes(transitions)
+        try:
+            # Also stores what earlier callers left queued (a failed write, or a writer that handed on).
+            self._write_changes()
+            with self._lock:
                 self._refresh_mutes(now, announce=True)
-            except StorageError as exc:
-                # The tracker keeps its dirty set: the next sweep saves what this one could not.
-                error = storage_error_text(exc)
+        except StorageError as exc:
+            # The changes stay queued: the next caller or sweep stores what this one could not.
+            error = storage_error_text(exc)
+            with self._lock:
                 self._gateway_changed(lambda: self.gateway.storage_failed(error, now))
         # Outside the lock: the probe may wait out a database lock and a direct alert goes over the network,
         # while polling threads report outcomes.
@@ -173,12 +210,50 @@ class HealthMonitor:
         return until if until is not None and until > self.clock() else None
 
     # -- internals ---------------------------------------------------------------------------------------
-    def _persist(self, transitions: list[Transition]) -> None:
+    def _queue_changes(self, transitions: list[Transition]) -> bool:
+        """Under ``_lock``: queue the transitions and copies of the changed health rows; True when queued."""
         dirty = self.tracker.take_dirty()
         if not dirty and not transitions:
-            return
-        healths = [self.tracker.health(d) for d in dirty]
-        self.router.handle(transitions, self._serials, healths=healths)
+            return False
+        # Copies: the tracker goes on changing its records while this batch waits to be written.
+        healths = {d: _copy_health(self.tracker.health(d)) for d in sorted(dirty)}
+        serials = {t.device_id: self._serials.get(t.device_id) for t in transitions}
+        self._unwritten.append(_Changes(list(transitions), healths, serials))
+        return True
+
+    def _write_changes(self, rounds: int | None = WRITE_ROUNDS) -> None:
+        """Store queued changes in order, outside ``_lock``, unless another thread is storing them already.
+
+        At most ``rounds`` transactions (None: until the queue is empty); what is left waits for the next
+        caller or the sweep. A StorageError puts the batch back at the head of the queue and propagates.
+        """
+        with self._lock:
+            if self._writing:
+                return  # the writer in progress takes our batch too, in order
+            self._writing = True
+        try:
+            done = 0
+            while rounds is None or done < rounds:
+                with self._lock:
+                    if not self._unwritten:
+                        return
+                    batch = [self._unwritten.popleft() for _ in range(min(WRITE_BATCH, len(self._unwritten)))]
+                merged = _merge(batch)
+                try:
+                    self.router.handle(merged.transitions, merged.serials, healths=list(merged.healths.values()))
+                except StorageError:
+                    with self._lock:
+                        self._unwritten.extendleft(reversed(batch))
+                    raise
+                except Exception:
+                    # Not the database's fault: retrying the same rows would fail again. Logged with its
+                    # traceback; the devices' next changes are stored as usual.
+                    log.exception("could not record device health changes (bug)",
+                                  devices=sorted(merged.healths) or None)
+                done += 1
+        finally:
+            with self._lock:
+                self._writing = False
 
     # -- the gateway's own health --------------------------------------------------------------------
     def _gateway_changed(self, change: Callable[[], object]) -> None:
@@ -309,6 +384,22 @@ class HealthMonitor:
             h = self.tracker.snapshot().get(d)
             if h is not None and any(not p.notice for p in h.problems.values()):
                 self.router.resend_open(d, h, self._serials.get(d), now)
+
+
+def _copy_health(h: DeviceHealth) -> DeviceHealth:
+    """A copy the tracker's later changes do not reach (it replaces fields and Problem.seen, never mutates
+    them in place), made under the lock: much cheaper than copy.deepcopy, which every reporting thread waited on."""
+    return replace(h, problems={name: replace(p) for name, p in h.problems.items()})
+
+
+def _merge(batch: list[_Changes]) -> _Changes:
+    """Several queued changes as one (oldest first): every transition in order, the newest copy of each row."""
+    merged = _Changes([], {}, {})
+    for c in batch:
+        merged.transitions.extend(c.transitions)
+        merged.healths.update(c.healths)
+        merged.serials.update(c.serials)
+    return merged
 
 
 def services(ctx: AppContext) -> list[Service]:

@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 RUNS: dict[str, tuple[list[str], str]] = {
     "bench_driver.py": (["--quick"], "round trips"),
     "bench_poll.py": (["--quick"], "poll when nothing changed"),
-    "bench_health.py": (["--devices", "10", "--polls", "100"], "/metrics"),
+    "bench_health.py": (["--quick"], "/metrics"),
+    "bench_fleet.py": (["--quick"], "cold start"),
     "bench_store.py": (["--quick"], "duplicates/s"),
     "bench_simulator.py": (["--quick", "--devices", "10", "--fleet-records", "100"], "simulator RSS"),
     "bench_forward.py": (["--punches", "200", "--baseline-punches", "20"], "speed-up from batching"),

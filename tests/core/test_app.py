@@ -140,3 +140,51 @@ def test_an_outage_logs_one_warning_when_it_starts_and_one_info_with_its_duratio
     assert said == [("warning", "device problem", "offline"), ("info", "device problem resolved", "offline")]
     (ended,) = [e for e in logs if e["event"] == "device problem resolved"]
     assert ended["duration"]  # how long the outage lasted, in words
+
+
+@pytest.mark.timeout(60)
+def test_the_daemon_reads_every_device_at_start_with_at_most_pool_size_polls_at_once(tmp_path: Path) -> None:
+    """Cold start through the real schedule (this test is about it): 12 devices, a pool of 3 workers."""
+    import threading
+    from datetime import UTC, datetime
+
+    from structlog.testing import capture_logs
+
+    cfg = parse_config({"site": {"office_code": "1801.01.02"},
+                        "database": {"url": f"sqlite:///{tmp_path / 'fpgw.db'}"},
+                        "polling": {"interval_s": 3600, "shutdown_deadline_s": 5, "pool_size": 3},
+                        "http": {"enabled": False},
+                        "devices": [{"id": f"t{i}", "address": f"10.0.0.{i + 1}"} for i in range(12)]},
+                       base_dir=tmp_path)
+    gate = threading.Semaphore(0)
+    in_flight: list[int] = [0, 0]  # now, most at once
+    count_lock = threading.Lock()
+
+    class CountingDriver(FakeDriver):
+        def connect(self, *args: Any, **kw: Any) -> Any:
+            with count_lock:
+                in_flight[0] += 1
+                in_flight[1] = max(in_flight[1], in_flight[0])
+            gate.acquire(timeout=10)  # held until the test has seen the pool fill up
+            with count_lock:
+                in_flight[0] -= 1
+            return super().connect(*args, **kw)
+
+    rec = Recorder()
+    with capture_logs() as logs:
+        gw = Gateway(cfg, driver_factory=lambda d: CountingDriver(FakeDevice(serial=f"SN-{d.id}")),
+                     service_factories=[])
+        gw.ctx.poll_observers.append(rec)
+        with gw:
+            deadline = time.monotonic() + 20
+            while in_flight[0] < 3 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert in_flight[0] == 3  # the pool is full...
+            for _ in range(12):
+                gate.release()
+            since = datetime.min.replace(tzinfo=UTC)
+            polled = {rec.wait_for(f"t{i}", since).device_id for i in range(12)}
+            assert polled == {f"t{i}" for i in range(12)}  # ...and every device was read once
+            assert len([t for t in threading.enumerate() if t.name.startswith("fpgw-poll-")]) == 3 + 1  # + dispatcher
+    assert in_flight[1] == 3  # never more than pool_size at once
+    assert [e["devices"] for e in logs if e["event"] == "first read of every terminal done"] == [12]

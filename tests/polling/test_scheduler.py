@@ -1,4 +1,9 @@
-"""PollScheduler: staggered jobs, backoff by skipping ticks, coalesced manual polls, stop."""
+"""PollScheduler: cold start then spread slots, a bounded pool that never starves a terminal (longest-waiting first,
+missed cycles counted, one warning per state change), back-off, coalesced manual polls, stop.
+
+The schedule is driven by explicit calls (``dispatch`` + ``run_claimed_here``) on a fake clock: no thread races
+the daemon's own schedule and nothing is timed.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from gateway.config import Config, DeviceConfig, parse_config
 from gateway.health.tracker import HealthTracker
 from gateway.models import PollOutcome
-from gateway.polling.scheduler import PollScheduler, backoff_s, build_scheduler, poll_job_id
+from gateway.polling.scheduler import PollScheduler, backoff_s, build_scheduler
 from tests.support.clock import FakeClock
 
 
@@ -61,19 +67,6 @@ def parts(tmp_path: Path) -> Any:
     scheduler = build_scheduler(config)
     ps = PollScheduler(config, scheduler, poll, stop_event=threading.Event(), failures=poll.health, now=clock)
     return config, clock, poll, scheduler, ps
-
-
-@pytest.mark.timeout(10)
-def test_one_staggered_job_per_enabled_device_with_safe_options(parts: Any) -> None:
-    _config, _clock, _poll, scheduler, ps = parts
-    ps.add_jobs()
-    jobs = {j.id: j for j in scheduler.get_jobs()}
-    assert set(jobs) == {poll_job_id("d0"), poll_job_id("d1"), poll_job_id("d2")}  # not the disabled one
-    starts = sorted(j.trigger.start_date for j in jobs.values())
-    assert starts[1] - starts[0] == starts[2] - starts[1] == timedelta(seconds=20)  # 60 s / 3 devices
-    for j in jobs.values():
-        assert (j.max_instances, j.coalesce, j.misfire_grace_time, j.executor) == (1, True, 60, "default")
-        assert j.trigger.interval == timedelta(seconds=60)
 
 
 @pytest.mark.timeout(10)
@@ -154,17 +147,18 @@ def test_poll_now_during_a_running_poll_is_coalesced_into_one_more_poll(parts: A
 
 
 @pytest.mark.timeout(10)
-def test_poll_now_when_idle_queues_one_job_and_unknown_devices_are_refused(parts: Any) -> None:
-    _config, _clock, _poll, scheduler, ps = parts
-    scheduler.start(paused=True)  # as in gateway.app: running, so requests go to the real job store
-    try:
-        assert ps.poll_now("d0") and ps.poll_now("d0")
-        assert [j.id for j in scheduler.get_jobs()] == ["poll-now:d0"]  # the second request replaced the first
-        assert not ps.poll_now("nope") and not ps.poll_now("off")
-        ps.stop_event.set()
-        assert not ps.poll_now("d1")
-    finally:
-        scheduler.shutdown(wait=True)
+def test_poll_now_when_idle_runs_first_once_and_unknown_devices_are_refused(parts: Any) -> None:
+    _config, clock, _poll, scheduler, ps = parts
+    ps.add_jobs()
+    clock.advance(5)  # every device due (cold start)
+    assert ps.poll_now("d2") and ps.poll_now("d2")  # the second request is the same one
+    ps.pool_size = 1
+    ps.dispatch()
+    assert ps.run_claimed_here() == ["d2"]  # ahead of the longer-waiting scheduled ones, and only once
+    assert scheduler.get_jobs() == []  # device polls are not APScheduler jobs
+    assert not ps.poll_now("nope") and not ps.poll_now("off")
+    ps.stop_event.set()
+    assert not ps.poll_now("d1")
 
 
 @pytest.mark.timeout(10)
@@ -173,3 +167,142 @@ def test_nothing_polls_once_stopping(parts: Any) -> None:
     ps.stop_event.set()
     assert ps.run_device("d0", manual=True) is None
     assert poll.calls == []
+
+
+def _drive(clock: FakeClock, ps: PollScheduler, seconds: float, step_s: float = 1.0) -> list[str]:
+    """Advance the fake clock in steps, dispatching and running what is due at each; returns the polls."""
+    polled: list[str] = []
+    end = clock.now + timedelta(seconds=seconds)
+    while clock.now < end:
+        ps.dispatch()
+        polled += ps.run_claimed_here()
+        clock.advance(step_s)
+    return polled
+
+
+@pytest.mark.timeout(10)
+def test_cold_start_reads_every_device_at_once_then_each_polls_in_its_own_slot(tmp_path: Path) -> None:
+    config = make_config(tmp_path, n=6, pool_size=2)
+    clock = FakeClock(datetime(2026, 11, 23, 1, 0, tzinfo=UTC))
+    poll = ScriptedPoll(clock, HealthTracker(config))
+    ps = PollScheduler(config, build_scheduler(config), poll, stop_event=threading.Event(), now=clock)
+    ps.add_jobs()
+    clock.advance(2)
+    ps.dispatch()
+    assert ps.run_claimed_here() == ["d0", "d1"]  # pool of 2: never more handed out at once
+    ps.dispatch()
+    assert ps.run_claimed_here() == ["d2", "d3"]
+    ps.dispatch()
+    assert ps.run_claimed_here() == ["d4", "d5"]
+    assert ps.stats.cold_start_s is not None
+    # Steady state: one poll per device per interval, at distinct slots spread over the minute (no herd).
+    starts: dict[str, list[datetime]] = {}
+    t0 = clock.now
+    for _ in range(5 * 60):
+        ps.dispatch()
+        for dev in ps.run_claimed_here():
+            starts.setdefault(dev, []).append(clock.now)
+        clock.advance(1)
+    # 4 or 5 in these 5 minutes: a device whose slot came less than half an interval after its first read
+    # waited for the slot after (never two polls closer than half an interval).
+    assert all(len(v) in (4, 5) for v in starts.values()), {k: len(v) for k, v in starts.items()}
+    for v in starts.values():
+        assert all(b - a == timedelta(seconds=60) for a, b in itertools.pairwise(v))
+    seconds_in_minute = sorted(int((v[-1] - t0).total_seconds()) % 60 for v in starts.values())
+    assert len(set(seconds_in_minute)) == 6  # six different slots
+    assert max(b - a for a, b in itertools.pairwise(seconds_in_minute)) < 30  # spread, not bunched
+    assert ps.stats.missed_cycles == 0
+
+
+class SlowPoll(ScriptedPoll):
+    """Each poll moves the fake clock on by ``took_s`` (a pool of 1 then has room for 60/took_s polls a minute)."""
+
+    took_s = 30.0
+
+    def __call__(self, device: DeviceConfig) -> PollOutcome:
+        outcome = super().__call__(device)
+        self.clock.advance(self.took_s)
+        return outcome
+
+
+@pytest.mark.timeout(10)
+def test_past_capacity_every_device_still_gets_its_turn_misses_are_counted_and_warned_once(tmp_path: Path) -> None:
+    config = make_config(tmp_path, n=3, pool_size=1)
+    clock = FakeClock(datetime(2026, 11, 23, 1, 0, tzinfo=UTC))
+    poll = SlowPoll(clock, HealthTracker(config))
+    ps = PollScheduler(config, build_scheduler(config), poll, stop_event=threading.Event(), now=clock)
+    ps.add_jobs()
+    with capture_logs() as logs:
+        # 3 devices every 60 s need 3 polls a minute; one worker at 30 s per poll manages 2.
+        polled = _drive(clock, ps, 20 * 60)
+        behind = [e for e in logs if e["event"].startswith("polling cannot keep up")]
+        assert len(behind) == 1, "warned once per state change, not per missed poll"
+        assert behind[0]["polls_needed_per_min"] == 3 and behind[0]["pool_size"] == 1
+        assert behind[0]["pool_size_needed"] >= 2  # the figure that would do
+        counts = {d: polled.count(d) for d in ("d0", "d1", "d2")}
+        assert max(counts.values()) - min(counts.values()) <= 1, counts  # longest-waiting first: nobody starves
+        assert ps.stats.missed_cycles > 0
+        assert sum(st.missed_cycles for st in ps.states.values()) == (ps.stats.missed_cycles
+                                                                       + ps.stats.missed_in_cold_start)
+        # Polls get quick again: polling catches up and says so once.
+        poll.took_s = 1.0
+        missed = ps.stats.missed_cycles
+        _drive(clock, ps, 10 * 60)
+        assert ps.stats.missed_cycles - missed <= 3  # the backlog clears within the first interval
+    back = [e for e in logs if e["event"].startswith("polling keeps up")]
+    assert len(back) == 1
+    assert len([e for e in logs if e["event"].startswith("polling cannot keep up")]) == 1
+
+
+@pytest.mark.timeout(10)
+def test_a_paused_device_is_not_scheduled_but_polls_on_request(parts: Any) -> None:
+    _config, clock, _poll, _scheduler, ps = parts
+    ps.add_jobs()
+    for d in ("d0", "d1"):
+        ps.pause(d)
+    polled = _drive(clock, ps, 3 * 60)
+    assert set(polled) == {"d2"}
+    assert ps.poll_now("d0")
+    assert "d0" in _drive(clock, ps, 2)
+    assert "d1" not in _drive(clock, ps, 3 * 60)
+
+
+@pytest.mark.timeout(10)
+def test_storage_errors_are_counted_by_kind_without_backing_the_device_off(parts: Any) -> None:
+    _config, clock, poll, _scheduler, ps = parts
+    poll.results = [PollOutcome(device_id="d0", started_at=clock.now, finished_at=clock.now, ok=False,
+                                error_kind="storage", error="database error: database is locked")]
+    ps.run_device("d0")
+    assert ps.stats.outcomes["storage"] == 1 and ps.stats.locked == 1
+    assert ps.run_device("d0") is not None  # the terminal is fine: no back-off for the database's fault
+    with capture_logs() as logs:
+        ps.stop(1)
+    summary = [e for e in logs if e["event"] == "polling summary"]
+    assert summary and summary[0]["storage_errors"] == 1 and summary[0]["locked_errors"] == 1
+
+
+class SlowFirstReads(ScriptedPoll):
+    """First reads take 30 s each (whole logs), later polls 1 s."""
+
+    def __call__(self, device: DeviceConfig) -> PollOutcome:
+        first = device.id not in self.calls
+        outcome = super().__call__(device)
+        self.clock.advance(30.0 if first else 1.0)
+        return outcome
+
+
+@pytest.mark.timeout(10)
+def test_slots_missed_during_a_slow_cold_start_are_counted_apart_and_do_not_warn(tmp_path: Path) -> None:
+    config = make_config(tmp_path, n=4, pool_size=1)
+    clock = FakeClock(datetime(2026, 11, 23, 1, 0, tzinfo=UTC))
+    poll = SlowFirstReads(clock, HealthTracker(config))
+    ps = PollScheduler(config, build_scheduler(config), poll, stop_event=threading.Event(), now=clock)
+    ps.add_jobs()
+    with capture_logs() as logs:
+        polled = _drive(clock, ps, 10 * 60)
+    assert polled[:4] == ["d0", "d1", "d2", "d3"]  # the cold start reads everyone first (2 min with 1 worker)
+    assert ps.stats.missed_in_cold_start > 0  # d0's and d1's slots passed meanwhile: counted...
+    assert ps.stats.missed_cycles == 0  # ...apart, and once every terminal was read, none was missed
+    assert not [e for e in logs if e["event"].startswith("polling cannot keep up")]
+    cold = [e["seconds"] for e in logs if e["event"] == "first read of every terminal done"]
+    assert len(cold) == 1 and 120 <= cold[0] <= 125  # 4 reads of 30 s (+ the 1 s steps of _drive)

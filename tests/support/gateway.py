@@ -4,7 +4,7 @@
 device is polled (``poll`` / ``poll_all`` through the public poll_now): a scheduled poll can never run
 across a change the test makes to a simulated terminal. ``scheduled=True`` keeps the schedule for the
 tests that are about it. Everything goes through public surfaces: gateway.app.Gateway (poll_now + poll
-observers, its APScheduler), and the database tables.
+observers, its poll scheduler), and the database tables.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from sqlalchemy import create_engine, select
 from gateway.app import Gateway
 from gateway.config import Config
 from gateway.models import PollOutcome
-from gateway.polling.scheduler import poll_job_id
 from gateway.services import HealthView
 from gateway.store import schema as s
 from tests.support.fleet import PunchKey
@@ -61,9 +60,9 @@ class RunningGateway:
         self.recorder = Recorder()
         self.gateway.ctx.poll_observers.append(self.recorder)
         if not scheduled:
-            # Jobs are added in Gateway.__init__ and the scheduler starts in start(): paused here, they never fire.
+            # Planned in Gateway.__init__, dispatched after start(): paused here, scheduled polls never run.
             for device_id in self.gateway.polls.device_ids():
-                self.gateway.scheduler.pause_job(poll_job_id(device_id))
+                self.gateway.polls.pause(device_id)
 
     def __enter__(self) -> RunningGateway:
         self.gateway.start()
