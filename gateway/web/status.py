@@ -31,6 +31,7 @@ from gateway.models import PROBLEMS, DeviceHealth
 from gateway.services import AppContext, Service
 from gateway.store.db import StorageError, storage_error_text
 from gateway.store.health import AlertRow, HealthRepo
+from gateway.store.push import PushRepo
 from gateway.web.server import ThreadedServer
 
 log = structlog.get_logger(__name__)
@@ -140,7 +141,20 @@ class StatusView:
             "devices": devices,
             "outbox": outbox,
             "recent_alerts": [_alert_json(a) for a in alerts],
+            "unknown_terminals": self._unknown_terminals(),
         }
+
+    def _unknown_terminals(self) -> list[dict[str, Any]]:
+        """Terminals pushing with a serial no configured device has (gateway.push records them): serial,
+        address, first/last seen. Only when the push receiver runs; [] when the database cannot say."""
+        if not self.config.push.enabled or not any(d.pushes for d in self.config.devices):
+            return []
+        try:
+            rows = PushRepo(self.ctx.store.engine).unknown_terminals()
+        except StorageError:
+            return []
+        keys = ("serial", "address", "first_seen", "last_seen", "requests")
+        return [{k: r.get(k) for k in keys} for r in rows[:50]]
 
     def _gateway(self, database_error: str | None) -> dict[str, Any]:
         """The gateway's own health: database and disk problems (never a device's)."""
@@ -229,6 +243,13 @@ class StatusView:
                        f'<div>{e(p["detail"])}</div><details><summary>Periksa / what to check</summary><ul>'
                        + "".join(f"<li>{e(c)}</li>" for c in p["check"]) + "</ul></details></div>"
                        for p in gw["problems"]))
+        unknown = "".join(
+            f'<div class="prob" style="border-color:{_SEV_COLOUR.get("warning", "#b26a00")}">'
+            f'<b>Terminal tak dikenal mencoba mengirim / unknown terminal trying to push</b>: '
+            f'serial {e(str(u["serial"]))} dari/from {e(str(u["address"]))}, terakhir/last '
+            f'{e(self.local(u["last_seen"]))}<div><small>Tambahkan / add it: '
+            f'<code>fpgw devices add-push {e(str(u["serial"]))} --id &lt;id&gt;</code></small></div></div>'
+            for u in doc.get("unknown_terminals") or [])
         title = f"Status perangkat absensi - {office['name'] or office['code']}"
         return f"""<!doctype html>
 <html lang="id"><head><meta charset="utf-8">
@@ -262,6 +283,7 @@ padding:2px 6px 2px 0;width:55%}} td{{padding:2px 0;font-variant-numeric:tabular
 <span class="pill">{s['open_problems']} masalah/problems</span></div>
 {gw_line}
 {outbox}
+{unknown}
 {''.join(cards) or '<p>Belum ada perangkat / no devices configured.</p>'}
 <h2 style="font-size:1rem">Peringatan terakhir / recent alerts</h2>
 <ul class="alerts">{alerts or '<li>-</li>'}</ul>

@@ -93,7 +93,11 @@ def test_unknown_terminal_is_refused_slowly_recorded_and_loses_nothing(sqlite_ur
         listing = httpx.get(f"http://127.0.0.1:{gw.gateway.ctx.http_port}/push", timeout=10).json()
         status = httpx.get(f"http://127.0.0.1:{gw.gateway.ctx.http_port}/status", timeout=10).json()
         assert "p0" in str(status)
-        assert httpx.get(f"http://127.0.0.1:{gw.gateway.ctx.http_port}/", timeout=10).status_code == 200
+        # ... and the status page shows it to the team, with the one command that adds it.
+        assert [u["serial"] for u in status["unknown_terminals"]] == ["STRANGER9"]
+        page = httpx.get(f"http://127.0.0.1:{gw.gateway.ctx.http_port}/", timeout=10)
+        assert page.status_code == 200
+        assert "unknown terminal trying to push" in page.text and "fpgw devices add-push STRANGER9" in page.text
         assert [(u["serial"], u["address"]) for u in listing["unknown_terminals"]] == [("STRANGER9", "127.0.0.1")]
     assert sum(stored_keys(sqlite_url).values()) == 0
     unknown = [r for r in table_rows(sqlite_url, s.kv) if r["key"].startswith("push_unknown:")]
