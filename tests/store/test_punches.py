@@ -14,7 +14,7 @@ from drivers.base import Counts, DeviceInfo, DeviceUser
 from gateway.config import Config, parse_config
 from gateway.models import PollOutcome, Punch
 from gateway.store import schema as s
-from gateway.store.db import create_db_engine, current_revision, head_revision, upgrade, writer
+from gateway.store.db import HEAD_REVISION, create_db_engine, current_revision, head_revision, upgrade, writer
 from gateway.store.health import device_overview
 from gateway.store.punches import PunchFilter, Store, insert_punches, iter_punches
 from tests.support.punches import make_punch
@@ -55,6 +55,11 @@ def count(engine: Engine, table) -> int:  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.timeout(60)
+def test_the_fast_head_check_names_alembics_head() -> None:
+    # upgrade() skips alembic when the database is at HEAD_REVISION: a new migration must move it too.
+    assert HEAD_REVISION == head_revision()
+
+
 def test_migrations_reach_head_and_are_idempotent(engine: Engine) -> None:
     assert current_revision(engine) == head_revision()
     assert upgrade(engine) == (head_revision(), head_revision())
