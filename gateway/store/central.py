@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Select, delete, or_, select, update
+from sqlalchemy import Engine, Select, delete, func, or_, select, update
+from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.engine import Connection, RowMapping
 
 from gateway.models import Punch
@@ -49,9 +50,8 @@ FEED_LOCK_KEY = 0x46505746
 _CURSOR_PREFIX = "fpgw1:"
 #: Largest feed position (punches.id is a signed 64-bit integer).
 MAX_POSITION = 2 ** 63 - 1
-#: Rows per INSERT statement on ingest: on PostgreSQL, psycopg's conversion of one very long statement
-#: dominated a 500-row insert; 50-100-row statements measured faster.
-INGEST_CHUNK = 100
+#: The session-private staging table of the PostgreSQL ingest (COPY target; emptied at every commit).
+_STAGE = "fpgw_ingest_stage"
 #: alerts.problem of a punch or health report refused because its serial is bound to another office.
 SERIAL_CONFLICT = "serial_bound_elsewhere"
 #: One serial_bound_elsewhere alert per (serial, refused office) this often while the office keeps sending.
@@ -125,6 +125,70 @@ def _row(r: RowMapping) -> dict[str, Any]:
     return out
 
 
+PunchKey = tuple[str, str, str, int]
+
+
+def _insert_new_punches(conn: Connection, punches: Sequence[Punch], now: datetime) -> set[PunchKey]:
+    """Insert ``punches`` (one office's) idempotently in the caller's transaction; the keys of the new rows.
+
+    One bulk path per dialect, no fixed statement size: PostgreSQL COPYs the batch into a session-private
+    staging table and moves it with ONE ``INSERT ... SELECT ... ON CONFLICT DO NOTHING RETURNING``;
+    SQLite runs one prepared statement over every row. Rows get their ids in batch order either way.
+    """
+    if not punches:
+        return set()
+    rows = [punch_row(p, now, "forward") for p in punches]
+    if conn.dialect.name == "postgresql":
+        return _insert_new_punches_pg(conn, punches, rows)
+    # SQLite: the transaction holds the database's one write lock (BEGIN IMMEDIATE), so the new rows are
+    # exactly those above the highest id before the insert (rowids grow from the maximum).
+    c = s.punches.c
+    before = conn.execute(select(func.coalesce(func.max(c.id), 0))).scalar_one()
+    conn.execute(insert_ignore(conn, s.punches, PUNCH_KEY), rows)
+    return {(r[0], r[1], r[2], r[3]) for r in conn.execute(
+        select(c.device_serial, c.device_user_id, c.device_time, c.occurrence).where(c.id > before))}
+
+
+_PG_STAGE_SQL: tuple[str, str, str] | None = None
+
+
+def _pg_stage_sql(columns: Sequence[str]) -> tuple[str, str, str]:
+    """(CREATE staging table, COPY into it, INSERT ... SELECT from it) for these punches columns."""
+    global _PG_STAGE_SQL
+    if _PG_STAGE_SQL is None:
+        dialect = pg_dialect.dialect()
+        typed = ", ".join(f"{n} {s.punches.c[n].type.compile(dialect=dialect)}" for n in columns)
+        names = ", ".join(columns)
+        _PG_STAGE_SQL = (
+            # ON COMMIT DELETE ROWS: created once per database session, empty at the start of every transaction.
+            f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} (ord integer NOT NULL, {typed}) ON COMMIT DELETE ROWS",
+            f"COPY {_STAGE} (ord, {names}) FROM STDIN",
+            # ORDER BY ord: ids (the feed order) follow the order the gateway sent. The INSERT fires the feed-order
+            # trigger (its advisory lock is held from here to COMMIT), so everything before it runs unserialised.
+            f"INSERT INTO punches ({names}) SELECT {names} FROM {_STAGE} ORDER BY ord "
+            f"ON CONFLICT ({', '.join(PUNCH_KEY)}) DO NOTHING "
+            "RETURNING device_serial, device_user_id, device_time, occurrence")
+    return _PG_STAGE_SQL
+
+
+def _insert_new_punches_pg(conn: Connection, punches: Sequence[Punch], rows: Sequence[dict[str, Any]]
+                           ) -> set[PunchKey]:
+    for p in punches:
+        if p.utc_time is not None and p.utc_time.tzinfo is None:  # COPY would read it in the session's zone
+            raise ValueError(f"naive utc_time in punch {p.key}")
+    columns = list(rows[0])
+    create, copy_sql, insert = _pg_stage_sql(columns)
+    driver = conn.connection.driver_connection  # psycopg 3, inside the caller's transaction
+    assert driver is not None
+    with driver.cursor() as cur:
+        cur.execute(create)
+        with cur.copy(copy_sql) as copy:
+            for i, row in enumerate(rows):
+                copy.write_row((i, *row.values()))
+        cur.execute(insert)
+        return {(r[0], r[1], r[2], r[3]) for r in cur.fetchall()}
+
+
 class CentralStore:
     """Central-instance repository over one engine."""
 
@@ -161,7 +225,6 @@ class CentralStore:
         batch whose serials were refused, after an admin rebinding).
         """
         now = utcnow()
-        c = s.punches.c
         b = s.ingest_batches.c
         punches, rejected = list(punches), dict(rejected)
         with self._writer.begin() as conn:
@@ -178,12 +241,7 @@ class CentralStore:
             for serial, n in refused.items():
                 self._alert_foreign_serial(conn, serial, owners[serial], office_code, gateway, now, alert_office,
                                            what=f"{n} punch(es)")
-            new_keys: set[tuple[str, str, str, int]] = set()
-            rows = [punch_row(p, now, "forward") for p in punches if p is not None]
-            for i in range(0, len(rows), INGEST_CHUNK):
-                stmt = insert_ignore(conn, s.punches, PUNCH_KEY).returning(c.device_serial, c.device_user_id,
-                                                                           c.device_time, c.occurrence)
-                new_keys.update((r[0], r[1], r[2], r[3]) for r in conn.execute(stmt, rows[i:i + INGEST_CHUNK]))
+            new_keys = _insert_new_punches(conn, [p for p in punches if p is not None], now)
             results: list[dict[str, Any]] = []
             seen: set[tuple[str, str, str, int]] = set()
             for i, p in enumerate(punches):
