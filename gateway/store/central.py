@@ -29,6 +29,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -128,7 +129,26 @@ def _row(r: RowMapping) -> dict[str, Any]:
 PunchKey = tuple[str, str, str, int]
 
 
-def _insert_new_punches(conn: Connection, punches: Sequence[Punch], now: datetime) -> set[PunchKey]:
+class _Stage:
+    """Remembers which PostgreSQL sessions already have the staging table, so it is created once per session.
+
+    The table is created inside the ingest transaction, so it exists only once that transaction committed:
+    ``committed()`` records it then (a rolled-back creation is simply created again next time).
+    """
+
+    #: psycopg connections whose session holds the staging table (weak: a closed connection drops out).
+    ready: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def __init__(self) -> None:
+        self.created_on: Any = None
+
+    def committed(self) -> None:
+        if self.created_on is not None:
+            _Stage.ready.add(self.created_on)
+
+
+def _insert_new_punches(conn: Connection, punches: Sequence[Punch], now: datetime, stage: _Stage
+                        ) -> set[PunchKey]:
     """Insert ``punches`` (one office's) idempotently in the caller's transaction; the keys of the new rows.
 
     One bulk path per dialect, no fixed statement size: PostgreSQL COPYs the batch into a session-private
@@ -139,7 +159,7 @@ def _insert_new_punches(conn: Connection, punches: Sequence[Punch], now: datetim
         return set()
     rows = [punch_row(p, now, "forward") for p in punches]
     if conn.dialect.name == "postgresql":
-        return _insert_new_punches_pg(conn, punches, rows)
+        return _insert_new_punches_pg(conn, punches, rows, stage)
     # SQLite: the transaction holds the database's one write lock (BEGIN IMMEDIATE), so the new rows are
     # exactly those above the highest id before the insert (rowids grow from the maximum).
     c = s.punches.c
@@ -171,8 +191,8 @@ def _pg_stage_sql(columns: Sequence[str]) -> tuple[str, str, str]:
     return _PG_STAGE_SQL
 
 
-def _insert_new_punches_pg(conn: Connection, punches: Sequence[Punch], rows: Sequence[dict[str, Any]]
-                           ) -> set[PunchKey]:
+def _insert_new_punches_pg(conn: Connection, punches: Sequence[Punch], rows: Sequence[dict[str, Any]],
+                           stage: _Stage) -> set[PunchKey]:
     for p in punches:
         if p.utc_time is not None and p.utc_time.tzinfo is None:  # COPY would read it in the session's zone
             raise ValueError(f"naive utc_time in punch {p.key}")
@@ -181,7 +201,9 @@ def _insert_new_punches_pg(conn: Connection, punches: Sequence[Punch], rows: Seq
     driver = conn.connection.driver_connection  # psycopg 3, inside the caller's transaction
     assert driver is not None
     with driver.cursor() as cur:
-        cur.execute(create)
+        if driver not in _Stage.ready:
+            cur.execute(create)
+            stage.created_on = driver
         with cur.copy(copy_sql) as copy:
             for i, row in enumerate(rows):
                 copy.write_row((i, *row.values()))
@@ -227,9 +249,21 @@ class CentralStore:
         now = utcnow()
         b = s.ingest_batches.c
         punches, rejected = list(punches), dict(rejected)
+        receipt = (b.gateway == gateway) & (b.batch_id == batch_id)
+        stage = _Stage()
         with self._writer.begin() as conn:
             if replace_receipt:
-                conn.execute(delete(s.ingest_batches).where(b.gateway == gateway, b.batch_id == batch_id))
+                conn.execute(delete(s.ingest_batches).where(receipt))
+            # The receipt row first (its answer is filled in below): the same batch racing in on another
+            # connection waits here for this transaction, then gets its answer and stores nothing.
+            claimed = conn.execute(insert_ignore(conn, s.ingest_batches, ("gateway", "batch_id"))
+                                   .returning(b.batch_id),
+                                   {"gateway": gateway, "batch_id": batch_id, "digest": digest, "received_at": now,
+                                    "punch_count": len(punches), "new_count": 0, "rejected_count": len(rejected),
+                                    "response": ""}).first()
+            if claimed is None:
+                prior = conn.execute(select(b.response).where(receipt)).scalar_one()
+                return json.loads(prior), True
             owners = self._bind_serials(conn, {p.device_serial for p in punches if p is not None}, office_code,
                                         f"gateway:{gateway}", now)
             refused: dict[str, int] = {}
@@ -241,7 +275,10 @@ class CentralStore:
             for serial, n in refused.items():
                 self._alert_foreign_serial(conn, serial, owners[serial], office_code, gateway, now, alert_office,
                                            what=f"{n} punch(es)")
-            new_keys = _insert_new_punches(conn, [p for p in punches if p is not None], now)
+            self._touch_gateway(conn, gateway, office_code, now, remote_addr, meta, batch=True)
+            # On PostgreSQL the feed-order lock is held from this INSERT to COMMIT (see the module docstring):
+            # everything that can happen before it did, so only two single-row updates follow it.
+            new_keys = _insert_new_punches(conn, [p for p in punches if p is not None], now, stage)
             results: list[dict[str, Any]] = []
             seen: set[tuple[str, str, str, int]] = set()
             for i, p in enumerate(punches):
@@ -257,17 +294,13 @@ class CentralStore:
                 "accepted": len(punches) - len(rejected), "new": n_new,
                 "duplicates": len(punches) - len(rejected) - n_new, "rejected": len(rejected), "results": results,
             }
-            stored = conn.execute(insert_ignore(conn, s.ingest_batches, ("gateway", "batch_id"))
-                                  .returning(b.batch_id),
-                                  {"gateway": gateway, "batch_id": batch_id, "digest": digest, "received_at": now,
-                                   "punch_count": len(punches), "new_count": n_new,
-                                   "rejected_count": len(rejected), "response": json.dumps(answer)}).first()
-            if stored is None:
-                # The same batch raced in on another connection and won; give its answer.
-                prior = conn.execute(select(b.response).where(b.gateway == gateway, b.batch_id == batch_id)
-                                     ).scalar_one()
-                return json.loads(prior), True
-            self._touch_gateway(conn, gateway, office_code, now, remote_addr, meta, batch=True, received=n_new)
+            conn.execute(update(s.ingest_batches).where(receipt).values(
+                new_count=n_new, rejected_count=len(rejected), response=json.dumps(answer)))
+            if n_new:
+                g = s.gateways.c
+                conn.execute(update(s.gateways).where(g.name == gateway)
+                             .values(punches_received=g.punches_received + n_new))
+        stage.committed()
         return answer, False
 
     # -- device serial bindings ------------------------------------------------------------------
