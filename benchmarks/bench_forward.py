@@ -15,7 +15,7 @@ afterwards; the rows are skipped with a note without it) and over SQLite.
     of at most 100 rows (a copy of the old CentralStore.ingest_punches, below) and Nagle's algorithm left on
     for accepted connections (no TCP_NODELAY).
 
-    .venv/bin/python benchmarks/bench_forward.py [--quick] [--gateways 300] [--batches 3] [--batch-size 500]
+    .venv/bin/python benchmarks/bench_forward.py [--quick] [--gateways 300] [--batches 2] [--batch-size 500]
         [--single 300] [--skip-baseline] [--skip-sqlite] [--json PATH]
 """
 
@@ -470,7 +470,7 @@ def main() -> int:
         return serve_central(sys.argv[2:])
     args = bench_args(__doc__, extra=lambda ap: (
         ap.add_argument("--gateways", type=int, default=300, help="gateways forwarding at once"),
-        ap.add_argument("--batches", type=int, default=3, help="batches each gateway sends"),
+        ap.add_argument("--batches", type=int, default=2, help="batches each gateway sends"),
         ap.add_argument("--batch-size", type=int, default=500, help="punches per batch (forward.batch_size)"),
         ap.add_argument("--single", type=int, default=300, help="punches sent one per request"),
         ap.add_argument("--skip-baseline", action="store_true", help="only the current code"),
