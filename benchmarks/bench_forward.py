@@ -429,8 +429,16 @@ def measure(kind: str, args: Any, report: Report, tmp: Path) -> None:
         with central_database(kind, tmp, name) as db_url, \
                 central_daemon(tmp, name, db_url, tokens_file, max_connections=gateways + 100,
                                baseline=variant == "baseline") as daemon:
-            new, secs = run_fleet(daemon.url, fleet_tokens, bodies)
-            single[variant] = run_single(daemon.url, single_db, single_office, single_token, tmp)
+            try:
+                single[variant] = run_single(daemon.url, single_db, single_office, single_token, tmp)
+                new, secs = run_fleet(daemon.url, fleet_tokens, bodies)
+            except (RuntimeError, httpx.HTTPError) as exc:
+                log = daemon.log.read_text(errors="replace")
+                if variant == "baseline":  # the old code failing under this load is a finding, not a crash
+                    cause = log.rsplit('"exc_value": "', 1)[-1].split('"', 1)[0] if '"exc_value"' in log else ""
+                    report.note(f"{kind}: the baseline daemon (old code) failed under this load: {exc} {cause}")
+                    continue
+                raise SystemExit(f"{kind} {variant}: {exc}\nthe daemon's log ends with:\n{log[-4000:]}") from None
             stored = stored_punches(db_url)
         expected = gateways * batches * size
         if new != expected or stored != expected + args.single:

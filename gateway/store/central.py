@@ -29,8 +29,10 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import threading
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -217,6 +219,16 @@ class CentralStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._writer = writer(engine)
+        # SQLite: one writer at a time anyway. Writers of this process queue on this lock instead of in
+        # SQLite's busy handler, which sleeps and retries unfairly: with dozens of gateways sending at once
+        # some waited past the busy timeout and got "database is locked" (HTTP 500) while others went through.
+        self._sqlite_writers = threading.Lock() if engine.dialect.name == "sqlite" else None
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """One write transaction (queued behind this process's other writers on SQLite)."""
+        with self._sqlite_writers or nullcontext(), self._writer.begin() as conn:
+            yield conn
 
     @property
     def on_postgresql(self) -> bool:
@@ -251,7 +263,7 @@ class CentralStore:
         punches, rejected = list(punches), dict(rejected)
         receipt = (b.gateway == gateway) & (b.batch_id == batch_id)
         stage = _Stage()
-        with self._writer.begin() as conn:
+        with self._write() as conn:
             if replace_receipt:
                 conn.execute(delete(s.ingest_batches).where(receipt))
             # The receipt row first (its answer is filled in below): the same batch racing in on another
@@ -356,7 +368,7 @@ class CentralStore:
         """Bind ``serial`` to ``office_code`` (an admin action, recorded); returns (previous office, office)."""
         now = utcnow()
         d = s.device_bindings.c
-        with self._writer.begin() as conn:
+        with self._write() as conn:
             previous = conn.execute(select(d.office_code).where(d.serial == serial)).scalar()
             values = {"office_code": office_code, "bound_at": now, "bound_by": f"admin:{by}"[:120],
                       "previous_office_code": previous, "note": (note or "")[:500] or None,
@@ -383,7 +395,7 @@ class CentralStore:
         now = utcnow()
         d, h = s.devices.c, s.device_health.c
         refused: dict[int, str] = {}
-        with self._writer.begin() as conn:
+        with self._write() as conn:
             owners = self._bind_serials(conn, {dev["serial"] for dev in devices if dev.get("serial")}, office_code,
                                         f"gateway:{gateway}", now)
             for i, dev in enumerate(devices):
@@ -450,7 +462,7 @@ class CentralStore:
 
     def prune_receipts(self, older_than: datetime) -> int:
         """Forget batch receipts older than this (a replay after that is still idempotent, just recomputed)."""
-        with self._writer.begin() as conn:
+        with self._write() as conn:
             return int(conn.execute(delete(s.ingest_batches)
                                     .where(s.ingest_batches.c.received_at < older_than)).rowcount or 0)
 
@@ -529,7 +541,7 @@ class CentralStore:
         """Open the gateway's silent alert (state + alert row in ONE transaction) unless it is already open
         or the gateway reported meanwhile; True when this call opened it."""
         g = s.gateways.c
-        with self._writer.begin() as conn:
+        with self._write() as conn:
             done = conn.execute(update(s.gateways).where(
                 g.name == name, g.silent_since.is_(None), g.last_seen_at == last_seen_at)
                 .values(silent_since=last_seen_at, silent_notified_at=now)).rowcount
@@ -542,7 +554,7 @@ class CentralStore:
         """Record a reminder for an open silent alert (exactly once per reminder period, across processes)."""
         g = s.gateways.c
         cond = g.silent_notified_at.is_(None) if notified_at is None else g.silent_notified_at == notified_at
-        with self._writer.begin() as conn:
+        with self._write() as conn:
             done = conn.execute(update(s.gateways).where(g.name == name, g.silent_since.is_not(None), cond)
                                 .values(silent_notified_at=now)).rowcount
             if done == 1:
@@ -552,7 +564,7 @@ class CentralStore:
     def close_silent(self, name: str, *, silent_since: datetime, alert: Mapping[str, Any]) -> bool:
         """Close an open silent alert (state + end alert row in one transaction); True when this call closed it."""
         g = s.gateways.c
-        with self._writer.begin() as conn:
+        with self._write() as conn:
             done = conn.execute(update(s.gateways).where(g.name == name, g.silent_since == silent_since)
                                 .values(silent_since=None, silent_notified_at=None)).rowcount
             if done == 1:
@@ -567,7 +579,7 @@ class CentralStore:
     def set_fact(self, key: str, value: str) -> None:
         """Upsert a value in the kv table."""
         now = utcnow()
-        with self._writer.begin() as conn:
+        with self._write() as conn:
             if conn.execute(update(s.kv).where(s.kv.c.key == key).values(value=value, updated_at=now)).rowcount:
                 return
             conn.execute(insert_ignore(conn, s.kv, ("key",)), {"key": key, "value": value, "updated_at": now})

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from gateway.store import schema as s
 from gateway.store.central import CentralStore, PunchQuery
@@ -118,5 +118,41 @@ def test_the_same_batch_on_two_connections_at_once_is_stored_once(db_url: str) -
         assert answers[0][0] == answers[1][0] and answers[0][0]["new"] == 400
         assert stored(eng) == 400
         assert [g["punches_received"] for g in store.gateways()] == [400]
+    finally:
+        eng.dispose()
+
+
+def test_many_gateways_at_once_on_sqlite_queue_for_the_write_lock_instead_of_failing(sqlite_url: str) -> None:
+    # SQLite's busy handler made to give up after 1 ms: only writers queued in the process (CentralStore's
+    # lock) get through; without it, concurrent ingests fail with "database is locked" (HTTP 500).
+    eng = create_db_engine(sqlite_url, pool_size=8)
+    upgrade(eng)
+
+    @event.listens_for(eng, "connect")
+    def impatient(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.execute("PRAGMA busy_timeout=1")
+
+    eng.dispose()  # reconnect with the listener above
+    store = CentralStore(eng)
+    errors: list[BaseException] = []
+
+    def gateway(g: int) -> None:
+        try:
+            for b in range(6):
+                store.ingest_punches(gateway=f"gw-{g}", office_code=f"1801.{g:02d}", batch_id=f"{g}-{b}",
+                                     digest="d", punches=[make_punch(str(i), BASE + timedelta(seconds=i),
+                                                                     office_code=f"1801.{g:02d}", serial=f"SN{g}")
+                                                          for i in range(b * 50, b * 50 + 50)], rejected={})
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=gateway, args=(g,), name=f"gw-{g}") for g in range(8)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not errors, errors[:1]
+        assert stored(eng) == 8 * 6 * 50
     finally:
         eng.dispose()
