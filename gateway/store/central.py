@@ -61,6 +61,15 @@ SERIAL_CONFLICT = "serial_bound_elsewhere"
 CONFLICT_ALERT_EVERY = timedelta(hours=24)
 
 
+class BatchConflict(Exception):
+    """A gateway reused a batch_id for other punches (the central answers 409 batch_conflict)."""
+
+
+def _refused_serials(answer: Mapping[str, Any]) -> bool:
+    """True when a stored answer refused punches for a serial bound to another office."""
+    return any(str(r.get("reason", "")).startswith(SERIAL_CONFLICT) for r in answer.get("results", ()))
+
+
 def _bound_elsewhere(serial: str, owner: str) -> str:
     return (f"{SERIAL_CONFLICT}: serial {serial} belongs to office {owner} (BKD must run "
             f"`fpgw central rebind-device {serial} --office <code>` if the terminal moved)")
@@ -250,6 +259,10 @@ class CentralStore:
                        alert_office: str = "", replace_receipt: bool = False) -> tuple[dict[str, Any], bool]:
         """Store a validated batch in ONE transaction; returns (answer, replayed).
 
+        A batch received before from this gateway gets its stored answer back (replayed), unless that
+        answer refused serials bound to another office: then it is decided again. BatchConflict when the
+        batch_id was used for other punches (another digest).
+
         ``punches[i]`` is None exactly for the indexes in ``rejected`` (index -> reason). A punch whose
         device serial is bound to another office is rejected here too (serial_bound_elsewhere, with a
         gateway-wide alert queued for ``alert_office``, the central's own office). The others are stored
@@ -268,14 +281,21 @@ class CentralStore:
                 conn.execute(delete(s.ingest_batches).where(receipt))
             # The receipt row first (its answer is filled in below): the same batch racing in on another
             # connection waits here for this transaction, then gets its answer and stores nothing.
-            claimed = conn.execute(insert_ignore(conn, s.ingest_batches, ("gateway", "batch_id"))
-                                   .returning(b.batch_id),
-                                   {"gateway": gateway, "batch_id": batch_id, "digest": digest, "received_at": now,
-                                    "punch_count": len(punches), "new_count": 0, "rejected_count": len(rejected),
-                                    "response": ""}).first()
-            if claimed is None:
-                prior = conn.execute(select(b.response).where(receipt)).scalar_one()
-                return json.loads(prior), True
+            claim = insert_ignore(conn, s.ingest_batches, ("gateway", "batch_id")).returning(b.batch_id)
+            claim_values = {"gateway": gateway, "batch_id": batch_id, "digest": digest, "received_at": now,
+                            "punch_count": len(punches), "new_count": 0, "rejected_count": len(rejected),
+                            "response": ""}
+            if conn.execute(claim, claim_values).first() is None:
+                # Received before (or just now on another connection, which this waited for).
+                prior_digest, prior_text = conn.execute(select(b.digest, b.response).where(receipt)).one()
+                if prior_digest != digest:
+                    raise BatchConflict(f"batch_id {batch_id!r} was already used for other punches")
+                prior = json.loads(prior_text)
+                if not _refused_serials(prior):
+                    return prior, True
+                # Its serials were refused: decide again (BKD may have rebound the device meanwhile).
+                conn.execute(delete(s.ingest_batches).where(receipt))
+                conn.execute(claim, claim_values).one()
             owners = self._bind_serials(conn, {p.device_serial for p in punches if p is not None}, office_code,
                                         f"gateway:{gateway}", now)
             refused: dict[str, int] = {}
@@ -592,5 +612,5 @@ _DEVICE_FIELDS = ("name", "location", "address", "port", "transport", "serial", 
                   "last_new_punch_at", "clock_skew_s")
 _DEVICE_REQUIRED = frozenset({"name", "location", "address", "port", "transport", "enabled"})
 
-__all__ = ["FEED_COLUMNS", "FEED_LOCK_KEY", "CentralStore", "PunchQuery", "decode_cursor",
+__all__ = ["FEED_COLUMNS", "FEED_LOCK_KEY", "BatchConflict", "CentralStore", "PunchQuery", "decode_cursor",
            "encode_cursor"]
