@@ -19,9 +19,12 @@ committed in order when transactions overlap: T1 takes id 10, T2 takes id 11 and
 reader pages past 11 and never sees 10. Migration 0002 installs a statement-level BEFORE INSERT
 trigger on ``punches`` taking ``pg_advisory_xact_lock(FEED_LOCK_KEY)`` (before the row defaults draw
 ids), so every transaction that inserts punches — ingest, or a local poll — takes ids and commits
-strictly after the previous one: visible ids only ever grow and ``id > cursor`` never skips. It costs
-one short serialisation per ingest transaction, which is nothing at a regency's scale. SQLite has one
-writer at a time, so the same holds there without a trigger.
+strictly after the previous one: visible ids only ever grow and ``id > cursor`` never skips. SQLite has
+one writer at a time, so the same holds there without a trigger.
+
+Ingest keeps that serialised part short: everything else of the transaction (receipt claim, serial
+bindings, the gateway's contact, COPY into a session staging table) happens before the one
+``INSERT ... SELECT`` into punches takes the lock; only two single-row updates and the COMMIT follow it.
 """
 
 from __future__ import annotations
