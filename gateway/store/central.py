@@ -42,6 +42,7 @@ from typing import Any
 
 from sqlalchemy import Engine, Select, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection, RowMapping
 
 from gateway.models import Punch
@@ -477,11 +478,11 @@ class CentralStore:
             values["last_batch_at"] = now
         if health:
             values["last_health_at"] = now
-        conn.execute(insert_ignore(conn, s.gateways, ("name",)),
-                     {"name": name, "office_code": office_code, "first_seen_at": now, "last_seen_at": now,
-                      "punches_received": 0})
-        conn.execute(update(s.gateways).where(g.name == name)
-                     .values(punches_received=g.punches_received + received, **values))
+        # One upsert (one round trip per request): a new gateway row, or this contact added to its row.
+        dialect = pg_dialect if conn.dialect.name == "postgresql" else sqlite_dialect
+        stmt = dialect.insert(s.gateways).values(name=name, first_seen_at=now, punches_received=received, **values)
+        conn.execute(stmt.on_conflict_do_update(
+            index_elements=["name"], set_={**values, "punches_received": g.punches_received + received}))
 
     def prune_receipts(self, older_than: datetime) -> int:
         """Forget batch receipts older than this (a replay after that is still idempotent, just recomputed)."""
