@@ -1,130 +1,506 @@
-"""Forwarding throughput end to end: office outbox (SQLite) -> HTTP on loopback -> central API -> central store.
+"""Forwarding into the real central daemon over loopback: many gateways at once, and one request at a time.
 
-Measures punches/s drained by the real Forwarder into a real CentralApi served by uvicorn, with batching
-(forward.batch_size, default 500) against one punch per request, both measured in the same run on the
-same machine. The central store is PostgreSQL when --pg-url or GW_TEST_PG_URL is given (a fresh
-database is created and dropped), else a SQLite file.
+The central is `fpgw run` in central mode in its own process (the daemon's HTTP server: uvicorn/h11 in a
+thread, the central API, the central store), over PostgreSQL (GW_TEST_PG_URL: a fresh database, dropped
+afterwards; the rows are skipped with a note without it) and over SQLite.
 
-    .venv/bin/python benchmarks/bench_forward.py [--punches 20000] [--baseline-punches 1000] [--pg-url URL]
+(a) fleet: --gateways simulated office gateways at once, each with its own token, office, terminal serial
+    and keep-alive connection, each sending --batches batches of --batch-size punches one request after the
+    other. The requests are the forwarder's own documents (gateway.wire.punch_batch, gzip-compressed as
+    gateway.forward.forwarder sends them) over httpx; building them is not timed. -> punches/s ingested.
+(b) one at a time: the real Forwarder with batch_size 1 drains an office outbox (SQLite) over one reused
+    connection -> median milliseconds per request (HTTP round trip incl. the central's transaction) and
+    punches/s of the whole drain (incl. the office's own bookkeeping per punch).
+(c) baseline, same run: the same daemon started with the code before issue 14: ingest as INSERT statements
+    of at most 100 rows (a copy of the old CentralStore.ingest_punches, below) and Nagle's algorithm left on
+    for accepted connections (no TCP_NODELAY).
+
+    .venv/bin/python benchmarks/bench_forward.py [--quick] [--gateways 300] [--batches 2] [--batch-size 500]
+        [--single 300] [--skip-baseline] [--skip-sqlite] [--json PATH]
 """
 
 from __future__ import annotations
 
-import argparse
+import asyncio
+import gzip
+import json
 import os
-import random
+import socket
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-import structlog
-from sqlalchemy import func, select
-from sqlalchemy.engine import make_url
+import httpx  # noqa: E402
 
-from gateway.central.api import CentralApi
-from gateway.central.tokens import add_token
-from gateway.config import CentralConfig, parse_config
-from gateway.store import schema as s
-from gateway.store.central import CentralStore
-from gateway.store.db import create_db_engine, upgrade
-from gateway.store.outbox import Outbox
-from gateway.store.punches import Store
-from gateway.web.server import ThreadedServer
-from tests.support.central import make_forwarder
-from tests.support.pg import fresh_database
-from tests.support.punches import make_punch, store_punches
+from benchmarks.harness import Report, bench_args  # noqa: E402
 
-OFFICE = "1801.01"
+CENTRE = "1801.00"
+GOAL_FLEET_PER_S = 20_000
+#: One request at a time on loopback: well under the 40 ms delayed-ACK stall, far above a bare round trip.
+GOAL_SINGLE_MEDIAN_MS = 10.0
 
 
-def office_db(path: Path, n: int, serial: str) -> tuple[str, int]:
-    """A gateway SQLite database with n punches waiting in the outbox."""
+# --------------------------------------------------------------------------------------------------
+# The central daemon, as a subprocess
+# --------------------------------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_gateway_tokens(path: Path, offices: Sequence[str]) -> list[str]:
+    """One gateway token per office (gw-<office>) in a token file, as `fpgw central add-token` writes it."""
+    import secrets
+
+    from gateway.central.tokens import hash_token
+
+    tokens, lines = [], ["# fpgw gateway tokens: only SHA-256 hashes are stored.\n"]
+    for office in offices:
+        token = secrets.token_urlsafe(32)
+        tokens.append(token)
+        lines.append(f'\n[[token]]\nname = "gw-{office}"\nhash = "{hash_token(token)}"\noffices = ["{office}"]\n'
+                     f'created = "2026-01-01T00:00:00+00:00"\n')
+    path.write_text("".join(lines), encoding="utf-8")
+    path.chmod(0o600)
+    return tokens
+
+
+@dataclass
+class Daemon:
+    proc: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+
+@contextmanager
+def central_daemon(tmp: Path, name: str, db_url: str, gateway_tokens: Path, *, max_connections: int,
+                   baseline: bool) -> Iterator[Daemon]:
+    """`fpgw run` in central mode (``baseline``: with the pre-issue-14 ingest and Nagle on), stopped after."""
+    port = _free_port()
+    api_tokens = tmp / "api.toml"
+    if not api_tokens.exists():
+        from gateway.central.tokens import add_token
+
+        add_token(api_tokens, "bkd", None, "api")
+    cfg = tmp / f"{name}.toml"
+    cfg.write_text(f"""
+[site]
+office_code = "{CENTRE}"
+office_name = "BKD"
+timezone = "Asia/Jakarta"
+state_dir = "{tmp / name}"
+[database]
+url = "{db_url}"
+[http]
+listen = "127.0.0.1"
+port = {port}
+max_connections = {max_connections}
+[logging]
+format = "json"
+level = "warning"
+[central]
+enabled = true
+gateway_tokens_file = "{gateway_tokens}"
+api_tokens_file = "{api_tokens}"
+""", encoding="utf-8")
+    log = tmp / f"{name}.log"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--serve-central", str(cfg)]
+    if baseline:
+        cmd.append("--baseline")
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"the central daemon exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{url}/api/v1/openapi.json", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the central daemon did not answer within 60 s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.1)
+        yield Daemon(proc, url, log)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def serve_central(argv: list[str]) -> int:
+    """The daemon process: ``--serve-central CONFIG [--baseline]``."""
+    if "--baseline" in argv:
+        install_baseline()
+    from gateway.cli.main import main
+
+    return main(["-c", argv[0], "run"])
+
+
+# --------------------------------------------------------------------------------------------------
+# (c) The code before issue 14, for the baseline daemon
+# --------------------------------------------------------------------------------------------------
+
+def install_baseline() -> None:
+    """Put the old ingest (100-row INSERT statements) and Nagle-on accepted connections into this process."""
+    from gateway.store.central import CentralStore
+    from gateway.web import server
+
+    def nagle_on(transport: Any) -> None:
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)  # asyncio turned it on; undo that
+
+    server.set_nodelay = nagle_on  # type: ignore[assignment]
+    CentralStore.ingest_punches = old_ingest_punches  # type: ignore[method-assign]
+
+
+def old_ingest_punches(self: Any, *, gateway: str, office_code: str, batch_id: str, digest: str,
+                       punches: Sequence[Any], rejected: Mapping[int, str], remote_addr: str | None = None,
+                       meta: Mapping[str, Any] | None = None, alert_office: str = "",
+                       replace_receipt: bool = False) -> tuple[dict[str, Any], bool]:
+    """CentralStore.ingest_punches as it was before issue 14 (commit 49c6aa4), verbatim but for imports."""
+    from sqlalchemy import delete, select
+
+    from gateway.store import schema as s
+    from gateway.store.central import _bound_elsewhere
+    from gateway.store.punches import PUNCH_KEY, insert_ignore, punch_row
+    from gateway.store.schema import utcnow
+
+    ingest_chunk = 100
+    now = utcnow()
+    c = s.punches.c
+    b = s.ingest_batches.c
+    punches, rejected = list(punches), dict(rejected)
+    with self._writer.begin() as conn:
+        if replace_receipt:
+            conn.execute(delete(s.ingest_batches).where(b.gateway == gateway, b.batch_id == batch_id))
+        owners = self._bind_serials(conn, {p.device_serial for p in punches if p is not None}, office_code,
+                                    f"gateway:{gateway}", now)
+        refused: dict[str, int] = {}
+        for i, p in enumerate(punches):
+            if p is not None and owners[p.device_serial] != office_code:
+                rejected[i] = _bound_elsewhere(p.device_serial, owners[p.device_serial])
+                refused[p.device_serial] = refused.get(p.device_serial, 0) + 1
+                punches[i] = None
+        for serial, n in refused.items():
+            self._alert_foreign_serial(conn, serial, owners[serial], office_code, gateway, now, alert_office,
+                                       what=f"{n} punch(es)")
+        new_keys: set[tuple[str, str, str, int]] = set()
+        rows = [punch_row(p, now, "forward") for p in punches if p is not None]
+        for i in range(0, len(rows), ingest_chunk):
+            stmt = insert_ignore(conn, s.punches, PUNCH_KEY).returning(c.device_serial, c.device_user_id,
+                                                                       c.device_time, c.occurrence)
+            new_keys.update((r[0], r[1], r[2], r[3]) for r in conn.execute(stmt, rows[i:i + ingest_chunk]))
+        results: list[dict[str, Any]] = []
+        seen: set[tuple[str, str, str, int]] = set()
+        for i, p in enumerate(punches):
+            if p is None:
+                results.append({"index": i, "status": "rejected", "reason": rejected[i]})
+                continue
+            new = p.key in new_keys and p.key not in seen
+            seen.add(p.key)
+            results.append({"index": i, "status": "accepted", "duplicate": not new})
+        n_new = sum(1 for r in results if r["status"] == "accepted" and not r["duplicate"])
+        answer = {
+            "batch_id": batch_id, "office_code": office_code, "received": len(punches),
+            "accepted": len(punches) - len(rejected), "new": n_new,
+            "duplicates": len(punches) - len(rejected) - n_new, "rejected": len(rejected), "results": results,
+        }
+        stored = conn.execute(insert_ignore(conn, s.ingest_batches, ("gateway", "batch_id")).returning(b.batch_id),
+                              {"gateway": gateway, "batch_id": batch_id, "digest": digest, "received_at": now,
+                               "punch_count": len(punches), "new_count": n_new,
+                               "rejected_count": len(rejected), "response": json.dumps(answer)}).first()
+        if stored is None:
+            prior = conn.execute(select(b.response).where(b.gateway == gateway, b.batch_id == batch_id)
+                                 ).scalar_one()
+            return json.loads(prior), True
+        self._touch_gateway(conn, gateway, office_code, now, remote_addr, meta, batch=True, received=n_new)
+    return answer, False
+
+
+# --------------------------------------------------------------------------------------------------
+# (a) Many gateways at once
+# --------------------------------------------------------------------------------------------------
+
+def office_codes(n: int) -> list[str]:
+    return [f"1801.{i + 1:03d}" for i in range(n)]
+
+
+def fleet_bodies(offices: Sequence[str], batches: int, size: int, seed: int) -> list[list[bytes]]:
+    """Per gateway, its request bodies as the forwarder sends them (wire documents, gzipped when large)."""
+    from gateway import __version__, wire
+    from gateway.forward.forwarder import GZIP_ABOVE_BYTES
+    from tests.support.punches import make_punch
+
+    base = datetime(2026, 1, 5, 7, 0) + timedelta(days=seed)
+    out = []
+    for g, office in enumerate(offices):
+        serial = f"BENCH{seed}-{g:04d}"
+        bodies = []
+        for b in range(batches):
+            punches = [wire.encode_punch(make_punch(str(u % 3000), base + timedelta(seconds=b * size + u),
+                                                    office_code=office, serial=serial, employee_id=f"19{u:012d}",
+                                                    uid=u % 3000))
+                       for u in range(b * size, (b + 1) * size)]
+            meta = wire.gateway_meta(office_code=office, office_name=None, hostname=f"gw-{office}",
+                                     version=__version__, outbox_depth=(batches - b) * size, oldest_unforwarded_s=60.0)
+            body = wire.dumps(wire.punch_batch(punches, meta))
+            bodies.append(gzip.compress(body, compresslevel=5) if len(body) > GZIP_ABOVE_BYTES else body)
+        out.append(bodies)
+    return out
+
+
+async def _gateway(client: httpx.AsyncClient, url: str, bodies: Sequence[bytes], start: asyncio.Event) -> int:
+    await start.wait()
+    new = 0
+    for body in bodies:
+        headers = {"Content-Type": "application/json"}
+        if body[:2] == b"\x1f\x8b":
+            headers["Content-Encoding"] = "gzip"
+        resp = await client.post(f"{url}/api/v1/ingest/punches", content=body, headers=headers)
+        if resp.status_code != 200:
+            raise RuntimeError(f"HTTP {resp.status_code}: {resp.text[:300]}")
+        new += int(resp.json()["new"])
+    return new
+
+
+async def _fleet(url: str, tokens: Sequence[str], bodies: Sequence[Sequence[bytes]]) -> tuple[int, float]:
+    start = asyncio.Event()
+    clients = [httpx.AsyncClient(headers={"Authorization": f"Bearer {t}"}, timeout=300,
+                                 limits=httpx.Limits(max_connections=1),
+                                 transport=httpx.AsyncHTTPTransport(
+                                     socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]))
+               for t in tokens]
+    try:
+        # Connect every gateway first (a cheap request each), so the timing is the batches alone.
+        await asyncio.gather(*(c.get(f"{url}/api/v1/openapi.json") for c in clients))
+        tasks = [asyncio.ensure_future(_gateway(c, url, b, start)) for c, b in zip(clients, bodies, strict=True)]
+        await asyncio.sleep(0)
+        t0 = time.perf_counter()
+        start.set()
+        news = await asyncio.gather(*tasks)
+        return sum(news), time.perf_counter() - t0
+    finally:
+        await asyncio.gather(*(c.aclose() for c in clients))
+
+
+def run_fleet(url: str, tokens: Sequence[str], bodies: Sequence[Sequence[bytes]]) -> tuple[int, float]:
+    """(new punches the central answered, seconds) for every gateway sending all its batches at once."""
+    return asyncio.run(_fleet(url, tokens, bodies))
+
+
+# --------------------------------------------------------------------------------------------------
+# (b) One request at a time, real Forwarder
+# --------------------------------------------------------------------------------------------------
+
+class TimedTransport(httpx.HTTPTransport):
+    """The forwarder's transport (TCP_NODELAY, keep-alive) that also records each request's duration."""
+
+    def __init__(self) -> None:
+        super().__init__(socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
+        self.durations: list[float] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        t0 = time.perf_counter()
+        resp = super().handle_request(request)
+        resp.read()
+        self.durations.append(time.perf_counter() - t0)
+        return resp
+
+
+def office_db(path: Path, office: str, serial: str, n: int) -> str:
+    """An office gateway database with n punches waiting in the outbox."""
+    from gateway.config import parse_config
+    from gateway.store.db import create_db_engine, upgrade
+    from gateway.store.punches import Store
+    from tests.support.punches import make_punch, store_punches
+
     url = f"sqlite:///{path}"
     engine = create_db_engine(url)
     upgrade(engine)
-    store = Store(engine, OFFICE)
-    cfg = parse_config({"site": {"office_code": OFFICE}, "database": {"url": url},
-                        "devices": [{"id": "lobby", "address": "127.0.0.1"}]})
-    store.sync_devices(cfg.devices)
-    base = datetime(2026, 1, 5, 7, 0)
-    rng = random.Random(serial)
-    for start in range(0, n, 5000):
-        items = []
-        for i in range(start, min(n, start + 5000)):
-            items.append(make_punch(str(rng.randint(1, 3000)), base + timedelta(seconds=37 * i), office_code=OFFICE,
-                                    serial=serial, state=i % 2, employee_id=f"1980{i:010d}", uid=i % 3000))
-        store_punches(store, items)
-    depth = Outbox(engine, "").stats().depth
+    store = Store(engine, office)
+    store.sync_devices(parse_config({"site": {"office_code": office}, "database": {"url": url},
+                                     "devices": [{"id": "lobby", "address": "127.0.0.1"}]}).devices)
+    base = datetime(2026, 2, 2, 7, 0)
+    store_punches(store, [make_punch(str(i % 500), base + timedelta(seconds=31 * i), office_code=office,
+                                     serial=serial, uid=i % 500) for i in range(n)])
     engine.dispose()
-    return url, depth
+    return url
 
 
-def drain(office_url: str, central_url: str, token_file: Path, batch_size: int) -> tuple[int, float, int]:
-    """(punches forwarded, seconds, requests) for one complete drain."""
-    cfg = parse_config({"site": {"office_code": OFFICE}, "database": {"url": office_url},
+def run_single(url: str, office_url: str, office: str, token: str, tmp: Path) -> tuple[int, float, list[float]]:
+    """(punches, seconds, per-request seconds) for the real Forwarder draining with batch_size 1."""
+    from gateway.config import parse_config
+    from gateway.forward.forwarder import Forwarder
+    from gateway.store.db import create_db_engine
+    from gateway.store.outbox import Outbox
+
+    token_file = tmp / f"token-{office}"
+    token_file.write_text(token)
+    cfg = parse_config({"site": {"office_code": office}, "database": {"url": office_url},
                         "devices": [{"id": "lobby", "address": "127.0.0.1"}],
-                        "forward": {"url": central_url, "token_file": str(token_file), "batch_size": batch_size,
-                                    "timeout_s": 60}})
+                        "forward": {"url": url, "token_file": str(token_file), "batch_size": 1, "timeout_s": 60}})
     engine = create_db_engine(office_url)
-    fwd = make_forwarder(cfg, engine, health_every_s=1e9)
-    fwd._next_health_at = datetime.now(UTC) + timedelta(days=1)  # measure punches only
+    transport = TimedTransport()
+    fwd = Forwarder(cfg, Outbox(engine, office), transport=transport, health_every_s=1e9)
+    fwd._next_health_at = datetime.now(UTC) + timedelta(days=1)  # punches only
     try:
         t0 = time.perf_counter()
         report = fwd.run_once()
         elapsed = time.perf_counter() - t0
-        left = Outbox(engine, "").stats().depth
+        left = Outbox(engine, office).stats().depth
     finally:
         fwd.stop(5)
         engine.dispose()
     if report.error or left:
-        raise SystemExit(f"drain failed: error={report.error} left={left}")
-    return report.accepted, elapsed, report.requests
+        raise SystemExit(f"single drain failed: error={report.error} left={left}")
+    return report.accepted, elapsed, transport.durations
+
+
+# --------------------------------------------------------------------------------------------------
+# Databases and the run
+# --------------------------------------------------------------------------------------------------
+
+def stored_punches(db_url: str) -> int:
+    from sqlalchemy import func, select
+
+    from gateway.store import schema as s
+    from gateway.store.db import create_db_engine
+
+    engine = create_db_engine(db_url, pool_size=1)
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(s.punches)).scalar_one())
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def central_database(kind: str, tmp: Path, name: str) -> Iterator[str]:
+    """A fresh, migrated central database: PostgreSQL (GW_TEST_PG_URL) or a SQLite file."""
+    from gateway.store.db import create_db_engine, upgrade
+
+    with ExitStack() as stack:
+        if kind == "postgresql":
+            from tests.support.pg import fresh_database
+
+            url = stack.enter_context(fresh_database(os.environ["GW_TEST_PG_URL"], prefix="fpgw_bench"))
+        else:
+            url = f"sqlite:///{tmp / (name + '.db')}"
+        engine = create_db_engine(url, pool_size=1)
+        upgrade(engine)  # before the daemon starts: its start is then the same for both variants
+        engine.dispose()
+        yield url
+
+
+def measure(kind: str, args: Any, report: Report, tmp: Path) -> None:
+    gateways, batches, size = args.gateways, args.batches, args.batch_size
+    offices = office_codes(gateways)
+    single_office = "1801.999"
+    tokens_file = tmp / f"gateways-{kind}.toml"
+    tokens = write_gateway_tokens(tokens_file, [*offices, single_office])
+    fleet_tokens, single_token = tokens[:-1], tokens[-1]
+    variants = ["new"] if args.skip_baseline else ["new", "baseline"]
+    fleet: dict[str, tuple[int, float]] = {}
+    single: dict[str, tuple[int, float, list[float]]] = {}
+    for seed, variant in enumerate(variants):
+        bodies = fleet_bodies(offices, batches, size, seed)
+        single_db = office_db(tmp / f"office-{kind}-{variant}.db", single_office, f"SINGLE-{variant}", args.single)
+        name = f"central-{kind}-{variant}"
+        with central_database(kind, tmp, name) as db_url, \
+                central_daemon(tmp, name, db_url, tokens_file, max_connections=gateways + 100,
+                               baseline=variant == "baseline") as daemon:
+            try:
+                single[variant] = run_single(daemon.url, single_db, single_office, single_token, tmp)
+                new, secs = run_fleet(daemon.url, fleet_tokens, bodies)
+            except (RuntimeError, httpx.HTTPError) as exc:
+                log = daemon.log.read_text(errors="replace")
+                if variant == "baseline":  # the old code failing under this load is a finding, not a crash
+                    cause = log.rsplit('"exc_value": "', 1)[-1].split('"', 1)[0] if '"exc_value"' in log else ""
+                    report.note(f"{kind}: the baseline daemon (old code) failed under this load: {exc} {cause}")
+                    continue
+                raise SystemExit(f"{kind} {variant}: {exc}\nthe daemon's log ends with:\n{log[-4000:]}") from None
+            stored = stored_punches(db_url)
+        expected = gateways * batches * size
+        if new != expected or stored != expected + args.single:
+            raise SystemExit(f"{kind} {variant}: {new} new of {expected} sent, {stored} stored "
+                             f"(expected {expected + args.single}): punches lost or duplicated")
+        fleet[variant] = (new, secs)
+    detail = f"{gateways} gateways x {batches} batches x {size} punches"
+    rate = fleet["new"][0] / fleet["new"][1]
+    base = f"; baseline (100-row INSERTs, Nagle on) {fleet['baseline'][0] / fleet['baseline'][1]:,.0f}/s" \
+        if "baseline" in fleet else ""
+    if kind == "postgresql":
+        report.at_least(f"forward.fleet.{kind}", f"central ingest, {gateways} gateways at once, {kind}",
+                        measured=rate, goal=GOAL_FLEET_PER_S, unit="punches/s", detail=detail + base)
+    else:
+        report.figure(f"forward.fleet.{kind}", f"central ingest, {gateways} gateways at once, {kind}",
+                      measured=rate, unit="punches/s", detail=detail + base)
+    if "baseline" in fleet:
+        report.figure(f"forward.fleet.{kind}.vs_baseline", f"central ingest vs the 100-row path, {kind}",
+                      measured=rate / (fleet["baseline"][0] / fleet["baseline"][1]), unit="x", detail=detail)
+    n, secs, durations = single["new"]
+    median_ms = statistics.median(durations) * 1000
+    base = ""
+    if "baseline" in single:
+        bn, bsecs, bdur = single["baseline"]
+        base = f"; baseline (Nagle on) median {statistics.median(bdur) * 1000:.1f} ms, {bn / bsecs:,.0f} punches/s"
+    report.at_most(f"forward.single.{kind}.median_ms",
+                   f"one punch per request, reused connection, median per request, {kind}",
+                   measured=median_ms, goal=GOAL_SINGLE_MEDIAN_MS, unit="ms",
+                   detail=f"{n} requests, real Forwarder, batch_size 1{base}")
+    report.figure(f"forward.single.{kind}.rate", f"one punch per request, whole drain, {kind}",
+                  measured=n / secs, unit="punches/s",
+                  detail=f"{n} punches in {secs:.2f} s, incl. the office's own outbox bookkeeping")
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--punches", type=int, default=20000, help="punches forwarded with batching")
-    ap.add_argument("--baseline-punches", type=int, default=1000, help="punches forwarded one per request")
-    ap.add_argument("--batch-size", type=int, default=500)
-    ap.add_argument("--pg-url", default=os.environ.get("GW_TEST_PG_URL", ""), help="PostgreSQL server for the centre")
-    args = ap.parse_args()
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))  # warnings and up only
+    if len(sys.argv) > 2 and sys.argv[1] == "--serve-central":
+        return serve_central(sys.argv[2:])
+    args = bench_args(__doc__, extra=lambda ap: (
+        ap.add_argument("--gateways", type=int, default=300, help="gateways forwarding at once"),
+        ap.add_argument("--batches", type=int, default=2, help="batches each gateway sends"),
+        ap.add_argument("--batch-size", type=int, default=500, help="punches per batch (forward.batch_size)"),
+        ap.add_argument("--single", type=int, default=300, help="punches sent one per request"),
+        ap.add_argument("--skip-baseline", action="store_true", help="only the current code"),
+        ap.add_argument("--skip-sqlite", action="store_true", help="only PostgreSQL")))
+    if args.quick:
+        args.gateways, args.batches, args.batch_size, args.single = 5, 2, 20, 10
+    import structlog
 
-    tmp = Path(tempfile.mkdtemp(prefix="fpgw-bench-"))
-    with ExitStack() as stack:
-        if args.pg_url:
-            central_db = stack.enter_context(fresh_database(args.pg_url, prefix="fpgw_bench"))
-        else:
-            central_db = f"sqlite:///{tmp / 'central.db'}"
-        engine = create_db_engine(central_db, pool_size=8)
-        upgrade(engine)
-        token_file = tmp / "gw.token"
-        token_file.write_text(add_token(tmp / "gateways.toml", "office", [OFFICE], "gateway"))
-        add_token(tmp / "api.toml", "bkd", None, "api")
-        api = CentralApi(CentralConfig(enabled=True, gateway_tokens_file=tmp / "gateways.toml",
-                                       api_tokens_file=tmp / "api.toml", max_batch=10000), CentralStore(engine))
-        batched_db, n1 = office_db(tmp / "office-batched.db", args.punches, "BENCH-BATCHED")
-        single_db, n2 = office_db(tmp / "office-single.db", args.baseline_punches, "BENCH-SINGLE")
-        with ThreadedServer(api.app()) as server:
-            sent1, t1, req1 = drain(batched_db, server.url, token_file, args.batch_size)
-            sent2, t2, req2 = drain(single_db, server.url, token_file, 1)
-        with engine.connect() as conn:
-            stored = conn.execute(select(func.count()).select_from(s.punches)).scalar_one()
-        engine.dispose()
-    assert sent1 == n1 and sent2 == n2 and stored == n1 + n2, (sent1, n1, sent2, n2, stored)
-    rate1, rate2 = sent1 / t1, sent2 / t2
-    print(f"central store:           {make_url(central_db).get_backend_name()}")
-    print(f"batched  (batch {args.batch_size:>5}):  {sent1:>7} punches in {t1:7.2f} s, {req1:>5} requests -> "
-          f"{rate1:9.0f} punches/s")
-    print(f"baseline (1 per request): {sent2:>7} punches in {t2:7.2f} s, {req2:>5} requests -> "
-          f"{rate2:9.0f} punches/s")
-    print(f"speed-up from batching:   {rate1 / rate2:.1f}x")
-    print(f"central store holds {stored} punches (= {n1} + {n2}, each exactly once)")
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))  # warnings and up only
+    report = Report("bench_forward", quick=args.quick)
+    kinds = []
+    if os.environ.get("GW_TEST_PG_URL"):
+        kinds.append("postgresql")
+    else:
+        report.note("PostgreSQL rows skipped: set GW_TEST_PG_URL to a server the benchmark may create databases on")
+    if not args.skip_sqlite:
+        kinds.append("sqlite")
+    with tempfile.TemporaryDirectory(prefix="fpgw-bench-forward-") as tmp:
+        for kind in kinds:
+            measure(kind, args, report, Path(tmp))
+    report.note("machine shared with other jobs: compare ratios within one run")
+    report.finish(args.json)
     return 0
 
 

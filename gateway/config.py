@@ -224,6 +224,10 @@ class ForwardConfig:
     interval_s: float = 30.0
     backoff_initial_s: float = 5.0
     backoff_max_s: float = 3600.0
+    #: While the upstream cannot be reached (timeout, connection failure, HTTP 5xx, unusable answer) a failed
+    #: try is repeated after at most this long, so the forwarder notices the link is back within it
+    #: (backoff_max_s caps the back-off after refusals: 401/403/429 and other HTTP errors).
+    outage_retry_max_s: float = 60.0
     timeout_s: float = 30.0
     #: Alert when the oldest unforwarded punch is older than this.
     alert_after_s: float = 6 * 3600.0
@@ -633,6 +637,7 @@ def _parse_forward(r: Reader, base_dir: Path) -> ForwardConfig:
         interval_s=r.duration_s("interval_s", 30.0, min=1),
         backoff_initial_s=r.duration_s("backoff_initial_s", 5.0, min=0.1),
         backoff_max_s=r.duration_s("backoff_max_s", 3600.0, min=1),
+        outage_retry_max_s=r.duration_s("outage_retry_max_s", 60.0, min=1),
         timeout_s=r.duration_s("timeout_s", 30.0, min=1),
         alert_after_s=r.duration_s("alert_after_s", 6 * 3600.0, min=60),
         ca_file=r.text("ca_file", ""),

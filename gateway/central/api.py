@@ -33,7 +33,7 @@ from gateway.central.tokens import Token, TokenFile, TokenFileError
 from gateway.config import CentralConfig, Config
 from gateway.store.central import (
     FEED_COLUMNS,
-    SERIAL_CONFLICT,
+    BatchConflict,
     CentralStore,
     PunchQuery,
     decode_cursor,
@@ -113,11 +113,6 @@ def _qtext(params: Mapping[str, str], key: str, limit: int) -> str | None:
     if problem:
         raise ApiError(400, "bad_parameter", f"{key}: {problem}")
     return text
-
-
-def _refused_serials(answer: Mapping[str, Any]) -> bool:
-    """True when a stored answer refused punches for a serial bound to another office."""
-    return any(str(r.get("reason", "")).startswith(SERIAL_CONFLICT) for r in answer.get("results", ()))
 
 
 class CentralApi:
@@ -251,18 +246,14 @@ class CentralApi:
         host = request.client.host if request.client else None
 
         def store() -> tuple[dict[str, Any], bool]:
-            prior = self.store.receipt(tok.name, batch.batch_id)
-            if prior is not None:
-                if prior[0] != batch.digest:
-                    raise ApiError(409, "batch_conflict",
-                                   f"batch_id {batch.batch_id!r} was already used for other punches")
-                if not _refused_serials(prior[1]):
-                    return prior[1], True
-                # Its serials were refused: decide again (BKD may have rebound the device meanwhile).
-            return self.store.ingest_punches(
-                gateway=tok.name, office_code=office, batch_id=batch.batch_id, digest=batch.digest,
-                punches=[p for p, _ in batch.punches], rejected=batch.rejected, remote_addr=host,
-                meta=batch.gateway, alert_office=self.alert_office, replace_receipt=prior is not None)
+            # One transaction decides it all, a replay included (its receipt is looked up there).
+            try:
+                return self.store.ingest_punches(
+                    gateway=tok.name, office_code=office, batch_id=batch.batch_id, digest=batch.digest,
+                    punches=[p for p, _ in batch.punches], rejected=batch.rejected, remote_addr=host,
+                    meta=batch.gateway, alert_office=self.alert_office)
+            except BatchConflict as exc:
+                raise ApiError(409, "batch_conflict", str(exc)) from None
 
         answer, replayed = await run_in_threadpool(store)
         self._note(tok.name, "ok")

@@ -13,6 +13,12 @@ and a punch that fails *alone* POISON_AFTER times while other punches of the sam
 set aside too (outbox state "rejected", reason ``server_error: ...``; `fpgw forward status` shows it,
 `fpgw forward retry-rejected` sends it again). When nothing gets through at all it is an outage, not a
 poison punch: everything stays queued with the usual backoff and nothing is set aside.
+
+Back-off: exponential with full jitter from ``forward.backoff_initial_s``. While the upstream cannot be
+reached at all (OUTAGE_KINDS: timeout, refused connection, 5xx, unusable answer) it stops at
+``forward.outage_retry_max_s`` (60 s) and the job is moved to the retry time, so the gateway notices the
+link is back within that time, not after an hour; refusals (401/403, 429, other HTTP errors) back off
+up to ``forward.backoff_max_s``: retrying them sooner changes nothing until someone fixes the cause.
 """
 
 from __future__ import annotations
@@ -51,6 +57,11 @@ POISON_AFTER = 3
 #: Requests a 5xx bisection may make before anything succeeded: beyond this it is an outage, not a
 #: poison punch (keeps a central that answers 503 to everything from being hammered).
 ISOLATION_BUDGET_MAX = 12
+#: UpstreamError kinds that mean the upstream (or the link to it) is not there: retried within
+#: forward.outage_retry_max_s. The others are refusals and back off up to forward.backoff_max_s.
+OUTAGE_KINDS = frozenset({"timeout", "unreachable", "server_error", "bad_answer"})
+#: Never move the forwarding job closer than this to the end of the current run (it must have ended).
+MIN_RESCHEDULE_S = 1.0
 
 
 #: What the maintenance team should check, sent with the alerts (same idea as gateway.health.alerts.CHECKS).
@@ -129,6 +140,8 @@ class Forwarder:
         self.retry_at: datetime | None = None
         self.last_error: str | None = None
         self._next_health_at: datetime | None = None
+        #: Set by an outage failure: run_once moves the scheduled job to this time when it ends.
+        self._wake_at: datetime | None = None
         self._backlog_open: bool | None = None
         self._metrics = _Metrics(registry) if registry is not None else None
         self._hostname = socket.gethostname()
@@ -193,7 +206,19 @@ class Forwarder:
             report.error = "bug"
         finally:
             self._run_lock.release()
+        self._reschedule()
         return report
+
+    def _reschedule(self) -> None:
+        """Move the next run of the job to the outage retry time (the interval alone could add interval_s)."""
+        wake, self._wake_at = self._wake_at, None
+        if wake is None or self.scheduler is None or self.stop_event.is_set():
+            return
+        wake = max(wake, self.now() + timedelta(seconds=MIN_RESCHEDULE_S))
+        try:
+            self.scheduler.modify_job("forward", next_run_time=wake)
+        except Exception:  # no such job (a one-shot `fpgw forward` run, or stopping): the next run decides
+            pass
 
     def _drain(self, report: RunReport) -> None:
         now = self.now()
@@ -388,8 +413,11 @@ class Forwarder:
     def _upstream_failed(self, exc: UpstreamError, items: Sequence[OutboxItem], report: RunReport) -> None:
         now = self.now()
         self.failures += 1
-        delay = full_jitter(self.rng, self.fwd.backoff_initial_s, self.fwd.backoff_max_s, self.failures)
+        outage = exc.kind in OUTAGE_KINDS
+        ceiling = min(self.fwd.backoff_max_s, self.fwd.outage_retry_max_s) if outage else self.fwd.backoff_max_s
+        delay = full_jitter(self.rng, self.fwd.backoff_initial_s, ceiling, self.failures)
         self.retry_at = now + timedelta(seconds=delay)
+        self._wake_at = self.retry_at if outage else None
         report.error = exc.kind
         if items:
             self.outbox.settle(kept={it.punch_id: self.retry_at for it in items}, error=str(exc))

@@ -19,9 +19,12 @@ committed in order when transactions overlap: T1 takes id 10, T2 takes id 11 and
 reader pages past 11 and never sees 10. Migration 0002 installs a statement-level BEFORE INSERT
 trigger on ``punches`` taking ``pg_advisory_xact_lock(FEED_LOCK_KEY)`` (before the row defaults draw
 ids), so every transaction that inserts punches — ingest, or a local poll — takes ids and commits
-strictly after the previous one: visible ids only ever grow and ``id > cursor`` never skips. It costs
-one short serialisation per ingest transaction, which is nothing at a regency's scale. SQLite has one
-writer at a time, so the same holds there without a trigger.
+strictly after the previous one: visible ids only ever grow and ``id > cursor`` never skips. SQLite has
+one writer at a time, so the same holds there without a trigger.
+
+Ingest keeps that serialised part short: everything else of the transaction (receipt claim, serial
+bindings, the gateway's contact, COPY into a session staging table) happens before the one
+``INSERT ... SELECT`` into punches takes the lock; only two single-row updates and the COMMIT follow it.
 """
 
 from __future__ import annotations
@@ -29,12 +32,16 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Select, delete, or_, select, update
+from sqlalchemy import Engine, Select, delete, func, or_, select, update
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection, RowMapping
 
 from gateway.models import Punch
@@ -49,13 +56,21 @@ FEED_LOCK_KEY = 0x46505746
 _CURSOR_PREFIX = "fpgw1:"
 #: Largest feed position (punches.id is a signed 64-bit integer).
 MAX_POSITION = 2 ** 63 - 1
-#: Rows per INSERT statement on ingest: on PostgreSQL, psycopg's conversion of one very long statement
-#: dominated a 500-row insert; 50-100-row statements measured faster.
-INGEST_CHUNK = 100
+#: The session-private staging table of the PostgreSQL ingest (COPY target; emptied at every commit).
+_STAGE = "fpgw_ingest_stage"
 #: alerts.problem of a punch or health report refused because its serial is bound to another office.
 SERIAL_CONFLICT = "serial_bound_elsewhere"
 #: One serial_bound_elsewhere alert per (serial, refused office) this often while the office keeps sending.
 CONFLICT_ALERT_EVERY = timedelta(hours=24)
+
+
+class BatchConflict(Exception):
+    """A gateway reused a batch_id for other punches (the central answers 409 batch_conflict)."""
+
+
+def _refused_serials(answer: Mapping[str, Any]) -> bool:
+    """True when a stored answer refused punches for a serial bound to another office."""
+    return any(str(r.get("reason", "")).startswith(SERIAL_CONFLICT) for r in answer.get("results", ()))
 
 
 def _bound_elsewhere(serial: str, owner: str) -> str:
@@ -125,12 +140,106 @@ def _row(r: RowMapping) -> dict[str, Any]:
     return out
 
 
+PunchKey = tuple[str, str, str, int]
+
+
+class _Stage:
+    """Remembers which PostgreSQL sessions already have the staging table, so it is created once per session.
+
+    The table is created inside the ingest transaction, so it exists only once that transaction committed:
+    ``committed()`` records it then (a rolled-back creation is simply created again next time).
+    """
+
+    #: psycopg connections whose session holds the staging table (weak: a closed connection drops out).
+    ready: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def __init__(self) -> None:
+        self.created_on: Any = None
+
+    def committed(self) -> None:
+        if self.created_on is not None:
+            _Stage.ready.add(self.created_on)
+
+
+def _insert_new_punches(conn: Connection, punches: Sequence[Punch], now: datetime, stage: _Stage
+                        ) -> set[PunchKey]:
+    """Insert ``punches`` (one office's) idempotently in the caller's transaction; the keys of the new rows.
+
+    One bulk path per dialect, no fixed statement size: PostgreSQL COPYs the batch into a session-private
+    staging table and moves it with ONE ``INSERT ... SELECT ... ON CONFLICT DO NOTHING RETURNING``;
+    SQLite runs one prepared statement over every row. Rows get their ids in batch order either way.
+    """
+    if not punches:
+        return set()
+    rows = [punch_row(p, now, "forward") for p in punches]
+    if conn.dialect.name == "postgresql":
+        return _insert_new_punches_pg(conn, punches, rows, stage)
+    # SQLite: the transaction holds the database's one write lock (BEGIN IMMEDIATE), so the new rows are
+    # exactly those above the highest id before the insert (rowids grow from the maximum).
+    c = s.punches.c
+    before = conn.execute(select(func.coalesce(func.max(c.id), 0))).scalar_one()
+    conn.execute(insert_ignore(conn, s.punches, PUNCH_KEY), rows)
+    return {(r[0], r[1], r[2], r[3]) for r in conn.execute(
+        select(c.device_serial, c.device_user_id, c.device_time, c.occurrence).where(c.id > before))}
+
+
+_PG_STAGE_SQL: tuple[str, str, str] | None = None
+
+
+def _pg_stage_sql(columns: Sequence[str]) -> tuple[str, str, str]:
+    """(CREATE staging table, COPY into it, INSERT ... SELECT from it) for these punches columns."""
+    global _PG_STAGE_SQL
+    if _PG_STAGE_SQL is None:
+        dialect = pg_dialect.dialect()
+        typed = ", ".join(f"{n} {s.punches.c[n].type.compile(dialect=dialect)}" for n in columns)
+        names = ", ".join(columns)
+        _PG_STAGE_SQL = (
+            # ON COMMIT DELETE ROWS: created once per database session, empty at the start of every transaction.
+            f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} (ord integer NOT NULL, {typed}) ON COMMIT DELETE ROWS",
+            f"COPY {_STAGE} (ord, {names}) FROM STDIN",
+            # ORDER BY ord: ids (the feed order) follow the order the gateway sent. The INSERT fires the feed-order
+            # trigger (its advisory lock is held from here to COMMIT), so everything before it runs unserialised.
+            f"INSERT INTO punches ({names}) SELECT {names} FROM {_STAGE} ORDER BY ord "
+            f"ON CONFLICT ({', '.join(PUNCH_KEY)}) DO NOTHING "
+            "RETURNING device_serial, device_user_id, device_time, occurrence")
+    return _PG_STAGE_SQL
+
+
+def _insert_new_punches_pg(conn: Connection, punches: Sequence[Punch], rows: Sequence[dict[str, Any]],
+                           stage: _Stage) -> set[PunchKey]:
+    for p in punches:
+        if p.utc_time is not None and p.utc_time.tzinfo is None:  # COPY would read it in the session's zone
+            raise ValueError(f"naive utc_time in punch {p.key}")
+    columns = list(rows[0])
+    create, copy_sql, insert = _pg_stage_sql(columns)
+    driver = conn.connection.driver_connection  # psycopg 3, inside the caller's transaction
+    assert driver is not None
+    with driver.cursor() as cur:
+        if driver not in _Stage.ready:
+            cur.execute(create)
+            stage.created_on = driver
+        with cur.copy(copy_sql) as copy:
+            for i, row in enumerate(rows):
+                copy.write_row((i, *row.values()))
+        cur.execute(insert)
+        return {(r[0], r[1], r[2], r[3]) for r in cur.fetchall()}
+
+
 class CentralStore:
     """Central-instance repository over one engine."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        # On SQLite the writer queues this process's write transactions on one lock (gateway.store.db.Writer)
+        # instead of in SQLite's busy handler, which sleeps and retries unfairly: with dozens of gateways sending
+        # at once some waited past the busy timeout and got "database is locked" (HTTP 500).
         self._writer = writer(engine)
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """One write transaction (queued behind this process's other writers on SQLite)."""
+        with self._writer.begin() as conn:
+            yield conn
 
     @property
     def on_postgresql(self) -> bool:
@@ -152,6 +261,10 @@ class CentralStore:
                        alert_office: str = "", replace_receipt: bool = False) -> tuple[dict[str, Any], bool]:
         """Store a validated batch in ONE transaction; returns (answer, replayed).
 
+        A batch received before from this gateway gets its stored answer back (replayed), unless that
+        answer refused serials bound to another office: then it is decided again. BatchConflict when the
+        batch_id was used for other punches (another digest).
+
         ``punches[i]`` is None exactly for the indexes in ``rejected`` (index -> reason). A punch whose
         device serial is bound to another office is rejected here too (serial_bound_elsewhere, with a
         gateway-wide alert queued for ``alert_office``, the central's own office). The others are stored
@@ -161,12 +274,30 @@ class CentralStore:
         batch whose serials were refused, after an admin rebinding).
         """
         now = utcnow()
-        c = s.punches.c
         b = s.ingest_batches.c
         punches, rejected = list(punches), dict(rejected)
-        with self._writer.begin() as conn:
+        receipt = (b.gateway == gateway) & (b.batch_id == batch_id)
+        stage = _Stage()
+        with self._write() as conn:
             if replace_receipt:
-                conn.execute(delete(s.ingest_batches).where(b.gateway == gateway, b.batch_id == batch_id))
+                conn.execute(delete(s.ingest_batches).where(receipt))
+            # The receipt row first (its answer is filled in below): the same batch racing in on another
+            # connection waits here for this transaction, then gets its answer and stores nothing.
+            claim = insert_ignore(conn, s.ingest_batches, ("gateway", "batch_id")).returning(b.batch_id)
+            claim_values = {"gateway": gateway, "batch_id": batch_id, "digest": digest, "received_at": now,
+                            "punch_count": len(punches), "new_count": 0, "rejected_count": len(rejected),
+                            "response": ""}
+            if conn.execute(claim, claim_values).first() is None:
+                # Received before (or just now on another connection, which this waited for).
+                prior_digest, prior_text = conn.execute(select(b.digest, b.response).where(receipt)).one()
+                if prior_digest != digest:
+                    raise BatchConflict(f"batch_id {batch_id!r} was already used for other punches")
+                prior = json.loads(prior_text)
+                if not _refused_serials(prior):
+                    return prior, True
+                # Its serials were refused: decide again (BKD may have rebound the device meanwhile).
+                conn.execute(delete(s.ingest_batches).where(receipt))
+                conn.execute(claim, claim_values).one()
             owners = self._bind_serials(conn, {p.device_serial for p in punches if p is not None}, office_code,
                                         f"gateway:{gateway}", now)
             refused: dict[str, int] = {}
@@ -178,12 +309,10 @@ class CentralStore:
             for serial, n in refused.items():
                 self._alert_foreign_serial(conn, serial, owners[serial], office_code, gateway, now, alert_office,
                                            what=f"{n} punch(es)")
-            new_keys: set[tuple[str, str, str, int]] = set()
-            rows = [punch_row(p, now, "forward") for p in punches if p is not None]
-            for i in range(0, len(rows), INGEST_CHUNK):
-                stmt = insert_ignore(conn, s.punches, PUNCH_KEY).returning(c.device_serial, c.device_user_id,
-                                                                           c.device_time, c.occurrence)
-                new_keys.update((r[0], r[1], r[2], r[3]) for r in conn.execute(stmt, rows[i:i + INGEST_CHUNK]))
+            self._touch_gateway(conn, gateway, office_code, now, remote_addr, meta, batch=True)
+            # On PostgreSQL the feed-order lock is held from this INSERT to COMMIT (see the module docstring):
+            # everything that can happen before it did, so only two single-row updates follow it.
+            new_keys = _insert_new_punches(conn, [p for p in punches if p is not None], now, stage)
             results: list[dict[str, Any]] = []
             seen: set[tuple[str, str, str, int]] = set()
             for i, p in enumerate(punches):
@@ -199,17 +328,13 @@ class CentralStore:
                 "accepted": len(punches) - len(rejected), "new": n_new,
                 "duplicates": len(punches) - len(rejected) - n_new, "rejected": len(rejected), "results": results,
             }
-            stored = conn.execute(insert_ignore(conn, s.ingest_batches, ("gateway", "batch_id"))
-                                  .returning(b.batch_id),
-                                  {"gateway": gateway, "batch_id": batch_id, "digest": digest, "received_at": now,
-                                   "punch_count": len(punches), "new_count": n_new,
-                                   "rejected_count": len(rejected), "response": json.dumps(answer)}).first()
-            if stored is None:
-                # The same batch raced in on another connection and won; give its answer.
-                prior = conn.execute(select(b.response).where(b.gateway == gateway, b.batch_id == batch_id)
-                                     ).scalar_one()
-                return json.loads(prior), True
-            self._touch_gateway(conn, gateway, office_code, now, remote_addr, meta, batch=True, received=n_new)
+            conn.execute(update(s.ingest_batches).where(receipt).values(
+                new_count=n_new, rejected_count=len(rejected), response=json.dumps(answer)))
+            if n_new:
+                g = s.gateways.c
+                conn.execute(update(s.gateways).where(g.name == gateway)
+                             .values(punches_received=g.punches_received + n_new))
+        stage.committed()
         return answer, False
 
     # -- device serial bindings ------------------------------------------------------------------
@@ -265,7 +390,7 @@ class CentralStore:
         """Bind ``serial`` to ``office_code`` (an admin action, recorded); returns (previous office, office)."""
         now = utcnow()
         d = s.device_bindings.c
-        with self._writer.begin() as conn:
+        with self._write() as conn:
             previous = conn.execute(select(d.office_code).where(d.serial == serial)).scalar()
             values = {"office_code": office_code, "bound_at": now, "bound_by": f"admin:{by}"[:120],
                       "previous_office_code": previous, "note": (note or "")[:500] or None,
@@ -292,7 +417,7 @@ class CentralStore:
         now = utcnow()
         d, h = s.devices.c, s.device_health.c
         refused: dict[int, str] = {}
-        with self._writer.begin() as conn:
+        with self._write() as conn:
             owners = self._bind_serials(conn, {dev["serial"] for dev in devices if dev.get("serial")}, office_code,
                                         f"gateway:{gateway}", now)
             for i, dev in enumerate(devices):
@@ -351,15 +476,15 @@ class CentralStore:
             values["last_batch_at"] = now
         if health:
             values["last_health_at"] = now
-        conn.execute(insert_ignore(conn, s.gateways, ("name",)),
-                     {"name": name, "office_code": office_code, "first_seen_at": now, "last_seen_at": now,
-                      "punches_received": 0})
-        conn.execute(update(s.gateways).where(g.name == name)
-                     .values(punches_received=g.punches_received + received, **values))
+        # One upsert (one round trip per request): a new gateway row, or this contact added to its row.
+        dialect = pg_dialect if conn.dialect.name == "postgresql" else sqlite_dialect
+        stmt = dialect.insert(s.gateways).values(name=name, first_seen_at=now, punches_received=received, **values)
+        conn.execute(stmt.on_conflict_do_update(
+            index_elements=["name"], set_={**values, "punches_received": g.punches_received + received}))
 
     def prune_receipts(self, older_than: datetime) -> int:
         """Forget batch receipts older than this (a replay after that is still idempotent, just recomputed)."""
-        with self._writer.begin() as conn:
+        with self._write() as conn:
             return int(conn.execute(delete(s.ingest_batches)
                                     .where(s.ingest_batches.c.received_at < older_than)).rowcount or 0)
 
@@ -438,7 +563,7 @@ class CentralStore:
         """Open the gateway's silent alert (state + alert row in ONE transaction) unless it is already open
         or the gateway reported meanwhile; True when this call opened it."""
         g = s.gateways.c
-        with self._writer.begin() as conn:
+        with self._write() as conn:
             done = conn.execute(update(s.gateways).where(
                 g.name == name, g.silent_since.is_(None), g.last_seen_at == last_seen_at)
                 .values(silent_since=last_seen_at, silent_notified_at=now)).rowcount
@@ -451,7 +576,7 @@ class CentralStore:
         """Record a reminder for an open silent alert (exactly once per reminder period, across processes)."""
         g = s.gateways.c
         cond = g.silent_notified_at.is_(None) if notified_at is None else g.silent_notified_at == notified_at
-        with self._writer.begin() as conn:
+        with self._write() as conn:
             done = conn.execute(update(s.gateways).where(g.name == name, g.silent_since.is_not(None), cond)
                                 .values(silent_notified_at=now)).rowcount
             if done == 1:
@@ -461,7 +586,7 @@ class CentralStore:
     def close_silent(self, name: str, *, silent_since: datetime, alert: Mapping[str, Any]) -> bool:
         """Close an open silent alert (state + end alert row in one transaction); True when this call closed it."""
         g = s.gateways.c
-        with self._writer.begin() as conn:
+        with self._write() as conn:
             done = conn.execute(update(s.gateways).where(g.name == name, g.silent_since == silent_since)
                                 .values(silent_since=None, silent_notified_at=None)).rowcount
             if done == 1:
@@ -476,7 +601,7 @@ class CentralStore:
     def set_fact(self, key: str, value: str) -> None:
         """Upsert a value in the kv table."""
         now = utcnow()
-        with self._writer.begin() as conn:
+        with self._write() as conn:
             if conn.execute(update(s.kv).where(s.kv.c.key == key).values(value=value, updated_at=now)).rowcount:
                 return
             conn.execute(insert_ignore(conn, s.kv, ("key",)), {"key": key, "value": value, "updated_at": now})
@@ -489,5 +614,5 @@ _DEVICE_FIELDS = ("name", "location", "address", "port", "transport", "serial", 
                   "last_new_punch_at", "clock_skew_s")
 _DEVICE_REQUIRED = frozenset({"name", "location", "address", "port", "transport", "enabled"})
 
-__all__ = ["FEED_COLUMNS", "FEED_LOCK_KEY", "CentralStore", "PunchQuery", "decode_cursor",
+__all__ = ["FEED_COLUMNS", "FEED_LOCK_KEY", "BatchConflict", "CentralStore", "PunchQuery", "decode_cursor",
            "encode_cursor"]
