@@ -7,6 +7,7 @@ in mypy's files).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -48,3 +49,20 @@ def test_benchmark_runs_with_tiny_sizes(script: str, request: pytest.FixtureRequ
                          capture_output=True, text=True, timeout=200)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
     assert marker in res.stdout, res.stdout[-2000:]
+
+
+@pytest.mark.timeout(240)
+def test_run_all_merges_the_scripts_rows_into_one_table_and_json(tmp_path: Path) -> None:
+    out = tmp_path / "all.json"
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--quick", "--only", "bench_health",
+                          "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=200)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+    doc = json.loads(out.read_text(encoding="utf-8"))
+    assert [s["script"] for s in doc["scripts"]] == ["bench_health"] and doc["failed"] == [] and doc["quick"]
+    rows = doc["scripts"][0]["rows"]
+    assert rows and all(r["ok"] is None for r in rows)  # quick: nothing judged
+    assert "## all benchmarks (quick: verdicts not judged)" in res.stdout
+    assert f"{len(rows)} rows from 1 scripts" in res.stdout
+    unknown = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--only", "bench_nothing"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert unknown.returncode == 2 and "no benchmark matches" in unknown.stderr
