@@ -7,8 +7,9 @@
    127.0.x.y addresses; pyzk connects + ``read_sizes`` to every one of them (sequentially
    and from a thread pool); reports the times and the simulator process's RSS.
 
-Prints figures and ratios only; no assertions. Run: ``.venv/bin/python benchmarks/bench_simulator.py``
-(``--quick`` skips the slow full get_attendance of 200k records).
+Figures only (the simulator has no goal of its own; it must simply be faster than what it tests), as a
+table and JSON through benchmarks/harness.py. Run: ``.venv/bin/python benchmarks/bench_simulator.py``
+(``--quick``: 1k/5k-record logs and at most 20 devices, to prove it runs).
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ from pathlib import Path
 
 from zk import ZK
 
-from simulators.zk import DeviceSpec, Fleet
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.harness import Report, bench_args  # noqa: E402
+from simulators.zk import DeviceSpec, Fleet  # noqa: E402
 
 
 def rss_mb(pid: int | str = "self") -> float:
@@ -36,12 +39,12 @@ def rss_mb(pid: int | str = "self") -> float:
     return float("nan")
 
 
-def bench_downloads(quick: bool) -> None:
+def bench_downloads(quick: bool, report: Report) -> None:
     print("== pyzk 0.9 log downloads (40-byte records, 300 users) ==")
     print(f"{'records':>8} {'transport':>9} {'wire s':>8} {'wire rec/s':>12} {'get_attendance s':>17} "
           f"{'rec/s':>10}")
     with Fleet() as fleet:
-        for n in (10_000, 100_000, 200_000):
+        for n in (1_000, 5_000) if quick else (10_000, 100_000, 200_000):
             dev = fleet.add(DeviceSpec(serial=f"BENCH{n}", users=300, records=n, records_cap=n))
             dev.dataset("attlog")  # built once per log version; do not time the first build
             for udp in (False, True):
@@ -51,19 +54,23 @@ def bench_downloads(quick: bool) -> None:
                 _data, size = conn.read_with_buffer(13)
                 wire = time.perf_counter() - t0
                 assert size == 4 + 40 * n
-                full_txt = rate_txt = "skipped"
-                if not (quick and n > 100_000):
-                    t0 = time.perf_counter()
-                    atts = conn.get_attendance()
-                    full = time.perf_counter() - t0
-                    assert len(atts) == n
-                    full_txt, rate_txt = f"{full:.2f}", f"{n / full:,.0f}"
+                t0 = time.perf_counter()
+                atts = conn.get_attendance()
+                full = time.perf_counter() - t0
+                assert len(atts) == n
+                full_txt, rate_txt = f"{full:.2f}", f"{n / full:,.0f}"
+                report.figure(f"sim.pyzk_get_attendance.{'udp' if udp else 'tcp'}.{n}",
+                              f"pyzk get_attendance of {n:,} records ({'UDP' if udp else 'TCP'})", full, "s",
+                              detail=f"its own parsing; the wire transfer alone {wire:.2f} s")
                 conn.disconnect()
+                report.figure(f"sim.wire.{'udp' if udp else 'tcp'}.{n}",
+                              f"simulator serves {n:,} records ({'UDP' if udp else 'TCP'}, pyzk read_with_buffer)",
+                              n / wire, "records/s")
                 print(f"{n:>8} {'udp' if udp else 'tcp':>9} {wire:>8.2f} {n / wire:>12,.0f} "
                       f"{full_txt:>17} {rate_txt:>10}", flush=True)
 
 
-def bench_fleet(n_devices: int, records: int, workers: int) -> None:
+def bench_fleet(n_devices: int, records: int, workers: int, report: Report) -> None:
     print(f"\n== one simulator process, {n_devices} devices on 127.0.x.y, {records} records "
           f"+ 50 users each ==")
     t0 = time.perf_counter()
@@ -83,6 +90,8 @@ def bench_fleet(n_devices: int, records: int, workers: int) -> None:
         rss_idle = rss_mb(proc.pid)
         print(f"startup (generate + bind {n_devices} devices): {startup:.1f} s; RSS idle {rss_idle:.0f} MiB "
               f"({rss_idle * 1024 / n_devices:.0f} KiB per device)")
+        report.figure("sim.fleet.startup_s", f"start {n_devices} devices in one process", startup, "s")
+        report.figure("sim.fleet.rss_idle_mb", f"simulator RSS idle, {n_devices} devices", rss_idle, "MiB")
 
         import ipaddress
 
@@ -109,6 +118,9 @@ def bench_fleet(n_devices: int, records: int, workers: int) -> None:
             print(f"{name}: connect+read_sizes+disconnect all {n_devices}: sequential {t_seq:.1f} s "
                   f"({n_devices / t_seq:,.0f} devices/s); {workers} client threads {t_par:.1f} s "
                   f"({n_devices / t_par:,.0f} devices/s, x{t_seq / t_par:.1f})", flush=True)
+            report.figure(f"sim.fleet.probe_{name}", f"connect + read_sizes to all {n_devices} ({name.upper()}, "
+                          f"{workers} client threads)", n_devices / t_par, "devices/s",
+                          detail=f"sequential {n_devices / t_seq:,.0f}/s")
         print(f"simulator RSS after connect/read_sizes sweeps: {rss_mb(proc.pid):.0f} MiB")
 
         def download(host: str) -> int:
@@ -125,23 +137,30 @@ def bench_fleet(n_devices: int, records: int, workers: int) -> None:
         print(f"tcp: full get_attendance (users + log) of all {n_devices} devices, {workers} client threads: "
               f"{t_dl:.1f} s ({n_devices * records / t_dl:,.0f} records/s); "
               f"simulator RSS after: {rss_mb(proc.pid):.0f} MiB", flush=True)
+        report.figure("sim.fleet.download_all", f"pyzk downloads all {n_devices} logs ({workers} client threads)",
+                      n_devices * records / t_dl, "records/s")
+        report.figure("sim.fleet.rss_after_mb", "simulator RSS after serving every log", rss_mb(proc.pid), "MiB")
     finally:
         proc.terminate()
         proc.communicate(timeout=60)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="skip get_attendance of 200k records")
-    ap.add_argument("--devices", type=int, default=1000)
-    ap.add_argument("--fleet-records", type=int, default=2000)
-    ap.add_argument("--workers", type=int, default=32)
-    ap.add_argument("--skip-downloads", action="store_true")
-    args = ap.parse_args()
+    def extra(ap: argparse.ArgumentParser) -> None:
+        ap.add_argument("--devices", type=int, default=1000)
+        ap.add_argument("--fleet-records", type=int, default=2000)
+        ap.add_argument("--workers", type=int, default=32)
+        ap.add_argument("--skip-downloads", action="store_true")
+
+    args = bench_args(__doc__, extra)
+    report = Report("bench_simulator", quick=args.quick)
+    devices = min(args.devices, 20) if args.quick else args.devices
+    records = min(args.fleet_records, 200) if args.quick else args.fleet_records
     print(f"cpus={os.cpu_count()} python={sys.version.split()[0]}")
     if not args.skip_downloads:
-        bench_downloads(args.quick)
-    bench_fleet(args.devices, args.fleet_records, args.workers)
+        bench_downloads(args.quick, report)
+    bench_fleet(devices, records, args.workers, report)
+    report.finish(args.json)
 
 
 if __name__ == "__main__":

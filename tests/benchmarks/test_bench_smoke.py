@@ -24,7 +24,7 @@ RUNS: dict[str, tuple[list[str], str]] = {
     "bench_health.py": (["--quick"], "/metrics"),
     "bench_fleet.py": (["--quick"], "cold start"),
     "bench_store.py": (["--quick"], "duplicates/s"),
-    "bench_simulator.py": (["--quick", "--devices", "10", "--fleet-records", "100"], "simulator RSS"),
+    "bench_simulator.py": (["--quick"], "simulator RSS"),
     "bench_forward.py": (["--quick"], "one punch per request"),
     "bench_push.py": (["--quick"], "uploads accepted per second"),
 }
