@@ -340,7 +340,10 @@ def test_reminder_while_a_problem_lasts(fleet, hook: WebhookReceiver, sqlite_url
 def test_firmware_change_is_one_info_notice(fleet, hook: WebhookReceiver, sqlite_url: str, tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     a = fleet.add(sim_spec("HL-FW", records=30))
-    config = health_config(sqlite_url, [DeviceEntry("a", a)], tmp_path, hook, monkeypatch)
+    # The driver re-reads the firmware text with the device clock (polling.clock_check_s; 0 = every poll);
+    # between clock checks it reports the text cached for the serial (docs/health.md, firmware_changed).
+    config = health_config(sqlite_url, [DeviceEntry("a", a)], tmp_path, hook, monkeypatch,
+                           polling={"clock_check_s": 0})
     with RunningGateway(config) as gw:
         assert poll(gw).ok
         # No simulator fault for this: the device's spec is what it reports, so change it in place.
