@@ -81,6 +81,13 @@ def create_db_engine(url: str, *, pool_size: int = 10) -> Engine:
     return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
 
 
+#: SQLite page cache per connection, in KiB (SQLite's default is 2 MiB). A poll's insert touches pages of the
+#: punches table and its five indexes; with 2 MiB they spill to the WAL mid-transaction. Measured with
+#: Store.save_poll (issue 14): 100k new punches in one poll 50,000/s -> 63,000/s with 16 MiB, no further gain
+#: at 32 or 64 MiB. Pages are allocated as they are used, so idle or read-light connections stay small.
+SQLITE_CACHE_KIB = 16 * 1024
+
+
 def _setup_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -92,6 +99,7 @@ def _setup_sqlite(engine: Engine) -> None:
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA busy_timeout=15000")
+        cur.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
         cur.close()
 
     @event.listens_for(engine, "begin")

@@ -161,3 +161,18 @@ def test_punch_query_filters_by_office_day_device_and_user(engine: Engine, tmp_p
     assert len(list(iter_punches(engine, PunchFilter(device_user_id="1001")))) == 2
     assert len(list(iter_punches(engine, PunchFilter(date_from=date(2026, 11, 21))))) == 1
     assert len(list(iter_punches(engine, PunchFilter(limit=2)))) == 2
+
+
+def test_sqlite_connections_get_the_store_settings(tmp_path: Path) -> None:
+    # WAL + NORMAL (durability model of docs/guarantees.md), FK checks (outbox -> punches) and the page cache
+    # the insert path was measured with (gateway.store.db.SQLITE_CACHE_KIB).
+    from gateway.store.db import SQLITE_CACHE_KIB
+
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'settings.db'}")
+    try:
+        with engine.connect() as conn:
+            got = {p: conn.exec_driver_sql(f"PRAGMA {p}").scalar()
+                   for p in ("journal_mode", "synchronous", "foreign_keys", "cache_size")}
+    finally:
+        engine.dispose()
+    assert got == {"journal_mode": "wal", "synchronous": 1, "foreign_keys": 1, "cache_size": -SQLITE_CACHE_KIB}
