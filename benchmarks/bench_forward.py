@@ -181,7 +181,7 @@ def old_ingest_punches(self: Any, *, gateway: str, office_code: str, batch_id: s
     from sqlalchemy import delete, select
 
     from gateway.store import schema as s
-    from gateway.store.central import _bound_elsewhere
+    from gateway.store.central import _bound_elsewhere, ingest_answer
     from gateway.store.punches import PUNCH_KEY, insert_ignore, punch_row
     from gateway.store.schema import utcnow
 
@@ -210,21 +210,8 @@ def old_ingest_punches(self: Any, *, gateway: str, office_code: str, batch_id: s
             stmt = insert_ignore(conn, s.punches, PUNCH_KEY).returning(c.device_serial, c.device_user_id,
                                                                        c.device_time, c.occurrence)
             new_keys.update((r[0], r[1], r[2], r[3]) for r in conn.execute(stmt, rows[i:i + ingest_chunk]))
-        results: list[dict[str, Any]] = []
-        seen: set[tuple[str, str, str, int]] = set()
-        for i, p in enumerate(punches):
-            if p is None:
-                results.append({"index": i, "status": "rejected", "reason": rejected[i]})
-                continue
-            new = p.key in new_keys and p.key not in seen
-            seen.add(p.key)
-            results.append({"index": i, "status": "accepted", "duplicate": not new})
-        n_new = sum(1 for r in results if r["status"] == "accepted" and not r["duplicate"])
-        answer = {
-            "batch_id": batch_id, "office_code": office_code, "received": len(punches),
-            "accepted": len(punches) - len(rejected), "new": n_new,
-            "duplicates": len(punches) - len(rejected) - n_new, "rejected": len(rejected), "results": results,
-        }
+        answer = ingest_answer(batch_id, office_code, punches, rejected, new_keys)
+        n_new = answer["new"]
         stored = conn.execute(insert_ignore(conn, s.ingest_batches, ("gateway", "batch_id")).returning(b.batch_id),
                               {"gateway": gateway, "batch_id": batch_id, "digest": digest, "received_at": now,
                                "punch_count": len(punches), "new_count": n_new,

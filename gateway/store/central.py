@@ -33,7 +33,7 @@ import base64
 import binascii
 import json
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -225,6 +225,27 @@ def _insert_new_punches_pg(conn: Connection, punches: Sequence[Punch], rows: Seq
         return {(r[0], r[1], r[2], r[3]) for r in cur.fetchall()}
 
 
+def ingest_answer(batch_id: str, office_code: str, punches: Sequence[Punch | None], rejected: Mapping[int, str],
+                  new_keys: Collection[tuple[str, str, str, int]]) -> dict[str, Any]:
+    """The ingest answer: one result per sent punch (rejected with its reason, or accepted and new/duplicate;
+    a key sent twice in one batch is new only the first time) and the counts."""
+    results: list[dict[str, Any]] = []
+    seen: set[tuple[str, str, str, int]] = set()
+    for i, p in enumerate(punches):
+        if p is None:
+            results.append({"index": i, "status": "rejected", "reason": rejected[i]})
+            continue
+        new = p.key in new_keys and p.key not in seen
+        seen.add(p.key)
+        results.append({"index": i, "status": "accepted", "duplicate": not new})
+    n_new = sum(1 for r in results if r["status"] == "accepted" and not r["duplicate"])
+    return {
+        "batch_id": batch_id, "office_code": office_code, "received": len(punches),
+        "accepted": len(punches) - len(rejected), "new": n_new,
+        "duplicates": len(punches) - len(rejected) - n_new, "rejected": len(rejected), "results": results,
+    }
+
+
 class CentralStore:
     """Central-instance repository over one engine."""
 
@@ -313,21 +334,8 @@ class CentralStore:
             # On PostgreSQL the feed-order lock is held from this INSERT to COMMIT (see the module docstring):
             # everything that can happen before it did, so only two single-row updates follow it.
             new_keys = _insert_new_punches(conn, [p for p in punches if p is not None], now, stage)
-            results: list[dict[str, Any]] = []
-            seen: set[tuple[str, str, str, int]] = set()
-            for i, p in enumerate(punches):
-                if p is None:
-                    results.append({"index": i, "status": "rejected", "reason": rejected[i]})
-                    continue
-                new = p.key in new_keys and p.key not in seen
-                seen.add(p.key)
-                results.append({"index": i, "status": "accepted", "duplicate": not new})
-            n_new = sum(1 for r in results if r["status"] == "accepted" and not r["duplicate"])
-            answer = {
-                "batch_id": batch_id, "office_code": office_code, "received": len(punches),
-                "accepted": len(punches) - len(rejected), "new": n_new,
-                "duplicates": len(punches) - len(rejected) - n_new, "rejected": len(rejected), "results": results,
-            }
+            answer = ingest_answer(batch_id, office_code, punches, rejected, new_keys)
+            n_new = answer["new"]
             conn.execute(update(s.ingest_batches).where(receipt).values(
                 new_count=n_new, rejected_count=len(rejected), response=json.dumps(answer)))
             if n_new:
