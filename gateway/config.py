@@ -609,12 +609,7 @@ def _parse_http(r: Reader, base_dir: Path) -> HttpConfig:
         request_timeout_s=r.duration_s("request_timeout_s", 30.0, min=1),
         max_connections=r.integer("max_connections", 200, min=1, max=100_000),
     )
-    if (cfg.tls_cert_file is None) != (cfg.tls_key_file is None):
-        r.problem("tls_key_file" if cfg.tls_key_file is None else "tls_cert_file",
-                  "HTTPS needs both tls_cert_file and tls_key_file (or neither for plain HTTP)")
-    for name, path in (("tls_cert_file", cfg.tls_cert_file), ("tls_key_file", cfg.tls_key_file)):
-        if path is not None and not path.is_file():
-            r.problem(name, f"file {str(path)!r} does not exist")
+    _check_tls_pair(r, cfg.tls_cert_file, cfg.tls_key_file)
     r.done()
     return cfg
 
@@ -657,6 +652,16 @@ def _loopback_url(url: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _check_tls_pair(r: Reader, cert: Path | None, key: Path | None) -> None:
+    """A listener's HTTPS files: both or neither, and each one present (the status server and the push receiver)."""
+    if (cert is None) != (key is None):
+        r.problem("tls_key_file" if key is None else "tls_cert_file",
+                  "HTTPS needs both tls_cert_file and tls_key_file (or neither for plain HTTP)")
+    for name, path in (("tls_cert_file", cert), ("tls_key_file", key)):
+        if path is not None and not path.is_file():
+            r.problem(name, f"file {str(path)!r} does not exist")
 
 
 def _optional_path(r: Reader, name: str, base_dir: Path) -> Path | None:
@@ -704,12 +709,7 @@ def _parse_push(r: Reader, base_dir: Path) -> PushConfig:
         request_timeout_s=r.duration_s("request_timeout_s", 30.0, min=1),
         max_connections=r.integer("max_connections", 500, min=1, max=100_000),
     )
-    if (cfg.tls_cert_file is None) != (cfg.tls_key_file is None):
-        r.problem("tls_key_file" if cfg.tls_key_file is None else "tls_cert_file",
-                  "HTTPS needs both tls_cert_file and tls_key_file (or neither for plain HTTP)")
-    for name, path in (("tls_cert_file", cfg.tls_cert_file), ("tls_key_file", cfg.tls_key_file)):
-        if path is not None and not path.is_file():
-            r.problem(name, f"file {str(path)!r} does not exist")
+    _check_tls_pair(r, cfg.tls_cert_file, cfg.tls_key_file)
     if cfg.offline_after_s < 2 * cfg.delay_s:
         r.problem("offline_after_s", f"must be at least twice delay_s ({cfg.delay_s} s), or a terminal that "
                                      "calls on time would look offline")
