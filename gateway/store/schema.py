@@ -276,6 +276,27 @@ kv = Table(
 )
 
 
+#: Input that arrived from a terminal or an export file but could not be read as a punch (a serial line that
+#: matches no format, a USB export row that does not parse, a SOAP row without a PIN). Kept with its raw text
+#: and the reason so nothing is dropped silently; counted per device on the status page (migration 0006).
+quarantine = Table(
+    "quarantine", metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    #: The configured device id it came from ("" when the source could not be tied to a device).
+    Column("device_id", String(64), nullable=False),
+    #: Which path it came through: "serial", "usb", "soap", "push", ...
+    Column("source", String(16), nullable=False),
+    #: The raw input, decoded leniently (latin-1 / replacement characters) and cut to 2,000 characters.
+    Column("raw", Text, nullable=False),
+    #: Why it was set aside, one line ("no format matched", "bad date 2026-02-31", ...).
+    Column("reason", String(500), nullable=False),
+    #: Where it came from inside the source: the file name and line number, the port, ...
+    Column("origin", String(500), nullable=False, default=""),
+    Column("received_at", UtcDateTime(), nullable=False),
+    Index(None, "device_id", "received_at"),
+)
+
+
 def utcnow() -> datetime:
     """Aware UTC now (one place so tests can reason about it)."""
     return datetime.now(UTC)
