@@ -59,7 +59,8 @@ def insert_quarantined(conn: Connection, items: Iterable[QuarantinedInput]) -> i
     conn.execute(s.quarantine.insert(), rows)
     per_device: dict[str, int] = {}
     for row in rows:
-        per_device[row["device_id"]] = per_device.get(row["device_id"], 0) + 1
+        device_id = str(row["device_id"])
+        per_device[device_id] = per_device.get(device_id, 0) + 1
     for device_id, added in per_device.items():
         key = _TOTAL + device_id
         old = conn.execute(select(s.kv.c.value).where(s.kv.c.key == key)).scalar()
