@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -46,7 +45,7 @@ from gateway.services import AppContext, Service
 from gateway.store.db import StorageError, storage_error_text
 from gateway.store.punches import Store
 from gateway.store.push import COMMANDS_KEPT_DAYS, PushCommand, PushRepo
-from gateway.web.server import ThreadedServer
+from gateway.web.server import ThreadedServer, start_listener
 from gateway.web.status import check_access
 
 log = structlog.get_logger(__name__)
@@ -139,26 +138,13 @@ class PushReceiver:
     def start(self) -> None:
         """Bind the listener (a clear error when the port is taken) and start the sweep."""
         cfg = self.cfg
-        tls: dict[str, Any] = {}
-        if cfg.tls_cert_file and cfg.tls_key_file:
-            try:
-                ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cfg.tls_cert_file,
-                                                                                   cfg.tls_key_file)
-            except (OSError, ssl.SSLError) as exc:
-                raise RuntimeError(f"push receiver certificate or key unusable (push.tls_cert_file, "
-                                   f"push.tls_key_file): {exc}") from None
-            tls = {"ssl_certfile": str(cfg.tls_cert_file), "ssl_keyfile": str(cfg.tls_key_file)}
         # date_header off: every reply carries its own Date (the terminal sets its clock from it).
-        server = ThreadedServer(self.app(), cfg.listen, cfg.port, thread_name="fpgw-push",
-                                request_timeout_s=cfg.request_timeout_s, max_connections=cfg.max_connections,
-                                date_header=False, **tls)
-        try:
-            self.port = server.bind()
-        except OSError as exc:
-            raise RuntimeError(f"push receiver could not listen on {cfg.listen}:{cfg.port}: {exc.strerror or exc} "
-                               "(change push.port / push.listen, or set push.enabled = false)") from None
+        server = start_listener(self.app(), what="push receiver", section="push", listen=cfg.listen, port=cfg.port,
+                                tls_cert_file=cfg.tls_cert_file, tls_key_file=cfg.tls_key_file,
+                                thread_name="fpgw-push", request_timeout_s=cfg.request_timeout_s,
+                                max_connections=cfg.max_connections, date_header=False)
         self._server = server
-        server.start()
+        self.port = server.port
         if self.scheduler is not None:
             self.scheduler.add_job(self.sweep, "interval", seconds=SWEEP_EVERY_S, id="push-sweep", name="push sweep",
                                    replace_existing=True, max_instances=1, coalesce=True,

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import threading
 import time
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -92,6 +94,32 @@ class _GuardedH11Protocol(H11Protocol):
         self._request_timer = None
         if not self.transport.is_closing():
             self.transport.close()
+
+
+def start_listener(app: Any, *, what: str, section: str, listen: str, port: int, tls_cert_file: Path | None,
+                   tls_key_file: Path | None, thread_name: str, **server_options: Any) -> ThreadedServer:
+    """Start a daemon listener (the status server, the push receiver): HTTPS pair checked, bound, serving.
+
+    Both checks happen here, in the caller's thread, not inside uvicorn's: an unusable certificate or a busy
+    port is then a clear start error naming the config keys (``<section>.port`` ...) and the OS reason.
+    ``what`` names the listener in those messages ("HTTP server", "push receiver").
+    """
+    tls: dict[str, Any] = {}
+    if tls_cert_file and tls_key_file:
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(tls_cert_file, tls_key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise RuntimeError(f"{what}: HTTPS certificate or key unusable ({section}.tls_cert_file {tls_cert_file}, "
+                               f"{section}.tls_key_file {tls_key_file}): {exc}") from None
+        tls = {"ssl_certfile": str(tls_cert_file), "ssl_keyfile": str(tls_key_file)}
+    server = ThreadedServer(app, listen, port, thread_name=thread_name, **server_options, **tls)
+    try:
+        server.bind()
+    except OSError as exc:
+        raise RuntimeError(f"{what} could not listen on {listen}:{port}: {exc.strerror or exc} "
+                           f"(change {section}.port / {section}.listen, or set {section}.enabled = false)") from None
+    server.start()
+    return server
 
 
 class ThreadedServer:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hmac
 import html
 import ipaddress
-import ssl
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -32,7 +31,7 @@ from gateway.services import AppContext, Service
 from gateway.store.db import StorageError, storage_error_text
 from gateway.store.health import AlertRow, HealthRepo
 from gateway.store.push import PushRepo
-from gateway.web.server import ThreadedServer
+from gateway.web.server import ThreadedServer, start_listener
 
 log = structlog.get_logger(__name__)
 
@@ -360,25 +359,12 @@ class HttpServer:
         if not is_loopback(cfg.listen) and not cfg.status_token:
             log.warning("http.listen is not loopback but no http.status_token is set: the status page, /status "
                         "and /metrics answer only clients on this machine", listen=cfg.listen)
-        tls: dict[str, Any] = {}
-        if cfg.tls_cert_file and cfg.tls_key_file:
-            try:  # here, not in uvicorn's thread: a bad pair is a clear start error naming the keys
-                ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cfg.tls_cert_file,
-                                                                                   cfg.tls_key_file)
-            except (OSError, ssl.SSLError) as exc:
-                raise RuntimeError(f"HTTPS certificate or key unusable (http.tls_cert_file {cfg.tls_cert_file}, "
-                                   f"http.tls_key_file {cfg.tls_key_file}): {exc}") from None
-            tls = {"ssl_certfile": str(cfg.tls_cert_file), "ssl_keyfile": str(cfg.tls_key_file)}
-        server = ThreadedServer(build_app(self.ctx), cfg.listen, cfg.port, thread_name="fpgw-http",
-                                request_timeout_s=cfg.request_timeout_s, max_connections=cfg.max_connections, **tls)
-        # Bind first (not inside uvicorn) so a busy port is a clear start error with the OS reason.
-        try:
-            self.port = server.bind()
-        except OSError as exc:
-            raise RuntimeError(f"HTTP server could not listen on {cfg.listen}:{cfg.port}: {exc.strerror or exc} "
-                               "(change http.port / http.listen, or set http.enabled = false)") from None
+        server = start_listener(build_app(self.ctx), what="HTTP server", section="http", listen=cfg.listen,
+                                port=cfg.port, tls_cert_file=cfg.tls_cert_file, tls_key_file=cfg.tls_key_file,
+                                thread_name="fpgw-http", request_timeout_s=cfg.request_timeout_s,
+                                max_connections=cfg.max_connections)
         self._server = server
-        server.start()
+        self.port = server.port
         self.ctx.http_port = self.port
         log.info("status page serving", url=f"{server.scheme}://{cfg.listen}:{self.port}/")
 
