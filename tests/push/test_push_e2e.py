@@ -14,7 +14,8 @@ from simulators.zk.truth import TruthWriter
 from tests.support.fleet import truth_keys
 from tests.support.gateway import RunningGateway, diff, stored_keys, table_rows
 from tests.support.proxy import FaultyProxy
-from tests.support.push import push_config, receiver_port, self_signed_cert, terminal
+from tests.support.push import push_config, receiver_port, terminal
+from tests.support.tls import self_signed_cert
 from tests.support.wait import wait_until
 
 

@@ -113,20 +113,3 @@ def terminal(server: str, truth: TruthWriter, **spec: Any) -> Iterator[PushTermi
         yield term
     finally:
         term.stop()
-
-
-
-
-def self_signed_cert(d: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 and its key (openssl; the test is skipped without it)."""
-    import shutil
-    import subprocess
-
-    from tests.support.services import REQUIRE_TOOLS, unavailable
-
-    if shutil.which("openssl") is None:
-        unavailable("the openssl command is needed to make a test certificate", REQUIRE_TOOLS)
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", "key.pem", "-out", "cert.pem"],
-                   cwd=d, check=True, capture_output=True, timeout=30)
-    return d / "cert.pem", d / "key.pem"

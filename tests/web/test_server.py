@@ -18,6 +18,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from gateway.web.server import ThreadedServer
+from tests.support.tls import self_signed_cert
 
 
 async def _echo(request: Request) -> PlainTextResponse:
@@ -127,26 +128,12 @@ def test_endless_headers_are_refused_not_buffered() -> None:
 
 # -- HTTPS from [http] tls_cert_file / tls_key_file --------------------------------------------------------
 
-def _self_signed(d: Path) -> tuple[Path, Path]:
-    import shutil
-    import subprocess
-
-    from tests.support.services import REQUIRE_TOOLS, unavailable
-
-    if shutil.which("openssl") is None:
-        unavailable("the openssl command is needed to make a test certificate", REQUIRE_TOOLS)
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", "key.pem", "-out", "cert.pem"],
-                   cwd=d, check=True, capture_output=True, timeout=30)
-    return d / "cert.pem", d / "key.pem"
-
-
 @pytest.mark.timeout(30)
 def test_status_server_serves_https_with_the_configured_certificate(tmp_path: Path, sqlite_url: str) -> None:
     from gateway.app import Gateway
     from tests.support.config import make_config
 
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed_cert(tmp_path)
     config = make_config(sqlite_url, [], tmp_path, http={"enabled": True, "listen": "127.0.0.1", "port": 0,
                                                         "tls_cert_file": str(cert), "tls_key_file": str(key)})
     gw = Gateway(config)
@@ -166,7 +153,7 @@ def test_unusable_certificate_is_a_clear_start_error(tmp_path: Path, sqlite_url:
     from gateway.app import Gateway
     from tests.support.config import make_config
 
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed_cert(tmp_path)
     key.write_text("not a key\n")
     config = make_config(sqlite_url, [], tmp_path, http={"enabled": True, "listen": "127.0.0.1", "port": 0,
                                                         "tls_cert_file": str(cert), "tls_key_file": str(key)})
