@@ -48,7 +48,7 @@ def soap_spec_from_entry(where: str, entry: dict[str, Any]) -> SoapSpec:
     return spec
 
 
-def soap_specs_from_entries(entries: list[tuple[str, dict[str, Any]]], *, base_host: str = "127.0.0.2",
+def soap_specs_from_entries(entries: list[tuple[str, dict[str, Any]]], *, base_host: str = "127.0.1.1",
                             per_device: str = "host") -> list[SoapSpec]:
     """Every SOAP entry of a fleet file as a spec; entries without ``host`` get 127.0.0.x counting up from
     ``base_host`` (``per_device = "port"``: the base host, ports counting up from the entry's port)."""
