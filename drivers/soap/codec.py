@@ -29,11 +29,11 @@ PIN_MAX = 64
 _INT32 = 2 ** 31
 
 _ENCODING_DECL = re.compile(rb"""<\?xml[^>]*?encoding\s*=\s*["']([A-Za-z0-9._-]{1,40})["']""")
-_ROW_OPEN = re.compile(r"<\s*(?:\w+:)?Row\b[^>]*>", re.IGNORECASE)
-_ROW_CLOSE = re.compile(r"<\s*/\s*(?:\w+:)?Row\s*>", re.IGNORECASE)
+_ROW_OPEN = re.compile(r"<\s*(?:[\w.-]+:)?Row\b[^>]*>", re.IGNORECASE)
+_ROW_CLOSE = re.compile(r"<\s*/\s*(?:[\w.-]+:)?Row\s*>", re.IGNORECASE)
 # <Tag attr="...">value</Tag>, tolerating prefixes (<a:PIN>) and self-closing <WorkCode/>.
-_FIELD = re.compile(r"<\s*(?:\w+:)?(\w+)\b[^<>]*?(?:/\s*>|>([^<]*)<\s*/\s*(?:\w+:)?\1\s*>)")
-_FAULT = re.compile(r"<\s*(?:\w+:)?faultstring\b[^>]*>([^<]{0,300})", re.IGNORECASE)
+_FIELD = re.compile(r"<\s*(?:[\w.-]+:)?(\w+)\b[^<>]*?(?:/\s*>|>([^<]*)<\s*/\s*(?:[\w.-]+:)?\1\s*>)")
+_FAULT = re.compile(r"<\s*(?:[\w.-]+:)?faultstring\b[^>]*>([^<]{0,300})", re.IGNORECASE)
 _DATETIME = re.compile(r"^(\d{4})-(\d{1,2})-(\d{1,2})[ T]+(\d{1,2}):(\d{1,2}):(\d{1,2})$")
 _DATE = re.compile(r"^(\d{4})-(\d{1,2})-(\d{1,2})$")
 _TIME = re.compile(r"^(\d{1,2}):(\d{1,2}):(\d{1,2})$")
@@ -115,7 +115,7 @@ def parse_answer(text: str, method: str) -> Answer:
     when a row refuses the comm key in words.
     """
     name = re.escape(method + "Response")
-    opening = re.search(rf"<\s*(?:\w+:)?{name}\b[^>]*?(/?)>", text, re.IGNORECASE)
+    opening = re.search(rf"<\s*(?:[\w.-]+:)?{name}\b[^>]*?(/?)>", text, re.IGNORECASE)
     if opening is None:
         fault = _FAULT.search(text)
         if fault is not None:
@@ -126,7 +126,7 @@ def parse_answer(text: str, method: str) -> Answer:
         raise ProtocolError(f"{method}: no <{method}Response> in the answer ({_preview(text)})")
     if opening.group(1):  # <GetAttLogResponse/>: an empty answer
         return Answer(method, [])
-    closing = re.compile(rf"<\s*/\s*(?:\w+:)?{name}\s*>", re.IGNORECASE).search(text, opening.end())
+    closing = re.compile(rf"<\s*/\s*(?:[\w.-]+:)?{name}\s*>", re.IGNORECASE).search(text, opening.end())
     if closing is None:
         raise ProtocolError(f"{method}: the answer ends before </{method}Response> (connection cut short?); "
                             f"{len(text)} characters received")

@@ -20,11 +20,11 @@ PROLOG = f'<?xml version="1.0" encoding="{ENCODING}" standalone="no"?>\r\n'
 HEAD_LINES = ("HTTP/1.0 200 OK", "Server: ZK Web Server", "Pragma: no-cache", "Cache-control: no-cache",
               "Content-Type: text/xml", "Connection: close")
 
-_METHOD = re.compile(r"<\s*(?:\w+:)?([A-Za-z]+)\b[^>]*>")
+_METHOD = re.compile(r"<\s*(?:[\w.-]+:)?([A-Za-z]+)\b[^>]*>")
 _WRAPPERS = {"envelope", "body", "header", "xml"}
-_COMKEY = re.compile(r"<\s*(?:\w+:)?ArgComKey\b[^>]*>([^<]*)<", re.IGNORECASE)
-_ARG = re.compile(r"<\s*(?:\w+:)?Arg\b[^>]*>(.*?)<\s*/\s*(?:\w+:)?Arg\s*>", re.IGNORECASE | re.DOTALL)
-_FIELD = re.compile(r"<\s*(?:\w+:)?(\w+)\b[^>]*>([^<]*)<\s*/", re.DOTALL)
+_COMKEY = re.compile(r"<\s*(?:[\w.-]+:)?ArgComKey\b[^>]*>([^<]*)<", re.IGNORECASE)
+_ARG = re.compile(r"<\s*(?:[\w.-]+:)?Arg\b[^>]*>(.*?)<\s*/\s*(?:[\w.-]+:)?Arg\s*>", re.IGNORECASE | re.DOTALL)
+_FIELD = re.compile(r"<\s*(?:[\w.-]+:)?(\w+)\b[^>]*>([^<]*)<\s*/", re.DOTALL)
 
 
 @dataclass

@@ -79,9 +79,8 @@ def test_wrong_comm_key_is_auth_rejected_not_an_empty_log(fleet: SoapFleet) -> N
     silent = fleet.add(soap_spec("SOAP-K1", comm_key=777))
     wordy = fleet.add(soap_spec("SOAP-K2", comm_key=777, wrong_key_answer="refusal"))
     for term in (silent, wordy):
-        with pytest.raises(AuthRejected) as err:
-            with driver_for(term, key=778).connect():
-                pytest.fail("a session opened with a wrong key")
+        with pytest.raises(AuthRejected) as err, driver_for(term, key=778).connect():
+            pytest.fail("a session opened with a wrong key")
         assert err.value.kind == "auth_rejected" and not err.value.transient
         assert "comm key" in str(err.value) and "778" not in str(err.value)
         assert term.requests["GetAttLog"] == 0
@@ -138,15 +137,13 @@ def test_pin2_firmware_reports_punches_and_users_by_pin2(fleet: SoapFleet, tmp_p
 
 def test_serial_falls_back_to_the_configured_one_and_identity_is_checked(fleet: SoapFleet) -> None:
     term = fleet.add(soap_spec("SOAP-NS", serial_option=False))
-    with pytest.raises(ProtocolError, match="does not report its serial"):
-        with driver_for(term).connect() as s:
-            s.info()
+    with pytest.raises(ProtocolError, match="does not report its serial"), driver_for(term).connect() as s:
+        s.info()
     with driver_for(term, serial="CONFIGURED-1").connect() as s:
         assert s.info(clock=False).serial == "CONFIGURED-1"
     other = fleet.add(soap_spec("SOAP-ID"))
-    with pytest.raises(IdentityMismatch):
-        with driver_for(other, serial="SOMEONE-ELSE").connect() as s:
-            s.info()
+    with pytest.raises(IdentityMismatch), driver_for(other, serial="SOMEONE-ELSE").connect() as s:
+        s.info()
 
 
 def test_clear_uses_value_3_only_after_the_log_matches_and_refuses_otherwise(fleet: SoapFleet) -> None:
@@ -207,14 +204,12 @@ def test_a_slow_big_log_stops_at_the_deadline_and_an_oversized_one_at_the_bound(
     slow = fleet.add(soap_spec("SOAP-SLOW", records=2000, answer_bytes_per_s=40_000))
     drv = driver_for(slow, timeout_s=1.0)
     t0 = time.monotonic()
-    with pytest.raises(ProtocolError, match="deadline"):
-        with drv.connect(deadline=time.monotonic() + 1.5) as s:
-            s.counts()
+    with pytest.raises(ProtocolError, match="deadline"), drv.connect(deadline=time.monotonic() + 1.5) as s:
+        s.counts()
     assert time.monotonic() - t0 < 1.5 + 1.0 + 1.0  # deadline + at most one read timeout (+ slack)
     big = fleet.add(soap_spec("SOAP-BIG", records=400))
-    with pytest.raises(ProtocolError, match="larger than"):
-        with driver_for(big, max_response_bytes=4096).connect() as s:
-            s.counts()
+    with pytest.raises(ProtocolError, match="larger than"), driver_for(big, max_response_bytes=4096).connect() as s:
+        s.counts()
 
 
 def test_nothing_listening_is_unreachable(fleet: SoapFleet) -> None:
@@ -222,9 +217,8 @@ def test_nothing_listening_is_unreachable(fleet: SoapFleet) -> None:
     port = term.port
     term.stop()
     drv = SoapDriver(SoapParams("127.0.0.1", port, timeout_s=1.0))
-    with pytest.raises(Unreachable):
-        with drv.connect():
-            pass
+    with pytest.raises(Unreachable), drv.connect():
+        pass
 
 
 def test_registry_and_quirk_checks() -> None:
