@@ -90,3 +90,17 @@ def test_fleet_file_soap_entries_get_their_own_addresses_and_bad_keys_are_named(
         soap_specs_from_entries([("devices[0]", {"serial": "X", "record_layout": 40})])
     with pytest.raises(ConfigError, match="kind"):
         fleet_from_mapping({"devices": [{"kind": "bacnet", "serial": "X"}]})
+
+
+def test_fpgw_sim_serves_soap_terminals_from_a_fleet_file(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    fleet_file = tmp_path / "fleet.toml"
+    fleet_file.write_text('[fleet]\ncontrol_port = 0\ntruth = "truth.jsonl"\n\n'
+                          '[[devices]]\nkind = "soap"\nserial = "SOL-CLI-1"\nport = 0\nrecords = 4\n', encoding="utf-8")
+    out = subprocess.run([sys.executable, "-m", "simulators.cli", "--fleet", str(fleet_file), "--duration", "0.5"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert "SOL-CLI-1" in out.stdout and "soap 127.0.1.1:" in out.stdout and "/iWsService" in out.stdout
+    assert len([r for r in read_truth(tmp_path / "truth.jsonl") if r["serial"] == "SOL-CLI-1"]) == 4
