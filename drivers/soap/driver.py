@@ -262,7 +262,8 @@ class SoapSession:
         if rows:
             with self._driver._lock:
                 self._driver.unreadable_reported.update(rows)
-            log.warning("%s serial=%s: %d row(s) of the log are no punch (kept for quarantine); first: %s",
+            # DEBUG: a log read whole every poll would repeat it; the poller warns once per row it quarantines.
+            log.debug("%s serial=%s: %d row(s) of the log are no punch (for quarantine); first: %s",
                         self._driver.where, self._serial, len(rows), rows[0][1])
 
     def _download(self, *, fresh: bool = False) -> _Log:
