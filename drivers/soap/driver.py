@@ -158,7 +158,10 @@ class SoapSession:
         try:
             data = self._transport.post(body, deadline=self._deadline, max_bytes=limit)
         except HeadRefused as exc:
-            if not retry_raw or isinstance(self._transport, RawTransport):
+            if isinstance(self._transport, RawTransport):
+                raise
+            if not retry_raw:
+                drv._raw = True  # the terminal may have acted on it: not asked again, but the next session is raw
                 raise
             log.warning("%s: httpx cannot read this terminal's HTTP head (%s); using a raw socket for it from "
                         "now on", drv.where, exc.message)

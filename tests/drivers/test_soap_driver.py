@@ -69,6 +69,8 @@ def test_reads_log_users_serial_and_clock_matching_ground_truth(fleet: SoapFleet
         punches = s.read_punches()
         assert s.unreadable == []
         users = s.read_users()
+        one = s.read_user_punches("3")
+    assert one and {p.user_id for p in one} == {"3"} and one == [p for p in punches if p.user_id == "3"]
     assert as_keys(punches) == truth_of(tmp_path, "SOAP-A") and len(punches) == 150
     assert {u.user_id for u in users} == {str(i) for i in range(1, 26)}
     assert drv.stats.log_downloads == 1, "counts and the read share one download"
