@@ -162,7 +162,8 @@ def split_rows(inner: str) -> list[Row]:
         for f in _FIELD.finditer(body):
             tag = f.group(1).lower()
             if tag not in fields:  # the first of a repeated tag counts
-                fields[tag] = html.unescape(f.group(2) or "")
+                value = f.group(2) or ""
+                fields[tag] = html.unescape(value) if "&" in value else value
         rows.append(Row(block.strip(), fields, problem))
     return rows
 
