@@ -20,6 +20,7 @@ from drivers.base import DeviceTarget, Driver
 #: Driver name (the device config's ``driver`` key) -> package implementing it.
 DRIVERS: dict[str, str] = {
     "zk": "drivers.zk",  # ZKTeco binary protocol on port 4370, through pyzk
+    "soap": "drivers.soap",  # the terminals' SOAP web service (POST /iWsService, port 80), through httpx
 }
 
 DriverFactory = Callable[[DeviceTarget], Driver]

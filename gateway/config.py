@@ -26,6 +26,8 @@ from gateway.configlib import ConfigError, Reader
 Transport = Literal["tcp", "udp"]
 
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+#: ``driver = "soap"``: the terminal's SOAP web service (drivers.soap); its port defaults to 80, not 4370.
+SOAP_DRIVER = "soap"
 #: ``driver = "push"``: the terminal calls us (ADMS/"iclock" over HTTP, gateway.push); it is never polled.
 PUSH_DRIVER = "push"
 #: Serials a push terminal may announce (letters, digits, ``_ -``; the receiver refuses anything else).
@@ -99,7 +101,8 @@ class DeviceConfig:
     address: str
     port: int = 4370
     transport: Transport = "tcp"
-    #: Driver name, looked up in ``drivers.DRIVERS`` ("zk": ZKTeco binary protocol, port 4370).
+    #: Driver name, looked up in ``drivers.DRIVERS`` ("zk": ZKTeco binary protocol, port 4370; "soap": the
+    #: SOAP web service, port 80 by default).
     driver: str = "zk"
     #: Comm key (numeric password) from ``comm_key_env`` / ``comm_key_file``; 0 when the device has none.
     comm_key: int = field(default=0, repr=False)
@@ -448,8 +451,10 @@ def _parse_devices(top: Reader, site: SiteConfig, polling: PollingConfig, base_d
         pushes = driver == PUSH_DRIVER
         # A push terminal calls us from whatever address it has: its address is informational.
         address = r.text("address", "", allow_empty=True) if pushes else r.text("address", allow_empty=False)
-        port = r.integer("port", 4370, min=1, max=65535)
+        port = r.integer("port", 80 if driver == SOAP_DRIVER else 4370, min=1, max=65535)
         transport = r.text("transport", "tcp", choices=("tcp", "udp"))
+        if driver == SOAP_DRIVER and transport != "tcp":
+            r.problem("transport", "a SOAP terminal is reached over HTTP (TCP): leave transport out")
         push_key = r.secret("push_key", base_dir=base_dir) if pushes else None
         key_text = r.secret("comm_key", base_dir=base_dir)
         comm_key = 0

@@ -18,6 +18,7 @@ from typing import Any
 
 from simulators.push.fleet import PushFleet, specs_from_entries
 from simulators.push.terminal import PushSpec
+from simulators.soap.fleet import SoapFleet, soap_specs_from_entries
 from simulators.zk.config import ConfigError, FleetConfig, load_fleet_file, nth_address, spec_from_mapping
 from simulators.zk.control import ApiError, ControlClient, start_control_server
 from simulators.zk.faults import normalize_fault
@@ -159,23 +160,30 @@ def run(argv: list[str]) -> int:
             push_specs += [PushSpec(serial=f"PUSH{i + 1:04d}", server=args.push_server or PushSpec.server,
                                     timezone=args.timezone, seed=args.seed + i, punches_per_minute=args.punch_rate,
                                     users=args.users) for i in range(args.push_devices)]
+        # SOAP terminals (kind = "soap"): each on its own 127.0.1.x address unless the entry sets host.
+        soap_specs = soap_specs_from_entries(cfg.soap_devices)
     except (ConfigError, ValueError) as e:
         ap.error(str(e))
     fleet = Fleet(truth_path=cfg.truth)
     push_fleet = PushFleet(cfg.truth)
+    soap_fleet = SoapFleet(cfg.truth)
     try:
         for spec in cfg.devices:
             fleet.add(spec)
         for push_spec in push_specs:
             push_fleet.add(push_spec)
+        for soap_spec in soap_specs:
+            soap_fleet.add(soap_spec)
         fleet.start()
         push_fleet.start()
+        soap_fleet.start()
         control = None
         if not args.no_control and control_port is not None:
             control = start_control_server(fleet, control_port)
     except (OSError, ValueError) as e:
         fleet.stop()
         push_fleet.stop()
+        soap_fleet.stop()
         print(f"fpgw-sim: error: {e}", file=sys.stderr)
         return 1
     devs = fleet.devices
@@ -191,6 +199,9 @@ def run(argv: list[str]) -> int:
     for term in push_fleet.terminals[:50]:
         print(f"  {term.spec.serial:<12} push -> {term.spec.server} pushver={term.spec.pushver} "
               f"records={term.record_count}", flush=True)
+    for soap_term in soap_fleet.terminals[:50]:
+        print(f"  {soap_term.serial:<12} soap {soap_term.host}:{soap_term.port}/iWsService "
+              f"records={soap_term.record_count}" + (" comm_key" if soap_term.spec.comm_key else ""), flush=True)
     if control is not None:
         print(f"control API: {control.url}  (fpgw-sim ctl --url {control.url} list)", flush=True)
     if cfg.truth is not None:
@@ -199,6 +210,7 @@ def run(argv: list[str]) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait(args.duration)
+    soap_fleet.stop()
     push_fleet.stop()
     fleet.stop()
     print("fpgw-sim: stopped", flush=True)

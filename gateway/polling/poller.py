@@ -70,6 +70,8 @@ from gateway.polling.position import position_text, read_position
 from gateway.polling.progress import DownloadProgress, ProgressDisplay
 from gateway.store.db import StorageError, storage_error_text
 from gateway.store.punches import DeviceState, Store
+from gateway.store.quarantine import KEEP_PER_DEVICE, RAW_MAX, TEXT_MAX, QuarantinedInput, QuarantineRepo
+from gateway.store.quarantine import _bounded as bound_quarantined
 
 log = structlog.get_logger(__name__)
 
@@ -83,6 +85,13 @@ class PollAborted(Exception):
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
         self.kind = kind
+
+
+def unreadable_rows(session: object) -> list[tuple[str, str]]:
+    """What a session could not read as punches in its last read: any driver may expose ``unreadable``, a list
+    of (raw text, reason); drivers without it have none."""
+    rows = getattr(session, "unreadable", None)
+    return [(str(raw), str(reason)) for raw, reason in rows] if rows else []
 
 
 def registry_driver_factory(device: DeviceConfig) -> Driver:
@@ -114,6 +123,8 @@ class _Read:
     punches: list[Punch] | None = None
     #: Found left disabled by an earlier session and could not re-enable it.
     left_disabled: bool = False
+    #: Records of this read that are no punch, as (raw text, reason): quarantined before the punches are saved.
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
 
 
 class DevicePoller:
@@ -308,6 +319,7 @@ class DevicePoller:
                         self._tail_read(device, session, read, known)
                     if read.mode is None:
                         self._full_read(device, session, read)
+                    read.unreadable = unreadable_rows(session)
                 if isinstance(session, ReadsUsers) and self._needs_users(device, state, read.info, read.counts):
                     self._check(deadline, "downloading users")
                     try:
@@ -480,6 +492,9 @@ class DevicePoller:
             clock_corrected=read.corrected, bytes_read=read.bytes_read,
             error="; ".join(read.notes) or None, cleared_records=cleared_by_us, terminal_disabled=read.left_disabled,
         )
+        if read.unreadable:
+            # Before the punches: their log position must not move past rows that are not kept yet.
+            self._quarantine(device, info.serial, read.unreadable)
         saved = self.store.save_poll(outcome, punches, forward=bool(self.config.forward.url),
                                      address=(device.address, device.port), log_position=read.position)
         if read.users is not None:
@@ -508,6 +523,17 @@ class DevicePoller:
                         "its oldest record, punches may have been lost; poll it more often or clear it "
                         "(polling.clear_when_full_ratio)", records=counts.records, capacity=counts.records_cap)
         return outcome
+
+    def _quarantine(self, device: DeviceConfig, serial: str, rows: list[tuple[str, str]]) -> None:
+        """Keep the records a driver could not read as punches (gateway.store.quarantine), each once."""
+        repo = QuarantineRepo(self.store.engine)
+        kept = {(q.raw, q.reason) for q in repo.recent(device.id, limit=KEEP_PER_DEVICE)}
+        new = [QuarantinedInput(device.id, device.driver, raw, reason, origin=f"serial {serial}")
+               for raw, reason in rows if (bound_quarantined(raw, RAW_MAX), bound_quarantined(reason, TEXT_MAX))
+               not in kept]
+        if new:
+            repo.add(new)
+            log.warning("records that are no punch kept in quarantine", records=len(new), first=new[0].reason)
 
     def _failed(self, device: DeviceConfig, state: DeviceState, read: _Read, started: datetime,
                 exc: DriverError | PollAborted) -> PollOutcome:

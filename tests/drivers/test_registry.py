@@ -31,10 +31,23 @@ def test_zk_is_registered_and_built_from_the_device_config(tmp_path: Path) -> No
 
 
 def test_unknown_driver_name_is_a_lookup_error_and_a_config_error_naming_the_key(tmp_path: Path) -> None:
-    with pytest.raises(UnknownDriver, match="unknown driver 'soap'; known: zk"):
-        get_driver("soap")
-    with pytest.raises(ConfigError, match=r"devices\[0\]\.driver: must be one of 'zk', 'push', got 'soap'"):
-        _config(tmp_path, driver="soap")
+    with pytest.raises(UnknownDriver, match=r"unknown driver 'bacnet'; known: .*zk"):
+        get_driver("bacnet")
+    with pytest.raises(ConfigError, match=r"devices\[0\]\.driver: must be one of 'zk', .*'push', got 'bacnet'"):
+        _config(tmp_path, driver="bacnet")
+
+
+def test_soap_is_registered_with_port_80_by_default(tmp_path: Path) -> None:
+    from drivers.soap import SoapDriver
+
+    device = _config(tmp_path, driver="soap", serial="SN2", quirks={"punch_user": "PIN2"}).devices[0]
+    assert device.port == 80
+    drv = registry_driver_factory(device)
+    assert isinstance(drv, SoapDriver) and drv.params.port == 80 and drv.quirks.punch_user == "PIN2"
+    with pytest.raises(ConfigError, match="transport"):
+        _config(tmp_path, driver="soap", transport="udp")
+    with pytest.raises(ConfigError, match="unknown SOAP quirk"):
+        _config(tmp_path, driver="soap", quirks={"record_size": 40})
 
 
 def test_quirks_are_checked_by_the_driver_package() -> None:
