@@ -70,8 +70,7 @@ from gateway.polling.position import position_text, read_position
 from gateway.polling.progress import DownloadProgress, ProgressDisplay
 from gateway.store.db import StorageError, storage_error_text
 from gateway.store.punches import DeviceState, Store
-from gateway.store.quarantine import KEEP_PER_DEVICE, RAW_MAX, TEXT_MAX, QuarantinedInput, QuarantineRepo
-from gateway.store.quarantine import _bounded as bound_quarantined
+from gateway.store.quarantine import KEEP_PER_DEVICE, RAW_MAX, TEXT_MAX, QuarantinedInput, QuarantineRepo, bounded_text
 
 log = structlog.get_logger(__name__)
 
@@ -529,7 +528,7 @@ class DevicePoller:
         repo = QuarantineRepo(self.store.engine)
         kept = {(q.raw, q.reason) for q in repo.recent(device.id, limit=KEEP_PER_DEVICE)}
         new = [QuarantinedInput(device.id, device.driver, raw, reason, origin=f"serial {serial}")
-               for raw, reason in rows if (bound_quarantined(raw, RAW_MAX), bound_quarantined(reason, TEXT_MAX))
+               for raw, reason in rows if (bounded_text(raw, RAW_MAX), bounded_text(reason, TEXT_MAX))
                not in kept]
         if new:
             repo.add(new)

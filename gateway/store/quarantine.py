@@ -42,7 +42,8 @@ class QuarantinedInput:
     received_at: datetime | None = None
 
 
-def _bounded(text: str, limit: int) -> str:
+def bounded_text(text: str, limit: int) -> str:
+    """``text`` as the quarantine table keeps it: NULs made visible, cut to ``limit`` characters."""
     # NUL bytes are refused by PostgreSQL text columns; a line from a noisy serial port can carry them.
     text = text.replace("\x00", "\\x00")
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -51,9 +52,9 @@ def _bounded(text: str, limit: int) -> str:
 def insert_quarantined(conn: Connection, items: Iterable[QuarantinedInput]) -> int:
     """Insert ``items`` inside the caller's transaction (e.g. with the punches of the same read). Returns how many."""
     now = utcnow()
-    rows = [{"device_id": _bounded(i.device_id, 64), "source": _bounded(i.source, SOURCE_MAX),
-             "raw": _bounded(i.raw, RAW_MAX), "reason": _bounded(i.reason, TEXT_MAX) or "unreadable",
-             "origin": _bounded(i.origin, TEXT_MAX), "received_at": i.received_at or now} for i in items]
+    rows = [{"device_id": bounded_text(i.device_id, 64), "source": bounded_text(i.source, SOURCE_MAX),
+             "raw": bounded_text(i.raw, RAW_MAX), "reason": bounded_text(i.reason, TEXT_MAX) or "unreadable",
+             "origin": bounded_text(i.origin, TEXT_MAX), "received_at": i.received_at or now} for i in items]
     if not rows:
         return 0
     conn.execute(s.quarantine.insert(), rows)
