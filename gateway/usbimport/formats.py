@@ -36,6 +36,7 @@ from drivers.zk.records import (
     choose_record_size,
     layout_sanity,
     parse_records,
+    record_evidence,
     split_dataset,
 )
 
@@ -58,6 +59,8 @@ _SERIAL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{2,63}$")
 _NAME = re.compile(r"^(?P<prefix>[A-Za-z0-9-]{1,64})_(?:ssr)?attlogs?(?:\.[A-Za-z0-9]{1,8})?$", re.IGNORECASE)
 #: A name prefix this short and all digits is the terminal's machine number ("1_attlog.dat"), not a serial.
 _MACHINE_DIGITS = 4
+#: Records a binary export without the dataset header must hold (one random 16-byte block decodes too often).
+_MIN_UNFRAMED_RECORDS = 2
 #: Fields from which a line is read in the ADMS/PUSH order (PIN, time, state, verify, work code, reserved...).
 _PUSH_ORDER_FIELDS = 7
 
@@ -226,11 +229,12 @@ def _machine(line: bytes) -> int | None:
 def _parse_binary(data: bytes) -> ParsedExport:
     try:
         body = bytes(split_dataset(data))  # a dataset as the protocol sends it: u32 byte count first
+        framed = True
     except DatasetError:
-        body = data
+        body, framed = data, False
     if not body:
         return ParsedExport(layout="binary")
-    size = _binary_layout(body)
+    size = _binary_layout(body, framed)
     try:
         # The 8-byte layout carries only the internal uid: without the terminal's user list it stands for itself
         # (what the network poll stores for a uid it cannot map, too).
@@ -240,13 +244,26 @@ def _parse_binary(data: bytes) -> ParsedExport:
     return ParsedExport(layout=f"binary-{size}", punches=punches)
 
 
-def _binary_layout(body: bytes) -> int:
-    """The record size of a binary export, by evidence (no count to compare with)."""
+def _binary_layout(body: bytes, framed: bool) -> int:
+    """The record size of a binary export, by evidence (there is no record count to compare with).
+
+    With the dataset's byte-count header the evidence rules of the network read apply (most records must decode
+    to real times). Without it the bytes could be anything (a photo, a user list), so every record must decode
+    cleanly and there must be at least two of them; else the file is refused rather than read as punches.
+    """
+    refused = ("the file holds binary data that is no known attendance layout ({}); is this the attendance export "
+               "(attlog.dat)?")
+    if not framed:
+        clean = [s for s in RECORD_SIZES if len(body) % s == 0 and len(body) // s >= _MIN_UNFRAMED_RECORDS
+                 and record_evidence(body, s) is None]
+        if not clean:
+            raise ExportError(refused.format(f"{len(body)} bytes without a dataset header decode cleanly as no "
+                                             "layout of 8, 16 or 40 bytes"))
+        return max(clean)
     try:
         return choose_record_size(body, None)
     except DatasetError as exc:
         plausible = [s for s in RECORD_SIZES if len(body) % s == 0 and layout_sanity(body, s) is None]
         if plausible:
             return max(plausible)
-        raise ExportError(f"the file holds binary data that is no known attendance layout ({exc}); is this the "
-                          "attendance export (attlog.dat)?") from None
+        raise ExportError(refused.format(exc)) from None
