@@ -49,6 +49,11 @@ def test_cli_prints_what_it_read_stored_skipped_and_quarantined(db_url: str, tmp
     report = json.loads(out)
     assert (report["new"], report["known"], report["quarantined"]) == (0, 3, 0)
     assert len(table_rows(db_url, s.punches)) == 3
+    code, out, err = run_cli(capsys, "--config", cfg, "devices", "--json")
+    assert code == 0, err
+    lobby = next(d for d in json.loads(out) if d["device_id"] == "lobby")
+    assert lobby["last_poll_outcome"] == "usb_import" and "with_bad_lines_attlog.dat" in lobby["last_poll_error"]
+    assert lobby["last_ok_at"] is None
 
 
 @pytest.mark.timeout(60)
