@@ -57,7 +57,8 @@ def cmd_import_usb(args: argparse.Namespace) -> int:
         out.write("\n")
         return EXIT_OK
     stored = "would store" if report.dry_run else "stored"
-    out.write(f"file         {report.file_name} ({report.layout}), device {report.device_id}, "
+    machines = f", machine number {'/'.join(str(m) for m in report.machines)}" if report.machines else ""
+    out.write(f"file         {report.file_name} ({report.layout}{machines}), device {report.device_id}, "
               f"serial {report.serial} (from {report.serial_from})\n")
     span = f", {report.first_time} .. {report.last_time}" if report.first_time else ""
     out.write(f"read         {report.records} records{span}\n")

@@ -73,12 +73,20 @@ class ImportReport:
     flag_counts: dict[str, int] = field(default_factory=dict)
     #: Warnings worth showing (a forced import, ...).
     notes: tuple[str, ...] = ()
+    #: Machine numbers the file names (its records' machine field, or a name like 1_attlog.dat): for staff to
+    #: check against the terminal's menu; the config has no machine number to compare them with.
+    machines: tuple[int, ...] = ()
 
     def summary(self) -> str:
         """One line for logs, poll_runs and the .reason.txt of the drop folder."""
         verb = "would add" if self.dry_run else "stored"
         return (f"USB export {self.file_name}: {self.records} records read, {verb} {self.new} new, "
                 f"{self.known} already stored, {self.quarantined} unreadable lines quarantined")
+
+
+def _name_machine(file_name: str) -> set[int]:
+    machine = name_hint(file_name).machine
+    return set() if machine is None else {machine}
 
 
 class UsbImporter:
@@ -132,7 +140,8 @@ class UsbImporter:
         draft = ImportReport(device_id=device.id, serial=key_serial, serial_from=serial_from, file_name=file_name,
                              layout=parsed.layout, records=len(punches), new=len(missing), known=known,
                              quarantined=len(quarantined), dry_run=dry_run, first_time=times[0] if times else None,
-                             last_time=times[-1] if times else None, notes=tuple(notes))
+                             last_time=times[-1] if times else None, notes=tuple(notes),
+                             machines=tuple(sorted(parsed.machines | _name_machine(file_name))))
         if dry_run:
             return draft
         if not punches and not quarantined:

@@ -44,6 +44,7 @@ def test_cli_prints_what_it_read_stored_skipped_and_quarantined(db_url: str, tmp
     assert "read         3 records, 2026-02-31 17:00:00 .. 2026-11-04 17:01:02" in out
     assert "stored       3 new punches" in out and "skipped      0 already stored" in out
     assert "quarantined  4 unreadable lines" in out and "serial USBTEST0001 (from config)" in out
+    assert "(text, machine number 1), device lobby" in out
     code, out, err = run_cli(capsys, "--config", cfg, "import", "usb", export, "--device", "lobby", "--json")
     assert code == 0, err
     report = json.loads(out)
