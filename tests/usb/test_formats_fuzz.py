@@ -12,6 +12,7 @@ import re
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -47,6 +48,7 @@ def _check(data: bytes) -> ParsedExport | None:
     return parsed
 
 
+@pytest.mark.timeout(180)
 @FUZZ
 @given(st.binary(max_size=600))
 def test_random_bytes_parse_or_are_refused_with_export_error(data: bytes) -> None:
@@ -64,6 +66,7 @@ _LINE = st.lists(_FIELD, max_size=11).flatmap(
     lambda fields: st.sampled_from(["\t", " ", "  \t "]).map(lambda sep: sep.join(fields)))
 
 
+@pytest.mark.timeout(180)
 @FUZZ
 @given(st.lists(_LINE, max_size=25), st.sampled_from(["\r\n", "\n", "\r"]), st.sampled_from(["utf-8", "latin-1"]))
 def test_attlog_shaped_text_parses_or_is_refused(lines: list[str], newline: str, encoding: str) -> None:
@@ -88,12 +91,14 @@ def _mutated_sample(draw: st.DrawFn) -> bytes:
     return bytes(data)
 
 
+@pytest.mark.timeout(180)
 @FUZZ
 @given(_mutated_sample())
 def test_damaged_fixture_files_parse_or_are_refused(data: bytes) -> None:
     _check(data)
 
 
+@pytest.mark.timeout(180)
 @FUZZ
 @given(st.text(max_size=80))
 def test_any_file_name_gives_a_hint_without_error(name: str) -> None:
