@@ -744,6 +744,6 @@ def _parse_import(r: Reader, site: SiteConfig, base_dir: Path) -> ImportConfig:
 
 __all__ = [
     "AlertsConfig", "CentralConfig", "Config", "ConfigError", "DatabaseConfig", "DeviceConfig",
-    "EmployeesConfig", "ForwardConfig", "HealthConfig", "HttpConfig", "ImportConfig", "LoggingConfig", "PollingConfig",
+    "EmployeesConfig", "ForwardConfig", "HealthConfig", "HttpConfig", "LoggingConfig", "PollingConfig",
     "PushConfig", "SiteConfig", "WorkingHoursConfig", "load_config", "parse_config",
 ]
