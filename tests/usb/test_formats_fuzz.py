@@ -17,7 +17,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.polling.normalize import DeviceContext, normalize_punches
-from gateway.usbimport.formats import ExportError, ParsedExport, name_hint, parse_export
+from gateway.usbimport.formats import (
+    _SDK_LINE,
+    ExportError,
+    ParsedExport,
+    _fast_record,
+    _record,
+    name_hint,
+    parse_export,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SAMPLES = [p.read_bytes() for p in sorted(FIXTURES.glob("*.dat"))]
@@ -104,3 +112,21 @@ def test_damaged_fixture_files_parse_or_are_refused(data: bytes) -> None:
 def test_any_file_name_gives_a_hint_without_error(name: str) -> None:
     hint = name_hint(name)
     assert hint.serial is None or hint.machine is None
+
+
+_DIGITS = st.integers(0, 10**9 - 1).map(str)
+
+
+@pytest.mark.timeout(180)
+@FUZZ
+@given(st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=64),
+       st.integers(0, 9999), st.integers(0, 99), st.integers(0, 99), st.integers(0, 99), st.integers(0, 99),
+       st.integers(0, 99), st.integers(0, 999999), _DIGITS, _DIGITS, _DIGITS, st.integers(0, 12))
+def test_the_fast_path_reads_an_sdk_line_exactly_as_the_general_path(
+        pin: str, y: int, mo: int, d: int, h: int, mi: int, sec: int, machine: int, state: str, verify: str,
+        workcode: str, pad: int) -> None:
+    line = (f"{pin:>{pad}}\t{y:04d}-{mo:02d}-{d:02d} {h:02d}:{mi:02d}:{sec:02d}\t{machine}\t{state}\t{verify}"
+            f"\t{workcode}").encode()
+    m = _SDK_LINE.fullmatch(line)
+    assert m is not None
+    assert _fast_record(m) == _record(line)
