@@ -9,7 +9,8 @@
 A file refused (wrong terminal, not an export, unknown device) goes to failed/ and is never retried; staff
 fix the cause and drop it again, or run `fpgw import usb --force`. A database that is unavailable leaves the
 file where it is for the next scan (logged once until it works again). Files and folders starting with "."
-are ignored (editors and copy tools write such temporary files).
+are ignored (editors and copy tools write such temporary files). A file that cannot be moved out (permissions)
+is logged once and left alone until the daemon restarts.
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ class DropFolder:
         #: path -> (size, mtime_ns) at the previous scan: a file is imported once it stopped changing.
         self._seen: dict[Path, tuple[int, int]] = {}
         self._storage_down = False
+        #: Files that could not be moved out (permissions): skipped from then on, so they are not imported and
+        #: reported again every scan.
+        self._stuck: set[Path] = set()
 
     def prepare(self) -> None:
         """Create the folder and its done/ and failed/ subfolders."""
@@ -87,7 +91,7 @@ class DropFolder:
         if not self._lock.acquire(blocking=False):
             return []  # the previous scan is still importing a big file
         try:
-            return [(d, self._handle(d)) for d in self.candidates()]
+            return [(d, self._handle(d)) for d in self.candidates() if d.path not in self._stuck]
         finally:
             self._lock.release()
 
@@ -144,8 +148,9 @@ class DropFolder:
             os.replace(dropped.path, target)
             target.with_name(target.name + ".reason.txt").write_text(reason + "\n", encoding="utf-8")
         except OSError as exc:
-            log.error("usb export could not be moved out of the drop folder", file=str(dropped.path),
-                      to=str(target), error=str(exc))
+            self._stuck.add(dropped.path)
+            log.error("usb export could not be moved out of the drop folder; it is left alone until the daemon "
+                      "restarts", file=str(dropped.path), to=str(target), error=str(exc))
 
 
 class DropFolderService:

@@ -129,6 +129,25 @@ def test_drop_folder_sets_refused_files_aside_with_the_reason(tmp_path: Path) ->
         store.engine.dispose()
 
 
+@pytest.mark.timeout(60)
+def test_a_file_that_cannot_be_moved_is_imported_once_and_then_left_alone(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    folder, store, db_url = _folder(tmp_path)
+    try:
+        (folder.folder / "lobby__1_attlog.dat").write_bytes((FIXTURES / "1_attlog.dat").read_bytes())
+
+        def refuse(src: object, dst: object) -> None:
+            raise PermissionError("read-only folder")
+
+        monkeypatch.setattr("gateway.usbimport.watcher.os.replace", refuse)
+        folder.scan_once()
+        assert [r for _, r in folder.scan_once()] == ["done"]
+        assert folder.scan_once() == [] and folder.scan_once() == []
+        assert len(table_rows(db_url, s.poll_runs)) == 1  # imported once, not once per scan
+    finally:
+        store.engine.dispose()
+
+
 def test_import_section_is_validated_and_defaults_to_the_state_dir(tmp_path: Path) -> None:
     db_url = f"sqlite:///{tmp_path / 'fpgw.db'}"
     cfg = parse_config(_doc(db_url, tmp_path), base_dir=tmp_path)
