@@ -295,6 +295,18 @@ class PushConfig:
 
 
 @dataclass(frozen=True)
+class ImportConfig:
+    """USB-stick exports dropped into a folder the daemon watches (gateway.usbimport, docs/usb-import.md)."""
+
+    #: Watch the folder at all (`fpgw import usb` works either way).
+    enabled: bool = False
+    #: The drop folder (default ``<site.state_dir>/import``); done/ and failed/ are made inside it.
+    folder: Path = Path("state") / "import"
+    #: Seconds between two looks at the folder; a file is imported once it did not change between two looks.
+    scan_every_s: float = 5.0
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole validated configuration."""
 
@@ -310,6 +322,8 @@ class Config:
     forward: ForwardConfig = field(default_factory=ForwardConfig)
     central: CentralConfig = field(default_factory=CentralConfig)
     push: PushConfig = field(default_factory=PushConfig)
+    #: ``[import]``: the USB-export drop folder.
+    usb_import: ImportConfig = field(default_factory=ImportConfig)
     #: Where the config was read from (for messages).
     source: Path | None = None
 
@@ -366,13 +380,14 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path | None = None,
     forward = _parse_forward(top.table("forward"), base_dir)
     central = _parse_central(top.table("central"), base_dir)
     push = _parse_push(top.table("push"), base_dir)
+    usb_import = _parse_import(top.table("import"), site, base_dir)
     top.done()
 
     if problems:
         raise ConfigError(problems, str(source) if source else "")
     return Config(site=site, database=database, polling=polling, devices=tuple(devices),
                   logging=logging_cfg, employees=employees, health=health, alerts=alerts, http=http,
-                  forward=forward, central=central, push=push, source=source)
+                  forward=forward, central=central, push=push, usb_import=usb_import, source=source)
 
 
 def _default_state_dir() -> Path:
@@ -718,6 +733,16 @@ def _parse_push(r: Reader, base_dir: Path) -> PushConfig:
     if cfg.offline_after_s < 2 * cfg.delay_s:
         r.problem("offline_after_s", f"must be at least twice delay_s ({cfg.delay_s} s), or a terminal that "
                                      "calls on time would look offline")
+    r.done()
+    return cfg
+
+
+def _parse_import(r: Reader, site: SiteConfig, base_dir: Path) -> ImportConfig:
+    cfg = ImportConfig(
+        enabled=r.flag("enabled", False),
+        folder=_optional_path(r, "folder", base_dir) or site.state_dir / "import",
+        scan_every_s=r.duration_s("scan_every_s", 5.0, min=1),
+    )
     r.done()
     return cfg
 

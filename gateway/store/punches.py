@@ -52,6 +52,7 @@ from gateway.config import DeviceConfig
 from gateway.models import PollOutcome, Punch
 from gateway.store import schema as s
 from gateway.store.db import writer
+from gateway.store.quarantine import QuarantinedInput, insert_quarantined
 from gateway.store.schema import utcnow
 
 #: Rows per INSERT statement (keeps SQLite under its bound-parameter limit and PG packets sane).
@@ -394,8 +395,12 @@ class Store:
 
     # -- polls -----------------------------------------------------------------------------------
     def save_poll(self, outcome: PollOutcome, punches: Sequence[Punch] = (), *, forward: bool = False,
-                  address: tuple[str, int] | None = None, log_position: str | None = None) -> SaveResult:
+                  address: tuple[str, int] | None = None, log_position: str | None = None,
+                  quarantined: Iterable[QuarantinedInput] = ()) -> SaveResult:
         """Store one poll's result in ONE transaction: new punches (+ outbox rows), device row, poll run.
+
+        ``quarantined``: the input of the same read that could not be read as punches (gateway.store.quarantine),
+        kept in the same transaction, so a read is stored whole or not at all.
 
         ``log_position`` (opaque poller text) is saved for ``outcome.serial`` in the same transaction, so
         it never runs ahead of the punches it describes; ``device_state().log_position`` returns it.
@@ -405,11 +410,13 @@ class Store:
         """
         # SQLite: on the writer thread, committed together with the polls that queued meanwhile (db.Writer.run).
         return self._writer.run(lambda conn: self._save_poll_in(conn, outcome, punches, forward=forward,
-                                                                address=address, log_position=log_position))
+                                                                address=address, log_position=log_position,
+                                                                quarantined=quarantined))
 
     def _save_poll_in(self, conn: Connection, outcome: PollOutcome, punches: Sequence[Punch] = (), *,
                       forward: bool = False, address: tuple[str, int] | None = None,
-                      log_position: str | None = None) -> SaveResult:
+                      log_position: str | None = None,
+                      quarantined: Iterable[QuarantinedInput] = ()) -> SaveResult:
         """save_poll inside the caller's write transaction (writer(engine)); durable only once it commits."""
         now = utcnow()
         d = s.devices.c
@@ -455,6 +462,7 @@ class Store:
             self._touch_identity(conn, pk, info.serial, address, info.firmware, outcome.finished_at)
         if log_position is not None and outcome.serial:
             _set_kv(conn, _position_key(outcome.serial), log_position, now)
+        insert_quarantined(conn, quarantined)
         conn.execute(s.poll_runs.insert().values(
             device_pk=pk, serial=outcome.serial, started_at=outcome.started_at,
             finished_at=outcome.finished_at, duration_s=outcome.duration_s,
