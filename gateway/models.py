@@ -16,6 +16,9 @@ from drivers.base import Counts, DeviceInfo
 #: database failed (full, locked, unreachable): the gateway's problem, never the device's.
 ERROR_KINDS = ("unreachable", "auth_rejected", "busy", "identity_mismatch", "protocol_error", "timeout",
                "bug", "abandoned", "storage")
+#: The outcome a USB-stick import writes to poll_runs (gateway.usbimport): punches read without the network,
+#: so it is neither a success nor a failure of the terminal (health ignores it; `fpgw devices` names it).
+USB_IMPORT_OUTCOME = "usb_import"
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,6 +42,7 @@ from gateway.cli.common import (
     parse_duration,
     print_table,
 )
+from gateway.models import USB_IMPORT_OUTCOME
 
 if TYPE_CHECKING:
     from gateway.polling.clear import ClearResult
@@ -118,7 +119,9 @@ def cmd_devices(args: argparse.Namespace) -> int:
         muted = r.get("muted_until")
         if muted and datetime.fromisoformat(muted.replace("Z", "+00:00")) > datetime.now(UTC):
             problems = ("" if problems == "-" else problems + ",") + "muted"
-        if r.get("last_poll_outcome") not in (None, "ok", "unchanged", "cleared"):
+        if r.get("last_poll_outcome") == USB_IMPORT_OUTCOME:  # an import is no failed poll: say what it was
+            problems = ("" if problems == "-" else problems + ",") + "last read: USB import"
+        elif r.get("last_poll_outcome") not in (None, "ok", "unchanged", "cleared"):
             problems = problems if problems != "-" else f"last poll: {r['last_poll_outcome']}"
         name = r["device_id"] + ("" if r["device_id"] in configured else " (removed)")
         table.append([name, r["name"] or "", f"{r['address']}:{r['port']}/{r['transport']}", r["serial"] or "-",

@@ -29,7 +29,7 @@ from pathlib import Path
 import structlog
 
 from gateway.config import Config, DeviceConfig
-from gateway.models import PollOutcome, Punch
+from gateway.models import USB_IMPORT_OUTCOME, PollOutcome, Punch
 from gateway.polling.normalize import DEFAULT_NOT_BEFORE, DeviceContext, EmployeeMap, normalize_punches
 from gateway.store.punches import PunchFilter, Store, iter_punches
 from gateway.store.quarantine import QuarantinedInput, QuarantineRepo
@@ -38,7 +38,7 @@ from gateway.usbimport.formats import ExportError, ParsedExport, name_hint, pars
 log = structlog.get_logger(__name__)
 
 #: The poll_runs outcome of an import (a poll_runs row says when the last import was and what it stored).
-IMPORT_OUTCOME = "usb_import"
+IMPORT_OUTCOME = USB_IMPORT_OUTCOME
 #: The quarantine source of unreadable export lines.
 QUARANTINE_SOURCE = "usb"
 #: Quarantine rows read to leave out lines of the same file quarantined before (a re-import adds nothing).

@@ -55,6 +55,10 @@ def test_cli_prints_what_it_read_stored_skipped_and_quarantined(db_url: str, tmp
     lobby = next(d for d in json.loads(out) if d["device_id"] == "lobby")
     assert lobby["last_poll_outcome"] == "usb_import" and "with_bad_lines_attlog.dat" in lobby["last_poll_error"]
     assert lobby["last_ok_at"] is None
+    code, out, err = run_cli(capsys, "--config", cfg, "devices")
+    assert code == 0, err
+    line = next(row for row in out.splitlines() if row.startswith("lobby"))
+    assert "last read: USB import" in line and "last poll: usb_import" not in line
 
 
 @pytest.mark.timeout(60)
