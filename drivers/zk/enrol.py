@@ -273,14 +273,28 @@ def read_enrolments(session: ZkSession, progress: Progress | None = None) -> Enr
 
 
 def target_user_layout(session: ZkSession) -> int:
-    """The user record size to write: the quirk, the size last read from this terminal, else by transport.
+    """The user record size to write: the quirk, the size last read from this terminal, what the terminal's
+    ``~UserExtFmt`` option says (1 = 72-byte users), else pyzk's convention by transport.
 
-    A blank terminal (factory reset, new unit) has no user table to measure; pyzk's convention is 72
-    bytes on TCP and 28 on UDP (the 28-byte firmware speaks UDP only).
+    A blank terminal (factory reset, new unit) has no user table to measure. pyzk guesses 72 bytes on TCP
+    and 28 on UDP (the 28-byte firmware speaks UDP only), which is wrong for a TFT terminal polled over UDP.
     """
     forced = session._quirks.user_size or session._driver._user_size
     if forced:
-        return forced
+        return int(forced)
+    zk = session._zk
+
+    def ask() -> int | None:
+        resp = zk._ZK__send_command(zk_const.CMD_OPTIONS_RRQ, b"~UserExtFmt\x00", 1024)
+        if not resp["status"]:
+            return None
+        value = bytes(zk._ZK__data).split(b"=", 1)[-1].split(b"\x00")[0].strip()
+        return {b"1": 72, b"0": 28}.get(value)
+
+    layout = session._call("read user record format", ask)
+    if layout:
+        session._driver._user_size = layout
+        return layout
     return 72 if session._params.transport == "tcp" else 28
 
 
