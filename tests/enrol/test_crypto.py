@@ -85,7 +85,7 @@ def test_key_id_names_the_key_without_revealing_it(tmp_path: Path) -> None:
 
 def test_key_file_problems_say_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
-    with pytest.raises(EnrolKeyError, match="no enrolment key.*new-key"):
+    with pytest.raises(EnrolKeyError, match=r"no enrolment key.*new-key"):
         Keyring.from_config(EnrolConfig())
     with pytest.raises(EnrolKeyError, match="does not exist"):
         Keyring.from_config(EnrolConfig(key_file=tmp_path / "missing.key"))
