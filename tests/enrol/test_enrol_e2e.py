@@ -126,8 +126,8 @@ def test_restore_to_an_incompatible_algorithm_writes_users_and_refuses_templates
     nine = fleet.add(sim_spec("ENR-V9", users=0, records=0, fp_version=9))
     office.entries = [DeviceEntry("old", old), DeviceEntry("nine", nine)]
     assert office.cli("enrol", "backup", "old")[0] == 0
-    code, out, err = office.cli("enrol", "restore", "nine", "--from", "old", "--users", "%s,%s" % tuple(
-        u.user_id for u in old.users()[:2]))
+    pins = ",".join(u.user_id for u in old.users()[:2])
+    code, out, err = office.cli("enrol", "restore", "nine", "--from", "old", "--users", pins)
     assert code == 0, (out, err)
     assert "TEMPLATES NOT WRITTEN: old used fingerprint algorithm 10 and nine uses 9" in out
     assert "2 user only" in out
