@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from gateway.store import schema as s
 from gateway.store.db import writer
@@ -132,7 +133,7 @@ class EnrolRepo:
                 conn.execute(s.enrol_template.insert(), chunk)
             conn.execute(s.enrol_audit.insert().values(
                 at=taken, actor=actor[:64], action="backup", device_id=device_id, users=len(users),
-                templates=len(templates), ok=True, detail=f"serial {serial}"[:500]))
+                templates=len(templates), ok=True, detail=f"backup #{snapshot_id}, serial {serial}"[:500]))
             old = [row[0] for row in conn.execute(
                 select(snap.c.id).where(snap.c.device_id == device_id)
                 .order_by(snap.c.taken_at.desc(), snap.c.id.desc()).offset(max(1, keep)))]
@@ -214,6 +215,13 @@ class EnrolRepo:
         with self.engine.connect() as conn:
             rows = conn.execute(select(*_HEAD_COLS).join(newest, newest.c.id == snap.c.id)).all()
         return {r[1]: _head(r) for r in rows}
+
+    def last_backup_times(self) -> dict[str, datetime]:
+        """device id -> time of its newest backup; empty when the database predates the enrolment tables."""
+        try:
+            return {device_id: head.taken_at for device_id, head in self.last_ok_backups().items()}
+        except (OperationalError, ProgrammingError):  # not migrated yet (listings never migrate)
+            return {}
 
     # -- key rotation ---------------------------------------------------------------------------
     def sealed_rows(self, not_key: str) -> Iterator[SealedRef]:

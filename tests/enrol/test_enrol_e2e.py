@@ -8,6 +8,7 @@ logged or printed contains template bytes; a wrong or missing key stops before a
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,12 @@ def test_restore_to_an_incompatible_algorithm_writes_users_and_refuses_templates
     assert "2 user only" in out
     assert nine.user_count == 2 and nine.templates() == {}
     assert {u.user_id for u in nine.users()} == {u.user_id for u in old.users()[:2]}
+    # `fpgw devices` shows when each terminal was last backed up.
+    code, out, err = office.cli("devices", "--json")
+    listed = {r["device_id"]: r for r in json.loads(out)}
+    assert listed["old"]["last_enrol_backup_at"] is not None and listed["nine"]["last_enrol_backup_at"] is None
+    code, out, err = office.cli("devices")
+    assert out.splitlines()[0].split()[-2:] == ["LAST", "BACKUP"]
 
 
 @pytest.mark.timeout(180)
