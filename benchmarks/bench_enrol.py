@@ -33,16 +33,16 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from zk import ZK  # noqa: E402
+from zk import ZK
 
-from benchmarks.harness import Report, bench_args  # noqa: E402
-from gateway.config import parse_config  # noqa: E402
-from gateway.enrol.backup import backup_device  # noqa: E402
-from gateway.enrol.crypto import Keyring, load_key, new_key_text  # noqa: E402
-from gateway.enrol.restore import restore  # noqa: E402
-from gateway.store.db import create_db_engine, upgrade  # noqa: E402
-from gateway.store.enrol import EnrolRepo  # noqa: E402
-from simulators.zk import DeviceSpec, Fleet, SimDevice  # noqa: E402
+from benchmarks.harness import Report, bench_args
+from gateway.config import parse_config
+from gateway.enrol.backup import backup_device
+from gateway.enrol.crypto import Keyring, load_key, new_key_text
+from gateway.enrol.restore import restore
+from gateway.store.db import create_db_engine, upgrade
+from gateway.store.enrol import EnrolRepo
+from simulators.zk import DeviceSpec, Fleet, SimDevice
 
 
 class KeypadClock:

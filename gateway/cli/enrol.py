@@ -49,6 +49,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--users", metavar="PIN,...", help="only these users (PINs as shown on the terminal)")
     p.add_argument("--snapshot", type=int, metavar="ID", help="a particular backup (see `fpgw enrol status`)")
     p.add_argument("--dry-run", action="store_true", help="show what would be written; write nothing")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace users whose PIN the terminal already holds under another name")
     p.set_defaults(func=cmd_restore)
 
     p = actions.add_parser("status", help="last backup per terminal, users without templates, user count drops")
@@ -157,7 +159,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         try:
             report = restore(target, args.source, repo, keyring, actor=cli_actor(), timeout_s=config.enrol.timeout_s,
                              pins=pins, dry_run=args.dry_run, snapshot_id=args.snapshot,
-                             drop_warn_ratio=config.enrol.drop_warn_ratio)
+                             drop_warn_ratio=config.enrol.drop_warn_ratio, overwrite=args.overwrite)
         except RestoreError as exc:
             raise CliError(str(exc)) from None
         except EnvelopeError as exc:

@@ -88,9 +88,14 @@ def choose_snapshot(repo: EnrolRepo, source: str, snapshot_id: int | None, drop_
 
 def restore(target: DeviceConfig, source: str, repo: EnrolRepo, keyring: Keyring, *, actor: str, timeout_s: float,
             pins: Collection[str] | None = None, dry_run: bool = False, snapshot_id: int | None = None,
-            drop_warn_ratio: float = 0.2, driver_factory: DriverFactory | None = None) -> RestoreReport:
+            drop_warn_ratio: float = 0.2, overwrite: bool = False,
+            driver_factory: DriverFactory | None = None) -> RestoreReport:
     """Write the backup of ``source`` to ``target`` and verify it by reading back. Raises RestoreError before
-    touching the terminal when the restore cannot start; a DriverError mid-way is audited and re-raised."""
+    touching the terminal when the restore cannot start; a DriverError mid-way is audited and re-raised.
+
+    A PIN the target already holds under another name is a conflict: skipped and reported unless
+    ``overwrite`` (never replaced silently).
+    """
     t0 = time.monotonic()
     head = choose_snapshot(repo, source, snapshot_id, drop_warn_ratio)
     rows = repo.users(head.id)
@@ -117,7 +122,7 @@ def restore(target: DeviceConfig, source: str, repo: EnrolRepo, keyring: Keyring
             before = session.read_enrolments()
             algorithm = before.algorithm
             refused = _templates_refused(head.algorithm, algorithm, source, target.id)
-            plan, skipped = _plan(users, before.users)
+            plan, skipped = _plan(users, before.users, overwrite)
             mapped_users = [u for u in plan.values()]
             by_backup_uid = {b_uid: u.uid for b_uid, u in plan.items()}
             mapped_templates = [Template(by_backup_uid[t.uid], t.finger, t.valid, t.data)
@@ -165,7 +170,7 @@ def _templates_refused(backup_alg: int, target_alg: int, source: str, target: st
             f"cannot be moved between them; the users are written, their fingers must be enrolled again")
 
 
-def _plan(users: list[EnrolledUser], present: Collection[EnrolledUser]
+def _plan(users: list[EnrolledUser], present: Collection[EnrolledUser], overwrite: bool = False
           ) -> tuple[dict[int, EnrolledUser], dict[int, str]]:
     """Backup uid -> the user as written to the target (uid adapted); backup uid -> why skipped."""
     by_pin = {u.user_id: u for u in present}
@@ -175,6 +180,10 @@ def _plan(users: list[EnrolledUser], present: Collection[EnrolledUser]
     next_free = max([0, *taken, *(u.uid for u in users)]) + 1
     for user in users:
         same = by_pin.get(user.user_id)
+        if same is not None and same.name and same.name != user.name and not overwrite:
+            skipped[user.uid] = (f"the terminal has PIN {user.user_id} as {same.name!r}, the backup as "
+                                 f"{user.name!r}: not overwritten (--overwrite replaces it)")
+            continue
         if same is not None:
             uid = same.uid  # already there under its own uid: overwrite in place
         elif user.uid not in taken:

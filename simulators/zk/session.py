@@ -343,6 +343,22 @@ class Session:
             log.info("upload refused device=%s: %s", dev.serial, refused)
         await self._reply(pkt, p.CMD_ACK_ERROR if refused else p.CMD_ACK_OK)
 
+    async def _get_usertemp(self, pkt: p.Packet) -> None:
+        """Command 88 (pyzk get_user_template): ``<hb`` uid, finger -> the template plus one trailing byte,
+        which pyzk drops (§2.7); TCP as one DATA packet, UDP as PREPARE_DATA, ≤1024-byte DATA pieces, ACK_OK."""
+        if len(pkt.data) < 3:
+            raise p.ProtocolError("GET_USERTEMP needs <hb uid, finger")
+        uid, finger = struct.unpack_from("<hb", pkt.data)
+        found = self.device.templates().get((uid, finger))
+        if found is None:
+            await self._reply(pkt, p.CMD_ACK_ERROR)
+            return
+        data = found.data + b"\x00"
+        if self.link.is_tcp:
+            await self._reply(pkt, p.CMD_DATA, data)
+            return
+        await self._send_run(pkt, data, len(data), None, None)
+
     async def _delete_usertemp(self, pkt: p.Packet) -> None:
         if len(pkt.data) < 3:
             raise p.ProtocolError("DELETE_USERTEMP needs <hb uid, finger")
@@ -597,5 +613,6 @@ _HANDLERS = {
     p.CMD_DATA: Session._upload_data,
     p.CMD_SAVE_USERTEMPS: Session._save_usertemps,
     p.CMD_DELETE_USERTEMP: Session._delete_usertemp,
+    p.CMD_GET_USERTEMP: Session._get_usertemp,
     p.CMD_ATTLOG_RRQ: Session._legacy_read,
 }
