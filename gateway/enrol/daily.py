@@ -77,7 +77,11 @@ class DailyBackup:
                     return backup_device(device, self.repo, keyring, actor="daemon", timeout_s=cfg.timeout_s,
                                          drop_warn_ratio=cfg.drop_warn_ratio, driver_factory=self.driver_factory)
 
-                result = self.hold(device.id, job)
+                try:
+                    result = self.hold(device.id, job)
+                except Exception:  # a bug or a database failure: the other terminals are still backed up
+                    log.exception("daily enrolment backup of a terminal failed", device=device.id)
+                    continue
                 if result is None:
                     log.warning("daily enrolment backup skipped a terminal: its poll did not end in time",
                                 device=device.id)
