@@ -702,7 +702,7 @@ class SimDevice:
             self._template_store = True
         log.info("factory reset device=%s", self.serial)
 
-    def replace_blank(self, new_serial: str, fp_version: int | None = None) -> None:
+    def replace_blank(self, new_serial: str | None = None, fp_version: int | None = None) -> None:
         """Swap in a new, empty unit (no users, templates or log), optionally of another algorithm version."""
         with self._lock:
             self.replace(new_serial)

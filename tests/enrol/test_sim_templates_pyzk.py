@@ -59,3 +59,22 @@ def test_uploads_of_another_algorithm_or_beyond_capacity_are_refused(fleet: Any)
         assert sorted(nine.templates()) == [(1, 0), (1, 1)]
     finally:
         conn.disconnect()
+
+
+@pytest.mark.timeout(30)
+def test_control_api_resets_a_terminal_and_swaps_in_a_blank_unit_of_another_algorithm(fleet: Any) -> None:
+    from simulators.zk.control import ApiError, ControlClient, start_control_server
+
+    dev = fleet.add(sim_spec("CTL-ENR", users=5, records=3, templates_per_user=1))
+    client = ControlClient(start_control_server(fleet, 0).url)
+    info = client.request("POST", "/devices/CTL-ENR/factory-reset")
+    assert info["users"] == 0 and info["records"] == 0 and dev.templates() == {}
+    with pytest.raises(ApiError, match="fp_version"):
+        client.request("POST", "/devices/CTL-ENR/replace", {"fp_version": 0})
+    info = client.request("POST", "/devices/CTL-ENR/replace", {"new_serial": "CTL-ENR9", "fp_version": 9})
+    assert info["serial"] == "CTL-ENR9" and info["users"] == 0
+    conn = connect(dev, "tcp")
+    try:
+        assert conn.get_fp_version() == 9 and conn.get_templates() == []
+    finally:
+        conn.disconnect()
