@@ -105,3 +105,31 @@ def test_daily_backup_backs_up_every_polled_terminal_as_the_daemon(tmp_path: Pat
         assert [d.requests_received for d in sims] == before
     finally:
         engine.dispose()
+
+
+@pytest.mark.timeout(60)
+def test_the_daemon_schedules_the_daily_backup_at_backup_at_and_backs_up_under_the_poll_hold(
+        tmp_path: Path, fleet: Any) -> None:
+    from gateway.enrol.daily import DailyBackup
+    from tests.support.gateway import RunningGateway
+
+    dev = fleet.add(sim_spec("DAILY-GW", users=8, records=5, templates_per_user=1))
+    key = tmp_path / "enrol.key"
+    key.write_text(new_key_text())
+    key.chmod(0o600)
+    url = f"sqlite:///{tmp_path / 'gw.db'}"
+    config = make_config(url, [DeviceEntry("gw", dev)], tmp_path,
+                         enrol={"key_file": str(key), "backup_at": "03:15"})
+    with RunningGateway(config) as running:
+        gateway = running.gateway
+        job = gateway.scheduler.get_job("enrol-backup")
+        assert job is not None and (job.next_run_time.hour, job.next_run_time.minute) == (3, 15)
+        assert str(job.next_run_time.tzinfo) == "Asia/Jakarta"
+        [service] = [s for s in gateway.services if isinstance(s, DailyBackup)]
+        # Run now, as the cron would (the test does not wait for 03:15).
+        [result] = service.run()
+        assert result.ok and result.users == 8 and result.templates == 8
+        assert gateway.polls.states["gw"].held is False
+    config_off = make_config(url, [DeviceEntry("gw", dev)], tmp_path, enrol={"daily": False})
+    with RunningGateway(config_off) as running:
+        assert running.gateway.scheduler.get_job("enrol-backup") is None
