@@ -134,8 +134,10 @@ class Gateway:
             self.ctx.poll_now = self.polls.poll_now
             self.ctx.polls = self.polls
             # Daily enrolment backup (issue 12): needs the poll scheduler's per-device hold, so it comes last.
-            self.services.append(DailyBackup(self.ctx, EnrolRepo(self.engine), self.polls.run_exclusive,
+            enrol_repo = EnrolRepo(self.engine)
+            self.services.append(DailyBackup(self.ctx, enrol_repo, self.polls.run_exclusive,
                                              driver_factory=driver_factory))
+            self.ctx.enrol_backups = lambda: enrol_repo.overview(config.enrol.drop_warn_ratio)
             self.polls.add_jobs()
             self.scheduler.add_job(self._heartbeat, "interval", seconds=HEARTBEAT_EVERY_S, id="heartbeat",
                                    executor="housekeeping", replace_existing=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.exc import OperationalError, ProgrammingError
@@ -215,6 +216,30 @@ class EnrolRepo:
         with self.engine.connect() as conn:
             rows = conn.execute(select(*_HEAD_COLS).join(newest, newest.c.id == snap.c.id)).all()
         return {r[1]: _head(r) for r in rows}
+
+    def overview(self, drop_warn_ratio: float) -> dict[str, dict[str, Any]]:
+        """device id -> its newest backup (time, users, templates) and, when the user count fell sharply since the
+        backup before, ``user_drop`` = [before, now]; empty when the database predates the enrolment tables."""
+        snap = s.enrol_snapshot
+        ranked = select(snap.c.device_id, snap.c.taken_at, snap.c.users, snap.c.templates,
+                        func.row_number().over(partition_by=snap.c.device_id,
+                                               order_by=(snap.c.taken_at.desc(), snap.c.id.desc())).label("n")
+                        ).subquery()
+        try:
+            with self.engine.connect() as conn:
+                rows = conn.execute(select(ranked).where(ranked.c.n <= 2)
+                                    .order_by(ranked.c.device_id, ranked.c.n)).all()
+        except (OperationalError, ProgrammingError):
+            return {}
+        out: dict[str, dict[str, Any]] = {}
+        for device_id, taken_at, users, templates, n in rows:
+            if n == 1:
+                out[device_id] = {"at": taken_at, "users": users, "templates": templates, "user_drop": None}
+            else:
+                now = out[device_id]["users"]
+                if users > 1 and now < users and users - now >= max(2, drop_warn_ratio * users):
+                    out[device_id]["user_drop"] = [users, now]
+        return out
 
     def last_backup_times(self) -> dict[str, datetime]:
         """device id -> time of its newest backup; empty when the database predates the enrolment tables."""

@@ -130,6 +130,17 @@ def test_the_daemon_schedules_the_daily_backup_at_backup_at_and_backs_up_under_t
         [result] = service.run()
         assert result.ok and result.users == 8 and result.templates == 8
         assert gateway.polls.states["gw"].held is False
+        # The status page shows the backup; after a factory reset and another backup, the drop notice.
+        from gateway.web.status import StatusView
+
+        view = StatusView(gateway.ctx)
+        [card] = view.document()["devices"]
+        assert card["enrol_backup"]["users"] == 8 and card["enrol_backup"]["user_drop"] is None
+        dev.factory_reset()
+        service.run()
+        doc = view.document()
+        assert doc["devices"][0]["enrol_backup"]["user_drop"] == [8, 0]
+        assert "user count dropped</b> 8 &rarr; 0" in view.page(doc)
     config_off = make_config(url, [DeviceEntry("gw", dev)], tmp_path, enrol={"daily": False})
     with RunningGateway(config_off) as running:
         assert running.gateway.scheduler.get_job("enrol-backup") is None

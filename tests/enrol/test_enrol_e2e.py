@@ -18,6 +18,7 @@ from sqlalchemy import select
 
 from gateway.store import schema as s
 from gateway.store.db import create_db_engine
+from gateway.store.enrol import EnrolRepo
 from tests.support.cli import run_cli
 from tests.support.config import DeviceEntry, config_dict, write_toml
 from tests.support.fleet import sim_spec
@@ -192,6 +193,12 @@ def test_rotate_key_reseals_everything_and_status_reports_a_drop(office: Office,
     assert code == 0 and "NOTICE: 0 users now, 30 at the previous backup" in out
     code, out, err = office.cli("enrol", "status")
     assert "USER COUNT DROPPED 30 -> 0" in out
+    engine = create_db_engine(office.db_url, pool_size=1)
+    try:  # what the status page shows (a window query: both databases)
+        overview = EnrolRepo(engine).overview(0.2)
+    finally:
+        engine.dispose()
+    assert overview["r"]["user_drop"] == [30, 0] and overview["r"]["users"] == 0
     code, out, err = office.cli("enrol", "restore", "r", "--from", "r")
     assert code == 1 and "--snapshot" in err and dev.user_count == 0
     first = min(r["id"] for r in office.rows(s.enrol_snapshot) if r["device_id"] == "r")
