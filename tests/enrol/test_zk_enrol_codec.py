@@ -153,3 +153,16 @@ def test_users_that_cannot_fit_a_record_are_refused_before_anything_is_sent() ->
         encode_user(EnrolledUser(1, "19801231ABC"), 28)
     with pytest.raises(EnrolDataError, match="password"):
         encode_user(EnrolledUser(1, "1", password="123456789"), 72)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=2000), st.sampled_from([28, 72]))
+def test_simulator_upload_parser_refuses_garbage_with_protocol_error_only(raw: bytes, layout: int) -> None:
+    from simulators.zk.protocol import ProtocolError
+
+    for buf in (raw, struct.pack("<III", 0, 0, len(raw)) + raw, struct.pack("<III", 73, 8, len(raw)) + raw):
+        try:
+            users, items = parse_upload(buf, layout)
+        except ProtocolError:
+            continue
+        assert all(0 <= t.finger <= 9 and t.data for t in items) and isinstance(users, list)
