@@ -12,7 +12,7 @@ import pytest
 from drivers.base import DriverError, EnrolledUser, ProtocolError, ReadsEnrolments, Template, WritesEnrolments
 from drivers.zk.quirks import ZkQuirks
 from tests.support.drivers import zk_driver_for
-from tests.support.fleet import sim_spec
+from tests.support.fleet import DRIVER_READY_PROFILES, profile_spec, sim_spec
 
 
 def sim_truth(dev: Any) -> tuple[dict[str, tuple[int, str, int, int, str]], dict[tuple[int, int], bytes]]:
@@ -94,3 +94,17 @@ def test_simulator_without_templates_reports_fingers_as_before() -> None:
 
     dev = SimDevice(sim_spec("ENR-OLD", users=5, records=0, fingers=7))
     assert dev.sizes().fingers == 7 and dev.sizes().fingers_cap == 3000 and dev.templates() == {}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("profile", sorted(DRIVER_READY_PROFILES))
+def test_backup_and_restore_work_on_every_driver_ready_profile(fleet: Any, profile: str) -> None:
+    source = fleet.add(profile_spec(f"ENR-P-{profile}", profile, users=25, records=5, templates_per_user=2))
+    blank = fleet.add(profile_spec(f"ENR-Q-{profile}", profile, users=0, records=0))
+    transport = "tcp" if source.spec.tcp else "udp"
+    got = read(source, transport)
+    assert got.user_layout == source.spec.user_layout and len(got.templates) == 50
+    with zk_driver_for(blank, transport).connect() as session:
+        session.write_users(got.users)
+        session.write_templates(got.templates, got.users)
+    assert sim_truth(blank) == sim_truth(source)
