@@ -115,6 +115,8 @@ def test_office_backup_factory_reset_and_dead_terminal_restored_byte_identical(
     logs = "\n".join(r.getMessage() + " " + str(r.__dict__) for r in caplog.records).encode("utf-8", "replace")
     for name in sims:
         assert_no_template_bytes([*stored, logs, (out + err).encode()], before[name][1])
+    key_text = office.key.read_text().strip()
+    assert key_text not in logs.decode() and key_text not in out + err
 
     audit = office.rows(s.enrol_audit)
     assert sorted({(r["action"], r["device_id"]) for r in audit if r["ok"]}) == [
