@@ -169,7 +169,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
     finally:
         engine.dispose()
     _print_report(report)
-    return EXIT_FAILURE if report.count("skipped") else EXIT_OK
+    # Fingers lost for another reason than a known algorithm mismatch (capacity, a refused upload) fail too.
+    lost = report.count("user only") and not report.templates_refused
+    return EXIT_FAILURE if report.count("skipped") or lost else EXIT_OK
 
 
 def _print_report(report: RestoreReport) -> None:

@@ -144,6 +144,10 @@ def restore(target: DeviceConfig, source: str, repo: EnrolRepo, keyring: Keyring
                     if exc.kind not in ("protocol_error", "busy"):
                         raise
                     write_error = str(exc)
+        # Read back in a new session: what the terminal kept (after REFRESHDATA), even when the upload broke
+        # the first connection.
+        with driver.connect(deadline=time.monotonic() + timeout_s) as session:
+            assert isinstance(session, ReadsEnrolments)
             after = session.read_enrolments()
     except DriverError as exc:
         repo.audit(actor, "restore", target.id, ok=False, detail=f"from {source} #{head.id}: {exc.kind}: {exc}")

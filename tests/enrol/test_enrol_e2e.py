@@ -206,3 +206,17 @@ def test_rotate_key_reseals_everything_and_status_reports_a_drop(office: Office,
     first = min(r["id"] for r in office.rows(s.enrol_snapshot) if r["device_id"] == "r")
     code, out, err = office.cli("enrol", "restore", "r", "--from", "r", "--snapshot", str(first))
     assert code == 0 and dev.user_count == 30, (out, err)
+
+
+@pytest.mark.timeout(180)
+def test_a_full_replacement_keeps_the_users_reports_the_lost_fingers_and_fails(office: Office, fleet: Any) -> None:
+    old = fleet.add(sim_spec("ENR-FULL", users=30, records=0, templates_per_user=2))
+    small = fleet.add(sim_spec("ENR-SMALL", users=0, records=0, templates_cap=20))
+    office.entries = [DeviceEntry("old", old), DeviceEntry("small", small)]
+    assert office.cli("enrol", "backup", "old")[0] == 0
+    code, out, err = office.cli("enrol", "restore", "small", "--from", "old")
+    assert code == 1, (out, err)
+    assert "30 user only" in out and "template capacity" not in out  # the terminal only said "refused"
+    assert "not stored identically" in out and small.user_count == 30 and small.enabled
+    [row] = [r for r in office.rows(s.enrol_audit) if r["action"] == "restore"]
+    assert row["device_id"] == "small" and row["users"] == 30 and row["templates"] == 0
