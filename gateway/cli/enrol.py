@@ -212,14 +212,17 @@ def cmd_status(args: argparse.Namespace) -> int:
             "algorithm": r.last.algorithm if r.last else None,
             "users_without_templates": list(r.without_templates),
             "user_count_drop": {"before": r.drop[0], "now": r.drop[1]} if r.drop else None,
+            "last_attempt_failed": r.last_failure or None,
         } for r in rows], indent=2))
         return EXIT_OK
     table = []
     for r in rows:
+        failed = f"LAST ATTEMPT FAILED {r.last_failure}" if r.last_failure else ""
         if r.last is None:
-            table.append([r.device_id, "never", "", "", "", "", "no backup yet"])
+            table.append([r.device_id, "never", "", "", "", "", failed or "no backup yet"])
             continue
-        note = f"USER COUNT DROPPED {r.drop[0]} -> {r.drop[1]} (reset?)" if r.drop else ""
+        notes = [f"USER COUNT DROPPED {r.drop[0]} -> {r.drop[1]} (reset?)" if r.drop else "", failed]
+        note = "; ".join(n for n in notes if n)
         table.append([r.device_id, f"{r.last.taken_at:%Y-%m-%d %H:%M} UTC", f"#{r.last.id}", str(r.last.users),
                       str(r.last.templates), str(len(r.without_templates)), note])
     print_table(["DEVICE", "LAST BACKUP", "BACKUP", "USERS", "TEMPLATES", "NO TEMPLATE", "NOTICE"], table, sys.stdout)

@@ -139,6 +139,8 @@ class EnrolStatus:
     without_templates: tuple[str, ...] = ()
     #: (users before, users now) when the last backup holds sharply fewer users than the one before it.
     drop: tuple[int, int] | None = None
+    #: Why the newest backup attempt failed, when it failed (the last good backup is older).
+    last_failure: str = ""
 
 
 def status(config: Config, repo: EnrolRepo) -> list[EnrolStatus]:
@@ -148,8 +150,11 @@ def status(config: Config, repo: EnrolRepo) -> list[EnrolStatus]:
         if device.pushes:
             continue
         history = repo.history(device.id, limit=2)
+        attempt = repo.last_backup_attempt(device.id)
+        failure = (f"{attempt.at:%Y-%m-%d %H:%M} UTC: {attempt.detail}" if attempt is not None and not attempt.ok
+                   else "")
         if not history:
-            out.append(EnrolStatus(device.id, None))
+            out.append(EnrolStatus(device.id, None, last_failure=failure))
             continue
         last = history[0]
         counts = repo.template_counts(last.id)
@@ -157,7 +162,7 @@ def status(config: Config, repo: EnrolRepo) -> list[EnrolStatus]:
         drop = None
         if len(history) > 1 and sharp_drop(history[1].users, last.users, config.enrol.drop_warn_ratio):
             drop = (history[1].users, last.users)
-        out.append(EnrolStatus(device.id, last, without, drop))
+        out.append(EnrolStatus(device.id, last, without, drop, failure))
     return out
 
 

@@ -209,6 +209,15 @@ class EnrolRepo:
             rows = conn.execute(stmt.order_by(a.c.id.desc()).limit(max(1, min(limit, 10_000)))).all()
         return [AuditRow(*r) for r in rows]
 
+    def last_backup_attempt(self, device_id: str) -> AuditRow | None:
+        """The newest backup audit row of a device, failed or not."""
+        a = s.enrol_audit
+        with self.engine.connect() as conn:
+            row = conn.execute(select(a.c.at, a.c.actor, a.c.action, a.c.device_id, a.c.users, a.c.templates, a.c.ok,
+                                      a.c.detail).where(a.c.device_id == device_id, a.c.action == "backup")
+                               .order_by(a.c.id.desc()).limit(1)).first()
+        return AuditRow(*row) if row is not None else None
+
     def last_ok_backups(self) -> dict[str, SnapshotHead]:
         """device id -> its newest backup."""
         snap = s.enrol_snapshot

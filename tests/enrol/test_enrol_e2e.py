@@ -108,6 +108,13 @@ def test_office_backup_factory_reset_and_dead_terminal_restored_byte_identical(
     assert code == 0, (out, err)
     assert sim_state(new_unit) == before["a"] and new_unit.enabled
 
+    # The dead terminal's next backup fails; its good backup stays and status says both.
+    code, out, err = office.cli("enrol", "backup", "a")
+    assert code == 1 and "a: FAILED unreachable" in out
+    code, out, err = office.cli("enrol", "status")
+    [line] = [ln for ln in out.splitlines() if ln.startswith("a ")]
+    assert " 300 " in line and "LAST ATTEMPT FAILED" in line and "unreachable" in line
+
     # Nothing in the database, the logs or the output carries template bytes.
     stored = [bytes(r["blob"]) for r in office.rows(s.enrol_template)]
     stored += [bytes(r["secret"]) for r in office.rows(s.enrol_user) if r["secret"] is not None]
@@ -121,6 +128,7 @@ def test_office_backup_factory_reset_and_dead_terminal_restored_byte_identical(
     audit = office.rows(s.enrol_audit)
     assert sorted({(r["action"], r["device_id"]) for r in audit if r["ok"]}) == [
         ("backup", "a"), ("backup", "b"), ("backup", "c"), ("read", "a"), ("restore", "a2"), ("restore", "b")]
+    assert [(r["action"], r["device_id"]) for r in audit if not r["ok"]] == [("backup", "a")]
     assert all(r["actor"].startswith("cli:") for r in audit)
 
 
