@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from gateway.config import Config, DeviceConfig
     from gateway.enrol.crypto import Keyring
     from gateway.enrol.restore import RestoreReport
+    from gateway.store.enrol import EnrolRepo
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -84,6 +85,11 @@ def _device(config: Config, device_id: str) -> DeviceConfig:
     if device.pushes:
         raise CliError(f"{device_id}: push terminals are not backed up through the protocol yet (docs/enrolment.md)")
     return device
+
+
+def _require_tables(repo: EnrolRepo) -> None:
+    if not repo.ready():
+        raise CliError("the database has no enrolment tables yet: run `fpgw db upgrade` (or start the daemon once)")
 
 
 def cmd_new_key(args: argparse.Namespace) -> int:
@@ -198,7 +204,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     config = config_of(args)
     engine = open_engine(config, pool_size=1, migrate=False)
     try:
-        rows = status(config, EnrolRepo(engine))
+        repo = EnrolRepo(engine)
+        _require_tables(repo)
+        rows = status(config, repo)
     finally:
         engine.dispose()
     if args.json:
@@ -258,7 +266,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
     config = config_of(args)
     engine = open_engine(config, pool_size=1, migrate=False)
     try:
-        rows = EnrolRepo(engine).audit_rows(args.device, args.limit)
+        repo = EnrolRepo(engine)
+        _require_tables(repo)
+        rows = repo.audit_rows(args.device, args.limit)
     finally:
         engine.dispose()
     print_table(["WHEN (UTC)", "WHO", "WHAT", "DEVICE", "USERS", "TEMPLATES", "OK", "DETAIL"],

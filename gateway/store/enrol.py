@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy import Engine, delete, func, inspect, select, update
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from gateway.store import schema as s
@@ -112,6 +112,10 @@ class EnrolRepo:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._writer = writer(engine)
+
+    def ready(self) -> bool:
+        """Whether the database has the enrolment tables (migration 0008); listings never migrate."""
+        return bool(inspect(self.engine).has_table(s.enrol_snapshot.name))
 
     def save_snapshot(self, device_id: str, serial: str, *, algorithm: int, user_layout: int,
                       users: Sequence[UserRow], templates: Sequence[TemplateRow], actor: str,

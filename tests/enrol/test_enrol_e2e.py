@@ -159,6 +159,8 @@ def test_wrong_or_missing_key_stops_before_anything_is_read_or_written(office: O
     dev = fleet.add(sim_spec("ENR-K", users=20, records=0, templates_per_user=1))
     blank = fleet.add(sim_spec("ENR-K2", users=0, records=0))
     office.entries = [DeviceEntry("k", dev), DeviceEntry("k2", blank)]
+    code, out, err = office.cli("enrol", "status")  # listings never migrate: a clear word, no traceback
+    assert code == 1 and "fpgw db upgrade" in err
     assert office.cli("enrol", "backup", "k")[0] == 0
     requests = dev.requests_received
 
