@@ -704,8 +704,10 @@ class SimDevice:
 
     def replace_blank(self, new_serial: str | None = None, fp_version: int | None = None) -> None:
         """Swap in a new, empty unit (no users, templates or log), optionally of another algorithm version."""
+        # replace() drops the sessions through the loop and waits for it: never call it holding the lock
+        # (the loop thread takes the lock to answer clients).
+        self.replace(new_serial)
         with self._lock:
-            self.replace(new_serial)
             if fp_version is not None:
                 self.spec = replace(self.spec, fp_version=fp_version)
             self.factory_reset()
