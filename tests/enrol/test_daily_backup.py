@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from gateway.config import DeviceConfig
+from gateway.config import DeviceConfig, parse_config
 from gateway.enrol.crypto import new_key_text
 from gateway.enrol.daily import DailyBackup
 from gateway.models import PollOutcome
@@ -144,3 +144,30 @@ def test_the_daemon_schedules_the_daily_backup_at_backup_at_and_backs_up_under_t
     config_off = make_config(url, [DeviceEntry("gw", dev)], tmp_path, enrol={"daily": False})
     with RunningGateway(config_off) as running:
         assert running.gateway.scheduler.get_job("enrol-backup") is None
+
+
+@pytest.mark.timeout(30)
+def test_a_driver_without_the_ability_fails_the_backup_cleanly_and_is_audited(tmp_path: Path) -> None:
+    from drivers.fake import FakeDriver
+    from gateway.enrol.backup import backup_device
+    from gateway.enrol.crypto import Keyring, load_key
+
+    key = tmp_path / "enrol.key"
+    key.write_text(new_key_text())
+    key.chmod(0o600)
+    url = f"sqlite:///{tmp_path / 'f.db'}"
+    config = parse_config({"site": {"office_code": "1801.01"}, "database": {"url": url},
+                           "devices": [{"id": "fake", "address": "127.0.0.1"}]}, base_dir=tmp_path)
+    engine = create_db_engine(url, pool_size=1)
+    try:
+        upgrade(engine)
+        repo = EnrolRepo(engine)
+        fake = FakeDriver()
+        result = backup_device(config.device("fake"), repo, Keyring(load_key(key)), actor="cli:test", timeout_s=5,
+                               driver_factory=lambda _device: fake)
+        assert not result.ok and "cannot read enrolments" in result.error
+        assert fake.sessions_opened == fake.sessions_closed == 1 and fake.device.enabled
+        [row] = repo.audit_rows()
+        assert (row.action, row.ok, row.actor) == ("backup", False, "cli:test") and repo.latest("fake") is None
+    finally:
+        engine.dispose()
