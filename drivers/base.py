@@ -267,6 +267,103 @@ class EnablesDevice(Protocol):
     def enable_device(self) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class EnrolledUser:
+    """A user as a backup keeps it: what ``DeviceUser`` says plus the password, for a faithful restore.
+
+    The password (a short PIN typed at the keypad) is a secret like the templates: it is left out of
+    ``repr()``, and the gateway stores it only encrypted (gateway.enrol). ``has_password`` is what may
+    be shown.
+    """
+
+    #: Device-internal user serial (u16); templates refer to users by it.
+    uid: int
+    #: The PIN / NIP the employee types and the log carries.
+    user_id: str
+    name: str = ""
+    #: Privilege byte as stored (0 normal, 2 enroller, 6 manager, 14 super admin; bit 0 = disabled).
+    privilege: int = 0
+    card: int = 0
+    #: Group as the device stores it (28-byte users: a number; 72-byte users: short text).
+    group_id: str = ""
+    password: str = field(default="", repr=False)
+
+    @property
+    def has_password(self) -> bool:
+        """Whether the user can verify with a password (the password itself is never shown)."""
+        return bool(self.password)
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """One fingerprint template exactly as the terminal holds it. ``repr()`` never shows the bytes.
+
+    Biometric data: only gateway.enrol may keep it, encrypted. ``data`` is opaque (the terminal's
+    algorithm version says whether another terminal can read it: ``Enrolments.algorithm``).
+    """
+
+    uid: int
+    #: Finger index 0-9.
+    finger: int
+    #: The terminal's valid flag (1 normal; other values mark e.g. a duress finger on some firmware).
+    valid: int
+    data: bytes = field(repr=False)
+
+    @property
+    def size(self) -> int:
+        """Template length in bytes."""
+        return len(self.data)
+
+
+@dataclass(frozen=True, slots=True)
+class Enrolments:
+    """Who is enrolled on a terminal and how: its users and fingerprint templates, read in one session."""
+
+    users: tuple[EnrolledUser, ...]
+    templates: tuple[Template, ...]
+    #: Fingerprint algorithm version the terminal reports (ZK: option ``~ZKFPVersion``, e.g. 10); 0 = unknown.
+    algorithm: int = 0
+    #: Size of the user record on the wire (ZK: 28 or 72); restore writes users in the target's own layout.
+    user_layout: int = 0
+
+
+#: Progress of an enrolment write: ``progress(users_done, users_total)``. Cheap, must not raise.
+EnrolProgress = Callable[[int, int], None]
+
+
+@runtime_checkable
+class ReadsEnrolments(Protocol):
+    """Optional session ability: read every user and fingerprint template (for a backup).
+
+    The keypad is locked only while the two tables are read and unlocked before anything is decoded;
+    the session's deadline bounds the reads; a template table larger than the terminal's capacity
+    allows is refused (ProtocolError) rather than read without end.
+    """
+
+    def read_enrolments(self, progress: Progress | None = None) -> Enrolments: ...
+
+
+@runtime_checkable
+class WritesEnrolments(Protocol):
+    """Optional session ability: write users and their templates to a terminal (for a restore).
+
+    ``write_users`` adds or overwrites users by uid (passwords included). ``write_templates`` stores
+    templates (by ``uid`` and finger, replacing those fingers) together with ``owners``, the user records
+    they belong to (ZK uploads both in one buffer). Both lock the keypad while
+    writing, refresh the terminal's data afterwards, and raise a DriverError when the terminal refuses
+    (capacity, unknown user): the caller then reads back to see what was stored.
+    ``algorithm()`` is the terminal's fingerprint algorithm version (0 = unknown), checked before any
+    template is written.
+    """
+
+    def algorithm(self) -> int: ...
+
+    def write_users(self, users: Collection[EnrolledUser], progress: EnrolProgress | None = None) -> None: ...
+
+    def write_templates(self, templates: Collection[Template], owners: Collection[EnrolledUser],
+                        progress: EnrolProgress | None = None) -> None: ...
+
+
 # ---------------------------------------------------------------------------------------------
 # Error tree
 # ---------------------------------------------------------------------------------------------
@@ -342,15 +439,21 @@ __all__ = [
     "Driver",
     "DriverError",
     "EnablesDevice",
+    "EnrolProgress",
+    "EnrolledUser",
+    "Enrolments",
     "IdentityMismatch",
     "LiveEvent",
     "LogPosition",
     "Progress",
     "ProtocolError",
     "RawPunch",
+    "ReadsEnrolments",
     "ReadsNewPunches",
     "ReadsUsers",
     "Session",
     "SetsClock",
+    "Template",
     "Unreachable",
+    "WritesEnrolments",
 ]

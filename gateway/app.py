@@ -25,12 +25,14 @@ from prometheus_client import CollectorRegistry
 
 from gateway import sdnotify
 from gateway.config import Config
+from gateway.enrol.daily import DailyBackup
 from gateway.logs import register_secrets
 from gateway.polling.poller import DevicePoller, DriverFactory
 from gateway.polling.scheduler import PollScheduler, build_scheduler
 from gateway.services import AppContext, Service
 from gateway.store.central import CentralStore
 from gateway.store.db import DatabaseError, create_db_engine, current_revision, head_revision, safe_url, upgrade
+from gateway.store.enrol import EnrolRepo
 from gateway.store.health import HealthRepo
 from gateway.store.outbox import Outbox
 from gateway.store.punches import Store
@@ -133,6 +135,11 @@ class Gateway:
                                        registry=self.ctx.metrics_registry)
             self.ctx.poll_now = self.polls.poll_now
             self.ctx.polls = self.polls
+            # Daily enrolment backup (issue 12): needs the poll scheduler's per-device hold, so it comes last.
+            enrol_repo = EnrolRepo(self.engine)
+            self.services.append(DailyBackup(self.ctx, enrol_repo, self.polls.run_exclusive,
+                                             driver_factory=driver_factory))
+            self.ctx.enrol_backups = lambda: enrol_repo.overview(config.enrol.drop_warn_ratio)
             self.polls.add_jobs()
             self.scheduler.add_job(self._heartbeat, "interval", seconds=HEARTBEAT_EVERY_S, id="heartbeat",
                                    executor="housekeeping", replace_existing=True)

@@ -307,6 +307,28 @@ class ImportConfig:
 
 
 @dataclass(frozen=True)
+class EnrolConfig:
+    """Enrolment backup and restore (gateway.enrol, docs/enrolment.md): users and fingerprint templates.
+
+    The key that encrypts templates and passwords is never in this file or the database: ``key_file`` names
+    a file holding it (made by ``fpgw enrol new-key``), read only when a backup or restore needs it.
+    """
+
+    #: File with the current key (base64 text, one line). None: the systemd credential ``enrol.key``
+    #: ($CREDENTIALS_DIRECTORY/enrol.key, from ``LoadCredential=enrol.key:/etc/fpgw/enrol.key``) when present.
+    key_file: Path | None = None
+    #: Earlier keys, still read to decrypt backups made with them (key rotation: ``fpgw enrol rotate-key``).
+    old_key_files: tuple[Path, ...] = ()
+    #: The daemon backs every polled terminal up once a day at this office-local time (outside working hours).
+    daily: bool = True
+    backup_at: time = time(2, 30)
+    #: Longest one terminal's backup or restore may take (the session deadline), seconds.
+    timeout_s: float = 600.0
+    #: A terminal whose user count fell by this share since its previous backup gets a notice (factory reset?).
+    drop_warn_ratio: float = 0.2
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole validated configuration."""
 
@@ -324,6 +346,8 @@ class Config:
     push: PushConfig = field(default_factory=PushConfig)
     #: ``[import]``: the USB-export drop folder.
     usb_import: ImportConfig = field(default_factory=ImportConfig)
+    #: ``[enrol]``: enrolment backup and restore.
+    enrol: EnrolConfig = field(default_factory=EnrolConfig)
     #: Where the config was read from (for messages).
     source: Path | None = None
 
@@ -381,13 +405,15 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path | None = None,
     central = _parse_central(top.table("central"), base_dir)
     push = _parse_push(top.table("push"), base_dir)
     usb_import = _parse_import(top.table("import"), site, base_dir)
+    enrol = _parse_enrol(top.table("enrol"), base_dir)
     top.done()
 
     if problems:
         raise ConfigError(problems, str(source) if source else "")
     return Config(site=site, database=database, polling=polling, devices=tuple(devices),
                   logging=logging_cfg, employees=employees, health=health, alerts=alerts, http=http,
-                  forward=forward, central=central, push=push, usb_import=usb_import, source=source)
+                  forward=forward, central=central, push=push, usb_import=usb_import, enrol=enrol,
+                  source=source)
 
 
 def _default_state_dir() -> Path:
@@ -690,6 +716,29 @@ def _optional_path(r: Reader, name: str, base_dir: Path) -> Path | None:
         return None
     path = Path(os.path.expandvars(text)).expanduser()
     return path if path.is_absolute() else base_dir / path
+
+
+def _parse_enrol(r: Reader, base_dir: Path) -> EnrolConfig:
+    key_file = _optional_path(r, "key_file", base_dir)
+    old_raw = r.raw("old_key_files", [])
+    old: list[Path] = []
+    if not isinstance(old_raw, list) or not all(isinstance(x, str) and x for x in old_raw):
+        r.problem("old_key_files", f"must be a list of file paths, got {old_raw!r}")
+    else:
+        for text in old_raw:
+            path = Path(os.path.expandvars(text)).expanduser()
+            old.append(path if path.is_absolute() else base_dir / path)
+    cfg = EnrolConfig(
+        key_file=key_file, old_key_files=tuple(old),
+        daily=r.flag("daily", True),
+        backup_at=_parse_time(r, "backup_at", time(2, 30)),
+        timeout_s=r.duration_s("timeout_s", 600.0, min=1.0),
+        drop_warn_ratio=r.number("drop_warn_ratio", 0.2, min=0.0),
+    )
+    if cfg.drop_warn_ratio > 1:
+        r.problem("drop_warn_ratio", f"must be between 0 and 1, got {cfg.drop_warn_ratio}")
+    r.done()
+    return cfg
 
 
 def _parse_central(r: Reader, base_dir: Path) -> CentralConfig:

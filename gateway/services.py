@@ -111,5 +111,8 @@ class AppContext:
     polls: RunningPolls | None = None
     #: The health monitor (set by gateway.health.monitor.services).
     health: HealthView | None = None
+    #: Enrolment backups per device for the status page: ``{device_id: {"at", "users", "templates", "user_drop"}}``
+    #: (set by gateway.app from gateway.store.enrol; None in contexts without it).
+    enrol_backups: Callable[[], dict[str, dict[str, Any]]] | None = None
     #: The port the HTTP server listens on (set by gateway.web.status once it serves; useful with port 0).
     http_port: int | None = None

@@ -243,6 +243,10 @@ def _ctl_parser() -> argparse.ArgumentParser:
     p.add_argument("serial")
     p.add_argument("--new-serial")
     p.add_argument("--records", type=int, default=0, help="fresh records on the new device")
+    p.add_argument("--blank", action="store_true", help="a new empty unit: no users, templates or records")
+    p.add_argument("--fp-version", type=int, help="fingerprint algorithm of the new unit (implies --blank)")
+    p = sub.add_parser("factory-reset", help="users, templates and log gone, as from the terminal's menu")
+    p.add_argument("serial")
     return ap
 
 
@@ -272,10 +276,16 @@ def ctl(argv: list[str]) -> int:
             result = c.request("DELETE", f"/devices/{a.serial}/faults/{a.name}")
         elif a.action == "clear-log":
             result = c.request("POST", f"/devices/{a.serial}/clear-log")
+        elif a.action == "factory-reset":
+            result = c.request("POST", f"/devices/{a.serial}/factory-reset")
         else:
             body = {"records": a.records}
             if a.new_serial:
                 body["new_serial"] = a.new_serial
+            if a.blank:
+                body["blank"] = True
+            if a.fp_version is not None:
+                body["fp_version"] = a.fp_version
             result = c.request("POST", f"/devices/{a.serial}/replace", body)
     except ApiError as e:
         print(f"fpgw-sim ctl: error: {e}", file=sys.stderr)

@@ -39,15 +39,19 @@ from drivers.base import (
     DeviceInfo,
     DeviceUser,
     DriverError,
+    EnrolledUser,
+    Enrolments,
+    EnrolProgress,
     IdentityMismatch,
     LiveEvent,
     LogPosition,
     Progress,
     ProtocolError,
     RawPunch,
+    Template,
     Unreachable,
 )
-from drivers.zk import records
+from drivers.zk import enrol, records
 from drivers.zk.frames import FrameRing, RecordingSocket
 from drivers.zk.quirks import ZkQuirks
 from drivers.zk.tcp import MAX_PACKET, DeadlineExceeded, TcpChannel, TcpFramingError, TcpRefused
@@ -1105,6 +1109,24 @@ class ZkSession:
         """Download the enrolled users (passwords are never decoded); refreshes the driver's cache."""
         self._read_sizes()
         return self._load_users(self._zk.users)
+
+    # Enrolment backup/restore (drivers.base.ReadsEnrolments / WritesEnrolments): drivers/zk/enrol.py.
+    def read_enrolments(self, progress: Progress | None = None) -> Enrolments:
+        """Every user (password included) and fingerprint template, and the algorithm version."""
+        return enrol.read_enrolments(self, progress)
+
+    def algorithm(self) -> int:
+        """The terminal's fingerprint algorithm version (``~ZKFPVersion``); 0 when it does not say."""
+        return enrol.read_algorithm(self)
+
+    def write_users(self, users: Collection[EnrolledUser], progress: EnrolProgress | None = None) -> None:
+        """Add or overwrite users by uid (drivers.base.WritesEnrolments)."""
+        enrol.write_users(self, users, progress)
+
+    def write_templates(self, templates: Collection[Template], owners: Collection[EnrolledUser] = (),
+                        progress: EnrolProgress | None = None) -> None:
+        """Store templates of ``owners`` (their user records travel in the same upload)."""
+        enrol.write_templates(self, templates, owners, progress)
 
     def set_time(self, local_time: datetime) -> None:
         """Set the device clock to a naive device-local time (years 2000-2099)."""

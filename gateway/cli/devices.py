@@ -88,12 +88,14 @@ def _local(text: str | None, zone: ZoneInfo) -> str:
 
 def cmd_devices(args: argparse.Namespace) -> int:
     """Device table (or JSON) with health from the monitor's device_health table."""
+    from gateway.store.enrol import EnrolRepo
     from gateway.store.health import device_overview
 
     config = config_of(args)
     engine = open_engine(config, pool_size=1, migrate=False)
     try:
         rows = device_overview(engine, config.site.office_code, include_disabled=args.include_removed)
+        backups = EnrolRepo(engine).last_backup_times()  # enrolment backups (docs/enrolment.md)
     finally:
         engine.dispose()
     configured = {d.id for d in config.devices}
@@ -104,6 +106,9 @@ def cmd_devices(args: argparse.Namespace) -> int:
                          "transport": d.transport, "serial": d.serial, "state": "unknown", "problems": [],
                          "last_seen_at": None, "last_punch_at": None, "records": None, "records_cap": None,
                          "clock_skew_s": None, "last_poll_outcome": None, "enabled": d.enabled})
+    for r in rows:
+        backup = backups.get(r["device_id"])
+        r["last_enrol_backup_at"] = backup.isoformat() if backup else None
     if args.json:
         json.dump(rows, sys.stdout, indent=2, ensure_ascii=False)
         sys.stdout.write("\n")
@@ -126,8 +131,9 @@ def cmd_devices(args: argparse.Namespace) -> int:
         name = r["device_id"] + ("" if r["device_id"] in configured else " (removed)")
         table.append([name, r["name"] or "", f"{r['address']}:{r['port']}/{r['transport']}", r["serial"] or "-",
                       r["state"], problems, _local(r["last_seen_at"], zone), _local(r["last_punch_at"], zone),
-                      records, skew])
-    headers = ["ID", "NAME", "ADDRESS", "SERIAL", "STATE", "PROBLEMS", "LAST SEEN", "LAST PUNCH", "RECORDS", "SKEW"]
+                      records, skew, _local(r["last_enrol_backup_at"], zone)])
+    headers = ["ID", "NAME", "ADDRESS", "SERIAL", "STATE", "PROBLEMS", "LAST SEEN", "LAST PUNCH", "RECORDS", "SKEW",
+               "LAST BACKUP"]
     print_table(headers, table, sys.stdout)
     print(f"\n(times in {config.site.timezone}; state comes from the health monitor, \"unknown\" until it has run)")
     return EXIT_OK

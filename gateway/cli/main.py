@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 
 from gateway import __version__
-from gateway.cli import alerts, central, daemon, devices, export, forward, importcmd, punches, report, setup
+from gateway.cli import alerts, central, daemon, devices, enrol, export, forward, importcmd, punches, report, setup
 from gateway.cli.common import (
     DEFAULT_CONFIG,
     EXIT_CONFIG,
@@ -34,7 +34,7 @@ from gateway.logs import FORMATS, LEVELS, register_secrets, setup_logging
 
 # Each group adds its commands; this order is the order of `fpgw --help`.
 REGISTER = (daemon.register, devices.register, punches.register, setup.register, alerts.register, report.register,
-            export.register, forward.register, central.register, importcmd.register)
+            export.register, forward.register, central.register, importcmd.register, enrol.register)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -33,6 +33,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TypeVar
 from zoneinfo import ZoneInfo
 
 import structlog
@@ -44,6 +45,8 @@ from prometheus_client import Counter as PromCounter
 from gateway.config import Config, DeviceConfig
 from gateway.models import PollOutcome
 from gateway.services import FailureView
+
+_T = TypeVar("_T")
 
 log = structlog.get_logger(__name__)
 
@@ -106,6 +109,8 @@ class DeviceRunState:
     running_since: float | None = None
     #: A manual poll requested: run it before any scheduled one (once more after a running poll).
     pending: bool = False
+    #: Another job holds the device (run_exclusive: the enrolment backup); no poll starts meanwhile.
+    held: bool = False
     #: Backed off: no scheduled poll before this (scheduler clock; manual polls are not held back).
     next_probe_at: float | None = None
     last_outcome: PollOutcome | None = None
@@ -273,7 +278,7 @@ class PollScheduler:
             ready: list[tuple[int, float, int, DeviceRunState]] = []
             next_due = math.inf
             for st in self.states.values():
-                if st.running_since is not None:
+                if st.running_since is not None or st.held:
                     continue
                 if st.pending:
                     ready.append((0, 0.0, st.index, st))
@@ -378,7 +383,7 @@ class PollScheduler:
         poll was requested meanwhile. The workers run claimed devices; tests call this directly."""
         st = self.states[device_id]
         with self._lock:
-            if st.running_since is not None:
+            if st.running_since is not None or st.held:
                 if manual:
                     st.pending = True
                 return None
@@ -387,6 +392,30 @@ class PollScheduler:
             st.pending = False
             self._claim(st, self._clock(), manual)
         return self._run_claimed(st)
+
+    def run_exclusive(self, device_id: str, job: Callable[[], _T], wait_s: float = 900.0) -> _T | None:
+        """Run ``job`` (e.g. an enrolment backup) when no poll of the device runs, keeping polls off it meanwhile.
+
+        Waits up to ``wait_s`` for a running poll to end; None when it did not (or the daemon stops). A manual
+        poll asked for meanwhile runs at the next dispatch. Devices this scheduler does not poll run at once.
+        """
+        st = self.states.get(device_id)
+        if st is None:
+            return job()
+        deadline = time.monotonic() + wait_s
+        with self._lock:
+            while st.running_since is not None or st.held:
+                left = deadline - time.monotonic()
+                if left <= 0 or self.stop_event.is_set():
+                    return None
+                self._cond.wait(min(left, 1.0))
+            st.held = True
+        try:
+            return job()
+        finally:
+            with self._lock:
+                st.held = False
+                self._cond.notify_all()
 
     def _run_claimed(self, st: DeviceRunState) -> PollOutcome | None:
         outcome: PollOutcome | None = None

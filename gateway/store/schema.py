@@ -19,6 +19,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -294,6 +295,75 @@ quarantine = Table(
     Column("origin", String(500), nullable=False, default=""),
     Column("received_at", UtcDateTime(), nullable=False),
     Index(None, "device_id", "received_at"),
+)
+
+
+# ------------------------------------------------------------------------------------------------
+# Enrolment backups (gateway.enrol, gateway/store/enrol.py; migration 0008_enrolment). Template bytes and
+# passwords are only ever stored sealed (gateway/enrol/crypto.py): ``secret`` and ``blob`` columns hold
+# the encrypted envelope, never the plain value; ``key_id`` names the key that sealed it (rotation).
+# ------------------------------------------------------------------------------------------------
+
+enrol_snapshot = Table(
+    "enrol_snapshot", metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("device_id", String(64), nullable=False),
+    #: The terminal's serial when it was read (the sealed blobs are bound to it).
+    Column("serial", String(64), nullable=False),
+    Column("taken_at", UtcDateTime(), nullable=False),
+    #: Fingerprint algorithm version the terminal reported (ZK ~ZKFPVersion); 0 = unknown.
+    Column("algorithm", Integer, nullable=False),
+    #: User record size on the wire (ZK 28 or 72).
+    Column("user_layout", Integer, nullable=False),
+    Column("users", Integer, nullable=False),
+    Column("templates", Integer, nullable=False),
+    Index(None, "device_id", "taken_at"),
+)
+
+enrol_user = Table(
+    "enrol_user", metadata,
+    Column("snapshot_id", BigId, ForeignKey("enrol_snapshot.id", ondelete="CASCADE"), primary_key=True),
+    Column("uid", Integer, primary_key=True),
+    #: The PIN / NIP as the terminal shows it.
+    Column("user_id", String(64), nullable=False),
+    Column("name", String(64), nullable=False),
+    Column("privilege", Integer, nullable=False),
+    Column("card", BigInteger, nullable=False),
+    Column("group_id", String(16), nullable=False),
+    Column("has_password", Boolean, nullable=False),
+    #: The password, sealed; NULL when the user has none.
+    Column("secret", LargeBinary, nullable=True),
+    Column("key_id", String(16), nullable=False),
+)
+
+enrol_template = Table(
+    "enrol_template", metadata,
+    Column("snapshot_id", BigId, ForeignKey("enrol_snapshot.id", ondelete="CASCADE"), primary_key=True),
+    Column("uid", Integer, primary_key=True),
+    Column("finger", Integer, primary_key=True),
+    Column("valid", Integer, nullable=False),
+    #: Template length in bytes (the plain size; the blob is 40 bytes longer).
+    Column("size", Integer, nullable=False),
+    Column("key_id", String(16), nullable=False),
+    #: The template, sealed.
+    Column("blob", LargeBinary, nullable=False),
+)
+
+enrol_audit = Table(
+    "enrol_audit", metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("at", UtcDateTime(), nullable=False),
+    #: Who: "daemon", or "cli:<OS user>".
+    Column("actor", String(64), nullable=False),
+    #: backup, restore, read (a decrypting look without writing), rotate-key.
+    Column("action", String(16), nullable=False),
+    Column("device_id", String(64), nullable=False),
+    Column("users", Integer, nullable=False),
+    Column("templates", Integer, nullable=False),
+    Column("ok", Boolean, nullable=False),
+    #: One line: source of a restore, why it failed, ... (never template bytes or keys).
+    Column("detail", String(500), nullable=False),
+    Index(None, "device_id", "at"),
 )
 
 

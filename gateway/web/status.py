@@ -97,6 +97,7 @@ class StatusView:
             # (from memory) tells the team, the device list waits for the database.
             database_error = storage_error_text(exc)
             healths, rows, alerts = {}, [], []
+        backups = self._enrol_backups()
         devices: list[dict[str, Any]] = []
         for r in rows:
             if not r.enabled:
@@ -119,6 +120,7 @@ class StatusView:
                 "last_error_kind": h.last_error_kind if h else None,
                 "problems": [{"name": p.name, "severity": p.severity, "since": _iso(p.since), "detail": p.detail,
                               "notice": p.notice, "check": list(CHECKS.get(p.name, ()))} for p in problems],
+                "enrol_backup": _backup_json(backups.get(r.device_id)),
             })
         states = [d["state"] for d in devices]
         outbox = None
@@ -142,6 +144,16 @@ class StatusView:
             "recent_alerts": [_alert_json(a) for a in alerts],
             "unknown_terminals": self._unknown_terminals(),
         }
+
+    def _enrol_backups(self) -> dict[str, dict[str, Any]]:
+        """Last enrolment backup per device (docs/enrolment.md); {} when unavailable: the page renders anyway."""
+        source = self.ctx.enrol_backups
+        if source is None:
+            return {}
+        try:
+            return source()
+        except Exception:  # the page must render even if this query fails
+            return {}
 
     def _unknown_terminals(self) -> list[dict[str, Any]]:
         """Terminals pushing with a serial no configured device has (gateway.push records them): serial,
@@ -198,6 +210,10 @@ class StatusView:
                 rows.append(("Selisih jam / clock skew", f"{round(d['clock_skew_s']):+d} s"))
             if d["serial"]:
                 rows.append(("Serial", d["serial"]))
+            backup = d.get("enrol_backup")
+            rows.append(("Cadangan sidik jari / enrolment backup",
+                         f"{self.local(backup['at'])} ({backup['users']} / {backup['templates']})" if backup
+                         else "belum / never"))
             table = "".join(f"<tr><th>{e(k)}</th><td>{e(str(v))}</td></tr>" for k, v in rows)
             probs = []
             for p in d["problems"]:
@@ -217,7 +233,7 @@ class StatusView:
                 f'<span class="state" style="color:{colour}">{e(_STATE_WORD.get(d["state"], d["state"]))}</span></h2>'
                 f'<div class="sub">{e(d["id"])} &middot; {e(d["address"])}:{d["port"]}'
                 + (f" &middot; {e(d['location'])}" if d["location"] else "") + "</div>"
-                + muted + "".join(probs) + f"<table>{table}</table></section>")
+                + muted + "".join(probs) + _drop_notice(d.get("enrol_backup")) + f"<table>{table}</table></section>")
         alerts = "".join(
             f'<li><span style="color:{_SEV_COLOUR.get(a["severity"], "#555")}">{e(a["event"])}</span> '
             f'{e(self.local(a["created_at"]))} {e(a["device_id"] or "-")}: {e(a["problem"].replace("_", " "))}'
@@ -291,6 +307,24 @@ padding:2px 6px 2px 0;width:55%}} td{{padding:2px 0;font-variant-numeric:tabular
 
 def _iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z") if value else None
+
+
+def _backup_json(backup: dict[str, Any] | None) -> dict[str, Any] | None:
+    if backup is None:
+        return None
+    return {"at": _iso(backup["at"]), "users": backup["users"], "templates": backup["templates"],
+            "user_drop": backup["user_drop"]}
+
+
+def _drop_notice(backup: dict[str, Any] | None) -> str:
+    """A notice when the last enrolment backup holds sharply fewer users than the one before (factory reset?)."""
+    if not backup or not backup.get("user_drop"):
+        return ""
+    before, now = backup["user_drop"]
+    colour = _SEV_COLOUR.get("warning", "#b26a00")
+    return (f'<div class="prob" style="border-color:{colour}"><b>Jumlah pengguna turun / '
+            f'user count dropped</b> {int(before)} &rarr; {int(now)}<div><small>Direset? / reset? '
+            f'<code>fpgw enrol status</code>, <code>fpgw enrol restore</code></small></div></div>')
 
 
 def _alert_json(a: AlertRow) -> dict[str, Any]:

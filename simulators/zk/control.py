@@ -13,6 +13,8 @@ request can take the fleet down.
     DELETE /devices/{serial}/faults/{name}  switch a fault off
     POST   /devices/{serial}/clear-log      clear the log as at the keypad
     POST   /devices/{serial}/replace        {"new_serial": "...", "records": 0}
+                                            or {"blank": true, "fp_version": 9}: a new empty unit
+    POST   /devices/{serial}/factory-reset  users, templates and log gone, as from the terminal's menu
 """
 
 from __future__ import annotations
@@ -155,13 +157,23 @@ class _Handler(BaseHTTPRequestHandler):
         elif rest == ["clear-log"] and method == "POST":
             dev.clear_log()
             return dev.info()
+        elif rest == ["factory-reset"] and method == "POST":
+            dev.factory_reset()
+            return dev.info()
         elif rest == ["replace"] and method == "POST":
             body = self._body()
             new_serial = _field(body, "new_serial", str, None)
             records = _field(body, "records", int, 0)
+            blank = _field(body, "blank", bool, False)
+            fp_version = _field(body, "fp_version", int, None)
             if new_serial is not None and any(d.serial == new_serial for d in fleet.devices):
                 raise ApiError(409, f"new_serial: {new_serial!r} is already in this fleet")
-            dev.replace(new_serial=new_serial, records=records)
+            if fp_version is not None and not 1 <= fp_version <= 255:
+                raise ApiError(400, f"fp_version: must be 1..255, got {fp_version}")
+            if blank or fp_version is not None:
+                dev.replace_blank(new_serial, fp_version)
+            else:
+                dev.replace(new_serial=new_serial, records=records)
             return dev.info()
         raise ApiError(404, f"no such endpoint: {method} {self.path}")
 

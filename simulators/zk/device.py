@@ -39,6 +39,7 @@ from simulators.zk.protocol import (
     pack_att16,
     time_text,
 )
+from simulators.zk.templates import StoredTemplate, fits_version, make_template, template_table
 
 if TYPE_CHECKING:
     from simulators.zk.truth import TruthWriter
@@ -94,6 +95,10 @@ class DeviceSpec:
     records_count: str = "exact"  #: record count GET_FREE_SIZES reports: "exact", "zero", "+N" or "-N"
     legacy_reads: bool = False  #: answer the direct reads 9 (users) and 13 (attendance) like K40-class units
     udp_sessions: int = 256  #: UDP session table size; when full the least recently used session is dropped
+    #: fingerprint templates generated per user at start (fingers 0, 1, ...); 0 = none (``fingers`` is reported)
+    templates_per_user: int = 0
+    fp_version: int = 10  #: fingerprint algorithm version (option ~ZKFPVersion); templates of another are refused
+    templates_cap: int = 3000  #: template capacity (GET_FREE_SIZES fingers_cap); uploads beyond it are refused
 
     def __new__(cls, *args: Any, **kwargs: Any) -> DeviceSpec:
         # Remember which fields the caller gave, so a profile fills only the others (an explicit value
@@ -146,7 +151,7 @@ class DeviceSpec:
             errors.append(f"user_layout: must be 28 or 72, got {self.user_layout!r}")
         if not isinstance(self.comm_key, int) or not 0 <= self.comm_key <= 0xFFFFFFFF:
             errors.append(f"comm_key: must be an integer 0..4294967295, got {self.comm_key!r}")
-        for name in ("users", "records", "records_cap", "users_cap", "fingers", "faces"):
+        for name in ("users", "records", "records_cap", "users_cap", "fingers", "faces", "templates_cap"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 errors.append(f"{name}: must be a non-negative integer, got {v!r}")
@@ -159,6 +164,14 @@ class DeviceSpec:
                 errors.append(f"users: {self.users} exceeds 65535 (uid is a u16)")
             if self.records > 0 and self.users == 0:
                 errors.append("records: a log needs at least one user")
+        if isinstance(self.templates_per_user, bool) or not isinstance(self.templates_per_user, int) \
+                or not 0 <= self.templates_per_user <= 10:
+            errors.append(f"templates_per_user: must be 0..10, got {self.templates_per_user!r}")
+        elif not errors and self.users * self.templates_per_user > self.templates_cap:
+            errors.append(f"templates_per_user: {self.users} users x {self.templates_per_user} exceeds "
+                          f"templates_cap {self.templates_cap}")
+        if isinstance(self.fp_version, bool) or not isinstance(self.fp_version, int) or not 1 <= self.fp_version <= 255:
+            errors.append(f"fp_version: must be 1..255, got {self.fp_version!r}")
         if isinstance(self.punches_per_minute, bool) or not isinstance(
                 self.punches_per_minute, int | float) or self.punches_per_minute < 0:
             errors.append(f"punches_per_minute: must be ≥ 0, got {self.punches_per_minute!r}")
@@ -328,6 +341,14 @@ class SimDevice:
                 spec.users, seed=seed, user_layout=spec.user_layout, numeric_ids=spec.numeric_ids)}
         #: uid -> user id text, kept after a user is deleted so old records still resolve.
         self._uid_text: dict[int, str] = {uid: u.user_id for uid, u in self._users.items()}
+        #: (uid, finger) -> template; its own random stream, so the other generated data stays as it was.
+        self._templates: dict[tuple[int, int], StoredTemplate] = {}
+        #: Whether the template count is the table's (templates generated or uploaded) or spec.fingers.
+        self._template_store = spec.templates_per_user > 0
+        trng = random.Random(f"templates:{seed}")
+        for uid in sorted(self._users):
+            for finger in range(spec.templates_per_user):
+                self._templates[(uid, finger)] = StoredTemplate(uid, finger, 1, make_template(trng, spec.fp_version))
         prefs_rng = random.Random(f"prefs:{seed}")
         self._prefs = [generator.preferred_verify(prefs_rng) for _ in range(max(spec.users, 1))]
         self._log: array[int] = array("Q")
@@ -580,9 +601,10 @@ class SimDevice:
         log.info("log cleared device=%s", self.serial)
 
     def clear_all(self) -> None:
-        """CMD_CLEAR_DATA: users and log gone."""
+        """CMD_CLEAR_DATA: users (their templates too) and log gone."""
         with self._lock:
             self._users.clear()
+            self._templates.clear()
             self._log = array("Q")
             self._max_t = 0
             self._version += 1
@@ -626,10 +648,69 @@ class SimDevice:
             return True
 
     def delete_user(self, uid: int) -> None:
-        """CMD_DELETE_USER: remove a user (its old records stay in the log)."""
+        """CMD_DELETE_USER: remove a user and its templates (its old records stay in the log)."""
         with self._lock:
             if self._users.pop(uid, None) is not None:
                 self._version += 1
+            for key in [k for k in self._templates if k[0] == uid]:
+                del self._templates[key]
+                self._version += 1
+
+    # --- enrolment: templates, factory reset, replacement (simulators/zk/templates.py) ------
+
+    def templates(self) -> dict[tuple[int, int], StoredTemplate]:
+        """Copy of the template table: (uid, finger) -> template."""
+        with self._lock:
+            return dict(self._templates)
+
+    def save_upload(self, users: list[User], templates: list[StoredTemplate]) -> str | None:
+        """Command 110: store the users and templates of one upload, all or nothing. None, or why refused."""
+        with self._lock:
+            version = self.spec.fp_version
+            known = set(self._users) | {u.uid for u in users}
+            new_keys = {(t.uid, t.finger) for t in templates}
+            if len(set(self._templates) | new_keys) > self.spec.templates_cap:
+                return f"template capacity {self.spec.templates_cap} reached"
+            for t in templates:
+                if t.uid not in known:
+                    return f"template of unknown uid {t.uid}"
+                if not fits_version(t.data, version):
+                    return f"template of uid {t.uid} finger {t.finger} is not a version {version} template"
+            backup = (dict(self._users), dict(self._uid_text), self._version)
+            for user in users:
+                if not self.upsert_user(user):
+                    self._users, self._uid_text, self._version = backup
+                    return f"user uid {user.uid} refused"
+            for t in templates:
+                self._templates[(t.uid, t.finger)] = t
+            self._template_store = True
+            self._version += 1
+            return None
+
+    def delete_template(self, uid: int, finger: int) -> bool:
+        """CMD_DELETE_USERTEMP: remove one finger; False when there was none."""
+        with self._lock:
+            gone = self._templates.pop((uid, finger), None) is not None
+            self._version += gone
+            return gone
+
+    def factory_reset(self) -> None:
+        """As the terminal's menu "clear all data": users, templates, log and client-set options gone."""
+        with self._lock:
+            self.clear_all()
+            self.options.clear()
+            self._template_store = True
+        log.info("factory reset device=%s", self.serial)
+
+    def replace_blank(self, new_serial: str | None = None, fp_version: int | None = None) -> None:
+        """Swap in a new, empty unit (no users, templates or log), optionally of another algorithm version."""
+        # replace() drops the sessions through the loop and waits for it: never call it holding the lock
+        # (the loop thread takes the lock to answer clients).
+        self.replace(new_serial)
+        with self._lock:
+            if fp_version is not None:
+                self.spec = replace(self.spec, fp_version=fp_version)
+            self.factory_reset()
 
     # --- wire views -----------------------------------------------------------------------
 
@@ -641,8 +722,9 @@ class SimDevice:
             cap = n_rec if Fault.STORAGE_FULL in self._faults else self.spec.records_cap
             admins = sum(1 for u in self._users.values() if u.privilege)
             pwds = sum(1 for u in self._users.values() if u.password)
-            return Sizes(users=len(self._users), fingers=self.spec.fingers, records=n_rec,
-                         oplog=0, admins=admins, passwords=pwds, fingers_cap=3000,
+            fingers = len(self._templates) if self._template_store else self.spec.fingers
+            return Sizes(users=len(self._users), fingers=fingers, records=n_rec,
+                         oplog=0, admins=admins, passwords=pwds, fingers_cap=self.spec.templates_cap,
                          users_cap=self.spec.users_cap, records_cap=cap,
                          faces=self.spec.faces, faces_cap=400 if self.spec.faces else 0)
 
@@ -670,7 +752,7 @@ class SimDevice:
     def dataset(self, kind: str) -> bytes:
         """The 1503 dataset (u32 size + records) for "users" or "attlog", cached per version."""
         with self._lock:
-            layout = self.spec.user_layout if kind == "users" else self.spec.record_layout
+            layout = {"users": self.spec.user_layout, "templates": 0}.get(kind, self.spec.record_layout)
             key = (self._cache_id, kind, layout, self._version)
             hit = DATASET_CACHE.get(key)
             if kind == "attlog":
@@ -681,6 +763,8 @@ class SimDevice:
                 body = b"".join(u.pack(layout) for _, u in sorted(self._users.items()))
             elif kind == "attlog":
                 body = self._pack_log(layout)
+            elif kind == "templates":
+                body = template_table(self._templates)
             else:
                 raise ValueError(f"unknown dataset {kind!r}")
             ds = dataset(body)

@@ -31,6 +31,7 @@ CMD_CANCELCAPTURE = 62
 CMD_STATE_RRQ = 64
 CMD_GET_PINWIDTH = 69
 CMD_GET_USERTEMP = 88
+CMD_SAVE_USERTEMPS = 110  # pyzk 0.9 save_user_template: apply the uploaded users + templates (§2.7)
 CMD_GET_TIME = 201
 CMD_SET_TIME = 202
 CMD_REG_EVENT = 500

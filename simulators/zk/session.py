@@ -16,6 +16,7 @@ from typing import Protocol
 from simulators.zk import protocol as p
 from simulators.zk.device import SimDevice
 from simulators.zk.faults import Fault
+from simulators.zk.templates import MAX_UPLOAD, parse_upload
 
 log = logging.getLogger("simulators.zk.session")
 
@@ -78,6 +79,9 @@ class Session:
         self.closed = False
         self._buffer: bytes | None = None
         self._buffer_kind = ""
+        #: Client upload in progress (PREPARE_DATA 1500 announced ``_upload_size`` bytes, DATA 1501 appends).
+        self._upload: bytearray | None = None
+        self._upload_size = 0
         self._lock = asyncio.Lock()  # one command (or one event) on the wire at a time
         self._pending = 0  # requests waiting for the lock (a pipelining client)
         self._events: asyncio.Queue[tuple[int, int, int, int]] | None = None
@@ -187,7 +191,7 @@ class Session:
         values = {
             "~SerialNumber": dev.serial, "~Platform": spec.platform, "MAC": dev.mac(),
             "~DeviceName": spec.device_name, "ZKFaceVersion": "7" if spec.faces else "0",
-            "~ZKFPVersion": "10", "~ExtendFmt": "1" if spec.record_layout == 40 else "0",
+            "~ZKFPVersion": str(spec.fp_version), "~ExtendFmt": "1" if spec.record_layout == 40 else "0",
             "~UserExtFmt": "1" if spec.user_layout == 72 else "0",
             "FaceFunOn": "1" if spec.faces else "0", "CompatOldFirmware": "0",
             "IPAddress": dev.host, "NetMask": "255.255.255.0",
@@ -300,16 +304,80 @@ class Session:
         self._buffer = None
         await self._reply(pkt, p.CMD_ACK_OK)
 
+    # --- uploads: users + templates (§2.7; simulators/zk/templates.py) ------------------------
+
+    async def _upload_prepare(self, pkt: p.Packet) -> None:
+        if len(pkt.data) < 4:
+            raise p.ProtocolError("PREPARE_DATA needs a u32 size")
+        size = struct.unpack_from("<I", pkt.data)[0]
+        if size > MAX_UPLOAD:
+            self._upload = None
+            await self._reply(pkt, p.CMD_ACK_ERROR)
+            return
+        self._upload, self._upload_size = bytearray(), size
+        await self._reply(pkt, p.CMD_ACK_OK)
+
+    async def _upload_data(self, pkt: p.Packet) -> None:
+        up = self._upload
+        if up is None or len(up) + len(pkt.data) > self._upload_size:
+            self._upload = None
+            await self._reply(pkt, p.CMD_ACK_ERROR)
+            return
+        up += pkt.data
+        await self._reply(pkt, p.CMD_ACK_OK)
+
+    async def _save_usertemps(self, pkt: p.Packet) -> None:
+        up, self._upload = self._upload, None
+        dev = self.device
+        if up is None or len(up) != self._upload_size:
+            await self._reply(pkt, p.CMD_ACK_ERROR)
+            return
+        try:
+            users, templates = parse_upload(bytes(up), dev.spec.user_layout)
+        except p.ProtocolError as e:
+            log.info("upload refused device=%s: %s", dev.serial, e)
+            await self._reply(pkt, p.CMD_ACK_ERROR)
+            return
+        refused = dev.save_upload(users, templates)
+        if refused:
+            log.info("upload refused device=%s: %s", dev.serial, refused)
+        await self._reply(pkt, p.CMD_ACK_ERROR if refused else p.CMD_ACK_OK)
+
+    async def _get_usertemp(self, pkt: p.Packet) -> None:
+        """Command 88 (pyzk get_user_template): ``<hb`` uid, finger -> the template plus one trailing byte,
+        which pyzk drops (§2.7); TCP as one DATA packet, UDP as PREPARE_DATA, ≤1024-byte DATA pieces, ACK_OK."""
+        if len(pkt.data) < 3:
+            raise p.ProtocolError("GET_USERTEMP needs <hb uid, finger")
+        uid, finger = struct.unpack_from("<hb", pkt.data)
+        found = self.device.templates().get((uid, finger))
+        if found is None:
+            await self._reply(pkt, p.CMD_ACK_ERROR)
+            return
+        data = found.data + b"\x00"
+        if self.link.is_tcp:
+            await self._reply(pkt, p.CMD_DATA, data)
+            return
+        await self._send_run(pkt, data, len(data), None, None)
+
+    async def _delete_usertemp(self, pkt: p.Packet) -> None:
+        if len(pkt.data) < 3:
+            raise p.ProtocolError("DELETE_USERTEMP needs <hb uid, finger")
+        uid, finger = struct.unpack_from("<hb", pkt.data)
+        ok = self.device.delete_template(uid, finger)
+        await self._reply(pkt, p.CMD_ACK_OK if ok else p.CMD_ACK_ERROR)
+
     # --- datasets (§2.8, §3.4, §3.5) ------------------------------------------------------
 
     async def _prepare_buffer(self, pkt: p.Packet) -> None:
         table, fct, _ext = p.parse_read_buffer_request(pkt.data)
         if table == p.CMD_USERTEMP_RRQ and fct == p.FCT_USER:
             kind = "users"
+        elif table == p.CMD_DB_RRQ and fct == p.FCT_FINGERTMP:
+            kind = "templates"
         elif table == p.CMD_ATTLOG_RRQ:
             kind = "attlog"
         else:
-            kind = ""  # templates, oplog: this device has none
+            kind = ""  # oplog: this device has none
         dev = self.device
         ds = await self._build_dataset(kind)
         corrupt = dev.fault(Fault.CORRUPT_CHUNK) if kind == "attlog" else None
@@ -541,5 +609,10 @@ _HANDLERS = {
     p.CMD_READ_BUFFER: Session._read_buffer,
     p.CMD_STATE_RRQ: Session._state,
     p.CMD_USERTEMP_RRQ: Session._legacy_read,
+    p.CMD_PREPARE_DATA: Session._upload_prepare,
+    p.CMD_DATA: Session._upload_data,
+    p.CMD_SAVE_USERTEMPS: Session._save_usertemps,
+    p.CMD_DELETE_USERTEMP: Session._delete_usertemp,
+    p.CMD_GET_USERTEMP: Session._get_usertemp,
     p.CMD_ATTLOG_RRQ: Session._legacy_read,
 }

@@ -1,0 +1,213 @@
+"""Backing a terminal's enrolments up, the backup status, and key rotation.
+
+    backup_device(device): driver.connect(deadline) -> session.read_enrolments() -> seal every template and
+    password with the current key -> EnrolRepo.save_snapshot (one transaction, with its audit row)
+
+The key is loaded by the caller before any terminal is contacted, so a missing or wrong key fails before
+anything is read and nothing is ever stored unsealed. Logs carry counts, never template bytes.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import structlog
+
+from drivers import get_driver
+from drivers.base import Driver, DriverError, Enrolments, ReadsEnrolments
+from gateway.config import Config, DeviceConfig
+from gateway.enrol.crypto import EnvelopeError, Keyring
+from gateway.store.enrol import EnrolRepo, SealedRef, SnapshotHead, TemplateRow, UserRow
+
+log = structlog.get_logger(__name__)
+
+DriverFactory = Callable[[DeviceConfig], Driver]
+
+
+def registry_driver(device: DeviceConfig) -> Driver:
+    """The device's driver as its config names it (drivers.DRIVERS)."""
+    return get_driver(device.driver)(device)
+
+
+def cli_actor() -> str:
+    """Who runs this command, for the audit table: ``cli:<OS user>``."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except Exception:  # no login name (container without passwd entry)
+        return f"cli:uid{os.getuid()}"
+
+
+def template_context(serial: str, uid: int, finger: int) -> str:
+    """Associated data a template blob is sealed with: it opens only in its own row."""
+    return f"fpgw-enrol/template/{serial}/{uid}/{finger}"
+
+
+def password_context(serial: str, uid: int) -> str:
+    """Associated data a password blob is sealed with."""
+    return f"fpgw-enrol/password/{serial}/{uid}"
+
+
+@dataclass(frozen=True)
+class BackupResult:
+    """What one backup did (printed by the CLI, logged by the daemon)."""
+
+    device_id: str
+    ok: bool
+    serial: str = ""
+    users: int = 0
+    templates: int = 0
+    algorithm: int = 0
+    #: Users the terminal holds without any fingerprint template (card/password only, or not enrolled yet).
+    without_templates: tuple[str, ...] = ()
+    #: The user count of the previous backup when this one holds sharply fewer (factory reset?).
+    dropped_from: int | None = None
+    error: str = ""
+    duration_s: float = 0.0
+    snapshot: SnapshotHead | None = field(default=None, repr=False)
+
+
+def seal_enrolments(serial: str, enrolments: Enrolments, keyring: Keyring) -> tuple[list[UserRow], list[TemplateRow]]:
+    """Rows for the store: passwords and templates sealed with the current key, bound to serial/uid/finger."""
+    key_id = keyring.current.key_id
+    users = [UserRow(u.uid, u.user_id[:64], u.name[:64], u.privilege, u.card, u.group_id[:16], u.has_password,
+                     keyring.seal(u.password.encode("utf-8"), password_context(serial, u.uid)) if u.password else None,
+                     key_id if u.password else "")
+             for u in enrolments.users]
+    templates = [TemplateRow(t.uid, t.finger, t.valid, t.size, key_id,
+                             keyring.seal(t.data, template_context(serial, t.uid, t.finger)))
+                 for t in enrolments.templates]
+    return users, templates
+
+
+def sharp_drop(previous: int, now: int, ratio: float) -> bool:
+    """Whether a user count fell by at least ``ratio`` of the previous one (and by more than one user)."""
+    return previous > 1 and now < previous and (previous - now) >= max(2, ratio * previous)
+
+
+def backup_device(device: DeviceConfig, repo: EnrolRepo, keyring: Keyring, *, actor: str, timeout_s: float,
+                  drop_warn_ratio: float = 0.2, driver_factory: DriverFactory | None = None) -> BackupResult:
+    """Read one terminal's users and templates and store them sealed. Never raises a DriverError: it is
+    returned (and audited) as a failed result."""
+    t0 = time.monotonic()
+    driver = (driver_factory or registry_driver)(device)
+    try:
+        with driver.connect(deadline=time.monotonic() + timeout_s) as session:
+            if not isinstance(session, ReadsEnrolments):
+                raise DriverError(f"the {device.driver} driver cannot read enrolments", transient=False)
+            serial = session.info(clock=False).serial
+            enrolments = session.read_enrolments()
+    except DriverError as exc:
+        detail = f"{exc.kind}: {exc}"
+        repo.audit(actor, "backup", device.id, ok=False, detail=detail)
+        log.warning("enrolment backup failed", device=device.id, error_kind=exc.kind, error=str(exc))
+        return BackupResult(device.id, False, error=detail, duration_s=time.monotonic() - t0)
+    previous = repo.latest(device.id)
+    users, templates = seal_enrolments(serial, enrolments, keyring)
+    algorithm, layout = enrolments.algorithm, enrolments.user_layout
+    del enrolments  # the plain templates are not needed any more
+    head = repo.save_snapshot(device.id, serial, algorithm=algorithm, user_layout=layout,
+                              users=users, templates=templates, actor=actor)
+    with_templates = {t.uid for t in templates}
+    without = tuple(u.user_id for u in users if u.uid not in with_templates)
+    dropped = previous.users if previous is not None and sharp_drop(previous.users, len(users), drop_warn_ratio) \
+        else None
+    result = BackupResult(device.id, True, serial, len(users), len(templates), head.algorithm, without, dropped,
+                          duration_s=time.monotonic() - t0, snapshot=head)
+    log.info("enrolment backup stored", device=device.id, serial=serial, users=len(users), templates=len(templates),
+             algorithm=head.algorithm, without_templates=len(without), duration_s=round(result.duration_s, 2))
+    if dropped is not None:
+        log.warning("user count dropped sharply since the previous backup (factory reset?)", device=device.id,
+                    serial=serial, users_before=dropped, users_now=len(users))
+    return result
+
+
+
+# -- status ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EnrolStatus:
+    """One terminal's backup state for `fpgw enrol status` and `fpgw devices`."""
+
+    device_id: str
+    last: SnapshotHead | None
+    #: PINs of users without any template in the last backup.
+    without_templates: tuple[str, ...] = ()
+    #: (users before, users now) when the last backup holds sharply fewer users than the one before it.
+    drop: tuple[int, int] | None = None
+    #: Why the newest backup attempt failed, when it failed (the last good backup is older).
+    last_failure: str = ""
+
+
+def status(config: Config, repo: EnrolRepo) -> list[EnrolStatus]:
+    """Per configured terminal (push terminals excluded): last backup, users without templates, a sharp drop."""
+    out: list[EnrolStatus] = []
+    for device in config.devices:
+        if device.pushes:
+            continue
+        history = repo.history(device.id, limit=2)
+        attempt = repo.last_backup_attempt(device.id)
+        failure = (f"{attempt.at:%Y-%m-%d %H:%M} UTC: {attempt.detail}" if attempt is not None and not attempt.ok
+                   else "")
+        if not history:
+            out.append(EnrolStatus(device.id, None, last_failure=failure))
+            continue
+        last = history[0]
+        counts = repo.template_counts(last.id)
+        without = tuple(u.user_id for u in repo.users(last.id) if counts.get(u.uid, 0) == 0)
+        drop = None
+        if len(history) > 1 and sharp_drop(history[1].users, last.users, config.enrol.drop_warn_ratio):
+            drop = (history[1].users, last.users)
+        out.append(EnrolStatus(device.id, last, without, drop, failure))
+    return out
+
+
+# -- key rotation ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RotationResult:
+    """What `fpgw enrol rotate-key` did."""
+
+    resealed: int
+    #: Values that could not be opened with any configured key (kept as they are), with why (first few).
+    failed: int
+    reasons: tuple[str, ...] = ()
+
+
+def rotate_key(repo: EnrolRepo, keyring: Keyring, *, actor: str, batch: int = 500) -> RotationResult:
+    """Re-seal every value not sealed with the current key; older keys must be in ``old_key_files``."""
+    current = keyring.current
+    resealed = failed = 0
+    reasons: list[str] = []
+
+    def batches() -> Iterator[list[tuple[SealedRef, str, bytes]]]:
+        nonlocal failed
+        pending: list[tuple[SealedRef, str, bytes]] = []
+        for ref in list(repo.sealed_rows(not_key=current.key_id)):
+            context = (password_context(ref.serial, ref.uid) if ref.table == "user"
+                       else template_context(ref.serial, ref.uid, ref.finger))
+            try:
+                plain = keyring.open(ref.blob, context)
+            except EnvelopeError as exc:
+                failed += 1
+                if len(reasons) < 5:
+                    reasons.append(f"{ref.table} snapshot {ref.snapshot_id} uid {ref.uid}: {exc}")
+                continue
+            pending.append((ref, current.key_id, keyring.seal(plain, context)))
+            if len(pending) >= batch:
+                yield pending
+                pending = []
+        if pending:
+            yield pending
+
+    for chunk in batches():
+        resealed += repo.reseal(chunk)
+    repo.audit(actor, "rotate-key", "*", ok=failed == 0,
+               detail=f"resealed {resealed} value(s) with key {current.key_id}; {failed} could not be opened")
+    log.info("enrolment key rotated", key_id=current.key_id, resealed=resealed, failed=failed)
+    return RotationResult(resealed, failed, tuple(reasons))

@@ -1,0 +1,92 @@
+"""The daemon's daily enrolment backup: every polled terminal once a day at ``[enrol] backup_at`` (office time).
+
+    APScheduler cron "enrol-backup" --> DailyBackup.run() --> for each polled terminal:
+        hold(device, backup_device(...))   # the poll scheduler's per-device hold: never beside a poll of it
+
+Built by gateway.app after the poll scheduler (it needs its hold). One terminal after another, so at most
+one keypad is locked for a backup at a time. Without a key it logs one warning per run and backs nothing up.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import structlog
+
+from gateway.config import DeviceConfig
+from gateway.enrol.backup import BackupResult, DriverFactory, backup_device
+from gateway.enrol.crypto import EnrolKeyError, Keyring
+from gateway.services import AppContext
+from gateway.store.enrol import EnrolRepo
+
+log = structlog.get_logger(__name__)
+
+
+
+class DailyBackup:
+    """Service: the daily backup job."""
+
+    name = "enrol-backup"
+
+    def __init__(self, ctx: AppContext, repo: EnrolRepo, hold: Callable[[str, Callable[[], BackupResult]],
+                 BackupResult | None], *, driver_factory: DriverFactory | None = None) -> None:
+        self.ctx = ctx
+        self.repo = repo
+        self.hold = hold
+        self.driver_factory = driver_factory
+        self._running = threading.Lock()
+
+    def start(self) -> None:
+        """Register the cron job (nothing when ``[enrol] daily = false``)."""
+        cfg = self.ctx.config.enrol
+        if not cfg.daily:
+            return
+        self.ctx.scheduler.add_job(self.run, "cron", hour=cfg.backup_at.hour, minute=cfg.backup_at.minute,
+                                   id="enrol-backup", name="enrolment backup", replace_existing=True,
+                                   max_instances=1, coalesce=True, misfire_grace_time=3600)
+
+    def stop(self, deadline_s: float) -> None:
+        """Remove the job; a run in progress ends after its current terminal (it checks the stop event)."""
+        try:
+            self.ctx.scheduler.remove_job("enrol-backup")
+        except Exception:
+            pass
+
+    def devices(self) -> list[DeviceConfig]:
+        """The terminals backed up: enabled and polled (push terminals upload their own data)."""
+        return [d for d in self.ctx.config.devices if d.enabled and not d.pushes]
+
+    def run(self) -> list[BackupResult]:
+        """Back every terminal up once; returns the results (tests call this directly)."""
+        if not self._running.acquire(blocking=False):
+            return []
+        try:
+            cfg = self.ctx.config.enrol
+            try:
+                keyring = Keyring.from_config(cfg)
+            except EnrolKeyError as exc:
+                log.warning("daily enrolment backup skipped", reason=str(exc))
+                return []
+            results: list[BackupResult] = []
+            for device in self.devices():
+                if self.ctx.stop_event.is_set():
+                    break
+
+                def job(device: DeviceConfig = device) -> BackupResult:
+                    return backup_device(device, self.repo, keyring, actor="daemon", timeout_s=cfg.timeout_s,
+                                         drop_warn_ratio=cfg.drop_warn_ratio, driver_factory=self.driver_factory)
+
+                try:
+                    result = self.hold(device.id, job)
+                except Exception:  # a bug or a database failure: the other terminals are still backed up
+                    log.exception("daily enrolment backup of a terminal failed", device=device.id)
+                    continue
+                if result is None:
+                    log.warning("daily enrolment backup skipped a terminal: its poll did not end in time",
+                                device=device.id)
+                    continue
+                results.append(result)
+            return results
+        finally:
+            self._running.release()
