@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import tracemalloc
 from collections import Counter
 from datetime import date, datetime
@@ -82,19 +81,16 @@ def test_start_date_and_default_history_window() -> None:
     assert dev.punches()[0]["time"].startswith("2024-07-01")
 
 
-def test_200k_log_is_compact_and_quick() -> None:
+def test_200k_log_is_compact() -> None:
+    # Memory only: how fast it builds is benchmarks/bench_simulator.py's job (a timed test flakes under load).
     tracemalloc.start()
-    started = time.monotonic()
     dev = make(users=300, records=200_000, records_cap=250_000, seed=11)
-    built = time.monotonic() - started
     current, _peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert dev.record_count == 200_000
     assert current < 4_000_000, current  # ~8 bytes a record plus users
-    assert built < 10
-    started = time.monotonic()
     ds = dev.dataset("attlog")
-    assert len(ds) == 4 + 40 * 200_000 and time.monotonic() - started < 5
+    assert len(ds) == 4 + 40 * 200_000
     assert dev.dataset("attlog") is ds  # cached until the log changes
     dev.add_punches(1)
     assert dev.dataset("attlog") is not ds

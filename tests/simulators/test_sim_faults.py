@@ -119,8 +119,9 @@ def test_slow_delays_every_reply(add_device: Callable[..., SimDevice],
     dev.set_fault("slow", 0)
     assert "slow" not in dev.faults
     started = time.monotonic()
-    conn.get_serialnumber()
-    assert time.monotonic() - started < 0.15
+    for _ in range(3):  # still slow, three requests would take 0.6 s; the margin absorbs a busy machine
+        conn.get_serialnumber()
+    assert time.monotonic() - started < 0.6
     conn.disconnect()
 
 
