@@ -13,7 +13,7 @@ from pathlib import Path
 from gateway.config import parse_config
 from gateway.store.central import CentralStore, PunchQuery
 from gateway.store.db import create_db_engine, upgrade
-from gateway.store.punches import PunchFilter, Store, iter_punches
+from gateway.store.punches import Store, iter_punches
 from tests.support.punches import make_punch, store_punches
 
 OFFICE = "1801.01.02"
@@ -37,7 +37,7 @@ def test_office_and_central_queries_agree_on_the_day_of_a_punch_from_another_zon
         store_punches(store, [wit, wib], device_id="papua")
 
         def office_day(day: date) -> set[str]:
-            return {r["device_user_id"] for r in iter_punches(engine, PunchFilter(date_from=day, date_to=day))}
+            return {r["device_user_id"] for r in iter_punches(engine, PunchQuery(date_from=day, date_to=day))}
 
         def central_day(day: date) -> set[str]:
             rows = CentralStore(engine).iter_punches(PunchQuery(date_from=day, date_to=day))
