@@ -13,13 +13,24 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-from gateway.cli.common import EXIT_FAILURE, EXIT_OK, CliError, config_of, open_store, options_after_command
+from gateway.cli.common import (
+    EXIT_CANNOT_LISTEN,
+    EXIT_FAILURE,
+    EXIT_OK,
+    CliError,
+    config_of,
+    open_store,
+    options_after_command,
+)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `run` and `poll`."""
     p = subparsers.add_parser("run", parents=[options_after_command()],
-                              help="run the gateway daemon (what systemd starts)")
+                              help="run the gateway daemon (what systemd starts)",
+                              description="Run the gateway daemon until SIGTERM/SIGINT. Exit codes: 0 stopped, "
+                                          f"2 invalid config, {EXIT_CANNOT_LISTEN} a port cannot be listened on "
+                                          "(systemd does not restart it: fix the config), 1 other failures.")
     p.set_defaults(func=cmd_run, one_shot=False)
 
     p = subparsers.add_parser("poll", parents=[options_after_command()],
@@ -32,9 +43,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the daemon until SIGTERM/SIGINT."""
     from gateway.app import Gateway
+    from gateway.web.server import ListenerError
 
     gateway = Gateway(config_of(args))
-    return gateway.run_forever()
+    try:
+        return gateway.run_forever()
+    except ListenerError as exc:
+        # Already stopped cleanly by Gateway.start; one line instead of a traceback.
+        print(f"fpgw: cannot start: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_LISTEN
 
 
 def cmd_poll(args: argparse.Namespace) -> int:
