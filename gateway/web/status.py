@@ -353,6 +353,7 @@ td.future{{color:#b3261e;font-weight:600}}
 .pollnow{{margin-top:8px}} .pollnow button{{font:inherit;padding:6px 12px;border-radius:8px;border:1px solid #2f5d8a;
 background:#fff;color:#2f5d8a;min-height:36px}}
 .alerts li{{font-size:.85rem;margin:2px 0}}
+@media (min-width:1000px){{body{{max-width:960px;margin:0 auto}}}}
 @media (max-width:600px){{
 body{{padding:8px}} h1{{font-size:1rem;margin:0}} .meta{{font-size:.75rem;margin-bottom:6px}}
 .summary{{gap:4px;margin-bottom:8px}} .pill{{padding:2px 8px;font-size:.8rem;border-radius:10px}}
