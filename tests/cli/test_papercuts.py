@@ -206,3 +206,24 @@ def test_log_lines_carry_no_colour_codes_and_office_time(fmt: str) -> None:
         assert stamp.endswith("+07:00") and datetime.fromisoformat(stamp).utcoffset().total_seconds() == 7 * 3600
     elif fmt == "console":
         assert "+07:00" in line.split()[0]
+
+
+@pytest.mark.timeout(60)
+def test_poll_logs_download_progress_when_not_on_a_terminal(fleet: Any, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.polling.progress import DownloadProgress
+    from tests.support.config import DeviceEntry, config_dict
+    from tests.support.fleet import sim_spec
+
+    # A progress line at the first callback instead of after 5 s: the download here takes a fraction of a second.
+    monkeypatch.setitem(DownloadProgress.__init__.__kwdefaults__, "log_every_s", 0.0)
+    sim = fleet.add(sim_spec("PC-PROG", records=300, seed=5))
+    cfg = str(write_toml(config_dict(f"sqlite:///{tmp_path / 'fpgw.db'}", [DeviceEntry("lobby", sim)]),
+                         tmp_path / "config.toml"))
+    code, out, err = run_cli(capsys, "--config", cfg, "--log-format", "json", "poll", "lobby")
+    assert code == 0 and "lobby: ok" in out
+    lines = [json.loads(x) for x in err.splitlines() if x.startswith("{")]
+    progress = [x for x in lines if x["event"] == "downloading the attendance log"]
+    assert progress and progress[-1]["records_expected"] == 300, err[-2000:]
+    assert "\r" not in err  # no live line: stderr is not a terminal
