@@ -110,7 +110,7 @@ class StatusView:
             healths, rows, alerts = {}, [], []
         devices: list[dict[str, Any]] = []
         configured = {d.id: d for d in self.config.devices}
-        can_poll_now = self.ctx.poll_now is not None
+        polled = polled_device_ids(self.ctx)
         for r in rows:
             if not r.enabled:
                 continue
@@ -142,7 +142,7 @@ class StatusView:
                                              and r.last_punch_at > now + FUTURE_PUNCH_TOLERANCE),
                 "pushes": pushes,
                 # The running daemon's scheduler can poll it now (push terminals call us instead).
-                "poll_now": can_poll_now and not pushes and device_config is not None,
+                "poll_now": r.device_id in polled,
             })
         states = [d["state"] for d in devices]
         outbox = None
@@ -375,6 +375,17 @@ body{{padding:8px}} h1{{font-size:1rem;margin:0}} .meta{{font-size:.75rem;margin
 </body></html>"""
 
 
+def polled_device_ids(ctx: AppContext) -> set[str]:
+    """Devices the running daemon's scheduler polls and can poll now (none without a scheduler here). Push
+    terminals, and any other kind the scheduler does not poll, are not among them."""
+    if ctx.poll_now is None:
+        return set()
+    device_ids = getattr(ctx.polls, "device_ids", None)
+    if callable(device_ids):
+        return set(device_ids())
+    return {d.id for d in ctx.config.devices if d.enabled and not d.pushes}
+
+
 def state_reason(health: DeviceHealth | None, address: str, port: int | None, *, pushes: bool = False) -> str:
     """Why a terminal is not (or not yet) online, in one line, from its last poll's classified error."""
     if health is None or (health.last_error_kind is None and health.last_ok_at is None
@@ -471,12 +482,13 @@ def build_app(ctx: AppContext, *, registry: CollectorRegistry | None = None) -> 
         device = next((d for d in ctx.config.devices if d.id == device_id), None)
         if device is None:
             return PlainTextResponse(f"unknown device {device_id!r}\n", status_code=404)
-        if device.pushes or not device.enabled:
-            why = "a push terminal calls the gateway itself" if device.pushes else "the device is disabled"
-            return PlainTextResponse(f"{device_id} cannot be polled: {why}\n", status_code=409)
         poll_now = ctx.poll_now
         if poll_now is None:
             return PlainTextResponse("polling is not running in this process\n", status_code=503)
+        if device.pushes or not device.enabled or device_id not in polled_device_ids(ctx):
+            why = ("a push terminal calls the gateway itself" if device.pushes else "the device is disabled"
+                   if not device.enabled else "the gateway does not poll this kind of terminal")
+            return PlainTextResponse(f"{device_id} cannot be polled: {why}\n", status_code=409)
         if not poll_now(device_id):
             return PlainTextResponse(f"{device_id} cannot be polled now (not a polled terminal, or the gateway is "
                                      "stopping)\n", status_code=409)

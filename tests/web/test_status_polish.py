@@ -194,3 +194,8 @@ def test_poll_now_post_polls_through_the_scheduler_behind_the_access_rule_and_cs
             gw.gateway.polls.wait_idle(20)
             notice = local.get("/?polled=lobi").text
             assert 'id="polled"' in notice and "poll of lobi requested" in notice
+            # A kind of terminal the scheduler does not poll (as a serial line could be): no button, 409.
+            monkeypatch.setattr(gw.gateway.polls, "device_ids", lambda: [])
+            assert 'action="/devices/lobi/poll"' not in local.get("/").text
+            other = local.post("/devices/lobi/poll", data={"csrf": token})
+            assert other.status_code == 409 and "does not poll this kind" in other.text
