@@ -8,7 +8,8 @@ token, a non-loopback listener refuses non-loopback clients (logged once at star
 
 "Poll now" (``POST /devices/{id}/poll``, the button on each polled terminal's card) passes the same access rule
 and, because a browser on this machine is let in without a token, also a CSRF check: the form carries a token
-only this process knows (HMAC of a per-start secret), and a request whose Origin names another site is refused.
+only this process knows (HMAC of a per-start secret), and a request whose Sec-Fetch-Site or Origin names another
+site is refused.
 It only asks the daemon's scheduler (ctx.poll_now: gateway.polling.scheduler.PollScheduler.poll_now) to poll
 that terminal as soon as possible: coalesced behind a running poll, never a second poll beside the schedule.
 """
@@ -135,7 +136,7 @@ class StatusView:
                 "problems": [{"name": p.name, "severity": p.severity, "since": _iso(p.since), "detail": p.detail,
                               "notice": p.notice, "check": list(CHECKS.get(p.name, ())),
                               "check_id": list(CHECKS_ID.get(p.name, ()))} for p in problems],
-                # Added in 0.x (the fields above keep their names and meanings):
+                # Added for the polished page (issue 13); the fields above keep their names and meanings.
                 "last_error": h.last_error if h else None,
                 "reason": state_reason(h, r.address, r.port, pushes=pushes),
                 "last_punch_in_future": bool(r.last_punch_at is not None
