@@ -126,6 +126,14 @@ def test_a_terminal_that_never_answered_says_why_in_json_and_html(fleet: Any, sq
         doc = httpx.get(f"{base}/status", timeout=10).json()
         html = httpx.get(f"{base}/", timeout=10).text
     devs = {d["id"]: d for d in doc["devices"]}
+    # Backward compatible: every field clients read before is still there with its name.
+    before = {"id", "name", "location", "address", "port", "serial", "firmware", "state", "state_since",
+              "muted_until", "mute_reason", "last_seen_at", "last_ok_at", "last_punch_at", "last_new_punch_at",
+              "records", "records_cap", "users", "users_cap", "clock_skew_s", "consecutive_failures",
+              "last_error_kind", "problems"}
+    assert before <= set(devs["gudang"]) and {"code", "name"} <= set(doc["office"])
+    assert set(doc) >= {"gateway", "office", "generated_at", "summary", "devices", "outbox", "recent_alerts",
+                        "unknown_terminals"}
     assert devs["gudang"]["state"] == "unknown"  # one failure of three: not offline yet, but not silent either
     assert devs["gudang"]["reason"].startswith(f"unreachable: no answer from {down.host}:{down.port}")
     assert devs["gudang"]["last_error_kind"] == "unreachable" and devs["gudang"]["poll_now"] is True
