@@ -143,7 +143,7 @@ def run_demo(folder: Path, *, duration_s: float | None = None, interval_s: float
     from gateway.app import Gateway
     from simulators.zk import DeviceSpec, Fleet
 
-    setup_logging(log_format or "auto", log_level)
+    setup_logging(log_format or "auto", log_level, timezone="Asia/Jakarta")  # the demo office's zone (see below)
     folder = folder.resolve()
     folder.mkdir(parents=True, exist_ok=True)
     if not keep:
@@ -230,7 +230,7 @@ def _print_banner(folder: Path, config_path: Path, devices: list[tuple[DemoDevic
         "",
         "  In another terminal, try:",
         f"    {exe} --config {cfg} devices",
-        f"    {exe} --config {cfg} punches --from $(date +%F) --to $(date +%F)",
+        f"    {exe} --config {cfg} punches --today",
         f"    {exe} --config {cfg} punches --device lobby --format csv --output lobby.csv",
         f"    {exe} --config {cfg} poll lobby",
         "",

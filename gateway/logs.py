@@ -22,7 +22,9 @@ import re
 import sys
 import threading
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any, TextIO
+from zoneinfo import ZoneInfo
 
 import structlog
 import structlog.tracebacks
@@ -210,8 +212,29 @@ class _DropMaxInstances(logging.Filter):
         return "maximum number of running instances reached" not in record.getMessage()
 
 
-def setup_logging(fmt: str = "auto", level: str = "info", *, stream: TextIO | None = None) -> str:
-    """Configure structlog and the stdlib root logger; returns the format actually used."""
+def _drop_colour_codes(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    """uvicorn passes an ANSI-coloured copy of each message as ``extra={"color_message": ...}``; ExtraAdder would
+    copy it, escape codes included, into every file and journal line."""
+    event.pop("color_message", None)
+    return event
+
+
+class _OfficeTimeStamper:
+    """``timestamp`` in the office's time with its offset (2026-12-01T08:00:03.120+07:00): what the people reading
+    the log live by, and still one exact instant."""
+
+    def __init__(self, zone: ZoneInfo) -> None:
+        self.zone = zone
+
+    def __call__(self, _logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+        event["timestamp"] = datetime.now(self.zone).isoformat(timespec="milliseconds")
+        return event
+
+
+def setup_logging(fmt: str = "auto", level: str = "info", *, stream: TextIO | None = None,
+                  timezone: str | None = None) -> str:
+    """Configure structlog and the stdlib root logger; returns the format actually used. ``timezone`` (the
+    office's, site.timezone) stamps lines in office time; without it (no config yet) they are stamped in UTC."""
     handler: logging.Handler = logging.StreamHandler(stream) if stream is not None else _CurrentStderrHandler()
     fmt = resolve_format(fmt, stream or sys.stderr)
     numeric = getattr(logging, level.upper(), logging.INFO)
@@ -221,11 +244,13 @@ def setup_logging(fmt: str = "auto", level: str = "info", *, stream: TextIO | No
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.stdlib.ExtraAdder(),
+        _drop_colour_codes,
         structlog.processors.StackInfoRenderer(),
     ]
     if fmt != "journal":
         # journald stamps every line itself.
-        shared.append(structlog.processors.TimeStamper(fmt="iso", utc=True))
+        shared.append(_OfficeTimeStamper(ZoneInfo(timezone)) if timezone
+                      else structlog.processors.TimeStamper(fmt="iso", utc=True))
 
     renderer: Any
     final: list[Any]

@@ -343,8 +343,8 @@ class CentralApi:
         if not 1 <= limit <= MAX_LIMIT:
             raise ApiError(400, "bad_parameter", f"limit: 1 to {MAX_LIMIT}")
         start, end = self._range(request, required=False)
-        q = PunchQuery(offices=tok.offices, office=office, device=_qtext(params, "device", 64),
-                       employee=_qtext(params, "employee", 64), date_from=start, date_to=end)
+        q = PunchQuery(offices=tok.offices, office_code=office, device_id=_qtext(params, "device", 64),
+                       employee_id=_qtext(params, "employee", 64), date_from=start, date_to=end)
         rows, last = await run_in_threadpool(self.store.feed, q, after, limit)
         cursor = encode_cursor(last)
         more = len(rows) == limit
@@ -357,7 +357,8 @@ class CentralApi:
         tok, office = self._scope(request)
         fmt = self._format(request)
         start, end = self._range(request, required=True)
-        q = PunchQuery(offices=tok.offices, office=office, employee=_qtext(request.query_params, "employee", 64),
+        q = PunchQuery(offices=tok.offices, office_code=office,
+                       employee_id=_qtext(request.query_params, "employee", 64),
                        date_from=start, date_to=end)
         items = await run_in_threadpool(lambda: export.daily_recap(self.store.iter_punches(q)))
         body = export.render(items, fmt, export.RECAP_COLUMNS, sheet="recap",
@@ -370,7 +371,7 @@ class CentralApi:
         fmt = self._format(request)
         start, end = self._range(request, required=True)
         assert start is not None and end is not None
-        q = PunchQuery(offices=tok.offices, office=office, date_from=start, date_to=end)
+        q = PunchQuery(offices=tok.offices, office_code=office, date_from=start, date_to=end)
 
         def build() -> dict[str, Any]:
             return export.completeness(self.store.iter_punches(q), self.store.devices(tok.offices, office),

@@ -48,8 +48,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     q.add_argument("--by", help="who does it (kept with the binding; default: the login name)")
     q.set_defaults(func=cmd_rebind_device, one_shot=True)
     q = csub.add_parser("list-tokens", help="names and office scopes of the tokens (never the tokens)")
-    q.add_argument("--kind", choices=("gateway", "api"), default="api")
-    q.add_argument("--file", type=Path)
+    q.add_argument("--kind", choices=("gateway", "api"), default="api",
+                   help="gateway tokens (offices forwarding here) or API tokens (BKD clients); default: api")
+    q.add_argument("--file", type=Path, help="token file (default: the one the central config names)")
     q.set_defaults(func=cmd_list_tokens, one_shot=True)
 
 

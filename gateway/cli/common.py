@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 
 DEFAULT_CONFIG = "/etc/fpgw/config.toml"
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+#: `fpgw run` cannot listen (HTTP or push port taken, certificate unusable): a restart would fail the same way,
+#: so systemd/fpgw.service lists it in RestartPreventExitStatus= (78 is sysexits' EX_CONFIG).
+EXIT_CANNOT_LISTEN = 78
 
 
 class CliError(Exception):

@@ -2,24 +2,37 @@
 
     run   -> gateway.app.Gateway.run_forever() until SIGTERM/SIGINT (what systemd starts)
     poll  -> gateway.polling.poller.DevicePoller.poll_once per device, sequentially -> one line each
-             (on a terminal, a long download shows a live progress line on stderr meanwhile)
+             (on a terminal, a long download shows a live progress line on stderr meanwhile; otherwise its
+             progress lines go to the log, every few seconds)
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from collections.abc import Callable
 from typing import TextIO
 
-from gateway.cli.common import EXIT_FAILURE, EXIT_OK, CliError, config_of, open_store, options_after_command
+from gateway.cli.common import (
+    EXIT_CANNOT_LISTEN,
+    EXIT_FAILURE,
+    EXIT_OK,
+    CliError,
+    config_of,
+    open_store,
+    options_after_command,
+)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `run` and `poll`."""
     p = subparsers.add_parser("run", parents=[options_after_command()],
-                              help="run the gateway daemon (what systemd starts)")
+                              help="run the gateway daemon (what systemd starts)",
+                              description="Run the gateway daemon until SIGTERM/SIGINT. Exit codes: 0 stopped, "
+                                          f"2 invalid config, {EXIT_CANNOT_LISTEN} a port cannot be listened on "
+                                          "(systemd does not restart it: fix the config), 1 other failures.")
     p.set_defaults(func=cmd_run, one_shot=False)
 
     p = subparsers.add_parser("poll", parents=[options_after_command()],
@@ -32,9 +45,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the daemon until SIGTERM/SIGINT."""
     from gateway.app import Gateway
+    from gateway.web.server import ListenerError
 
     gateway = Gateway(config_of(args))
-    return gateway.run_forever()
+    try:
+        return gateway.run_forever()
+    except ListenerError as exc:
+        # Already stopped cleanly by Gateway.start; one line instead of a traceback.
+        print(f"fpgw: cannot start: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_LISTEN
 
 
 def cmd_poll(args: argparse.Namespace) -> int:
@@ -58,10 +77,17 @@ def cmd_poll(args: argparse.Namespace) -> int:
         if pushing:
             raise CliError(f"{', '.join(pushing)}: push terminal(s) call the gateway themselves and cannot be polled; "
                            "`fpgw devices query-log` asks one to upload a range again")
+    display = progress_line(sys.stderr)
+    progress_log = logging.getLogger(PROGRESS_LOGGER)
+    level_before = progress_log.level
+    if display is None and args.log_level is None:
+        # Not on a terminal (cron, a pipe, a log file): no live line, so the download's progress lines are logged
+        # (INFO, every few seconds) although one-shot commands otherwise log warnings only.
+        progress_log.setLevel(logging.INFO)
     engine, store = open_store(config)
     try:
         store.sync_devices(config.devices)
-        poller = DevicePoller(config, store, progress_display=progress_line(sys.stderr))
+        poller = DevicePoller(config, store, progress_display=display)
         failed = 0
         for dev in chosen:
             o = poller.poll_once(dev)
@@ -80,7 +106,12 @@ def cmd_poll(args: argparse.Namespace) -> int:
                 print(f"{dev.id}: FAILED {o.error_kind}: {o.error} ({o.duration_s:.1f}s)")
     finally:
         engine.dispose()
+        progress_log.setLevel(level_before)
     return EXIT_FAILURE if failed else EXIT_OK
+
+
+#: The logger of gateway.polling.progress (its INFO lines: records read / expected, rate).
+PROGRESS_LOGGER = "gateway.polling.progress"
 
 
 class ProgressLine:

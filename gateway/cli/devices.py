@@ -50,13 +50,16 @@ if TYPE_CHECKING:
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `devices` with its actions `mute`, `unmute` and `clear` (without an action: the device table)."""
-    devices = subparsers.add_parser("devices", parents=[options_after_command()],
-                                    help="list devices with their health, last punch and counts")
+    devices = subparsers.add_parser(
+        "devices", parents=[options_after_command()], help="list devices with their health, last punch and counts",
+        usage="fpgw devices [-h] [--json] [--include-removed] [ACTION ...]",
+        description="Without an ACTION: the device table (health, last punch, counts). With one: a maintenance "
+                    "action on one device; `fpgw devices ACTION --help` explains it.")
     devices.add_argument("--json", action="store_true", help="print JSON instead of a table")
     devices.add_argument("--include-removed", action="store_true", help="also devices no longer in the config")
     devices.set_defaults(func=cmd_devices, one_shot=True)
 
-    actions = devices.add_subparsers(dest="devices_action", metavar="ACTION")
+    actions = devices.add_subparsers(dest="devices_action", metavar="ACTION", title="actions (optional)")
     actions.required = False
     p = actions.add_parser("mute", help="silence a device's alerts during maintenance (still recorded)")
     p.add_argument("device", metavar="DEVICE", help="device id (see `fpgw devices`)")

@@ -63,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     p = actions.add_parser("audit", help="who backed up, restored or read which terminal's enrolments")
     p.add_argument("--device", help="only this device id")
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--limit", type=int, default=50, help="newest entries shown (default 50)")
     p.set_defaults(func=cmd_audit)
 
 

@@ -59,8 +59,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     engine = open_engine(config, pool_size=2, migrate=True)
     try:
         store = CentralStore(engine)
-        q = PunchQuery(office=args.office, device=args.device, employee=args.employee, date_from=args.date_from,
-                       date_to=args.date_to)
+        q = PunchQuery(office_code=args.office, device_id=args.device, employee_id=args.employee,
+                       date_from=args.date_from, date_to=args.date_to)
         # Rows stream from the database to the file: a regency-wide month never sits in memory.
         fp: BinaryIO = part.open("wb") if part else sys.stdout.buffer
         try:

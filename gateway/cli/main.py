@@ -52,7 +52,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for register in REGISTER:
         register(sub)
+    describe_commands(parser)
     return parser
+
+
+def describe_commands(parser: argparse.ArgumentParser) -> None:
+    """`fpgw X --help` opens with the line `fpgw --help` shows for X when X has no longer description."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help for a in action._choices_actions}
+            for name, command in action.choices.items():
+                if not command.description and helps.get(name):
+                    command.description = str(helps[name])[:1].upper() + str(helps[name])[1:] + "."
+                describe_commands(command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -70,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     one_shot = getattr(args, "one_shot", True)
     fmt = args.log_format or (config.logging.format if config else "auto")
     level = args.log_level or ("warning" if one_shot else (config.logging.level if config else "info"))
-    setup_logging(fmt, level)
+    setup_logging(fmt, level, timezone=config.site.timezone if config else None)
     if config is not None:
         register_secrets(config.secrets())
     args.loaded_config = config

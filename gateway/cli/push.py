@@ -53,7 +53,7 @@ def register_actions(actions: argparse._SubParsersAction[argparse.ArgumentParser
     a.add_argument("--json", action="store_true", help="print JSON")
     a.set_defaults(func=cmd_unknown, one_shot=True)
     a = actions.add_parser("add-push", help="add a push terminal (e.g. one listed by `devices unknown`) to the config")
-    a.add_argument("serial", metavar="SERIAL")
+    a.add_argument("serial", metavar="SERIAL", help="the terminal's serial number (as `devices unknown` shows it)")
     a.add_argument("--id", dest="device_id", required=True, help="device id to give it (letters, digits, _ . -)")
     a.add_argument("--name", default="", help="human-readable name")
     a.add_argument("--timezone", default="", help="its IANA zone when not the office's")

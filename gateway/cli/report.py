@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="first day (default: 6 days before --to)")
     p.add_argument("--to", dest="day_to", type=parse_date, metavar="YYYY-MM-DD", help="last day (default: today)")
     p.add_argument("--device", action="append", metavar="DEVICE", help="only these devices (repeatable)")
-    p.add_argument("--format", choices=("text", "csv", "json"), default="text")
+    p.add_argument("--format", choices=("text", "csv", "json"), default="text", help="output format (default: text)")
     p.add_argument("--output", "-o", metavar="FILE", help="write to FILE instead of stdout")
     p.set_defaults(func=cmd_report, one_shot=True)
 

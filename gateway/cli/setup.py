@@ -178,7 +178,21 @@ def cmd_install_unit(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise CliError(f"cannot write {out}: {exc.strerror or exc} (run as root, or use --stdout)") from None
     print(f"wrote {out}")
-    if not args.no_reload and shutil.which("systemctl"):
-        subprocess.run(["systemctl", "daemon-reload"], check=False)
+    if not args.no_reload:
+        systemctl = shutil.which("systemctl")
+        if systemctl is None:
+            raise CliError("systemctl not found: systemd has not read the new unit (run `systemctl daemon-reload` "
+                           "where systemd runs, or pass --no-reload)")
+        try:
+            done = subprocess.run([systemctl, "daemon-reload"], capture_output=True, text=True, timeout=120,
+                                  check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise CliError(f"`systemctl daemon-reload` failed: {exc}; systemd still has the old unit") from None
+        if done.returncode != 0:
+            reason = (done.stderr or done.stdout).strip().splitlines()
+            raise CliError(f"`systemctl daemon-reload` failed (exit {done.returncode})"
+                           + (f": {reason[-1]}" if reason else "") + "; systemd still has the old unit "
+                           "(run it as root, then `systemctl enable --now fpgw`)")
+        print("systemd reloaded (systemctl daemon-reload)")
     print("next: put the config in /etc/fpgw/config.toml (chmod 600), then `systemctl enable --now fpgw`")
     return EXIT_OK

@@ -5,8 +5,9 @@
 
 Dates (PunchQuery.date_from / date_to, the pull API's date= / from= / to=, `fpgw export`) are office-local
 days: the date of each punch's own local wall-clock time (local_time, in its device's zone, which is its
-office's zone unless a device sets another), the same day `fpgw punches --date` shows at the office
-(one meaning of a day for every punch query: see gateway.store.punches).
+office's zone unless a device sets another), the same day `fpgw punches --from/--to` shows at the office.
+PunchQuery is the office's query type (gateway.store.punches), re-exported here: one meaning of each field
+and of a day, one WHERE clause (where_punches) for every punch query.
 
 Office isolation (migration 0005_office_bindings): a forwarded punch is stored under its gateway token's
 office and is a duplicate only of that office's punch (uq_punches_key leads with office_code). Each device
@@ -35,11 +36,10 @@ import json
 import weakref
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Select, delete, func, or_, select, update
+from sqlalchemy import Engine, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection, RowMapping
@@ -48,7 +48,7 @@ from gateway.models import Punch
 from gateway.store import schema as s
 from gateway.store.db import writer
 from gateway.store.health import insert_alert
-from gateway.store.punches import PUNCH_KEY, insert_ignore, on_local_days, punch_row
+from gateway.store.punches import PUNCH_KEY, PunchQuery, insert_ignore, punch_row, where_punches
 from gateway.store.schema import utcnow
 
 #: pg_advisory_xact_lock key of the feed-order guard (same literal as in migration 0002).
@@ -102,36 +102,10 @@ def decode_cursor(text: str | None) -> int:
     return position
 
 
-@dataclass(frozen=True)
-class PunchQuery:
-    """Which punches a pull or export wants; ``offices`` is the caller's scope (None = every office)."""
-
-    offices: frozenset[str] | None = None
-    office: str | None = None
-    device: str | None = None
-    employee: str | None = None
-    #: Inclusive range of local (office wall-clock) dates.
-    date_from: date | None = None
-    date_to: date | None = None
-
-
 #: Columns a pulled punch carries, in CSV/XLSX column order.
 FEED_COLUMNS = ("office_code", "device_id", "device_serial", "device_user_id", "employee_id", "device_time",
                 "local_time", "utc_time", "timezone", "state", "state_name", "verify", "verify_name", "workcode",
                 "flags", "source", "received_at")
-
-
-def _apply(q: Select[Any], query: PunchQuery) -> Select[Any]:
-    p = s.punches.c
-    if query.offices is not None:
-        q = q.where(p.office_code.in_(sorted(query.offices)))
-    if query.office:
-        q = q.where(p.office_code == query.office)
-    if query.device:
-        q = q.where(p.device_id == query.device)
-    if query.employee:
-        q = q.where(p.employee_id == query.employee)
-    return on_local_days(q, query.date_from, query.date_to)
 
 
 def _row(r: RowMapping) -> dict[str, Any]:
@@ -502,17 +476,20 @@ class CentralStore:
         p = s.punches.c
         cols = [p.id, *(p[k] for k in FEED_COLUMNS)]
         with self.engine.connect() as conn:
-            rows = conn.execute(_apply(select(*cols).where(p.id > after), query)
+            rows = conn.execute(where_punches(select(*cols).where(p.id > after), query)
                                 .order_by(p.id).limit(limit)).mappings().all()
         return [_row(r) for r in rows], (rows[-1]["id"] if rows else after)
 
     def iter_punches(self, query: PunchQuery, chunk: int = 5000) -> Iterator[dict[str, Any]]:
-        """Every matching punch in feed order (chunked keyset paging: constant memory)."""
-        after = 0
-        while True:
-            rows, after_next = self.feed(query, after, chunk)
+        """Every matching punch in feed order (chunked keyset paging: constant memory), at most query.limit."""
+        after, left = 0, query.limit
+        while left is None or left > 0:
+            page = chunk if left is None else min(chunk, left)
+            rows, after_next = self.feed(query, after, page)
             yield from rows
-            if len(rows) < chunk:
+            if left is not None:
+                left -= len(rows)
+            if len(rows) < page:
                 return
             after = after_next
 

@@ -2,7 +2,7 @@
 
     poller --(device_id, Punch[], PollOutcome)--> Store.save_poll()   one transaction:
         punches (idempotent insert on the dedup key) + outbox rows for the new ones + device row + poll run
-    `fpgw punches` --PunchFilter--> iter_punches()   (outbox: gateway.store.outbox, health: gateway.store.health)
+    `fpgw punches` --PunchQuery--> iter_punches()   (outbox: gateway.store.outbox, health: gateway.store.health)
 
 Idempotency: punches are inserted with ON CONFLICT DO NOTHING on (office_code, device_serial,
 device_user_id, device_time, occurrence) and the database tells which rows were really new (PostgreSQL:
@@ -25,7 +25,7 @@ rolling log that overwrites the oldest of two same-time records, renumber record
 apart - the first can store an old record twice (never lose one), the second can take a new record for
 the overwritten one (losing it). Punches with a trustworthy time are unaffected (occurrence 0).
 
-"Day X" has one meaning in every punch query, here and at the central (gateway.store.central.PunchQuery,
+"Day X" has one meaning in every punch query, here and at the central (PunchQuery: the same type,
 the pull API, `fpgw export`, the daily recap): the calendar date of the punch's local wall-clock time
 (local_time: the device's clock read in the device's zone, which is the office's zone, site.timezone,
 unless a device sets its own). A punch whose device date is impossible (dead clock) has no local time
@@ -701,16 +701,22 @@ def _newest_valid(punches: Sequence[Punch]) -> datetime | None:
 # -- reading punches (`fpgw punches`) -----------------------------------------------------------------
 
 @dataclass(frozen=True)
-class PunchFilter:
-    """What `fpgw punches` (and other readers) select. Dates are whole office-local days (see the module
-    docstring): a punch belongs to the date of its local wall-clock time."""
+class PunchQuery:
+    """Which punches a reader wants: `fpgw punches`, the USB import's overlap check, and at the central the
+    pull API, `fpgw export` and the dashboards. One field per punches column, each with one meaning; every
+    reader builds its WHERE clause with where_punches(). Dates are whole office-local days (see the module
+    docstring): a punch belongs to the date of its local wall-clock time. ``offices`` is the caller's scope
+    (None = every office), ``office_code`` one office asked for within it."""
 
     date_from: date | None = None
+    #: Inclusive.
     date_to: date | None = None
     device_id: str | None = None
     employee_id: str | None = None
     device_user_id: str | None = None
     office_code: str | None = None
+    offices: frozenset[str] | None = None
+    #: At most this many rows (readers that page, such as the central feed, pass their own page size).
     limit: int | None = None
 
 
@@ -729,23 +735,31 @@ def on_local_days(q: Select[Any], date_from: date | None, date_to: date | None) 
     return q
 
 
-def iter_punches(engine: Engine, flt: PunchFilter, *, chunk: int = 2000) -> Iterator[dict[str, Any]]:
-    """Punches matching the filter, oldest first (by instant, then arrival); streams in chunks."""
+def where_punches(q: Select[Any], query: PunchQuery) -> Select[Any]:
+    """``q`` restricted to the punches ``query`` selects (every field but ``limit``): the one place a punch
+    query's WHERE clause is built."""
     p = s.punches.c
-    q = select(*(getattr(p, f) for f in PUNCH_FIELDS))
-    q = on_local_days(q, flt.date_from, flt.date_to)
-    if flt.device_id:
-        q = q.where(p.device_id == flt.device_id)
-    if flt.employee_id:
-        q = q.where(p.employee_id == flt.employee_id)
-    if flt.device_user_id:
-        q = q.where(p.device_user_id == flt.device_user_id)
-    if flt.office_code:
-        q = q.where(p.office_code == flt.office_code)
+    if query.offices is not None:
+        q = q.where(p.office_code.in_(sorted(query.offices)))
+    if query.office_code:
+        q = q.where(p.office_code == query.office_code)
+    if query.device_id:
+        q = q.where(p.device_id == query.device_id)
+    if query.employee_id:
+        q = q.where(p.employee_id == query.employee_id)
+    if query.device_user_id:
+        q = q.where(p.device_user_id == query.device_user_id)
+    return on_local_days(q, query.date_from, query.date_to)
+
+
+def iter_punches(engine: Engine, query: PunchQuery, *, chunk: int = 2000) -> Iterator[dict[str, Any]]:
+    """Punches matching the query, oldest first (by instant, then arrival); streams in chunks."""
+    p = s.punches.c
+    q = where_punches(select(*(getattr(p, f) for f in PUNCH_FIELDS)), query)
     # Punches with an impossible date have no instant: they sort last (and only appear without a date filter).
     q = q.order_by(p.utc_time.is_(None), p.utc_time, p.id)
-    if flt.limit:
-        q = q.limit(flt.limit)
+    if query.limit:
+        q = q.limit(query.limit)
     with engine.connect() as conn:
         result = conn.execution_options(stream_results=True, yield_per=chunk).execute(q)
         for row in result.mappings():

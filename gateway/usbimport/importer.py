@@ -31,7 +31,7 @@ import structlog
 from gateway.config import Config, DeviceConfig
 from gateway.models import USB_IMPORT_OUTCOME, PollOutcome, Punch
 from gateway.polling.normalize import DEFAULT_NOT_BEFORE, DeviceContext, EmployeeMap, normalize_punches
-from gateway.store.punches import PunchFilter, Store, iter_punches
+from gateway.store.punches import PunchQuery, Store, iter_punches
 from gateway.store.quarantine import QuarantinedInput, QuarantineRepo
 from gateway.usbimport.formats import ExportError, ParsedExport, name_hint, parse_export
 
@@ -199,7 +199,7 @@ class UsbImporter:
         if not instants or not days:
             return None
         lo, hi = min(instants), max(instants)
-        flt = PunchFilter(date_from=min(days), date_to=max(days), device_id=device_id,
+        flt = PunchQuery(date_from=min(days), date_to=max(days), device_id=device_id,
                           office_code=self.config.site.office_code)
         # Leaving the loop early drops the generator, which closes its connection (CPython refcounting).
         for row in iter_punches(self.store.engine, flt):

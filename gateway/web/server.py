@@ -96,6 +96,11 @@ class _GuardedH11Protocol(H11Protocol):
             self.transport.close()
 
 
+class ListenerError(RuntimeError):
+    """A listener cannot serve (busy port, unusable address or certificate): a restart will not fix it, so
+    `fpgw run` exits with its own code (gateway.cli.common.EXIT_CANNOT_LISTEN) that systemd does not restart."""
+
+
 def start_listener(app: Any, *, what: str, section: str, listen: str, port: int, tls_cert_file: Path | None,
                    tls_key_file: Path | None, thread_name: str, **server_options: Any) -> ThreadedServer:
     """Start a daemon listener (the status server, the push receiver): HTTPS pair checked, bound, serving.
@@ -109,14 +114,14 @@ def start_listener(app: Any, *, what: str, section: str, listen: str, port: int,
         try:
             ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(tls_cert_file, tls_key_file)
         except (OSError, ssl.SSLError) as exc:
-            raise RuntimeError(f"{what}: HTTPS certificate or key unusable ({section}.tls_cert_file {tls_cert_file}, "
+            raise ListenerError(f"{what}: HTTPS certificate or key unusable ({section}.tls_cert_file {tls_cert_file}, "
                                f"{section}.tls_key_file {tls_key_file}): {exc}") from None
         tls = {"ssl_certfile": str(tls_cert_file), "ssl_keyfile": str(tls_key_file)}
     server = ThreadedServer(app, listen, port, thread_name=thread_name, **server_options, **tls)
     try:
         server.bind()
     except OSError as exc:
-        raise RuntimeError(f"{what} could not listen on {listen}:{port}: {exc.strerror or exc} "
+        raise ListenerError(f"{what} could not listen on {listen}:{port}: {exc.strerror or exc} "
                            f"(change {section}.port / {section}.listen, or set {section}.enabled = false)") from None
     server.start()
     return server

@@ -5,6 +5,13 @@
 Loopback clients need no login; others need ``http.status_token`` (Bearer header or ``?token=``). Without a
 token, a non-loopback listener refuses non-loopback clients (logged once at start). Routes in
 ``ctx.http_routes`` (central API) are mounted as given: they do their own auth.
+
+"Poll now" (``POST /devices/{id}/poll``, the button on each polled terminal's card) passes the same access rule
+and, because a browser on this machine is let in without a token, also a CSRF check: the form carries a token
+only this process knows (HMAC of a per-start secret), and a request whose Sec-Fetch-Site or Origin names another
+site is refused.
+It only asks the daemon's scheduler (ctx.poll_now: gateway.polling.scheduler.PollScheduler.poll_now) to poll
+that terminal as soon as possible: coalesced behind a running poll, never a second poll beside the schedule.
 """
 
 from __future__ import annotations
@@ -12,15 +19,17 @@ from __future__ import annotations
 import hmac
 import html
 import ipaddress
-from datetime import UTC, datetime
+import secrets
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import parse_qs, quote, urlsplit
 from zoneinfo import ZoneInfo
 
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from gateway.config import Config
@@ -31,6 +40,7 @@ from gateway.services import AppContext, Service
 from gateway.store.db import StorageError, storage_error_text
 from gateway.store.health import AlertRow, HealthRepo
 from gateway.store.push import PushRepo
+from gateway.web.checks_id import CHECKS_ID
 from gateway.web.server import ThreadedServer, start_listener
 
 log = structlog.get_logger(__name__)
@@ -40,6 +50,8 @@ REFRESH_S = 30
 _STATE_COLOUR = {"online": "#1b7f3b", "offline": "#b3261e", "unknown": "#6b6b6b"}
 _SEV_COLOUR = {"critical": "#b3261e", "warning": "#a15c00", "info": "#2f5d8a"}
 _STATE_WORD = {"online": "online", "offline": "offline", "unknown": "belum diketahui / unknown"}
+#: A last punch this far past the server's clock is flagged (the terminal's clock runs ahead).
+FUTURE_PUNCH_TOLERANCE = timedelta(minutes=5)
 
 
 def is_loopback(host: str | None) -> bool:
@@ -99,10 +111,14 @@ class StatusView:
             healths, rows, alerts = {}, [], []
         backups = self._enrol_backups()
         devices: list[dict[str, Any]] = []
+        configured = {d.id: d for d in self.config.devices}
+        polled = polled_device_ids(self.ctx)
         for r in rows:
             if not r.enabled:
                 continue
             h = healths.get(r.device_id)
+            device_config = configured.get(r.device_id)
+            pushes = bool(device_config is not None and device_config.pushes)
             problems = sorted(h.problems.values(), key=lambda p: PROBLEMS.index(p.name)
                               if p.name in PROBLEMS else 99) if h else []
             muted = r.muted_until if r.muted_until is not None and r.muted_until > now else None
@@ -119,7 +135,16 @@ class StatusView:
                 "consecutive_failures": h.consecutive_failures if h else 0,
                 "last_error_kind": h.last_error_kind if h else None,
                 "problems": [{"name": p.name, "severity": p.severity, "since": _iso(p.since), "detail": p.detail,
-                              "notice": p.notice, "check": list(CHECKS.get(p.name, ()))} for p in problems],
+                              "notice": p.notice, "check": list(CHECKS.get(p.name, ())),
+                              "check_id": list(CHECKS_ID.get(p.name, ()))} for p in problems],
+                # Added for the polished page (issue 13); the fields above keep their names and meanings.
+                "last_error": h.last_error if h else None,
+                "reason": state_reason(h, r.address, r.port, pushes=pushes),
+                "last_punch_in_future": bool(r.last_punch_at is not None
+                                             and r.last_punch_at > now + FUTURE_PUNCH_TOLERANCE),
+                "pushes": pushes,
+                # The running daemon's scheduler can poll it now (push terminals call us instead).
+                "poll_now": r.device_id in polled,
                 "enrol_backup": _backup_json(backups.get(r.device_id)),
             })
         states = [d["state"] for d in devices]
@@ -134,7 +159,8 @@ class StatusView:
                 outbox = None
         return {
             "gateway": self._gateway(database_error),
-            "office": {"code": self.config.site.office_code, "name": self.config.site.office_name},
+            "office": {"code": self.config.site.office_code, "name": self.config.site.office_name,
+                       "timezone": self.config.site.timezone},
             "generated_at": _iso(now),
             "summary": {"devices": len(devices), "online": states.count("online"),
                         "offline": states.count("offline"), "unknown": states.count("unknown"),
@@ -174,17 +200,36 @@ class StatusView:
         return {"state": "problem" if problems or database_error else "ok", "disk_free_bytes": free,
                 "database_error": database_error,
                 "problems": [{"name": p.name, "severity": p.severity, "since": _iso(p.since), "detail": p.detail,
-                              "check": list(GATEWAY_CHECKS.get(p.name, ()))} for p in problems]}
+                              "check": list(GATEWAY_CHECKS.get(p.name, ())),
+                              "check_id": list(CHECKS_ID.get(p.name, ()))} for p in problems]}
 
     # -- HTML ------------------------------------------------------------------------------------------
     def local(self, iso: str | None) -> str:
-        """ISO UTC text -> short local time for the page."""
+        """ISO UTC text -> office time with year and zone for the page (2026-12-01 08:05 WIB)."""
         if not iso:
             return "-"
-        return datetime.fromisoformat(iso).astimezone(self.tz).strftime("%d-%m %H:%M")
+        return datetime.fromisoformat(iso).astimezone(self.tz).strftime("%Y-%m-%d %H:%M %Z")
 
-    def page(self, doc: dict[str, Any]) -> str:
-        """The status page: server-rendered, phone-sized, refreshes itself, works without JavaScript."""
+    def _checks(self, name: str, english: list[str], indonesian: list[str], severity: str) -> str:
+        """The "what to check" list, Indonesian first with the English below; open for critical problems."""
+        e = html.escape
+        items = []
+        for i, text in enumerate(english):
+            local_text = indonesian[i] if i < len(indonesian) else ""
+            items.append(f"<li>{e(local_text)}<br><small lang=\"en\">{e(text)}</small></li>" if local_text
+                         else f"<li lang=\"en\">{e(text)}</li>")
+        if not items:
+            return ""
+        opened = " open" if severity == "critical" else ""
+        return (f'<details class="check" data-problem="{e(name)}"{opened}><summary>Periksa / what to check</summary>'
+                f'<ul>{"".join(items)}</ul></details>')
+
+    def page(self, doc: dict[str, Any], *, csrf: str = "", token_query: str = "", polled: str | None = None) -> str:
+        """The status page: server-rendered, phone-sized, refreshes itself, works without JavaScript.
+
+        ``csrf`` goes into each "poll now" form; ``token_query`` (``?token=...`` when the page was opened with
+        one) into its action, so the POST passes the same access rule; ``polled`` names a device whose poll was
+        just requested (shown once at the top)."""
         e = html.escape
         office = doc["office"]
         s = doc["summary"]
@@ -201,39 +246,51 @@ class StatusView:
             if d["records"] is not None:
                 cap = f" / {d['records_cap']}" if d["records_cap"] else ""
                 pct = f" ({d['records'] / d['records_cap']:.0%})" if d["records_cap"] else ""
-                rows.append(("Rekaman / records", f"{d['records']}{cap}{pct}"))
+                rows.append(("Rekaman / records", f"{d['records']}{cap}{pct}", ""))
             if d["users"] is not None:
-                rows.append(("Pengguna / users", f"{d['users']}" + (f" / {d['users_cap']}" if d["users_cap"] else "")))
-            rows.append(("Terakhir terlihat / last seen", self.local(d["last_seen_at"])))
-            rows.append(("Absen terakhir / last punch", self.local(d["last_punch_at"])))
+                rows.append(("Pengguna / users", f"{d['users']}" + (f" / {d['users_cap']}" if d["users_cap"] else ""),
+                              ""))
+            rows.append(("Terakhir terlihat / last seen", self.local(d["last_seen_at"]), ""))
+            future = d.get("last_punch_in_future")
+            rows.append(("Absen terakhir / last punch", self.local(d["last_punch_at"])
+                         + (" ⚠ di masa depan / in the future: jam mesin terlalu cepat? / device clock ahead?"
+                            if future else ""), ' class="future"' if future else ""))
             if d["clock_skew_s"] is not None:
-                rows.append(("Selisih jam / clock skew", f"{round(d['clock_skew_s']):+d} s"))
+                rows.append(("Selisih jam / clock skew", f"{round(d['clock_skew_s']):+d} s", ""))
             if d["serial"]:
-                rows.append(("Serial", d["serial"]))
+                rows.append(("Serial", d["serial"], ""))
             backup = d.get("enrol_backup")
             rows.append(("Cadangan sidik jari / enrolment backup",
                          f"{self.local(backup['at'])} ({backup['users']} / {backup['templates']})" if backup
-                         else "belum / never"))
-            table = "".join(f"<tr><th>{e(k)}</th><td>{e(str(v))}</td></tr>" for k, v in rows)
+                         else "belum / never", ""))
+            table = "".join(f"<tr><th>{e(k)}</th><td{attr}>{e(str(v))}</td></tr>" for k, v, attr in rows)
             probs = []
             for p in d["problems"]:
-                checks = "".join(f"<li>{e(c)}</li>" for c in p["check"])
+                sev_colour = _SEV_COLOUR.get(p["severity"], "#555")
                 probs.append(
-                    f'<div class="prob" style="border-color:{_SEV_COLOUR.get(p["severity"], "#555")}">'
-                    f'<b class="sev" style="color:{_SEV_COLOUR.get(p["severity"], "#555")}">'
+                    f'<div class="prob" data-severity="{e(p["severity"])}" style="border-color:{sev_colour}">'
+                    f'<b class="sev" style="color:{sev_colour}">'
                     f'{e(p["name"].replace("_", " "))}</b> <small>{e(p["severity"])}, sejak/since '
                     f'{e(self.local(p["since"]))}</small><div>{e(p["detail"])}</div>'
-                    + (f"<details><summary>Periksa / what to check</summary><ul>{checks}</ul></details>"
-                       if checks else "") + "</div>")
+                    + self._checks(p["name"], p["check"], p.get("check_id") or [], p["severity"]) + "</div>")
             muted = (f'<div class="muted">Dibisukan / muted until {e(self.local(d["muted_until"]))}'
                      + (f": {e(d['mute_reason'])}" if d["mute_reason"] else "") + "</div>") if d["muted_until"] else ""
+            reason = d.get("reason")
+            why = (f'<div class="reason">Sebab / why: {e(reason)}</div>'
+                   if reason and (d["state"] != "online" or d["consecutive_failures"]) else "")
+            poll = ""
+            if d.get("poll_now"):
+                poll = (f'<form class="pollnow" method="post" action="/devices/{quote(d["id"], safe="")}/poll'
+                        f'{e(token_query)}"><input type="hidden" name="csrf" value="{e(csrf)}">'
+                        f'<button type="submit">Cek sekarang / poll now</button></form>')
             cards.append(
                 f'<section class="dev" id="dev-{e(d["id"])}" data-state="{e(d["state"])}">'
                 f'<h2><span class="dot" style="background:{colour}"></span>{e(d["name"] or d["id"])} '
                 f'<span class="state" style="color:{colour}">{e(_STATE_WORD.get(d["state"], d["state"]))}</span></h2>'
                 f'<div class="sub">{e(d["id"])} &middot; {e(d["address"])}:{d["port"]}'
                 + (f" &middot; {e(d['location'])}" if d["location"] else "") + "</div>"
-                + muted + "".join(probs) + _drop_notice(d.get("enrol_backup")) + f"<table>{table}</table></section>")
+                + why + muted + "".join(probs) + _drop_notice(d.get("enrol_backup")) + f"<table>{table}</table>{poll}"
+                "</section>")
         alerts = "".join(
             f'<li><span style="color:{_SEV_COLOUR.get(a["severity"], "#555")}">{e(a["event"])}</span> '
             f'{e(self.local(a["created_at"]))} {e(a["device_id"] or "-")}: {e(a["problem"].replace("_", " "))}'
@@ -255,8 +312,8 @@ class StatusView:
                        f'style="border-color:{_SEV_COLOUR.get(p["severity"], "#555")}"><b style="color:'
                        f'{_SEV_COLOUR.get(p["severity"], "#555")}">Gateway: {e(p["name"].replace("_", " "))}</b> '
                        f'<small>{e(p["severity"])}, sejak/since {e(self.local(p["since"]))}</small>'
-                       f'<div>{e(p["detail"])}</div><details><summary>Periksa / what to check</summary><ul>'
-                       + "".join(f"<li>{e(c)}</li>" for c in p["check"]) + "</ul></details></div>"
+                       f'<div>{e(p["detail"])}</div>'
+                       + self._checks(p["name"], p["check"], p.get("check_id") or [], p["severity"]) + "</div>"
                        for p in gw["problems"]))
         unknown = "".join(
             f'<div class="prob" style="border-color:{_SEV_COLOUR.get("warning", "#b26a00")}">'
@@ -265,6 +322,25 @@ class StatusView:
             f'{e(self.local(u["last_seen"]))}<div><small>Tambahkan / add it: '
             f'<code>fpgw devices add-push {e(str(u["serial"]))} --id &lt;id&gt;</code></small></div></div>'
             for u in doc.get("unknown_terminals") or [])
+        notice = ""
+        if polled is not None:
+            notice = (f'<p class="notice" id="polled">Pengecekan {e(polled)} diminta; hasilnya tampil setelah '
+                      f'halaman dimuat ulang / poll of {e(polled)} requested: the result shows after the next '
+                      f'reload.</p>')
+        # Chips: a count is coloured only when it says something is wrong (0 offline is good news, not red).
+        chips = [f'<span class="pill">{s["devices"]} perangkat</span>',
+                 f'<span class="pill" data-count="{s["online"]}"'
+                 + (f' style="color:{_STATE_COLOUR["online"]}"' if s["online"] else "")
+                 + f'>{s["online"]} online</span>',
+                 f'<span class="pill" data-count="{s["offline"]}"'
+                 + (f' style="color:{_STATE_COLOUR["offline"]}"' if s["offline"] else "") + f'>{s["offline"]} offline'
+                 "</span>"]
+        if s.get("unknown"):
+            chips.append(f'<span class="pill" data-count="{s["unknown"]}">{s["unknown"]} belum diketahui / '
+                         "unknown</span>")
+        chips.append(f'<span class="pill" data-count="{s["open_problems"]}"'
+                     + (f' style="color:{_SEV_COLOUR["warning"]}"' if s["open_problems"] else "")
+                     + f'>{s["open_problems"]} masalah/problems</span>')
         title = f"Status perangkat absensi - {office['name'] or office['code']}"
         return f"""<!doctype html>
 <html lang="id"><head><meta charset="utf-8">
@@ -282,20 +358,32 @@ h1{{font-size:1.25rem;margin:0 0 4px}} .meta{{color:#555;font-size:.85rem;margin
 .dot{{width:14px;height:14px;border-radius:50%;display:inline-block;flex:none}}
 .state{{font-size:.9rem;font-weight:700;text-transform:uppercase}}
 .sub{{color:#666;font-size:.8rem;margin:2px 0 6px;word-break:break-all}}
+.reason{{background:#fdf3e7;border-left:4px solid #a15c00;padding:4px 8px;margin:6px 0;font-size:.9rem;
+word-break:break-word}}
 .prob{{border-left:4px solid;padding:4px 8px;margin:6px 0;background:#fafafa}}
 .prob small{{color:#666}} details{{margin-top:4px;font-size:.9rem}} ul{{padding-left:18px;margin:4px 0}}
+li{{margin:3px 0}} li small{{color:#555}}
 .muted{{background:#eef2f7;padding:4px 8px;margin:6px 0;font-size:.9rem}}
+.notice{{background:#e8f3ec;border-left:4px solid #1b7f3b;padding:6px 8px}}
 table{{width:100%;border-collapse:collapse;font-size:.9rem}} th{{text-align:left;font-weight:normal;color:#555;
 padding:2px 6px 2px 0;width:55%}} td{{padding:2px 0;font-variant-numeric:tabular-nums}}
+td.future{{color:#b3261e;font-weight:600}}
+.pollnow{{margin-top:8px}} .pollnow button{{font:inherit;padding:6px 12px;border-radius:8px;border:1px solid #2f5d8a;
+background:#fff;color:#2f5d8a;min-height:36px}}
 .alerts li{{font-size:.85rem;margin:2px 0}}
+@media (min-width:1000px){{body{{max-width:960px;margin:0 auto}}}}
+@media (max-width:600px){{
+body{{padding:8px}} h1{{font-size:1rem;margin:0}} .meta{{font-size:.75rem;margin-bottom:6px}}
+.summary{{gap:4px;margin-bottom:8px}} .pill{{padding:2px 8px;font-size:.8rem;border-radius:10px}}
+}}
 </style></head><body>
+<header>
 <h1>{e(title)}</h1>
 <div class="meta">{e(office['code'])} &middot; diperbarui/updated {e(self.local(doc['generated_at']))}
 &middot; muat ulang otomatis tiap {REFRESH_S} s</div>
-<div class="summary"><span class="pill">{s['devices']} perangkat</span>
-<span class="pill" style="color:{_STATE_COLOUR['online']}">{s['online']} online</span>
-<span class="pill" style="color:{_STATE_COLOUR['offline']}">{s['offline']} offline</span>
-<span class="pill">{s['open_problems']} masalah/problems</span></div>
+<div class="summary">{''.join(chips)}</div>
+</header>
+{notice}
 {gw_line}
 {outbox}
 {unknown}
@@ -303,6 +391,48 @@ padding:2px 6px 2px 0;width:55%}} td{{padding:2px 0;font-variant-numeric:tabular
 <h2 style="font-size:1rem">Peringatan terakhir / recent alerts</h2>
 <ul class="alerts">{alerts or '<li>-</li>'}</ul>
 </body></html>"""
+
+
+def polled_device_ids(ctx: AppContext) -> set[str]:
+    """Devices the running daemon's scheduler polls and can poll now (none without a scheduler here). Push
+    terminals, and any other kind the scheduler does not poll, are not among them."""
+    if ctx.poll_now is None:
+        return set()
+    device_ids = getattr(ctx.polls, "device_ids", None)
+    if callable(device_ids):
+        return set(device_ids())
+    return {d.id for d in ctx.config.devices if d.enabled and not d.pushes}
+
+
+def state_reason(health: DeviceHealth | None, address: str, port: int | None, *, pushes: bool = False) -> str:
+    """Why a terminal is not (or not yet) online, in one line, from its last poll's classified error."""
+    if health is None or (health.last_error_kind is None and health.last_ok_at is None
+                          and health.consecutive_failures == 0):
+        if pushes:
+            return "waiting for the terminal to call the gateway (push): none yet"
+        return "not polled yet: the first poll runs shortly after the gateway starts"
+    kind = health.last_error_kind
+    if kind is None:
+        return ""
+    detail = (health.last_error or "").strip()
+    where = f"{address}:{port}" if port else address
+    if kind == "unreachable":
+        text = f"unreachable: no answer from {where}"
+        return text + (f" ({detail})" if detail and len(detail) <= 120 else "")
+    if kind == "auth_rejected":
+        return f"auth rejected: {where} refused the comm key"
+    return f"{kind.replace('_', ' ')}: {detail or 'see the log'}"[:300]
+
+
+def _cross_site(request: Request) -> bool:
+    """True when the browser says the request comes from another site (Sec-Fetch-Site, else Origin vs Host)."""
+    fetch_site = request.headers.get("sec-fetch-site")
+    if fetch_site is not None:
+        return fetch_site not in ("same-origin", "none")
+    origin = request.headers.get("origin")
+    if not origin or origin == "null":
+        return origin == "null"
+    return urlsplit(origin).netloc.lower() != request.headers.get("host", "").lower()
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -350,8 +480,61 @@ def build_app(ctx: AppContext, *, registry: CollectorRegistry | None = None) -> 
         return PlainTextResponse("token required (Authorization: Bearer <token> or ?token=)\n", status_code=401,
                                  headers={"WWW-Authenticate": "Bearer"})
 
+    # One value per process start: embedded in the page (readable only by clients the guard lets in, and never
+    # by another site's script, by the same-origin rule) and required back by the poll-now form.
+    csrf = hmac.new(secrets.token_bytes(32), b"fpgw poll now", "sha256").hexdigest()
+
+    def token_query(request: Request) -> str:
+        given = request.query_params.get("token")
+        return f"?token={quote(given, safe='')}" if given else ""
+
     def index(request: Request) -> Response:
-        return guard(request) or HTMLResponse(view.page(view.document()), headers={"Cache-Control": "no-store"})
+        refused = guard(request)
+        if refused is not None:
+            return refused
+        polled = request.query_params.get("polled")
+        known = {d.id for d in ctx.config.devices}
+        page = view.page(view.document(), csrf=csrf, token_query=token_query(request),
+                         polled=polled if polled in known else None)
+        return HTMLResponse(page, headers={"Cache-Control": "no-store"})
+
+    async def poll_device(request: Request) -> Response:
+        """POST /devices/{id}/poll: ask the running daemon to poll this terminal now (the page's button)."""
+        refused = guard(request)
+        if refused is not None:
+            return refused
+        if _cross_site(request):
+            return PlainTextResponse("refused: the request comes from another site\n", status_code=403)
+        bearer = request.headers.get("authorization", "").lower().startswith("bearer ")
+        if not bearer:
+            # Browsers send cookies and reach loopback by themselves, never an Authorization header: a form
+            # without the page's token may have been planted by another site (CSRF).
+            body = await request.body()
+            given = parse_qs(body[:4096].decode("utf-8", "replace")).get("csrf", [""])[0]
+            if not hmac.compare_digest(given.encode(), csrf.encode()):
+                return PlainTextResponse("refused: missing or stale form token; reload the status page and press "
+                                         "the button again\n", status_code=403)
+        device_id = request.path_params["device_id"]
+        device = next((d for d in ctx.config.devices if d.id == device_id), None)
+        if device is None:
+            return PlainTextResponse(f"unknown device {device_id!r}\n", status_code=404)
+        poll_now = ctx.poll_now
+        if poll_now is None:
+            return PlainTextResponse("polling is not running in this process\n", status_code=503)
+        if device.pushes or not device.enabled or device_id not in polled_device_ids(ctx):
+            why = ("a push terminal calls the gateway itself" if device.pushes else "the device is disabled"
+                   if not device.enabled else "the gateway does not poll this kind of terminal")
+            return PlainTextResponse(f"{device_id} cannot be polled: {why}\n", status_code=409)
+        if not poll_now(device_id):
+            return PlainTextResponse(f"{device_id} cannot be polled now (not a polled terminal, or the gateway is "
+                                     "stopping)\n", status_code=409)
+        log.info("poll now requested on the status page", device=device_id)
+        if "application/json" in request.headers.get("accept", "") and "text/html" not in request.headers.get(
+                "accept", ""):
+            return JSONResponse({"device": device_id, "poll_requested": True}, status_code=202)
+        query = token_query(request)
+        target = f"/{query}{'&' if query else '?'}polled={quote(device_id, safe='')}#dev-{quote(device_id, safe='')}"
+        return RedirectResponse(target, status_code=303)
 
     def status(request: Request) -> Response:
         return guard(request) or JSONResponse(view.document(), headers={"Cache-Control": "no-store"})
@@ -371,7 +554,8 @@ def build_app(ctx: AppContext, *, registry: CollectorRegistry | None = None) -> 
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     routes: list[BaseRoute] = [Route("/", index), Route("/status", status), Route("/healthz", healthz),
-                               Route("/metrics", metrics)]
+                               Route("/metrics", metrics),
+                               Route("/devices/{device_id}/poll", poll_device, methods=["POST"])]
     routes.extend(ctx.http_routes)
     return Starlette(routes=routes)
 

@@ -16,7 +16,7 @@ from gateway.models import PollOutcome, Punch
 from gateway.store import schema as s
 from gateway.store.db import HEAD_REVISION, create_db_engine, current_revision, head_revision, upgrade, writer
 from gateway.store.health import device_overview
-from gateway.store.punches import PunchFilter, Store, insert_punches, iter_punches
+from gateway.store.punches import PunchQuery, Store, insert_punches, iter_punches
 from tests.support.punches import make_punch
 
 
@@ -154,13 +154,13 @@ def test_punch_query_filters_by_office_day_device_and_user(engine: Engine, tmp_p
     hall = [punch("1003", 30, serial="SN2", device="hall")]
     store.save_poll(outcome(records=3), day1 + late)
     store.save_poll(outcome("hall", records=1), hall)
-    got = list(iter_punches(engine, PunchFilter(date_from=date(2026, 11, 20), date_to=date(2026, 11, 20))))
+    got = list(iter_punches(engine, PunchQuery(date_from=date(2026, 11, 20), date_to=date(2026, 11, 20))))
     # The 00:00 WIB punch on the 21st belongs to the 21st even though it is still the 20th in UTC.
     assert [r["device_time"] for r in got] == ["2026-11-20 07:00:00", "2026-11-20 07:30:00", "2026-11-20 08:00:00"]
-    assert [r["device_user_id"] for r in iter_punches(engine, PunchFilter(device_id="hall"))] == ["1003"]
-    assert len(list(iter_punches(engine, PunchFilter(device_user_id="1001")))) == 2
-    assert len(list(iter_punches(engine, PunchFilter(date_from=date(2026, 11, 21))))) == 1
-    assert len(list(iter_punches(engine, PunchFilter(limit=2)))) == 2
+    assert [r["device_user_id"] for r in iter_punches(engine, PunchQuery(device_id="hall"))] == ["1003"]
+    assert len(list(iter_punches(engine, PunchQuery(device_user_id="1001")))) == 2
+    assert len(list(iter_punches(engine, PunchQuery(date_from=date(2026, 11, 21))))) == 1
+    assert len(list(iter_punches(engine, PunchQuery(limit=2)))) == 2
 
 
 def test_sqlite_connections_get_the_store_settings(tmp_path: Path) -> None:
