@@ -97,7 +97,8 @@ def collector_paused() -> Iterator[None]:
     per punch: hundreds of thousands in a row, none part of a cycle, yet each allocation burst triggers
     collections that traverse every live container again and again (measured: about a third of a 100k
     normalize, half of a 200k decode). The collector is switched back on only if it was on, so nested or
-    concurrent batches (poll threads) leave it as they found it; the next allocation after that collects.
+    concurrent batches (poll threads) end with it as the first of them found it (a batch that overlaps another
+    may see collections resume before it ends: only slower, never wrong).
     """
     was_enabled = gc.isenabled()
     gc.disable()
