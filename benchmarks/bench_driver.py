@@ -15,6 +15,9 @@ through benchmarks/harness.py (goal rows of issue 14, ratios measured in the sam
       TCP and UDP (goal <= 3x).
     TCP devices answer 1503 directly with the whole dataset (the simulator's default; pyzk 0.9 cannot read
     the real terminals' 1008-byte DATA packets); UDP is always buffered (1024-byte datagrams).
+    Figures: the decode alone (µs per record), and the floor of the driver / raw ratio: raw receive plus
+    only building, from C, the objects a RawPunch decode must return per record (time text, datetime,
+    the tuple; ``objects_floor``), against raw receive. No decode of that contract can go below it.
 (2) A tail read (read_punches_after) of 1 new record on a 100k-record log, real-terminal TCP framing
     (buffered, 1008-byte DATA packets): dataset bytes transferred (goal <= 2 records) and wire bytes
     against the full download.
@@ -35,6 +38,9 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from datetime import datetime, timedelta
+from itertools import repeat
+from operator import add
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from zk import ZK
 
 from benchmarks.harness import Report, bench_args
-from drivers.base import LogPosition
+from drivers.base import LogPosition, RawPunch, collector_paused
 from drivers.zk import ZkDriver, ZkParams, records
 from drivers.zk.tcp import MAX_CHUNK as TCP_CHUNK
 from drivers.zk.tcp import build_tcp_packet, parse_prefix
@@ -207,7 +213,7 @@ def measure_downloads(report: Report, fleet: Fleet, layout: int, n: int, args: A
                            measured=t_drv / t_raw, goal=3, unit="x",
                            detail=f"driver {t_drv:.3f} s, raw receive {t_raw:.3f} s")
             if transport == "tcp":
-                tcp_driver = t_drv
+                tcp_driver, tcp_raw = t_drv, t_raw
         if args.pyzk:
             t_py, count = best(lambda: pyzk_download(dev), 1)
             assert count == n, (count, n)
@@ -217,13 +223,40 @@ def measure_downloads(report: Report, fleet: Fleet, layout: int, n: int, args: A
                             detail=f"pyzk {t_py:.2f} s, driver {tcp_driver:.3f} s")
         body = _dataset_body(dev)
         names = {u.uid: u.user_id for u in dev.users()}
-        t_dec, _ = best(lambda: records.parse_records(body, layout, "UTF-8", lambda uid: names.get(uid, str(uid))),
-                        args.repeat)
+        t_dec, punches = best(lambda: records.parse_records(body, layout, "UTF-8",
+                                                             lambda uid: names.get(uid, str(uid))), args.repeat)
         report.figure(f"decode.us_per_record.{tag}", f"decode alone, {layout}-byte records",
                       measured=t_dec / n * 1e6, unit="µs", detail=f"{t_dec:.3f} s for {n:,}")
+        t_floor = best(objects_floor(punches), args.repeat)[0]
+        report.figure(f"download.floor.tcp.{tag}", f"{n:,} {layout}-byte records over TCP: (raw receive + only "
+                      "building each record's objects) / raw receive", measured=(tcp_raw + t_floor) / tcp_raw,
+                      unit="x", detail=f"objects {t_floor:.3f} s ({t_floor / n * 1e6:.2f} µs/record), raw receive "
+                      f"{tcp_raw:.3f} s: the lowest driver / raw ratio a decode returning RawPunch can reach")
     finally:
         fleet.remove(dev.serial)
     print(f"  measured {n} records, layout {layout}", file=sys.stderr, flush=True)
+
+
+def objects_floor(punches: list[RawPunch]) -> Callable[[], int]:
+    """What any decode into RawPunch must spend per record, whatever its speed: building (from C, no Python
+    code per record) each record's time text by one concatenation, its datetime by one addition and its
+    RawPunch tuple, then freeing them, from inputs prepared beforehand (not timed)."""
+    day_texts = [p.time_text[:11] for p in punches]
+    clock_texts = [p.time_text[11:] for p in punches]
+    midnights = [datetime(2026, 1, 1)] * len(punches)
+    offsets = [timedelta(seconds=p.raw_time % 86400) for p in punches]
+    columns = [p.user_id for p in punches], [p.state for p in punches], [p.verify for p in punches], \
+        [p.uid for p in punches], [p.workcode for p in punches], [p.raw_time for p in punches]
+
+    def build() -> int:
+        users, states, verifies, uids, workcodes, raw_times = columns
+        with collector_paused():
+            built = list(map(tuple.__new__, repeat(RawPunch), zip(
+                users, map(add, day_texts, clock_texts), map(add, midnights, offsets), states, verifies, uids,
+                workcodes, raw_times, strict=True)))
+        return len(built)
+
+    return build
 
 
 def _dataset_body(dev: Any) -> memoryview:

@@ -9,8 +9,9 @@ This module imports nothing from gateway/ and nothing device specific.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
-from contextlib import AbstractContextManager
+import gc
+from collections.abc import Callable, Collection, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple, Protocol, runtime_checkable
@@ -86,6 +87,26 @@ class RawPunch(NamedTuple):
     workcode: int = 0
     #: Raw encoded time value as read from the device (ZK: the u32 of §2.5); -1 if not applicable.
     raw_time: int = -1
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while a batch builds many objects that cannot form cycles.
+
+    A download builds one RawPunch (and its text and datetime) per record, the poller's normalize one Punch
+    per punch: hundreds of thousands in a row, none part of a cycle, yet each allocation burst triggers
+    collections that traverse every live container again and again (measured: about a third of a 100k
+    normalize, half of a 200k decode). The collector is switched back on only if it was on, so nested or
+    concurrent batches (poll threads) end with it as the first of them found it (a batch that overlaps another
+    may see collections resume before it ends: only slower, never wrong).
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 #: Progress of a long download: ``progress(records_read, records_expected)``; expected is 0 when unknown.
@@ -456,4 +477,5 @@ __all__ = [
     "Template",
     "Unreachable",
     "WritesEnrolments",
+    "collector_paused",
 ]

@@ -13,15 +13,14 @@ Layouts and field meanings: docs/drivers/zk.md, "User records", "Attendance reco
 
 from __future__ import annotations
 
-import gc
 import struct
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+import sys
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from functools import lru_cache
 
-from drivers.base import Counts, DeviceUser, RawPunch
+from drivers.base import Counts, DeviceUser, RawPunch, collector_paused
 
 #: Attendance record sizes the ZK firmware families use (§2.10).
 RECORD_SIZES: tuple[int, ...] = (8, 16, 40)
@@ -380,35 +379,26 @@ def _clock_entry(sec: int) -> tuple[str, timedelta]:
 
 
 class _TimeDecoder:
-    """Encoded time -> (text, datetime | None) for one decode: the day part (text and midnight as a
-    datetime, None for an impossible date) cached per day index, the clock part per second of the day."""
+    """Encoded time -> the day it falls on, for one decode: (first encoded time of that day, its
+    ``YYYY-MM-DD `` text, its midnight as a datetime or None for an impossible date), cached per day."""
 
     __slots__ = ("days",)
 
     def __init__(self) -> None:
-        self.days: dict[int, tuple[str, datetime | None]] = {}
+        self.days: dict[int, tuple[int, str, datetime | None]] = {}
 
-    def day(self, day_index: int) -> tuple[str, datetime | None]:
-        text, ymd = _day(day_index)
-        entry = self.days[day_index] = (text, None if ymd is None else datetime(ymd[0], ymd[1], ymd[2]))
+    def day_of(self, t: int) -> tuple[int, str, datetime | None]:
+        day_index = t // 86400
+        entry = self.days.get(day_index)
+        if entry is None:
+            text, ymd = _day(day_index)
+            entry = self.days[day_index] = (day_index * 86400, text,
+                                            None if ymd is None else datetime(ymd[0], ymd[1], ymd[2]))
         return entry
 
 
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while a decode allocates hundreds of thousands of punches.
-
-    None of them can form a cycle, yet each allocation burst triggers young-generation collections that
-    traverse the growing list again and again (measured: about half of a 200k-record decode). The
-    collector is switched back on only if it was on: nested or concurrent decodes leave it as found.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
+#: Start of "the current day" before the first record: no encoded time is within a day of it.
+_NO_DAY = -2 * 86400
 
 
 def parse_records(
@@ -421,8 +411,9 @@ def parse_records(
 
     ``uid_to_user_id`` is needed only for the 8-byte layout, which carries the internal uid but not
     the user id shown on screen; it is called once per distinct uid. The whole buffer is unpacked with
-    ``struct.iter_unpack``; day and time-of-day parts of the time come from caches, user id texts from a
-    per-decode table, so each record costs one tuple and its RawPunch (``reference_parse_records`` is
+    ``struct.iter_unpack``; the day part of the time is looked up only when the day changes, the
+    time-of-day part comes from a shared table, user id texts from a per-decode table, so each record costs
+    its time text, its datetime and its RawPunch (``reference_parse_records`` is
     the record-by-record form the tests compare this with).
     """
     if size not in RECORD_SIZES:
@@ -433,55 +424,53 @@ def parse_records(
         raise DatasetError("8-byte records need a uid -> user id map")
     out: list[RawPunch] = []
     append = out.append
-    times = _TimeDecoder()
-    days_get, new_day = times.days.get, times.day
+    day_of = _TimeDecoder().day_of
     clocks = _CLOCKS
     new = tuple.__new__  # RawPunch is a NamedTuple: build it from a tuple without the keyword machinery
     punch = RawPunch
-    # (Tuple items are read by index, not unpacked: measurably cheaper per record.)
-    with _gc_paused():
+    # A log is in time order, so consecutive records share their day: the day part (text, midnight) is
+    # looked up only when a record's time leaves the current day, the rest is one subtraction.
+    day_start, day_text, midnight = _NO_DAY, "", None
+    with collector_paused():
         if size == 40:
             names: dict[bytes, str] = {}  # few distinct users: decode each id text once
             for uid, uid_text, verify, t, state in _REC40.iter_unpack(body):
-                day, sec = divmod(t, 86400)
-                dd = days_get(day)
-                if dd is None:
-                    dd = new_day(day)
+                sec = t - day_start
+                if not 0 <= sec < 86400:
+                    day_start, day_text, midnight = day_of(t)
+                    sec = t - day_start
                 clock = clocks[sec] or _clock_entry(sec)
                 user_id = names.get(uid_text)
                 if user_id is None:
                     user_id = names[uid_text] = _text(uid_text, encoding)
-                midnight = dd[1]
-                append(new(punch, (user_id, dd[0] + clock[0], None if midnight is None else midnight + clock[1],
+                append(new(punch, (user_id, day_text + clock[0], None if midnight is None else midnight + clock[1],
                                   state, verify, uid, 0, t)))
         elif size == 16:
             numbers: dict[int, str] = {}
             for user_no, t, state, verify, workcode in _REC16.iter_unpack(body):
-                day, sec = divmod(t, 86400)
-                dd = days_get(day)
-                if dd is None:
-                    dd = new_day(day)
+                sec = t - day_start
+                if not 0 <= sec < 86400:
+                    day_start, day_text, midnight = day_of(t)
+                    sec = t - day_start
                 clock = clocks[sec] or _clock_entry(sec)
                 user_id = numbers.get(user_no)
                 if user_id is None:
                     user_id = numbers[user_no] = str(user_no)
-                midnight = dd[1]
-                append(new(punch, (user_id, dd[0] + clock[0], None if midnight is None else midnight + clock[1],
+                append(new(punch, (user_id, day_text + clock[0], None if midnight is None else midnight + clock[1],
                                   state, verify, 0, workcode, t)))
         else:
             assert uid_to_user_id is not None
-            mapped: dict[int, str] = {}
+            mapped: list[str | None] = [None] * 65536  # uid (u16) -> user id, filled on first sight
             for uid, verify, t, state in _REC8.iter_unpack(body):
-                day, sec = divmod(t, 86400)
-                dd = days_get(day)
-                if dd is None:
-                    dd = new_day(day)
+                sec = t - day_start
+                if not 0 <= sec < 86400:
+                    day_start, day_text, midnight = day_of(t)
+                    sec = t - day_start
                 clock = clocks[sec] or _clock_entry(sec)
-                user_id = mapped.get(uid)
+                user_id = mapped[uid]
                 if user_id is None:
                     user_id = mapped[uid] = uid_to_user_id(uid)
-                midnight = dd[1]
-                append(new(punch, (user_id, dd[0] + clock[0], None if midnight is None else midnight + clock[1],
+                append(new(punch, (user_id, day_text + clock[0], None if midnight is None else midnight + clock[1],
                                   state, verify, uid, 0, t)))
     return out
 
@@ -517,8 +506,15 @@ def reference_parse_records(
 
 
 def uids_in_8byte_records(body: bytes | memoryview) -> set[int]:
-    """The distinct uids of an 8-byte record body (to decide whether the user cache is stale)."""
-    return {uid for uid, _v, _t, _s in _REC8.iter_unpack(body)}
+    """The distinct uids of an 8-byte record body (to decide whether the user cache is stale).
+
+    Asked on every full read of an 8-byte log with a cached user table, so read from C: each record's
+    uid is u16 word 0 of its four (native words on a little-endian host, like the wire).
+    """
+    whole = len(body) - len(body) % 8
+    if sys.byteorder == "little":
+        return set(memoryview(bytes(body[:whole])).cast("H")[0::4])
+    return {uid for uid, _v, _t, _s in _REC8.iter_unpack(body[:whole])}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,9 +22,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
-from drivers.base import RawPunch
+from drivers.base import RawPunch, collector_paused
 from gateway.models import STATE_NAMES, VERIFY_NAMES, Punch, state_name, verify_name
 
 #: Punches more than this far in the future (device clock ahead, or garbage) are flagged "future".
@@ -193,7 +194,7 @@ def normalize_punches(raw: Iterable[RawPunch], ctx: DeviceContext, *, employees:
     Speed (a first poll normalizes a whole 100k log): a record whose values all fit skips ``bound_raw``
     (one combined check); the zone offset is looked up once per calendar day, not per punch; names and the
     employee of a PIN come from per-batch caches; a punch without flags shares one empty tuple; punches are
-    built by ``_NEW_PUNCH``.
+    built by ``_NEW_PUNCH`` with the cyclic garbage collector paused (``collector_paused``).
     """
     now = now or datetime.now(UTC)
     zone = ZoneInfo(ctx.timezone)
@@ -209,66 +210,66 @@ def normalize_punches(raw: Iterable[RawPunch], ctx: DeviceContext, *, employees:
     out: list[Punch] = []
     append = out.append
     seen: dict[tuple[str, str], int] = {}
-    for rp in raw:
-        user_id, text, local = rp.user_id, rp.time_text, rp.local_time
-        state, verify, uid, workcode, raw_time = rp.state, rp.verify, rp.uid, rp.workcode, rp.raw_time
-        flags: tuple[str, ...] = ()
-        if not (type(user_id) is str and len(user_id) <= USER_ID_MAX and user_id.isprintable()
-                and type(text) is str and valid_time(text) is not None
-                and type(state) is int and INT32_MIN <= state <= INT32_MAX
-                and type(verify) is int and INT32_MIN <= verify <= INT32_MAX
-                and type(uid) is int and INT32_MIN <= uid <= INT32_MAX
-                and type(workcode) is int and INT32_MIN <= workcode <= INT32_MAX
-                and type(raw_time) is int and INT64_MIN <= raw_time <= INT64_MAX):
-            bounded, bound_flags = bound_raw(rp)  # the rare record with a value that does not fit
-            user_id, text, local = bounded.user_id, bounded.time_text, bounded.local_time
-            state, verify, uid, workcode, raw_time = (bounded.state, bounded.verify, bounded.uid, bounded.workcode,
-                                                      bounded.raw_time)
-            flags = tuple(bound_flags)
-        utc_time: datetime | None = None
-        day_number = 0
-        if local is not None:
-            try:
-                day_number = local.toordinal()
-                day = days.get(day_number, _UNKNOWN_DAY)
-                if day is _UNKNOWN_DAY:
-                    day = days[day_number] = _day(local, zone)
-                if day is not None and local.tzinfo is None:
-                    utc_time = day[1] + (local - day[0])
-                else:
-                    # A day with a zone transition (not in Indonesia): fold=0 picks the first occurrence.
-                    utc_time = local.replace(tzinfo=zone).astimezone(UTC)
-            except OverflowError:  # year 1 east of UTC: no instant exists
-                local, utc_time = None, None
-        if local is None or utc_time is None:
-            local = None
-            flags += ("impossible_date",)
-        else:
-            if day_number < rtc_reset_before:
-                flags += ("rtc_reset",)
-            elif day_number < not_before:
-                flags += ("before_device",)
-            if utc_time > latest_ok:
-                flags += ("future",)
-        employee_id: str | None = None
-        if employee_of is not None:
-            if user_id in employee_of:
-                employee_id = employee_of[user_id]
+    with collector_paused():  # one Punch per record, none in a cycle (drivers.base)
+        for rp in raw:
+            user_id, text, local, state, verify, uid, workcode, raw_time = rp  # (cheaper than 8 attribute reads)
+            flags: tuple[str, ...] = ()
+            if not (type(user_id) is str and len(user_id) <= USER_ID_MAX and user_id.isprintable()
+                    and type(text) is str and valid_time(text) is not None
+                    and type(state) is int and INT32_MIN <= state <= INT32_MAX
+                    and type(verify) is int and INT32_MIN <= verify <= INT32_MAX
+                    and type(uid) is int and INT32_MIN <= uid <= INT32_MAX
+                    and type(workcode) is int and INT32_MIN <= workcode <= INT32_MAX
+                    and type(raw_time) is int and INT64_MIN <= raw_time <= INT64_MAX):
+                bounded, bound_flags = bound_raw(rp)  # the rare record with a value that does not fit
+                user_id, text, local = bounded.user_id, bounded.time_text, bounded.local_time
+                state, verify, uid, workcode, raw_time = (bounded.state, bounded.verify, bounded.uid, bounded.workcode,
+                                                          bounded.raw_time)
+                flags = tuple(bound_flags)
+            utc_time: datetime | None = None
+            day_number = 0
+            if local is not None:
+                try:
+                    day_number = local.toordinal()
+                    day = days.get(day_number, _UNKNOWN_DAY)
+                    if day is _UNKNOWN_DAY:
+                        day = days[day_number] = _day(local, zone)
+                    if day is not None and local.tzinfo is None:
+                        utc_time = day[1] + (local - day[0])
+                    else:
+                        # A day with a zone transition (not in Indonesia): fold=0 picks the first occurrence.
+                        utc_time = local.replace(tzinfo=zone).astimezone(UTC)
+                except OverflowError:  # year 1 east of UTC: no instant exists
+                    local, utc_time = None, None
+            if local is None or utc_time is None:
+                local = None
+                flags += ("impossible_date",)
             else:
-                assert employees is not None
-                employee_id = employee_of[user_id] = employees.lookup(serial, user_id)
-            if employee_id is None:
-                flags += ("unmapped_user",)
-        occurrence = 0
-        if local is None or day_number < rtc_reset_before:  # UNTRUSTED_TIME_FLAGS: impossible_date, rtc_reset
-            # A dead clock gives every punch the same time: the n-th record of this user at this time
-            # in the log is occurrence n, so two real punches stay two, and a re-read maps them again.
-            occurrence = seen[(user_id, text)] = seen.get((user_id, text), 0) + 1
-        if len(flags) > 1:
-            flags = tuple(dict.fromkeys(flags))
-        append(new_punch(office_code, device_id, serial, user_id, text, local, utc_time, timezone, state,
-                         state_names.get(state, "unknown"), verify, verify_names.get(verify, "unknown"), uid,
-                         workcode, raw_time, employee_id, flags, occurrence))
+                if day_number < rtc_reset_before:
+                    flags += ("rtc_reset",)
+                elif day_number < not_before:
+                    flags += ("before_device",)
+                if utc_time > latest_ok:
+                    flags += ("future",)
+            employee_id: str | None = None
+            if employee_of is not None:
+                if user_id in employee_of:
+                    employee_id = employee_of[user_id]
+                else:
+                    assert employees is not None
+                    employee_id = employee_of[user_id] = employees.lookup(serial, user_id)
+                if employee_id is None:
+                    flags += ("unmapped_user",)
+            occurrence = 0
+            if local is None or day_number < rtc_reset_before:  # UNTRUSTED_TIME_FLAGS: impossible_date, rtc_reset
+                # A dead clock gives every punch the same time: the n-th record of this user at this time
+                # in the log is occurrence n, so two real punches stay two, and a re-read maps them again.
+                occurrence = seen[(user_id, text)] = seen.get((user_id, text), 0) + 1
+            if len(flags) > 1:
+                flags = tuple(dict.fromkeys(flags))
+            append(new_punch(office_code, device_id, serial, user_id, text, local, utc_time, timezone, state,
+                             state_names.get(state, "unknown"), verify, verify_names.get(verify, "unknown"), uid,
+                             workcode, raw_time, employee_id, flags, occurrence))
     return out
 
 
@@ -289,20 +290,39 @@ def _positional_constructor(cls: type[Punch]) -> Callable[..., Punch]:
     """``cls(*values)`` for a frozen, slotted dataclass, without its per-field ``object.__setattr__`` calls.
 
     Why: a frozen dataclass's ``__init__`` sets each of Punch's 18 fields through ``object.__setattr__``, which is
-    most of the cost of normalizing a punch; this sets the slots straight through their descriptors (about twice
-    as fast, checked equal by tests/polling/test_normalize.py). Generated from the dataclass's own fields, so it
-    follows them; a class with ``__post_init__`` or without slots gets its ordinary constructor.
+    most of the cost of normalizing a punch. Here the object is built as an instance of an unfrozen twin class
+    with the same slots, whose 18 plain attribute stores run at the interpreter's slot-store speed, and then
+    becomes a ``cls`` by ``__class__`` assignment, which CPython allows only between classes of the same layout
+    (it raises TypeError otherwise). Measured 2.5x faster than setting the slots through their descriptors, itself
+    twice as fast as the dataclass's ``__init__``. The result is checked against the ordinary constructor once,
+    here (and by tests/polling/test_normalize.py); if the twin cannot stand in (another layout, another Python),
+    the descriptors are used. Generated from the dataclass's own fields, so it follows them; a class with
+    ``__post_init__`` or without slots gets its ordinary constructor.
     """
     fields = dataclasses.fields(cls)
     if hasattr(cls, "__post_init__") or not hasattr(cls, "__slots__") or any(not f.init for f in fields):
         return cls
     params = ", ".join(f"v{i}" for i in range(len(fields)))
+    name = f"<{cls.__name__} positional constructor>"
+    try:
+        twin = type(f"_{cls.__name__}Twin", (), {"__slots__": cls.__slots__})
+        stores = "".join(f"    obj.{f.name} = v{i}\n" for i, f in enumerate(fields))
+        scope: dict[str, object] = {"allocate": object.__new__, "twin": twin, "cls": cls}
+        exec(compile(f"def new({params}):\n    obj = allocate(twin)\n{stores}    obj.__class__ = cls\n"
+                     "    return obj\n", name, "exec"), scope)
+        constructor: Callable[..., Punch] = scope["new"]  # type: ignore[assignment]
+        sample: tuple[Any, ...] = tuple(f"v{i}" for i in range(len(fields)))  # distinct: proves the order
+        built = constructor(*sample)
+        if type(built) is cls and built == cls(*sample) and all(
+                getattr(built, f.name) == value for f, value in zip(fields, sample, strict=True)):
+            return constructor
+    except TypeError:  # "object layout differs": the twin cannot become a cls
+        pass
     setters = "".join(f"    set{i}(obj, v{i})\n" for i in range(len(fields)))
-    source = f"def new({params}):\n    obj = allocate(cls)\n{setters}    return obj\n"
-    scope: dict[str, object] = {"allocate": object.__new__, "cls": cls,
-                                **{f"set{i}": getattr(cls, f.name).__set__ for i, f in enumerate(fields)}}
-    exec(compile(source, f"<{cls.__name__} positional constructor>", "exec"), scope)
-    constructor: Callable[..., Punch] = scope["new"]  # type: ignore[assignment]
+    scope = {"allocate": object.__new__, "cls": cls,
+             **{f"set{i}": getattr(cls, f.name).__set__ for i, f in enumerate(fields)}}
+    exec(compile(f"def new({params}):\n    obj = allocate(cls)\n{setters}    return obj\n", name, "exec"), scope)
+    constructor = scope["new"]  # type: ignore[assignment]
     return constructor
 
 

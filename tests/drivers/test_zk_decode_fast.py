@@ -79,3 +79,37 @@ def test_checksum_edge_cases() -> None:
     assert checksum(b"\x00" * 8) == _checksum_by_words(b"\x00" * 8) == 0xFFFF  # sum 0
     assert checksum(b"\xff\xff\x00\x00") == _checksum_by_words(b"\xff\xff\x00\x00")  # sum 0xFFFF
     assert checksum(b"\x01\x00\x12\x34\x02") == _checksum_by_words(b"\x01\x00\x12\x34\x02")  # odd length
+
+
+#: Steps between consecutive records of a log in time order: same second, a few seconds, across midnight,
+#: a day or a month ahead (the 31-day month encoding passes through impossible dates: Feb 29-31, Apr 31).
+_STEPS = st.one_of(st.integers(0, 90), st.sampled_from([86399, 86400, 86401, 31 * 86400]),
+                   st.integers(0, 40 * 86400))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, records._T_2100 - 1), st.lists(st.tuples(_STEPS, st.integers(0, 0xFFFF)), max_size=60))
+def test_fast_decode_equals_the_reference_on_logs_in_time_order(start: int, steps: list[tuple[int, int]]) -> None:
+    # The decode looks the day part up only when a record leaves the current day: prove it on runs of records.
+    times, t = [], start
+    for step, _uid in steps:
+        t = (t + step) & 0xFFFFFFFF
+        times.append(t)
+    uids = [uid for _step, uid in steps]
+    bodies = {
+        8: b"".join(struct.pack("<HBIB", uid, 1, t, 0) for uid, t in zip(uids, times, strict=True)),
+        16: b"".join(struct.pack("<IIBB2xI", uid, t, 0, 1, 0) for uid, t in zip(uids, times, strict=True)),
+        40: b"".join(struct.pack("<H24sBIB8x", uid, str(uid).encode(), 1, t, 0)
+                     for uid, t in zip(uids, times, strict=True)),
+    }
+    for size, body in bodies.items():
+        assert records.parse_records(body, size, "UTF-8", mapped) == \
+            records.reference_parse_records(body, size, "UTF-8", mapped)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(min_size=8, max_size=8), max_size=50))
+def test_uid_scan_equals_the_record_by_record_one(raw: list[bytes]) -> None:
+    body = b"".join(raw)
+    assert records.uids_in_8byte_records(body) == {uid for uid, *_ in struct.iter_unpack("<HBIB", body)}
+    assert records.uids_in_8byte_records(memoryview(body)) == records.uids_in_8byte_records(body)

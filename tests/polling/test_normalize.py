@@ -270,3 +270,23 @@ def test_the_fast_punch_constructor_builds_the_same_frozen_punch() -> None:
     assert [getattr(fast, f.name) for f in dataclasses.fields(Punch)] == list(values)
     with pytest.raises(dataclasses.FrozenInstanceError):
         fast.state = 1  # type: ignore[misc]
+
+
+@pytest.mark.timeout(10)
+def test_the_punch_constructor_falls_back_when_no_twin_can_stand_in() -> None:
+    import dataclasses
+
+    from gateway.polling.normalize import _positional_constructor
+
+    @dataclasses.dataclass(frozen=True, slots=True, weakref_slot=True)
+    class Weak:  # a __weakref__ slot: the twin class has another layout, so __class__ cannot be assigned
+        a: int
+        b: str
+
+    new = _positional_constructor(Weak)  # type: ignore[arg-type]
+    built = new(1, "x")
+    assert type(built) is Weak and built == Weak(1, "x")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        built.a = 2  # type: ignore[misc]
+    # Punch itself takes the fast form: the twin, then its class (what the speed of normalize relies on).
+    assert "__class__" in _positional_constructor(Punch).__code__.co_names
