@@ -88,11 +88,13 @@ def default_service_factories() -> list[tuple[str, ServiceFactory]]:
     from gateway.forward import forwarder
     from gateway.health import monitor
     from gateway.push import receiver as push
+    from gateway.serial import reader as serial
     from gateway.web import metrics
     from gateway.web import status as http
 
     return [("monitor", monitor.services), ("metrics", metrics.services), ("forwarder", forwarder.services),
-            ("central", central.services), ("push", push.services), ("http", http.services)]
+            ("central", central.services), ("push", push.services), ("serial", serial.services),
+            ("http", http.services)]
 
 
 class Gateway:

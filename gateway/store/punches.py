@@ -52,6 +52,7 @@ from gateway.config import DeviceConfig
 from gateway.models import PollOutcome, Punch
 from gateway.store import schema as s
 from gateway.store.db import writer
+from gateway.store.quarantine import QuarantinedInput, insert_quarantined
 from gateway.store.schema import utcnow
 
 #: Rows per INSERT statement (keeps SQLite under its bound-parameter limit and PG packets sane).
@@ -394,7 +395,8 @@ class Store:
 
     # -- polls -----------------------------------------------------------------------------------
     def save_poll(self, outcome: PollOutcome, punches: Sequence[Punch] = (), *, forward: bool = False,
-                  address: tuple[str, int] | None = None, log_position: str | None = None) -> SaveResult:
+                  address: tuple[str, int] | None = None, log_position: str | None = None,
+                  quarantined: Sequence[QuarantinedInput] = ()) -> SaveResult:
         """Store one poll's result in ONE transaction: new punches (+ outbox rows), device row, poll run.
 
         ``log_position`` (opaque poller text) is saved for ``outcome.serial`` in the same transaction, so
@@ -402,10 +404,18 @@ class Store:
 
         Called for failed polls too (punches empty) so poll history and last_seen stay exact.
         Only after this returns are the punches durable; nothing may be deleted from a device before.
+        ``quarantined``: input of the same read that is not a punch (gateway.store.quarantine), stored in the
+        same transaction, so a read is either kept whole or not at all (the serial-line reader).
         """
+        def save(conn: Connection) -> SaveResult:
+            result = self._save_poll_in(conn, outcome, punches, forward=forward, address=address,
+                                        log_position=log_position)
+            if quarantined:
+                insert_quarantined(conn, quarantined)
+            return result
+
         # SQLite: on the writer thread, committed together with the polls that queued meanwhile (db.Writer.run).
-        return self._writer.run(lambda conn: self._save_poll_in(conn, outcome, punches, forward=forward,
-                                                                address=address, log_position=log_position))
+        return self._writer.run(save)
 
     def _save_poll_in(self, conn: Connection, outcome: PollOutcome, punches: Sequence[Punch] = (), *,
                       forward: bool = False, address: tuple[str, int] | None = None,
