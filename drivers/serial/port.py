@@ -41,8 +41,6 @@ class PortSettings:
     stopbits: float = 1
     #: Longest a read waits for the first byte (the reader checks its stop request in between).
     read_timeout_s: float = 0.5
-    #: Connect timeout for socket:// and rfc2217:// (pyserial's own default is longer).
-    connect_timeout_s: float = 5.0
 
     @property
     def is_url(self) -> bool:
@@ -65,6 +63,14 @@ class SerialLine:
             first = self._port.read(1)
             if not first:
                 return b""
+            if self.settings.url.startswith("socket://"):
+                # socket://'s in_waiting only says "something is there" (1): take one recv of what arrived
+                # instead (timeout 0; setting it reconfigures nothing on a socket).
+                self._port.timeout = 0
+                try:
+                    return first + self._port.read(READ_CHUNK)
+                finally:
+                    self._port.timeout = self.settings.read_timeout_s
             waiting = self._port.in_waiting
             return first + (self._port.read(min(waiting, READ_CHUNK)) if waiting else b"")
         except (serial.SerialException, OSError) as exc:
@@ -82,11 +88,9 @@ def open_line(settings: PortSettings) -> SerialLine:
     """Open the port or device server; raises Unreachable / Busy / DriverError with one clear line."""
     import serial
 
-    url = settings.url
-    if settings.is_url and "timeout=" not in url and url.startswith("socket://"):
-        url += ("&" if "?" in url else "?") + f"timeout={settings.connect_timeout_s:g}"
     try:
-        port = serial.serial_for_url(url, baudrate=settings.baud, bytesize=settings.bytesize,
+        # socket:// connects with pyserial's own 5 s timeout; rfc2217:// takes ?timeout=s in the URL.
+        port = serial.serial_for_url(settings.url, baudrate=settings.baud, bytesize=settings.bytesize,
                                      parity=PARITIES.get(settings.parity, "N"), stopbits=settings.stopbits,
                                      timeout=settings.read_timeout_s, write_timeout=settings.read_timeout_s,
                                      exclusive=None if settings.is_url else True)
