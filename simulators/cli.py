@@ -18,6 +18,8 @@ from typing import Any
 
 from simulators.push.fleet import PushFleet, specs_from_entries
 from simulators.push.terminal import PushSpec
+from simulators.serial.fleet import SerialFleet
+from simulators.serial.fleet import specs_from_entries as serial_specs
 from simulators.zk.config import ConfigError, FleetConfig, load_fleet_file, nth_address, spec_from_mapping
 from simulators.zk.control import ApiError, ControlClient, start_control_server
 from simulators.zk.faults import normalize_fault
@@ -159,23 +161,29 @@ def run(argv: list[str]) -> int:
             push_specs += [PushSpec(serial=f"PUSH{i + 1:04d}", server=args.push_server or PushSpec.server,
                                     timezone=args.timezone, seed=args.seed + i, punches_per_minute=args.punch_rate,
                                     users=args.users) for i in range(args.push_devices)]
+        serial_clock_specs = serial_specs(cfg.serial_devices)
     except (ConfigError, ValueError) as e:
         ap.error(str(e))
     fleet = Fleet(truth_path=cfg.truth)
     push_fleet = PushFleet(cfg.truth)
+    serial_fleet = SerialFleet(cfg.truth)
     try:
         for spec in cfg.devices:
             fleet.add(spec)
         for push_spec in push_specs:
             push_fleet.add(push_spec)
+        for serial_spec in serial_clock_specs:
+            serial_fleet.add(serial_spec)
         fleet.start()
         push_fleet.start()
+        serial_fleet.start()
         control = None
         if not args.no_control and control_port is not None:
             control = start_control_server(fleet, control_port)
     except (OSError, ValueError) as e:
         fleet.stop()
         push_fleet.stop()
+        serial_fleet.stop()
         print(f"fpgw-sim: error: {e}", file=sys.stderr)
         return 1
     devs = fleet.devices
@@ -191,6 +199,9 @@ def run(argv: list[str]) -> int:
     for term in push_fleet.terminals[:50]:
         print(f"  {term.spec.serial:<12} push -> {term.spec.server} pushver={term.spec.pushver} "
               f"records={term.record_count}", flush=True)
+    for clock in serial_fleet.clocks[:50]:
+        print(f"  {clock.spec.serial:<12} serial {clock.spec.line_format} on {clock.path} (gateway: "
+              f"{'port' if clock.spec.transport == 'pty' else 'url'} = \"{clock.path}\")", flush=True)
     if control is not None:
         print(f"control API: {control.url}  (fpgw-sim ctl --url {control.url} list)", flush=True)
     if cfg.truth is not None:
@@ -199,6 +210,7 @@ def run(argv: list[str]) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait(args.duration)
+    serial_fleet.stop()
     push_fleet.stop()
     fleet.stop()
     print("fpgw-sim: stopped", flush=True)
