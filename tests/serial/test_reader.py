@@ -196,3 +196,44 @@ def test_threads_of_the_service_end_with_stop(rig: dict[str, Any]) -> None:
     svc.stop(5)
     assert time.monotonic() - started < 3
     assert not [t for t in threading.enumerate() if t.name.startswith("fpgw-serial-")]
+
+
+def test_line_noise_above_the_limit_is_warned_once_and_its_end_once(rig: dict[str, Any]) -> None:
+    from structlog.testing import capture_logs
+
+    scripted = ScriptedLine([b"\x00" * 40 + line("1")])
+    reader, _ = make_reader(rig, [scripted], noise_warn_per_min=10, interval_s=5)
+    # Heartbeats (and noise checks) every min(60 s, interval_s); the test drives the reader's monotonic clock.
+    now = [0.0]
+    reader.monotonic = lambda: now[0]
+    with capture_logs() as logs:
+        reader.start()
+        try:
+            wait_until(lambda: keys(rig["url"]) == {"1"}, 20, "line stored")
+            now[0] += 6
+            wait_until(lambda: any("line noise" in e["event"] for e in logs), 10, "noise warning")
+            now[0] += 6  # a window without noise
+            wait_until(lambda: any("quiet again" in e["event"] for e in logs), 10, "quiet again")
+        finally:
+            reader.request_stop()
+            assert reader.join(5)
+    warnings = [e for e in logs if "line noise" in e["event"]]
+    assert len(warnings) == 1 and warnings[0]["log_level"] == "warning" and warnings[0]["device"] == "s1"
+    assert reader.stats.noise_bytes == 40 and quarantined(rig["url"]) == []
+
+
+def test_an_open_clock_that_sends_nothing_in_working_hours_becomes_silent(rig: dict[str, Any]) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from gateway.health.tracker import HealthTracker
+
+    at = [datetime(2026, 11, 30, 0, 30, tzinfo=UTC)]  # Monday 07:30 in Jakarta
+    reader, outcomes = make_reader(rig, [ScriptedLine([])])
+    reader.clock = lambda: at[0]
+    run_until(reader, lambda: any(o.ok for o in outcomes), "the open line reported")
+    tracker = HealthTracker(reader.config)
+    for o in outcomes:
+        tracker.record(o)
+    assert tracker.health("s1").state == "online"
+    transitions = tracker.sweep(at[0] + timedelta(hours=5))
+    assert [t.problem for t in transitions if t.event == "start"] == ["silent"]
