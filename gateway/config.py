@@ -564,6 +564,8 @@ def _parse_serial_line(r: Reader) -> SerialLineConfig:
         r.problem("url", f"must start with socket:// or rfc2217://, got {url!r}")
     elif path and not path.startswith("/"):
         r.problem("port", f"must be a device path like /dev/ttyUSB0 or /dev/serial/by-id/..., got {path!r}")
+    elif len(path or url) > 200:
+        r.problem("port" if path else "url", "must be at most 200 characters")
     baud = r.integer("baud", 9600, min=1)
     if baud not in serial_port.BAUDS:
         r.problem("baud", f"must be one of {', '.join(map(str, serial_port.BAUDS))}, got {baud}")

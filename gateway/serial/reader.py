@@ -47,6 +47,8 @@ HEARTBEAT_MAX_S = 60.0
 #: Lines held in memory while the database refuses writes; beyond it reading pauses (the OS and the
 #: adapter buffer a little more; after that the clock's lines are lost on the wire).
 MAX_PENDING = 5000
+#: Seconds between attempts to store read lines while the database refuses writes.
+STORE_RETRY_S = 1.0
 #: Punches per transaction at most (a burst after a reconnect is stored in a few transactions).
 BATCH_MAX = 500
 #: Occurrence numbers of punches with an untrusted time are offset per read (see _occurrences).
@@ -104,6 +106,7 @@ class SerialReader:
         self._last_failure_text: str | None = None
         self._last_storage_report = -1e9
         self._known_serial: str | None = None
+        self._store_again_at = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -132,8 +135,15 @@ class SerialReader:
         while not self._stop.is_set():
             try:
                 line = self.opener(self.settings)
-            except DriverError as exc:
-                self._failed(exc)
+            except Exception as exc:
+                if not isinstance(exc, DriverError):
+                    # Not a port problem we know (a pyserial or platform surprise): kept visible, retried.
+                    log.exception("opening the serial line failed unexpectedly", device=self.device.id)
+                    exc = DriverError(f"opening {self.settings.url} failed unexpectedly: {exc!r}"[:300])
+                try:
+                    self._failed(exc)
+                except Exception:
+                    log.exception("serial reader could not report a failure", device=self.device.id)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, self.line_cfg.reconnect_max_s)
                 continue
@@ -147,9 +157,12 @@ class SerialReader:
             except Exception:
                 # A bug of ours: reported like a poll that broke, the line reopened after the back-off.
                 log.exception("serial reader failed", device=self.device.id)
-                self._cut_off("line cut off: the reader failed (a bug; see the log)")
-                self._store_pending(final=False)
-                self._failed(DriverError("the serial reader failed unexpectedly (see the log)"))
+                try:
+                    self._cut_off("line cut off: the reader failed (a bug; see the log)")
+                    self._store_pending(final=False)
+                    self._failed(DriverError("the serial reader failed unexpectedly (see the log)"))
+                except Exception:
+                    log.exception("serial reader could not recover cleanly", device=self.device.id)
                 self._stop.wait(backoff)
             finally:
                 line.close()
@@ -177,7 +190,7 @@ class SerialReader:
                 self.stats.bytes_read += len(data)
                 for framed in self._framer.feed(data):
                     self._take(framed, parser, received)
-            if self._punches or self._bad:
+            if (self._punches or self._bad) and self.monotonic() >= self._store_again_at:
                 self._store_pending(final=False)
             now = self.monotonic()
             if now - last_report >= self.heartbeat_s:
@@ -232,6 +245,8 @@ class SerialReader:
                 self._save(batch, bad)
             except StorageError as exc:
                 self._storage_failed(exc)
+                # Not on every read while the database is down: the lines wait in memory meanwhile.
+                self._store_again_at = self.monotonic() + STORE_RETRY_S
                 attempts += 1
                 if not final or attempts >= 5:
                     if final:
