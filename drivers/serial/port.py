@@ -89,10 +89,11 @@ def open_line(settings: PortSettings) -> SerialLine:
     import serial
 
     try:
-        # socket:// connects with pyserial's own 5 s timeout; rfc2217:// takes ?timeout=s in the URL.
+        # socket:// connects with pyserial's own 5 s timeout; rfc2217:// takes ?timeout=s in the URL. No
+        # write_timeout: nothing is ever written, and rfc2217:// refuses one (NotImplementedError).
         port = serial.serial_for_url(settings.url, baudrate=settings.baud, bytesize=settings.bytesize,
                                      parity=PARITIES.get(settings.parity, "N"), stopbits=settings.stopbits,
-                                     timeout=settings.read_timeout_s, write_timeout=settings.read_timeout_s,
+                                     timeout=settings.read_timeout_s,
                                      exclusive=None if settings.is_url else True)
     except (serial.SerialException, OSError, ValueError) as exc:
         raise _classify(exc, settings, opening=True) from None

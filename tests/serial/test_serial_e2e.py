@@ -130,3 +130,25 @@ def test_unplugged_clock_goes_offline_with_a_clear_error_and_recovers_on_replug(
             wait_until(lambda: _stored(db_url) == 3, 20, "punches after the replug")
     runs = table_rows(db_url, s.poll_runs)
     assert any(r["outcome"] == "unreachable" for r in runs) and any(r["outcome"] == "ok" for r in runs)
+
+
+@pytest.mark.filterwarnings("ignore:set(Daemon|Name)\\(\\) is deprecated:DeprecationWarning")  # pyserial 3.5's client
+def test_an_rfc2217_device_server_feeds_punches_and_its_loss_is_unreachable(db_url: str, tmp_path: Path) -> None:
+    from tests.support.rfc2217 import Rfc2217Server
+
+    server = Rfc2217Server()
+    try:
+        cfg = serial_config(db_url, tmp_path, [{"id": "s1", "serial": "RFC1", "url": server.url, "baud": 19200}])
+        with RunningGateway(cfg) as gw:
+            _wait_open(gw)
+            server.write(b"11\t2026-11-30 07:30:00\t0\t1\r\n12\t2026-11-30 07:31:00\t1\t15\r\nnot a punch\r\n")
+            wait_until(lambda: _stored(db_url) == 2 and len(quarantined(db_url)) == 1, 20, "stored over RFC 2217")
+            server.close()
+            wait_until(lambda: not reader_stats(gw, "s1").connected and reader_stats(gw, "s1").last_error, 20,
+                       "the loss noticed")
+    finally:
+        server.close()
+    assert stored_keys(db_url) == {("RFC1", "11", "2026-11-30 07:30:00", 0, 1): 1,
+                                   ("RFC1", "12", "2026-11-30 07:31:00", 1, 15): 1}
+    runs = table_rows(db_url, s.poll_runs)
+    assert any(r["outcome"] == "unreachable" and server.url in (r["error"] or "") for r in runs)
