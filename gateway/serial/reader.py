@@ -49,6 +49,8 @@ HEARTBEAT_MAX_S = 60.0
 MAX_PENDING = 5000
 #: Seconds between attempts to store read lines while the database refuses writes.
 STORE_RETRY_S = 1.0
+#: Quarantined lines are logged at most this often per clock (with the count since the last line).
+QUARANTINE_LOG_EVERY_S = 600.0
 #: Punches per transaction at most (a burst after a reconnect is stored in a few transactions).
 BATCH_MAX = 500
 #: Occurrence numbers of punches with an untrusted time are offset per read (see _occurrences).
@@ -107,6 +109,8 @@ class SerialReader:
         self._last_storage_report = -1e9
         self._known_serial: str | None = None
         self._store_again_at = 0.0
+        self._bad_logged_at = -1e9
+        self._unlogged_bad = 0
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -283,8 +287,14 @@ class SerialReader:
         self.stats.punches_stored += saved.new_punches
         self.stats.quarantined += len(bad)
         if bad:
-            log.warning("serial lines that are not punches were quarantined", device=self.device.id,
-                        count=len(bad), first_reason=bad[0].reason, first_line=bad[0].raw[:120])
+            self._unlogged_bad += len(bad)
+            if self.monotonic() - self._bad_logged_at >= QUARANTINE_LOG_EVERY_S:
+                # A clock sending another format would otherwise log every line: once per 10 minutes, counted.
+                log.warning("serial lines that are not punches were quarantined (said at most every 10 min)",
+                            device=self.device.id, count=self._unlogged_bad, first_reason=bad[0].reason,
+                            first_line=bad[0].raw[:120])
+                self._bad_logged_at = self.monotonic()
+                self._unlogged_bad = 0
         if saved.new_punches:
             log.debug("serial punches stored", device=self.device.id, new=saved.new_punches, read=len(batch))
         self._notify(replace(outcome, new_punches=saved.new_punches, newest_punch_utc=saved.newest_punch_utc,
