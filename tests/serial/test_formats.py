@@ -148,3 +148,23 @@ def test_fuzz_custom_formats_are_refused_or_parse_without_exceptions(template: s
         assert str(exc)
         return
     assert isinstance(LineParser(fmt).parse(line), ParsedLine | DateRecord | Rejected)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.sampled_from(sorted(PRESETS)),
+       st.lists(st.one_of(st.binary(max_size=80),
+                          st.sampled_from([b"1452\t2015-07-30 15:16:28\t0\t1\t0\t0\t0\r\n", b"000000,1,20240501,D\n",
+                                           b"2\t30-07-2015\t15:16:28\t'0042\t01\t0003\r", b"\x00\xff",
+                                           b"1, 0, 0, 8065, 0, 9, 12, 28, 4, 16, 2013\r\n"])), max_size=20))
+def test_fuzz_framer_then_parser_classifies_every_line_of_any_stream(name: str, chunks: list[bytes]) -> None:
+    from drivers.serial.framing import LineFramer
+
+    framer = LineFramer()
+    parser = LineParser(preset(name), now=lambda: datetime(2024, 5, 1, 12, 0))
+    lines = [x for c in chunks for x in framer.feed(c)]
+    tail = framer.flush("cut off")
+    for framed in [*lines, *([tail] if tail else [])]:
+        if framed.problem is None:
+            assert isinstance(parser.parse(framed.text), ParsedLine | DateRecord | Rejected)
+        else:
+            assert framed.raw
