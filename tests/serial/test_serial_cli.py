@@ -36,6 +36,8 @@ def test_check_config_poll_and_devices_with_a_serial_clock(sqlite_url: str, tmp_
             wait_until(lambda: sum(stored_keys(sqlite_url).values()) == 2, 20, "stored")
         code, out, err = run_cli(capsys, "--config", str(path), "poll", "gate")
         assert code != 0 and "serial-line clock(s) write their punches to the running daemon" in err
+        code, out, err = run_cli(capsys, "--config", str(path), "devices", "clear", "gate", "--yes")
+        assert code != 0 and "serial-line clock: it answers no commands" in err
         code, out, _ = run_cli(capsys, "--config", str(path), "devices")
         assert code == 0
         row = next(line for line in out.splitlines() if line.startswith("gate "))
