@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway.store import schema as s
+from simulators.serial.clock import SerialClock
 from simulators.zk.truth import TruthWriter
 from tests.support.fleet import truth_keys
 from tests.support.gateway import RunningGateway, diff, stored_keys, table_rows
@@ -30,8 +31,11 @@ def _stored(db_url: str) -> int:
     return sum(stored_keys(db_url).values())
 
 
-def _wait_open(gw: RunningGateway, device_id: str = "s1") -> None:
-    wait_until(lambda: reader_stats(gw, device_id).connected, 20, "the reader has the line open")
+def _wait_open(gw: RunningGateway, clock: SerialClock | None = None, device_id: str = "s1") -> None:
+    """The reader has the line open and (socket) the simulated device server accepted it: the reader's
+    connect returns before the server's accept, and a line written before it would not be sent."""
+    wait_until(lambda: reader_stats(gw, device_id).connected and (clock is None or clock.connected), 20,
+               "the reader has the line open")
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -40,7 +44,7 @@ def test_punches_from_a_serial_clock_land_exactly_once_across_reconnect_and_rest
     with serial_clock(truth, tmp_path, transport=transport, split=0.3, noise=0.2, seed=3) as clock:
         cfg = serial_config(db_url, tmp_path, [device_keys(clock)])
         with RunningGateway(cfg) as gw:
-            _wait_open(gw)
+            _wait_open(gw, clock)
             clock.punch(20)
             wait_until(lambda: _stored(db_url) == 20, 20, "the first 20 punches stored")
             # The line goes away and comes back (socket: the device server drops us; pty: the cable).
@@ -51,14 +55,12 @@ def test_punches_from_a_serial_clock_land_exactly_once_across_reconnect_and_rest
                 wait_until(lambda: not reader_stats(gw, "s1").connected, 20, "the reader noticed the unplug")
                 clock.replug()
             wait_until(lambda: reader_stats(gw, "s1").connects >= 2 and clock.connected, 20, "reconnected")
-            _wait_open(gw)
+            _wait_open(gw, clock)
             clock.punch(15)
             wait_until(lambda: _stored(db_url) == 35, 20, "35 punches stored after the reconnect")
         # A daemon restart: the new reader opens the same line; nothing is stored twice.
         with RunningGateway(cfg) as gw:
-            _wait_open(gw)
-            if transport == "socket":
-                wait_until(lambda: clock.connected, 20, "the new reader connected")
+            _wait_open(gw, clock)
             clock.punch(10)
             wait_until(lambda: _stored(db_url) == 45, 20, "45 punches stored after the restart")
     expected = truth_keys(tmp_path / "truth.jsonl")
@@ -73,7 +75,7 @@ def test_bad_lines_are_quarantined_with_raw_text_and_reason_and_good_ones_stored
     with serial_clock(truth, tmp_path, transport=transport, garble=0.3, seed=7) as clock:
         cfg = serial_config(db_url, tmp_path, [device_keys(clock)])
         with RunningGateway(cfg) as gw:
-            _wait_open(gw)
+            _wait_open(gw, clock)
             clock.punch(30)
             assert clock.write_raw(b"this is not a punch\r\n42\t2026-13-45 99:00\t0\t1\r\n")
             assert clock.write_raw(b"x" * 700 + b"\r\n")
@@ -109,7 +111,7 @@ def test_unplugged_clock_goes_offline_with_a_clear_error_and_recovers_on_replug(
     with serial_clock(truth, tmp_path, transport=transport) as clock:
         cfg = serial_config(db_url, tmp_path, [device_keys(clock)])
         with RunningGateway(cfg) as gw:
-            _wait_open(gw)
+            _wait_open(gw, clock)
             wait_until(lambda: gw.gateway.ctx.health is not None and
                        getattr(gw.gateway.ctx.health.snapshot().get("s1"), "state", None) == "online", 20, "online")
             clock.unplug()
@@ -123,9 +125,7 @@ def test_unplugged_clock_goes_offline_with_a_clear_error_and_recovers_on_replug(
             assert "offline" in gw.problems("s1")
             clock.replug()
             wait_until(lambda: health.snapshot()["s1"].state == "online", 30, "online again after the replug")
-            _wait_open(gw)
-            if transport == "socket":
-                wait_until(lambda: clock.connected, 20, "connected")
+            _wait_open(gw, clock)
             clock.punch(3)
             wait_until(lambda: _stored(db_url) == 3, 20, "punches after the replug")
     runs = table_rows(db_url, s.poll_runs)
@@ -141,6 +141,7 @@ def test_an_rfc2217_device_server_feeds_punches_and_its_loss_is_unreachable(db_u
         cfg = serial_config(db_url, tmp_path, [{"id": "s1", "serial": "RFC1", "url": server.url, "baud": 19200}])
         with RunningGateway(cfg) as gw:
             _wait_open(gw)
+            wait_until(lambda: server.connected, 20, "the server accepted the reader")
             server.write(b"11\t2026-11-30 07:30:00\t0\t1\r\n12\t2026-11-30 07:31:00\t1\t15\r\nnot a punch\r\n")
             wait_until(lambda: _stored(db_url) == 2 and len(quarantined(db_url)) == 1, 20, "stored over RFC 2217")
             server.close()
