@@ -5,10 +5,11 @@
 One opener for the three shapes a clock is reached by (pyserial's ``serial_for_url``): a local port
 (``/dev/ttyUSB0``, better ``/dev/serial/by-id/...``), a device server in raw TCP mode (``socket://host:port``)
 and one speaking RFC 2217 (``rfc2217://host:port``). Errors come out as drivers.base errors with one clear
-line: a port that is missing (unplugged, renamed) or refuses us is ``Unreachable``, a port another process
-holds is ``Busy``. Reads always have a timeout, so the reader thread sees its stop request within it.
-RS-485 direction control and modem lines are never touched (pyserial raises on a pty for both, and most
-USB-RS485 adapters switch direction in hardware).
+line: a port that is missing (unplugged, renamed), refuses us, or is held by another process is
+``Unreachable`` (nothing is read from it, so health must not count it as answering). Reads always have a
+timeout, so the reader thread sees its stop request within it. RS-485 direction control and modem lines
+are never touched (pyserial raises on a pty for both, and most USB-RS485 adapters switch direction in
+hardware).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import errno
 from dataclasses import dataclass
 from typing import Any
 
-from drivers.base import Busy, DriverError, Unreachable
+from drivers.base import DriverError, Unreachable
 
 PARITIES = {"none": "N", "even": "E", "odd": "O", "mark": "M", "space": "S"}
 BYTESIZES = (5, 6, 7, 8)
@@ -113,7 +114,8 @@ def _classify(exc: BaseException, settings: PortSettings, *, opening: bool) -> D
         return Unreachable(f"no permission to open serial port {where} (the service needs the dialout group and "
                            "the systemd drop-in fpgw-serial.conf, see docs/serial.md)")
     if "exclusively lock" in lowered or code == errno.EBUSY:
-        return Busy(f"serial port {where} is held by another program (another fpgw, a terminal program?)")
+        # Unreachable, not Busy: health counts a busy device as answering, but nothing is read from this line.
+        return Unreachable(f"serial port {where} is held by another program (another fpgw, a terminal program?)")
     if not opening and ("disconnected" in lowered or "returned no data" in lowered or code == errno.EIO
                         or "read failed" in lowered):
         return Unreachable(f"serial line {where} went away (unplugged, or the device server closed the "

@@ -3,7 +3,7 @@
     clock --line--> port (drivers.serial.port: /dev/tty..., socket://, rfc2217://) --bytes--> LineFramer
         --> LineParser --RawPunch--> normalize --> Store.save_poll(punches, quarantined=bad lines): ONE
         transaction per read --> ctx.poll_observers (health, metrics) with a PollOutcome, like a poll
-    port missing / lost --> a failed outcome ("unreachable", or "busy" for a port another program holds) per
+    port missing / lost / held by another program --> a failed outcome ("unreachable", with the reason) per
         reconnect attempt (back-off 1 s doubling to reconnect_max_s): health takes it offline like a polled
         terminal; a heartbeat outcome every min(60 s, interval_s) while the line is open keeps it online, and
         the health monitor's silent-device rule sees a clock that is open but sends nothing in working hours.

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from drivers.base import Busy, DriverError, Unreachable
+from drivers.base import DriverError, Unreachable
 from drivers.serial.port import PortSettings, SerialLine, open_line
 from gateway.models import PollOutcome
 from gateway.serial.reader import SerialReader
@@ -156,14 +156,14 @@ def test_a_missing_port_is_reported_unreachable_with_back_off(rig: dict[str, Any
     assert reader.stats.last_error and not reader.stats.connected
 
 
-def test_a_real_pty_held_by_another_reader_is_busy_and_a_missing_one_unreachable(tmp_path: Path) -> None:
+def test_a_real_pty_held_by_another_reader_or_missing_is_unreachable_with_the_reason(tmp_path: Path) -> None:
     master, slave = os.openpty()
     try:
         tty.setraw(slave)
         path = os.ttyname(slave)
         first = open_line(PortSettings(url=path))
         try:
-            with pytest.raises(Busy) as busy:
+            with pytest.raises(Unreachable) as busy:
                 open_line(PortSettings(url=path))
             assert "held by another program" in str(busy.value)
             os.write(master, b"abc")
