@@ -32,6 +32,7 @@ from gateway.services import AppContext, Service
 from gateway.store.db import StorageError, storage_error_text
 from gateway.store.health import AlertRow, HealthRepo
 from gateway.store.push import PushRepo
+from gateway.store.quarantine import QuarantineRepo
 from gateway.web.server import ThreadedServer
 
 log = structlog.get_logger(__name__)
@@ -93,11 +94,13 @@ class StatusView:
             healths = self._healths()
             rows = self.repo.devices()
             alerts = self.repo.list_alerts(limit=20)
+            # Input a terminal sent that is not a punch (serial lines, exports, SOAP rows): count per device.
+            quarantined = QuarantineRepo(self.ctx.store.engine).counts()
         except StorageError as exc:
             # The page must still say what is wrong when the database cannot be read: the gateway line
             # (from memory) tells the team, the device list waits for the database.
             database_error = storage_error_text(exc)
-            healths, rows, alerts = {}, [], []
+            healths, rows, alerts, quarantined = {}, [], [], {}
         devices: list[dict[str, Any]] = []
         for r in rows:
             if not r.enabled:
@@ -118,6 +121,7 @@ class StatusView:
                 "clock_skew_s": None if r.clock_skew_s is None else round(r.clock_skew_s, 1),
                 "consecutive_failures": h.consecutive_failures if h else 0,
                 "last_error_kind": h.last_error_kind if h else None,
+                "quarantined": quarantined.get(r.device_id, 0),
                 "problems": [{"name": p.name, "severity": p.severity, "since": _iso(p.since), "detail": p.detail,
                               "notice": p.notice, "check": list(CHECKS.get(p.name, ()))} for p in problems],
             })
@@ -217,7 +221,9 @@ class StatusView:
                 f'<h2><span class="dot" style="background:{colour}"></span>{e(d["name"] or d["id"])} '
                 f'<span class="state" style="color:{colour}">{e(_STATE_WORD.get(d["state"], d["state"]))}</span></h2>'
                 f'<div class="sub">{e(d["id"])} &middot; {e(d["address"])}:{d["port"]}'
-                + (f" &middot; {e(d['location'])}" if d["location"] else "") + "</div>"
+                + (f" &middot; {e(d['location'])}" if d["location"] else "")
+                + (f" &middot; {d['quarantined']} baris dikarantina / quarantined lines" if d["quarantined"] else "")
+                + "</div>"
                 + muted + "".join(probs) + f"<table>{table}</table></section>")
         alerts = "".join(
             f'<li><span style="color:{_SEV_COLOUR.get(a["severity"], "#555")}">{e(a["event"])}</span> '

@@ -42,3 +42,28 @@ def test_check_config_poll_and_devices_with_a_serial_clock(sqlite_url: str, tmp_
         assert code == 0
         row = next(line for line in out.splitlines() if line.startswith("gate "))
         assert f"{clock.path}:19200/serial" in row and "online" in row
+
+
+@pytest.mark.timeout(60)
+def test_status_page_shows_a_serial_clock_with_its_quarantined_lines(sqlite_url: str, tmp_path: Path) -> None:
+    import httpx
+
+    from tests.support.serial import quarantined
+
+    with serial_clock(None, tmp_path, transport="pty") as clock:
+        cfg = serial_config(sqlite_url, tmp_path, [device_keys(clock, "gate")],
+                            http={"listen": "127.0.0.1", "port": 0})
+        with RunningGateway(cfg) as gw:
+            wait_until(lambda: gw.gateway.ctx.http_port is not None, 20, "status server")
+            wait_until(lambda: getattr(gw.gateway.ctx.health.snapshot().get("gate"), "state", None) == "online"
+                       if gw.gateway.ctx.health else False, 20, "online")
+            clock.punch(1)
+            assert clock.write_raw(b"garbage line\r\nmore garbage\r\n")
+            wait_until(lambda: len(quarantined(sqlite_url)) == 2 and sum(stored_keys(sqlite_url).values()) == 1,
+                       20, "stored and quarantined")
+            base = f"http://127.0.0.1:{gw.gateway.ctx.http_port}"
+            doc = httpx.get(f"{base}/status", timeout=10).json()
+            page = httpx.get(f"{base}/", timeout=10).text
+    (dev,) = [d for d in doc["devices"] if d["id"] == "gate"]
+    assert dev["quarantined"] == 2 and dev["address"] == clock.path and dev["state"] == "online"
+    assert "2 baris dikarantina / quarantined lines" in page

@@ -17,13 +17,13 @@ from tests.support.gateway import RunningGateway, table_rows
 
 
 def serial_config(db_url: str, tmp_path: Path, devices: list[dict[str, Any]], *,
-                  health: dict[str, Any] | None = None) -> Config:
+                  health: dict[str, Any] | None = None, http: dict[str, Any] | None = None) -> Config:
     """A gateway whose devices are these serial clocks (each a dict of device keys; driver set here)."""
     return parse_config({
         "site": {"office_code": OFFICE_CODE, "timezone": "Asia/Jakarta", "state_dir": str(tmp_path)},
         "database": {"url": db_url},
         "polling": {"shutdown_deadline_s": 5},
-        "http": {"enabled": False},
+        "http": http or {"enabled": False},
         # Offline after 3 failed opens (one a second with reconnect_max_s = 1), not after minutes.
         "health": {"offline_after_s": 1, **(health or {})},
         "devices": [{"driver": "serial", "reconnect_max_s": 1, "interval_s": 5, **d} for d in devices],
