@@ -47,6 +47,8 @@ HEARTBEAT_MAX_S = 60.0
 #: Lines held in memory while the database refuses writes; beyond it reading pauses (the OS and the
 #: adapter buffer a little more; after that the clock's lines are lost on the wire).
 MAX_PENDING = 5000
+#: A line that stayed open this long before it failed is reopened at once; a shorter one waits the back-off.
+STABLE_AFTER_S = 10.0
 #: Seconds between attempts to store read lines while the database refuses writes.
 STORE_RETRY_S = 1.0
 #: Quarantined lines are logged at most this often per clock (with the count since the last line).
@@ -151,13 +153,19 @@ class SerialReader:
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, self.line_cfg.reconnect_max_s)
                 continue
-            backoff = 1.0
+            opened_at = self.monotonic()
             try:
                 self._read(line)
             except DriverError as exc:
                 self._cut_off(f"line cut off: {exc}")
                 self._store_pending(final=False)
                 self._failed(exc)
+                if self.monotonic() - opened_at < STABLE_AFTER_S:
+                    # A device server that accepts and drops at once must not be redialled in a tight loop.
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, self.line_cfg.reconnect_max_s)
+                else:
+                    backoff = 1.0  # it was up for a while: reopen at once (the clock does not wait for us)
             except Exception:
                 # A bug of ours: reported like a poll that broke, the line reopened after the back-off.
                 log.exception("serial reader failed", device=self.device.id)
