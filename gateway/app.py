@@ -90,12 +90,14 @@ def default_service_factories() -> list[tuple[str, ServiceFactory]]:
     from gateway.forward import forwarder
     from gateway.health import monitor
     from gateway.push import receiver as push
+    from gateway.serial import reader as serial
     from gateway.usbimport import watcher as usb_import
     from gateway.web import metrics
     from gateway.web import status as http
 
     return [("monitor", monitor.services), ("metrics", metrics.services), ("forwarder", forwarder.services),
             ("central", central.services), ("push", push.services), ("usb-import", usb_import.services),
+            ("serial", serial.services),
             ("http", http.services)]
 
 

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from drivers import check_quirks, driver_names
 from gateway.configlib import ConfigError, Reader
 
-Transport = Literal["tcp", "udp"]
+Transport = Literal["tcp", "udp", "serial"]
 
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 #: ``driver = "soap"``: the terminal's SOAP web service (drivers.soap); its port defaults to 80, not 4370.
@@ -32,6 +32,9 @@ SOAP_DRIVER = "soap"
 PUSH_DRIVER = "push"
 #: Serials a push terminal may announce (letters, digits, ``_ -``; the receiver refuses anything else).
 PUSH_SERIAL = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+#: ``driver = "serial"``: a clock writing one text line per punch on a serial line or device server
+#: (gateway.serial reads it; docs/serial.md); it is never polled.
+SERIAL_DRIVER = "serial"
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,37 @@ class PollingConfig:
 
 
 @dataclass(frozen=True)
+class SerialLineConfig:
+    """How a serial-line clock (``driver = "serial"``) is reached and read; docs/serial.md."""
+
+    #: A local port (``/dev/ttyUSB0``, better ``/dev/serial/by-id/...``) or a device server URL
+    #: (``socket://10.0.0.5:4001``, ``rfc2217://10.0.0.5:4001``): the ``port`` or ``url`` key.
+    url: str
+    #: Line settings (ignored by socket:// device servers, which are set up in their own web page).
+    baud: int = 9600
+    bytesize: int = 8
+    #: none, even, odd, mark or space.
+    parity: str = "none"
+    stopbits: float = 1
+    #: A preset (zk_attlog, giga_tms, acroprint, ct101) or "custom" (line_pattern or line_template + time_format).
+    line_format: str = "zk_attlog"
+    #: Custom format: a regular expression with named groups, or a ``{field}`` template (one of the two).
+    line_pattern: str = ""
+    line_template: str = ""
+    #: Custom format: strftime-like layout of the time (%Y %y %m %d %H %M %S), e.g. "%d/%m/%Y %H:%M".
+    time_format: str = ""
+    #: The clock's machine number: lines naming another machine are quarantined (None: not checked).
+    machine: str | None = None
+    #: Longest line kept whole; longer ones are quarantined cut off.
+    max_line_bytes: int = 512
+    #: Longest wait between reconnect attempts of a missing port or device server (back-off doubles up to it).
+    reconnect_max_s: float = 30.0
+    #: Noise bytes (NUL, 0xFF, control bytes: framing errors, interference) per minute above which one
+    #: warning is logged (and one line when it is quiet again).
+    noise_warn_per_min: int = 32
+
+
+@dataclass(frozen=True)
 class DeviceConfig:
     """One terminal."""
 
@@ -125,11 +159,19 @@ class DeviceConfig:
     #: Push terminals only: the ``pushcommkey`` the terminal must send (from ``push_key_env`` /
     #: ``push_key_file``); None = not checked.
     push_key: str | None = field(default=None, repr=False)
+    #: Serial-line clocks only (driver = "serial"): port and line format. ``address`` then holds the port or
+    #: URL and ``port`` the baud rate (what `fpgw devices` shows), ``transport`` is "serial".
+    serial_line: SerialLineConfig | None = None
 
     @property
     def pushes(self) -> bool:
         """True for a terminal that calls the gateway (driver = "push") instead of being polled."""
         return self.driver == PUSH_DRIVER
+
+    @property
+    def reads_serial(self) -> bool:
+        """True for a serial-line clock (driver = "serial"): gateway.serial reads it; it is never polled."""
+        return self.driver == SERIAL_DRIVER
 
 
 @dataclass(frozen=True)
@@ -488,14 +530,19 @@ def _parse_devices(top: Reader, site: SiteConfig, polling: PollingConfig, base_d
         if dev_id in seen_ids:
             r.problem("id", f"duplicate device id {dev_id!r}")
         seen_ids.add(dev_id)
-        driver = r.text("driver", "zk", choices=(*driver_names(), PUSH_DRIVER))
+        driver = r.text("driver", "zk", choices=(*driver_names(), PUSH_DRIVER, SERIAL_DRIVER))
         pushes = driver == PUSH_DRIVER
-        # A push terminal calls us from whatever address it has: its address is informational.
-        address = r.text("address", "", allow_empty=True) if pushes else r.text("address", allow_empty=False)
-        port = r.integer("port", 80 if driver == SOAP_DRIVER else 4370, min=1, max=65535)
-        transport = r.text("transport", "tcp", choices=("tcp", "udp"))
-        if driver == SOAP_DRIVER and transport != "tcp":
-            r.problem("transport", "a SOAP terminal is reached over HTTP (TCP): leave transport out")
+        serial_line = _parse_serial_line(r) if driver == SERIAL_DRIVER else None
+        transport: Transport
+        if serial_line is not None:
+            address, port, transport = serial_line.url, serial_line.baud, "serial"
+        else:
+            # A push terminal calls us from whatever address it has: its address is informational.
+            address = r.text("address", "", allow_empty=True) if pushes else r.text("address", allow_empty=False)
+            port = r.integer("port", 80 if driver == SOAP_DRIVER else 4370, min=1, max=65535)
+            transport = r.text("transport", "tcp", choices=("tcp", "udp"))
+            if driver == SOAP_DRIVER and transport != "tcp":
+                r.problem("transport", "a SOAP terminal is reached over HTTP (TCP): leave transport out")
         push_key = r.secret("push_key", base_dir=base_dir) if pushes else None
         key_text = r.secret("comm_key", base_dir=base_dir)
         comm_key = 0
@@ -514,8 +561,8 @@ def _parse_devices(top: Reader, site: SiteConfig, polling: PollingConfig, base_d
             r.problem("serial", "a push terminal is known by its serial number: set serial = \"...\" (letters, "
                                 "digits, '_' or '-'; menu: System Info > Device Info)")
         quirks = r.raw("quirks", {})
-        if pushes and quirks:
-            r.problem("quirks", "push terminals have no driver workarounds")
+        if (pushes or serial_line) and quirks:
+            r.problem("quirks", f"{driver} devices have no driver workarounds")
             quirks = {}
         elif not isinstance(quirks, Mapping):
             r.problem("quirks", "must be a table, e.g. quirks = { record_size = 40 }")
@@ -529,7 +576,11 @@ def _parse_devices(top: Reader, site: SiteConfig, polling: PollingConfig, base_d
         installed_on = _parse_date(r, "installed_on")
         clear_ratio = _clear_ratio(r, polling.clear_when_full_ratio)
         r.done()
-        if not pushes:
+        if serial_line is not None:
+            if (address, 0, transport) in seen_addr:
+                r.problem("port" if r.data.get("port") else "url", f"another device already reads {address}")
+            seen_addr.add((address, 0, transport))
+        elif not pushes:
             if (address, port, transport) in seen_addr:
                 r.problem("address", f"another device already uses {address}:{port}/{transport}")
             seen_addr.add((address, port, transport))
@@ -538,11 +589,57 @@ def _parse_devices(top: Reader, site: SiteConfig, polling: PollingConfig, base_d
                                     serial=serial or None, interval_s=interval, timeout_s=timeout,
                                     timezone=tz, enabled=enabled, quirks=dict(quirks), location=location,
                                     installed_on=installed_on, clear_when_full_ratio=clear_ratio,
-                                    push_key=push_key or None))
+                                    push_key=push_key or None, serial_line=serial_line))
     serials = [d.serial.lower() for d in devices if d.pushes and d.serial]
     for dup in sorted({x for x in serials if serials.count(x) > 1}):
         top.problem("devices", f"two push devices have the serial {dup!r} (serials compare case-insensitively)")
     return devices
+
+
+def _parse_serial_line(r: Reader) -> SerialLineConfig:
+    """The keys of a serial-line clock (driver = "serial"); the line format is compiled here once to check it."""
+    from drivers.serial import formats
+    from drivers.serial import port as serial_port
+
+    path, url = r.text("port", ""), r.text("url", "")
+    if bool(path) == bool(url):
+        r.problem("port", "a serial clock needs exactly one of port = \"/dev/ttyUSB0\" (a local port; better "
+                          "/dev/serial/by-id/...) or url = \"socket://host:port\" / \"rfc2217://host:port\" "
+                          "(a device server)")
+    elif url and not url.startswith(serial_port.URL_SCHEMES):
+        r.problem("url", f"must start with socket:// or rfc2217://, got {url!r}")
+    elif path and not path.startswith("/"):
+        r.problem("port", f"must be a device path like /dev/ttyUSB0 or /dev/serial/by-id/..., got {path!r}")
+    elif len(path or url) > 200:
+        r.problem("port" if path else "url", "must be at most 200 characters")
+    baud = r.integer("baud", 9600, min=1)
+    if baud not in serial_port.BAUDS:
+        r.problem("baud", f"must be one of {', '.join(map(str, serial_port.BAUDS))}, got {baud}")
+    stopbits = r.number("stopbits", 1, min=1, max=2)
+    if stopbits not in serial_port.STOPBITS:
+        r.problem("stopbits", f"must be 1, 1.5 or 2, got {stopbits}")
+    machine = r.raw("machine", None)
+    if machine is not None and not (isinstance(machine, (int, str)) and not isinstance(machine, bool)
+                                    and str(machine).strip()):
+        r.problem("machine", f"must be the clock's machine number, e.g. 1, got {machine!r}")
+        machine = None
+    cfg = SerialLineConfig(
+        url=path or url, baud=baud, bytesize=r.integer("bytesize", 8, min=5, max=8),
+        parity=r.text("parity", "none", choices=tuple(serial_port.PARITIES)), stopbits=float(stopbits),
+        line_format=r.text("line_format", "custom" if r.data.get("line_pattern") or r.data.get("line_template")
+                           else "zk_attlog", choices=(*formats.PRESETS, "custom")),
+        line_pattern=r.text("line_pattern", ""), line_template=r.text("line_template", ""),
+        time_format=r.text("time_format", ""), machine=None if machine is None else str(machine).strip(),
+        max_line_bytes=r.integer("max_line_bytes", 512, min=32, max=8192),
+        reconnect_max_s=r.duration_s("reconnect_max_s", 30.0, min=1),
+        noise_warn_per_min=r.integer("noise_warn_per_min", 32, min=1, max=1_000_000))
+    try:
+        formats.configured_format(cfg.line_format, pattern=cfg.line_pattern, template=cfg.line_template,
+                                  time_format=cfg.time_format)
+    except formats.LineFormatError as exc:
+        r.problem("line_pattern" if cfg.line_pattern else "line_template" if cfg.line_template else "line_format",
+                  str(exc))
+    return cfg
 
 
 def _clear_ratio(r: Reader, default: float) -> float:
@@ -799,5 +896,5 @@ def _parse_import(r: Reader, site: SiteConfig, base_dir: Path) -> ImportConfig:
 __all__ = [
     "AlertsConfig", "CentralConfig", "Config", "ConfigError", "DatabaseConfig", "DeviceConfig",
     "EmployeesConfig", "ForwardConfig", "HealthConfig", "HttpConfig", "LoggingConfig", "PollingConfig",
-    "PushConfig", "SiteConfig", "WorkingHoursConfig", "load_config", "parse_config",
+    "PushConfig", "SerialLineConfig", "SiteConfig", "WorkingHoursConfig", "load_config", "parse_config",
 ]

@@ -18,6 +18,8 @@ from typing import Any
 
 from simulators.push.fleet import PushFleet, specs_from_entries
 from simulators.push.terminal import PushSpec
+from simulators.serial.fleet import SerialFleet
+from simulators.serial.fleet import specs_from_entries as serial_specs
 from simulators.soap.fleet import SoapFleet, soap_specs_from_entries
 from simulators.zk.config import ConfigError, FleetConfig, load_fleet_file, nth_address, spec_from_mapping
 from simulators.zk.control import ApiError, ControlClient, start_control_server
@@ -162,11 +164,14 @@ def run(argv: list[str]) -> int:
                                     users=args.users) for i in range(args.push_devices)]
         # SOAP terminals (kind = "soap"): each on its own 127.0.1.x address unless the entry sets host.
         soap_specs = soap_specs_from_entries(cfg.soap_devices)
+        # Serial clocks (kind = "serial"): a pty or a socket:// server each.
+        serial_clock_specs = serial_specs(cfg.serial_devices)
     except (ConfigError, ValueError) as e:
         ap.error(str(e))
     fleet = Fleet(truth_path=cfg.truth)
     push_fleet = PushFleet(cfg.truth)
     soap_fleet = SoapFleet(cfg.truth)
+    serial_fleet = SerialFleet(cfg.truth)
     try:
         for spec in cfg.devices:
             fleet.add(spec)
@@ -174,9 +179,12 @@ def run(argv: list[str]) -> int:
             push_fleet.add(push_spec)
         for soap_spec in soap_specs:
             soap_fleet.add(soap_spec)
+        for serial_spec in serial_clock_specs:
+            serial_fleet.add(serial_spec)
         fleet.start()
         push_fleet.start()
         soap_fleet.start()
+        serial_fleet.start()
         control = None
         if not args.no_control and control_port is not None:
             control = start_control_server(fleet, control_port)
@@ -184,6 +192,7 @@ def run(argv: list[str]) -> int:
         fleet.stop()
         push_fleet.stop()
         soap_fleet.stop()
+        serial_fleet.stop()
         print(f"fpgw-sim: error: {e}", file=sys.stderr)
         return 1
     devs = fleet.devices
@@ -202,6 +211,9 @@ def run(argv: list[str]) -> int:
     for soap_term in soap_fleet.terminals[:50]:
         print(f"  {soap_term.serial:<12} soap {soap_term.host}:{soap_term.port}/iWsService "
               f"records={soap_term.record_count}" + (" comm_key" if soap_term.spec.comm_key else ""), flush=True)
+    for clock in serial_fleet.clocks[:50]:
+        print(f"  {clock.spec.serial:<12} serial {clock.spec.line_format} on {clock.path} (gateway: "
+              f"{'port' if clock.spec.transport == 'pty' else 'url'} = \"{clock.path}\")", flush=True)
     if control is not None:
         print(f"control API: {control.url}  (fpgw-sim ctl --url {control.url} list)", flush=True)
     if cfg.truth is not None:
@@ -211,6 +223,7 @@ def run(argv: list[str]) -> int:
         signal.signal(sig, lambda *_: stop.set())
     stop.wait(args.duration)
     soap_fleet.stop()
+    serial_fleet.stop()
     push_fleet.stop()
     fleet.stop()
     print("fpgw-sim: stopped", flush=True)

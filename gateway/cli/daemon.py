@@ -61,7 +61,8 @@ def cmd_poll(args: argparse.Namespace) -> int:
     from gateway.polling.poller import DevicePoller
 
     config = config_of(args)
-    enabled = [d for d in config.devices if d.enabled and not d.pushes]  # push terminals call us: not polled
+    # Push terminals call us and serial-line clocks write to us: neither is polled.
+    enabled = [d for d in config.devices if d.enabled and not d.pushes and not d.reads_serial]
     if args.all or not args.devices:
         if not args.all and not args.devices:
             raise CliError("name the devices to poll, or use --all (devices: "
@@ -74,6 +75,10 @@ def cmd_poll(args: argparse.Namespace) -> int:
             raise CliError(f"unknown device id(s): {', '.join(unknown)} (configured: {', '.join(known) or 'none'})")
         chosen = [known[i] for i in args.devices]
         pushing = [d.id for d in chosen if d.pushes]
+        reading = [d.id for d in chosen if d.reads_serial]
+        if reading:
+            raise CliError(f"{', '.join(reading)}: serial-line clock(s) write their punches to the running daemon "
+                           "and cannot be polled (docs/serial.md)")
         if pushing:
             raise CliError(f"{', '.join(pushing)}: push terminal(s) call the gateway themselves and cannot be polled; "
                            "`fpgw devices query-log` asks one to upload a range again")

@@ -203,6 +203,9 @@ def cmd_clear(args: argparse.Namespace) -> int:
         raise CliError(f"unknown device {args.device!r} (devices: {', '.join(known) or 'none configured'})")
     if device.pushes:
         return push.cmd_clear_push(args)
+    if device.reads_serial:
+        raise CliError(f"{device.id} is a serial-line clock: it answers no commands, so the gateway cannot clear "
+                       "it (clear it at the clock; docs/serial.md)")
     where = f"{device.address}:{device.port}/{device.transport}"
     if not (args.yes or args.dry_run) and not _confirm(device.id, where):
         raise CliError(f"not clearing {device.id}: confirm with --yes (or try --dry-run first)")

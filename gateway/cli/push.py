@@ -82,7 +82,8 @@ def push_device(config: Config, device_id: str) -> DeviceConfig:
     for d in config.devices:
         if d.id == device_id:
             if not d.pushes:
-                raise CliError(f"{device_id} is polled (driver = {d.driver!r}); this action is for push terminals")
+                raise CliError(f"{device_id} is not a push terminal (driver = {d.driver!r}); this action is for push "
+                               "terminals")
             return d
     raise CliError(f"unknown device {device_id!r} (push devices: {', '.join(d.id for d in pushing) or 'none'})")
 

@@ -88,6 +88,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             extras.append("DISABLED")
         where = f"push terminal (calls the gateway), serial {d.serial}" if d.pushes else \
             f"{d.transport}://{d.address}:{d.port} every {d.interval_s:g} s"
+        if d.serial_line is not None:
+            where = f"serial clock on {d.address} ({d.port} baud, {d.serial_line.line_format} lines)"
         if d.pushes:
             extras = [e for e in extras if not e.startswith("serial")] + (["push key set"] if d.push_key else [])
         print(f"    - {d.id:<16} {where}, {d.timezone}" + (f" ({'; '.join(extras)})" if extras else ""))

@@ -166,10 +166,11 @@ class PollScheduler:
         #: condition, so a finished poll does not wake every idle worker.
         self._cond = threading.Condition(self._lock)
         self._work_cond = threading.Condition(self._lock)
-        # Push terminals (driver = "push") call the gateway themselves (gateway.push): nothing to poll.
+        # Push terminals (driver = "push") call the gateway themselves (gateway.push) and serial-line clocks
+        # write to us (gateway.serial): nothing to poll.
         self.states: dict[str, DeviceRunState] = {
             d.id: DeviceRunState(d, index=i)
-            for i, d in enumerate(x for x in config.devices if x.enabled and not x.pushes)}
+            for i, d in enumerate(x for x in config.devices if x.enabled and not x.pushes and not x.reads_serial)}
         self._work: deque[DeviceRunState] = deque()
         self._workers: list[threading.Thread] = []
         self._dispatcher: threading.Thread | None = None

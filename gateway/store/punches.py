@@ -408,6 +408,7 @@ class Store:
         Called for failed polls too (punches empty) so poll history and last_seen stay exact.
         Only after this returns are the punches durable; nothing may be deleted from a device before.
         """
+        quarantined = tuple(quarantined)  # the writer may run the transaction again: never a spent iterator
         # SQLite: on the writer thread, committed together with the polls that queued meanwhile (db.Writer.run).
         return self._writer.run(lambda conn: self._save_poll_in(conn, outcome, punches, forward=forward,
                                                                 address=address, log_position=log_position,

@@ -40,6 +40,7 @@ from gateway.services import AppContext, Service
 from gateway.store.db import StorageError, storage_error_text
 from gateway.store.health import AlertRow, HealthRepo
 from gateway.store.push import PushRepo
+from gateway.store.quarantine import QuarantineRepo
 from gateway.web.checks_id import CHECKS_ID
 from gateway.web.server import ThreadedServer, start_listener
 
@@ -104,11 +105,13 @@ class StatusView:
             healths = self._healths()
             rows = self.repo.devices()
             alerts = self.repo.list_alerts(limit=20)
+            # Input a terminal sent that is not a punch (serial lines, exports, SOAP rows): count per device.
+            quarantined = QuarantineRepo(self.ctx.store.engine).counts()
         except StorageError as exc:
             # The page must still say what is wrong when the database cannot be read: the gateway line
             # (from memory) tells the team, the device list waits for the database.
             database_error = storage_error_text(exc)
-            healths, rows, alerts = {}, [], []
+            healths, rows, alerts, quarantined = {}, [], [], {}
         backups = self._enrol_backups()
         devices: list[dict[str, Any]] = []
         configured = {d.id: d for d in self.config.devices}
@@ -134,6 +137,7 @@ class StatusView:
                 "clock_skew_s": None if r.clock_skew_s is None else round(r.clock_skew_s, 1),
                 "consecutive_failures": h.consecutive_failures if h else 0,
                 "last_error_kind": h.last_error_kind if h else None,
+                "quarantined": quarantined.get(r.device_id, 0),
                 "problems": [{"name": p.name, "severity": p.severity, "since": _iso(p.since), "detail": p.detail,
                               "notice": p.notice, "check": list(CHECKS.get(p.name, ())),
                               "check_id": list(CHECKS_ID.get(p.name, ()))} for p in problems],
@@ -288,7 +292,9 @@ class StatusView:
                 f'<h2><span class="dot" style="background:{colour}"></span>{e(d["name"] or d["id"])} '
                 f'<span class="state" style="color:{colour}">{e(_STATE_WORD.get(d["state"], d["state"]))}</span></h2>'
                 f'<div class="sub">{e(d["id"])} &middot; {e(d["address"])}:{d["port"]}'
-                + (f" &middot; {e(d['location'])}" if d["location"] else "") + "</div>"
+                + (f" &middot; {e(d['location'])}" if d["location"] else "")
+                + (f" &middot; {d['quarantined']} baris dikarantina / quarantined lines" if d.get("quarantined") else "")
+                + "</div>"
                 + why + muted + "".join(probs) + _drop_notice(d.get("enrol_backup")) + f"<table>{table}</table>{poll}"
                 "</section>")
         alerts = "".join(

@@ -39,6 +39,8 @@ class FleetConfig:
     push_devices: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     #: ``[[devices]]`` entries with ``kind = "soap"`` as (where, table): web-service terminals (simulators.soap).
     soap_devices: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    #: ``[[devices]]`` entries with ``kind = "serial"`` as (where, table): serial clocks built by simulators.serial.
+    serial_devices: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
 
 def _suggest(key: str, known: set[str] | dict[str, Any]) -> str:
@@ -165,6 +167,7 @@ def fleet_from_mapping(raw: dict[str, Any], where: str = "fleet",
     specs: list[DeviceSpec] = []
     push: list[tuple[str, dict[str, Any]]] = []
     soap: list[tuple[str, dict[str, Any]]] = []
+    serial_entries: list[tuple[str, dict[str, Any]]] = []
     n = 0
     for i, entry in enumerate(devices):
         loc = f"{where}: devices[{i}]"
@@ -178,8 +181,11 @@ def fleet_from_mapping(raw: dict[str, Any], where: str = "fleet",
         if kind == "soap":
             soap.append((loc, entry))
             continue
+        if kind == "serial":
+            serial_entries.append((loc, entry))
+            continue
         if kind != "zk":
-            raise ConfigError(f"{loc}.kind: expected \"zk\" (default), \"push\" or \"soap\", got {kind!r}")
+            raise ConfigError(f"{loc}.kind: expected \"zk\" (default), \"push\", \"soap\" or \"serial\", got {kind!r}")
         count = entry.pop("count", 1)
         if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 10_000:
             raise ConfigError(f"{loc}.count: expected 1..10000, got {count!r}")
@@ -216,7 +222,7 @@ def fleet_from_mapping(raw: dict[str, Any], where: str = "fleet",
             truth_path = base_dir / truth_path
     return FleetConfig(devices=specs, truth=truth_path, control_port=control,
                        log_level=str(fleet.get("log_level", "INFO")), push_devices=push,
-                       soap_devices=soap)
+                       soap_devices=soap, serial_devices=serial_entries)
 
 
 def _check_unique(specs: list[DeviceSpec], where: str) -> None:

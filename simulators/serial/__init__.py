@@ -1,0 +1,1 @@
+"""Simulated serial-line time clocks (fpgw-sim kind = "serial"): see clock.py."""
