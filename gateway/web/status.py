@@ -293,7 +293,8 @@ class StatusView:
                 f'<span class="state" style="color:{colour}">{e(_STATE_WORD.get(d["state"], d["state"]))}</span></h2>'
                 f'<div class="sub">{e(d["id"])} &middot; {e(d["address"])}:{d["port"]}'
                 + (f" &middot; {e(d['location'])}" if d["location"] else "")
-                + (f" &middot; {d['quarantined']} baris dikarantina / quarantined lines" if d.get("quarantined") else "")
+                + (f" &middot; {d['quarantined']} baris dikarantina / quarantined lines"
+                   if d.get("quarantined") else "")
                 + "</div>"
                 + why + muted + "".join(probs) + _drop_notice(d.get("enrol_backup")) + f"<table>{table}</table>{poll}"
                 "</section>")
