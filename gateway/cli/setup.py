@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from gateway.cli.common import EXIT_FAILURE, EXIT_OK, CliError, config_of, open_engine, options_after_command, repo_file
+from gateway.config import SOAP_DRIVER
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -90,6 +91,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             f"{d.transport}://{d.address}:{d.port} every {d.interval_s:g} s"
         if d.serial_line is not None:
             where = f"serial clock on {d.address} ({d.port} baud, {d.serial_line.line_format} lines)"
+        elif d.driver == SOAP_DRIVER:
+            where = f"SOAP web service http://{d.address}:{d.port}/iWsService every {d.interval_s:g} s"
         if d.pushes:
             extras = [e for e in extras if not e.startswith("serial")] + (["push key set"] if d.push_key else [])
         print(f"    - {d.id:<16} {where}, {d.timezone}" + (f" ({'; '.join(extras)})" if extras else ""))

@@ -37,6 +37,18 @@ def test_check_config_summarises_a_good_file_and_lists_every_problem_of_a_bad_on
     code, out, err = run_cli(capsys, "--config", str(good), "check-config")
     assert code == 0 and "config OK" in out and "lobby" in out and "comm key set" in out
     assert "4321" not in out + err
+
+    # Every kind of terminal is described by what it is, not as a polled port it does not have.
+    kinds = write_toml({"site": {"office_code": "1801.01.02", "office_name": "BKPSDM"},
+                        "devices": [{"id": "web", "address": "10.0.0.6", "driver": "soap", "serial": "S1"},
+                                    {"id": "gate", "driver": "serial", "port": "/dev/ttyUSB0"},
+                                    {"id": "annex", "driver": "push", "serial": "CKJ7201260042"}]},
+                       tmp_path / "kinds.toml")
+    code, out, err = run_cli(capsys, "--config", str(kinds), "check-config")
+    assert code == 0, err
+    assert "SOAP web service http://10.0.0.6:80/iWsService" in out
+    assert "serial clock on /dev/ttyUSB0 (9600 baud, zk_attlog lines)" in out
+    assert "push terminal (calls the gateway), serial CKJ7201260042" in out
     bad = write_toml({"site": {"office_code": "X", "timezone": "WIB"},
                       "polling": {"interval_s": 1},
                       "devices": [{"id": "lobby", "address": "10.0.0.5", "port": 99999}]}, tmp_path / "bad.toml")
