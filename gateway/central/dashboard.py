@@ -267,7 +267,11 @@ class Dashboard:
         """A UTC instant as office time with the year and the zone ("2026-11-02 08:00 WIB")."""
         if value is None:
             return "-"
-        return value.astimezone(self.tz).strftime("%Y-%m-%d %H:%M:%S %Z" if seconds else "%Y-%m-%d %H:%M %Z")
+        try:
+            local = value.astimezone(self.tz)
+        except (OverflowError, ValueError):  # a forwarded time at the edge of the calendar
+            return value.isoformat()
+        return local.strftime("%Y-%m-%d %H:%M:%S %Z" if seconds else "%Y-%m-%d %H:%M %Z")
 
     # -- pages -----------------------------------------------------------------------------------
     def offices(self, viewer: Viewer) -> list[Office]:

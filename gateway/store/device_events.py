@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine, select
@@ -52,8 +52,20 @@ def _instant(value: Any, fallback: datetime) -> datetime:
             parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
             return fallback
-        return parsed if parsed.tzinfo else fallback
+        if parsed.tzinfo is None:
+            return fallback
+        try:
+            return parsed.astimezone(UTC)
+        except (OverflowError, ValueError):  # year 1 with a positive offset: not a moment anyone reported
+            return fallback
     return fallback
+
+
+def _text(value: Any, limit: int) -> str:
+    """Forwarded free text made storable: a string, cut to the column, without NUL or lone surrogates
+    (PostgreSQL refuses both; the problems JSON a gateway sends may hold anything)."""
+    text = "" if value is None else str(value)
+    return text[:limit].replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
 
 
 def _problems(text: Any) -> dict[str, Any]:
@@ -72,26 +84,26 @@ def record_health_changes(conn: Connection, office_code: str, device_id: str, pr
     and the new ``health`` values, inside the caller's (ingest) transaction."""
     rows: list[dict[str, Any]] = []
 
-    def add(at: datetime, kind: str, name: str, severity: str | None = None, detail: str = "") -> None:
+    def add(at: datetime, kind: str, name: str, severity: Any = None, detail: Any = "") -> None:
         rows.append({"office_code": office_code, "device_id": device_id, "at": min(at, now), "kind": kind,
-                     "name": str(name)[:32], "severity": (severity or None) and str(severity)[:16],
-                     "detail": str(detail or "")[:500], "recorded_at": now})
+                     "name": _text(name, 32), "severity": _text(severity, 16) or None,
+                     "detail": _text(detail, 500), "recorded_at": now})
 
     old_state = previous.state if previous is not None else None
     state = health.get("state") or "unknown"
     if state != old_state:
         add(_instant(health.get("state_since"), now), "state", state,
-            detail=str(health.get("last_error") or health.get("last_error_kind") or "") if state == "offline" else "")
+            detail=(health.get("last_error") or health.get("last_error_kind")) if state == "offline" else "")
     old = _problems(previous.problems) if previous is not None else {}
     new = _problems(health.get("problems"))
     for name, p in new.items():
         p = p if isinstance(p, dict) else {}
         before = old.get(name) if isinstance(old.get(name), dict) else None
         if before is None:
-            add(_instant(p.get("since"), now), "problem_start", name, p.get("severity"), p.get("detail") or "")
+            add(_instant(p.get("since"), now), "problem_start", name, p.get("severity"), p.get("detail"))
         alerted = p.get("last_alert_at")
         if alerted and alerted != (before or {}).get("last_alert_at"):
-            add(_instant(alerted, now), "alert", name, p.get("severity"), p.get("detail") or "")
+            add(_instant(alerted, now), "alert", name, p.get("severity"), p.get("detail"))
     for name in old.keys() - new.keys():
         p = old[name] if isinstance(old[name], dict) else {}
         add(now, "problem_end", name, p.get("severity"))
