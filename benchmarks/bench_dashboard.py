@@ -32,22 +32,22 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import httpx  # noqa: E402
-import structlog  # noqa: E402
-from sqlalchemy import event, update  # noqa: E402
-from starlette.applications import Starlette  # noqa: E402
+import httpx
+import structlog
+from sqlalchemy import event, update
+from starlette.applications import Starlette
 
-from benchmarks.harness import Report, bench_args  # noqa: E402
-from gateway.central.api import CentralApi  # noqa: E402
-from gateway.central.auth import hash_password  # noqa: E402
-from gateway.central.dashboard import Dashboard  # noqa: E402
-from gateway.central.tokens import TokenFile, add_token  # noqa: E402
-from gateway.config import CentralConfig  # noqa: E402
-from gateway.store import schema as s  # noqa: E402
-from gateway.store.accounts import AccountRepo  # noqa: E402
-from gateway.store.central import CentralStore  # noqa: E402
-from gateway.store.db import create_db_engine, upgrade  # noqa: E402
-from gateway.web.server import start_listener  # noqa: E402
+from benchmarks.harness import Report, bench_args
+from gateway.central.api import CentralApi
+from gateway.central.auth import hash_password
+from gateway.central.dashboard import Dashboard
+from gateway.central.tokens import TokenFile, add_token
+from gateway.config import CentralConfig
+from gateway.store import schema as s
+from gateway.store.accounts import AccountRepo
+from gateway.store.central import CentralStore
+from gateway.store.db import create_db_engine, upgrade
+from gateway.web.server import start_listener
 
 PASSWORD = "bench-password-long"
 #: A statement reading the punches table (not a column such as gateways.punches_received).
@@ -102,7 +102,8 @@ def fill(engine: Any, store: CentralStore, args: Any, rng: random.Random) -> dic
                 problems["clock_skew"] = {"severity": "warning", "since": (now - timedelta(days=2)).isoformat(),
                                           "detail": "clock +300 s"}
             devices.append({
-                "device_id": f"t{t}", "name": f"Terminal {t}", "location": "lobi", "address": f"10.{o // 250}.{o % 250}.{t}",
+                "device_id": f"t{t}", "name": f"Terminal {t}", "location": "lobi",
+                "address": f"10.{o // 250}.{o % 250}.{t}",
                 "port": 4370, "transport": "tcp", "serial": f"SN{o:03d}{t:02d}", "enabled": True,
                 "last_seen_at": now, "last_ok_at": now, "last_record_count": rng.randint(100, 90000),
                 "records_cap": 100000, "last_punch_at": now - timedelta(minutes=rng.randint(1, 600)),
