@@ -19,9 +19,8 @@ from typing import TYPE_CHECKING
 from gateway.cli.common import CliError, config_of, open_engine
 
 if TYPE_CHECKING:
-    from sqlalchemy import Engine
-
     from gateway.store.accounts import AccountRepo
+    from gateway.store.db import Engine
 
 _USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 
