@@ -293,8 +293,7 @@ class Dashboard:
         if problem_filter and not _CODE.match(problem_filter):
             return PlainTextResponse("problem: not a problem name\n", status_code=400)
         offices = await run_in_threadpool(self.offices, viewer)
-        return HTMLResponse(self.render_index(viewer, offices, office_filter, problem_filter),
-                            headers=_NO_STORE)
+        return _html(self.render_index(viewer, offices, office_filter, problem_filter))
 
     def render_index(self, viewer: Viewer, offices: list[Office], office_filter: str, problem_filter: str) -> str:
         """The dashboard HTML."""
@@ -417,7 +416,7 @@ class Dashboard:
         row, events = await run_in_threadpool(load)
         if row is None:
             return _not_found()
-        return HTMLResponse(self.render_terminal(viewer, row, events), headers=_NO_STORE)
+        return _html(self.render_terminal(viewer, row, events))
 
     def render_terminal(self, viewer: Viewer, row: dict[str, Any], events: list[Any]) -> str:
         """The history page HTML."""
@@ -512,8 +511,8 @@ class Dashboard:
     def _login_page(self, request: Request, message: str = "", status: int = 200,
                     headers: Mapping[str, str] | None = None) -> Response:
         csrf = secrets.token_urlsafe(24)
-        response = HTMLResponse(self._login_html(csrf, _safe_next(request.query_params.get("next")), message),
-                                status_code=status, headers={**_NO_STORE, **(headers or {})})
+        response = _html(self._login_html(csrf, _safe_next(request.query_params.get("next")), message),
+                         status=status, headers=headers)
         response.set_cookie(LOGIN_CSRF_COOKIE, csrf, max_age=3600, httponly=True, samesite="strict",
                             secure=request.url.scheme == "https", path="/login")
         return response
@@ -577,6 +576,11 @@ class Dashboard:
 _NO_STORE = {"Cache-Control": "no-store", "X-Frame-Options": "DENY", "Referrer-Policy": "same-origin",
              "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; "
                                         "form-action 'self'; frame-ancestors 'none'"}
+
+
+def _html(text: str, *, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    """An HTML page; text a gateway forwarded may hold lone surrogates, which become '?' instead of a 500."""
+    return HTMLResponse(text.encode("utf-8", "replace"), status_code=status, headers={**_NO_STORE, **(headers or {})})
 
 
 def _forbidden(what: str) -> Response:

@@ -217,3 +217,16 @@ def test_unknown_terminal_is_not_found(regency: Regency) -> None:
     with regency.client() as c:
         login(c, "bkd")
         assert c.get(f"/terminal/{A}/nosuch").status_code == 404
+
+
+def test_odd_forwarded_problem_text_is_kept_in_the_history_without_breaking_it(regency: Regency) -> None:
+    odd = {"x" * 40: {"severity": "s" * 30, "since": "0001-01-01T00:00:00+05:00", "detail": "nul\x00 \ud800 <b>"},
+           "storage": "not an object"}
+    with regency.client() as c:
+        regency.report_health(c, A, [terminal("lobi", problems=odd)])
+        login(c, "bkd")
+        page = c.get(f"/terminal/{A}/lobi")
+        dash = c.get("/")
+    assert page.status_code == 200 and dash.status_code == 200
+    assert "&lt;b&gt;" in page.text and "<b>" + "</b>" not in page.text.split("nul")[-1][:20]
+    assert page.text.count('data-kind="problem_start"') == 2
