@@ -1,6 +1,7 @@
 """Regency dashboard of the central mode: every office, its gateway and its terminals, for BKD and each SKPD.
 
-    browser --GET / (session cookie or API bearer token)--> Dashboard.index --> CentralStore.devices / gateways
+    browser --GET / (session cookie or API bearer token)--> Dashboard.index --> DashboardRepo.terminals +
+                                                                               CentralStore.gateways
     browser --GET /terminal/{office}/{device}--> Dashboard.terminal --> DeviceEventRepo (history of health reports)
     browser --GET /report?month=&format=--> gateway.central.report.build_report (imported when asked for)
     browser --GET|POST /login, POST /logout--> gateway.central.auth + gateway.store.accounts
