@@ -1,6 +1,7 @@
 """Central mode in the daemon: gateway.app asks ``services(ctx)`` for the API's routes and housekeeping.
 
     gateway.app --services(ctx)--> CentralApi routes (ctx.http_routes, served by gateway.web) + CentralService
+                                   + the regency dashboard's pages (gateway.central.dashboard, at / of the central)
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import structlog
 
 from gateway.central.api import build_api
+from gateway.central.dashboard import Dashboard
 from gateway.central.silent import CentralService
 from gateway.services import AppContext, Service
 
@@ -24,5 +26,7 @@ def services(ctx: AppContext) -> list[Service]:
         log.warning("central mode on SQLite: fine for a trial, use PostgreSQL for a regency")
     api = build_api(ctx.config, ctx.central_store)
     ctx.http_routes.extend(api.routes())
+    ctx.http_routes.extend(Dashboard(ctx.central_store, api_tokens=api.api_tokens, timezone=ctx.config.site.timezone,
+                                     silent_after_s=ctx.config.central.gateway_silent_after_s).routes())
     return [CentralService(ctx, api)]
 

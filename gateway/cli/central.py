@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+from gateway.cli import users
 from gateway.cli.common import CliError, config_of, open_engine
 from gateway.humanize import duration_text
 
@@ -52,6 +53,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="gateway tokens (offices forwarding here) or API tokens (BKD clients); default: api")
     q.add_argument("--file", type=Path, help="token file (default: the one the central config names)")
     q.set_defaults(func=cmd_list_tokens, one_shot=True)
+    users.register(csub)
 
 
 def _token_file(args: argparse.Namespace) -> Path:

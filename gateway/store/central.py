@@ -47,6 +47,7 @@ from sqlalchemy.engine import Connection, RowMapping
 from gateway.models import Punch
 from gateway.store import schema as s
 from gateway.store.db import writer
+from gateway.store.device_events import record_health_changes
 from gateway.store.health import insert_alert
 from gateway.store.punches import PUNCH_KEY, PunchQuery, insert_ignore, punch_row, where_punches
 from gateway.store.schema import utcnow
@@ -434,7 +435,9 @@ class CentralStore:
                     "muted_until": health.get("muted_until"), "mute_reason": health.get("mute_reason"),
                     "updated_at": now,
                 }
-                if conn.execute(select(h.device_pk).where(h.device_pk == pk)).first() is None:
+                previous = conn.execute(select(h.state, h.problems).where(h.device_pk == pk)).first()
+                record_health_changes(conn, office_code, dev["device_id"], previous, hv, now)  # the history
+                if previous is None:
                     conn.execute(s.device_health.insert().values(device_pk=pk, **hv))
                 else:
                     conn.execute(update(s.device_health).where(h.device_pk == pk).values(**hv))

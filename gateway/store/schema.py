@@ -438,3 +438,60 @@ device_bindings = Table(
     Column("conflict_alerted_at", UtcDateTime()),
     Index(None, "office_code"),
 )
+
+# ------------------------------------------------------------------------------------------------
+# Central mode: the regency dashboard (migration 0010_dashboard_accounts; gateway.store.accounts,
+# gateway.store.device_events, gateway.central.dashboard).
+# ------------------------------------------------------------------------------------------------
+
+#: Login accounts of the dashboard (BKD staff, office heads of administration). All are read-only; accounts are
+#: managed with `fpgw central users`. Passwords are kept as scrypt hashes (gateway.central.auth), never in clear.
+dashboard_accounts = Table(
+    "dashboard_accounts", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("username", String(64), nullable=False),
+    #: "scrypt$n$r$p$salt$hash" (base64 parts).
+    Column("password_hash", String(300), nullable=False),
+    #: The one office (SKPD) this account may see; NULL = the whole regency (BKD staff).
+    Column("office_code", String(32)),
+    Column("enabled", Boolean, nullable=False, default=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+    Column("last_login_at", UtcDateTime()),
+    UniqueConstraint("username"),
+)
+
+#: Open dashboard logins. The browser holds a random session id in an HttpOnly cookie; only its SHA-256 is kept
+#: here, so a disabled account or a new password ends every session at once (they are deleted).
+dashboard_sessions = Table(
+    "dashboard_sessions", metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("account_id", Integer, ForeignKey("dashboard_accounts.id", ondelete="CASCADE"), nullable=False),
+    #: The session's CSRF token (sent back in every form of the session).
+    Column("csrf", String(64), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("expires_at", UtcDateTime(), nullable=False),
+    Index(None, "account_id"),
+    Index(None, "expires_at"),
+)
+
+#: A terminal's history at the central: its state changes, problems opening and closing, and alerts its office
+#: gateway sent, recorded as forwarded health reports arrive (gateway.store.device_events). The dashboard's
+#: terminal page derives outages (offline from .. to .., how long) from it.
+device_events = Table(
+    "device_events", metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("office_code", String(32), nullable=False),
+    Column("device_id", String(64), nullable=False),
+    #: When it happened, as the office gateway reported it (state_since, problem since, last_alert_at), or when
+    #: the central noticed it (a problem gone from the report).
+    Column("at", UtcDateTime(), nullable=False),
+    #: state, problem_start, problem_end or alert.
+    Column("kind", String(16), nullable=False),
+    #: The new state (online, offline, unknown) or the problem's name.
+    Column("name", String(32), nullable=False),
+    Column("severity", String(16)),
+    Column("detail", String(500), nullable=False, default=""),
+    Column("recorded_at", UtcDateTime(), nullable=False),
+    Index(None, "office_code", "device_id", "at"),
+)

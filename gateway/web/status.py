@@ -563,7 +563,7 @@ def build_app(ctx: AppContext, *, registry: CollectorRegistry | None = None) -> 
     routes: list[BaseRoute] = [Route("/", index), Route("/status", status), Route("/healthz", healthz),
                                Route("/metrics", metrics),
                                Route("/devices/{device_id}/poll", poll_device, methods=["POST"])]
-    routes.extend(ctx.http_routes)
+    routes[0:0] = ctx.http_routes  # first: the central's dashboard takes / in central mode
     return Starlette(routes=routes)
 
 

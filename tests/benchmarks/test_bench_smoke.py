@@ -28,11 +28,12 @@ RUNS: dict[str, tuple[list[str], str]] = {
     "bench_forward.py": (["--quick"], "one punch per request"),
     "bench_push.py": (["--quick"], "uploads accepted per second"),
     "bench_enrol.py": (["--quick"], "keypad locked during the restore"),
+    "bench_dashboard.py": (["--quick"], "dashboard / (whole regency)"),
 }
 
 
 #: Scripts that measure PostgreSQL too (they take the tests' throwaway server).
-NEEDS_PG = {"bench_store.py", "bench_forward.py", "bench_enrol.py"}
+NEEDS_PG = {"bench_store.py", "bench_forward.py", "bench_enrol.py", "bench_dashboard.py"}
 
 
 def test_every_benchmark_script_is_covered() -> None:

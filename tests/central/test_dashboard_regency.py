@@ -1,0 +1,131 @@
+"""A regency end to end: office gateways poll simulated terminals and forward to a real central daemon; the
+dashboard at / of the central shows exactly the broken terminal and the silent office, worst first.
+
+Offices: Dinas Kesehatan (two good terminals), Dinas Pendidikan (one good, one whose port is closed: offline),
+Bappeda (one good terminal; its gateway then stops reporting: silent). Each office is a real daemon polling the
+simulators (polls requested by the test, health swept at an explicit instant), stopped, then its real forwarder
+sends punches and health once. Silence is made by moving Bappeda's last contact into the past, as
+tests/central/test_silent.py does, instead of waiting two hours.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import update
+
+from gateway.app import Gateway
+from gateway.central.auth import hash_password
+from gateway.central.tokens import add_token
+from gateway.config import parse_config
+from gateway.store import schema as s
+from gateway.store.accounts import AccountRepo
+from gateway.store.db import create_db_engine, upgrade
+from tests.support.central import make_forwarder
+from tests.support.config import DeviceEntry, make_config
+from tests.support.dashboard import PASSWORD
+from tests.support.fleet import running_fleet, sim_spec
+from tests.support.gateway import RunningGateway
+from tests.support.secrets import remember
+
+pytestmark = pytest.mark.timeout(240)
+OFFICES = {"dinkes": ("1801.01", "Dinas Kesehatan"), "disdik": ("1801.02", "Dinas Pendidikan"),
+           "bappeda": ("1801.03", "Bappeda")}
+
+
+def _forward_once(tmp_path: Path, name: str, db_url: str, central_url: str) -> None:
+    code, office_name = OFFICES[name]
+    cfg = parse_config({
+        "site": {"office_code": code, "office_name": office_name, "timezone": "Asia/Jakarta",
+                 "state_dir": str(tmp_path / name)},
+        "database": {"url": db_url},
+        "forward": {"url": central_url, "token_file": str(tmp_path / f"{name}.token"), "timeout_s": 5},
+    }, base_dir=tmp_path)
+    engine = create_db_engine(db_url, pool_size=2)
+    upgrade(engine)
+    fwd = make_forwarder(cfg, engine, health_every_s=0.01)
+    try:
+        for _ in range(5):  # punches first, in batches; the health report goes with a run
+            result = fwd.run_once()
+            if result.health_sent:
+                break
+        assert result.health_sent
+    finally:
+        fwd.stop(1)
+        engine.dispose()
+
+
+def test_regency_dashboard_shows_exactly_the_broken_terminal_and_the_silent_office(
+        db_url: str, tmp_path: Path) -> None:
+    gw_tokens, api_tokens = tmp_path / "gateways.toml", tmp_path / "api.toml"
+    for name, (code, _) in OFFICES.items():
+        token = add_token(gw_tokens, name, [code], "gateway")
+        remember(token)
+        (tmp_path / f"{name}.token").write_text(token)
+    bkd = add_token(api_tokens, "bkd", None, "api")
+    remember(bkd)
+    central_cfg = parse_config({
+        "site": {"office_code": "1801.00", "office_name": "BKD", "timezone": "Asia/Jakarta",
+                 "state_dir": str(tmp_path / "central")},
+        "database": {"url": db_url},
+        "http": {"enabled": True, "listen": "127.0.0.1", "port": 0},
+        "central": {"enabled": True, "gateway_tokens_file": str(gw_tokens), "api_tokens_file": str(api_tokens)},
+    }, base_dir=tmp_path)
+    terminals = {"dinkes": [{}, {}], "disdik": [{}, {"faults": {"port_closed": True}}], "bappeda": [{}]}
+
+    with Gateway(central_cfg) as central, running_fleet(tmp_path / "truth.jsonl") as fleet:
+        url = f"http://127.0.0.1:{central.ctx.http_port}"
+        for n, (name, specs) in enumerate(terminals.items()):
+            code, office_name = OFFICES[name]
+            sims = [fleet.add(sim_spec(f"{name.upper()}-{i}", records=20 + i, records_cap=1000, seed=10 * n + i,
+                                       **spec)) for i, spec in enumerate(specs)]
+            db = f"sqlite:///{tmp_path / name}.db"
+            cfg = make_config(db, [DeviceEntry(f"t{i}", sim) for i, sim in enumerate(sims)], tmp_path / name,
+                              site={"office_code": code, "office_name": office_name, "timezone": "Asia/Jakarta"},
+                              health={"offline_after_failures": 1, "offline_after_s": 1})
+            with RunningGateway(cfg) as gw:
+                gw.poll_all([f"t{i}" for i in range(len(sims))])
+                gw.gateway.polls.wait_idle(20)
+                health = gw.gateway.ctx.health
+                assert health is not None
+                health.sweep(datetime.now(UTC) + timedelta(seconds=5))
+            _forward_once(tmp_path, name, db, url)
+
+        engine = create_db_engine(db_url, pool_size=2)
+        try:
+            with engine.begin() as conn:
+                conn.execute(update(s.gateways).where(s.gateways.c.office_code == OFFICES["bappeda"][0])
+                             .values(last_seen_at=datetime.now(UTC) - timedelta(hours=5)))
+            AccountRepo(engine).add("tu-disdik", hash_password(PASSWORD), OFFICES["disdik"][0])
+        finally:
+            engine.dispose()
+
+        page = httpx.get(f"{url}/", headers={"Authorization": f"Bearer {bkd}"}, timeout=10).text
+        offline = httpx.get(f"{url}/", params={"problem": "offline"}, headers={"Authorization": f"Bearer {bkd}"},
+                            timeout=10).text
+        # An office account through the real login form on the real server.
+        with httpx.Client(base_url=url, timeout=10) as browser:
+            form = browser.get("/login").text
+            csrf = re.search(r'name="csrf" value="([^"]+)"', form)
+            assert csrf
+            r = browser.post("/login", data={"csrf": csrf.group(1), "username": "tu-disdik", "password": PASSWORD,
+                                             "next": "/"})
+            assert r.status_code == 303
+            scoped = browser.get("/").text
+            other = browser.get(f"/terminal/{OFFICES['dinkes'][0]}/t0")
+            own = browser.get(f"/terminal/{OFFICES['disdik'][0]}/t1").text
+
+    offices = re.findall(r'<section class="office" id="o-([^"]+)" data-gateway="([a-z]+)"', page)
+    assert offices == [("1801.03", "silent"), ("1801.02", "online"), ("1801.01", "online")]
+    states = dict(re.findall(r'<tr class="term" id="t-([^"]+)" data-state="([a-z]+)"', page))
+    assert states == {"1801.01-t0": "online", "1801.01-t1": "online", "1801.02-t0": "online",
+                      "1801.02-t1": "offline", "1801.03-t0": "online"}
+    assert re.findall(r'<tr class="term" id="t-([^"]+)"', offline) == ["1801.02-t1"]
+    assert 'data-problem="offline"' in page and "Dinas Pendidikan" in page and "Bappeda" in page
+    assert re.findall(r'<section class="office" id="o-([^"]+)"', scoped) == ["1801.02"]
+    assert other.status_code == 404
+    assert 'id="terminal" data-state="offline"' in own and 'data-kind="state"' in own
