@@ -357,9 +357,35 @@ def decode_device(obj: Any, i: int) -> dict[str, Any]:
     except (ValueError, RecursionError):
         raise WireError(f"{where}.health.problems: not storable as JSON (nested too deeply, NaN or Infinity)"
                         ) from None
+    bad = _bad_text_in(problems)
+    if bad is not None:
+        raise WireError(f"{where}.health.problems{bad}")
     h["problems"] = problems
     out["health"] = h
     return out
+
+
+def _bad_text_in(value: Any, path: str = "", depth: int = 0) -> str | None:
+    """Where in a JSON value a key or text could not be stored or sent back (NUL, lone surrogate), with why."""
+    if depth > 50:
+        return f"{path}: nested too deeply"
+    if isinstance(value, str):
+        problem = text_problem(value)
+        return f"{path}: {problem}" if problem else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            problem = text_problem(str(key))
+            if problem:
+                return f"{path}: a key {problem}"
+            found = _bad_text_in(item, f"{path}.{key}", depth + 1)
+            if found:
+                return found
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _bad_text_in(item, f"{path}[{i}]", depth + 1)
+            if found:
+                return found
+    return None
 
 
 def _aware(obj: Mapping[str, Any], key: str, where: str) -> datetime | None:

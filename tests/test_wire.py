@@ -290,6 +290,12 @@ def test_a_well_formed_but_unacceptable_punch_is_rejected_alone(change: dict[str
     ({"health": "online"}, "devices[0].health: must be an object"),
     ({"health": {"state": "asleep"}}, "devices[0].health.state: must be one of unknown, online, offline"),
     ({"health": {"problems": ["clock_drift"]}}, "devices[0].health.problems: must be an object"),
+    # Stored as JSON text, then served by the pull API: a lone surrogate there made GET /devices a 500.
+    ({"health": {"problems": {"offline": {"detail": "\ud800"}}}},
+     "devices[0].health.problems.offline.detail: is not valid text (lone surrogate)"),
+    ({"health": {"problems": {"\ud800": {}}}}, "devices[0].health.problems: a key is not valid text (lone surrogate)"),
+    ({"health": {"problems": {"offline": {"seen": ["ok", "nul\x00"]}}}},
+     "devices[0].health.problems.offline.seen[1]: contains a NUL character"),
     ({"health": {"muted_until": "soon"}}, "devices[0].health.muted_until: must be an ISO 8601 instant with offset"),
 ])
 def test_a_malformed_device_is_rejected_alone_with_the_same_message(change: dict[str, Any], message: str) -> None:
