@@ -18,11 +18,10 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Select, Table, and_, case, delete, func, literal, select
+from sqlalchemy import Engine, Subquery, Table, and_, case, delete, func, literal, select
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection
-from sqlalchemy.sql.elements import ColumnElement
 
 from gateway.store import schema as s
 from gateway.store.db import writer
@@ -90,29 +89,33 @@ class UsageRepo:
 
     # -- punches, aggregated ---------------------------------------------------------------------
     @staticmethod
-    def _punches_of(q: Select[Any], days: Sequence[date], offices: Collection[str] | None) -> Select[Any]:
-        """Trusted punches of exactly these local days (and offices)."""
+    def _trusted(days: Sequence[date], offices: Collection[str] | None) -> Subquery:
+        """Trusted punches of exactly these local days (and offices) as (office_code, device_id, day, employee,
+        clock): the rows every aggregate below groups (a subquery, so the grouped expressions are plain columns
+        to PostgreSQL)."""
         p = s.punches.c
         first, last = min(days), max(days)
-        q = q.where(
+        q = select(p.office_code, p.device_id, func.substr(p.device_time, 1, 10).label("day"),
+                   func.coalesce(p.employee_id, literal("pin:") + p.device_user_id).label("employee"),
+                   func.substr(p.device_time, 12, 8).label("clock")).where(
             p.local_time >= datetime.combine(first, time(0)),
             p.local_time < datetime.combine(last + timedelta(days=1), time(0)),
             # Every zone is within a day of UTC: this wider instant range only lets the index narrow the scan.
             p.utc_time >= datetime.combine(first - timedelta(days=1), time(0), UTC),
             p.utc_time < datetime.combine(last + timedelta(days=2), time(0), UTC),
-            _day(p.device_time).in_([_day_text(d) for d in sorted(set(days))]),
+            func.substr(p.device_time, 1, 10).in_([_day_text(d) for d in sorted(set(days))]),
             *(~p.flags.contains(flag) for flag in UNTRUSTED_FLAGS),
         )
         if offices is not None:
             q = q.where(p.office_code.in_(sorted(offices)))
-        return q
+        return q.subquery("trusted")
 
     def office_days(self, days: Sequence[date], *, midday: time, offices: Collection[str] | None = None
                     ) -> list[OfficeDay]:
         """Per office and day of ``days``: distinct employees, those with arrival and leave, punches."""
         if not days:
             return []
-        inner = self._per_employee_day(days, midday, offices).subquery()
+        inner = self._per_employee_day(days, midday, offices)
         q = (select(inner.c.office_code, inner.c.day, func.count().label("employees"),
                     func.sum(inner.c.full).label("full_days"), func.sum(inner.c.punches).label("punches"))
              .group_by(inner.c.office_code, inner.c.day).order_by(inner.c.office_code, inner.c.day))
@@ -125,7 +128,7 @@ class UsageRepo:
         """Per office and employee over ``days``: days with a punch and days with arrival and leave."""
         if not days:
             return []
-        inner = self._per_employee_day(days, midday, offices).subquery()
+        inner = self._per_employee_day(days, midday, offices)
         q = (select(inner.c.office_code, inner.c.employee, func.count().label("days_punched"),
                     func.sum(inner.c.full).label("full_days"))
              .group_by(inner.c.office_code, inner.c.employee).order_by(inner.c.office_code, inner.c.employee))
@@ -133,31 +136,29 @@ class UsageRepo:
             return [EmployeeDays(r.office_code, r.employee, int(r.days_punched), int(r.full_days or 0))
                     for r in conn.execute(q)]
 
-    def _per_employee_day(self, days: Sequence[date], midday: time, offices: Collection[str] | None
-                          ) -> Select[Any]:
-        p = s.punches.c
+    def _per_employee_day(self, days: Sequence[date], midday: time, offices: Collection[str] | None) -> Subquery:
+        """One row per (office, day, employee): full = 1 with a punch before and one at/after ``midday``."""
+        t = self._trusted(days, offices)
         boundary = midday.strftime("%H:%M:%S")
-        clock = func.substr(p.device_time, 12, 8)
-        arrived = func.max(case((clock < boundary, 1), else_=0))
-        left = func.max(case((clock >= boundary, 1), else_=0))
-        q = (select(p.office_code, _day(p.device_time).label("day"), _employee().label("employee"),
-                    case((and_(arrived == 1, left == 1), 1), else_=0).label("full"),
-                    func.count().label("punches"))
-             .group_by(p.office_code, _day(p.device_time), _employee()))
-        return self._punches_of(q, days, offices)
+        arrived = func.max(case((t.c.clock < boundary, 1), else_=0))
+        left = func.max(case((t.c.clock >= boundary, 1), else_=0))
+        return (select(t.c.office_code, t.c.day, t.c.employee,
+                       case((and_(arrived == 1, left == 1), 1), else_=0).label("full"),
+                       func.count().label("punches"))
+                .group_by(t.c.office_code, t.c.day, t.c.employee).subquery("employee_day"))
 
     def terminal_days(self, days: Sequence[date], *, offices: Collection[str] | None = None) -> list[TerminalDay]:
         """Per terminal (office, device id) and day of ``days``: trusted punches and distinct employees."""
         if not days:
             return []
-        p = s.punches.c
-        q = self._punches_of(
-            select(p.office_code, p.device_id, _day(p.device_time).label("day"), func.count().label("punches"),
-                   func.count(func.distinct(_employee())).label("employees"))
-            .group_by(p.office_code, p.device_id, _day(p.device_time)), days, offices)
+        t = self._trusted(days, offices)
+        q = (select(t.c.office_code, t.c.device_id, t.c.day, func.count().label("punches"),
+                    func.count(func.distinct(t.c.employee)).label("employees"))
+             .group_by(t.c.office_code, t.c.device_id, t.c.day)
+             .order_by(t.c.office_code, t.c.device_id, t.c.day))
         with self.engine.connect() as conn:
             return [TerminalDay(r.office_code, r.device_id, date.fromisoformat(r.day), int(r.punches),
-                                int(r.employees)) for r in conn.execute(q.order_by(p.office_code, p.device_id))]
+                                int(r.employees)) for r in conn.execute(q)]
 
     def offices_with_punches(self) -> list[str]:
         """Every office code that has punches at all (cheap: the office_code index)."""
@@ -227,17 +228,6 @@ class UsageRepo:
             return 0
         with writer(self.engine).begin() as conn:
             return int(conn.execute(delete(s.holidays).where(s.holidays.c.day.in_(wanted))).rowcount or 0)
-
-
-def _day(device_time: ColumnElement[Any]) -> ColumnElement[str]:
-    """The local date of a punch as 'YYYY-MM-DD' text (the same on SQLite and PostgreSQL)."""
-    return func.substr(device_time, 1, 10)
-
-
-def _employee() -> ColumnElement[str]:
-    """Who punched: the mapped employee id (NIP), else the terminal PIN (marked so it never equals a NIP)."""
-    p = s.punches.c
-    return func.coalesce(p.employee_id, literal("pin:") + p.device_user_id)
 
 
 def _upsert(conn: Connection, table: Table, keys: Sequence[str], updates: Sequence[str]) -> Any:
