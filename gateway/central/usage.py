@@ -40,7 +40,6 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from gateway.models import NOTICES
-from gateway.store.central import CentralStore
 from gateway.store.schema import utcnow
 from gateway.store.usage import UNDATED, Headcount, UsageRepo
 
@@ -216,6 +215,8 @@ class TerminalFigures:
     working_days: int = 0
     #: Largest number of distinct employees on one working day.
     max_employees_per_day: int = 0
+    #: When the central first heard of it (its period starts then when that is within the period).
+    first_reported_at: datetime | None = None
     #: Known down time in the period (seconds) and the period's length up to the report (seconds).
     down_s: float = 0.0
     period_s: float = 0.0
@@ -330,7 +331,7 @@ def collect(engine: Engine, start: date, end: date, rules: WorkRules | None = No
     zone = ZoneInfo(rules.timezone)
     today = now.astimezone(zone).date()
     counted_until = min(end, today)
-    repo, store = UsageRepo(engine), CentralStore(engine)
+    repo = UsageRepo(engine)
     holidays = repo.holidays(start, end)
     days = working_days(start, counted_until, rules, holidays) if counted_until >= start else []
     scope = {office} if office else None
@@ -339,8 +340,8 @@ def collect(engine: Engine, start: date, end: date, rules: WorkRules | None = No
     employee_days = repo.employee_days(days, midday=midday, offices=scope)
     terminal_days = repo.terminal_days(days, offices=scope)
     headcounts = repo.headcounts_at(end, scope)
-    devices = store.devices(office=office)
-    gateways = [g for g in store.gateways() if office is None or g["office_code"] == office]
+    devices = repo.terminals(scope)
+    gateways = repo.gateways(scope)
     period_start = datetime.combine(start, time(0), zone).astimezone(UTC)
     period_end = min(datetime.combine(end + timedelta(days=1), time(0), zone).astimezone(UTC), now)
     return compute(start=start, end=end, counted_until=counted_until, rules=rules, days=days, holidays=holidays,
@@ -367,7 +368,13 @@ def compute(*, start: date, end: date, counted_until: date, rules: WorkRules, da
                 offices[code].usage.weekly[week_of(d)] = (n, k + 1)
         return offices[code]
 
+    period_start, period_end = period
+    if period_end <= period_start:  # a month still to come: nothing is known about it yet
+        devices, gateways, headcounts = [], [], {}
     for g in gateways:
+        first = _instant(g.get("first_seen_at"))
+        if first is not None and first >= period_end:
+            continue  # the gateway first reported after the period: it says nothing about it
         o = office_of(g["office_code"])
         o.usage.office_name = o.usage.office_name or (g.get("office_name") or "")
         seen = _instant(g.get("last_seen_at"))
@@ -391,16 +398,21 @@ def compute(*, start: date, end: date, counted_until: date, rules: WorkRules, da
         office_of(e.office_code).usage.employees_seen += 1
         employees.append(EmployeeUsage(e.office_code, e.employee, e.days_punched, e.full_days, len(days)))
 
-    # Terminals: every device the gateways reported, plus any that only appears in punches.
-    period_start, period_end = period
+    # Terminals: every device the gateways reported before the period ended (its period starts when the
+    # central first heard of it), plus any that only appears in punches.
     period_s = max(0.0, (period_end - period_start).total_seconds())
     terminals: dict[tuple[str, str], TerminalFigures] = {}
     for d in devices:
+        known_from = _instant(d.get("created_at"))
+        if known_from is not None and known_from >= period_end:
+            continue
         t = TerminalFigures(d["office_code"], d["device_id"], name=d.get("name") or "", serial=d.get("serial") or "",
                             state=d.get("state") or "unknown", state_since=_instant(d.get("state_since")),
                             last_seen_at=_instant(d.get("last_seen_at")),
                             last_punch_at=_instant(d.get("last_punch_at")), working_days=len(days),
-                            period_s=period_s)
+                            first_reported_at=known_from,
+                            period_s=max(0.0, (period_end - max(period_start, known_from or period_start))
+                                         .total_seconds()))
         for name, p in sorted((d.get("problems") or {}).items()):
             if name in NOTICES or not isinstance(p, dict):
                 continue
@@ -442,7 +454,7 @@ def compute(*, start: date, end: date, counted_until: date, rules: WorkRules, da
         for t in o.terminals:
             t.unreported_s = max(0.0, (period_end - silent_from).total_seconds()) if silent_from else 0.0
             if t.state in ("offline", "unknown"):
-                down_from = max(period_start, t.state_since) if t.state_since else period_start
+                down_from = max(period_start, t.first_reported_at or period_start, t.state_since or period_start)
                 # The outage is known up to the last report; while the gateway is silent nothing is known.
                 down_until = min(period_end, silent_from) if silent_from else period_end
                 t.down_s = max(0.0, (down_until - down_from).total_seconds())

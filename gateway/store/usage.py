@@ -13,6 +13,7 @@ cannot be trusted (flags future, rtc_reset, impossible_date) are left out of eve
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -164,6 +165,36 @@ class UsageRepo:
         """Every office code that has punches at all (cheap: the office_code index)."""
         with self.engine.connect() as conn:
             return list(conn.execute(select(s.punches.c.office_code).distinct()).scalars())
+
+    # -- the health snapshot ------------------------------------------------------------------------
+    def terminals(self, offices: Collection[str] | None = None) -> list[dict[str, Any]]:
+        """Every terminal the gateways reported, with its last reported health (``problems`` as a dict) and
+        when the central first heard of it (``created_at``)."""
+        d, h = s.devices.c, s.device_health.c
+        q = (select(d.office_code, d.device_id, d.name, d.serial, d.created_at, d.last_seen_at, d.last_punch_at,
+                    h.state, h.state_since, h.problems)
+             .select_from(s.devices.outerjoin(s.device_health, h.device_pk == d.pk))
+             .order_by(d.office_code, d.device_id))
+        if offices is not None:
+            q = q.where(d.office_code.in_(sorted(offices)))
+        with self.engine.connect() as conn:
+            rows = [dict(r) for r in conn.execute(q).mappings()]
+        for r in rows:
+            try:
+                problems = json.loads(r["problems"]) if r["problems"] else {}
+            except ValueError:
+                problems = {}  # a damaged row shows no problems rather than failing the report
+            r["problems"] = problems if isinstance(problems, dict) else {}
+        return rows
+
+    def gateways(self, offices: Collection[str] | None = None) -> list[dict[str, Any]]:
+        """Every office gateway: office, name it reports, first and last contact."""
+        g = s.gateways.c
+        q = select(g.name, g.office_code, g.office_name, g.first_seen_at, g.last_seen_at).order_by(g.office_code)
+        if offices is not None:
+            q = q.where(g.office_code.in_(sorted(offices)))
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q).mappings()]
 
     # -- headcounts -------------------------------------------------------------------------------
     def headcounts_at(self, at: date, offices: Collection[str] | None = None) -> dict[str, Headcount]:

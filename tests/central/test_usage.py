@@ -24,6 +24,7 @@ from gateway.central.usage import (
 )
 from gateway.store.usage import UNDATED, EmployeeDays, Headcount, OfficeDay, TerminalDay, UsageRepo
 from tests.support.central import OFFICE_A, OFFICE_B, Central, device_doc, make_central, punch
+from tests.support.regency import known_since
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -58,6 +59,7 @@ def build_week(c: Central) -> None:
     ingest_health(c, c.gw_a, device_doc("lobby", serial="SN1"), device_doc("hall", serial="SN2"))
     ingest_health(c, c.gw_b, device_doc("gate", serial="SN3", health={
         "state": "offline", "state_since": "2026-11-05T00:00:00Z", "consecutive_failures": 40, "problems": {}}))
+    known_since(c.engine, datetime(2026, 10, 1, tzinfo=UTC))
     repo = UsageRepo(c.engine)
     repo.save_holidays([(date(2026, 11, 4), "Libur contoh")])
     repo.save_headcounts([Headcount(OFFICE_A, UNDATED, 4, "test")])
@@ -137,6 +139,7 @@ def test_a_problem_open_since_before_the_month_is_never_fixed(central: Central) 
             "clock_drift": {"severity": "warning", "since": "2026-10-15T00:00:00Z", "detail": "12 min"},
             "near_full": {"severity": "warning", "since": "2026-11-20T00:00:00Z", "detail": "91%"}}}),
         device_doc("dead", serial="SN9", health={"state": "unknown", "state_since": "2026-09-01T00:00:00Z"}))
+    known_since(central.engine, datetime(2026, 9, 1, tzinfo=UTC))
     fig = collect(central.engine, *month_range("2026-11"), WorkRules(), now=datetime(2026, 12, 2, tzinfo=UTC))
     assert [(p.device_id, p.problem) for p in fig.never_fixed] == [("dead", "never_answered"),
                                                                    ("lobby", "clock_drift")]
@@ -147,6 +150,11 @@ def test_a_problem_open_since_before_the_month_is_never_fixed(central: Central) 
 def test_a_month_without_data_is_empty_not_an_error(central: Central) -> None:
     fig = collect(central.engine, *month_range("2026-11"), WorkRules(), now=NOW)
     assert fig.empty and fig.offices == [] and fig.never_fixed == []
+    # Terminals and gateways first heard of after a month say nothing about it.
+    build_week(central)
+    known_since(central.engine, datetime(2026, 10, 1, tzinfo=UTC))
+    before = collect(central.engine, *month_range("2026-09"), WorkRules(), now=NOW)
+    assert before.empty and before.terminals == []
     future = collect(central.engine, *month_range("2027-03"), WorkRules(), now=NOW)
     assert future.working_days == [] and future.empty
 
