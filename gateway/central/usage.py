@@ -17,7 +17,8 @@ Rules:
   day), but never fewer than the employees seen punching in the period (a smaller headcount is out of date
   and is flagged); without an upload, the employees seen. Attendance rate = employees punching per working
   day / basis; full-day share = full days / (basis x working days); both are within 0..1.
-- Unused terminal: reported online but fewer than ``UNUSED_PUNCHES_PER_DAY`` punches per working day.
+- Unused terminal: reported online (by a gateway that is not silent) but fewer than ``UNUSED_PUNCHES_PER_DAY``
+  punches per working day.
 - Down time: only what the central knows. Gateways forward the *current* health of each terminal, not its
   history, so a terminal's down time in a month is its outage still open at the last report (offline or
   never answered since ``state_since``), clipped to the month; an outage that began and ended between two
@@ -465,7 +466,8 @@ def compute(*, start: date, end: date, counted_until: date, rules: WorkRules, da
             for p in t.problems:
                 if p.since is not None and p.since <= period_start and p.problem != "offline":
                     never_fixed.append(p)
-            t.unused = (t.state == "online" and t.working_days > 0
+            # A silent office's terminals are not known to be online: not "unused", just unreported.
+            t.unused = (t.state == "online" and not o.silent and t.working_days > 0
                         and t.punches_per_day < UNUSED_PUNCHES_PER_DAY)
     if only_office:
         offices = {k: v for k, v in offices.items() if k == only_office}
@@ -567,3 +569,46 @@ def parse_headcount_csv(data: bytes, source: str = "upload") -> list[Headcount]:
 __all__ = ["UNUSED_PUNCHES_PER_DAY", "EmployeeUsage", "Figures", "HeadcountFileError", "OfficeFigures",
            "OfficeUsage", "OpenProblem", "TerminalFigures", "WorkRules", "collect", "compute", "month_range",
            "parse_headcount_csv", "week_of", "working_days"]
+
+
+def parse_holidays_csv(data: bytes) -> list[tuple[date, str]]:
+    """Holidays from a CSV with columns date[,name] (comma or semicolon, UTF-8); raises HeadcountFileError-like
+    HolidayFileError with every bad line, so a file is imported whole or not at all."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise HolidayFileError([f"not UTF-8 text (byte {exc.start}); save the sheet as 'CSV UTF-8'"]) from None
+    lines = text.splitlines()
+    if not lines or not lines[0].strip():
+        raise HolidayFileError(["empty file: the first line must be the header date,name"])
+    delimiter = ";" if lines[0].count(";") > lines[0].count(",") else ","
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+    header = [h.strip().lower() for h in next(reader)]
+    if "date" not in header or any(h not in ("date", "name") for h in header):
+        raise HolidayFileError(["line 1: the header must be date[,name]"])
+    problems: list[str] = []
+    out: dict[date, str] = {}
+    for row in reader:
+        line = reader.line_num
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
+            problems.append(f"line {line}: {len(row)} columns, the header has {len(header)}")
+            continue
+        values = dict(zip(header, (c.strip() for c in row), strict=True))
+        try:
+            day = date.fromisoformat(values["date"])
+        except ValueError:
+            problems.append(f"line {line}: date {values['date'][:20]!r} is not a date like 2026-12-25")
+            continue
+        if day in out:
+            problems.append(f"line {line}: {day} is listed twice")
+            continue
+        out[day] = values.get("name", "")[:200]
+    if problems:
+        raise HolidayFileError(problems)
+    return sorted(out.items())
+
+
+class HolidayFileError(HeadcountFileError):
+    """A holiday file that cannot be imported (``problems``: one line per problem; nothing is imported)."""

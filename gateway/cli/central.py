@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+from gateway.cli import centralreport
 from gateway.cli.common import CliError, config_of, open_engine
 from gateway.humanize import duration_text
 
@@ -51,6 +52,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     q.add_argument("--kind", choices=("gateway", "api"), default="api")
     q.add_argument("--file", type=Path)
     q.set_defaults(func=cmd_list_tokens, one_shot=True)
+    centralreport.register(csub)  # report, headcount, holidays
 
 
 def _token_file(args: argparse.Namespace) -> Path:

@@ -178,7 +178,8 @@ def test_working_days_skip_weekends_holidays_and_configured_days() -> None:
 def test_headcount_csv_accepts_comma_or_semicolon_bom_and_optional_as_of() -> None:
     rows = parse_headcount_csv("\ufeffoffice_code,employees,as_of\r\n1801.01,42,2026-11-01\r\n1801.02,7,\r\n"
                                .encode(), "hc.csv")
-    assert rows == [Headcount("1801.01", date(2026, 11, 1), 42, "hc.csv:2"), Headcount("1801.02", UNDATED, 7, "hc.csv:3")]
+    assert rows == [Headcount("1801.01", date(2026, 11, 1), 42, "hc.csv:2"),
+                    Headcount("1801.02", UNDATED, 7, "hc.csv:3")]
     rows = parse_headcount_csv(b"employees;office_code\n12;1801.05\n\n", "x")
     assert rows == [Headcount("1801.05", UNDATED, 12, "x:2")]
 
