@@ -27,11 +27,12 @@ RUNS: dict[str, tuple[list[str], str]] = {
     "bench_simulator.py": (["--quick"], "simulator RSS"),
     "bench_forward.py": (["--quick"], "one punch per request"),
     "bench_push.py": (["--quick"], "uploads accepted per second"),
+    "bench_report.py": (["--quick"], "monthly report"),
 }
 
 
 #: Scripts that measure PostgreSQL too (they take the tests' throwaway server).
-NEEDS_PG = {"bench_store.py", "bench_forward.py"}
+NEEDS_PG = {"bench_store.py", "bench_forward.py", "bench_report.py"}
 
 
 def test_every_benchmark_script_is_covered() -> None:
