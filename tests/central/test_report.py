@@ -39,7 +39,7 @@ MONTH = "2026-11"
 EXPECTED_BROKEN = {(OFFICE_B, "gate"), (OFFICE_B, "front")}
 EXPECTED_UNUSED = {(OFFICE_A, "annex")}
 EXPECTED_SILENT = {OFFICE_D}
-EXPECTED_NEVER_FIXED = {(OFFICE_B, "front", "never_answered"), (OFFICE_C, "main", "clock_drift"),
+EXPECTED_NEVER_FIXED = {(OFFICE_B, "front", "never_answered"), (OFFICE_C, "main", "clock_skew"),
                         (OFFICE_D, "(gateway)", "gateway_silent")}
 
 
@@ -88,7 +88,7 @@ def build_regency(c: Central, tmp_path: Path) -> None:
         device_doc("front", serial="SNB2", health={"state": "unknown", "state_since": "2026-10-20T00:00:00Z",
                                                    "problems": {}}))
     _health(c, gw_c, OFFICE_C, device_doc("main", serial="SNC1", health={**online, "problems": {
-        "clock_drift": {"severity": "warning", "since": "2026-10-05T00:00:00Z", "detail": "14 min behind"}}}))
+        "clock_skew": {"severity": "warning", "since": "2026-10-05T00:00:00Z", "detail": "14 min behind"}}}))
     _health(c, gw_d, OFFICE_D, device_doc("pos", serial="SND1", health=online))
     known_since(c.engine, datetime(2026, 9, 1, tzinfo=UTC))
     with c.engine.begin() as conn:  # office D's gateway went quiet on 28 October
@@ -220,7 +220,7 @@ def test_pdf_report_renders_and_its_text_names_the_offices(regency: Central) -> 
         assert name in text
     for _office, device in EXPECTED_BROKEN | EXPECTED_UNUSED:
         assert device in text
-    assert "never_answered" in text and "clock_drift" in text and "gateway_silent" in text
+    assert "never_answered" in text and "clock_skew" in text and "gateway_silent" in text
 
 
 def test_one_office_report_holds_only_that_office_and_its_employees(regency: Central) -> None:

@@ -136,13 +136,13 @@ def test_one_office_scope_and_a_headcount_dated_later_does_not_count_yet(central
 def test_a_problem_open_since_before_the_month_is_never_fixed(central: Central) -> None:
     ingest_health(central, central.gw_a, device_doc("lobby", serial="SN1", health={
         "state": "online", "state_since": "2026-10-01T00:00:00Z", "problems": {
-            "clock_drift": {"severity": "warning", "since": "2026-10-15T00:00:00Z", "detail": "12 min"},
-            "near_full": {"severity": "warning", "since": "2026-11-20T00:00:00Z", "detail": "91%"}}}),
+            "clock_skew": {"severity": "warning", "since": "2026-10-15T00:00:00Z", "detail": "12 min"},
+            "storage": {"severity": "warning", "since": "2026-11-20T00:00:00Z", "detail": "91%"}}}),
         device_doc("dead", serial="SN9", health={"state": "unknown", "state_since": "2026-09-01T00:00:00Z"}))
     known_since(central.engine, datetime(2026, 9, 1, tzinfo=UTC))
     fig = collect(central.engine, *month_range("2026-11"), WorkRules(), now=datetime(2026, 12, 2, tzinfo=UTC))
     assert [(p.device_id, p.problem) for p in fig.never_fixed] == [("dead", "never_answered"),
-                                                                   ("lobby", "clock_drift")]
+                                                                   ("lobby", "clock_skew")]
     dead = next(t for t in fig.terminals if t.device_id == "dead")
     assert dead.availability == 0.0 and dead.down_s == dead.period_s == 30 * 86400
 
