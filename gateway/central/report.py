@@ -126,7 +126,6 @@ def build_model(fig: Figures, month: str, office: str | None = None) -> Report:
     terminals = fig.terminals
     known = [o.availability for o in fig.offices if o.availability is not None]
     weekly = fig.weekly_rate()
-    rates = [v for v in weekly.values() if v is not None]
     basis = sum(o.usage.basis * o.usage.working_days for o in fig.offices)
     regency_rate = sum(o.usage.employee_days for o in fig.offices) / basis if basis else None
     broken = [t for t in terminals if t.broken]
@@ -138,7 +137,7 @@ def build_model(fig: Figures, month: str, office: str | None = None) -> Report:
         ("Kantor / Offices", str(len(fig.offices))),
         ("Terminal / Terminals", str(len(terminals))),
         ("Ketersediaan rata-rata / Mean availability", _pct(sum(known) / len(known) if known else None)),
-        ("Tingkat kehadiran / Attendance rate", _pct(regency_rate if rates or regency_rate else None)),
+        ("Tingkat kehadiran / Attendance rate", _pct(regency_rate)),
         ("Terminal rusak / Broken terminals", str(len(broken))),
         (f"Terminal tidak dipakai (< {UNUSED_PUNCHES_PER_DAY:g} absen/hari) / Unused terminals", str(len(unused))),
         ("Kantor tanpa kabar / Silent offices", str(len(silent))),

@@ -12,6 +12,7 @@ import argparse
 import sys
 from datetime import date, timedelta
 from pathlib import Path
+from typing import cast
 
 from gateway.cli.common import CliError, config_of, open_engine, parse_date, print_table
 
@@ -77,7 +78,7 @@ def _last_month(today: date) -> str:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Write the monthly report."""
-    from gateway.central.report import build_report
+    from gateway.central.report import Format, build_report
     from gateway.central.usage import WorkRules, month_range
 
     month = args.month or _last_month(date.today())
@@ -96,7 +97,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     config = config_of(args)
     engine = open_engine(config, pool_size=2, migrate=True)
     try:
-        data = build_report(engine, month, fmt, office, rules=WorkRules.from_config(config))  # type: ignore[arg-type]
+        data = build_report(engine, month, cast(Format, fmt), office, rules=WorkRules.from_config(config))
     finally:
         engine.dispose()
     if args.output == "-":
