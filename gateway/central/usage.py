@@ -337,16 +337,14 @@ def collect(engine: Engine, start: date, end: date, rules: WorkRules | None = No
     days = working_days(start, counted_until, rules, holidays) if counted_until >= start else []
     scope = {office} if office else None
     midday = rules.midday
-    office_days = repo.office_days(days, midday=midday, offices=scope)
-    employee_days = repo.employee_days(days, midday=midday, offices=scope)
-    terminal_days = repo.terminal_days(days, offices=scope)
+    agg = repo.aggregates(days, midday=midday, offices=scope)
     headcounts = repo.headcounts_at(end, scope)
     devices = repo.terminals(scope)
     gateways = repo.gateways(scope)
     period_start = datetime.combine(start, time(0), zone).astimezone(UTC)
     period_end = min(datetime.combine(end + timedelta(days=1), time(0), zone).astimezone(UTC), now)
     return compute(start=start, end=end, counted_until=counted_until, rules=rules, days=days, holidays=holidays,
-                   office_days=office_days, employee_days=employee_days, terminal_days=terminal_days,
+                   office_days=agg.office_days, employee_days=agg.employee_days, terminal_days=agg.terminal_days,
                    headcounts=headcounts, devices=devices, gateways=gateways, period=(period_start, period_end),
                    now=now, only_office=office)
 

@@ -3,23 +3,24 @@
     gateway.central.usage (figures, rules) --> UsageRepo (this module: the SQL) --> punches, office_headcount, holidays
     gateway.central.report / `fpgw central report|headcount|holidays` --> gateway.central.usage
 
-Everything is aggregated in the database, one row per office (or terminal, or employee) and day, never one
-per punch: three months of a regency (300 offices, 1,000 terminals, about a million punches) come back as
-tens of thousands of rows. A punch's day is its office-local date, the first ten characters of its device
-time (the same day as every punch query, gateway.store.central); ``local_time`` bounds the range and a
-``utc_time`` range one day wider on each side lets the database use its utc_time indexes. Punches whose time
-cannot be trusted (flags future, rtc_reset, impossible_date) are left out of every usage figure.
+Everything is aggregated in the database, never returned punch by punch: ONE grouped query gives a row per
+office, day, employee and terminal (first and last clock time, punch count), streamed back in order and
+folded into the per office-day, per employee and per terminal-day views in one pass. A punch's day is its
+office-local date, the first ten characters of its device time (the same day as every punch query,
+gateway.store.central); ``local_time`` bounds the range and a ``utc_time`` range one day wider on each side
+lets the database use its utc_time indexes. Punches whose time cannot be trusted (flags future, rtc_reset,
+impossible_date) are left out of every usage figure.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Subquery, Table, and_, case, delete, func, literal, select
+from sqlalchemy import Engine, Subquery, Table, and_, delete, func, literal, select
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection
@@ -68,6 +69,15 @@ class EmployeeDays:
     full_days: int
 
 
+@dataclass
+class Aggregates:
+    """The three per-day views of one query (UsageRepo.aggregates)."""
+
+    office_days: list[OfficeDay] = field(default_factory=list)
+    employee_days: list[EmployeeDays] = field(default_factory=list)
+    terminal_days: list[TerminalDay] = field(default_factory=list)
+
+
 @dataclass(frozen=True, slots=True)
 class Headcount:
     """An office's employee count as BKD uploaded it, counting from ``as_of``."""
@@ -111,55 +121,62 @@ class UsageRepo:
             q = q.where(p.office_code.in_(sorted(offices)))
         return q.subquery("trusted")
 
-    def office_days(self, days: Sequence[date], *, midday: time, offices: Collection[str] | None = None
-                    ) -> list[OfficeDay]:
-        """Per office and day of ``days``: distinct employees, those with arrival and leave, punches."""
-        if not days:
-            return []
-        inner = self._per_employee_day(days, midday, offices)
-        q = (select(inner.c.office_code, inner.c.day, func.count().label("employees"),
-                    func.sum(inner.c.full).label("full_days"), func.sum(inner.c.punches).label("punches"))
-             .group_by(inner.c.office_code, inner.c.day).order_by(inner.c.office_code, inner.c.day))
-        with self.engine.connect() as conn:
-            return [OfficeDay(r.office_code, date.fromisoformat(r.day), int(r.employees), int(r.full_days or 0),
-                              int(r.punches or 0)) for r in conn.execute(q)]
+    def aggregates(self, days: Sequence[date], *, midday: time, offices: Collection[str] | None = None
+                   ) -> Aggregates:
+        """Per office and day, per office and employee, per terminal and day, over ``days``: ONE grouped query.
 
-    def employee_days(self, days: Sequence[date], *, midday: time, offices: Collection[str] | None = None
-                      ) -> list[EmployeeDays]:
-        """Per office and employee over ``days``: days with a punch and days with arrival and leave."""
+        The database groups the trusted punches by (office, day, employee, terminal) with the count and the
+        first and last clock time; those rows stream back in that order and are folded here into the three
+        views (one pass, memory for the results only). An employee's day is full when their first punch of
+        the day at any terminal of the office is before ``midday`` and their last one at or after it.
+        """
+        out = Aggregates()
         if not days:
-            return []
-        inner = self._per_employee_day(days, midday, offices)
-        q = (select(inner.c.office_code, inner.c.employee, func.count().label("days_punched"),
-                    func.sum(inner.c.full).label("full_days"))
-             .group_by(inner.c.office_code, inner.c.employee).order_by(inner.c.office_code, inner.c.employee))
-        with self.engine.connect() as conn:
-            return [EmployeeDays(r.office_code, r.employee, int(r.days_punched), int(r.full_days or 0))
-                    for r in conn.execute(q)]
-
-    def _per_employee_day(self, days: Sequence[date], midday: time, offices: Collection[str] | None) -> Subquery:
-        """One row per (office, day, employee): full = 1 with a punch before and one at/after ``midday``."""
+            return out
         t = self._trusted(days, offices)
+        q = (select(t.c.office_code, t.c.day, t.c.employee, t.c.device_id, func.count().label("punches"),
+                    func.min(t.c.clock).label("first"), func.max(t.c.clock).label("last"))
+             .group_by(t.c.office_code, t.c.day, t.c.employee, t.c.device_id)
+             .order_by(t.c.office_code, t.c.day, t.c.employee, t.c.device_id))
         boundary = midday.strftime("%H:%M:%S")
-        arrived = func.max(case((t.c.clock < boundary, 1), else_=0))
-        left = func.max(case((t.c.clock >= boundary, 1), else_=0))
-        return (select(t.c.office_code, t.c.day, t.c.employee,
-                       case((and_(arrived == 1, left == 1), 1), else_=0).label("full"),
-                       func.count().label("punches"))
-                .group_by(t.c.office_code, t.c.day, t.c.employee).subquery("employee_day"))
+        office_day: dict[tuple[str, str], list[int]] = {}
+        employee: dict[tuple[str, str], list[int]] = {}
+        terminal: dict[tuple[str, str, str], list[int]] = {}
+        current: tuple[str, str, str] | None = None
+        first = last = ""
+        punches = 0
 
-    def terminal_days(self, days: Sequence[date], *, offices: Collection[str] | None = None) -> list[TerminalDay]:
-        """Per terminal (office, device id) and day of ``days``: trusted punches and distinct employees."""
-        if not days:
-            return []
-        t = self._trusted(days, offices)
-        q = (select(t.c.office_code, t.c.device_id, t.c.day, func.count().label("punches"),
-                    func.count(func.distinct(t.c.employee)).label("employees"))
-             .group_by(t.c.office_code, t.c.device_id, t.c.day)
-             .order_by(t.c.office_code, t.c.device_id, t.c.day))
+        def close() -> None:
+            # One (office, day, employee) is complete: count it for its office-day and for the employee.
+            assert current is not None
+            full = 1 if first < boundary <= last else 0
+            od = office_day.setdefault((current[0], current[1]), [0, 0, 0])
+            od[0] += 1
+            od[1] += full
+            od[2] += punches
+            ed = employee.setdefault((current[0], current[2]), [0, 0])
+            ed[0] += 1
+            ed[1] += full
+
         with self.engine.connect() as conn:
-            return [TerminalDay(r.office_code, r.device_id, date.fromisoformat(r.day), int(r.punches),
-                                int(r.employees)) for r in conn.execute(q)]
+            for r in conn.execution_options(stream_results=True, yield_per=5000).execute(q):
+                key = (r.office_code, r.day, r.employee)
+                if key != current:
+                    if current is not None:
+                        close()
+                    current, first, last, punches = key, r.first, r.last, 0
+                first, last = min(first, r.first), max(last, r.last)
+                punches += r.punches
+                td = terminal.setdefault((r.office_code, r.device_id, r.day), [0, 0])
+                td[0] += r.punches
+                td[1] += 1  # rows are unique per employee within a terminal and day
+            if current is not None:
+                close()
+        out.office_days = [OfficeDay(o, date.fromisoformat(d), *v) for (o, d), v in sorted(office_day.items())]
+        out.employee_days = [EmployeeDays(o, e, *v) for (o, e), v in sorted(employee.items())]
+        out.terminal_days = [TerminalDay(o, dev, date.fromisoformat(d), *v)
+                             for (o, dev, d), v in sorted(terminal.items())]
+        return out
 
     def offices_with_punches(self) -> list[str]:
         """Every office code that has punches at all (cheap: the office_code index)."""
@@ -269,4 +286,4 @@ def _upsert(conn: Connection, table: Table, keys: Sequence[str], updates: Sequen
                                       set_={u: getattr(stmt.excluded, u) for u in updates})
 
 
-__all__ = ["UNDATED", "EmployeeDays", "Headcount", "OfficeDay", "TerminalDay", "UsageRepo"]
+__all__ = ["UNDATED", "Aggregates", "EmployeeDays", "Headcount", "OfficeDay", "TerminalDay", "UsageRepo"]
