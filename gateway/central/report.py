@@ -43,6 +43,8 @@ MEDIA_TYPES = {
 }
 #: How many offices the "lowest" bar charts show (the full list is in the ranking table).
 CHART_OFFICES = 20
+#: Above this many terminals the PDF leaves the list of all terminals to the XLSX and HTML files.
+PDF_MAX_TERMINALS = 100
 NO_DATA = "Tidak ada data untuk periode ini / No data for this period"
 
 #: Column kinds: how a value is shown (and typed in the spreadsheet).
@@ -67,6 +69,8 @@ class Table:
     rows: list[list[Any]]
     note: str = ""
     empty_text: str = "Tidak ada / None"
+    #: False for a long list the printed report leaves to the XLSX and HTML files (a note says so).
+    in_pdf: bool = True
 
 
 @dataclass
@@ -230,7 +234,10 @@ def build_model(fig: Figures, month: str, office: str | None = None) -> Report:
          Column("Pegawai terbanyak per hari / Most employees in a day", "int"),
          Column("Jam mati / Hours down", "hours"), Column("Ketersediaan / Availability", "pct")],
         [[t.office_code, t.device_id, t.name, t.state, t.punches, t.days_with_punches, t.punches_per_day,
-          t.max_employees_per_day, t.down_s, t.availability] for t in terminals]))
+          t.max_employees_per_day, t.down_s, t.availability] for t in terminals],
+        # A regency has a thousand terminals (25 printed pages): the meeting's PDF lists the broken and unused
+        # ones above; the full list is in the XLSX and HTML files.
+        in_pdf=office is not None or len(terminals) <= PDF_MAX_TERMINALS))
     if office is not None:
         report.tables.append(Table(
             "Pegawai / Employees", "Pegawai Employees",
@@ -425,6 +432,10 @@ def to_pdf(report: Report) -> bytes:
 
     def table(t: Table, level: str = "h2") -> None:
         heading_text(t.title)
+        if not t.in_pdf:
+            pdf.multi_cell(0, 5, latin1(f"{len(t.rows)} baris: lihat berkas XLSX atau HTML / {len(t.rows)} rows: "
+                                        "see the XLSX or HTML file"), new_x="LMARGIN", new_y="NEXT")
+            return
         if t.note:
             pdf.set_font("Helvetica", "I", 8)
             pdf.multi_cell(0, 4, latin1(t.note), new_x="LMARGIN", new_y="NEXT")

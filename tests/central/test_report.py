@@ -355,3 +355,27 @@ def test_fpgw_central_report_headcount_and_holidays(sqlite_url: str, tmp_path: P
     with pytest.raises(SystemExit):
         main(["-c", str(cfg), "central", "report", "--help"])
     assert "--month" in capsys.readouterr().out
+
+
+def test_the_pdf_of_a_large_regency_leaves_the_full_terminal_list_to_xlsx_and_html() -> None:
+    from gateway.central.report import PDF_MAX_TERMINALS, build_model, to_html, to_pdf
+    from gateway.central.usage import compute
+
+    pdfium = pytest.importorskip("pypdfium2")
+    n = PDF_MAX_TERMINALS + 1
+    devices = [{"office_code": f"18{i % 7:02d}", "device_id": f"t{i}", "state": "online",
+                "created_at": datetime(2026, 1, 1, tzinfo=UTC)} for i in range(n)]
+    start, end = month_range(MONTH)
+    days = working_days(start, end, WorkRules())
+    fig = compute(start=start, end=end, counted_until=end, rules=WorkRules(), days=days,
+                  holidays={}, office_days=[], employee_days=[], terminal_days=[], headcounts={}, devices=devices,
+                  gateways=[], period=(datetime(2026, 10, 31, 17, tzinfo=UTC), datetime(2026, 11, 30, 17, tzinfo=UTC)),
+                  now=NOW)
+    model = build_model(fig, MONTH)
+    doc = pdfium.PdfDocument(to_pdf(model))
+    try:
+        text = "".join(doc[i].get_textpage().get_text_range() for i in range(len(doc)))
+    finally:
+        doc.close()
+    assert f"{n} rows: see the XLSX or HTML file" in text.replace("\r\n", " ")
+    assert f"t{n - 1}<" in to_html(model).decode()  # the HTML keeps every terminal
