@@ -264,3 +264,69 @@ def test_rates_and_shares_stay_within_0_and_1(rows: list[tuple[str, date, int, i
     for value in fig.weekly_rate().values():
         assert value is None or 0.0 <= value <= 1.0
     assert [o.rank for o in fig.offices] == list(range(1, len(fig.offices) + 1))
+
+
+# -- the one-query fold against a brute force over the punches ------------------------------------------
+
+punch_specs = st.lists(st.tuples(st.sampled_from(["A", "B"]), st.sampled_from(["t1", "t2"]), st.sampled_from(DAYS),
+                                 st.sampled_from(["1", "2", "3"]), st.integers(6 * 60, 18 * 60 - 1)),
+                       min_size=1, max_size=25)
+
+
+@pytest.fixture(scope="module")
+def fold_engine(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from gateway.store.db import create_db_engine, upgrade
+
+    engine = create_db_engine(f"sqlite:///{tmp_path_factory.mktemp('fold') / 'fold.db'}")
+    upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(punch_specs, st.booleans())
+def test_the_one_query_fold_equals_a_brute_force_and_ignores_a_repeated_punch(fold_engine: Any,
+                                                                               specs: list[Any], repeat: bool) -> None:
+    from sqlalchemy import delete
+
+    from gateway.store import schema as s
+    from gateway.store.central import CentralStore
+    from tests.support.punches import make_punch
+
+    unique = {(o, dev, d, u, minute) for o, dev, d, u, minute in specs}
+    punches = [make_punch(u, datetime.combine(d, time(minute // 60, minute % 60)), office_code=o, device_id=dev,
+                          serial=f"SN-{o}-{dev}", employee_id=f"NIP{u}") for o, dev, d, u, minute in sorted(unique)]
+    with fold_engine.begin() as conn:
+        conn.execute(delete(s.punches))
+        conn.execute(delete(s.ingest_batches))  # batch ids repeat between examples
+    store = CentralStore(fold_engine)
+    for office in ("A", "B"):
+        mine = [p for p in punches if p.office_code == office]
+        batches = [mine, mine[:1]] if repeat else [mine]  # a resent punch is stored once
+        for i, batch in enumerate(batches):
+            store.ingest_punches(gateway=f"g{office}", office_code=office, batch_id=f"{office}{i}{len(specs)}",
+                                 digest=str(i), punches=batch, rejected={})
+    got = UsageRepo(fold_engine).aggregates(DAYS, midday=time(12, 0))
+    # Brute force over the distinct punches.
+    clocks: dict[tuple[str, date, str], list[int]] = {}
+    per_terminal: dict[tuple[str, str, date], set[str]] = {}
+    count_terminal: dict[tuple[str, str, date], int] = {}
+    for o, dev, d, u, minute in unique:
+        clocks.setdefault((o, d, u), []).append(minute)
+        per_terminal.setdefault((o, dev, d), set()).add(u)
+        count_terminal[(o, dev, d)] = count_terminal.get((o, dev, d), 0) + 1
+    full = {k: min(v) < 12 * 60 <= max(v) for k, v in clocks.items()}
+    want_office = {}
+    for (o, d, _u), f in full.items():
+        n, k = want_office.get((o, d), (0, 0))
+        want_office[(o, d)] = (n + 1, k + int(f))
+    assert {(r.office_code, r.day): (r.employees, r.full_days) for r in got.office_days} == want_office
+    assert {(r.office_code, r.device_id, r.day): (r.punches, r.employees) for r in got.terminal_days} == \
+        {k: (count_terminal[k], len(v)) for k, v in per_terminal.items()}
+    want_employee: dict[tuple[str, str], tuple[int, int]] = {}
+    for (o, _d, u), f in full.items():
+        n, k = want_employee.get((o, f"NIP{u}"), (0, 0))
+        want_employee[(o, f"NIP{u}")] = (n + 1, k + int(f))
+    assert {(r.office_code, r.employee): (r.days_punched, r.full_days) for r in got.employee_days} == want_employee
+    assert sum(r.punches for r in got.office_days) == len(unique)
