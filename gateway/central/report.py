@@ -370,16 +370,17 @@ def to_xlsx(report: Report) -> bytes:
         if t.note:
             sheet.append([t.note])
         sheet.append([c.heading for c in t.columns])
-        header_row = sheet.max_row
-        for cell in sheet[header_row]:
-            cell.font = Font(bold=True)
-        for row in t.rows:
+        # Row numbers are counted here: openpyxl's max_row scans every cell (quadratic over a long sheet).
+        header_row = 3 if t.note else 2
+        for i in range(len(t.columns)):
+            sheet.cell(row=header_row, column=i + 1).font = Font(bold=True)
+        for n, row in enumerate(t.rows, header_row + 1):
             sheet.append([_xlsx_value(v, c.kind) for c, v in zip(t.columns, row, strict=True)])
-            for cell, c in zip(sheet[sheet.max_row], t.columns, strict=True):
+            for i, c in enumerate(t.columns, 1):
                 if c.kind in _NUMBER_FORMATS:
-                    cell.number_format = _NUMBER_FORMATS[c.kind]
+                    sheet.cell(row=n, column=i).number_format = _NUMBER_FORMATS[c.kind]
                 elif c.kind == "text":
-                    cell.data_type = "s"  # a text like "=1+1" stays text, never a formula
+                    sheet.cell(row=n, column=i).data_type = "s"  # a text like "=1+1" stays text, never a formula
         for i, c in enumerate(t.columns):
             sheet.column_dimensions[get_column_letter(i + 1)].width = min(45, max(10, len(c.heading) // 2 + 4))
         sheet.freeze_panes = sheet.cell(row=header_row + 1, column=1)

@@ -379,3 +379,22 @@ def test_the_pdf_of_a_large_regency_leaves_the_full_terminal_list_to_xlsx_and_ht
         doc.close()
     assert f"{n} rows: see the XLSX or HTML file" in text.replace("\r\n", " ")
     assert f"t{n - 1}<" in to_html(model).decode()  # the HTML keeps every terminal
+
+
+def test_texts_from_gateways_stay_text_in_the_spreadsheet() -> None:
+    from gateway.central.report import build_model, to_xlsx
+    from gateway.central.usage import compute
+
+    start, end = month_range(MONTH)
+    gateway = {"office_code": "1801.09", "office_name": "=HYPERLINK(\"http://x\")", "first_seen_at": None,
+               "last_seen_at": NOW}
+    days = working_days(start, end, WorkRules())
+    fig = compute(start=start, end=end, counted_until=end, rules=WorkRules(), days=days,
+                  holidays={}, office_days=[], employee_days=[], terminal_days=[], headcounts={},
+                  devices=[{"office_code": "1801.09", "device_id": "=1+1", "state": "online"}], gateways=[gateway],
+                  period=(datetime(2026, 10, 31, 17, tzinfo=UTC), datetime(2026, 11, 30, 17, tzinfo=UTC)), now=NOW)
+    wb = load_workbook(io.BytesIO(to_xlsx(build_model(fig, MONTH))))
+    cells = [c for row in wb["Peringkat Ranking"].iter_rows() for c in row] + \
+        [c for row in wb["Terminal"].iter_rows() for c in row]
+    texts = {c.value: c.data_type for c in cells if isinstance(c.value, str) and c.value.startswith("=")}
+    assert texts == {"=HYPERLINK(\"http://x\")": "s", "=1+1": "s"}
