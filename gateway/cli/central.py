@@ -20,7 +20,7 @@ from gateway.humanize import duration_text
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `central` and its actions."""
-    c = subparsers.add_parser("central", help="central (BKD) server: API tokens")
+    c = subparsers.add_parser("central", help="central (BKD) server: tokens, gateways, monthly report")
     csub = c.add_subparsers(dest="central_command", metavar="COMMAND", required=True)
     q = csub.add_parser("add-token", help="mint a token, store its hash, print the token once",
                         description="Mint a bearer token and append its SHA-256 hash to the token file. The token "
