@@ -4,6 +4,7 @@
     list-tokens   -> gateway.central.api.load_tokens: names and office scopes, never the tokens
     gateways      -> gateway.store.central.CentralStore.gateways: last contact, backlog, punches per gateway
     rebind-device -> gateway.store.central.CentralStore.rebind_device: move a terminal's serial to another office
+    report, headcount, holidays -> gateway.cli.centralreport (the monthly BKD report and its figures)
 """
 
 from __future__ import annotations
