@@ -20,10 +20,11 @@ Rules:
 - Unused terminal: reported online (by a gateway that is not silent) but fewer than ``UNUSED_PUNCHES_PER_DAY``
   punches per working day.
 - Down time: only what the central knows. Gateways forward the *current* health of each terminal, not its
-  history, so a terminal's down time in a month is its outage still open at the last report (offline or
-  never answered since ``state_since``), clipped to the month; an outage that began and ended between two
-  reports the central never saw is not counted. "Days without punches" (from the punch history itself)
-  is shown beside it for that reason.
+  history. Where the central records each terminal's state changes as reports arrive (the dashboard's
+  ``device_events`` table), down time is every offline / never-answered stretch in the month. Without that
+  history it is the outage still open at the last report (offline or never answered since ``state_since``),
+  clipped to the month: an outage that began and ended between two looks is not counted. "Days with
+  punches" (from the punch history itself) is shown beside it for that reason.
 - Never fixed: a problem (or the outage) open since before the month began and still open at the last
   report; an office whose gateway has been silent since before the month began.
 """
@@ -343,18 +344,22 @@ def collect(engine: Engine, start: date, end: date, rules: WorkRules | None = No
     gateways = repo.gateways(scope)
     period_start = datetime.combine(start, time(0), zone).astimezone(UTC)
     period_end = min(datetime.combine(end + timedelta(days=1), time(0), zone).astimezone(UTC), now)
+    history = repo.state_history(scope, period_end)
     return compute(start=start, end=end, counted_until=counted_until, rules=rules, days=days, holidays=holidays,
                    office_days=agg.office_days, employee_days=agg.employee_days, terminal_days=agg.terminal_days,
                    headcounts=headcounts, devices=devices, gateways=gateways, period=(period_start, period_end),
-                   now=now, only_office=office)
+                   now=now, only_office=office, state_history=history)
 
 
 def compute(*, start: date, end: date, counted_until: date, rules: WorkRules, days: Sequence[date],
             holidays: Mapping[date, str], office_days: Iterable[Any], employee_days: Iterable[Any],
             terminal_days: Iterable[Any], headcounts: Mapping[str, Headcount], devices: Iterable[Mapping[str, Any]],
             gateways: Iterable[Mapping[str, Any]], period: tuple[datetime, datetime], now: datetime,
-            only_office: str | None = None) -> Figures:
-    """The figures from the aggregated rows (pure: no database)."""
+            only_office: str | None = None,
+            state_history: Mapping[tuple[str, str], Sequence[tuple[datetime, str]]] | None = None) -> Figures:
+    """The figures from the aggregated rows (pure: no database). With ``state_history`` (each terminal's state
+    changes, oldest first) a terminal's down time is every offline / never-answered stretch in the period;
+    without it only the outage still open at the last report."""
     work = set(days)
     offices: dict[str, OfficeFigures] = {}
 
@@ -452,15 +457,19 @@ def compute(*, start: date, end: date, counted_until: date, rules: WorkRules, da
                                                "no contact from the office's gateway since before the month"))
         for t in o.terminals:
             t.unreported_s = max(0.0, (period_end - silent_from).total_seconds()) if silent_from else 0.0
-            if t.state in ("offline", "unknown"):
-                down_from = max(period_start, t.first_reported_at or period_start, t.state_since or period_start)
-                # The outage is known up to the last report; while the gateway is silent nothing is known.
-                down_until = min(period_end, silent_from) if silent_from else period_end
-                t.down_s = max(0.0, (down_until - down_from).total_seconds())
-                if t.state_since is None or t.state_since <= period_start:
-                    never_fixed.append(OpenProblem(code, t.device_id, "offline" if t.state == "offline"
-                                                   else "never_answered", "critical", t.state_since,
-                                                   f"{t.state} since before the month"))
+            # Down time is known up to the last report; while the gateway is silent nothing is known.
+            known_from = max(period_start, t.first_reported_at or period_start)
+            known_until = min(period_end, silent_from) if silent_from else period_end
+            changes = (state_history or {}).get((code, t.device_id))
+            if changes:
+                t.down_s = _down_seconds(changes, known_from, known_until)
+            elif t.state in ("offline", "unknown"):
+                down_from = max(known_from, t.state_since or period_start)
+                t.down_s = max(0.0, (known_until - down_from).total_seconds())
+            if t.state in ("offline", "unknown") and (t.state_since is None or t.state_since <= period_start):
+                never_fixed.append(OpenProblem(code, t.device_id, "offline" if t.state == "offline"
+                                               else "never_answered", "critical", t.state_since,
+                                               f"{t.state} since before the month"))
             for p in t.problems:
                 if p.since is not None and p.since <= period_start and p.problem != "offline":
                     never_fixed.append(p)
@@ -479,6 +488,18 @@ def compute(*, start: date, end: date, counted_until: date, rules: WorkRules, da
     return Figures(start=start, end=end, counted_until=counted_until, rules=rules, working_days=list(days),
                    holidays=dict(holidays), offices=ranked, never_fixed=never_fixed, employees=employees,
                    generated_at=now)
+
+
+def _down_seconds(changes: Sequence[tuple[datetime, str]], start: datetime, end: datetime) -> float:
+    """Seconds of [start, end) a terminal spent offline or never answering, from its state changes (oldest
+    first; before the first one its state is not known and not counted)."""
+    down = 0.0
+    for i, (at, state) in enumerate(changes):
+        until = changes[i + 1][0] if i + 1 < len(changes) else end
+        if state in ("offline", "unknown"):
+            lo, hi = max(at, start), min(until, end)
+            down += max(0.0, (hi - lo).total_seconds())
+    return down
 
 
 # --------------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Subquery, Table, and_, delete, func, literal, select
+from sqlalchemy import Engine, String, Subquery, Table, and_, column, delete, func, literal, select, table
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection
@@ -210,6 +210,24 @@ class UsageRepo:
             r["problems"] = problems if isinstance(problems, dict) else {}
         return rows
 
+    def state_history(self, offices: Collection[str] | None, until: datetime
+                      ) -> dict[tuple[str, str], list[tuple[datetime, str]]] | None:
+        """Each terminal's state changes before ``until`` ((at, state) oldest first), from the dashboard's
+        ``device_events`` history when this database has it; None when it does not (then only the health
+        snapshot is known)."""
+        with self.engine.connect() as conn:
+            if not conn.dialect.has_table(conn, _DEVICE_EVENTS.name):
+                return None
+            e = _DEVICE_EVENTS.c
+            q = (select(e.office_code, e.device_id, e.at, e.name).where(e.kind == "state", e.at < until)
+                 .order_by(e.office_code, e.device_id, e.at))
+            if offices is not None:
+                q = q.where(e.office_code.in_(sorted(offices)))
+            out: dict[tuple[str, str], list[tuple[datetime, str]]] = {}
+            for office, device, at, state in conn.execute(q):
+                out.setdefault((office, device), []).append((at, state))
+        return out
+
     def gateways(self, offices: Collection[str] | None = None) -> list[dict[str, Any]]:
         """Every office gateway: office, name it reports, first and last contact."""
         g = s.gateways.c
@@ -282,6 +300,12 @@ class UsageRepo:
             return 0
         with writer(self.engine).begin() as conn:
             return int(conn.execute(delete(s.holidays).where(s.holidays.c.day.in_(wanted))).rowcount or 0)
+
+
+#: The terminals' state history the central dashboard records (gateway.store.device_events, its own migration):
+#: read here by name only, so the report uses it where it exists and works without it.
+_DEVICE_EVENTS = table("device_events", column("office_code", String), column("device_id", String),
+                       column("at", s.UtcDateTime()), column("kind", String), column("name", String))
 
 
 def _upsert(conn: Connection, table: Table, keys: Sequence[str], updates: Sequence[str]) -> Any:

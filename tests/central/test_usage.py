@@ -331,3 +331,35 @@ def test_the_one_query_fold_equals_a_brute_force_and_ignores_a_repeated_punch(fo
         want_employee[(o, f"NIP{u}")] = (n + 1, k + int(f))
     assert {(r.office_code, r.employee): (r.days_punched, r.full_days) for r in got.employee_days} == want_employee
     assert sum(r.punches for r in got.office_days) == len(unique)
+
+
+def test_down_time_comes_from_the_state_history_where_the_central_keeps_one(central: Central) -> None:
+    from sqlalchemy import Column, Integer, MetaData, String, Table
+
+    from gateway.store import schema as s
+
+    build_week(central)
+    before = {t.device_id: t.down_s for t in collect(central.engine, *WEEK, WorkRules(), now=NOW).terminals}
+    assert before["lobby"] == 0.0
+    # The columns the central dashboard's history table (device_events) has; created here as it would be.
+    events = Table("device_events", MetaData(), Column("id", Integer, primary_key=True),
+                   Column("office_code", String(32)), Column("device_id", String(64)), Column("at", s.UtcDateTime()),
+                   Column("kind", String(16)), Column("name", String(32)))
+    events.create(central.engine)
+    with central.engine.begin() as conn:
+        conn.execute(events.insert(), [
+            {"office_code": OFFICE_A, "device_id": "lobby", "at": datetime(2026, 10, 1, tzinfo=UTC), "kind": "state",
+             "name": "online"},
+            {"office_code": OFFICE_A, "device_id": "lobby", "at": datetime(2026, 11, 3, 1, tzinfo=UTC),
+             "kind": "state", "name": "offline"},
+            {"office_code": OFFICE_A, "device_id": "lobby", "at": datetime(2026, 11, 3, 5, tzinfo=UTC),
+             "kind": "problem_start", "name": "clock_skew"},
+            {"office_code": OFFICE_A, "device_id": "lobby", "at": datetime(2026, 11, 3, 5, 30, tzinfo=UTC),
+             "kind": "state", "name": "online"},
+            {"office_code": OFFICE_B, "device_id": "other", "at": datetime(2026, 11, 2, tzinfo=UTC), "kind": "state",
+             "name": "offline"}])
+    terms = {t.device_id: t for t in collect(central.engine, *WEEK, WorkRules(), now=NOW).terminals}
+    # Offline 01:00-05:30 UTC on Tuesday although the last report says online; gate has no history: its open
+    # outage from the snapshot as before.
+    assert terms["lobby"].down_s == 4.5 * 3600 and terms["lobby"].broken and terms["lobby"].state == "online"
+    assert terms["gate"].down_s == before["gate"] == 41 * 3600
