@@ -200,8 +200,8 @@ def build_model(fig: Figures, month: str, office: str | None = None) -> Report:
          Column("Ketersediaan / Availability", "pct")],
         [[t.office_code, t.device_id, t.name, t.serial, t.state, _local(t.state_since, zone), t.down_s,
           t.availability] for t in sorted(broken, key=lambda t: (-t.down_s, t.office_code, t.device_id))],
-        note="Jam mati: hanya gangguan yang masih terbuka pada laporan terakhir / Hours down: only the outage "
-             "still open at the last report is known (see docs/bkd-report.md)."))
+        note="Jam mati: sejauh diketahui central dari laporan gateway / Hours down: as far as the central knows "
+             "from the gateways' reports (see docs/bkd-report.md)."))
     report.tables.append(Table(
         "Terminal tidak dipakai / Unused terminals", "Tidak dipakai Unused",
         [*office_cols[:1], Column("Terminal"), Column("Nama / Name"), Column("Absen / Punches", "int"),
