@@ -3,7 +3,7 @@
     browser --GET / (session cookie or API bearer token)--> Dashboard.index --> DashboardRepo.terminals +
                                                                                CentralStore.gateways
     browser --GET /terminal/{office}/{device}--> Dashboard.terminal --> DeviceEventRepo (history of health reports)
-    browser --GET /report?month=&format=--> gateway.central.report.build_report (imported when asked for)
+    browser --GET /report?month=&format=--> gateway.central.report.build_report (the CLI's report, same rules)
     browser --GET|POST /login, POST /logout--> gateway.central.auth + gateway.store.accounts
 ``services(ctx)`` (gateway.central.service) mounts these routes beside the JSON API. Every page is server-rendered
 HTML with inline CSS, bilingual labels (Indonesian / English) and no external resource. Every read is scoped:
@@ -16,13 +16,13 @@ from __future__ import annotations
 import functools
 import hmac
 import html
-import importlib
 import re
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from functools import partial
+from typing import Any, cast
 from urllib.parse import parse_qs, quote, urlencode
 from zoneinfo import ZoneInfo
 
@@ -33,7 +33,9 @@ from starlette.responses import HTMLResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import BaseRoute, Route
 
 from gateway.central.auth import LoginLimiter, new_session_id, session_key, verify_password
+from gateway.central.report import Format, build_report
 from gateway.central.tokens import TokenFile
+from gateway.central.usage import WorkRules
 from gateway.models import NOTICES, PROBLEMS
 from gateway.store.accounts import AccountRepo
 from gateway.store.central import CentralStore
@@ -214,8 +216,10 @@ class Dashboard:
 
     def __init__(self, store: CentralStore, *, api_tokens: TokenFile | None, timezone: str = "Asia/Jakarta",
                  silent_after_s: float = 7200.0, limiter: LoginLimiter | None = None,
-                 now: Callable[[], datetime] = utcnow) -> None:
+                 now: Callable[[], datetime] = utcnow, rules: WorkRules | None = None) -> None:
         self.store = store
+        #: Working days and hours of the monthly report (the CLI's `fpgw central report` uses the same config).
+        self.rules = rules or WorkRules(timezone=timezone, silent_after_s=silent_after_s)
         self.accounts = AccountRepo(store.engine)
         self.events = DeviceEventRepo(store.engine)
         self.repo = DashboardRepo(store.engine)
@@ -479,12 +483,9 @@ class Dashboard:
             if len(viewer.offices) != 1:
                 return PlainTextResponse("office: name one of your offices\n", status_code=400)
             office = next(iter(viewer.offices))
-        try:
-            # The report module comes with the usage figures; the dashboard works without it.
-            build_report = importlib.import_module("gateway.central.report").build_report
-        except ImportError:
-            return PlainTextResponse("the monthly report is not available in this version\n", status_code=503)
-        body: bytes = await run_in_threadpool(build_report, self.store.engine, month, fmt, office=office)
+        body: bytes = await run_in_threadpool(partial(build_report, self.store.engine, month, cast(Format, fmt),
+                                                      office=office,
+                                                      rules=self.rules))
         stem = f"laporan-{month}" + (f"-{office}" if office else "")
         disposition = "inline" if fmt == "html" else "attachment"
         return Response(body, media_type=REPORT_FORMATS[fmt],

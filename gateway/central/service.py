@@ -11,6 +11,7 @@ import structlog
 from gateway.central.api import build_api
 from gateway.central.dashboard import Dashboard
 from gateway.central.silent import CentralService
+from gateway.central.usage import WorkRules
 from gateway.services import AppContext, Service
 
 log = structlog.get_logger(__name__)
@@ -27,6 +28,7 @@ def services(ctx: AppContext) -> list[Service]:
     api = build_api(ctx.config, ctx.central_store)
     ctx.http_routes.extend(api.routes())
     ctx.http_routes.extend(Dashboard(ctx.central_store, api_tokens=api.api_tokens, timezone=ctx.config.site.timezone,
-                                     silent_after_s=ctx.config.central.gateway_silent_after_s).routes())
+                                     silent_after_s=ctx.config.central.gateway_silent_after_s,
+                                     rules=WorkRules.from_config(ctx.config)).routes())
     return [CentralService(ctx, api)]
 

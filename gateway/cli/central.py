@@ -4,6 +4,7 @@
     list-tokens   -> gateway.central.api.load_tokens: names and office scopes, never the tokens
     gateways      -> gateway.store.central.CentralStore.gateways: last contact, backlog, punches per gateway
     rebind-device -> gateway.store.central.CentralStore.rebind_device: move a terminal's serial to another office
+    report, headcount, holidays -> gateway.cli.centralreport (the monthly BKD report and its figures)
 """
 
 from __future__ import annotations
@@ -13,14 +14,14 @@ import json
 import sys
 from pathlib import Path
 
-from gateway.cli import users
+from gateway.cli import centralreport, users
 from gateway.cli.common import CliError, config_of, open_engine
 from gateway.humanize import duration_text
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `central` and its actions."""
-    c = subparsers.add_parser("central", help="central (BKD) server: API tokens")
+    c = subparsers.add_parser("central", help="central (BKD) server: tokens, gateways, monthly report")
     csub = c.add_subparsers(dest="central_command", metavar="COMMAND", required=True)
     q = csub.add_parser("add-token", help="mint a token, store its hash, print the token once",
                         description="Mint a bearer token and append its SHA-256 hash to the token file. The token "
@@ -54,6 +55,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     q.add_argument("--file", type=Path, help="token file (default: the one the central config names)")
     q.set_defaults(func=cmd_list_tokens, one_shot=True)
     users.register(csub)
+    centralreport.register(csub)  # report, headcount, holidays
 
 
 def _token_file(args: argparse.Namespace) -> Path:

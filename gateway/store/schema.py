@@ -14,6 +14,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Date,
     DateTime,
     Float,
     ForeignKey,
@@ -494,4 +495,30 @@ device_events = Table(
     Column("detail", String(500), nullable=False, default=""),
     Column("recorded_at", UtcDateTime(), nullable=False),
     Index(None, "office_code", "device_id", "at"),
+)
+
+# ------------------------------------------------------------------------------------------------
+# Central mode: usage figures (migration 0009_usage; gateway.store.usage, docs/bkd-report.md)
+# ------------------------------------------------------------------------------------------------
+
+#: Employees per office as BKD uploads them (`fpgw central headcount import FILE.csv`): the basis of the
+#: attendance rate. A figure counts from its ``as_of`` date until a later one; an undated upload is stored with
+#: as_of = 1970-01-01 (it counts for every period until a dated figure replaces it).
+office_headcount = Table(
+    "office_headcount", metadata,
+    Column("office_code", String(32), primary_key=True),
+    Column("as_of", Date, primary_key=True),
+    Column("employees", Integer, nullable=False),
+    #: The uploaded file's name and line ("headcount-2026.csv:12"), for questions later.
+    Column("source", String(300), nullable=False, default=""),
+    Column("imported_at", UtcDateTime(), nullable=False),
+)
+
+#: Days off for the whole regency (national holidays, cuti bersama): not working days even when their
+#: weekday is one (`fpgw central holidays import|add|remove|list`).
+holidays = Table(
+    "holidays", metadata,
+    Column("day", Date, primary_key=True),
+    Column("name", String(200), nullable=False, default=""),
+    Column("created_at", UtcDateTime(), nullable=False),
 )

@@ -29,11 +29,12 @@ RUNS: dict[str, tuple[list[str], str]] = {
     "bench_push.py": (["--quick"], "uploads accepted per second"),
     "bench_enrol.py": (["--quick"], "keypad locked during the restore"),
     "bench_dashboard.py": (["--quick"], "dashboard / (whole regency)"),
+    "bench_report.py": (["--quick"], "monthly report"),
 }
 
 
 #: Scripts that measure PostgreSQL too (they take the tests' throwaway server).
-NEEDS_PG = {"bench_store.py", "bench_forward.py", "bench_enrol.py", "bench_dashboard.py"}
+NEEDS_PG = {"bench_store.py", "bench_forward.py", "bench_enrol.py", "bench_dashboard.py", "bench_report.py"}
 
 
 def test_every_benchmark_script_is_covered() -> None:

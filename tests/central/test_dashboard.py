@@ -4,15 +4,17 @@ Office gateways report through the real ingest endpoint; the pages are read as H
 (CSRF pair, rate limit, HttpOnly cookie, sessions ended by disable/passwd/logout), the API's bearer tokens
 (unchanged for the JSON API, and scoped on the dashboard), an office account never seeing another office by URL
 or filter, the worst-first order, the filters, and a terminal's history derived from forwarded health reports.
-The /report download itself needs gateway.central.report (another part of issue 13): only its checks before
-building the report are tested here.
+The /report download is the monthly report of gateway.central.report (its contents are tested in
+test_report.py): here, that the download is that report, scoped to what the account may see.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -191,6 +193,39 @@ def test_report_checks_month_format_and_scope_before_building(regency: Regency) 
         assert c.get("/report", params={"month": "2026-11", "format": "docx"}).status_code == 400
         page = c.get("/").text
         assert 'action="/report"' in page and 'name="month"' in page and 'value="pdf"' in page
+
+
+def test_report_download_is_the_monthly_report_scoped_to_the_account(regency: Regency) -> None:
+    import io
+
+    from openpyxl import load_workbook
+
+    def texts(body: bytes) -> str:
+        book = load_workbook(io.BytesIO(body), read_only=True)
+        return " ".join(str(v) for ws in book.worksheets for row in ws.iter_rows(values_only=True)
+                        for v in row if v is not None)
+
+    # This month: the offices were first heard of today, and a month before that leaves them out.
+    month = datetime.now(ZoneInfo("Asia/Jakarta")).strftime("%Y-%m")
+    with regency.client() as c:
+        login(c, "bkd")
+        got = c.get("/report", params={"month": month, "format": "xlsx"})
+        assert got.status_code == 200, got.text
+        assert f'filename="laporan-{month}.xlsx"' in got.headers["content-disposition"]
+        everything = texts(got.content)
+        assert all(code in everything for code in (A, B, C))
+        html_page = c.get("/report", params={"month": month, "format": "html"})
+        assert html_page.status_code == 200 and html_page.headers["content-type"].startswith("text/html")
+        assert "Dinas Kesehatan" in html_page.text
+        pdf = c.get("/report", params={"month": month, "format": "pdf"})
+        assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF")
+    with regency.client() as c:
+        login(c, "tu-a")
+        got = c.get("/report", params={"month": month, "format": "xlsx"})
+        assert got.status_code == 200 and f'filename="laporan-{month}-{A}.xlsx"' in got.headers["content-disposition"]
+        mine = texts(got.content)
+        assert A in mine and B not in mine and C not in mine
+        assert c.get("/report", params={"month": month, "format": "xlsx", "office": B}).status_code == 403
 
 
 # -- a terminal's history ------------------------------------------------------------------------------

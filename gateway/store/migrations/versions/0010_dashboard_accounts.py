@@ -1,7 +1,7 @@
 """dashboard: login accounts and sessions of the regency dashboard, and the terminals' history at the central
 
 Revision ID: 0010_dashboard_accounts
-Revises: 0008_enrolment
+Revises: 0009_usage
 Create Date: 2026-12-01
 
 The central's dashboard (gateway.central.dashboard) needs read-only accounts for BKD staff and office-scoped
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = '0010_dashboard_accounts'
-down_revision = '0008_enrolment'
+down_revision = '0009_usage'
 branch_labels = None
 depends_on = None
 
