@@ -221,7 +221,11 @@ class _GroupCommitter:
         with self._cond:
             self._jobs.append(job)
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="fpgw-db-writer")
+                # A daemon thread: a one-shot command (`fpgw poll`) then exits as soon as its work is done
+                # instead of waiting out IDLE_S (0.5 s of every `fpgw poll`). Nothing is cut short: whoever
+                # submitted work waits for its commit, and daemon threads only stop once every other
+                # thread has ended.
+                self._thread = threading.Thread(target=self._run, name="fpgw-db-writer", daemon=True)
                 self._thread.start()
             self._cond.notify()
         job.done.wait()
