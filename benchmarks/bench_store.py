@@ -223,8 +223,8 @@ def bench_new_punches(url: str, n: int, poll_size: int, polls: int, revision: st
         store = new_store(engine, ["fill", "big", "small"])
         save_polls(store, "fill", "SN-fill", [make_punches(n, "SN-fill", "fill")], True)
         t_big = save_polls(store, "big", "SN-big", [make_punches(n, "SN-big", "big")], True)
-        t_small = save_polls(store, "small", "SN-small", [make_punches(poll_size, "SN-small", "small",
-                                                                       start=k * poll_size) for k in range(polls)], True)
+        small = [make_punches(poll_size, "SN-small", "small", start=k * poll_size) for k in range(polls)]
+        t_small = save_polls(store, "small", "SN-small", small, True)
         return t_big, t_small
     finally:
         engine.dispose()

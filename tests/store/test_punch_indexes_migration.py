@@ -49,7 +49,8 @@ def test_0007_keeps_punches_and_outbox_and_the_downgrade_restores_the_old_shape(
         now = datetime.now(UTC)
         with writer(engine).begin() as conn:
             ids = [int(conn.execute(s.punches.insert().values(**punch_row(mk(u, m), now))
-                                    .returning(s.punches.c.id)).scalar_one()) for u, m in (("1", 0), ("2", 1), ("3", 2))]
+                                    .returning(s.punches.c.id)).scalar_one())
+                   for u, m in (("1", 0), ("2", 1), ("3", 2))]
             conn.execute(s.outbox.insert(), [{"punch_id": i, "state": state, "attempts": 3, "next_attempt_at": now,
                                               "last_error": "nope" if state == "rejected" else None, "created_at": now}
                                              for i, state in zip(ids, ("pending", "rejected", "pending"), strict=True)])
