@@ -238,13 +238,6 @@ def _sqlite_utc(value: datetime | None) -> str | None:
     return value.replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
-def _sqlite_local(value: datetime | None) -> str | None:
-    """DateTime's SQLite storage form (the wall clock as given; SQLAlchemy's DATETIME ignores a zone)."""
-    if value is None:
-        return None
-    return (value.replace(tzinfo=None) if value.tzinfo is not None else value).isoformat(" ", "microseconds")
-
-
 _SQLITE_INSERT = (f"INSERT INTO punches ({', '.join(PUNCH_COLUMNS)}) VALUES ({', '.join('?' * len(PUNCH_COLUMNS))}) "
                   f"ON CONFLICT ({', '.join(PUNCH_KEY)}) DO NOTHING")
 
@@ -261,14 +254,24 @@ def _insert_sqlite(conn: Connection, batch: list[Punch], received_at: datetime, 
     """
     received = _sqlite_utc(received_at)
     rows = []
+    append = rows.append
     for p in batch:
-        utc = p.utc_time
-        if utc is not None and utc.tzinfo is None:
-            raise _naive_utc_error(p)
-        rows.append((p.office_code, p.device_id, p.device_serial, p.device_user_id, p.device_time,
-                     _sqlite_local(p.local_time), _sqlite_utc(utc), p.timezone, p.state, p.state_name, p.verify,
-                     p.verify_name, p.uid, p.workcode, p.raw_time, p.employee_id, ",".join(p.flags), received,
-                     source, p.occurrence))
+        # _sqlite_utc inlined (the per-row cost of a big poll). local_time is stored as the wall clock given, as
+        # SQLAlchemy's DATETIME does (it ignores a zone): an aware datetime's isoformat cut to its 26 characters
+        # "YYYY-MM-DD HH:MM:SS.ffffff" is the naive one's.
+        utc, local = p.utc_time, p.local_time
+        if utc is not None:
+            tz = utc.tzinfo
+            if tz is not UTC:
+                if tz is None:
+                    raise _naive_utc_error(p)
+                utc = utc.astimezone(UTC)
+            utc = utc.isoformat(" ", "microseconds")[:26]
+        if local is not None:
+            local = local.isoformat(" ", "microseconds")[:26]
+        append((p.office_code, p.device_id, p.device_serial, p.device_user_id, p.device_time, local, utc,
+                p.timezone, p.state, p.state_name, p.verify, p.verify_name, p.uid, p.workcode, p.raw_time,
+                p.employee_id, ",".join(p.flags), received, source, p.occurrence))
     with _dbapi_cursor(conn, _SQLITE_INSERT) as cur:
         cur.execute("SELECT max(id) FROM punches")
         last = cur.fetchone()[0] or 0
