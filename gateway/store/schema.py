@@ -198,8 +198,8 @@ punches = Table(
                      name="uq_punches_key"),
     #: Indexes (migration 0007_punch_indexes; why these and no others: docs/architecture.md "Punch indexes").
     #: Both lead with a column that grows with time, so inserting punches touches the last pages only.
-    #: A device's punches in an instant range: the store's "already stored?" read (gateway.store.punches
-    #: _not_stored) and the device filter of `fpgw punches` and the pull API.
+    #: A device's punches in an instant range: the device filter of `fpgw punches` and the pull API. (The
+    #: store's "already stored?" read is a range of uq_punches_key: gateway.store.punches._not_stored.)
     Index(None, "device_id", "utc_time"),
     #: Whole local days (every date filter: `fpgw punches --date`, the pull API's date=/from=/to=, exports),
     #: with the employee in the index so "one employee's month" is read from the index alone.
