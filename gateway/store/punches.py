@@ -280,6 +280,8 @@ _PG_TYPES = {"local_time": "timestamp", "utc_time": "timestamptz", "received_at"
              "state": "int4", "verify": "int4", "uid": "int4", "workcode": "int4", "raw_time": "int8",
              "occurrence": "int8"}
 _PG_COPY_TYPES = [_PG_TYPES.get(c, "text") for c in PUNCH_COLUMNS]
+#: PostgreSQL binary COPY types of PUNCH_COLUMNS, in order (also used by gateway.store.central's ingest).
+PUNCH_COPY_TYPES: tuple[str, ...] = tuple(_PG_COPY_TYPES)
 _PG_STAGE = "fpgw_punch_in"
 _PG_CREATE_STAGE = (f"CREATE TEMP TABLE IF NOT EXISTS {_PG_STAGE} ("
                     + ", ".join(f"{c} {t}" for c, t in zip(PUNCH_COLUMNS, _PG_COPY_TYPES, strict=True))
