@@ -242,23 +242,24 @@ def _insert_sqlite(conn: Connection, batch: list[Punch], received_at: datetime, 
     table without AUTOINCREMENT gives each new row max(id) + 1.
     """
     received = _sqlite_utc(received_at)
-    rows = []
+    rows: list[tuple[Any, ...]] = []
     append = rows.append
     for p in batch:
         # _sqlite_utc inlined (the per-row cost of a big poll). local_time is stored as the wall clock given, as
         # SQLAlchemy's DATETIME does (it ignores a zone): an aware datetime's isoformat cut to its 26 characters
         # "YYYY-MM-DD HH:MM:SS.ffffff" is the naive one's.
         utc, local = p.utc_time, p.local_time
+        utc_text = local_text = None
         if utc is not None:
             tz = utc.tzinfo
             if tz is not UTC:
                 if tz is None:
                     raise _naive_utc_error(p)
                 utc = utc.astimezone(UTC)
-            utc = utc.isoformat(" ", "microseconds")[:26]
+            utc_text = utc.isoformat(" ", "microseconds")[:26]
         if local is not None:
-            local = local.isoformat(" ", "microseconds")[:26]
-        append((p.office_code, p.device_id, p.device_serial, p.device_user_id, p.device_time, local, utc,
+            local_text = local.isoformat(" ", "microseconds")[:26]
+        append((p.office_code, p.device_id, p.device_serial, p.device_user_id, p.device_time, local_text, utc_text,
                 p.timezone, p.state, p.state_name, p.verify, p.verify_name, p.uid, p.workcode, p.raw_time,
                 p.employee_id, ",".join(p.flags), received, source, p.occurrence))
     with _dbapi_cursor(conn, _SQLITE_INSERT) as cur:
