@@ -359,7 +359,8 @@ def current_revision(engine: Engine) -> str | None:
 def upgrade(engine: Engine) -> tuple[str | None, str]:
     """Bring the schema to head, safely; returns (revision before, revision after).
 
-    Refuses a database whose revision this code does not know (written by a newer fpgw).
+    Refuses a database whose revision this code does not know (written by a newer fpgw). An empty SQLite
+    database is created straight from the schema instead of through the migrations (_create_fresh_sqlite).
     """
     if _stored_revision(engine) == HEAD_REVISION:
         return HEAD_REVISION, HEAD_REVISION  # the usual start: nothing to do, alembic not even imported
