@@ -14,6 +14,9 @@ afterwards; the rows are skipped with a note without it) and over SQLite.
 (c) baseline, same run: the same daemon started with the code before issue 14: ingest as INSERT statements
     of at most 100 rows (a copy of the old CentralStore.ingest_punches, below) and Nagle's algorithm left on
     for accepted connections (no TCP_NODELAY).
+(d) PostgreSQL, same run: today's code with the feed-order trigger as before migration 0007_punch_indexes
+    (every punch insert takes the lock exclusively: ingests store and commit one at a time) -> the gain of
+    the shared guard.
 
     .venv/bin/python benchmarks/bench_forward.py [--quick] [--gateways 300] [--batches 2] [--batch-size 500]
         [--single 300] [--skip-baseline] [--skip-sqlite] [--json PATH]
@@ -382,8 +385,13 @@ def stored_punches(db_url: str) -> int:
 
 
 @contextmanager
-def central_database(kind: str, tmp: Path, name: str) -> Iterator[str]:
-    """A fresh, migrated central database: PostgreSQL (GW_TEST_PG_URL) or a SQLite file."""
+def central_database(kind: str, tmp: Path, name: str, *, exclusive_guard: bool = False) -> Iterator[str]:
+    """A fresh, migrated central database: PostgreSQL (GW_TEST_PG_URL) or a SQLite file. ``exclusive_guard``
+    (PostgreSQL): the feed-order trigger as before migration 0007, every punch insert taking the lock exclusively
+    (ingests one at a time), the rest of today's code unchanged."""
+    from sqlalchemy import text
+
+    from gateway.store.central import FEED_LOCK_KEY
     from gateway.store.db import create_db_engine, upgrade
 
     with ExitStack() as stack:
@@ -395,6 +403,11 @@ def central_database(kind: str, tmp: Path, name: str) -> Iterator[str]:
             url = f"sqlite:///{tmp / (name + '.db')}"
         engine = create_db_engine(url, pool_size=1)
         upgrade(engine)  # before the daemon starts: its start is then the same for both variants
+        if exclusive_guard:
+            with engine.begin() as conn:
+                conn.execute(text("CREATE OR REPLACE FUNCTION fpgw_punches_feed_order() RETURNS trigger "
+                                  f"LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_advisory_xact_lock({FEED_LOCK_KEY}); "
+                                  "RETURN NULL; END $$"))
         engine.dispose()
         yield url
 
@@ -406,14 +419,15 @@ def measure(kind: str, args: Any, report: Report, tmp: Path) -> None:
     tokens_file = tmp / f"gateways-{kind}.toml"
     tokens = write_gateway_tokens(tokens_file, [*offices, single_office])
     fleet_tokens, single_token = tokens[:-1], tokens[-1]
-    variants = ["new"] if args.skip_baseline else ["new", "baseline"]
+    variants = ["new"] if args.skip_baseline else ["new", "exclusive", "baseline"] if kind == "postgresql" \
+        else ["new", "baseline"]
     fleet: dict[str, tuple[int, float]] = {}
     single: dict[str, tuple[int, float, list[float]]] = {}
     for seed, variant in enumerate(variants):
         bodies = fleet_bodies(offices, batches, size, seed)
         single_db = office_db(tmp / f"office-{kind}-{variant}.db", single_office, f"SINGLE-{variant}", args.single)
         name = f"central-{kind}-{variant}"
-        with central_database(kind, tmp, name) as db_url, \
+        with central_database(kind, tmp, name, exclusive_guard=variant == "exclusive") as db_url, \
                 central_daemon(tmp, name, db_url, tokens_file, max_connections=gateways + 100,
                                baseline=variant == "baseline") as daemon:
             try:
@@ -445,6 +459,11 @@ def measure(kind: str, args: Any, report: Report, tmp: Path) -> None:
     if "baseline" in fleet:
         report.figure(f"forward.fleet.{kind}.vs_baseline", f"central ingest vs the 100-row path, {kind}",
                       measured=rate / (fleet["baseline"][0] / fleet["baseline"][1]), unit="x", detail=detail)
+    if "exclusive" in fleet:
+        exclusive = fleet["exclusive"][0] / fleet["exclusive"][1]
+        report.figure(f"forward.fleet.{kind}.vs_exclusive_guard", f"central ingest vs ingests one at a time "
+                      f"(feed-order lock exclusive, as before migration 0007), {kind}", measured=rate / exclusive,
+                      unit="x", detail=f"exclusive guard {exclusive:,.0f} punches/s; {detail}")
     n, secs, durations = single["new"]
     median_ms = statistics.median(durations) * 1000
     base = ""

@@ -28,6 +28,7 @@ import os
 import pstats
 import re
 import socket
+import statistics
 import struct
 import subprocess
 import sys
@@ -313,6 +314,16 @@ def cli_poll(config_path: Path) -> tuple[float, str]:
     return wall, res.stdout
 
 
+def startup_wall(argv: list[str], runs: int = 3) -> float:
+    """Median wall seconds of ``python <argv>`` (a command that does no work: start-up only)."""
+    walls = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, timeout=120, check=True)
+        walls.append(time.perf_counter() - t0)
+    return statistics.median(walls)
+
+
 def printed_duration(stdout: str) -> float:
     m = re.search(r"\bbench: ok .*\((\d+(?:\.\d+)?)s\)", stdout)
     if m is None:
@@ -358,6 +369,14 @@ def main() -> None:
                       measured=again_wall, unit="s",
                       detail=f"the poll line printed {printed_duration(again_out):.2f} s; the first poll's wall minus "
                       "this ≈ its download, normalize and store")
+
+        # Start-up alone: what `fpgw poll` imports before it polls (the CLI, the poller and the store, the ZK
+        # driver), against a bare interpreter, medians of 3.
+        bare = startup_wall(["-c", "pass"])
+        imports = startup_wall(["-c", "import gateway.cli.main, gateway.polling.poller, drivers.zk.driver"])
+        report.figure("poll.cli.startup.imports_s", "interpreter + the modules `fpgw poll` imports, wall",
+                      measured=imports, unit="s", detail=f"a bare `python -c pass` takes {bare:.2f} s: imports "
+                      f"≈ {imports - bare:.2f} s")
 
         # 2. The same first poll inside this process, split by stage.
         stages = Stages()

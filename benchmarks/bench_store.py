@@ -10,7 +10,8 @@ timing. The baseline is measured in the same run: the same save_poll with the pu
     GW_TEST_PG_URL=postgresql+psycopg://postgres@127.0.0.1:5432/postgres .venv/bin/python benchmarks/bench_store.py
 
 Rows, per engine: new punches/s with N in one poll and in 1,000-punch polls (goal >= 50,000/s each),
-duplicates/s when a full reconcile re-stores N already-stored punches (goal >= 200,000/s). SQLite only: T
+duplicates/s when a full reconcile re-stores N already-stored punches (goal >= 200,000/s); and the same new
+punches on a database at the schema before migration 0007_punch_indexes against today's (figures). SQLite only: T
 threads each saving small polls at once, through the store's writer and through the old unserialized
 writer: "database is locked" errors (goal 0) and polls saved per second.
 """
@@ -154,12 +155,14 @@ def unserialized_writer() -> Iterator[None]:
 # -- workload -------------------------------------------------------------------------------------------
 
 def make_punches(n: int, serial: str, device_id: str, start: int = 0) -> list[Punch]:
-    """n distinct punches of 300 users, one every 7 s, like a busy terminal's log."""
+    """n distinct punches of 300 users, one every 7 s, like a busy terminal's log; each user mapped to an employee
+    id (NIP), as on a gateway that feeds the BKD (an unmapped punch has employee_id NULL, which indexes cheaper)."""
     base = datetime(2026, 1, 5, 6, 30)
     return [make_punch(str(198001012005011000 + i % 300), base + timedelta(seconds=7 * i), serial=serial,
                        device_id=device_id, office_code=OFFICE, state=i % 2,
                        state_name="check_in" if i % 2 == 0 else "check_out", verify_name="fingerprint",
-                       uid=1 + i % 300) for i in range(start, start + n)]
+                       uid=1 + i % 300, employee_id=f"NIP{198001012005011000 + i % 300}")
+            for i in range(start, start + n)]
 
 
 def outcome(device_id: str, serial: str, records: int) -> PollOutcome:
@@ -194,6 +197,48 @@ def save_polls(store: Store, device: str, serial: str, polls: list[list[Punch]],
 
 def rate(n: int, seconds: float) -> float:
     return n / seconds if seconds > 0 else float("inf")
+
+
+#: The last schema before migration 0007_punch_indexes (punch key user-before-time, five indexes, outbox FK).
+OLD_SCHEMA = "0006_quarantine"
+
+
+def migrate_to(engine: Engine, revision: str | None) -> None:
+    """The database at ``revision`` (None: at head, as the daemon leaves it)."""
+    if revision is None:
+        upgrade(engine)
+        return
+    from alembic import command
+
+    with store_db.writer(engine).begin() as conn:
+        command.upgrade(store_db._alembic_config(conn), revision)
+
+
+def bench_new_punches(url: str, n: int, poll_size: int, polls: int, revision: str | None) -> tuple[float, float]:
+    """Seconds for N new punches in one poll and for polls x poll_size new punches, on a database at ``revision``
+    holding N punches of another terminal first (an index grows as the table does)."""
+    engine = create_db_engine(url)
+    try:
+        migrate_to(engine, revision)
+        store = new_store(engine, ["fill", "big", "small"])
+        save_polls(store, "fill", "SN-fill", [make_punches(n, "SN-fill", "fill")], True)
+        t_big = save_polls(store, "big", "SN-big", [make_punches(n, "SN-big", "big")], True)
+        small = [make_punches(poll_size, "SN-small", "small", start=k * poll_size) for k in range(polls)]
+        t_small = save_polls(store, "small", "SN-small", small, True)
+        return t_big, t_small
+    finally:
+        engine.dispose()
+
+
+def bench_schema(report: Report, label: str, urls: tuple[str, str], n: int, poll_size: int, polls: int) -> None:
+    """The same save_poll (today's code) on the schema before 0007_punch_indexes and on today's, same workload."""
+    old = bench_new_punches(urls[0], n, poll_size, polls, OLD_SCHEMA)
+    new = bench_new_punches(urls[1], n, poll_size, polls, None)
+    for i, (what, count) in enumerate(((f"{n:,} in one poll", n), (f"{polls} polls of {poll_size:,}",
+                                                                    poll_size * polls))):
+        report.figure(f"{label}.schema.{('one_poll', 'small_polls')[i]}", f"{label}: new punches/s, {what}, "
+                      f"schema {OLD_SCHEMA} -> today's", measured=rate(count, new[i]), unit="punches/s",
+                      detail=f"{OLD_SCHEMA}: {rate(count, old[i]):,.0f}/s; {old[i] / new[i]:.2f}x")
 
 
 def bench_engine(report: Report, label: str, url: str, n: int, poll_size: int, polls: int) -> None:
@@ -311,6 +356,8 @@ def main() -> None:
           f"{concurrent_size:,} (compare ratios: absolute figures vary with the machine's load)")
     with tempfile.TemporaryDirectory() as tmp:
         bench_engine(report, "sqlite", f"sqlite:///{Path(tmp) / 'bench.db'}", n, poll_size, polls)
+        bench_schema(report, "sqlite", (f"sqlite:///{Path(tmp) / 'old-schema.db'}",
+                                        f"sqlite:///{Path(tmp) / 'new-schema.db'}"), n, poll_size, polls)
         bench_concurrent(report, f"sqlite:///{Path(tmp) / 'writer.db'}", threads, 2, concurrent_size, "writer")
         with lock_only_writer():
             bench_concurrent(report, f"sqlite:///{Path(tmp) / 'lock.db'}", threads, 2, concurrent_size, "lock")
@@ -320,6 +367,8 @@ def main() -> None:
     if pg:
         with fresh_database(pg, prefix="fpgw_bench") as url:
             bench_engine(report, "postgresql", url, n, poll_size, polls)
+        with fresh_database(pg, prefix="fpgw_bench") as old_url, fresh_database(pg, prefix="fpgw_bench") as new_url:
+            bench_schema(report, "postgresql", (old_url, new_url), n, poll_size, polls)
     else:
         report.note("postgresql SKIPPED: set GW_TEST_PG_URL=postgresql+psycopg://user@host:port/db to include it")
     report.finish(args.json)

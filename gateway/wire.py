@@ -357,35 +357,26 @@ def decode_device(obj: Any, i: int) -> dict[str, Any]:
     except (ValueError, RecursionError):
         raise WireError(f"{where}.health.problems: not storable as JSON (nested too deeply, NaN or Infinity)"
                         ) from None
-    bad = _bad_text_in(problems)
-    if bad is not None:
-        raise WireError(f"{where}.health.problems{bad}")
-    h["problems"] = problems
+    # Problem texts are informational (a device's own strings can end up in them): cleaned, never a reason to
+    # refuse the device's health (refused, it would stay stale at the central for as long as the text stays).
+    h["problems"] = _clean_texts(problems)
     out["health"] = h
     return out
 
 
-def _bad_text_in(value: Any, path: str = "", depth: int = 0) -> str | None:
-    """Where in a JSON value a key or text could not be stored or sent back (NUL, lone surrogate), with why."""
-    if depth > 50:
-        return f"{path}: nested too deeply"
+def _clean_texts(value: Any, depth: int = 0) -> Any:
+    """``value`` with every key and text storable and sendable: NUL and lone surrogates become U+FFFD."""
     if isinstance(value, str):
-        problem = text_problem(value)
-        return f"{path}: {problem}" if problem else None
+        if text_problem(value) is None:
+            return value
+        return "".join("\ufffd" if ch == "\x00" or "\ud800" <= ch <= "\udfff" else ch for ch in value)
+    if depth > 50:  # already refused by the size check above when deeper; keep the walk bounded anyway
+        return None
     if isinstance(value, dict):
-        for key, item in value.items():
-            problem = text_problem(str(key))
-            if problem:
-                return f"{path}: a key {problem}"
-            found = _bad_text_in(item, f"{path}.{key}", depth + 1)
-            if found:
-                return found
+        return {_clean_texts(str(k), depth + 1): _clean_texts(v, depth + 1) for k, v in value.items()}
     if isinstance(value, list):
-        for i, item in enumerate(value):
-            found = _bad_text_in(item, f"{path}[{i}]", depth + 1)
-            if found:
-                return found
-    return None
+        return [_clean_texts(v, depth + 1) for v in value]
+    return value
 
 
 def _aware(obj: Mapping[str, Any], key: str, where: str) -> datetime | None:

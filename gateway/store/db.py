@@ -221,7 +221,11 @@ class _GroupCommitter:
         with self._cond:
             self._jobs.append(job)
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="fpgw-db-writer")
+                # A daemon thread: a one-shot command (`fpgw poll`) then exits as soon as its work is done
+                # instead of waiting out IDLE_S (0.5 s of every `fpgw poll`). Nothing is cut short: whoever
+                # submitted work waits for its commit, and daemon threads only stop once every other
+                # thread has ended.
+                self._thread = threading.Thread(target=self._run, name="fpgw-db-writer", daemon=True)
                 self._thread.start()
             self._cond.notify()
         job.done.wait()
@@ -355,10 +359,13 @@ def current_revision(engine: Engine) -> str | None:
 def upgrade(engine: Engine) -> tuple[str | None, str]:
     """Bring the schema to head, safely; returns (revision before, revision after).
 
-    Refuses a database whose revision this code does not know (written by a newer fpgw).
+    Refuses a database whose revision this code does not know (written by a newer fpgw). An empty SQLite
+    database is created straight from the schema instead of through the migrations (_create_fresh_sqlite).
     """
     if _stored_revision(engine) == HEAD_REVISION:
         return HEAD_REVISION, HEAD_REVISION  # the usual start: nothing to do, alembic not even imported
+    if engine.dialect.name == "sqlite" and _create_fresh_sqlite(engine):
+        return None, HEAD_REVISION
     from alembic import command
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
@@ -383,6 +390,29 @@ def upgrade(engine: Engine) -> tuple[str | None, str]:
             command.upgrade(_alembic_config(conn), "head")
             log.info("database migrated", from_revision=now, to_revision=head)
     return before, head
+
+
+def _create_fresh_sqlite(engine: Engine) -> bool:
+    """Create the schema of an EMPTY SQLite database straight from gateway.store.schema and record it as at
+    HEAD_REVISION; False (nothing done) when the database holds any table.
+
+    Why: running the seven migrations (SQLite copies tables in batch mode) and importing alembic took about
+    0.5 s of a first `fpgw poll` on a new gateway (benchmarks/bench_poll.py, issue 14). The result is the
+    same schema: tests/store/test_schema.py compares both with the metadata and with each other. PostgreSQL
+    always migrates (its feed-order trigger is created by migrations only).
+    """
+    from gateway.store.schema import metadata
+
+    with writer(engine).begin() as conn:  # BEGIN IMMEDIATE: a second starter waits, then finds the tables
+        if conn.exec_driver_sql("SELECT count(*) FROM sqlite_master WHERE type = 'table'").scalar():
+            return False
+        metadata.create_all(conn)
+        # Alembic's own version table, as `alembic stamp` would write it.
+        conn.exec_driver_sql("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL, "
+                             "CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num))")
+        conn.exec_driver_sql("INSERT INTO alembic_version (version_num) VALUES (?)", (HEAD_REVISION,))
+    log.info("database created", to_revision=HEAD_REVISION)
+    return True
 
 
 def _backup_sqlite(engine: Engine, revision: str) -> None:

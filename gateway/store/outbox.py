@@ -14,12 +14,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
+import structlog
 from sqlalchemy import Engine, and_, delete, func, select, update
 
 from gateway.store import schema as s
 from gateway.store.db import writer
 from gateway.store.health import add_alert, device_health_snapshot, insert_alert, last_alert_event
 from gateway.store.schema import utcnow
+
+log = structlog.get_logger(__name__)
 
 
 class OutboxStats(NamedTuple):
@@ -77,10 +80,28 @@ class Outbox:
         cols = [p[name] for name in _PUNCH_COLUMNS]
         with self.engine.connect() as conn:
             rows = conn.execute(
-                select(o.punch_id, o.attempts, *cols).join(s.punches, p.id == o.punch_id)
+                select(o.punch_id, o.attempts, p.id.label("stored_id"), *cols)
+                .outerjoin(s.punches, p.id == o.punch_id)
                 .where(o.state == "pending", o.next_attempt_at <= now)
                 .order_by(o.punch_id).limit(limit)).mappings().all()
-        return [OutboxItem(r["punch_id"], r["attempts"], {k: r[k] for k in _PUNCH_COLUMNS}) for r in rows]
+        orphans = [r["punch_id"] for r in rows if r["stored_id"] is None]
+        if orphans:
+            self._drop_orphans(orphans)
+        return [OutboxItem(r["punch_id"], r["attempts"], {k: r[k] for k in _PUNCH_COLUMNS})
+                for r in rows if r["stored_id"] is not None]
+
+    def _drop_orphans(self, punch_ids: list[int]) -> None:
+        """Drop outbox rows whose punch is gone, so they neither block nor count as a backlog forever.
+
+        The outbox has no foreign key (migration 0007_punch_indexes): fpgw never deletes punches, but an
+        operator can (a restore, a hand repair), and there is nothing left to send for such a row.
+        """
+        o = s.outbox.c
+        with writer(self.engine).begin() as conn:
+            # Re-checked in the write transaction: only rows whose punch is still missing.
+            conn.execute(delete(s.outbox).where(o.punch_id.in_(punch_ids),
+                                                ~select(s.punches.c.id).where(s.punches.c.id == o.punch_id).exists()))
+        log.warning("outbox rows without their punch dropped (punches deleted outside fpgw)", rows=len(punch_ids))
 
 
 

@@ -42,7 +42,6 @@ from operator import attrgetter
 from typing import Any
 
 from sqlalchemy import Engine, Insert, Select, Table, func, select, update
-from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -96,6 +95,9 @@ class SaveResult:
 def insert_ignore(conn: Connection, table: Table, index_elements: Sequence[str]) -> Insert:
     """``INSERT ... ON CONFLICT (index_elements) DO NOTHING`` for the connection's dialect (values at execute)."""
     if conn.dialect.name == "postgresql":
+        # Imported here: the PostgreSQL dialect package costs ~30 ms of every SQLite command's start (issue 14).
+        from sqlalchemy.dialects import postgresql as pg_dialect
+
         return pg_dialect.insert(table).on_conflict_do_nothing(index_elements=list(index_elements))
     return sqlite_dialect.insert(table).on_conflict_do_nothing(index_elements=list(index_elements))
 
@@ -120,11 +122,11 @@ PUNCH_KEY = ("office_code", "device_serial", "device_user_id", "device_time", "o
 PUNCH_COLUMNS = ("office_code", "device_id", "device_serial", "device_user_id", "device_time", "local_time",
                  "utc_time", "timezone", "state", "state_name", "verify", "verify_name", "uid", "workcode",
                  "raw_time", "employee_id", "flags", "received_at", "source", "occurrence")
-#: A batch at least this big first reads which of its punches are already stored (one indexed range query
-#: per device) and inserts only the others: a full re-read (reconcile) is then mostly a read instead of
+#: A batch at least this big first reads which of its punches are already stored (one range of the punch key
+#: per terminal) and inserts only the others: a full re-read (reconcile) is then mostly a read instead of
 #: 100k conflicting inserts. Smaller batches go straight to the idempotent insert.
 PREFETCH_MIN = 64
-#: A batch of more devices than this skips that read (a mixed batch; the insert alone is still idempotent).
+#: A batch of more terminals than this skips that read (a mixed batch; the insert alone is still idempotent).
 PREFETCH_MAX_GROUPS = 8
 #: From this many rows PostgreSQL gets them by COPY into a temporary table; smaller batches travel as one
 #: array per column in the INSERT itself (one round trip instead of three).
@@ -175,39 +177,29 @@ def _naive_utc_error(p: Punch) -> ValueError:
 
 
 def _not_stored(conn: Connection, punches: list[Punch]) -> list[Punch]:
-    """The punches whose key is not stored yet, as far as one range read per device can tell.
+    """The punches whose key is not stored yet, as far as one range read per terminal can tell.
 
-    Reads the keys stored for the batch's (office, device id, serial) between its oldest and newest
-    instant (index ix_punches_device_id_utc_time) and drops the punches found. What it misses (a punch
-    stored under another device id or instant, one without an instant, one stored concurrently) is left
-    to the insert's ON CONFLICT DO NOTHING, so this only saves work and never decides alone.
+    Reads the keys stored for the batch's (office, serial) between its oldest and newest device time: a
+    range of uq_punches_key itself (office, serial, device time, ...; migration 0007_punch_indexes), so it
+    finds exactly the stored punches the insert would conflict with, whatever their device id or instant.
+    (It used to read (device_id, utc_time), and PostgreSQL's planner, with statistics lagging a fast-growing
+    table, walked the terminal's whole history by the key's (office, serial) prefix instead: 3-7 ms per
+    1,000-punch poll, growing with the table.) What it misses (a punch stored concurrently) is left to the
+    insert's ON CONFLICT DO NOTHING, so this only saves work and never decides alone.
     """
-    groups = {(p.office_code, p.device_id, p.device_serial) for p in punches}
+    groups = {(p.office_code, p.device_serial) for p in punches}
     if len(groups) > PREFETCH_MAX_GROUPS:
         return punches
-    sqlite = conn.dialect.name == "sqlite"
-    # SQLite's planner (no statistics) would pick the unique key's two equal columns and walk the device's
-    # whole history; the instant range is what bounds the read.
-    sql = ("SELECT device_user_id, device_time, occurrence FROM punches INDEXED BY ix_punches_device_id_utc_time "
-           "WHERE device_id = ? AND utc_time >= ? AND utc_time <= ? AND office_code = ? AND device_serial = ?"
-           if sqlite else
-           "SELECT device_user_id, device_time, occurrence FROM punches "
-           "WHERE device_id = %s AND utc_time >= %s AND utc_time <= %s AND office_code = %s AND device_serial = %s")
-    stored: dict[tuple[str, str, str], set[tuple[str, str, int]]] = {}
+    sql = ("SELECT device_user_id, device_time, occurrence FROM punches "
+           "WHERE office_code = ? AND device_serial = ? AND device_time >= ? AND device_time <= ?")
+    if conn.dialect.name != "sqlite":
+        sql = sql.replace("?", "%s")
+    stored: dict[tuple[str, str], set[tuple[str, str, int]]] = {}
     with _dbapi_cursor(conn, sql) as cur:
         for group in groups:
             members = punches if len(groups) == 1 else [p for p in punches if _group(p) == group]
-            instants = [p.utc_time for p in members if p.utc_time is not None]
-            if not instants:
-                continue
-            try:
-                lo, hi = min(instants), max(instants)
-            except TypeError:  # naive and aware instants mixed
-                lo = hi = next(t for t in instants if t.tzinfo is None)
-            if lo.tzinfo is None:
-                raise ValueError(f"naive utc_time {lo!r} in a punch of {group}; attach a time zone first")
-            office, device, serial = group
-            cur.execute(sql, (device, *((_sqlite_utc(lo), _sqlite_utc(hi)) if sqlite else (lo, hi)), office, serial))
+            times = [p.device_time for p in members]
+            cur.execute(sql, (*group, min(times), max(times)))
             found = set(cur.fetchall())
             if found:
                 stored[group] = found
@@ -215,15 +207,14 @@ def _not_stored(conn: Connection, punches: list[Punch]) -> list[Punch]:
         return punches
     key = attrgetter("device_user_id", "device_time", "occurrence")
     if len(groups) == 1:
-        # Any punch whose key is among the stored ones is stored, whatever its instant.
         known = stored[next(iter(groups))]
         return [p for p in punches if key(p) not in known]
     nothing: set[tuple[str, str, int]] = set()
     return [p for p in punches if key(p) not in stored.get(_group(p), nothing)]
 
 
-def _group(p: Punch) -> tuple[str, str, str]:
-    return (p.office_code, p.device_id, p.device_serial)
+def _group(p: Punch) -> tuple[str, str]:
+    return (p.office_code, p.device_serial)
 
 
 def _sqlite_utc(value: datetime | None) -> str | None:
@@ -235,13 +226,6 @@ def _sqlite_utc(value: datetime | None) -> str | None:
     if value.tzinfo is not UTC:
         value = value.astimezone(UTC)
     return value.replace(tzinfo=None).isoformat(" ", "microseconds")
-
-
-def _sqlite_local(value: datetime | None) -> str | None:
-    """DateTime's SQLite storage form (the wall clock as given; SQLAlchemy's DATETIME ignores a zone)."""
-    if value is None:
-        return None
-    return (value.replace(tzinfo=None) if value.tzinfo is not None else value).isoformat(" ", "microseconds")
 
 
 _SQLITE_INSERT = (f"INSERT INTO punches ({', '.join(PUNCH_COLUMNS)}) VALUES ({', '.join('?' * len(PUNCH_COLUMNS))}) "
@@ -259,15 +243,26 @@ def _insert_sqlite(conn: Connection, batch: list[Punch], received_at: datetime, 
     table without AUTOINCREMENT gives each new row max(id) + 1.
     """
     received = _sqlite_utc(received_at)
-    rows = []
+    rows: list[tuple[Any, ...]] = []
+    append = rows.append
     for p in batch:
-        utc = p.utc_time
-        if utc is not None and utc.tzinfo is None:
-            raise _naive_utc_error(p)
-        rows.append((p.office_code, p.device_id, p.device_serial, p.device_user_id, p.device_time,
-                     _sqlite_local(p.local_time), _sqlite_utc(utc), p.timezone, p.state, p.state_name, p.verify,
-                     p.verify_name, p.uid, p.workcode, p.raw_time, p.employee_id, ",".join(p.flags), received,
-                     source, p.occurrence))
+        # _sqlite_utc inlined (the per-row cost of a big poll). local_time is stored as the wall clock given, as
+        # SQLAlchemy's DATETIME does (it ignores a zone): an aware datetime's isoformat cut to its 26 characters
+        # "YYYY-MM-DD HH:MM:SS.ffffff" is the naive one's.
+        utc, local = p.utc_time, p.local_time
+        utc_text = local_text = None
+        if utc is not None:
+            tz = utc.tzinfo
+            if tz is not UTC:
+                if tz is None:
+                    raise _naive_utc_error(p)
+                utc = utc.astimezone(UTC)
+            utc_text = utc.isoformat(" ", "microseconds")[:26]
+        if local is not None:
+            local_text = local.isoformat(" ", "microseconds")[:26]
+        append((p.office_code, p.device_id, p.device_serial, p.device_user_id, p.device_time, local_text, utc_text,
+                p.timezone, p.state, p.state_name, p.verify, p.verify_name, p.uid, p.workcode, p.raw_time,
+                p.employee_id, ",".join(p.flags), received, source, p.occurrence))
     with _dbapi_cursor(conn, _SQLITE_INSERT) as cur:
         cur.execute("SELECT max(id) FROM punches")
         last = cur.fetchone()[0] or 0
@@ -287,6 +282,8 @@ _PG_TYPES = {"local_time": "timestamp", "utc_time": "timestamptz", "received_at"
              "state": "int4", "verify": "int4", "uid": "int4", "workcode": "int4", "raw_time": "int8",
              "occurrence": "int8"}
 _PG_COPY_TYPES = [_PG_TYPES.get(c, "text") for c in PUNCH_COLUMNS]
+#: PostgreSQL binary COPY types of PUNCH_COLUMNS, in order (also used by gateway.store.central's ingest).
+PUNCH_COPY_TYPES: tuple[str, ...] = tuple(_PG_COPY_TYPES)
 _PG_STAGE = "fpgw_punch_in"
 _PG_CREATE_STAGE = (f"CREATE TEMP TABLE IF NOT EXISTS {_PG_STAGE} ("
                     + ", ".join(f"{c} {t}" for c, t in zip(PUNCH_COLUMNS, _PG_COPY_TYPES, strict=True))
@@ -502,7 +499,9 @@ class Store:
         with self.engine.connect() as conn:
             epoch = _log_epoch(conn, serial)
             stored = {(serial, r[0], r[1], r[2]) for r in conn.execute(
-                select(p.device_user_id, p.device_time, p.occurrence).where(p.device_serial == serial))}
+                select(p.device_user_id, p.device_time, p.occurrence)
+                # office_code first: the read is then a range of uq_punches_key instead of a table scan.
+                .where(p.office_code == self.office_code, p.device_serial == serial))}
         return {k for k in wanted if _stored_key(k, epoch) not in stored}
 
     def outbox_waiting(self, device_id: str) -> tuple[int, int]:

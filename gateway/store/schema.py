@@ -193,20 +193,30 @@ punches = Table(
     #: Identity of a punch. office_code leads it (migration 0005_office_bindings): at the central a punch is
     #: a duplicate only of the same office's punch, so one office can never hide another's. An office
     #: gateway writes its own site code on every punch, so there it dedups exactly as (serial, user, time,
-    #: occurrence).
-    UniqueConstraint("office_code", "device_serial", "device_user_id", "device_time", "occurrence",
+    #: occurrence). The time comes before the user (migration 0007_punch_indexes): a terminal's log is in
+    #: time order, so a poll's new punches go to the end of its serial's range (a few index pages) instead
+    #: of one page per user in it. Uniqueness and ON CONFLICT do not depend on the column order.
+    UniqueConstraint("office_code", "device_serial", "device_time", "device_user_id", "occurrence",
                      name="uq_punches_key"),
-    Index(None, "utc_time"),
-    Index(None, "office_code", "utc_time"),
-    Index(None, "employee_id", "utc_time"),
+    #: Indexes (migration 0007_punch_indexes; why these and no others: docs/architecture.md "Punch indexes").
+    #: Both lead with a column that grows with time, so inserting punches touches the last pages only.
+    #: A device's punches in an instant range: the device filter of `fpgw punches` and the pull API. (The
+    #: store's "already stored?" read is a range of uq_punches_key: gateway.store.punches._not_stored.)
     Index(None, "device_id", "utc_time"),
+    #: Whole local days (every date filter: `fpgw punches --date`, the pull API's date=/from=/to=, exports),
+    #: with the employee in the index so "one employee's month" is read from the index alone.
+    Index(None, "local_time", "employee_id"),
 )
 
 #: Punches not yet accepted upstream. Written in the same transaction as the punch itself, so a
 #: crash can never leave a stored punch that will not be forwarded.
+#: punch_id refers to punches.id WITHOUT a foreign key (dropped by migration 0007_punch_indexes: on PostgreSQL
+#: its per-row check cost more than the rest of the outbox insert). The store writes an outbox row only for
+#: the id the same transaction's punch INSERT returned, and fpgw never deletes punches; an outbox row whose
+#: punch was deleted by hand is dropped by the forwarder's claim (gateway.store.outbox.Outbox.claim_batch).
 outbox = Table(
     "outbox", metadata,
-    Column("punch_id", BigId, ForeignKey("punches.id", ondelete="CASCADE"), primary_key=True),
+    Column("punch_id", BigId, primary_key=True, autoincrement=False),
     #: pending (to send / retry) or rejected (upstream refused it; kept aside with the reason).
     Column("state", String(16), nullable=False, default="pending"),
     Column("attempts", Integer, nullable=False, default=0),

@@ -1,9 +1,10 @@
 """The BKD feed cursor on PostgreSQL never skips a punch, even with ingest transactions overlapping.
 
 Sequence ids are handed out at INSERT and become visible at COMMIT, so without the feed-order guard
-(migration 0002's trigger) a reader can page past a row that commits later with a lower id. The first
-test shows that hazard happens without the guard; the others show the guard closes it, including
-under many concurrent ingests with a reader pulling all the time.
+(migration 0002's trigger, shared among writers since 0007; the feed read takes it exclusively) a reader
+can page past a row that commits later with a lower id. The first test shows that hazard happens without
+the guard; the others show the guard closes it (the reader waits for the transactions in flight, later
+ingests wait behind the reader), including under many concurrent ingests with a reader pulling all the time.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def test_with_the_guard_a_late_commit_is_never_stepped_over(engine: Any) -> None
     store = CentralStore(engine)
     now = datetime.now(UTC)
     done = threading.Event()
+    pulled: list[tuple[list[str], int]] = []
 
     def other_gateway() -> None:
         store.ingest_punches(gateway="gw-b", office_code="1801.02", batch_id="b", digest="d",
@@ -73,18 +75,52 @@ def test_with_the_guard_a_late_commit_is_never_stepped_over(engine: Any) -> None
 
     with engine.connect() as a:
         tx = a.begin()
-        insert_punches(a, [mk("A", 1)], received_at=now, source="forward")
+        insert_punches(a, [mk("A", 1)], received_at=now, source="forward")  # the lower id, not committed
         t = threading.Thread(target=other_gateway, name="ingest-b")
         t.start()
-        # The second ingest waits for the first transaction instead of committing a higher id before it.
-        assert not done.wait(0.5)
-        seen, cursor = pull_all(store, 0)
-        assert seen == []
+        # Ingests do not wait for each other (the guard is shared among writers): B commits a higher id first.
+        assert done.wait(30)
+        reader = threading.Thread(target=lambda: pulled.append(pull_all(store, 0)), name="bkd-reader")
+        reader.start()
+        # The reader waits for the transaction holding the lower id instead of paging past it.
+        reader.join(0.5)
+        assert reader.is_alive() and not pulled
         tx.commit()
+    reader.join(30)
     t.join(30)
-    assert done.is_set()
-    seen, cursor = pull_all(store, cursor)
-    assert seen == ["A", "B"]
+    assert [seen for seen, _ in pulled] == [["A", "B"]]
+
+
+def test_a_reader_waiting_for_the_guard_is_not_starved_by_later_ingests(engine: Any) -> None:
+    store = CentralStore(engine)
+    now = datetime.now(UTC)
+    pulled: list[tuple[list[str], int]] = []
+    later_done = threading.Event()
+
+    def later_gateway() -> None:
+        store.ingest_punches(gateway="gw-c", office_code="1801.03", batch_id="c", digest="d",
+                             punches=[mk("C", 3, serial="SN3", office="1801.03")], rejected={})
+        later_done.set()
+
+    with engine.connect() as a:
+        tx = a.begin()
+        insert_punches(a, [mk("A", 1)], received_at=now, source="forward")
+        reader = threading.Thread(target=lambda: pulled.append(pull_all(store, 0)), name="bkd-reader")
+        reader.start()
+        reader.join(0.5)
+        assert reader.is_alive()
+        # An ingest starting after the reader queued waits behind it (it would draw an id the reader's
+        # snapshot cannot order), so it cannot commit before the reader has read.
+        t = threading.Thread(target=later_gateway, name="ingest-c")
+        t.start()
+        assert not later_done.wait(0.5)
+        tx.commit()
+    reader.join(30)
+    t.join(30)
+    assert later_done.is_set()
+    assert [seen for seen, _ in pulled] == [["A"]]
+    seen, _ = pull_all(store, pulled[0][1])
+    assert seen == ["C"]
 
 
 def test_concurrent_ingests_while_pulling_give_every_punch_exactly_once(engine: Any) -> None:

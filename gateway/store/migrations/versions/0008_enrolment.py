@@ -1,7 +1,7 @@
 """enrolment: backups of terminals' users and fingerprint templates (sealed), and the audit of every use
 
 Revision ID: 0008_enrolment
-Revises: 0006_quarantine
+Revises: 0007_punch_indexes
 Create Date: 2026-12-01
 
 Issue 12. Templates and passwords are stored only as sealed envelopes (gateway/enrol/crypto.py); the key
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = '0008_enrolment'
-down_revision = '0006_quarantine'
+down_revision = '0007_punch_indexes'
 branch_labels = None
 depends_on = None
 
