@@ -1128,6 +1128,10 @@ class ZkSession:
         """Store templates of ``owners`` (their user records travel in the same upload)."""
         enrol.write_templates(self, templates, owners, progress)
 
+    def delete_users(self, uids: Collection[int]) -> None:
+        """Delete users and their templates by uid (drivers.base.DeletesEnrolments)."""
+        enrol.delete_users(self, uids)
+
     def set_time(self, local_time: datetime) -> None:
         """Set the device clock to a naive device-local time (years 2000-2099)."""
         if local_time.tzinfo is not None:
