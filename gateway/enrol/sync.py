@@ -200,15 +200,20 @@ def plan_sync(views: Sequence[TerminalView], previous: Mapping[str, Remembered],
                          if pin in previous.get(d, Remembered()).users}
         if fresh_deletes and sync_deletes:
             names = set(fresh_deletes.values())
+            kept = []
             for view, member in holders:
                 if member.user.name in names:
                     actions.append(Action("delete", view.device_id, pin, source=sorted(fresh_deletes)[0]))
                     withheld[view.device_id][pin] = member.user.name  # not copied back from a holder left
                 else:
+                    kept.append((view, member))
                     notes.append(f"PIN {pin} was deleted on {', '.join(sorted(fresh_deletes))} but {view.device_id} "
                                  f"holds it as {member.user.name!r}: not deleted there")
-            continue
-        if fresh_deletes:
+            for view in views:  # being deleted in the group: copied to no terminal that lacks it
+                if pin not in view.users:
+                    withheld[view.device_id][pin] = fresh_deletes[sorted(fresh_deletes)[0]]
+            holders = kept  # those left in step among themselves (e.g. templates they lack)
+        elif fresh_deletes:
             notes.append(f"PIN {pin} was deleted on {', '.join(sorted(fresh_deletes))}: not copied back there, "
                          "kept on the other terminals (sync_deletes = false)")
         for view in views:
