@@ -196,8 +196,8 @@ def plan_sync(views: Sequence[TerminalView], previous: Mapping[str, Remembered],
         if conflict is not None:
             conflicts.append(conflict)
             continue
-        fresh_deletes = {d: n for d, n in deleted_on.items()
-                         if pin in previous.get(d, Remembered()).users}
+        # A delete seen now, or one withheld earlier (sync_deletes was off then): both are "lost by X".
+        fresh_deletes = deleted_on
         if fresh_deletes and sync_deletes:
             names = set(fresh_deletes.values())
             kept = []

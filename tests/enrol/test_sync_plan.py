@@ -86,7 +86,8 @@ def test_plan_never_writes_a_conflict_never_deletes_unasked_and_is_idempotent(
         if a.kind == "delete":
             assert sync_deletes
             # Someone lost it since the previous sync: a terminal that remembered it and no longer holds it.
-            assert any(a.user_id in memory[v.device_id].users and a.user_id not in v.users for v in views)
+            assert any(a.user_id in {**memory[v.device_id].users, **memory[v.device_id].withheld}
+                       and a.user_id not in v.users for v in views)
     # A PIN a terminal holds as another name than on another terminal is always reported.
     for pin in PINS:
         names = {v.users[pin].user.name for v in views if pin in v.users} - {""}
