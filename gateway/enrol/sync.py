@@ -174,6 +174,7 @@ def plan_sync(views: Sequence[TerminalView], previous: Mapping[str, Remembered],
     conflicts: list[Conflict] = []
     notes: list[str] = []
     withheld: dict[str, dict[str, str]] = {v.device_id: {} for v in views}
+    no_templates: dict[tuple[str, str], list[str]] = {}
     pins = sorted({pin for v in views for pin in v.users}
                   | {pin for v in views for pin in previous.get(v.device_id, Remembered()).users}
                   | {pin for v in views for pin in previous.get(v.device_id, Remembered()).withheld})
@@ -224,15 +225,21 @@ def plan_sync(views: Sequence[TerminalView], previous: Mapping[str, Remembered],
                 source_view = (same_alg or sorted(holders, key=lambda h: -len(h[1].templates)))[0][0]
                 actions.append(Action("copy", view.device_id, pin, source_view.device_id, bool(same_alg)))
                 if not same_alg and any(m.templates for _, m in holders):
-                    notes.append(f"PIN {pin} copied to {view.device_id} without templates: its fingerprint "
-                                 f"algorithm ({view.algorithm or 'unknown'}) differs from the terminals that hold "
-                                 "them; the fingers must be enrolled there again")
+                    no_templates.setdefault((view.device_id, "copied"), []).append(pin)
             elif not view.users[pin].templates:
                 if same_alg:
                     actions.append(Action("templates", view.device_id, pin, same_alg[0][0].device_id, True))
                 elif any(m.templates for _, m in holders):
-                    notes.append(f"PIN {pin} has no template on {view.device_id}: its fingerprint algorithm "
-                                 f"({view.algorithm or 'unknown'}) differs from the terminals that hold them")
+                    no_templates.setdefault((view.device_id, "held"), []).append(pin)
+    # One note per terminal, not one per user: a terminal of another algorithm may lack every template.
+    algorithms = {v.device_id: v.algorithm or "unknown" for v in views}
+    for (device_id, how), pins_there in sorted(no_templates.items()):
+        listed = ", ".join(pins_there[:10]) + (f" and {len(pins_there) - 10} more" if len(pins_there) > 10 else "")
+        what = ("copied to {d} without templates" if how == "copied" else "have no template on {d}").format(
+            d=device_id)
+        notes.append(f"{len(pins_there)} user(s) {what} (PIN {listed}): its fingerprint algorithm "
+                     f"({algorithms[device_id]}) differs from the terminals that hold them; the fingers must be "
+                     "enrolled there again")
     return SyncPlan(tuple(actions), tuple(conflicts), tuple(notes),
                     {d: dict(w) for d, w in withheld.items() if w})
 
