@@ -100,7 +100,7 @@ class DailyBackup:
     def _sync(self) -> None:
         try:
             self.last_sync = sync_office(self.ctx.config, self.repo, actor="daemon", hold=self.hold,
-                                         driver_factory=self.driver_factory)
+                                         driver_factory=self.driver_factory, stop=self.ctx.stop_event)
         except Exception:  # a bug or a database failure: logged, the next day's run tries again
             log.exception("enrolment sync of the office failed")
             return

@@ -16,6 +16,7 @@ memory carry PINs, names and counts, never template bytes or passwords. docs/enr
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -401,13 +402,18 @@ def _apply(device: DeviceConfig, actions: Sequence[Action], views: Mapping[str, 
 
 def sync_group(devices: Sequence[DeviceConfig], repo: EnrolRepo, *, actor: str, timeout_s: float,
                sync_deletes: bool, hold: Hold = run_now, dry_run: bool = False,
-               driver_factory: DriverFactory | None = None) -> GroupResult:
-    """Read every terminal of the group, plan, and (unless ``dry_run``) write and verify; audited per terminal."""
+               driver_factory: DriverFactory | None = None, stop: threading.Event | None = None) -> GroupResult:
+    """Read every terminal of the group, plan, and (unless ``dry_run``) write and verify; audited per terminal.
+    ``stop`` (the daemon stopping) ends the run before the next terminal is contacted."""
     factory = driver_factory or registry_driver
     ids = tuple(d.id for d in devices)
     views: dict[str, TerminalView] = {}
     unreadable: dict[str, str] = {}
     for device in devices:
+        if stop is not None and stop.is_set():
+            unreadable[device.id] = "the daemon is stopping"
+            continue
+
         def read(device: DeviceConfig = device) -> TerminalView:
             return _read_view(device, factory, timeout_s)
 
@@ -440,6 +446,9 @@ def sync_group(devices: Sequence[DeviceConfig], repo: EnrolRepo, *, actor: str, 
     for device in devices:
         mine = [a for a in plan.actions if a.target == device.id]
         if not mine:
+            continue
+        if stop is not None and stop.is_set():
+            writes.append(DeviceWrite(device.id, error="not written: the daemon is stopping"))
             continue
 
         def job(device: DeviceConfig = device, mine: list[Action] = mine) -> tuple[DeviceWrite, TerminalView]:
@@ -492,7 +501,8 @@ def current_conflicts(repo: EnrolRepo) -> list[tuple[str, str]]:
 
 
 def sync_office(config: Config, repo: EnrolRepo, *, actor: str, hold: Hold = run_now, dry_run: bool = False,
-                only: Sequence[str] = (), driver_factory: DriverFactory | None = None) -> list[GroupResult]:
+                only: Sequence[str] = (), driver_factory: DriverFactory | None = None,
+                stop: threading.Event | None = None) -> list[GroupResult]:
     """Sync every group (or the groups holding a device of ``only``)."""
     results = []
     for group in sync_groups(config):
@@ -500,5 +510,5 @@ def sync_office(config: Config, repo: EnrolRepo, *, actor: str, hold: Hold = run
             continue
         results.append(sync_group(group, repo, actor=actor, timeout_s=config.enrol.timeout_s,
                                   sync_deletes=config.enrol.sync_deletes, hold=hold, dry_run=dry_run,
-                                  driver_factory=driver_factory))
+                                  driver_factory=driver_factory, stop=stop))
     return results
