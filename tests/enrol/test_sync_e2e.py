@@ -181,3 +181,25 @@ def test_groups_the_sync_cannot_keep_are_refused_with_where(tmp_path: Path) -> N
     doc["enrol"]["sync_groups"] = [["lobby", "annex"]]
     cfg = load_config(write_toml(doc, tmp_path / "config.toml"))
     assert cfg.enrol.sync and cfg.enrol.sync_groups == (("lobby", "annex"),) and not cfg.enrol.sync_deletes
+
+
+@pytest.mark.timeout(120)
+def test_a_group_with_an_unreadable_terminal_is_not_synced_and_groups_are_separate(office: Office, fleet: Any) -> None:
+    rng = random.Random(8)
+    sims = {name: fleet.add(sim_spec(f"SYNC-G{name.upper()}", users=0, records=0)) for name in ("p", "q", "x", "y")}
+    office.entries = [DeviceEntry(name, dev) for name, dev in sims.items()]
+    office.enrol["sync_groups"] = [["p", "q"], ["x", "y"]]
+    enrol(sims["p"], 1, "701", "Joko", 1, rng)
+    enrol(sims["x"], 1, "801", "Kartika", 1, rng)
+    sims["q"].set_fault("offline", True)
+    code, out, err = office.cli("enrol", "sync")
+    assert code == 1 and "NOT SYNCED: q could not be read" in out, (out, err)
+    # The other group is synced, and only within itself.
+    assert state(sims["y"])[0] == {"801": "Kartika"} and "701" not in state(sims["y"])[0]
+    assert state(sims["p"])[0] == {"701": "Joko"}
+    sims["q"].set_fault("offline", False)
+    code, out, err = office.cli("enrol", "sync", "--group", "q")
+    assert code == 0 and "group p, q: 1 action(s)" in out and "group x, y" not in out, (out, err)
+    assert state(sims["q"]) == state(sims["p"])
+    code, out, err = office.cli("enrol", "sync", "--group", "nowhere")
+    assert code == 1 and "unknown device id 'nowhere'" in err
