@@ -165,15 +165,25 @@ def _conflict(user_id: str, holders: Sequence[tuple[TerminalView, Member]]) -> C
 
 
 def plan_sync(views: Sequence[TerminalView], previous: Mapping[str, Remembered], *,
-              sync_deletes: bool) -> SyncPlan:
+              sync_deletes: bool, drop_ratio: float = 0.2) -> SyncPlan:
     """The actions that make the group's terminals agree; pure (no I/O), deterministic.
 
     Never an action on a PIN in conflict; a delete only with ``sync_deletes`` and only of a user the previous
     sync saw on some terminal that no longer holds it (and only where the name is the one it had there).
+    A terminal that lost a sharp share (``drop_ratio``) of the users it had is taken for reset or replaced: its
+    losses are not deletes (its memory is set aside) and the group's users are copied back to it.
     """
     actions: list[Action] = []
     conflicts: list[Conflict] = []
     notes: list[str] = []
+    previous = dict(previous)
+    for v in views:
+        memory = previous.get(v.device_id, Remembered())
+        lost = sum(1 for pin in memory.users if pin not in v.users)
+        if len(memory.users) > 1 and lost >= max(2.0, drop_ratio * len(memory.users)):
+            notes.append(f"{v.device_id} lost {lost} of the {len(memory.users)} users it had at the previous sync "
+                         "(reset or replaced?): not taken as deletes; the group's users are copied back to it")
+            previous[v.device_id] = Remembered()
     withheld: dict[str, dict[str, str]] = {v.device_id: {} for v in views}
     no_templates: dict[tuple[str, str], list[str]] = {}
     pins = sorted({pin for v in views for pin in v.users}
@@ -199,24 +209,23 @@ def plan_sync(views: Sequence[TerminalView], previous: Mapping[str, Remembered],
             conflicts.append(conflict)
             continue
         # A delete seen now, or one withheld earlier (sync_deletes was off then): both are "lost by X".
-        fresh_deletes = deleted_on
-        if fresh_deletes and sync_deletes:
-            names = set(fresh_deletes.values())
+        if deleted_on and sync_deletes:
+            names = set(deleted_on.values())
             kept = []
             for view, member in holders:
                 if member.user.name in names:
-                    actions.append(Action("delete", view.device_id, pin, source=sorted(fresh_deletes)[0]))
+                    actions.append(Action("delete", view.device_id, pin, source=sorted(deleted_on)[0]))
                     withheld[view.device_id][pin] = member.user.name  # not copied back from a holder left
                 else:
                     kept.append((view, member))
-                    notes.append(f"PIN {pin} was deleted on {', '.join(sorted(fresh_deletes))} but {view.device_id} "
+                    notes.append(f"PIN {pin} was deleted on {', '.join(sorted(deleted_on))} but {view.device_id} "
                                  f"holds it as {member.user.name!r}: not deleted there")
             for view in views:  # being deleted in the group: copied to no terminal that lacks it
                 if pin not in view.users:
-                    withheld[view.device_id][pin] = fresh_deletes[sorted(fresh_deletes)[0]]
+                    withheld[view.device_id][pin] = deleted_on[sorted(deleted_on)[0]]
             holders = kept  # those left in step among themselves (e.g. templates they lack)
-        elif fresh_deletes:
-            notes.append(f"PIN {pin} was deleted on {', '.join(sorted(fresh_deletes))}: not copied back there, "
+        elif deleted_on:
+            notes.append(f"PIN {pin} was deleted on {', '.join(sorted(deleted_on))}: not copied back there, "
                          "kept on the other terminals (sync_deletes = false)")
         for view in views:
             if pin in withheld[view.device_id]:
@@ -402,7 +411,8 @@ def _apply(device: DeviceConfig, actions: Sequence[Action], views: Mapping[str, 
 
 def sync_group(devices: Sequence[DeviceConfig], repo: EnrolRepo, *, actor: str, timeout_s: float,
                sync_deletes: bool, hold: Hold = run_now, dry_run: bool = False,
-               driver_factory: DriverFactory | None = None, stop: threading.Event | None = None) -> GroupResult:
+               driver_factory: DriverFactory | None = None, stop: threading.Event | None = None,
+               drop_ratio: float = 0.2) -> GroupResult:
     """Read every terminal of the group, plan, and (unless ``dry_run``) write and verify; audited per terminal.
     ``stop`` (the daemon stopping) ends the run before the next terminal is contacted."""
     factory = driver_factory or registry_driver
@@ -434,10 +444,10 @@ def sync_group(devices: Sequence[DeviceConfig], repo: EnrolRepo, *, actor: str, 
         # Without every view a "missing" user cannot be told from a deleted one: nothing is written.
         log.warning("enrolment sync of a group skipped: a terminal could not be read", group=list(ids),
                     unreadable=sorted(unreadable))
-        plan = plan_sync(list(views.values()), previous, sync_deletes=sync_deletes)
+        plan = plan_sync(list(views.values()), previous, sync_deletes=sync_deletes, drop_ratio=drop_ratio)
         return GroupResult(ids, SyncPlan((), plan.conflicts, plan.notes, plan.withheld), (), unreadable, dry_run)
     ordered = [views[d] for d in ids]
-    plan = plan_sync(ordered, previous, sync_deletes=sync_deletes)
+    plan = plan_sync(ordered, previous, sync_deletes=sync_deletes, drop_ratio=drop_ratio)
     _report_conflicts(repo, memory_raw, ids, plan)
     if dry_run:
         return GroupResult(ids, plan, (), {}, True)
@@ -510,5 +520,6 @@ def sync_office(config: Config, repo: EnrolRepo, *, actor: str, hold: Hold = run
             continue
         results.append(sync_group(group, repo, actor=actor, timeout_s=config.enrol.timeout_s,
                                   sync_deletes=config.enrol.sync_deletes, hold=hold, dry_run=dry_run,
-                                  driver_factory=driver_factory, stop=stop))
+                                  driver_factory=driver_factory, stop=stop,
+                                  drop_ratio=config.enrol.drop_warn_ratio))
     return results

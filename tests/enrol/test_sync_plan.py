@@ -139,3 +139,19 @@ def test_conflicts_and_other_algorithms() -> None:
     assert [(a.kind, a.target, a.templates) for a in plan.actions] == [("copy", "c", False)]
     assert plan.notes == ("1 user(s) copied to c without templates (PIN 1): its fingerprint algorithm (9) differs "
                           "from the terminals that hold them; the fingers must be enrolled there again",)
+
+
+def test_a_reset_terminal_is_filled_again_never_taken_for_deletes() -> None:
+    people = {str(p): member(p, str(p), f"P{p}", [(0, bytes([p]) * 4)]) for p in range(1, 6)}
+    memory = {"a": Remembered({pin: m.user.name for pin, m in people.items()}),
+              "b": Remembered({pin: m.user.name for pin, m in people.items()})}
+    views = [view("a", 10, {}), view("b", 10, people)]  # a was reset: every user gone at once
+    plan = plan_sync(views, memory, sync_deletes=True)
+    assert not any(a.kind == "delete" for a in plan.actions)
+    assert sorted(a.user_id for a in plan.actions if a.kind == "copy" and a.target == "a" and a.templates) == \
+        sorted(people)
+    assert any("a lost 5 of the 5 users" in n for n in plan.notes)
+    # One user deleted on purpose is still a delete.
+    views = [view("a", 10, {p: m for p, m in people.items() if p != "3"}), view("b", 10, people)]
+    plan = plan_sync(views, memory, sync_deletes=True)
+    assert [(a.kind, a.target, a.user_id) for a in plan.actions] == [("delete", "b", "3")]
