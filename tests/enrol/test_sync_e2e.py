@@ -8,6 +8,7 @@ template bytes; every write is audited. The config refuses groups it cannot keep
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from pathlib import Path
@@ -115,6 +116,10 @@ def test_three_terminals_agree_conflicts_stay_and_deletes_follow_only_when_enabl
     assert all(dev.enabled for dev in sims.values())
     code, out2, err2 = office.cli("enrol", "status")
     assert code == 0 and "900@a,b" in out2, (out2, err2)
+    code, listed, _ = office.cli("enrol", "status", "--json")
+    by_device = {r["device"]: r["sync_conflicts"] for r in json.loads(listed)}
+    assert by_device["a"] == by_device["b"] == [{"pin": "900", "reason": "different names: a='Fajar', b='Gita'"}]
+    assert by_device["c"] == []
     # Every write audited: who, which terminal, how many.
     sync_rows = {r["device_id"]: r for r in office.audit() if r["action"] == "sync"}
     assert sync_rows["a"]["users"] == 3 and sync_rows["a"]["templates"] == 3  # 201 (2) + 301 (1) + 302
