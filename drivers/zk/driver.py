@@ -1110,7 +1110,8 @@ class ZkSession:
         self._read_sizes()
         return self._load_users(self._zk.users)
 
-    # Enrolment backup/restore (drivers.base.ReadsEnrolments / WritesEnrolments): drivers/zk/enrol.py.
+    # Enrolment backup/restore/sync (drivers.base.ReadsEnrolments / WritesEnrolments / DeletesEnrolments):
+    # drivers/zk/enrol.py.
     def read_enrolments(self, progress: Progress | None = None) -> Enrolments:
         """Every user (password included) and fingerprint template, and the algorithm version."""
         return enrol.read_enrolments(self, progress)
