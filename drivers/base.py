@@ -385,6 +385,14 @@ class WritesEnrolments(Protocol):
                         progress: EnrolProgress | None = None) -> None: ...
 
 
+@runtime_checkable
+class DeletesEnrolments(Protocol):
+    """Optional session ability: delete users (and their templates) by uid, for an office sync that
+    propagates deletes (gateway/enrol/sync.py). Locks the keypad while deleting, refreshes afterwards."""
+
+    def delete_users(self, uids: Collection[int]) -> None: ...
+
+
 # ---------------------------------------------------------------------------------------------
 # Error tree
 # ---------------------------------------------------------------------------------------------

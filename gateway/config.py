@@ -13,7 +13,7 @@ import ipaddress
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, time
 from pathlib import Path
@@ -368,6 +368,14 @@ class EnrolConfig:
     timeout_s: float = 600.0
     #: A terminal whose user count fell by this share since its previous backup gets a notice (factory reset?).
     drop_warn_ratio: float = 0.2
+    #: Keep an office's terminals in step (gateway/enrol/sync.py): a user enrolled on one terminal is copied to
+    #: the other terminals of its group, after the daily backup and with ``fpgw enrol sync``.
+    sync: bool = False
+    #: Groups of device ids kept in step. Empty: every enabled, polled ZK terminal forms one group (terminals
+    #: of another fingerprint algorithm version get the users without templates).
+    sync_groups: tuple[tuple[str, ...], ...] = ()
+    #: Propagate a delete (a user the previous sync saw on a terminal, gone from it now) to the group.
+    sync_deletes: bool = False
 
 
 @dataclass(frozen=True)
@@ -447,7 +455,7 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path | None = None,
     central = _parse_central(top.table("central"), base_dir)
     push = _parse_push(top.table("push"), base_dir)
     usb_import = _parse_import(top.table("import"), site, base_dir)
-    enrol = _parse_enrol(top.table("enrol"), base_dir)
+    enrol = _parse_enrol(top.table("enrol"), base_dir, devices)
     top.done()
 
     if problems:
@@ -815,7 +823,7 @@ def _optional_path(r: Reader, name: str, base_dir: Path) -> Path | None:
     return path if path.is_absolute() else base_dir / path
 
 
-def _parse_enrol(r: Reader, base_dir: Path) -> EnrolConfig:
+def _parse_enrol(r: Reader, base_dir: Path, devices: Sequence[DeviceConfig] = ()) -> EnrolConfig:
     key_file = _optional_path(r, "key_file", base_dir)
     old_raw = r.raw("old_key_files", [])
     old: list[Path] = []
@@ -831,11 +839,42 @@ def _parse_enrol(r: Reader, base_dir: Path) -> EnrolConfig:
         backup_at=_parse_time(r, "backup_at", time(2, 30)),
         timeout_s=r.duration_s("timeout_s", 600.0, min=1.0),
         drop_warn_ratio=r.number("drop_warn_ratio", 0.2, min=0.0),
+        sync=r.flag("sync", False),
+        sync_groups=_parse_sync_groups(r, devices),
+        sync_deletes=r.flag("sync_deletes", False),
     )
     if cfg.drop_warn_ratio > 1:
         r.problem("drop_warn_ratio", f"must be between 0 and 1, got {cfg.drop_warn_ratio}")
     r.done()
     return cfg
+
+
+def _parse_sync_groups(r: Reader, devices: Sequence[DeviceConfig]) -> tuple[tuple[str, ...], ...]:
+    raw = r.raw("sync_groups", [])
+    if not isinstance(raw, list) or not all(isinstance(g, list) and all(isinstance(d, str) and d for d in g)
+                                            for g in raw):
+        r.problem("sync_groups", f"must be a list of lists of device ids, e.g. [[\"lobby\", \"annex\"]], got {raw!r}")
+        return ()
+    by_id = {d.id: d for d in devices}
+    seen: dict[str, int] = {}
+    groups: list[tuple[str, ...]] = []
+    for n, group in enumerate(raw, 1):
+        if len(set(group)) < 2:
+            r.problem("sync_groups", f"group {n} {group!r} needs at least two different device ids")
+        for device_id in group:
+            device = by_id.get(device_id)
+            if device is None:
+                r.problem("sync_groups", f"group {n}: unknown device id {device_id!r} (configured: "
+                          f"{', '.join(sorted(by_id)) or 'none'})")
+            elif device_id in seen and seen[device_id] != n:
+                r.problem("sync_groups", f"device {device_id!r} is in group {seen[device_id]} and group {n}: "
+                          "a terminal can be kept in step with one group only")
+            elif device.driver != "zk":
+                r.problem("sync_groups", f"group {n}: device {device_id!r} uses driver {device.driver!r}: only "
+                          "polled ZK terminals can be kept in step yet (push, serial and SOAP terminals not)")
+            seen.setdefault(device_id, n)
+        groups.append(tuple(dict.fromkeys(group)))
+    return tuple(groups)
 
 
 def _parse_central(r: Reader, base_dir: Path) -> CentralConfig:

@@ -1110,7 +1110,8 @@ class ZkSession:
         self._read_sizes()
         return self._load_users(self._zk.users)
 
-    # Enrolment backup/restore (drivers.base.ReadsEnrolments / WritesEnrolments): drivers/zk/enrol.py.
+    # Enrolment backup/restore/sync (drivers.base.ReadsEnrolments / WritesEnrolments / DeletesEnrolments):
+    # drivers/zk/enrol.py.
     def read_enrolments(self, progress: Progress | None = None) -> Enrolments:
         """Every user (password included) and fingerprint template, and the algorithm version."""
         return enrol.read_enrolments(self, progress)
@@ -1127,6 +1128,10 @@ class ZkSession:
                         progress: EnrolProgress | None = None) -> None:
         """Store templates of ``owners`` (their user records travel in the same upload)."""
         enrol.write_templates(self, templates, owners, progress)
+
+    def delete_users(self, uids: Collection[int]) -> None:
+        """Delete users and their templates by uid (drivers.base.DeletesEnrolments)."""
+        enrol.delete_users(self, uids)
 
     def set_time(self, local_time: datetime) -> None:
         """Set the device clock to a naive device-local time (years 2000-2099)."""

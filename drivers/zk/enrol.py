@@ -356,10 +356,21 @@ def write_templates(session: ZkSession, templates: Collection[Template], owners:
     session._enable()
 
 
+def delete_users(session: ZkSession, uids: Collection[int]) -> None:
+    """DELETE_USER (u16 uid) for each user (the terminal drops its templates too), then one REFRESHDATA."""
+    session._disable()
+    for uid in uids:
+        _command(session, "delete user", zk_const.CMD_DELETE_USER, struct.pack("<H", uid))
+    if uids:
+        _command(session, "refresh data", zk_const.CMD_REFRESHDATA)
+    session._enable()
+
+
 __all__ = [
     "EnrolDataError",
     "decode_enrolled_users",
     "decode_templates",
+    "delete_users",
     "encode_template_table",
     "encode_upload",
     "encode_user",

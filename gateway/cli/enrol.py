@@ -3,7 +3,8 @@
     enrol new-key --output FILE      -> a fresh key file (mode 0600), for [enrol] key_file
     enrol backup [DEVICE ...]        -> gateway.enrol.backup.backup_device per terminal
     enrol restore NEW --from OLD     -> gateway.enrol.restore.restore (from the stored backup; OLD may be dead)
-    enrol status [--json]            -> gateway.enrol.backup.status
+    enrol status [--json]            -> gateway.enrol.backup.status (+ the office sync's open conflicts)
+    enrol sync [--dry-run] [--group] -> gateway.enrol.sync.sync_office (keep an office's terminals in step)
     enrol rotate-key                 -> gateway.enrol.backup.rotate_key
     enrol audit [--device D]         -> the audit table
 
@@ -57,6 +58,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p = actions.add_parser("status", help="last backup per terminal, users without templates, user count drops")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_status)
+
+    p = actions.add_parser("sync", help="copy users enrolled on one terminal to the other terminals of its group")
+    p.add_argument("--dry-run", action="store_true", help="list what would be written and the conflicts; write "
+                   "nothing")
+    p.add_argument("--group", nargs="+", metavar="DEVICE", help="only the group(s) holding these device ids")
+    p.set_defaults(func=cmd_sync)
 
     p = actions.add_parser("rotate-key", help="re-encrypt every backup with the current key_file")
     p.set_defaults(func=cmd_rotate_key)
@@ -199,6 +206,7 @@ def _print_report(report: RestoreReport) -> None:
 def cmd_status(args: argparse.Namespace) -> int:
     """One line per terminal: last backup, users, templates, users without templates, drop notice."""
     from gateway.enrol.backup import status
+    from gateway.enrol.sync import current_conflicts
     from gateway.store.enrol import EnrolRepo
 
     config = config_of(args)
@@ -207,6 +215,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         repo = EnrolRepo(engine)
         _require_tables(repo)
         rows = status(config, repo)
+        conflicts = current_conflicts(repo)
     finally:
         engine.dispose()
     if args.json:
@@ -221,6 +230,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             "users_without_templates": list(r.without_templates),
             "user_count_drop": {"before": r.drop[0], "now": r.drop[1]} if r.drop else None,
             "last_attempt_failed": r.last_failure or None,
+            "sync_conflicts": [{"pin": key.split("@")[0], "reason": reason} for key, reason in conflicts
+                               if r.device_id in key.split("@", 1)[1].split(",")],
         } for r in rows], indent=2))
         return EXIT_OK
     table = []
@@ -234,7 +245,61 @@ def cmd_status(args: argparse.Namespace) -> int:
         table.append([r.device_id, f"{r.last.taken_at:%Y-%m-%d %H:%M} UTC", f"#{r.last.id}", str(r.last.users),
                       str(r.last.templates), str(len(r.without_templates)), note])
     print_table(["DEVICE", "LAST BACKUP", "BACKUP", "USERS", "TEMPLATES", "NO TEMPLATE", "NOTICE"], table, sys.stdout)
+    if conflicts:
+        print(f"office sync conflicts (not written; correct the user on one terminal): {len(conflicts)}")
+        print_table(["PIN@DEVICES", "WHY"], [[k, r] for k, r in conflicts], sys.stdout)
     return EXIT_OK
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    """Keep each group's terminals in step (or list what a sync would do with --dry-run)."""
+    from drivers.base import DriverError
+    from gateway.enrol.backup import cli_actor
+    from gateway.enrol.sync import sync_groups, sync_office
+    from gateway.store.enrol import EnrolRepo
+
+    config = config_of(args)
+    for device_id in args.group or ():
+        _device(config, device_id)
+    groups = sync_groups(config)
+    if not groups:
+        raise CliError("no group of two or more enabled ZK terminals to keep in step ([enrol] sync_groups)")
+    engine = open_engine(config, pool_size=1, migrate=True)
+    try:
+        try:
+            results = sync_office(config, EnrolRepo(engine), actor=cli_actor(), dry_run=args.dry_run,
+                                  only=args.group or ())
+        except DriverError as exc:
+            raise CliError(f"{exc.kind}: {exc}") from None
+    finally:
+        engine.dispose()
+    if not results:
+        raise CliError(f"no sync group holds {', '.join(args.group)}")
+    failed = False
+    for group in results:
+        print(f"{'DRY RUN: ' if group.dry_run else ''}group {', '.join(group.devices)}: "
+              f"{len(group.plan.actions)} action(s), {len(group.plan.conflicts)} conflict(s)")
+        for device_id, why in sorted(group.unreadable.items()):
+            print(f"  NOT SYNCED: {device_id} could not be read ({why}); nothing was written to the group")
+        if group.plan.actions:
+            print_table(["TARGET", "PIN", "ACTION", "FROM"],
+                        [[a.target, a.user_id, "copy user and templates" if a.kind == "copy" and a.templates
+                          else "copy user only" if a.kind == "copy" else
+                          "add templates" if a.kind == "templates" else "delete", a.source]
+                         for a in group.plan.actions], sys.stdout)
+        for c in group.plan.conflicts:
+            print(f"  CONFLICT PIN {c.user_id} ({', '.join(c.devices)}): {c.reason}; not written")
+        for note in group.plan.notes:
+            print(f"  note: {note}")
+        for w in group.writes:
+            if w.error:
+                print(f"  {w.device_id}: FAILED {w.error}")
+            else:
+                print(f"  {w.device_id}: wrote {w.users} user(s), {w.templates} template(s), deleted {w.deleted}")
+            for pin, why in sorted(w.failed.items()):
+                print(f"    PIN {pin}: {why}")
+        failed = failed or not group.ok
+    return EXIT_FAILURE if failed else EXIT_OK
 
 
 def cmd_rotate_key(args: argparse.Namespace) -> int:

@@ -4,6 +4,8 @@
                                                      --seal (crypto.py)--> gateway.store.enrol
     fpgw enrol restore --> restore.py <-- gateway.store.enrol (open with the key) --WritesEnrolments--> new terminal
     fpgw enrol status  --> backup.status()
+    fpgw enrol sync / the daily job --> sync.py: read a group's terminals --> plan_sync (pure) --> copy what
+                       each lacks (restore's uid mapping and read-back check) --> memory in the kv table
 
 An area beside polling: it calls drivers directly (only through the optional abilities of drivers/base.py)
 and never at the same time as a poll of the same terminal (the daemon runs it under the poll scheduler's

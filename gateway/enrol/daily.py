@@ -2,21 +2,23 @@
 
     APScheduler cron "enrol-backup" --> DailyBackup.run() --> for each polled terminal:
         hold(device, backup_device(...))   # the poll scheduler's per-device hold: never beside a poll of it
+    then, with ``[enrol] sync = true``: gateway.enrol.sync.sync_office(hold=...)   # the office kept in step
 
 Built by gateway.app after the poll scheduler (it needs its hold). One terminal after another, so at most
-one keypad is locked for a backup at a time. Without a key it logs one warning per run and backs nothing up.
+one keypad is locked for a backup at a time. Without a key it logs one warning per run and backs nothing up
+(and does not sync: a sync runs only right after a backup it could fall back on).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 
 import structlog
 
 from gateway.config import DeviceConfig
 from gateway.enrol.backup import BackupResult, DriverFactory, backup_device
 from gateway.enrol.crypto import EnrolKeyError, Keyring
+from gateway.enrol.sync import GroupResult, Hold, sync_office
 from gateway.services import AppContext
 from gateway.store.enrol import EnrolRepo
 
@@ -29,13 +31,15 @@ class DailyBackup:
 
     name = "enrol-backup"
 
-    def __init__(self, ctx: AppContext, repo: EnrolRepo, hold: Callable[[str, Callable[[], BackupResult]],
-                 BackupResult | None], *, driver_factory: DriverFactory | None = None) -> None:
+    def __init__(self, ctx: AppContext, repo: EnrolRepo, hold: Hold, *,
+                 driver_factory: DriverFactory | None = None) -> None:
         self.ctx = ctx
         self.repo = repo
         self.hold = hold
         self.driver_factory = driver_factory
         self._running = threading.Lock()
+        #: The last run's sync, per group (tests and the log read it).
+        self.last_sync: list[GroupResult] = []
 
     def start(self) -> None:
         """Register the cron job (nothing when ``[enrol] daily = false``)."""
@@ -87,6 +91,19 @@ class DailyBackup:
                                 device=device.id)
                     continue
                 results.append(result)
+            if cfg.sync and not self.ctx.stop_event.is_set():
+                self._sync()
             return results
         finally:
             self._running.release()
+
+    def _sync(self) -> None:
+        try:
+            self.last_sync = sync_office(self.ctx.config, self.repo, actor="daemon", hold=self.hold,
+                                         driver_factory=self.driver_factory, stop=self.ctx.stop_event)
+        except Exception:  # a bug or a database failure: logged, the next day's run tries again
+            log.exception("enrolment sync of the office failed")
+            return
+        for group in self.last_sync:
+            log.info("enrolment sync of a group finished", devices=list(group.devices),
+                     actions=len(group.plan.actions), conflicts=len(group.plan.conflicts), ok=group.ok)

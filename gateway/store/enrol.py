@@ -5,6 +5,7 @@ enrol_template, enrol_audit; migration 0008_enrolment).
     gateway.enrol.restore <--latest()/load()--                     (older snapshots of the device trimmed)
     gateway.enrol.status  <--heads()/audit_rows()--
     fpgw enrol rotate-key <--sealed_rows()/reseal()--
+    gateway.enrol.sync    <--sync_memory()/save_sync_memory()--> kv rows ``enrol_sync:*`` (previous view)
 
 This module never sees a template or a password in the clear: ``secret`` and ``blob`` arrive sealed by
 gateway/enrol/crypto.py and leave as they were stored. Their dataclass fields are kept out of ``repr``.
@@ -12,6 +13,7 @@ gateway/enrol/crypto.py and leave as they were stored. Their dataclass fields ar
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -303,6 +305,35 @@ class EnrolRepo:
                                           .group_by(u.c.key_id)).all():
                 out[key_id] = out.get(key_id, 0) + int(n)
         return out
+
+
+    # -- office sync (gateway/enrol/sync.py): its memory lives in the kv table, no migration -----------
+    def sync_memory(self) -> dict[str, Any]:
+        """What the previous office sync left (kv rows ``enrol_sync:*``): device id -> its view (PIN -> name and
+        the PINs withheld from it), and ``conflicts``: the conflicts already reported. Names and PINs only."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(s.kv.c.key, s.kv.c.value)
+                                .where(func.substr(s.kv.c.key, 1, len(SYNC_KV_PREFIX)) == SYNC_KV_PREFIX)).all()
+        out: dict[str, Any] = {}
+        for key, value in rows:
+            try:
+                out[key[len(SYNC_KV_PREFIX):]] = json.loads(value)
+            except ValueError:  # a damaged row reads as "no previous view": the sync then deletes nothing
+                continue
+        return out
+
+    def save_sync_memory(self, entries: dict[str, Any]) -> None:
+        """Replace the given entries of the sync memory (device id or ``conflicts`` -> JSON value), one transaction."""
+        now = utcnow()
+        with self._writer.begin() as conn:
+            for name, value in entries.items():
+                key = f"{SYNC_KV_PREFIX}{name}"[:100]
+                conn.execute(delete(s.kv).where(s.kv.c.key == key))
+                conn.execute(s.kv.insert().values(key=key, value=json.dumps(value, sort_keys=True), updated_at=now))
+
+
+#: kv keys of the office sync's memory: ``enrol_sync:<device id>`` and ``enrol_sync:conflicts``.
+SYNC_KV_PREFIX = "enrol_sync:"
 
 
 def _chunks(rows: list[dict[str, object]]) -> Iterator[list[dict[str, object]]]:
