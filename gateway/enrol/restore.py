@@ -122,7 +122,7 @@ def restore(target: DeviceConfig, source: str, repo: EnrolRepo, keyring: Keyring
             before = session.read_enrolments()
             algorithm = before.algorithm
             refused = _templates_refused(head.algorithm, algorithm, source, target.id)
-            plan, skipped = _plan(users, before.users, overwrite)
+            plan, skipped = plan_uids(users, before.users, overwrite)
             mapped_users = [u for u in plan.values()]
             by_backup_uid = {b_uid: u.uid for b_uid, u in plan.items()}
             mapped_templates = [Template(by_backup_uid[t.uid], t.finger, t.valid, t.data)
@@ -152,7 +152,8 @@ def restore(target: DeviceConfig, source: str, repo: EnrolRepo, keyring: Keyring
     except DriverError as exc:
         repo.audit(actor, "restore", target.id, ok=False, detail=f"from {source} #{head.id}: {exc.kind}: {exc}")
         raise
-    verified = _verify(users, plan, skipped, mapped_templates, refused, write_error, after.users, after.templates)
+    verified = verify_written(users, plan, skipped, mapped_templates, refused, write_error, after.users,
+                              after.templates)
     report = RestoreReport(target.id, source, head, algorithm, refused, tuple(verified), False, time.monotonic() - t0)
     restored_templates = sum(o.fingers for o in verified)
     repo.audit(actor, "restore", target.id, users=report.count("restored") + report.count("user only"),
@@ -174,7 +175,7 @@ def _templates_refused(backup_alg: int, target_alg: int, source: str, target: st
             f"cannot be moved between them; the users are written, their fingers must be enrolled again")
 
 
-def _plan(users: list[EnrolledUser], present: Collection[EnrolledUser], overwrite: bool = False
+def plan_uids(users: list[EnrolledUser], present: Collection[EnrolledUser], overwrite: bool = False
           ) -> tuple[dict[int, EnrolledUser], dict[int, str]]:
     """Backup uid -> the user as written to the target (uid adapted); backup uid -> why skipped."""
     by_pin = {u.user_id: u for u in present}
@@ -223,7 +224,7 @@ def _dry_outcomes(users: list[EnrolledUser], plan: dict[int, EnrolledUser], skip
     return tuple(out)
 
 
-def _verify(users: list[EnrolledUser], plan: dict[int, EnrolledUser], skipped: dict[int, str],
+def verify_written(users: list[EnrolledUser], plan: dict[int, EnrolledUser], skipped: dict[int, str],
             templates: list[Template], refused: str, write_error: str, after_users: Collection[EnrolledUser],
             after_templates: Collection[Template]) -> list[UserOutcome]:
     """Compare what the target holds now with what was written, user by user."""

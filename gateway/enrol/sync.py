@@ -35,8 +35,7 @@ from drivers.base import (
 )
 from gateway.config import Config, DeviceConfig
 from gateway.enrol.backup import DriverFactory, registry_driver
-from gateway.enrol.restore import _plan as plan_uids
-from gateway.enrol.restore import _verify as verify_written
+from gateway.enrol.restore import plan_uids, verify_written
 from gateway.store.enrol import EnrolRepo
 
 log = structlog.get_logger(__name__)

@@ -1,17 +1,17 @@
-"""How a restore places the backup's users on a terminal that already holds some (gateway.enrol.restore._plan):
+"""How a restore places the backup's users on a terminal that already holds some (gateway.enrol.restore.plan_uids):
 same PIN -> overwritten in place under the terminal's uid; another person under the same PIN -> skipped and
 reported unless --overwrite; a taken uid -> the next free one; and the algorithm check's messages."""
 
 from __future__ import annotations
 
 from drivers.base import EnrolledUser
-from gateway.enrol.restore import _plan, _templates_refused
+from gateway.enrol.restore import _templates_refused, plan_uids
 
 
 def test_users_keep_their_uid_when_free_and_move_when_taken() -> None:
     backup = [EnrolledUser(1, "1001", "Ani"), EnrolledUser(2, "1002", "Budi"), EnrolledUser(3, "1003", "Citra")]
     present = [EnrolledUser(2, "9999", "Someone else"), EnrolledUser(7, "1003", "Citra")]
-    plan, skipped = _plan(backup, present)
+    plan, skipped = plan_uids(backup, present)
     assert skipped == {}
     assert plan[1].uid == 1  # free: kept
     assert plan[2].uid == 8  # uid 2 belongs to another PIN: next free after every uid in sight
@@ -22,9 +22,9 @@ def test_users_keep_their_uid_when_free_and_move_when_taken() -> None:
 def test_a_pin_held_by_another_name_is_reported_not_overwritten() -> None:
     backup = [EnrolledUser(1, "1001", "Ani")]
     present = [EnrolledUser(5, "1001", "Dewi")]
-    plan, skipped = _plan(backup, present)
+    plan, skipped = plan_uids(backup, present)
     assert plan == {} and "as 'Dewi', the backup as 'Ani'" in skipped[1] and "--overwrite" in skipped[1]
-    plan, skipped = _plan(backup, present, overwrite=True)
+    plan, skipped = plan_uids(backup, present, overwrite=True)
     assert skipped == {} and plan[1].uid == 5 and plan[1].name == "Ani"
 
 
