@@ -34,8 +34,8 @@ from gateway.app import Gateway
 from gateway.central.auth import hash_password
 from gateway.central.report import build_report
 from gateway.central.service import UsageRefresh
-from gateway.central.usage import WorkRules
 from gateway.central.tokens import add_token
+from gateway.central.usage import WorkRules
 from gateway.config import parse_config
 from gateway.store import schema as s
 from gateway.store.accounts import AccountRepo
