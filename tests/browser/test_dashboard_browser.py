@@ -1,8 +1,9 @@
 """The regency dashboard in a real headless Chromium (DevTools protocol over a pipe, tests/support/browser.py):
 sign in through the form, the dashboard and a terminal's history at phone and desktop sizes, an office account
 kept to its office, the monthly report downloaded with the dashboard's button (XLSX arrives as a file and opens
-in openpyxl; HTML renders in the browser). Screenshots are saved in the test's tmp_path and, when GW_SCREENSHOT_DIR is set, copied there
-(CI keeps that folder as the run's artifacts). Skips when Chromium is missing, unless GW_REQUIRE_BROWSER=1.
+in openpyxl; HTML renders in the browser). Screenshots are saved in the test's tmp_path and, when
+GW_SCREENSHOT_DIR is set, copied there (CI keeps that folder as the run's artifacts). Skips when Chromium is
+missing, unless GW_REQUIRE_BROWSER=1.
 
 The central is the real daemon (central mode, built-in HTTP server on loopback, SQLite); office gateways' health
 reports are sent through its real ingest endpoint with tests/support/dashboard.py's documents.
