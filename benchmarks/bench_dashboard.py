@@ -12,6 +12,10 @@ pages over HTTP with a signed-in session, as a browser gets them. It prints figu
 Baseline: GET /api/v1/gateways over the same server (one small query, JSON), measured in the same run.
 Goals: the dashboard (whole regency, and filtered) answers in <= 300 ms at p95; an office account's page and a
 terminal's history too; the pages read no punches (statements on the punches table while pages are served = 0).
+The pages carry the usage figures (attendance, unused terminals, weekly trend): the usage snapshot is computed
+first (UsageFigures.refresh, the job the central runs every 15 min: figure, seconds over the last 6 weeks),
+then the pages and an office's trend chart (/usage/{office}.svg) are timed; last, the dashboard is timed again
+while a refresh runs in another thread (figure: what a page costs when it lands during the job).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import re
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -207,6 +212,10 @@ def run(kind: str, args: Any, report: Report, tmp: Path) -> None:
                              api_tokens=TokenFile(api_file, "api"))
             dash = Dashboard(store, api_tokens=api.api_tokens, silent_after_s=config.gateway_silent_after_s)
             app = Starlette(routes=[*api.routes(), *dash.routes()])
+            t0 = time.perf_counter()
+            snapshot = dash.usage.refresh()
+            refresh_s = time.perf_counter() - t0
+            unused = sum(u.unused for u in snapshot.terminals.values())
             server = start_listener(app, what="bench server", section="http", listen="127.0.0.1", port=0,
                                     tls_cert_file=None, tls_key_file=None, thread_name="bench-http")
             punch_reads = 0
@@ -229,7 +238,23 @@ def run(kind: str, args: Any, report: Report, tmp: Path) -> None:
                     f50, f95, _ = timed(bkd_client, "/?problem=any", n)
                     o50, o95, _ = timed(office_client, "/", n)
                     h50, h95, _ = timed(bkd_client, f"/terminal/{office_code(0)}/t0", n)
+                    c50, c95, _ = timed(bkd_client, f"/usage/{office_code(args.offices - 1)}.svg", n)
                     event.remove(engine, "before_cursor_execute", count)
+                    # A page that lands while the job computes (same process: they share the GIL and the pool).
+                    busy = threading.Event()
+                    busy.set()
+
+                    def refresh_loop() -> None:
+                        while busy.is_set():
+                            dash.usage.refresh()
+
+                    worker = threading.Thread(target=refresh_loop, name="bench-usage-refresh", daemon=True)
+                    worker.start()
+                    try:
+                        r50, r95, _ = timed(bkd_client, "/", n)
+                    finally:
+                        busy.clear()
+                        worker.join(120)
             finally:
                 server.stop(5)
         finally:
@@ -248,8 +273,15 @@ def run(kind: str, args: Any, report: Report, tmp: Path) -> None:
                    unit="ms", detail=f"p50 {o50:.1f} ms")
     report.at_most(f"{kind}.history_p95", f"{kind}: terminal history page p95", measured=h95, goal=GOAL_MS,
                    unit="ms", detail=f"p50 {h50:.1f} ms")
+    report.at_most(f"{kind}.chart_p95", f"{kind}: an office's weekly trend chart /usage/{{office}}.svg p95",
+                   measured=c95, goal=GOAL_MS, unit="ms", detail=f"p50 {c50:.1f} ms")
     report.at_most(f"{kind}.punch_reads", f"{kind}: statements on punches while pages are served",
                    measured=punch_reads, goal=0, unit="")
+    report.figure(f"{kind}.usage_refresh_s", f"{kind}: usage snapshot computed off the request path "
+                  f"({snapshot.start} .. {snapshot.end}, {snapshot.working_days} working days)", refresh_s, "s",
+                  f"{len(snapshot.offices)} offices, {unused} unused terminals; refreshed every 15 min")
+    report.figure(f"{kind}.dashboard_during_refresh_p95", f"{kind}: dashboard / p95 while a usage refresh runs",
+                  r95, "ms", f"p50 {r50:.1f} ms, {r95 / d95:.1f}x the quiet p95")
 
 
 def main() -> None:

@@ -5,10 +5,15 @@
     browser --GET /terminal/{office}/{device}--> Dashboard.terminal --> DeviceEventRepo (history of health reports)
     browser --GET /report?month=&format=--> gateway.central.report.build_report (the CLI's report, same rules)
     browser --GET|POST /login, POST /logout--> gateway.central.auth + gateway.store.accounts
+    scheduler --every USAGE_REFRESH_S--> UsageFigures.refresh() --> gateway.central.usage.collect (last weeks)
+                                          --> UsageSnapshot in memory --> read by / and /usage/{office}.svg
 ``services(ctx)`` (gateway.central.service) mounts these routes beside the JSON API. Every page is server-rendered
 HTML with inline CSS, bilingual labels (Indonesian / English) and no external resource. Every read is scoped:
 an office account (or an office-scoped API token) only ever gets its own office's rows, whatever the URL says.
-The page reads the health tables only (one row per terminal and per gateway), never the punches.
+The page reads the health tables only (one row per terminal and per gateway), never the punches: the usage
+figures (attendance per working day, full days, unused terminals, weekly trend) take seconds to compute over a
+regency, so a background job (gateway.central.service) recomputes them and the page shows the latest snapshot
+with the time it was computed.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import hmac
 import html
 import re
 import secrets
+import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -33,9 +40,10 @@ from starlette.responses import HTMLResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import BaseRoute, Route
 
 from gateway.central.auth import LoginLimiter, new_session_id, session_key, verify_password
+from gateway.central.charts import line_chart
 from gateway.central.report import Format, build_report
 from gateway.central.tokens import TokenFile
-from gateway.central.usage import WorkRules
+from gateway.central.usage import UNUSED_PUNCHES_PER_DAY, Figures, WorkRules, collect, week_of
 from gateway.models import NOTICES, PROBLEMS
 from gateway.store.accounts import AccountRepo
 from gateway.store.central import CentralStore
@@ -64,8 +72,15 @@ _GW_WORD = {"online": "gateway online", "silent": "gateway diam / silent", "none
 _KIND_WORD = {"state": "status / state", "problem_start": "masalah mulai / problem started",
               "problem_end": "masalah selesai / problem resolved", "alert": "peringatan terkirim / alert sent"}
 
-#: Filter values beside the problem names: a terminal that is offline, an office whose gateway is silent.
-FILTER_OFFLINE, FILTER_SILENT, FILTER_ANY = "offline", "gateway_silent", "any"
+#: Filter values beside the problem names: a terminal that is offline, an office whose gateway is silent,
+#: a terminal installed but unused (from the usage snapshot).
+FILTER_OFFLINE, FILTER_SILENT, FILTER_ANY, FILTER_UNUSED = "offline", "gateway_silent", "any", "unused"
+#: How often the dashboard's usage figures are recomputed (seconds). Attendance moves by the day, so a
+#: quarter of an hour is fresh enough, and one computation (seconds for a regency) costs little every 15 min.
+USAGE_REFRESH_S = 900.0
+#: Weeks the dashboard's usage figures cover (this week so far and the full weeks before it): recent enough
+#: to show a change, long enough to smooth a holiday; the monthly report covers whole months.
+USAGE_WEEKS = 6
 
 
 @dataclass(frozen=True)
@@ -99,6 +114,9 @@ class Terminal:
     records_cap: int | None
     clock_skew_s: float | None
     serial: str | None = None
+    #: From the usage snapshot (None: not in it): punches per working day, and "installed but unused".
+    punches_per_day: float | None = None
+    unused: bool = False
     level: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -116,6 +134,8 @@ class Terminal:
             return self.state == "offline"
         if problem == FILTER_ANY:
             return self.rank() < 3
+        if problem == FILTER_UNUSED:
+            return self.unused
         return any(p["name"] == problem for p in self.problems)
 
 
@@ -180,6 +200,99 @@ def build_offices(devices: list[TerminalRow], gateways: list[dict[str, Any]]) ->
     return sorted(offices.values(), key=Office.rank)
 
 
+@dataclass(frozen=True)
+class OfficeUsageView:
+    """One office's usage over the snapshot's weeks, as the dashboard shows it."""
+
+    working_days: int
+    employees_per_day: float
+    #: Employees the office should have (headcount, or those seen punching) and where that number comes from.
+    basis: int
+    basis_source: str
+    attendance_rate: float | None
+    full_day_share: float | None
+    #: (Monday of the week, attendance rate that week) oldest first.
+    weekly: tuple[tuple[date, float | None], ...]
+    #: The weekly trend as a small SVG (rendered once per refresh, not per request).
+    chart_svg: str
+
+
+@dataclass(frozen=True)
+class TerminalUsageView:
+    """One terminal's usage over the snapshot's weeks."""
+
+    punches_per_day: float
+    days_with_punches: int
+    unused: bool
+
+
+@dataclass(frozen=True)
+class UsageSnapshot:
+    """The dashboard's usage figures as computed at ``computed_at`` for the local days [start, end]."""
+
+    computed_at: datetime
+    start: date
+    end: date
+    working_days: int
+    offices: Mapping[str, OfficeUsageView]
+    terminals: Mapping[tuple[str, str], TerminalUsageView]
+    #: Seconds the computation took (logged; shown to nobody).
+    took_s: float = 0.0
+
+    @classmethod
+    def from_figures(cls, figures: Figures, took_s: float = 0.0) -> UsageSnapshot:
+        """The dashboard's view of gateway.central.usage figures (charts rendered here, once)."""
+        offices: dict[str, OfficeUsageView] = {}
+        terminals: dict[tuple[str, str], TerminalUsageView] = {}
+        for o in figures.offices:
+            u = o.usage
+            weekly = tuple(u.weekly_rate().items())
+            chart = line_chart([(f"{w:%d/%m}", r) for w, r in weekly],
+                               title="Hadir per minggu / attendance per week", width=340, height=150)
+            offices[o.office_code] = OfficeUsageView(u.working_days, u.employees_per_day, u.basis, u.basis_source,
+                                                     u.attendance_rate, u.full_day_share, weekly, chart)
+            for t in o.terminals:
+                terminals[(t.office_code, t.device_id)] = TerminalUsageView(t.punches_per_day, t.days_with_punches,
+                                                                            t.unused)
+        return cls(figures.generated_at, figures.start, figures.counted_until, len(figures.working_days), offices,
+                   terminals, took_s)
+
+
+class UsageFigures:
+    """The latest usage snapshot of the regency, recomputed off the request path.
+
+    ``refresh()`` runs gateway.central.usage.collect over the last USAGE_WEEKS weeks (seconds for a regency) on
+    the scheduler's housekeeping pool (gateway.central.service); requests only read ``snapshot``, which is
+    replaced whole (one reference assignment), so a page never waits for a computation nor sees half of one.
+    """
+
+    def __init__(self, engine: Any, rules: WorkRules, *, weeks: int = USAGE_WEEKS,
+                 now: Callable[[], datetime] = utcnow) -> None:
+        self.engine = engine
+        self.rules = rules
+        self.weeks = max(1, weeks)
+        self.now = now
+        self.snapshot: UsageSnapshot | None = None
+        # Two refreshes at once (the scheduled one and a test's or an operator's) run one after the other.
+        self._lock = threading.Lock()
+
+    def window(self, now: datetime) -> tuple[date, date]:
+        """The local days covered: from the Monday USAGE_WEEKS - 1 weeks before this week's, to today."""
+        today = now.astimezone(ZoneInfo(self.rules.timezone)).date()
+        return week_of(today) - timedelta(weeks=self.weeks - 1), today
+
+    def refresh(self, now: datetime | None = None) -> UsageSnapshot:
+        """Recompute the figures and publish them; raises what the database raises (the caller logs it)."""
+        with self._lock:
+            at = now or self.now()
+            start, end = self.window(at)
+            t0 = time.perf_counter()
+            figures = collect(self.engine, start, end, self.rules, now=at)
+            snapshot = UsageSnapshot.from_figures(figures, time.perf_counter() - t0)
+            self.snapshot = snapshot
+        return snapshot
+
+
 def _page(title: str, body: str, *, refresh: bool = False) -> str:
     e = html.escape
     meta = '<meta http-equiv="refresh" content="60">' if refresh else ""
@@ -203,6 +316,9 @@ table{{width:100%;border-collapse:collapse;font-size:.88rem;margin-top:6px}}
 th{{text-align:left;color:#555;font-weight:600;border-bottom:1px solid #ddd;padding:3px 4px}}
 td{{padding:3px 4px;border-bottom:1px solid #eee;vertical-align:top;font-variant-numeric:tabular-nums}}
 .prob{{display:inline-block;margin:1px 4px 1px 0;padding:0 5px;border-left:3px solid;background:#fafafa}}
+.usage{{display:flex;gap:10px;flex-wrap:wrap;align-items:flex-start;margin-top:6px;font-size:.88rem}}
+.usetext{{flex:1 1 220px}} img.trend{{max-width:100%;height:auto;background:#fff}}
+.unused{{color:#a15c00;font-weight:700}}
 @media (max-width:640px){{table.terms thead{{display:none}} table.terms tr{{display:block;border-bottom:1px solid #ddd;
 padding:4px 0}} table.terms td{{display:block;border:0;padding:1px 0}}
 table.terms td[data-label]::before{{content:attr(data-label) ": ";color:#666;font-size:.8rem}}}}
@@ -216,10 +332,13 @@ class Dashboard:
 
     def __init__(self, store: CentralStore, *, api_tokens: TokenFile | None, timezone: str = "Asia/Jakarta",
                  silent_after_s: float = 7200.0, limiter: LoginLimiter | None = None,
-                 now: Callable[[], datetime] = utcnow, rules: WorkRules | None = None) -> None:
+                 now: Callable[[], datetime] = utcnow, rules: WorkRules | None = None,
+                 usage: UsageFigures | None = None) -> None:
         self.store = store
         #: Working days and hours of the monthly report (the CLI's `fpgw central report` uses the same config).
         self.rules = rules or WorkRules(timezone=timezone, silent_after_s=silent_after_s)
+        #: The usage figures' latest snapshot (refreshed by gateway.central.service's job; pages only read it).
+        self.usage = usage or UsageFigures(store.engine, self.rules, now=now)
         self.accounts = AccountRepo(store.engine)
         self.events = DeviceEventRepo(store.engine)
         self.repo = DashboardRepo(store.engine)
@@ -234,6 +353,7 @@ class Dashboard:
         return [
             Route("/", self.index, methods=["GET"]),
             Route("/terminal/{office}/{device}", self.terminal, methods=["GET"]),
+            Route("/usage/{office}.svg", self.usage_chart, methods=["GET"]),
             Route("/report", self.report, methods=["GET"]),
             Route("/login", self.login_form, methods=["GET"]),
             Route("/login", self.login, methods=["POST"]),
@@ -276,7 +396,27 @@ class Dashboard:
         """Every office the viewer may see, worst first (two queries on the health tables)."""
         devices = self.repo.terminals(viewer.offices)
         gateways = self.store.gateways(viewer.offices, silent_after_s=self.silent_after_s, now=self.now())
-        return build_offices(devices, gateways)
+        offices = build_offices(devices, gateways)
+        snapshot = self.usage.snapshot
+        if snapshot is not None:
+            for o in offices:
+                for t in o.terminals:
+                    tu = snapshot.terminals.get((t.office, t.device_id))
+                    if tu is not None:
+                        t.punches_per_day, t.unused = tu.punches_per_day, tu.unused
+        return offices
+
+    async def usage_chart(self, request: Request) -> Response:
+        """GET /usage/{office}.svg: the office's weekly attendance trend from the latest usage snapshot."""
+        viewer = await self.viewer(request)
+        if viewer is None:
+            return self._to_login(request)
+        office = request.path_params["office"]
+        snapshot = self.usage.snapshot
+        view = snapshot.offices.get(office) if snapshot is not None else None
+        if not viewer.may_see(office) or view is None:
+            return _not_found()
+        return Response(view.chart_svg.encode("utf-8", "replace"), media_type="image/svg+xml", headers=_NO_STORE)
 
     async def index(self, request: Request) -> Response:
         """GET /: the regency (or the office) at a glance, with filters by problem and by office."""
@@ -298,6 +438,7 @@ class Dashboard:
     def render_index(self, viewer: Viewer, offices: list[Office], office_filter: str, problem_filter: str) -> str:
         """The dashboard HTML."""
         e = html.escape
+        snapshot = self.usage.snapshot
         names = sorted({p["name"] for o in offices for t in o.terminals for p in t.problems})
         all_terms = [t for o in offices for t in o.terminals]
         shown: list[Office] = []
@@ -322,14 +463,17 @@ class Dashboard:
             f'<span class="pill{" bad" if any(t.state == "offline" for t in all_terms) else ""}" id="n-offline">'
             f'{sum(t.state == "offline" for t in all_terms)} offline</span>'
             f'<span class="pill" id="n-problems">{sum(1 for t in all_terms if t.rank() < 3)} '
-            f'bermasalah / with problems</span>')
+            f'bermasalah / with problems</span>'
+            + (f'<span class="pill{" bad" if any(t.unused for t in all_terms) else ""}" id="n-unused">'
+               f'{sum(t.unused for t in all_terms)} tidak dipakai / unused</span>' if snapshot else ""))
         office_opts = "".join(
             f'<option value="{e(o.code)}"{" selected" if o.code == office_filter else ""}>'
             f'{e(o.code)}{" " + e(o.name) if o.name else ""}</option>' for o in sorted(offices, key=lambda o: o.code))
         problem_opts = "".join(
             f'<option value="{e(v)}"{" selected" if v == problem_filter else ""}>{e(label)}</option>'
             for v, label in [(FILTER_ANY, "semua masalah / any problem"), (FILTER_OFFLINE, "offline"),
-                             (FILTER_SILENT, "gateway diam / silent gateway")]
+                             (FILTER_SILENT, "gateway diam / silent gateway"),
+                             (FILTER_UNUSED, "terpasang tapi tidak dipakai / installed but unused")]
             + [(n, n.replace("_", " ")) for n in names if n != FILTER_OFFLINE])
         one_office = viewer.offices is not None and len(viewer.offices) == 1
         filters = (
@@ -347,7 +491,7 @@ class Dashboard:
             '<option value="pdf">PDF</option><option value="html">HTML</option></select>'
             + (f'<input type="hidden" name="office" value="{e(office_filter)}">' if office_filter else "")
             + '<button type="submit" id="report-download">Unduh / download</button></form>')
-        sections = "".join(self._office_html(o) for o in shown)
+        sections = "".join(self._office_html(o, snapshot) for o in shown)
         if not sections:
             sections = "<p>Tidak ada yang cocok / nothing matches.</p>"
         scope = "seluruh kabupaten / whole regency" if viewer.offices is None else ", ".join(sorted(viewer.offices))
@@ -355,7 +499,7 @@ class Dashboard:
             f'<h1>Terminal absensi kabupaten / regency attendance terminals</h1>'
             f'<div class="meta bar"><span>{e(viewer.name)} &middot; {e(scope)} &middot; diperbarui/updated '
             f'{e(self.local(self.now()))}</span>{self._logout_html(viewer)}</div>'
-            f'<div class="bar">{summary}</div>{filters}{report}{sections}')
+            f'{self._usage_note(snapshot)}<div class="bar">{summary}</div>{filters}{report}{sections}')
         return _page("Dasbor BKD / BKD dashboard", body, refresh=True)
 
     def _logout_html(self, viewer: Viewer) -> str:
@@ -364,7 +508,42 @@ class Dashboard:
         return (f'<form method="post" action="/logout" style="display:inline"><input type="hidden" name="csrf" '
                 f'value="{html.escape(viewer.csrf)}"><button type="submit">Keluar / sign out</button></form>')
 
-    def _office_html(self, o: Office) -> str:
+    def _usage_note(self, snapshot: UsageSnapshot | None) -> str:
+        """When the usage figures were computed and what they cover (or that they are being prepared)."""
+        if snapshot is None:
+            return ('<div class="meta" id="usage-at" data-ready="0">Angka pemakaian sedang disiapkan / usage '
+                    'figures are being prepared (a few minutes after the central starts).</div>')
+        at = snapshot.computed_at.astimezone(self.tz).strftime("%H:%M %Z")
+        return (f'<div class="meta" id="usage-at" data-ready="1">Angka pemakaian per {html.escape(at)} / usage '
+                f'figures of {html.escape(at)}: {snapshot.start:%Y-%m-%d} .. {snapshot.end:%Y-%m-%d}, '
+                f'{snapshot.working_days} hari kerja / working days; diperbarui tiap / refreshed every '
+                f'{int(USAGE_REFRESH_S // 60)} min. Tidak dipakai / unused = online tapi/but &lt; '
+                f'{UNUSED_PUNCHES_PER_DAY:g} absen per hari kerja / punches per working day.</div>')
+
+    def _office_usage_html(self, o: Office, snapshot: UsageSnapshot | None) -> str:
+        """The office's attendance line and its weekly trend chart (an SVG the central serves)."""
+        view = snapshot.offices.get(o.code) if snapshot is not None else None
+        if view is None:
+            return ""
+
+        def pct(v: float | None) -> str:
+            return "-" if v is None else f"{v:.0%}"
+
+        basis = {"headcount": "jumlah pegawai BKD / BKD headcount", "seen": "pegawai terlihat / employees seen",
+                 "seen>headcount": "pegawai terlihat, lebih dari jumlah BKD / seen, more than the headcount"}
+        rate = "" if view.attendance_rate is None else f"{view.attendance_rate:.4f}"
+        full = "" if view.full_day_share is None else f"{view.full_day_share:.4f}"
+        src = f"/usage/{quote(o.code, safe='')}.svg"
+        return (f'<div class="usage" data-attendance="{rate}" data-full-days="{full}">'
+                f'<div class="usetext"><b>Pemakaian / usage</b> ({view.working_days} hari kerja / working days)<br>'
+                f'Hadir per hari / punching per day: <b>{view.employees_per_day:.1f}</b> dari/of {view.basis} '
+                f'pegawai/employees (<b>{pct(view.attendance_rate)}</b>)<br>'
+                f'Hari lengkap (datang + pulang) / full days (arrival + leave): <b>{pct(view.full_day_share)}</b>'
+                f'<div class="sub">basis: {html.escape(basis.get(view.basis_source, view.basis_source))}</div></div>'
+                f'<img class="trend" src="{html.escape(src)}" loading="lazy" width="340" height="150" '
+                f'alt="tren hadir per minggu / weekly attendance trend"></div>')
+
+    def _office_html(self, o: Office, snapshot: UsageSnapshot | None = None) -> str:
         e = html.escape
         colour = _STATE_COLOUR[o.gateway]
         seen = f" &middot; terakhir/last {self.local(o.gateway_seen_at)}" if o.gateway_seen_at else ""
@@ -379,9 +558,13 @@ class Dashboard:
             records = "-" if t.records is None else (
                 f"{t.records} / {t.records_cap} ({t.records / t.records_cap:.0%})" if t.records_cap else str(t.records))
             skew = "-" if t.clock_skew_s is None else f"{round(t.clock_skew_s):+d} s"
+            use = "-" if t.punches_per_day is None else f"{t.punches_per_day:.1f} /hari/day"
+            if t.unused:
+                use += ' <span class="unused">tidak dipakai / unused</span>'
             href = f"/terminal/{quote(t.office, safe='')}/{quote(t.device_id, safe='')}"
             rows.append(
-                f'<tr class="term" id="t-{e(t.office)}-{e(t.device_id)}" data-state="{e(t.state)}">'
+                f'<tr class="term" id="t-{e(t.office)}-{e(t.device_id)}" data-state="{e(t.state)}"'
+                f' data-unused="{int(t.unused)}">'
                 f'<td><a href="{e(href)}">{e(t.name)}</a><div class="sub">{e(t.device_id)}'
                 + (f" &middot; {e(t.location)}" if t.location else "") + "</div></td>"
                 f'<td data-label="status / state"><b style="color:{tcol}">{e(_STATE_WORD.get(t.state, t.state))}</b>'
@@ -389,15 +572,18 @@ class Dashboard:
                 f'<td data-label="masalah / problems">{probs}</td>'
                 f'<td data-label="absen terakhir / last punch">{self.local(t.last_punch_at)}</td>'
                 f'<td data-label="rekaman / records">{records}</td>'
-                f'<td data-label="selisih jam / clock skew">{skew}</td></tr>')
+                f'<td data-label="selisih jam / clock skew">{skew}</td>'
+                f'<td data-label="absen per hari kerja / punches per working day">{use}</td></tr>')
         table = ('<table class="terms"><thead><tr><th>Terminal</th><th>Status / state</th><th>Masalah / problems</th>'
                  '<th>Absen terakhir / last punch</th><th>Rekaman / records</th><th>Selisih jam / clock skew</th>'
+                 '<th>Absen per hari kerja / punches per working day</th>'
                  f'</tr></thead><tbody>{"".join(rows)}</tbody></table>'
                  if rows else '<p class="sub">Belum ada terminal dilaporkan / no terminals reported.</p>')
         return (f'<section class="office" id="o-{e(o.code)}" data-gateway="{e(o.gateway)}">'
                 f'<h2><span class="dot" style="background:{colour}"></span>{e(o.name or o.code)}'
                 f' <span class="gw" style="color:{colour}">{e(_GW_WORD[o.gateway])}</span></h2>'
-                f'<div class="sub">{e(o.code)}{seen}{backlog}</div>{table}</section>')
+                f'<div class="sub">{e(o.code)}{seen}{backlog}</div>{self._office_usage_html(o, snapshot)}{table}'
+                '</section>')
 
     async def terminal(self, request: Request) -> Response:
         """GET /terminal/{office}/{device}: one terminal's history (outages, problems, alerts sent)."""
@@ -639,4 +825,4 @@ def report_url(month: date, fmt: str, office: str | None = None) -> str:
     return "/report?" + urlencode(q)
 
 
-__all__ = ["Dashboard", "Viewer", "build_offices", "report_url"]
+__all__ = ["USAGE_REFRESH_S", "Dashboard", "UsageFigures", "UsageSnapshot", "Viewer", "build_offices", "report_url"]

@@ -1,7 +1,9 @@
 """The regency dashboard in a real headless Chromium (DevTools protocol over a pipe, tests/support/browser.py):
 sign in through the form, the dashboard and a terminal's history at phone and desktop sizes, an office account
-kept to its office. Screenshots are saved in the test's tmp_path and, when GW_SCREENSHOT_DIR is set, copied there
-(CI keeps that folder as the run's artifacts). Skips when Chromium is missing, unless GW_REQUIRE_BROWSER=1.
+kept to its office, the monthly report downloaded with the dashboard's button (XLSX arrives as a file and opens
+in openpyxl; HTML renders in the browser). Screenshots are saved in the test's tmp_path and, when
+GW_SCREENSHOT_DIR is set, copied there (CI keeps that folder as the run's artifacts). Skips when Chromium is
+missing, unless GW_REQUIRE_BROWSER=1.
 
 The central is the real daemon (central mode, built-in HTTP server on loopback, SQLite); office gateways' health
 reports are sent through its real ingest endpoint with tests/support/dashboard.py's documents.
@@ -14,13 +16,17 @@ import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
+from openpyxl import load_workbook
 
 from gateway.app import Gateway
 from gateway.central.auth import hash_password
+from gateway.central.service import UsageRefresh
 from gateway.central.tokens import add_token
 from gateway.config import parse_config
 from gateway.store.accounts import AccountRepo
@@ -38,6 +44,7 @@ PHONE, DESKTOP = (412, 915), (1366, 900)
 class Central:
     url: str
     shots: list[Path]
+    daemon: Gateway
 
 
 def _keep(path: Path) -> None:
@@ -95,7 +102,7 @@ def central(tmp_path: Path) -> Iterator[Central]:
             AccountRepo(engine).add("tu-dinkes", hash_password(PASSWORD), B)
         finally:
             engine.dispose()
-        yield Central(url, [])
+        yield Central(url, [], daemon)
 
 
 def _sign_in(browser: Browser, url: str, name: str) -> None:
@@ -165,3 +172,47 @@ def test_an_office_account_sees_its_office_only_in_the_browser(central: Central,
         assert "not found" in browser.html() and "gudang" not in browser.html().replace(browser.url(), "")
         browser.open(f"{central.url}/?office={A}")
         assert "not yours" in browser.html()
+
+
+@pytest.mark.parametrize("size", ["phone", "desktop"])
+def test_monthly_report_download_from_the_dashboard(central: Central, tmp_path: Path, size: str) -> None:
+    # The usage figures as the daemon's job computes them (run here, not awaited from its schedule).
+    refresh = next(svc for svc in central.daemon.services if isinstance(svc, UsageRefresh))
+    assert refresh.run()
+    month = datetime.now(ZoneInfo("Asia/Jakarta")).strftime("%Y-%m")
+    downloads = tmp_path / "downloads"
+    with Browser(tmp_path / "profile") as browser:
+        width, height = PHONE if size == "phone" else DESKTOP
+        browser.size(width, height, mobile=size == "phone")
+        browser.allow_downloads(downloads)
+        _sign_in(browser, central.url, "bkd.siti")
+        assert browser.run("document.getElementById('usage-at').dataset.ready") == "1"
+        assert browser.run("document.querySelectorAll('img.trend').length") == 3
+        assert _fits(browser)
+        shot = tmp_path / f"dashboard-usage-{size}.png"
+        browser.screenshot(shot, full_page=True)
+        _keep(shot)
+
+        pick = (f"const f=document.getElementById('report-form');f.querySelector('[name=month]').value="
+                f"{json.dumps(month)};f.querySelector('[name=format]').value=")
+        browser.run(pick + "'xlsx';document.getElementById('report-download').click()")
+        file = browser.wait_download(downloads, ".xlsx")
+        assert file.name == f"laporan-{month}.xlsx"
+        wb = load_workbook(file, read_only=True)
+        assert wb.sheetnames[0].startswith("Ringkasan")
+        terminals = wb[next(n for n in wb.sheetnames if n == "Terminal")]
+        listed = {(r[0], r[1]) for r in terminals.iter_rows(values_only=True) if r and r[0] in (A, B, C)}
+        assert listed == {(A, "lobi-utama"), (A, "gudang-arsip"), (B, "depan"), (B, "belakang"), (C, "aula")}
+        wb.close()
+        assert browser.url() == f"{central.url}/"  # an attachment: the dashboard stays on screen
+
+        # HTML opens in the browser (Content-Disposition: inline); from a fresh dashboard, as a user would after
+        # a download (Chromium ignores a second submission of a form whose first one became a download).
+        browser.open(f"{central.url}/")
+        browser.submit(pick + "'html';document.getElementById('report-download').click()")
+        assert browser.url().startswith(f"{central.url}/report?month={month}&format=html")
+        assert "Laporan" in browser.run("document.querySelector('h1').innerText")
+        assert browser.run("document.querySelectorAll('svg').length") >= 1
+        shot = tmp_path / f"report-html-{size}.png"
+        browser.screenshot(shot, full_page=True)
+        _keep(shot)

@@ -141,6 +141,21 @@ class Browser:
         path.write_bytes(data)
         return data
 
+    def allow_downloads(self, folder: Path) -> None:
+        """Save downloads (a response with Content-Disposition: attachment) into ``folder``."""
+        folder.mkdir(parents=True, exist_ok=True)
+        self._call("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(folder)})
+
+    def wait_download(self, folder: Path, suffix: str) -> Path:
+        """The first finished download in ``folder`` ending with ``suffix`` (waits at most ``timeout_s``)."""
+        deadline = time.monotonic() + self.timeout_s
+        while time.monotonic() < deadline:
+            done = sorted(p for p in folder.iterdir() if p.name.endswith(suffix) and p.stat().st_size > 0)
+            if done:
+                return done[0]
+            time.sleep(0.1)
+        raise TimeoutError(f"no download ending {suffix!r} in {folder}: {sorted(p.name for p in folder.iterdir())}")
+
     def close(self) -> None:
         """Quit Chromium and close the pipes."""
         try:

@@ -61,6 +61,14 @@ class Regency:
         assert r.status_code == 200, r.text
         return r
 
+    def ingest_punches(self, client: TestClient, office: str, punches: list[dict[str, Any]],
+                       batch_id: str = "b1") -> Any:
+        """POST /api/v1/ingest/punches as the office's gateway (wire punches, e.g. tests.support.central.punch)."""
+        r = client.post("/api/v1/ingest/punches", json={"batch_id": batch_id, "punches": punches},
+                        headers={"Authorization": f"Bearer {self.gateway_tokens[office]}"})
+        assert r.status_code == 200, r.text
+        return r
+
     def silence(self, office: str, hours: float = 5) -> None:
         """Move the office gateway's last contact into the past (as if it stopped reporting then)."""
         with self.engine.begin() as conn:
