@@ -36,7 +36,7 @@ def test_push_device_needs_only_id_and_serial(tmp_path: Path) -> None:
     ({"id": "a", "driver": "push", "serial": "S1", "quirks": {"record_size": 8}}, "quirks"),
     ({"id": "a", "driver": "push", "serial": "S1", "push_key": "inline"}, "push_key"),
     ({"id": "a", "driver": "push", "serial": "S1", "push_key_env": "FPGW_TEST_UNSET_PUSH_KEY"}, "push_key_env"),
-    ({"id": "a", "driver": "soap", "serial": "S1"}, "driver"),
+    ({"id": "a", "driver": "bacnet", "serial": "S1"}, "driver"),
 ])
 def test_bad_push_devices_are_named(tmp_path: Path, device: dict[str, Any], needle: str) -> None:
     assert any(needle in p for p in problems(doc([device]), tmp_path))

@@ -24,7 +24,7 @@ def test_fleet_file_push_entries_are_kept_apart_and_validated() -> None:
     assert [(p.serial, p.server, p.aspx, p.records) for p in specs] == [
         ("P1", "http://127.0.0.1:9", True, 3), ("P2", "http://10.0.0.5:8081", False, 0)]
     with pytest.raises(ConfigError, match="kind"):
-        fleet_from_mapping({"devices": [{"kind": "soap", "serial": "X"}]})
+        fleet_from_mapping({"devices": [{"kind": "bacnet", "serial": "X"}]})
     for bad, needle in (({"serial": "P", "aspx": "yes"}, "aspx"), ({"serial": "P", "porty": 1}, "porty"),
                         ({"records": 1}, "serial"), ({"serial": "P", "batch_size": 0}, "batch_size")):
         with pytest.raises(ConfigError, match=needle):
