@@ -29,8 +29,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -42,7 +40,7 @@ import structlog
 from sqlalchemy import event, update
 from starlette.applications import Starlette
 
-from benchmarks.harness import Report, bench_args
+from benchmarks.harness import Report, bench_args, migrated_database
 from gateway.central.api import CentralApi
 from gateway.central.auth import hash_password
 from gateway.central.dashboard import Dashboard
@@ -51,7 +49,7 @@ from gateway.config import CentralConfig
 from gateway.store import schema as s
 from gateway.store.accounts import AccountRepo
 from gateway.store.central import CentralStore
-from gateway.store.db import create_db_engine, upgrade
+from gateway.store.db import create_db_engine
 from gateway.web.server import start_listener
 
 PASSWORD = "bench-password-long"
@@ -66,22 +64,6 @@ def extra(ap: Any) -> None:
     ap.add_argument("--days", type=int, default=90, help="days of punches and history")
     ap.add_argument("--employees", type=int, default=12, help="employees punching per terminal and working day")
     ap.add_argument("--requests", type=int, default=30, help="timed requests per page")
-
-
-@contextmanager
-def database(kind: str, tmp: Path) -> Iterator[str]:
-    """A fresh, migrated database URL."""
-    with ExitStack() as stack:
-        if kind == "postgresql":
-            from tests.support.pg import fresh_database
-
-            url = stack.enter_context(fresh_database(os.environ["GW_TEST_PG_URL"], prefix="fpgw_bench"))
-        else:
-            url = f"sqlite:///{tmp / 'dashboard.db'}"
-        engine = create_db_engine(url, pool_size=1)
-        upgrade(engine)
-        engine.dispose()
-        yield url
 
 
 def office_code(i: int) -> str:
@@ -195,7 +177,7 @@ def login(client: httpx.Client, name: str) -> None:
 
 def run(kind: str, args: Any, report: Report, tmp: Path) -> None:
     rng = random.Random(7)
-    with database(kind, tmp) as url:
+    with migrated_database(kind, tmp / "dashboard.db") as url:
         engine = create_db_engine(url, pool_size=8)
         try:
             store = CentralStore(engine)

@@ -26,8 +26,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +34,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from zk import ZK
 
-from benchmarks.harness import Report, bench_args
+from benchmarks.harness import Report, bench_args, migrated_database
 from gateway.config import parse_config
 from gateway.enrol.backup import backup_device
 from gateway.enrol.crypto import Keyring, load_key, new_key_text
 from gateway.enrol.restore import restore
-from gateway.store.db import create_db_engine, upgrade
+from gateway.store.db import create_db_engine
 from gateway.store.enrol import EnrolRepo
 from simulators.zk import DeviceSpec, Fleet, SimDevice
 
@@ -71,22 +70,6 @@ class KeypadClock:
             self.total, self._since = 0.0, None
 
 
-@contextmanager
-def database(kind: str, tmp: Path) -> Iterator[str]:
-    """A fresh, migrated database: PostgreSQL (GW_TEST_PG_URL) or a SQLite file."""
-    with ExitStack() as stack:
-        if kind == "postgresql":
-            from tests.support.pg import fresh_database
-
-            url = stack.enter_context(fresh_database(os.environ["GW_TEST_PG_URL"], prefix="fpgw_bench"))
-        else:
-            url = f"sqlite:///{tmp / f'enrol-{time.monotonic_ns()}.db'}"
-        engine = create_db_engine(url, pool_size=1)
-        upgrade(engine)
-        engine.dispose()
-        yield url
-
-
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     gc.collect()
     t0 = time.perf_counter()
@@ -104,7 +87,7 @@ def pyzk_read(dev: SimDevice, transport: str) -> int:
 
 
 def measure(kind: str, transport: str, users: int, report: Report, tmp: Path, key: Keyring) -> None:
-    with Fleet() as fleet, database(kind, tmp) as url:
+    with Fleet() as fleet, migrated_database(kind, tmp / f"enrol-{time.monotonic_ns()}.db") as url:
         old = fleet.add(DeviceSpec(serial=f"BENCH-OLD-{transport}", host="127.0.0.1", port=0, users=users,
                                    users_cap=max(5000, users), records=0, templates_per_user=2,
                                    templates_cap=max(3000, 2 * users), seed=5))

@@ -20,7 +20,8 @@ import json
 import os
 import platform
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -158,3 +159,24 @@ def bench_args(doc: str | None, extra: Callable[[argparse.ArgumentParser], objec
     if extra is not None:
         extra(ap)
     return ap.parse_args(argv)
+
+
+@contextmanager
+def migrated_database(kind: str, sqlite_file: Path) -> Iterator[str]:
+    """A fresh database migrated to the head, as a URL: a throwaway PostgreSQL database on the server of
+    GW_TEST_PG_URL (dropped afterwards) when ``kind`` is "postgresql", else the SQLite file ``sqlite_file``."""
+    from contextlib import ExitStack
+
+    from gateway.store.db import create_db_engine, upgrade
+
+    with ExitStack() as stack:
+        if kind == "postgresql":
+            from tests.support.pg import fresh_database
+
+            url = stack.enter_context(fresh_database(os.environ["GW_TEST_PG_URL"], prefix="fpgw_bench"))
+        else:
+            url = f"sqlite:///{sqlite_file}"
+        engine = create_db_engine(url, pool_size=1)
+        upgrade(engine)
+        engine.dispose()
+        yield url
