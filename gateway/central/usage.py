@@ -35,7 +35,7 @@ import csv
 import io
 import re
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import TYPE_CHECKING, Any
@@ -517,20 +517,38 @@ class HeadcountFileError(ValueError):
 _OFFICE_CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-/]{0,31}", re.ASCII)
 
 
+def _csv_table(data: bytes, error: type[HeadcountFileError], header_hint: str) -> tuple[list[str], Any]:
+    """The lower-cased header and a csv reader over the rest of an uploaded sheet (UTF-8 with or without BOM,
+    comma or semicolon: whichever the header uses more); ``error`` is raised for text that is no CSV."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise error([f"not UTF-8 text (byte {exc.start}); save the sheet as 'CSV UTF-8'"]) from None
+    lines = text.splitlines()
+    if not lines or not lines[0].strip():
+        raise error([f"empty file: the first line must be the header {header_hint}"])
+    delimiter = ";" if lines[0].count(";") > lines[0].count(",") else ","
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+    return [h.strip().lower() for h in next(reader)], reader
+
+
+def _data_rows(reader: Any, header: list[str], problems: list[str]) -> Iterator[tuple[int, list[str]]]:
+    """(line number, cells) of each non-blank row; a row with another column count goes to ``problems``."""
+    for row in reader:
+        line = reader.line_num
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
+            problems.append(f"line {line}: {len(row)} columns, the header has {len(header)}")
+            continue
+        yield line, row
+
+
 def parse_headcount_csv(data: bytes, source: str = "upload") -> list[Headcount]:
     """The headcounts of a CSV with columns office_code,employees[,as_of] (comma or semicolon separated,
     UTF-8 with or without BOM); raises HeadcountFileError with every bad line, so a file is imported whole or
     not at all."""
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise HeadcountFileError([f"not UTF-8 text (byte {exc.start}); save the sheet as 'CSV UTF-8'"]) from None
-    lines = text.splitlines()
-    if not lines or not lines[0].strip():
-        raise HeadcountFileError(["empty file: the first line must be the header office_code,employees[,as_of]"])
-    delimiter = ";" if lines[0].count(";") > lines[0].count(",") else ","
-    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
-    header = [h.strip().lower() for h in next(reader)]
+    header, reader = _csv_table(data, HeadcountFileError, "office_code,employees[,as_of]")
     problems: list[str] = []
     missing = [c for c in ("office_code", "employees") if c not in header]
     unknown = [h for h in header if h not in ("office_code", "employees", "as_of")]
@@ -541,13 +559,7 @@ def parse_headcount_csv(data: bytes, source: str = "upload") -> list[Headcount]:
     col = {name: header.index(name) for name in header}
     out: list[Headcount] = []
     seen: dict[tuple[str, date], int] = {}
-    for row in reader:
-        line = reader.line_num
-        if not any(cell.strip() for cell in row):
-            continue
-        if len(row) != len(header):
-            problems.append(f"line {line}: {len(row)} columns, the header has {len(header)}")
-            continue
+    for line, row in _data_rows(reader, header, problems):
         code = row[col["office_code"]].strip()
         count_text = row[col["employees"]].strip()
         as_of_text = row[col["as_of"]].strip() if "as_of" in col else ""
@@ -593,27 +605,12 @@ __all__ = ["UNUSED_PUNCHES_PER_DAY", "EmployeeUsage", "Figures", "HeadcountFileE
 def parse_holidays_csv(data: bytes) -> list[tuple[date, str]]:
     """Holidays from a CSV with columns date[,name] (comma or semicolon, UTF-8); raises HeadcountFileError-like
     HolidayFileError with every bad line, so a file is imported whole or not at all."""
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise HolidayFileError([f"not UTF-8 text (byte {exc.start}); save the sheet as 'CSV UTF-8'"]) from None
-    lines = text.splitlines()
-    if not lines or not lines[0].strip():
-        raise HolidayFileError(["empty file: the first line must be the header date,name"])
-    delimiter = ";" if lines[0].count(";") > lines[0].count(",") else ","
-    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
-    header = [h.strip().lower() for h in next(reader)]
+    header, reader = _csv_table(data, HolidayFileError, "date,name")
     if "date" not in header or any(h not in ("date", "name") for h in header):
         raise HolidayFileError(["line 1: the header must be date[,name]"])
     problems: list[str] = []
     out: dict[date, str] = {}
-    for row in reader:
-        line = reader.line_num
-        if not any(cell.strip() for cell in row):
-            continue
-        if len(row) != len(header):
-            problems.append(f"line {line}: {len(row)} columns, the header has {len(header)}")
-            continue
+    for line, row in _data_rows(reader, header, problems):
         values = dict(zip(header, (c.strip() for c in row), strict=True))
         try:
             day = date.fromisoformat(values["date"])
