@@ -14,13 +14,14 @@ import getpass
 import json
 import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from gateway.cli.common import CliError, config_of, open_engine
 
 if TYPE_CHECKING:
     from gateway.store.accounts import AccountRepo
-    from gateway.store.db import Engine
 
 _USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 
@@ -71,41 +72,39 @@ def read_password(from_stdin: bool) -> str:
     return password
 
 
-def _repo(args: argparse.Namespace) -> tuple[AccountRepo, Engine]:
-    from gateway.store.accounts import AccountRepo
+@contextmanager
+def _accounts(args: argparse.Namespace) -> Iterator[AccountRepo]:
+    """The account store of the configured database; a refused change (AccountError) becomes a CliError."""
+    from gateway.store.accounts import AccountError, AccountRepo
 
     engine = open_engine(config_of(args), pool_size=2, migrate=True)
-    return AccountRepo(engine), engine
+    try:
+        yield AccountRepo(engine)
+    except AccountError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        engine.dispose()
 
 
 def cmd_add(args: argparse.Namespace) -> int:
     """Create an account."""
     from gateway.central.auth import hash_password
-    from gateway.store.accounts import AccountError
 
     if not _USERNAME.match(args.name):
         raise CliError("user name: 1-64 letters, digits, '_', '.', '@' or '-'")
     if args.office is not None and not re.fullmatch(r"[A-Za-z0-9_.:-]{1,32}", args.office):
         raise CliError("--office: an office code like 1801.01 (letters, digits, '.', '_', ':', '-')")
     password = read_password(args.password_stdin)
-    repo, engine = _repo(args)
-    try:
+    with _accounts(args) as repo:
         repo.add(args.name, hash_password(password), None if args.regency else args.office)
-    except AccountError as exc:
-        raise CliError(str(exc)) from None
-    finally:
-        engine.dispose()
     print(f"account {args.name!r} added: sees {'every office' if args.regency else 'office ' + args.office}")
     return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     """List the accounts."""
-    repo, engine = _repo(args)
-    try:
+    with _accounts(args) as repo:
         rows = repo.accounts()
-    finally:
-        engine.dispose()
     items = [{"name": a.username, "office": a.office_code, "enabled": a.enabled,
               "created_at": a.created_at.isoformat(timespec="seconds"),
               "last_login_at": a.last_login_at.isoformat(timespec="seconds") if a.last_login_at else None}
@@ -123,15 +122,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def _set(args: argparse.Namespace, enabled: bool) -> int:
-    from gateway.store.accounts import AccountError
-
-    repo, engine = _repo(args)
-    try:
+    with _accounts(args) as repo:
         repo.set_enabled(args.name, enabled)
-    except AccountError as exc:
-        raise CliError(str(exc)) from None
-    finally:
-        engine.dispose()
     print(f"account {args.name!r} {'enabled' if enabled else 'disabled; its open sessions ended'}")
     return 0
 
@@ -149,15 +141,9 @@ def cmd_enable(args: argparse.Namespace) -> int:
 def cmd_passwd(args: argparse.Namespace) -> int:
     """Set a new password."""
     from gateway.central.auth import hash_password
-    from gateway.store.accounts import AccountError
 
     password = read_password(args.password_stdin)
-    repo, engine = _repo(args)
-    try:
+    with _accounts(args) as repo:
         repo.set_password(args.name, hash_password(password))
-    except AccountError as exc:
-        raise CliError(str(exc)) from None
-    finally:
-        engine.dispose()
     print(f"password of {args.name!r} changed; its open sessions ended")
     return 0
