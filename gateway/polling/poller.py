@@ -491,11 +491,14 @@ class DevicePoller:
             clock_corrected=read.corrected, bytes_read=read.bytes_read,
             error="; ".join(read.notes) or None, cleared_records=cleared_by_us, terminal_disabled=read.left_disabled,
         )
-        if read.unreadable:
-            # Before the punches: their log position must not move past rows that are not kept yet.
-            self._quarantine(device, info.serial, read.unreadable)
+        # Rows that are no punch are kept in the same transaction as the punches and the log position.
+        quarantined = self._not_yet_quarantined(device, info.serial, read.unreadable) if read.unreadable else []
         saved = self.store.save_poll(outcome, punches, forward=bool(self.config.forward.url),
-                                     address=(device.address, device.port), log_position=read.position)
+                                     address=(device.address, device.port), log_position=read.position,
+                                     quarantined=quarantined)
+        if quarantined:
+            log.warning("records that are no punch kept in quarantine", records=len(quarantined),
+                        first=quarantined[0].reason)
         if read.users is not None:
             self.store.save_users(info.serial, read.users)
             self._users_read.add(device.id)
@@ -523,16 +526,13 @@ class DevicePoller:
                         "(polling.clear_when_full_ratio)", records=counts.records, capacity=counts.records_cap)
         return outcome
 
-    def _quarantine(self, device: DeviceConfig, serial: str, rows: list[tuple[str, str]]) -> None:
-        """Keep the records a driver could not read as punches (gateway.store.quarantine), each once."""
-        repo = QuarantineRepo(self.store.engine)
-        kept = {(q.raw, q.reason) for q in repo.recent(device.id, limit=KEEP_PER_DEVICE)}
-        new = [QuarantinedInput(device.id, device.driver, raw, reason, origin=f"serial {serial}")
-               for raw, reason in rows if (bounded_text(raw, RAW_MAX), bounded_text(reason, TEXT_MAX))
-               not in kept]
-        if new:
-            repo.add(new)
-            log.warning("records that are no punch kept in quarantine", records=len(new), first=new[0].reason)
+    def _not_yet_quarantined(self, device: DeviceConfig, serial: str,
+                             rows: list[tuple[str, str]]) -> list[QuarantinedInput]:
+        """The records a driver could not read as punches that the quarantine table does not hold yet (a driver
+        that reads the whole log every poll reports the same rows again)."""
+        kept = {(q.raw, q.reason) for q in QuarantineRepo(self.store.engine).recent(device.id, limit=KEEP_PER_DEVICE)}
+        return [QuarantinedInput(device.id, device.driver, raw, reason, origin=f"serial {serial}")
+                for raw, reason in rows if (bounded_text(raw, RAW_MAX), bounded_text(reason, TEXT_MAX)) not in kept]
 
     def _failed(self, device: DeviceConfig, state: DeviceState, read: _Read, started: datetime,
                 exc: DriverError | PollAborted) -> PollOutcome:
