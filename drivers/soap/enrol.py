@@ -22,15 +22,33 @@ import base64
 import binascii
 import logging
 import re
+import threading
 import time
 from collections.abc import Collection
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from drivers.base import EnrolledUser, Enrolments, EnrolProgress, Progress, ProtocolError, Template
 from drivers.soap import codec
+from drivers.soap.quirks import SoapQuirks
 
-if TYPE_CHECKING:
-    from drivers.soap.driver import SoapSession
+
+class _Driver(Protocol):
+    where: str
+    enrol_uids: dict[str, int]
+    _lock: threading.Lock
+
+
+class SoapSession(Protocol):
+    """What this module needs of drivers.soap.driver.SoapSession (a Protocol: the driver imports this module)."""
+
+    @property
+    def _driver(self) -> _Driver: ...
+
+    @property
+    def _quirks(self) -> SoapQuirks: ...
+
+    def _call(self, method: str, args: list[tuple[str, str]] | None = None, *, retry_raw: bool = True,
+              max_bytes: int | None = None) -> codec.Answer: ...
 
 log = logging.getLogger(__name__)
 
