@@ -62,15 +62,15 @@ USER_TEMPLATES_MAX_BYTES = 10 * (TEMPLATE_MAX_BYTES * 4 // 3 + 512) + 4096
 USERS_MAX = 100_000
 #: Highest uid handed out (the enrol_user.uid column and ZK's user serial are small integers).
 UID_MAX = 0xFFFF
-_FINGER = re.compile(r"^\d$")
-_SMALL = re.compile(r"^\d{1,5}$")
+_FINGER = re.compile(r"^[0-9]$")
+_SMALL = re.compile(r"^[0-9]{1,5}$")
 
 
 def _int(row: codec.Row, tag: str, default: int = 0) -> int:
     value = row.get(tag)
     if value is None or value == "":
         return default
-    if not re.fullmatch(r"[+-]?\d{1,10}", value):
+    if not re.fullmatch(r"[+-]?[0-9]{1,10}", value):
         raise ProtocolError(f"{tag} {value[:20]!r} is not a number")
     return int(value)
 
@@ -162,7 +162,7 @@ def read_algorithm(session: SoapSession) -> int:
         log.debug("%s: GetOption %s not answered: %s", session._driver.where, ALGORITHM_OPTION, exc)
         return 0
     value = value.strip()
-    return int(value) if value.isdigit() and len(value) < 4 else 0
+    return int(value) if re.fullmatch(r"[0-9]{1,3}", value) else 0
 
 
 def read_enrolments(session: SoapSession, progress: Progress | None = None) -> Enrolments:

@@ -19,6 +19,7 @@ PIN's number when small, else the next free one, in PIN order, so two reads of t
 from __future__ import annotations
 
 import base64
+import re
 import time
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
@@ -111,7 +112,7 @@ def assign_uids(pins: list[str]) -> dict[str, int]:
     out: dict[str, int] = {}
     taken: set[int] = set()
     for pin in sorted(pins):
-        if pin.isdigit() and len(pin) <= 5 and 0 < int(pin) <= UID_MAX and int(pin) not in taken:
+        if re.fullmatch(r"[0-9]{1,5}", pin) and 0 < int(pin) <= UID_MAX and int(pin) not in taken:
             out[pin] = int(pin)
             taken.add(out[pin])
     free = 1

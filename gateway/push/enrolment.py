@@ -35,7 +35,8 @@ FIELDS_MAX = 40
 #: BIODATA Type of a fingerprint template.
 BIO_FINGERPRINT = 1
 _SECRET_KEYS = {"tmp", "passwd", "password", "pwd"}
-_INT = re.compile(r"^-?\d{1,10}$")
+_INT = re.compile(r"^-?[0-9]{1,10}$")
+_DECIMAL = re.compile(r"^[0-9]{1,19}$")
 _HEX_CARD = re.compile(r"^\[([0-9A-Fa-f]{2}){1,8}\]$")
 
 
@@ -100,7 +101,7 @@ def card_number(text: str) -> int | None:
     text = text.strip()
     if not text:
         return 0
-    if text.isdigit() and len(text) <= 19:
+    if _DECIMAL.match(text):
         return int(text)
     if _HEX_CARD.match(text):
         return int.from_bytes(bytes.fromhex(text[1:-1]), "little")

@@ -101,7 +101,7 @@ class PushEnrolRepo:
         """The terminal's fingerprint algorithm version as last reported; 0 = unknown."""
         with self.engine.connect() as conn:
             value = conn.execute(select(s.kv.c.value).where(s.kv.c.key == f"{_ALGORITHM}{serial.lower()}")).scalar()
-        return int(value) if isinstance(value, str) and value.isdigit() else 0
+        return int(value) if isinstance(value, str) and value.isascii() and value.isdigit() else 0
 
 
 __all__ = ["USER_ROW", "PushEnrolRepo", "PushEnrolRow"]
