@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -236,3 +237,28 @@ def test_fuzzed_upload_lines_are_sorted_never_raise(lines: list[str]) -> None:
     for line in lines:
         redacted_line(line)
         card_number(line)
+
+
+@pytest.mark.timeout(90)
+def test_0014_strips_raw_user_and_template_lines_kept_before(db_url: str) -> None:
+    from alembic import command
+
+    from gateway.store.db import _alembic_config, writer
+
+    engine = create_db_engine(db_url, pool_size=1)
+    try:
+        with writer(engine).begin() as conn:
+            command.upgrade(_alembic_config(conn), "0010_dashboard_accounts")
+            now = datetime.now(UTC)
+            conn.execute(s.kv.insert(), [
+                {"key": "push_op:pe1:1", "value": "OPLOG 4\t0\t2026-11-30 08:00:00\t0\t0\t0\t0\n"
+                 "USER PIN=1\tName=Ani\tPasswd=4321\nFP PIN=1\tFID=0\tSize=3\tValid=1\tTMP=QUJD", "updated_at": now},
+                {"key": "push_op:pe1:2", "value": "FP PIN=2\tFID=0\tSize=3\tValid=1\tTMP=QUJD", "updated_at": now},
+                {"key": "push_opx", "value": "FP kept: not an upload row", "updated_at": now}])
+        upgrade(engine)
+        with engine.connect() as conn:
+            rows = dict(conn.execute(select(s.kv.c.key, s.kv.c.value).where(s.kv.c.key.like("push_op%"))).all())
+        assert rows == {"push_op:pe1:1": "OPLOG 4\t0\t2026-11-30 08:00:00\t0\t0\t0\t0",
+                        "push_opx": "FP kept: not an upload row"}
+    finally:
+        engine.dispose()
