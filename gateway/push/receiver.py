@@ -67,6 +67,9 @@ UNKNOWN_WRITE_EVERY_S = 60.0
 SKEW_BATCH_MAX = 5
 #: Longest query value we look at.
 QUERY_VALUE_MAX = 512
+#: Commands handed out in one getrequest at most (the vendor doc allows several lines; a restore queues one per
+#: user and per finger, so a terminal polling every push.delay_s takes them in this many at a time).
+COMMANDS_PER_POLL = 50
 #: Seconds before a missing enrolment key is looked for again (the operator may add it while we run).
 KEY_RETRY_S = 60.0
 #: Quarantine source of push upload lines that are no usable enrolment record.
@@ -462,7 +465,8 @@ class PushReceiver:
             # once only what health must see now: the first INFO, new firmware, a log that shrank.
             if before is None or info.firmware != before.firmware or info.counts.records < before.counts.records:
                 self._outcome(term, ok=True)
-        commands = [c for c in self.repo.take_commands(term.device.serial or "") if self._may_hand_out(term, c, info)]
+        commands = [c for c in self.repo.take_commands(term.device.serial or "", COMMANDS_PER_POLL)
+                    if self._may_hand_out(term, c, info)]
         lines = []
         for cmd in commands:
             text = self._command_text(term, cmd)
