@@ -205,3 +205,15 @@ def test_a_pin2_terminal_is_read_but_not_written(fleet: SoapFleet) -> None:
         assert sorted(u.user_id for u in got.users) == ["1001", "1002", "1003"] and len(got.templates) == 3
         with pytest.raises(DriverError, match="PIN2"):
             session.write_users(got.users)
+
+
+def test_factory_reset_and_a_blank_replacement_of_another_algorithm(fleet: SoapFleet) -> None:
+    term = fleet.add(soap_spec("SE-R", users=5, templates_per_user=1))
+    drv = driver_for(term)
+    term.factory_reset()
+    with drv.connect(deadline=time.monotonic() + 30) as session:
+        got = session.read_enrolments()
+    assert (got.users, got.templates, got.algorithm) == ((), (), 10)
+    term.replace_blank(new_serial="SE-R9", fp_version=9)
+    with drv.connect(deadline=time.monotonic() + 30) as session:
+        assert session.info(clock=False).serial == "SE-R9" and session.algorithm() == 9
