@@ -7,6 +7,7 @@ Malformed upload lines are quarantined without their template or password values
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import time
 from collections.abc import Iterator
@@ -37,7 +38,8 @@ from gateway.store.pushenrol import PushEnrolRepo
 from gateway.web.server import ThreadedServer
 from simulators.push.terminal import PushSpec, PushTerminal
 from tests.enrol.test_enrol_e2e import assert_no_template_bytes
-from tests.support.config import OFFICE_CODE
+from tests.support.cli import run_cli
+from tests.support.config import OFFICE_CODE, write_toml
 from tests.support.fleet import sim_spec
 
 pytestmark = pytest.mark.timeout(240)
@@ -51,6 +53,8 @@ class PushOffice:
     url: str
     keyring: Keyring
     terminals: list[PushTerminal]
+    #: The config document (for `fpgw` run in this process against the same database).
+    doc: dict[str, Any]
 
     def terminal(self, serial: str, **kw: Any) -> PushTerminal:
         term = PushTerminal(PushSpec(serial=serial, server=self.url, max_wait_s=0.1, timeout_s=5, **kw))
@@ -75,13 +79,15 @@ def office(db_url: str, tmp_path: Path, fleet: Any) -> Iterator[PushOffice]:
     key.write_text(new_key_text() + "\n")
     key.chmod(0o600)
     zk = fleet.add(sim_spec("PE-ZK", users=0, records=0))
-    config = parse_config({
+    doc = {
         "site": {"office_code": OFFICE_CODE, "timezone": "Asia/Jakarta", "state_dir": str(tmp_path)},
         "database": {"url": db_url},
+        "http": {"enabled": False},
         "push": {"port": 0, "delay_s": 2, "error_delay_s": 10, "rate_per_device": 1000},
         "enrol": {"key_file": str(key), "daily": False, "timeout_s": 60},
         "devices": push_devices(zk.port),
-    }, base_dir=tmp_path)
+    }
+    config = parse_config(doc, base_dir=tmp_path)
     engine = create_db_engine(db_url, pool_size=4)
     upgrade(engine)
     store = Store(engine, OFFICE_CODE)
@@ -90,7 +96,7 @@ def office(db_url: str, tmp_path: Path, fleet: Any) -> Iterator[PushOffice]:
     terminals: list[PushTerminal] = []
     try:
         with ThreadedServer(receiver.app(), date_header=False) as server:
-            o = PushOffice(config, engine, receiver, server.url, Keyring.from_config(config.enrol), terminals)
+            o = PushOffice(config, engine, receiver, server.url, Keyring.from_config(config.enrol), terminals, doc)
             o.zk = zk  # type: ignore[attr-defined]
             yield o
             for term in terminals:
@@ -208,6 +214,30 @@ def test_malformed_enrolment_lines_are_quarantined_without_secrets(office: PushO
     kept = PushRepo(o.engine).operlog_uploads("PE1")
     assert kept == ["OPLOG 4\t0\t2026-11-30 08:00:00\t0\t0\t0\t0"]
     assert good not in " ".join(r["value"] for r in o.rows(s.kv))
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_fpgw_enrol_backs_up_a_push_terminal_and_lists_its_commands_sealed(
+        office: PushOffice, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    o = office
+    o.terminal("PE1", users=8, templates_per_user=1)
+    wait_for(lambda: mirror_counts(o, "PE1") == (8, 8))
+    path = str(write_toml(o.doc, tmp_path / "config.toml"))
+    code, out, err = run_cli(capsys, "--config", path, "enrol", "backup", "p1")
+    assert code == 0 and "p1: ok serial=PE1 users=8 templates=8 algorithm=10" in out, (out, err)
+    code, out, err = run_cli(capsys, "--config", path, "enrol", "status")
+    [line] = [ln for ln in out.splitlines() if ln.startswith("p1 ")]
+    assert " 8 " in line, out
+    # A restore queues sealed commands: listings show what they do, never the template or password.
+    o.terminal("PE2", users=0)
+    code, out, err = run_cli(capsys, "--config", path, "enrol", "restore", "p2", "--from", "p1")
+    assert code == 0 and "8 restored" in out, (out, err)
+    code, out, err = run_cli(capsys, "--config", path, "devices", "commands", "p2", "--json")
+    listed = json.loads(out)
+    kinds = {c["kind"] for c in listed}
+    assert {"enrol-query", "enrol-write"} <= kinds and all(c["state"] == "done" for c in listed)
+    texts = [c["text"] for c in listed if c["kind"] == "enrol-write"]
+    assert texts and all(t.endswith("(sealed)") and "TMP=" not in t and "ENC1" not in t for t in texts)
 
 
 # -- the parser, fuzzed ----------------------------------------------------------------------------------------
