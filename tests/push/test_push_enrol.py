@@ -55,6 +55,8 @@ class PushOffice:
     terminals: list[PushTerminal]
     #: The config document (for `fpgw` run in this process against the same database).
     doc: dict[str, Any]
+    #: The simulated ZK terminal z1 (blank), a restore target.
+    zk: Any = None
 
     def terminal(self, serial: str, **kw: Any) -> PushTerminal:
         term = PushTerminal(PushSpec(serial=serial, server=self.url, max_wait_s=0.1, timeout_s=5, **kw))
@@ -97,7 +99,7 @@ def office(db_url: str, tmp_path: Path, fleet: Any) -> Iterator[PushOffice]:
     try:
         with ThreadedServer(receiver.app(), date_header=False) as server:
             o = PushOffice(config, engine, receiver, server.url, Keyring.from_config(config.enrol), terminals, doc)
-            o.zk = zk  # type: ignore[attr-defined]
+            o.zk = zk
             yield o
             for term in terminals:
                 term.stop()
@@ -141,7 +143,7 @@ def test_push_uploads_backed_up_and_restored_to_push_and_zk_terminals(
     assert new.enrolments() == before
 
     # The same backup onto a ZK terminal (same algorithm 10): the ZK driver writes and reads back.
-    zk = o.zk  # type: ignore[attr-defined]
+    zk = o.zk
     report = restore(o.config.device("z1"), "p1", repo, o.keyring, actor="test", timeout_s=60,
                      driver_factory=factory)
     assert report.count("restored") == 30
@@ -238,6 +240,23 @@ def test_fpgw_enrol_backs_up_a_push_terminal_and_lists_its_commands_sealed(
     assert {"enrol-query", "enrol-write"} <= kinds and all(c["state"] == "done" for c in listed)
     texts = [c["text"] for c in listed if c["kind"] == "enrol-write"]
     assert texts and all(t.endswith("(sealed)") and "TMP=" not in t and "ENC1" not in t for t in texts)
+
+
+def test_the_daily_backup_stores_what_push_terminals_uploaded_without_waiting_for_them(office: PushOffice) -> None:
+    from gateway.enrol.daily import DailyBackup
+    from gateway.polling.scheduler import build_scheduler
+    from gateway.services import AppContext
+
+    o = office
+    o.terminal("PE1", users=5, templates_per_user=2)
+    wait_for(lambda: mirror_counts(o, "PE1") == (5, 10))
+    ctx = AppContext(config=o.config, store=None, health_repo=None,  # type: ignore[arg-type]
+                     scheduler=build_scheduler(o.config), outbox=None, central_store=None)  # type: ignore[arg-type]
+    results = DailyBackup(ctx, EnrolRepo(o.engine), lambda device_id, job: job()).run()
+    by_id = {r.device_id: (r.ok, r.users, r.templates) for r in results}
+    # p2 and p9 never called (nothing uploaded): an empty backup, not a wait; z1 is the blank ZK terminal.
+    assert by_id == {"p1": (True, 5, 10), "p2": (True, 0, 0), "p9": (True, 0, 0), "z1": (True, 0, 0)}
+    assert [c for c in PushRepo(o.engine).commands() if c.kind.startswith("enrol")] == []
 
 
 # -- the parser, fuzzed ----------------------------------------------------------------------------------------
