@@ -35,6 +35,10 @@ PUSH_SERIAL = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 #: ``driver = "serial"``: a clock writing one text line per punch on a serial line or device server
 #: (gateway.serial reads it; docs/serial.md); it is never polled.
 SERIAL_DRIVER = "serial"
+#: Drivers whose terminals have enrolments the gateway backs up, restores and keeps in step (docs/enrolment.md):
+#: ZK and SOAP through their protocol, push terminals through what they upload and the command queue.
+#: Serial clocks hold no users or fingerprints the gateway can read.
+ENROLMENT_DRIVERS = ("zk", SOAP_DRIVER, PUSH_DRIVER)
 
 
 @dataclass(frozen=True)
@@ -371,8 +375,8 @@ class EnrolConfig:
     #: Keep an office's terminals in step (gateway/enrol/sync.py): a user enrolled on one terminal is copied to
     #: the other terminals of its group, after the daily backup and with ``fpgw enrol sync``.
     sync: bool = False
-    #: Groups of device ids kept in step. Empty: every enabled, polled ZK terminal forms one group (terminals
-    #: of another fingerprint algorithm version get the users without templates).
+    #: Groups of device ids kept in step. Empty: every enabled ZK, SOAP and push terminal forms one group
+    #: (terminals of another fingerprint algorithm version get the users without templates).
     sync_groups: tuple[tuple[str, ...], ...] = ()
     #: Propagate a delete (a user the previous sync saw on a terminal, gone from it now) to the group.
     sync_deletes: bool = False
@@ -869,9 +873,10 @@ def _parse_sync_groups(r: Reader, devices: Sequence[DeviceConfig]) -> tuple[tupl
             elif device_id in seen and seen[device_id] != n:
                 r.problem("sync_groups", f"device {device_id!r} is in group {seen[device_id]} and group {n}: "
                           "a terminal can be kept in step with one group only")
-            elif device.driver != "zk":
-                r.problem("sync_groups", f"group {n}: device {device_id!r} uses driver {device.driver!r}: only "
-                          "polled ZK terminals can be kept in step yet (push, serial and SOAP terminals not)")
+            elif device.driver not in ENROLMENT_DRIVERS:
+                r.problem("sync_groups", f"group {n}: device {device_id!r} uses driver {device.driver!r}, which has "
+                          f"no enrolments to keep in step (only {', '.join(ENROLMENT_DRIVERS)} terminals: a serial "
+                          "clock holds no users or fingerprints the gateway can read)")
             seen.setdefault(device_id, n)
         groups.append(tuple(dict.fromkeys(group)))
     return tuple(groups)

@@ -26,13 +26,17 @@ from drivers.base import (
     Counts,
     DeviceInfo,
     DeviceUser,
+    EnrolledUser,
+    Enrolments,
+    EnrolProgress,
     IdentityMismatch,
     LogPosition,
     Progress,
     ProtocolError,
     RawPunch,
+    Template,
 )
-from drivers.soap import codec
+from drivers.soap import codec, enrol
 from drivers.soap.quirks import SoapQuirks
 from drivers.soap.transport import HeadRefused, HttpxTransport, RawTransport, Transport
 
@@ -105,6 +109,9 @@ class SoapDriver:
         self._raw = self.quirks.raw_http
         #: Unreadable rows (raw, reason) reported by earlier sessions: a clear may wipe only these.
         self.unreadable_reported: Counter[tuple[str, str]] = Counter()
+        #: PIN -> the uid drivers.soap.enrol handed out for it (SOAP has none): kept across sessions, so a
+        #: restore's read-back names users by the uids it wrote.
+        self.enrol_uids: dict[str, int] = {}
 
     @contextmanager
     def connect(self, deadline: float | None = None) -> Iterator[SoapSession]:
@@ -327,6 +334,29 @@ class SoapSession:
         result, info = answer.result()
         if result != 1:
             raise ProtocolError(f"{self._driver.where}: SetDate answered Result={result} ({info[:60]!r})")
+
+    # Enrolment backup/restore/sync (drivers.base.ReadsEnrolments / WritesEnrolments / DeletesEnrolments):
+    # drivers/soap/enrol.py.
+    def read_enrolments(self, progress: Progress | None = None) -> Enrolments:
+        """Every user and fingerprint template (GetAllUserInfo, GetUserTemplate per user), and the algorithm."""
+        return enrol.read_enrolments(self, progress)
+
+    def algorithm(self) -> int:
+        """The fingerprint algorithm version (GetOption ~ZKFPVersion); 0 = unknown."""
+        return enrol.read_algorithm(self)
+
+    def write_users(self, users: Collection[EnrolledUser], progress: EnrolProgress | None = None) -> None:
+        """SetUserInfo per user (after DeleteUser when the PIN is there), then RefreshDB."""
+        enrol.write_users(self, users, progress)
+
+    def write_templates(self, templates: Collection[Template], owners: Collection[EnrolledUser],
+                        progress: EnrolProgress | None = None) -> None:
+        """SetUserTemplate per finger, then RefreshDB."""
+        enrol.write_templates(self, templates, owners, progress)
+
+    def delete_users(self, uids: Collection[int]) -> None:
+        """DeleteUser per user (its fingers go with it), then RefreshDB."""
+        enrol.delete_users(self, uids)
 
     def enable_device(self) -> None:
         """Nothing to do: SOAP never locks the keypad (drivers.base.EnablesDevice, harmless by contract)."""

@@ -89,8 +89,8 @@ def _device(config: Config, device_id: str) -> DeviceConfig:
     except KeyError:
         raise CliError(f"unknown device id {device_id!r} (configured: "
                        f"{', '.join(d.id for d in config.devices) or 'none'})") from None
-    if device.pushes:
-        raise CliError(f"{device_id}: push terminals are not backed up through the protocol yet (docs/enrolment.md)")
+    if device.reads_serial:
+        raise CliError(f"{device_id}: a serial clock holds no enrolments the gateway can read (docs/enrolment.md)")
     return device
 
 
@@ -121,21 +121,23 @@ def cmd_new_key(args: argparse.Namespace) -> int:
 def cmd_backup(args: argparse.Namespace) -> int:
     """Back up the named terminals (or every polled one), one after another."""
     from gateway.enrol.backup import backup_device, cli_actor
+    from gateway.enrol.push import enrol_driver_factory
     from gateway.store.enrol import EnrolRepo
 
     config = config_of(args)
     keyring = _keyring(config)
     devices = ([_device(config, d) for d in args.devices] if args.devices
-               else [d for d in config.devices if d.enabled and not d.pushes])
+               else [d for d in config.devices if d.enabled and not d.reads_serial])
     if not devices:
-        raise CliError("no terminal to back up (no enabled, polled device in the config)")
+        raise CliError("no terminal to back up (no enabled ZK, SOAP or push device in the config)")
     engine = open_engine(config, pool_size=1, migrate=True)
     failed = 0
     try:
         repo = EnrolRepo(engine)
         for device in devices:
             r = backup_device(device, repo, keyring, actor=cli_actor(), timeout_s=config.enrol.timeout_s,
-                              drop_warn_ratio=config.enrol.drop_warn_ratio)
+                              drop_warn_ratio=config.enrol.drop_warn_ratio,
+                              driver_factory=enrol_driver_factory(config, engine))
             if not r.ok:
                 failed += 1
                 print(f"{device.id}: FAILED {r.error} ({r.duration_s:.1f}s)")
@@ -155,6 +157,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from drivers.base import DriverError
     from gateway.enrol.backup import cli_actor
     from gateway.enrol.crypto import EnvelopeError
+    from gateway.enrol.push import enrol_driver_factory
     from gateway.enrol.restore import RestoreError, restore
     from gateway.store.enrol import EnrolRepo
 
@@ -172,7 +175,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
         try:
             report = restore(target, args.source, repo, keyring, actor=cli_actor(), timeout_s=config.enrol.timeout_s,
                              pins=pins, dry_run=args.dry_run, snapshot_id=args.snapshot,
-                             drop_warn_ratio=config.enrol.drop_warn_ratio, overwrite=args.overwrite)
+                             drop_warn_ratio=config.enrol.drop_warn_ratio, overwrite=args.overwrite,
+                             driver_factory=enrol_driver_factory(config, engine))
         except RestoreError as exc:
             raise CliError(str(exc)) from None
         except EnvelopeError as exc:
@@ -255,6 +259,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     """Keep each group's terminals in step (or list what a sync would do with --dry-run)."""
     from drivers.base import DriverError
     from gateway.enrol.backup import cli_actor
+    from gateway.enrol.push import enrol_driver_factory
     from gateway.enrol.sync import sync_groups, sync_office
     from gateway.store.enrol import EnrolRepo
 
@@ -263,12 +268,13 @@ def cmd_sync(args: argparse.Namespace) -> int:
         _device(config, device_id)
     groups = sync_groups(config)
     if not groups:
-        raise CliError("no group of two or more enabled ZK terminals to keep in step ([enrol] sync_groups)")
+        raise CliError("no group of two or more enabled ZK, SOAP or push terminals to keep in step "
+                       "([enrol] sync_groups)")
     engine = open_engine(config, pool_size=1, migrate=True)
     try:
         try:
             results = sync_office(config, EnrolRepo(engine), actor=cli_actor(), dry_run=args.dry_run,
-                                  only=args.group or ())
+                                  only=args.group or (), driver_factory=enrol_driver_factory(config, engine))
         except DriverError as exc:
             raise CliError(f"{exc.kind}: {exc}") from None
     finally:

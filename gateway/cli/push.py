@@ -169,6 +169,7 @@ def cmd_clear_push(args: argparse.Namespace) -> int:
 
 def cmd_commands(args: argparse.Namespace) -> int:
     """List commands of push terminals."""
+    from gateway.enrol.push import command_summary
     from gateway.store.push import PushRepo
 
     config = config_of(args)
@@ -179,7 +180,8 @@ def cmd_commands(args: argparse.Namespace) -> int:
     finally:
         engine.dispose()
     if args.json:
-        print(json.dumps([c.__dict__ for c in commands], indent=2))
+        # A sealed enrolment command (a template or password inside) is shown by its summary only.
+        print(json.dumps([{**c.__dict__, "text": command_summary(c.text)} for c in commands], indent=2))
         return EXIT_OK
     print_table(["device", "command", "id", "state", "queued", "answered", "result"],
                 [[c.device_id, c.kind, c.id, c.state, c.queued_at[:19], (c.answered_at or "")[:19], c.result or ""]

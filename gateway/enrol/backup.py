@@ -144,10 +144,11 @@ class EnrolStatus:
 
 
 def status(config: Config, repo: EnrolRepo) -> list[EnrolStatus]:
-    """Per configured terminal (push terminals excluded): last backup, users without templates, a sharp drop."""
+    """Per configured terminal with enrolments (serial clocks have none): last backup, users without templates,
+    a sharp drop."""
     out: list[EnrolStatus] = []
     for device in config.devices:
-        if device.pushes:
+        if device.reads_serial:
             continue
         history = repo.history(device.id, limit=2)
         attempt = repo.last_backup_attempt(device.id)

@@ -18,6 +18,7 @@ import structlog
 from gateway.config import DeviceConfig
 from gateway.enrol.backup import BackupResult, DriverFactory, backup_device
 from gateway.enrol.crypto import EnrolKeyError, Keyring
+from gateway.enrol.push import enrol_driver_factory
 from gateway.enrol.sync import GroupResult, Hold, sync_office
 from gateway.services import AppContext
 from gateway.store.enrol import EnrolRepo
@@ -36,7 +37,8 @@ class DailyBackup:
         self.ctx = ctx
         self.repo = repo
         self.hold = hold
-        self.driver_factory = driver_factory
+        # Push terminals are read from what they uploaded (no wait for them at night); the rest by their driver.
+        self.driver_factory = driver_factory or enrol_driver_factory(ctx.config, repo.engine, fresh_reads=False)
         self._running = threading.Lock()
         #: The last run's sync, per group (tests and the log read it).
         self.last_sync: list[GroupResult] = []
@@ -58,8 +60,8 @@ class DailyBackup:
             pass
 
     def devices(self) -> list[DeviceConfig]:
-        """The terminals backed up: enabled and polled (push terminals upload their own data)."""
-        return [d for d in self.ctx.config.devices if d.enabled and not d.pushes]
+        """The terminals backed up: enabled, with enrolments (push terminals: what they uploaded)."""
+        return [d for d in self.ctx.config.devices if d.enabled and not d.reads_serial]
 
     def run(self) -> list[BackupResult]:
         """Back every terminal up once; returns the results (tests call this directly)."""

@@ -33,7 +33,7 @@ from drivers.base import (
     Template,
     WritesEnrolments,
 )
-from gateway.config import Config, DeviceConfig
+from gateway.config import ENROLMENT_DRIVERS, Config, DeviceConfig
 from gateway.enrol.backup import DriverFactory, registry_driver
 from gateway.enrol.restore import plan_uids, verify_written
 from gateway.store.enrol import EnrolRepo
@@ -264,8 +264,8 @@ def remember(views: Sequence[TerminalView], plan: SyncPlan) -> dict[str, Remembe
 
 
 def sync_groups(config: Config) -> list[list[DeviceConfig]]:
-    """The configured groups (enabled terminals only), else every enabled, polled ZK terminal as one group."""
-    enabled = {d.id: d for d in config.devices if d.enabled and d.driver == "zk"}
+    """The configured groups (enabled terminals only), else every enabled ZK, SOAP and push terminal as one group."""
+    enabled = {d.id: d for d in config.devices if d.enabled and d.driver in ENROLMENT_DRIVERS}
     if config.enrol.sync_groups:
         groups = [[enabled[d] for d in group if d in enabled] for group in config.enrol.sync_groups]
     else:

@@ -33,7 +33,7 @@ _INT = re.compile(r"^-?\d{1,11}$")
 SERVER_VERSION = "2.4.1"
 
 #: Tables a terminal uploads to /iclock/cdata that we take (others are answered OK and counted).
-ATTLOG, OPERLOG = "ATTLOG", "OPERLOG"
+ATTLOG, OPERLOG, BIODATA = "ATTLOG", "OPERLOG", "BIODATA"
 
 
 @dataclass(frozen=True)
@@ -244,6 +244,8 @@ class TerminalInfo:
     firmware: str
     counts: Counts
     address: str
+    #: Fingerprint algorithm version (the sixth value, e.g. 10); 0 when absent.
+    fp_algorithm: int = 0
 
 
 def parse_info(value: str) -> TerminalInfo | None:
@@ -254,7 +256,9 @@ def parse_info(value: str) -> TerminalInfo | None:
     faces = int(parts[8]) if len(parts) > 8 and _INT.match(parts[8]) else 0
     counts = Counts(records=max(int(parts[3]), 0), users=max(int(parts[1]), 0), fingers=max(int(parts[2]), 0),
                     faces=max(faces, 0))
-    return TerminalInfo(firmware=parts[0][:FIELD_MAX], counts=counts, address=parts[4][:64] if len(parts) > 4 else "")
+    alg = int(parts[5]) if len(parts) > 5 and _INT.match(parts[5]) and 0 < int(parts[5]) < 1000 else 0
+    return TerminalInfo(firmware=parts[0][:FIELD_MAX], counts=counts, address=parts[4][:64] if len(parts) > 4 else "",
+                        fp_algorithm=alg)
 
 
 def command_lines(commands: list[tuple[str, str]]) -> str:

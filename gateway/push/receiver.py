@@ -38,13 +38,18 @@ from starlette.routing import Route
 
 from drivers.base import DeviceInfo
 from gateway.config import Config, DeviceConfig
+from gateway.enrol.crypto import EnrolKeyError, EnvelopeError, Keyring
+from gateway.enrol.push import command_summary, open_command, store_upload
 from gateway.models import PollOutcome, Punch
 from gateway.polling.normalize import DEFAULT_NOT_BEFORE, DeviceContext, EmployeeMap, normalize_punches
 from gateway.push import protocol as p
+from gateway.push.enrolment import parse_enrolment_lines
 from gateway.services import AppContext, Service
 from gateway.store.db import StorageError, storage_error_text
 from gateway.store.punches import Store
 from gateway.store.push import COMMANDS_KEPT_DAYS, PushCommand, PushRepo
+from gateway.store.pushenrol import PushEnrolRepo
+from gateway.store.quarantine import QuarantinedInput, QuarantineRepo
 from gateway.web.server import ThreadedServer, start_listener
 from gateway.web.status import check_access
 
@@ -62,6 +67,13 @@ UNKNOWN_WRITE_EVERY_S = 60.0
 SKEW_BATCH_MAX = 5
 #: Longest query value we look at.
 QUERY_VALUE_MAX = 512
+#: Commands handed out in one getrequest at most (the vendor doc allows several lines; a restore queues one per
+#: user and per finger, so a terminal polling every push.delay_s takes them in this many at a time).
+COMMANDS_PER_POLL = 50
+#: Seconds before a missing enrolment key is looked for again (the operator may add it while we run).
+KEY_RETRY_S = 60.0
+#: Quarantine source of push upload lines that are no usable enrolment record.
+QUARANTINE_SOURCE = "push"
 
 
 class Refused(Exception):
@@ -123,6 +135,10 @@ class PushReceiver:
         self._logged: dict[str, float] = {}
         self._server: ThreadedServer | None = None
         self.port: int | None = None
+        self.enrol = PushEnrolRepo(store.engine)
+        self.quarantine = QuarantineRepo(store.engine)
+        self._keyring: Keyring | None = None
+        self._keyring_tried = -1e9
 
     # -- service ---------------------------------------------------------------------------------
     def app(self) -> Starlette:
@@ -312,15 +328,59 @@ class PushReceiver:
         text = p.body_text(body, request.headers.get("content-type", ""))
         if table == p.ATTLOG:
             return self._attlog(term, address, text, body)
-        if table == p.OPERLOG:
-            lines, counts = p.parse_operlog(text, self.cfg.max_lines)
-            self.repo.save_operlog(term.device.serial or "", lines, self.clock())
-            log.info("operation log received", device=term.device.id, serial=term.device.serial, lines=len(lines),
-                     **{f"lines_{k.lower()}": v for k, v in counts.items()})
-            return p.accepted_reply(len(lines))
+        if table in (p.OPERLOG, p.BIODATA):
+            return self._operlog(term, table, text)
         # options, ATTPHOTO, ...: acknowledged (we never ask for them), counted in the debug log.
         log.debug("push upload ignored", device=term.device.id, table=table[:32], bytes=len(body))
         return "OK"
+
+    def keyring(self) -> Keyring | None:
+        """The enrolment key (gateway/enrol/crypto.py), loaded on first need; None when it is not configured."""
+        if self._keyring is not None:
+            return self._keyring
+        now = self.monotonic()
+        if now - self._keyring_tried < KEY_RETRY_S:
+            return None
+        self._keyring_tried = now
+        try:
+            self._keyring = Keyring.from_config(self.config.enrol)
+        except EnrolKeyError as exc:
+            log.warning("push terminals' users and templates are not kept: no usable enrolment key", reason=str(exc))
+            return None
+        return self._keyring
+
+    def _operlog(self, term: _Terminal, table: str, text: str) -> str:
+        """OPERLOG / BIODATA: users and templates sealed into the terminal's mirror, unusable ones quarantined,
+        the other lines (OPLOG ...) kept raw as before. Acknowledged only after they are stored."""
+        device, serial = term.device, term.device.serial or ""
+        lines, counts = p.parse_operlog(text, self.cfg.max_lines)
+        upload = parse_enrolment_lines(lines)
+        now = self.clock()
+        keyring = self.keyring() if upload.users or upload.fingers else None
+        try:
+            if keyring is not None:
+                store_upload(self.enrol, serial, keyring, upload.users, upload.fingers, now)
+            if upload.refused:
+                self.quarantine.add([QuarantinedInput(device.id, QUARANTINE_SOURCE, raw, why,
+                                                      origin=f"{table} line {n}, serial {serial}", received_at=now)
+                                     for n, raw, why in upload.refused])
+            if upload.other_lines:
+                self.repo.save_operlog(serial, upload.other_lines, now)
+        except StorageError as exc:
+            raise Refused(503, f"database unavailable ({storage_error_text(exc)}); send again later",
+                          log_key="storage") from None
+        kept = len(upload.users) + len(upload.fingers) if keyring is not None else 0
+        log.info("operation log received", device=device.id, serial=serial, table=table, lines=len(lines),
+                 enrolment_records_kept=kept, refused=len(upload.refused),
+                 **{f"lines_{k.lower()}": v for k, v in counts.items()})
+        if (upload.users or upload.fingers) and keyring is None and self._first_in_a_while(f"nokey|{device.id}", 3600):
+            log.warning("users and templates uploaded by a push terminal were not kept (no enrolment key)",
+                        device=device.id, serial=serial, records=len(upload.users) + len(upload.fingers))
+        if upload.refused and self._first_in_a_while(f"badenrol|{device.id}", 600.0):
+            log.warning("push upload had unusable user or template lines; quarantined (said once per 10 min)",
+                        device=device.id, serial=serial, refused=len(upload.refused),
+                        first=[f"line {n}: {why}" for n, _, why in upload.refused[:3]])
+        return p.accepted_reply(len(lines))
 
     def _handshake(self, request: Request, address: str) -> str:
         serial = self._serial(request)
@@ -396,14 +456,40 @@ class PushReceiver:
         info = p.parse_info(info_text) if info_text else None
         if info is not None and info != term.info:
             before, term.info = term.info, info
+            if info.fp_algorithm and (before is None or before.fp_algorithm != info.fp_algorithm):
+                try:
+                    self.enrol.set_algorithm(term.device.serial or "", info.fp_algorithm)
+                except StorageError as exc:
+                    log.debug("fingerprint algorithm not recorded", error=storage_error_text(exc))
             # Counts grow with every punch: the next heartbeat (within a minute) carries them. Reported at
             # once only what health must see now: the first INFO, new firmware, a log that shrank.
             if before is None or info.firmware != before.firmware or info.counts.records < before.counts.records:
                 self._outcome(term, ok=True)
-        commands = [c for c in self.repo.take_commands(term.device.serial or "") if self._may_hand_out(term, c, info)]
+        commands = [c for c in self.repo.take_commands(term.device.serial or "", COMMANDS_PER_POLL)
+                    if self._may_hand_out(term, c, info)]
+        lines = []
         for cmd in commands:
+            text = self._command_text(term, cmd)
+            if text is None:
+                continue
+            lines.append((cmd.id, text))
             log.info("command handed to terminal", device=term.device.id, command=cmd.kind, command_id=cmd.id)
-        return p.command_lines([(c.id, c.text) for c in commands])
+        return p.command_lines(lines)
+
+    def _command_text(self, term: _Terminal, cmd: PushCommand) -> str | None:
+        """The text handed out: a sealed enrolment command opened (gateway/enrol/push.py), else as queued."""
+        serial = term.device.serial or ""
+        keyring = self.keyring() if cmd.text.startswith("ENC1 ") else None
+        try:
+            if cmd.text.startswith("ENC1 ") and keyring is None:
+                raise EnvelopeError("no enrolment key configured")
+            return open_command(keyring, serial, cmd.text) if keyring is not None else cmd.text
+        except (EnvelopeError, ValueError) as exc:
+            self.repo.record_result(serial, cmd.id, None, f"refused by the gateway: cannot open it ({exc})",
+                                    state="refused")
+            log.warning("enrolment command withdrawn: it cannot be opened", device=term.device.id,
+                        command_id=cmd.id, reason=str(exc))
+            return None
 
     def _may_hand_out(self, term: _Terminal, cmd: PushCommand, info: p.TerminalInfo | None) -> bool:
         """A clear goes out only if every record the terminal holds right now (the INFO of this very call) is
@@ -544,7 +630,8 @@ def status_route(config: Config, repo: PushRepo) -> Route:
             return PlainTextResponse("status token required", status_code=refused)
         unknown = await run_in_threadpool(repo.unknown_terminals)
         commands = await run_in_threadpool(repo.commands)
-        return JSONResponse({"unknown_terminals": unknown, "commands": [asdict(c) for c in commands[-200:]]})
+        shown = [{**asdict(c), "text": command_summary(c.text)} for c in commands[-200:]]
+        return JSONResponse({"unknown_terminals": unknown, "commands": shown})
     return Route("/push", endpoint, methods=["GET"])
 
 

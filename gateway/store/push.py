@@ -205,7 +205,8 @@ class PushRepo:
 
     # -- OPERLOG ---------------------------------------------------------------------------------
     def save_operlog(self, serial: str, lines: list[str], at: datetime) -> None:
-        """Keep one OPERLOG upload raw (user, template and operation records, for the template backup)."""
+        """Keep the operation lines (OPLOG ...) of one OPERLOG upload raw. Users and templates never come here: they
+        are kept sealed in enrol_push (gateway/store/pushenrol.py)."""
         key = f"{_OPERLOG}{serial.lower()}:{at:%Y%m%dT%H%M%S%f}"
         with self._writer.begin() as conn:
             if conn.execute(select(s.kv.c.key).where(s.kv.c.key == key)).first() is None:

@@ -377,6 +377,26 @@ enrol_audit = Table(
     Index(None, "device_id", "at"),
 )
 
+#: What push terminals uploaded of their enrolments (migration 0014_enrol_push): per terminal serial and PIN the
+#: user record (finger -1: name, privilege, card, group, the sealed password in ``blob``) and each fingerprint
+#: template (finger 0-9: valid flag, plain size, the sealed template in ``blob``). gateway/store/pushenrol.py.
+enrol_push = Table(
+    "enrol_push", metadata,
+    Column("serial", String(64), primary_key=True),
+    Column("pin", String(64), primary_key=True),
+    Column("finger", Integer, primary_key=True),
+    Column("name", String(64), nullable=False),
+    Column("privilege", Integer, nullable=False),
+    Column("card", BigInteger, nullable=False),
+    Column("group_id", String(16), nullable=False),
+    Column("valid", Integer, nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("key_id", String(16), nullable=False),
+    Column("blob", LargeBinary, nullable=True),
+    #: When the terminal last uploaded this row (a full upload on demand drops rows it did not send again).
+    Column("seen_at", UtcDateTime(), nullable=False),
+)
+
 
 def utcnow() -> datetime:
     """Aware UTC now (one place so tests can reason about it)."""

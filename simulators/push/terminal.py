@@ -13,6 +13,8 @@ registration). Every punch goes to the ground-truth JSONL file (simulators.zk.tr
 
 from __future__ import annotations
 
+import base64
+import binascii
 import http.client
 import logging
 import random
@@ -25,6 +27,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 from zoneinfo import ZoneInfo
 
+from simulators.zk.templates import fits_version, make_template
 from simulators.zk.truth import TruthWriter
 
 log = logging.getLogger(__name__)
@@ -63,6 +66,19 @@ class PushSpec:
     clock_skew_s: float = 0.0
     #: HTTP timeout of one request.
     timeout_s: float = 10.0
+    #: Users enrolled at start with this many fingerprint templates each (real-shaped blobs of fp_version);
+    #: 0 = no enrolment data (the users then only punch).
+    templates_per_user: int = 0
+    #: Fingerprint algorithm version (INFO fpAlg); DATA UPDATE FINGERTMP refuses blobs of another one (-11).
+    fp_version: int = 10
+    #: Newer firmware: templates go up as ``table=BIODATA`` lines instead of OPERLOG ``FP`` lines.
+    biodata: bool = False
+    #: Upload the enrolled users and templates after the first handshake (as the enrolments happened).
+    upload_enrolments: bool = True
+    user_capacity: int = 5000
+    template_capacity: int = 10000
+    #: Enrolment lines per OPERLOG / BIODATA upload at most.
+    enrol_batch: int = 200
 
 
 @dataclass
@@ -114,6 +130,21 @@ class PushTerminal:
         self._scheme, self._host = url.scheme, url.hostname
         self._port = url.port or (443 if url.scheme == "https" else 80)
         self._prefix = url.path.rstrip("/")
+        #: PIN -> (name, privilege, password, card, group); (PIN, finger) -> (valid, template bytes).
+        self.users: dict[str, tuple[str, int, str, int, str]] = {}
+        self.fingers: dict[tuple[str, int], tuple[int, bytes]] = {}
+        self._fp_version = spec.fp_version
+        #: Enrolment lines waiting for upload: (table, line).
+        self._enrol_out: list[tuple[str, str]] = []
+        if spec.templates_per_user:
+            blobs = random.Random(spec.seed * 7919 + 29)
+            for i in range(1, spec.users + 1):
+                pin = str(i)
+                self.users[pin] = (f"User {i}", 0, "", 0, "1")
+                for finger in range(spec.templates_per_user):
+                    self.fingers[(pin, finger)] = (1, make_template(blobs, spec.fp_version))
+            if spec.upload_enrolments:
+                self._queue_enrolments(None, users=True, fingers=True)
         if spec.records:
             start = self.now() - timedelta(minutes=spec.records)
             self._add([(start + timedelta(minutes=i)) for i in range(spec.records)])
@@ -183,6 +214,8 @@ class PushTerminal:
                 # Uploads first (real firmware pushes punches on its own schedule, not after command polls).
                 while self._upload() and not self._stop.is_set():
                     pass
+                while self._upload_enrolments() and not self._stop.is_set():
+                    pass
                 self._getrequest()
             except _CallFailed as exc:
                 self.stats.failed_calls += 1
@@ -243,8 +276,9 @@ class PushTerminal:
     def _info(self) -> str:
         with self._lock:
             records = len(self._log)
-            users = len({r.user_id for r in self._log}) or self.spec.users
-        return quote(f"{self.spec.firmware},{users},{users * 2},{records},127.0.0.1,10,7,15,0,111")
+            users = len(self.users) or len({r.user_id for r in self._log}) or self.spec.users
+            fps = len(self.fingers) if self.users else users * 2
+        return quote(f"{self.spec.firmware},{users},{fps},{records},127.0.0.1,{self._fp_version},7,15,0,111")
 
     def _getrequest(self) -> None:
         text, _ = self._call("GET", "getrequest", f"&INFO={self._info()}")
@@ -275,6 +309,11 @@ class PushTerminal:
             else:
                 with self._lock:
                     self._requery += [r for r in self._log if match.group(1) <= r.time <= match.group(2)]
+            word = "DATA"
+        elif command.startswith(("DATA UPDATE USERINFO", "DATA UPDATE FINGERTMP", "DATA UPDATE BIODATA",
+                                 "DATA DELETE USERINFO", "DATA QUERY USERINFO", "DATA QUERY FINGERTMP",
+                                 "DATA QUERY BIODATA")):
+            code = self._enrolment_command(command)
             word = "DATA"
         elif command == "INFO":
             return f"ID={cid}\nReturn=0\nCMD=INFO\n~SerialNumber={self.spec.serial}\nFWVersion={self.spec.firmware}"
@@ -308,6 +347,131 @@ class PushTerminal:
             else:
                 self._acked += n
         return n > 0
+
+    # -- enrolments ------------------------------------------------------------------------------
+    def _user_line(self, pin: str) -> str:
+        name, pri, passwd, card, grp = self.users[pin]
+        return f"USER PIN={pin}\tName={name}\tPri={pri}\tPasswd={passwd}\tCard={card or ''}\tGrp={grp}\tTZ=0\tVerify=0"
+
+    def _finger_line(self, pin: str, finger: int) -> tuple[str, str]:
+        valid, data = self.fingers[(pin, finger)]
+        tmp = base64.b64encode(data).decode("ascii")
+        if self.spec.biodata:
+            return "BIODATA", (f"BIODATA Pin={pin}\tNo={finger}\tIndex=0\tValid={valid}\tDuress=0\tType=1\t"
+                               f"MajorVer={self._fp_version}\tMinorVer=0\tFormat=0\tTmp={tmp}")
+        return "OPERLOG", f"FP PIN={pin}\tFID={finger}\tSize={len(data)}\tValid={valid}\tTMP={tmp}"
+
+    def _queue_enrolments(self, pin: str | None, *, users: bool, fingers: bool) -> None:
+        """Queue USER / FP (or BIODATA) lines of one user or all for upload. Called with or without the lock."""
+        pins = sorted(self.users) if pin is None else [pin] if pin in self.users else []
+        for p in pins:
+            if users:
+                self._enrol_out.append(("OPERLOG", self._user_line(p)))
+            if fingers:
+                self._enrol_out += [self._finger_line(p, f) for (q, f) in sorted(self.fingers) if q == p]
+
+    def _enrolment_command(self, command: str) -> int:
+        """DATA UPDATE / DELETE / QUERY of users and templates (vendor doc codes: -10 no such user, -9 size,
+        -11 bad template, -1001 capacity). A query's lines are uploaded before its result is reported."""
+        head, _, rest = command.partition("\t")
+        words = head.split(" ")
+        first = " ".join(words[3:])
+        fields = {k.strip().lower(): v for k, sep, v in (f.partition("=") for f in [first, *rest.split("\t")]) if sep}
+        pin = fields.get("pin", "")
+        what = " ".join(words[:3])
+        with self._lock:
+            if what == "DATA UPDATE USERINFO":
+                if not pin:
+                    return -1
+                if pin not in self.users and len(self.users) >= self.spec.user_capacity:
+                    return -1001
+                pri = fields.get("pri", fields.get("privilege", "0"))
+                card = fields.get("card", "")
+                self.users[pin] = (fields.get("name", ""), int(pri) if pri.isdigit() else 0,
+                                   fields.get("passwd", fields.get("password", "")),
+                                   int(card) if card.isdigit() else 0, fields.get("grp", ""))
+                return 0
+            if what in ("DATA UPDATE FINGERTMP", "DATA UPDATE BIODATA"):
+                finger = fields.get("fid", fields.get("no", ""))
+                if pin not in self.users:
+                    return -10
+                try:
+                    data = base64.b64decode(fields.get("tmp", ""), validate=True)
+                except (binascii.Error, ValueError):
+                    return -11
+                size = fields.get("size", "")
+                if not finger.isdigit() or int(finger) > 9 or not data:
+                    return -1
+                if size.isdigit() and int(size) != len(data):
+                    return -9
+                if not fits_version(data, self._fp_version):
+                    return -11
+                if (pin, int(finger)) not in self.fingers and len(self.fingers) >= self.spec.template_capacity:
+                    return -1001
+                valid = fields.get("valid", "1")
+                self.fingers[(pin, int(finger))] = (int(valid) if valid.isdigit() else 1, data)
+                return 0
+            if what == "DATA DELETE USERINFO":
+                self.users.pop(pin, None)
+                for key in [k for k in self.fingers if k[0] == pin]:
+                    del self.fingers[key]
+                return 0
+            self._queue_enrolments(pin or None, users=what == "DATA QUERY USERINFO",
+                                   fingers=what != "DATA QUERY USERINFO")
+        while self._upload_enrolments():
+            pass
+        return 0
+
+    def _upload_enrolments(self) -> bool:
+        """Send one batch of queued enrolment lines (one table per POST); True when something was acknowledged."""
+        with self._lock:
+            if not self._enrol_out:
+                return False
+            table = self._enrol_out[0][0]
+            batch: list[str] = []
+            for t, line in self._enrol_out:
+                if t != table or len(batch) >= self.spec.enrol_batch:
+                    break
+                batch.append(line)
+        end = "\r\n" if self.spec.crlf else "\n"
+        text, _ = self._call("POST", "cdata", f"&table={table}&Stamp=9999", "".join(line + end for line in batch))
+        match = _OK_N.match(text.strip())
+        if match is None and text.strip() != "OK":
+            raise _CallFailed(f"{table}: unexpected reply {text[:80]!r}")
+        n = len(batch) if match is None else min(int(match.group(1)), len(batch))
+        with self._lock:
+            del self._enrol_out[:n]
+        return n > 0
+
+    def enrol(self, pin: str, name: str, fingers: int = 2) -> None:
+        """Enrol a user at the keypad: new templates, uploaded at once (TransFlag EnrollUser / EnrollFP)."""
+        rng = random.Random(f"{self.spec.serial}/{pin}")
+        with self._lock:
+            self.users[pin] = (name, 0, "", 0, "1")
+            for finger in range(fingers):
+                self.fingers[(pin, finger)] = (1, make_template(rng, self._fp_version))
+            self._queue_enrolments(pin, users=True, fingers=True)
+        self._wake.set()
+
+    def enrolments(self) -> tuple[dict[str, tuple[str, int, int, str]], dict[tuple[str, int], bytes]]:
+        """What the terminal holds: users (name, privilege, card, password) and templates by (PIN, finger)."""
+        with self._lock:
+            return ({pin: (u[0], u[1], u[3], u[2]) for pin, u in self.users.items()},
+                    {k: data for k, (_, data) in self.fingers.items()})
+
+    def factory_reset(self) -> None:
+        """Wipe users, templates and the log."""
+        with self._lock:
+            self.users.clear()
+            self.fingers.clear()
+            self._enrol_out.clear()
+            self._log, self._acked, self._requery = [], 0, []
+
+    def replace_blank(self, fp_version: int | None = None) -> None:
+        """A new, empty unit in its place (optionally of another fingerprint algorithm version)."""
+        self.factory_reset()
+        if fp_version is not None:
+            self._fp_version = fp_version
 
     def describe(self) -> dict[str, Any]:
         """A JSON-able summary (fleet listing, tests)."""

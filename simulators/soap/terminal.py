@@ -11,6 +11,7 @@ that are no punch do not (they are what the gateway must quarantine). Imports no
 
 from __future__ import annotations
 
+import base64
 import logging
 import random
 import re
@@ -25,6 +26,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from simulators.soap import codec
+from simulators.zk.templates import fits_version, make_template
 from simulators.zk.truth import TruthWriter
 
 log = logging.getLogger(__name__)
@@ -79,6 +81,13 @@ class SoapSpec:
     #: (a Result 0 row saying "Invalid ComKey").
     wrong_key_answer: str = "empty"
     firmware: str = "Ver 6.60 Jul 1 2016"
+    #: Fingerprint templates per user at start (real-shaped blobs of ``fp_version``, simulators.zk.templates).
+    templates_per_user: int = 0
+    #: Fingerprint algorithm version (GetOption ~ZKFPVersion); SetUserTemplate refuses blobs of another one.
+    fp_version: int = 10
+    #: Users and templates the terminal holds at most (SetUserInfo / SetUserTemplate answer Result 0 beyond).
+    user_capacity: int = 5000
+    template_capacity: int = 10000
 
 
 @dataclass
@@ -113,8 +122,10 @@ class SoapTerminal:
     def __init__(self, spec: SoapSpec, truth: TruthWriter | None = None) -> None:
         if spec.wrong_key_answer not in ("empty", "refusal"):
             raise ValueError(f"wrong_key_answer: expected \"empty\" or \"refusal\", got {spec.wrong_key_answer!r}")
-        if spec.users < 1 or spec.records < 0 or spec.garbage_rows < 0 or spec.bad_dates < 0:
-            raise ValueError("users must be at least 1; records, garbage_rows, bad_dates at least 0")
+        if spec.users < 0 or spec.records < 0 or spec.garbage_rows < 0 or spec.bad_dates < 0:
+            raise ValueError("users, records, garbage_rows, bad_dates must be at least 0")
+        if not 0 <= spec.templates_per_user <= 10:
+            raise ValueError("templates_per_user must be 0-10")
         self.spec = spec
         self.truth = truth
         self._rng = random.Random(spec.seed)
@@ -125,6 +136,17 @@ class SoapTerminal:
         #: PIN (internal number) -> on-screen id: PIN itself, or PIN2 when spec.pin2.
         self._users = {str(i): (str(1000 + i) if spec.pin2 else str(i)) for i in range(1, spec.users + 1)}
         self._names = {pin: f"User {pin}" for pin in self._users}
+        #: PIN -> (password, group, privilege, card): the rest of a user record.
+        self._details: dict[str, tuple[str, str, int, int]] = {pin: ("", "1", 0, 0) for pin in self._users}
+        #: (PIN, finger) -> (valid flag, template bytes).
+        self._templates: dict[tuple[str, int], tuple[int, bytes]] = {}
+        #: PINs SetUserInfo added a second time (the documented quirk: it always adds): extra user rows.
+        self.duplicates: list[str] = []
+        self._fp_version = spec.fp_version
+        blobs = random.Random(spec.seed * 7919 + 17)
+        for pin in self._users:
+            for finger in range(spec.templates_per_user):
+                self._templates[(pin, finger)] = (1, make_template(blobs, spec.fp_version))
         #: Requests answered per method, ClearData calls per value, wrong-key answers (for tests).
         self.requests: Counter[str] = Counter()
         self.clears: Counter[str] = Counter()
@@ -300,10 +322,13 @@ class SoapTerminal:
             return codec.result_text(m, True)
         if m == "GetAttLog":
             return codec.answer_text(m, self._log_rows(call.arg("PIN", "All")))
-        if m in ("GetAllUserInfo", "GetUserInfo"):
-            wanted = call.arg("PIN", "All") if m == "GetUserInfo" else "All"
-            return codec.answer_text(m, [self._user_row(pin) for pin in self._users
-                                         if wanted.lower() == "all" or wanted == pin])
+        if m == "GetAllUserInfo":
+            return codec.answer_text(m, self._all_user_rows())
+        if m == "GetUserInfo":
+            wanted = call.arg("PIN", "All")
+            with self._lock:
+                rows = [self._user_row(pin) for pin in self._users if wanted.lower() == "all" or wanted == pin]
+            return codec.answer_text(m, rows)
         if m == "ClearData":
             value = call.arg("Value")
             with self._lock:
@@ -312,18 +337,30 @@ class SoapTerminal:
                     self._log.clear()
                 elif value == "1":  # "all data": users (and templates) go, the log too on the units described
                     self._users.clear()
+                    self._templates.clear()
                     self._log.clear()
-                elif value != "2":
+                elif value == "2":
+                    self._templates.clear()
+                else:
                     return codec.result_text(m, False)
             return codec.result_text(m, True)
         if m == "GetOption":
             name = call.arg("Name")
             if name == "~SerialNumber" and self.spec.serial_option:
                 return codec.answer_text(m, [codec.row([("Name", name), ("Value", self.serial)])])
+            if name == "~ZKFPVersion":
+                return codec.answer_text(m, [codec.row([("Name", name), ("Value", str(self._fp_version))])])
             return codec.answer_text(m, [])
+        if m in ("GetUserTemplate", "SetUserInfo", "SetUserTemplate", "DeleteUser", "DeleteTemplate"):
+            with self._lock:
+                return self._enrolment_call(call)
         if m == "RefreshDB":
             return codec.result_text(m, True)
         return codec.result_text(m, False, "Unknown command!")
+
+    def _all_user_rows(self) -> list[str]:
+        with self._lock:
+            return [self._user_row(pin) for pin in [*self._users, *self.duplicates] if pin in self._users]
 
     def _log_rows(self, pin: str) -> list[str]:
         with self._lock:
@@ -343,9 +380,93 @@ class SoapTerminal:
         return rows
 
     def _user_row(self, pin: str) -> str:
-        return codec.row([("PIN", pin), ("Name", self._names.get(pin, "")), ("Password", ""), ("Group", "1"),
-                          ("Privilege", "0"), ("Card", "0"), ("PIN2", self._users[pin] if self.spec.pin2 else pin),
+        password, group, privilege, card = self._details.get(pin, ("", "1", 0, 0))
+        return codec.row([("PIN", pin), ("Name", self._names.get(pin, "")), ("Password", password), ("Group", group),
+                          ("Privilege", str(privilege)), ("Card", str(card)),
+                          ("PIN2", self._users[pin] if self.spec.pin2 else pin),
                           ("TZ1", "0"), ("TZ2", "0"), ("TZ3", "0")])
+
+    # -- enrolments (GetUserTemplate, SetUserInfo, SetUserTemplate, DeleteUser, DeleteTemplate) ------
+    def _enrolment_call(self, call: codec.SoapRequest) -> str:
+        """Shapes of other-protocols.md §1.3/§1.4: template rows PIN, FingerID, Size, Valid, Template (base64);
+        writes answer Result 1/0 with an Information text. Called with the lock held."""
+        m = call.method
+        pin = call.arg("PIN")
+        if m == "GetUserTemplate":
+            finger = call.arg("FingerID")
+            rows = [codec.row([("PIN", p), ("FingerID", str(f)), ("Size", str(len(data))), ("Valid", str(valid)),
+                               ("Template", base64.b64encode(data).decode("ascii"))])
+                    for (p, f), (valid, data) in sorted(self._templates.items())
+                    if (pin.lower() == "all" or p == pin) and (not finger.isdigit() or int(finger) == f)]
+            return codec.answer_text(m, rows) if rows else codec.result_text(m, False, "No data!")
+        if m == "SetUserInfo":
+            if not pin or len(pin) > 24:
+                return codec.result_text(m, False)
+            if pin in self._users:
+                self.duplicates.append(pin)  # the documented quirk: SetUserInfo always adds a user
+            elif len(self._users) >= self.spec.user_capacity:
+                return codec.result_text(m, False, "Fail!")
+            self._users[pin] = call.arg("PIN2") or pin if self.spec.pin2 else pin
+            self._names[pin] = call.arg("Name")
+            priv, card = call.arg("Privilege", "0"), call.arg("Card", "0")
+            self._details[pin] = (call.arg("Password"), call.arg("Group", "1"), int(priv) if priv.isdigit() else 0,
+                                  int(card) if card.isdigit() else 0)
+            return codec.result_text(m, True)
+        if m == "SetUserTemplate":
+            finger, size, valid = call.arg("FingerID"), call.arg("Size"), call.arg("Valid", "1")
+            try:
+                data = base64.b64decode(call.arg("Template"), validate=True)
+            except ValueError:
+                return codec.result_text(m, False)
+            if pin not in self._users or not finger.isdigit() or int(finger) > 9 or not data \
+                    or (size.isdigit() and int(size) != len(data)) or not fits_version(data, self._fp_version):
+                return codec.result_text(m, False)
+            if (pin, int(finger)) not in self._templates and len(self._templates) >= self.spec.template_capacity:
+                return codec.result_text(m, False, "Fail!")
+            self._templates[(pin, int(finger))] = (int(valid) if valid.isdigit() else 1, data)
+            return codec.result_text(m, True)
+        if m == "DeleteUser":
+            if pin not in self._users:
+                return codec.result_text(m, False)
+            del self._users[pin]
+            self._names.pop(pin, None)
+            self._details.pop(pin, None)
+            self.duplicates = [d for d in self.duplicates if d != pin]
+            for key in [k for k in self._templates if k[0] == pin]:
+                del self._templates[key]
+            return codec.result_text(m, True)
+        # DeleteTemplate: every finger of the user
+        gone = [k for k in self._templates if k[0] == pin]
+        for key in gone:
+            del self._templates[key]
+        return codec.result_text(m, bool(gone))
+
+    def enrolments(self) -> tuple[dict[str, tuple[str, int, int, str]], dict[tuple[str, int], bytes]]:
+        """What the terminal holds, by on-screen id: users (name, privilege, card, password), templates."""
+        with self._lock:
+            users = {self._users[p]: (self._names.get(p, ""), self._details[p][2], self._details[p][3],
+                                      self._details[p][0]) for p in self._users}
+            templates = {(self._users[p], f): data for (p, f), (_, data) in self._templates.items() if p in self._users}
+        return users, templates
+
+    def factory_reset(self) -> None:
+        """Wipe users, templates and the log, as the menu's factory reset does."""
+        with self._lock:
+            self._users.clear()
+            self._names.clear()
+            self._details.clear()
+            self._templates.clear()
+            self.duplicates.clear()
+            self._log.clear()
+
+    def replace_blank(self, new_serial: str | None = None, fp_version: int | None = None) -> None:
+        """Swap in a new, empty unit (optionally another serial and fingerprint algorithm version)."""
+        self.factory_reset()
+        with self._lock:
+            if new_serial is not None:
+                self.spec.serial = new_serial
+            if fp_version is not None:
+                self._fp_version = fp_version
 
     def describe(self) -> dict[str, Any]:
         """A JSON-able summary (for the fleet listing)."""

@@ -171,15 +171,19 @@ def test_groups_the_sync_cannot_keep_are_refused_with_where(tmp_path: Path) -> N
                for i, name in enumerate(("lobby", "annex", "gate"))]
     doc = config_dict("sqlite:///x.db", entries, enrol={"sync": True, "sync_groups": [
         ["lobby", "annex"], ["annex", "gate"], ["lobby", "nowhere"]]})
-    doc["devices"].append({"id": "face", "driver": "push", "serial": "CKJ1"})
+    # A serial clock holds no enrolments; a push terminal (driver "push") may be in a group since 0014_enrol_push.
+    doc["devices"].append({"id": "face", "driver": "serial", "port": "/dev/ttyUSB0", "line_format": "giga_tms"})
+    doc["devices"].append({"id": "hall", "driver": "push", "serial": "CKJ1"})
     doc["enrol"]["sync_groups"].append(["gate", "face"])
+    doc["enrol"]["sync_groups"].append(["hall", "lobby"])
     path = write_toml(doc, tmp_path / "config.toml")
     with pytest.raises(ConfigError) as err:
         load_config(path)
     text = str(err.value)
     assert "unknown device id 'nowhere'" in text
     assert "device 'annex' is in group 1 and group 2" in text
-    assert "device 'face' uses driver 'push'" in text and "not" in text
+    assert "device 'face' uses driver 'serial'" in text and "no enrolments" in text
+    assert "'hall'" not in text
     doc["enrol"]["sync_groups"] = [["lobby", "annex"], ["gate"]]
     with pytest.raises(ConfigError, match="at least two"):
         load_config(write_toml(doc, tmp_path / "config.toml"))
