@@ -161,6 +161,12 @@ SEVERITY = {
 }
 
 
+def users_dropped_sharply(previous: int, now: int, ratio: float) -> bool:
+    """Whether a terminal's user count fell by at least ``ratio`` of the previous one (and by at least two users):
+    a factory reset or a mass delete at the keypad (the enrolment backup's notice, the ``user_drop`` problem)."""
+    return previous > 1 and now < previous and (previous - now) >= max(2, ratio * previous)
+
+
 def parse_instant(text: str) -> datetime:
     """An ISO-8601 instant as stored in JSON columns; naive values are UTC."""
     value = datetime.fromisoformat(text)

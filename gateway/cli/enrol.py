@@ -42,6 +42,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     p = actions.add_parser("backup", help="read users and templates of terminals and store them encrypted")
     p.add_argument("devices", nargs="*", metavar="DEVICE", help="device ids (default: every polled terminal)")
+    p.add_argument("--full", action="store_true", help="read every template again (no incremental backup)")
     p.set_defaults(func=cmd_backup)
 
     p = actions.add_parser("restore", help="write a stored backup to a (replacement) terminal")
@@ -135,12 +136,16 @@ def cmd_backup(args: argparse.Namespace) -> int:
         repo = EnrolRepo(engine)
         for device in devices:
             r = backup_device(device, repo, keyring, actor=cli_actor(), timeout_s=config.enrol.timeout_s,
-                              drop_warn_ratio=config.enrol.drop_warn_ratio)
+                              drop_warn_ratio=config.enrol.drop_warn_ratio,
+                              incremental=config.enrol.incremental and not args.full,
+                              full_every_s=config.enrol.full_every_s)
             if not r.ok:
                 failed += 1
                 print(f"{device.id}: FAILED {r.error} ({r.duration_s:.1f}s)")
                 continue
-            print(f"{device.id}: ok serial={r.serial} users={r.users} templates={r.templates} "
+            kind = f" incremental (read {r.templates_read}, carried over {r.templates - r.templates_read})" \
+                if r.incremental else ""
+            print(f"{device.id}: ok serial={r.serial} users={r.users} templates={r.templates}{kind} "
                   f"algorithm={r.algorithm or '?'} without_templates={len(r.without_templates)} ({r.duration_s:.1f}s)")
             if r.dropped_from is not None:
                 print(f"  NOTICE: {r.users} users now, {r.dropped_from} at the previous backup: was the terminal "

@@ -79,7 +79,8 @@ class DailyBackup:
 
                 def job(device: DeviceConfig = device) -> BackupResult:
                     return backup_device(device, self.repo, keyring, actor="daemon", timeout_s=cfg.timeout_s,
-                                         drop_warn_ratio=cfg.drop_warn_ratio, driver_factory=self.driver_factory)
+                                         drop_warn_ratio=cfg.drop_warn_ratio, driver_factory=self.driver_factory,
+                                         incremental=cfg.incremental, full_every_s=cfg.full_every_s)
 
                 try:
                     result = self.hold(device.id, job)
