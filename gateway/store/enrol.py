@@ -432,9 +432,11 @@ def _carry_templates(conn: Connection, carry: Carry, snapshot_id: int) -> int:
              .where(t.c.snapshot_id == carry.source))
     if carry.reread:
         query = query.where(t.c.uid.not_in(sorted(carry.reread)))
-    result = conn.execute(t.insert().from_select(["snapshot_id", "uid", "finger", "valid", "size", "key_id", "blob"],
-                                                 query))
-    return int(result.rowcount)
+    before = conn.execute(select(func.count()).select_from(t).where(t.c.snapshot_id == snapshot_id)).scalar_one()
+    conn.execute(t.insert().from_select(["snapshot_id", "uid", "finger", "valid", "size", "key_id", "blob"], query))
+    # Counted, not rowcount: psycopg reports -1 for an INSERT ... SELECT.
+    after = conn.execute(select(func.count()).select_from(t).where(t.c.snapshot_id == snapshot_id)).scalar_one()
+    return int(after) - int(before)
 
 
 def _put_kv(conn: Connection, key: str, value: Any, now: datetime) -> None:
