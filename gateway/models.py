@@ -144,8 +144,8 @@ def verify_name(code: int) -> str:
 
 #: Every problem name the tracker can open, in the order the status page lists them.
 PROBLEMS = ("offline", "disabled", "auth_rejected", "identity_mismatch", "protocol_error", "poll_hang", "clock_reset",
-            "clock_skew", "storage", "counts_unreliable", "silent", "replaced", "log_shrank", "firmware_changed",
-            "clock_corrected")
+            "user_drop", "clock_skew", "storage", "counts_unreliable", "silent", "replaced", "log_shrank",
+            "firmware_changed", "clock_corrected")
 
 #: One-off events: one alert ("notice"), shown on the status page for the notice window, no end alert.
 NOTICES = frozenset({"replaced", "log_shrank", "firmware_changed", "clock_corrected"})
@@ -155,7 +155,8 @@ SEVERITIES = ("info", "warning", "critical")
 #: Default severity per problem (storage escalates warning -> critical by itself).
 SEVERITY = {
     "offline": "critical", "disabled": "critical", "auth_rejected": "critical", "identity_mismatch": "critical",
-    "protocol_error": "warning", "poll_hang": "warning", "clock_reset": "critical", "clock_skew": "warning",
+    "protocol_error": "warning", "poll_hang": "warning", "clock_reset": "critical", "user_drop": "critical",
+    "clock_skew": "warning",
     "storage": "warning", "counts_unreliable": "warning", "silent": "warning", "replaced": "warning",
     "log_shrank": "warning", "firmware_changed": "info", "clock_corrected": "info",
 }

@@ -5,6 +5,7 @@
     enrol restore NEW --from OLD     -> gateway.enrol.restore.restore (from the stored backup; OLD may be dead)
     enrol status [--json]            -> gateway.enrol.backup.status (+ the office sync's open conflicts)
     enrol sync [--dry-run] [--group] -> gateway.enrol.sync.sync_office (keep an office's terminals in step)
+    enrol ack-drop DEVICE ...        -> accept a user-count drop (kv row; the daemon's health sweep closes user_drop)
     enrol rotate-key                 -> gateway.enrol.backup.rotate_key
     enrol audit [--device D]         -> the audit table
 
@@ -65,6 +66,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    "nothing")
     p.add_argument("--group", nargs="+", metavar="DEVICE", help="only the group(s) holding these device ids")
     p.set_defaults(func=cmd_sync)
+
+    p = actions.add_parser("ack-drop", help="accept a terminal's user-count drop (closes the user_drop problem)")
+    p.add_argument("devices", nargs="+", metavar="DEVICE", help="device ids")
+    p.set_defaults(func=cmd_ack_drop)
 
     p = actions.add_parser("rotate-key", help="re-encrypt every backup with the current key_file")
     p.set_defaults(func=cmd_rotate_key)
@@ -253,6 +258,26 @@ def cmd_status(args: argparse.Namespace) -> int:
     if conflicts:
         print(f"office sync conflicts (not written; correct the user on one terminal): {len(conflicts)}")
         print_table(["PIN@DEVICES", "WHY"], [[k, r] for k, r in conflicts], sys.stdout)
+    return EXIT_OK
+
+
+def cmd_ack_drop(args: argparse.Namespace) -> int:
+    """Record that the operator accepts the devices' current user counts; the daemon closes the problem."""
+    from gateway.enrol.backup import cli_actor
+    from gateway.store.enrol import EnrolRepo
+
+    config = config_of(args)
+    devices = [_device(config, d) for d in args.devices]
+    engine = open_engine(config, pool_size=1, migrate=True)
+    try:
+        repo = EnrolRepo(engine)
+        for device in devices:
+            at = repo.acknowledge_drop(device.id)
+            repo.audit(cli_actor(), "ack-drop", device.id, detail="user-count drop acknowledged")
+            print(f"{device.id}: user-count drop acknowledged at {at:%Y-%m-%d %H:%M:%S} UTC; the running daemon "
+                  "closes the user_drop problem within a minute (at its next health sweep)")
+    finally:
+        engine.dispose()
     return EXIT_OK
 
 

@@ -198,9 +198,12 @@ class EnrolRepo:
 
     def drop_acknowledgements(self) -> dict[str, datetime]:
         """device id -> when its user-count drop was last acknowledged."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(select(s.kv.c.key, s.kv.c.value).where(
-                func.substr(s.kv.c.key, 1, len(DROP_ACK_KV_PREFIX)) == DROP_ACK_KV_PREFIX)).all()
+        try:
+            with self.engine.connect() as conn:
+                rows = conn.execute(select(s.kv.c.key, s.kv.c.value).where(
+                    func.substr(s.kv.c.key, 1, len(DROP_ACK_KV_PREFIX)) == DROP_ACK_KV_PREFIX)).all()
+        except (OperationalError, ProgrammingError):  # not migrated yet: no acknowledgement
+            return {}
         out: dict[str, datetime] = {}
         for key, value in rows:
             try:
