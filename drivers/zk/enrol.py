@@ -326,14 +326,15 @@ def read_enrolments(session: ZkSession, progress: Progress | None = None) -> Enr
 
 
 def read_user_template(session: ZkSession, uid: int, finger: int) -> bytes | None:
-    """One finger of one user (command 88, ``<hb`` uid, finger; fact sheet §2.7); None when the terminal has none.
+    """One finger of one user (command 88, ``<Hb`` uid, finger; fact sheet §2.7); None when the terminal has none.
 
     The answer is the template plus one trailing byte (a DATA packet, or PREPARE_DATA + DATA pieces + ACK_OK),
     as pyzk's get_user_template reads it; some firmware pads with six zero bytes more, which pyzk strips too.
     A refusal (ACK_ERROR) means "no such finger": it is not retried.
     """
     zk = session._zk
-    request = struct.pack("<hb", uid, finger)
+    # u16 uid (pyzk packs it signed, which fails above 32767; the user table's uid is a u16).
+    request = struct.pack("<Hb", uid, finger)
 
     def over_tcp() -> bytes | None:
         # The driver's TCP channel reads each packet by its declared length (pyzk's own chunk reader does not).
