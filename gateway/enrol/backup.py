@@ -207,10 +207,12 @@ def backup_device(device: DeviceConfig, repo: EnrolRepo, keyring: Keyring, *, ac
     algorithm, layout, reread = enrolments.algorithm, enrolments.user_layout, enrolments.template_uids
     del enrolments  # the plain templates are not needed any more
     carry = None
+    counts: dict[int, int] = {}
     if reread is not None and base is not None:
-        carried = sum(base.template_counts.get(u.uid, 0) for u in users
-                      if u.uid not in reread and base.pins.get(u.uid) == u.user_id)
-        carry = Carry(base.snapshot.id, reread, carried)
+        for u in users:
+            if u.uid not in reread and base.pins.get(u.uid) == u.user_id:
+                counts[u.uid] = base.template_stats.get(u.uid, (0, 0))[0]
+        carry = Carry(base.snapshot.id, reread, sum(counts.values()))
     try:
         head = repo.save_snapshot(device.id, serial, algorithm=algorithm, user_layout=layout,
                                   users=users, templates=templates, actor=actor, carry=carry)
@@ -219,10 +221,8 @@ def backup_device(device: DeviceConfig, repo: EnrolRepo, keyring: Keyring, *, ac
                     device=device.id, error=str(exc))
         return backup_device(device, repo, keyring, actor=actor, timeout_s=timeout_s,
                              drop_warn_ratio=drop_warn_ratio, driver_factory=driver_factory, incremental=False)
-    counts = repo.template_counts(head.id) if carry is not None else {}
-    if carry is None:
-        for t in templates:
-            counts[t.uid] = counts.get(t.uid, 0) + 1
+    for t in templates:  # the carried-over users' counts are in ``counts`` already
+        counts[t.uid] = counts.get(t.uid, 0) + 1
     without = tuple(u.user_id for u in users if counts.get(u.uid, 0) == 0)
     dropped = previous.users if previous is not None and sharp_drop(previous.users, len(users), drop_warn_ratio) \
         else None
