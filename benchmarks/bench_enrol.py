@@ -16,8 +16,8 @@ the same run, pyzk 0.9's own ``get_users`` + ``get_templates`` on the same termi
 checks, no sealing and no storing): the backup's cost over a bare read. Incremental backups: a full backup of
 a terminal that answers big tables buffered, then 10 new users (2 fingers each), then the incremental backup
 (``backup_device(incremental=True)``: user table, counts, the table's announced size, command 88 for the new
-users, the rest carried over sealed): wall time and keypad time of each, and their ratios. SQLite always; PostgreSQL when
-GW_TEST_PG_URL is set (skipped with a note otherwise).
+users, the rest carried over sealed): wall time and keypad time of each, and their ratios. SQLite always;
+PostgreSQL when GW_TEST_PG_URL is set (skipped with a note otherwise).
 """
 
 from __future__ import annotations
