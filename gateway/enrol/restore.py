@@ -207,8 +207,10 @@ def plan_uids(users: list[EnrolledUser], present: Collection[EnrolledUser], over
 def _dry_outcomes(users: list[EnrolledUser], plan: dict[int, EnrolledUser], skipped: dict[int, str],
                   templates: list[Template], refused: str) -> tuple[UserOutcome, ...]:
     fingers: dict[int, int] = {}
+    by_uid: dict[int, list[Template]] = {}
     for t in templates:
         fingers[t.uid] = fingers.get(t.uid, 0) + 1
+        by_uid.setdefault(t.uid, []).append(t)
     out = []
     for user in users:
         if user.uid in skipped:
@@ -219,8 +221,7 @@ def _dry_outcomes(users: list[EnrolledUser], plan: dict[int, EnrolledUser], skip
         if refused and n:
             out.append(UserOutcome(user.user_id, "would write user only", refused, 0, target.uid))
         else:
-            why = _with_flags("" if n else "no template in the backup",
-                              [t for t in templates if t.uid == target.uid])
+            why = _with_flags("" if n else "no template in the backup", by_uid.get(target.uid, []))
             out.append(UserOutcome(user.user_id, "would restore", why, n, target.uid))
     return tuple(out)
 
