@@ -2,6 +2,12 @@
 
     backup_device(device): driver.connect(deadline) -> session.read_enrolments() -> seal every template and
     password with the current key -> EnrolRepo.save_snapshot (one transaction, with its audit row)
+    incremental: session.read_changed_enrolments(plan_template_reads) -> only the new users' templates are
+    read and sealed; save_snapshot(carry=...) copies the others, still sealed, from the previous backup
+
+Incremental backups compare the terminal's user table, template count and template-table size with the previous
+backup (PINs, counts and sizes only); anything that does not add up reads the whole table in the same session.
+A full backup comes at least every ``[enrol] full_every`` (full_backup_due). docs/enrolment.md section 2.
 
 The key is loaded by the caller before any terminal is contacted, so a missing or wrong key fails before
 anything is read and nothing is ever stored unsealed. Logs carry counts, never template bytes.
