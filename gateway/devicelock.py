@@ -62,6 +62,7 @@ class DeviceLocks:
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = Path(state_dir)
         self.dir = self.state_dir / "locks"
+        self._dir_ready = False
         self._warned: set[str] = set()
         self._warn_lock = threading.Lock()
 
@@ -110,13 +111,15 @@ class DeviceLocks:
 
     def _open(self, device_id: str) -> tuple[int | None, Path]:
         path = self.path(device_id)
-        if not self.state_dir.is_dir():
-            return None, path
-        try:
-            self.dir.mkdir(mode=0o775, exist_ok=True)
-        except OSError as exc:
-            self._warn_once(device_id, f"cannot make {self.dir}: {exc.strerror or exc}")
-            return None, path
+        if not self._dir_ready:  # once made, a poll costs open + flock + close only
+            if not self.state_dir.is_dir():
+                return None, path
+            try:
+                self.dir.mkdir(mode=0o775, exist_ok=True)
+            except OSError as exc:
+                self._warn_once(device_id, f"cannot make {self.dir}: {exc.strerror or exc}")
+                return None, path
+            self._dir_ready = True
         try:
             return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o664), path
         except PermissionError:
