@@ -171,3 +171,36 @@ def test_restore_from_an_incremental_backup_is_byte_identical(
     new_pin = {u.uid: u.user_id for u in blank.users()}
     assert {(new_pin[u], f): t.data for (u, f), t in blank.templates().items()} == \
         {(pin[u], f): t.data for (u, f), t in dev.templates().items()}
+
+
+@pytest.mark.timeout(120)
+def test_a_previous_backup_changed_under_the_carry_over_is_read_again_in_full(
+        fleet: Any, tmp_path: Path, db_url: str, repo: EnrolRepo, keyring: Keyring,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from sqlalchemy import delete
+
+    from gateway.store import schema as sch
+
+    dev, config = new_device(fleet, tmp_path, db_url, "udp", users=80)
+    device = config.devices[0]
+    first = backup_device(device, repo, keyring, actor="t", timeout_s=30, incremental=True)
+    assert first.ok and first.snapshot is not None
+    apply(dev, [("add", 1)], random.Random(3))
+    real_save = repo.save_snapshot
+    calls: list[bool] = []
+
+    def save_after_a_row_vanished(*args: Any, **kw: Any) -> Any:
+        calls.append(kw.get("carry") is not None)
+        if kw.get("carry") is not None:  # e.g. trimmed or damaged meanwhile: one carried row is gone
+            with repo.engine.begin() as conn:
+                t = sch.enrol_template
+                uid = min(u.uid for u in repo.users(first.snapshot.id))
+                conn.execute(delete(t).where(t.c.snapshot_id == first.snapshot.id, t.c.uid == uid))
+        return real_save(*args, **kw)
+
+    monkeypatch.setattr(repo, "save_snapshot", save_after_a_row_vanished)
+    result = backup_device(device, repo, keyring, actor="t", timeout_s=30, incremental=True)
+    assert calls == [True, False]  # the carry was refused (nothing stored), then a full backup
+    assert result.ok and not result.incremental and result.snapshot is not None
+    assert stored(repo, keyring, result.snapshot.id) == on_terminal(dev)
+    assert len(repo.history(device.id)) == 2
