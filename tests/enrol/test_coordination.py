@@ -112,8 +112,12 @@ def test_a_waiting_holder_gets_the_lock_when_it_is_let_go(tmp_path: Path) -> Non
     assert locks.try_hold("annex") is not None  # one lock per terminal
     released = threading.Event()
 
+    def release_first() -> None:
+        first.release()
+        released.set()
+
     def let_go() -> None:  # called once the waiter found it held
-        threading.Thread(target=lambda: (first.release(), released.set())).start()
+        threading.Thread(target=release_first).start()
 
     second = locks.hold("gate", 20, on_wait=let_go)
     assert released.is_set() and second is not None and second.path == first.path

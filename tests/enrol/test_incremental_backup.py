@@ -185,6 +185,7 @@ def test_a_previous_backup_changed_under_the_carry_over_is_read_again_in_full(
     device = config.devices[0]
     first = backup_device(device, repo, keyring, actor="t", timeout_s=30, incremental=True)
     assert first.ok and first.snapshot is not None
+    source = first.snapshot.id
     apply(dev, [("add", 1)], random.Random(3))
     real_save = repo.save_snapshot
     calls: list[bool] = []
@@ -194,8 +195,8 @@ def test_a_previous_backup_changed_under_the_carry_over_is_read_again_in_full(
         if kw.get("carry") is not None:  # e.g. trimmed or damaged meanwhile: one carried row is gone
             with repo.engine.begin() as conn:
                 t = sch.enrol_template
-                uid = min(u.uid for u in repo.users(first.snapshot.id))
-                conn.execute(delete(t).where(t.c.snapshot_id == first.snapshot.id, t.c.uid == uid))
+                uid = min(u.uid for u in repo.users(source))
+                conn.execute(delete(t).where((t.c.snapshot_id == source) & (t.c.uid == uid)))
         return real_save(*args, **kw)
 
     monkeypatch.setattr(repo, "save_snapshot", save_after_a_row_vanished)
