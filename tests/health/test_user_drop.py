@@ -90,6 +90,8 @@ def test_factory_reset_alerts_once_survives_a_restart_and_ends_on_ack_drop(
     d.monitor.observe(polled(0, T0 + timedelta(minutes=3)))
     d.monitor.sweep(T0 + timedelta(minutes=3))
     assert d.events() == [("user_drop", "start")] and "user_drop" in d.monitor.snapshot()["gate"].problems
+    code, out, err = run_cli(capsys, "--config", str(config_path), "devices", "--json")  # what operators see
+    assert code == 0 and "user_drop" in out, (out, err)
 
     code, out, err = run_cli(capsys, "--config", str(config_path), "enrol", "ack-drop", "gate")
     assert code == 0 and "acknowledged" in out, (out, err)
