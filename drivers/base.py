@@ -346,6 +346,40 @@ class Enrolments:
     algorithm: int = 0
     #: Size of the user record on the wire (ZK: 28 or 72); restore writes users in the target's own layout.
     user_layout: int = 0
+    #: None: ``templates`` is every template of the terminal. Otherwise an incremental read
+    #: (ReadsChangedEnrolments): ``templates`` holds only the templates of these uids.
+    template_uids: frozenset[int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EnrolmentView:
+    """What an incremental backup sees before any template is read: the user table and the counts."""
+
+    users: tuple[EnrolledUser, ...]
+    #: Templates the terminal says it holds; -1 when its counts cannot be trusted.
+    templates: int
+    algorithm: int
+    user_layout: int
+    #: Total bytes of the templates (sizes added up, without the table's own overhead), as the terminal
+    #: announces its template table before sending it; -1 when not known.
+    table_bytes: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateReadPlan:
+    """Which users' templates an incremental backup reads one by one; the other users' templates are carried
+    over from the previous backup, which holds ``carried`` of them. The driver reads the whole template table
+    instead when ``carried`` + what it read does not add up to the terminal's own count (and table bytes)."""
+
+    uids: frozenset[int]
+    carried: int
+    #: Total bytes of the carried templates; -1: not known (then only the counts are checked).
+    carried_bytes: int = -1
+
+
+#: ``plan(view) -> TemplateReadPlan``, or None: read the whole template table. Cheap and pure: it runs while
+#: the keypad is locked.
+PlanTemplateReads = Callable[[EnrolmentView], "TemplateReadPlan | None"]
 
 
 #: Progress of an enrolment write: ``progress(users_done, users_total)``. Cheap, must not raise.
@@ -362,6 +396,15 @@ class ReadsEnrolments(Protocol):
     """
 
     def read_enrolments(self, progress: Progress | None = None) -> Enrolments: ...
+
+
+@runtime_checkable
+class ReadsChangedEnrolments(Protocol):
+    """Optional session ability: an incremental backup read. Locks the keypad, reads the user table and the
+    counts, asks ``plan`` whose templates to read, reads those one user at a time (or the whole table when
+    ``plan`` says None or the counts do not add up), unlocks. ``Enrolments.template_uids`` tells which."""
+
+    def read_changed_enrolments(self, plan: PlanTemplateReads, progress: Progress | None = None) -> Enrolments: ...
 
 
 @runtime_checkable

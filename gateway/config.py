@@ -380,6 +380,11 @@ class EnrolConfig:
     sync_groups: tuple[tuple[str, ...], ...] = ()
     #: Propagate a delete (a user the previous sync saw on a terminal, gone from it now) to the group.
     sync_deletes: bool = False
+    #: Incremental backups: read the user table and the counts, and the templates only of users new since the
+    #: previous backup (the others carried over), when that is cheaper than the whole template table.
+    incremental: bool = True
+    #: A full backup (every template read) at least this often, seconds; 0: every backup is full.
+    full_every_s: float = 7 * 86400.0
 
 
 @dataclass(frozen=True)
@@ -846,6 +851,8 @@ def _parse_enrol(r: Reader, base_dir: Path, devices: Sequence[DeviceConfig] = ()
         sync=r.flag("sync", False),
         sync_groups=_parse_sync_groups(r, devices),
         sync_deletes=r.flag("sync_deletes", False),
+        incremental=r.flag("incremental", True),
+        full_every_s=r.duration_s("full_every", 7 * 86400.0, min=0.0),
     )
     if cfg.drop_warn_ratio > 1:
         r.problem("drop_warn_ratio", f"must be between 0 and 1, got {cfg.drop_warn_ratio}")

@@ -144,8 +144,8 @@ def verify_name(code: int) -> str:
 
 #: Every problem name the tracker can open, in the order the status page lists them.
 PROBLEMS = ("offline", "disabled", "auth_rejected", "identity_mismatch", "protocol_error", "poll_hang", "clock_reset",
-            "clock_skew", "storage", "counts_unreliable", "silent", "replaced", "log_shrank", "firmware_changed",
-            "clock_corrected")
+            "user_drop", "clock_skew", "storage", "counts_unreliable", "silent", "replaced", "log_shrank",
+            "firmware_changed", "clock_corrected")
 
 #: One-off events: one alert ("notice"), shown on the status page for the notice window, no end alert.
 NOTICES = frozenset({"replaced", "log_shrank", "firmware_changed", "clock_corrected"})
@@ -155,10 +155,17 @@ SEVERITIES = ("info", "warning", "critical")
 #: Default severity per problem (storage escalates warning -> critical by itself).
 SEVERITY = {
     "offline": "critical", "disabled": "critical", "auth_rejected": "critical", "identity_mismatch": "critical",
-    "protocol_error": "warning", "poll_hang": "warning", "clock_reset": "critical", "clock_skew": "warning",
+    "protocol_error": "warning", "poll_hang": "warning", "clock_reset": "critical", "user_drop": "critical",
+    "clock_skew": "warning",
     "storage": "warning", "counts_unreliable": "warning", "silent": "warning", "replaced": "warning",
     "log_shrank": "warning", "firmware_changed": "info", "clock_corrected": "info",
 }
+
+
+def users_dropped_sharply(previous: int, now: int, ratio: float) -> bool:
+    """Whether a terminal's user count fell by at least ``ratio`` of the previous one (and by at least two users):
+    a factory reset or a mass delete at the keypad (the enrolment backup's notice, the ``user_drop`` problem)."""
+    return previous > 1 and now < previous and (previous - now) >= max(2, ratio * previous)
 
 
 def parse_instant(text: str) -> datetime:

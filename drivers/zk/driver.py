@@ -45,6 +45,7 @@ from drivers.base import (
     IdentityMismatch,
     LiveEvent,
     LogPosition,
+    PlanTemplateReads,
     Progress,
     ProtocolError,
     RawPunch,
@@ -1115,6 +1116,10 @@ class ZkSession:
     def read_enrolments(self, progress: Progress | None = None) -> Enrolments:
         """Every user (password included) and fingerprint template, and the algorithm version."""
         return enrol.read_enrolments(self, progress)
+
+    def read_changed_enrolments(self, plan: PlanTemplateReads, progress: Progress | None = None) -> Enrolments:
+        """Incremental backup read: user table, then only the planned users' templates (ReadsChangedEnrolments)."""
+        return enrol.read_changed_enrolments(self, plan, progress)
 
     def algorithm(self) -> int:
         """The terminal's fingerprint algorithm version (``~ZKFPVersion``); 0 when it does not say."""

@@ -22,7 +22,17 @@ from typing import Any
 from zk import const as zk_const
 from zk.exception import ZKErrorResponse
 
-from drivers.base import EnrolledUser, Enrolments, EnrolProgress, Progress, ProtocolError, Template
+from drivers.base import (
+    Counts,
+    EnrolledUser,
+    Enrolments,
+    EnrolmentView,
+    EnrolProgress,
+    PlanTemplateReads,
+    Progress,
+    ProtocolError,
+    Template,
+)
 
 #: drivers.zk.driver.ZkSession, whose bounded reader and error translation these functions use. Not
 #: imported: the driver imports this module (import-linter keeps sibling modules acyclic).
@@ -42,6 +52,8 @@ UPLOAD_BATCH_BYTES = 60_000
 #: Command 110 ("save user and templates" in pyzk 0.9's save_user_template; fact sheet §2.7).
 CMD_SAVE_USERTEMPS = 110
 _SAVE_ARGS = struct.pack("<IHH", 12, 0, 8)
+#: Command 88: one finger of one user (pyzk 0.9's get_user_template; fact sheet §2.7).
+CMD_GET_USERTEMP = 88
 
 _HEADER = struct.Struct("<I")
 _ENTRY = struct.Struct("<HHbb")  # entry size (template + 6), uid, finger index, valid flag
@@ -232,44 +244,196 @@ def read_algorithm(session: ZkSession) -> int:
     return session._call("read fingerprint algorithm version", ask)
 
 
-def read_enrolments(session: ZkSession, progress: Progress | None = None) -> Enrolments:
-    """Users and templates in one session; the keypad is locked only while the two tables are read."""
+def _read_user_table(session: ZkSession, sizes: Counts) -> tuple[list[EnrolledUser], int]:
+    """The user table with passwords (keypad already locked): (users, record size; 0 when the table is empty)."""
     drv = session._driver
-    params = session._params
-    algorithm = read_algorithm(session)
-    sizes = session._read_sizes_disabled()  # locks the keypad (quirk disable_while_reading)
     users_now = max(sizes.users, 0)
-    users_data = b""
-    templates_data = b""
-    if sizes.unreliable or sizes.users > 0:
-        limit = session._limit_for(72, users_now, max(sizes.users_cap, 0))
-        users_data = session._download("download users (enrolment backup)", zk_const.CMD_USERTEMP_RRQ,
-                                       zk_const.FCT_USER, limit=limit)
-    if sizes.unreliable or sizes.fingers != 0:
-        cap = sizes.fingers_cap if sizes.fingers_cap > 0 else DEFAULT_TEMPLATE_CAP
-        entry = TEMPLATE_MAX_BYTES + _ENTRY.size
-        limit = min(session._quirks.max_download_bytes, 4 + entry * max(cap, sizes.fingers) + entry * 64)
-        expected = max(sizes.fingers, 0)
-
-        def on_bytes(received: int, size: int) -> None:
-            if progress is not None and size:
-                progress(expected * received // size, expected)
-
-        templates_data = session._download("download fingerprint templates", zk_const.CMD_DB_RRQ,
-                                           zk_const.FCT_FINGERTMP, limit=limit, on_bytes=on_bytes)
-    session._enable()  # both tables are read: the keypad need not wait for the decode
+    if not (sizes.unreliable or sizes.users > 0):
+        return [], 0
+    limit = session._limit_for(72, users_now, max(sizes.users_cap, 0))
+    data = session._download("download users (enrolment backup)", zk_const.CMD_USERTEMP_RRQ, zk_const.FCT_USER,
+                             limit=limit)
+    if not data:
+        return [], 0
     try:
-        users, layout = (decode_enrolled_users(users_data, users_now, encoding=params.encoding,
-                                               hint=session._quirks.user_size or drv._user_size)
-                         if users_data else ([], 0))
-        templates = decode_templates(templates_data) if templates_data else []
+        users, layout = decode_enrolled_users(data, users_now, encoding=session._params.encoding,
+                                              hint=session._quirks.user_size or drv._user_size)
     except EnrolDataError as exc:
         raise ProtocolError(f"{drv.where}: enrolment tables: {exc}", frames=drv.frames.snapshot()) from exc
     if layout:
         drv._user_size = layout
+    return users, layout
+
+
+def _download_template_table(session: ZkSession, sizes: Counts, progress: Progress | None) -> bytes:
+    """The whole template dataset (keypad already locked), bounded by the terminal's capacity; b"" when empty."""
+    if not (sizes.unreliable or sizes.fingers != 0):
+        return b""
+    cap = sizes.fingers_cap if sizes.fingers_cap > 0 else DEFAULT_TEMPLATE_CAP
+    entry = TEMPLATE_MAX_BYTES + _ENTRY.size
+    limit = min(session._quirks.max_download_bytes, 4 + entry * max(cap, sizes.fingers) + entry * 64)
+    expected = max(sizes.fingers, 0)
+
+    def on_bytes(received: int, size: int) -> None:
+        if progress is not None and size:
+            progress(expected * received // size, expected)
+
+    return bytes(session._download("download fingerprint templates", zk_const.CMD_DB_RRQ, zk_const.FCT_FINGERTMP,
+                                   limit=limit, on_bytes=on_bytes))
+
+
+def _decode_template_table(session: ZkSession, data: bytes) -> list[Template]:
+    try:
+        return decode_templates(data) if data else []
+    except EnrolDataError as exc:
+        drv = session._driver
+        raise ProtocolError(f"{drv.where}: enrolment tables: {exc}", frames=drv.frames.snapshot()) from exc
+
+
+def _probe_template_table(session: ZkSession, sizes: Counts) -> tuple[bytes | None, int]:
+    """Ask for the template dataset (1503) without reading it: ``(None, bytes of its entries)`` from a buffered
+    answer's size (then FREE_DATA: nothing is transferred), or ``(the whole dataset, its entry bytes)`` when the
+    terminal answered a small table directly. The byte total is what lets an incremental backup notice a finger
+    re-enrolled in place, which leaves every count as it was."""
+    zk = session._zk
+    cap = sizes.fingers_cap if sizes.fingers_cap > 0 else DEFAULT_TEMPLATE_CAP
+    entry = TEMPLATE_MAX_BYTES + _ENTRY.size
+    zk.dataset_limit = min(session._quirks.max_download_bytes, 4 + entry * max(cap, sizes.fingers) + entry * 64)
+
+    def run() -> tuple[bytes | None, int]:
+        direct, size = zk.prepare_dataset(zk_const.CMD_DB_RRQ, zk_const.FCT_FINGERTMP)
+        if direct is not None:
+            return bytes(direct), max(len(direct) - _HEADER.size, 0)
+        zk.free_data()
+        return None, max(int(size) - _HEADER.size, 0)
+
+    return session._call("measure fingerprint template table", run, in_sync_on_reply_error=False)
+
+
+def read_enrolments(session: ZkSession, progress: Progress | None = None) -> Enrolments:
+    """Users and templates in one session; the keypad is locked only while the two tables are read."""
+    algorithm = read_algorithm(session)
+    sizes = session._read_sizes_disabled()  # locks the keypad (quirk disable_while_reading)
+    users, layout = _read_user_table(session, sizes)
+    templates_data = _download_template_table(session, sizes, progress)
+    # Both tables are read: the keypad need not wait for the decode. (On a failure the session's exit
+    # re-enables it.)
+    session._enable()
+    templates = _decode_template_table(session, templates_data)
     if progress is not None:
         progress(len(templates), len(templates))
     return Enrolments(tuple(users), tuple(templates), algorithm, layout or target_user_layout(session))
+
+
+def read_user_template(session: ZkSession, uid: int, finger: int) -> bytes | None:
+    """One finger of one user (command 88, ``<Hb`` uid, finger; fact sheet §2.7); None when the terminal has none.
+
+    The answer is the template plus one trailing byte (a DATA packet, or PREPARE_DATA + DATA pieces + ACK_OK),
+    as pyzk's get_user_template reads it; some firmware pads with six zero bytes more, which pyzk strips too.
+    A refusal (ACK_ERROR) means "no such finger": it is not retried.
+    """
+    zk = session._zk
+    # u16 uid (pyzk packs it signed, which fails above 32767; the user table's uid is a u16).
+    request = struct.pack("<Hb", uid, finger)
+
+    def over_tcp() -> bytes | None:
+        # The driver's TCP channel reads each packet by its declared length (pyzk's own chunk reader does not).
+        tcpc = zk.tcpc
+        tcpc.session_id, tcpc.reply_id = zk._ZK__session_id, zk._ZK__reply_id
+        try:
+            rid = tcpc._send(CMD_GET_USERTEMP, request)
+            pkt = tcpc._answer(rid, TEMPLATE_MAX_BYTES + 64, "template")
+            code = int(struct.unpack_from("<H", pkt)[0])
+            if code == zk_const.CMD_DATA:
+                return bytes(pkt[8:])
+            if code != zk_const.CMD_PREPARE_DATA:
+                return None
+            if len(pkt) < 12:
+                raise ZKErrorResponse("PREPARE_DATA without a size")
+            size = int(struct.unpack_from("<I", pkt, 8)[0])
+            if size > TEMPLATE_MAX_BYTES + 64:
+                raise ZKErrorResponse(f"template answer of {size} bytes announced")
+            got = bytearray()
+            while len(got) < size:
+                piece = tcpc._answer(rid, TEMPLATE_MAX_BYTES + 64, "template")
+                if int(struct.unpack_from("<H", piece)[0]) != zk_const.CMD_DATA:
+                    raise ZKErrorResponse("template answer broke off")
+                got += piece[8:]
+            tail = tcpc._answer(rid, 64, "template")
+            if int(struct.unpack_from("<H", tail)[0]) != zk_const.CMD_ACK_OK:
+                raise ZKErrorResponse("no ACK_OK after a template")
+            return bytes(got[:size])
+        finally:
+            zk._ZK__reply_id = tcpc.reply_id
+
+    def over_udp() -> bytes | None:
+        resp = zk._ZK__send_command(CMD_GET_USERTEMP, request, 1024 + 8)
+        if not resp["status"]:
+            return None
+        chunk = zk._ZK__recieve_chunk()
+        if chunk is None:
+            raise ZKErrorResponse("template answer broke off")
+        return bytes(chunk)
+
+    def run() -> bytes | None:
+        data = over_tcp() if zk.tcp and zk.tcpc is not None else over_udp()
+        if data is None:
+            return None
+        data = data[:-1]
+        if data.endswith(b"\0" * 6):
+            data = data[:-6]
+        return data or None
+
+    data = session._call("read one template", run, in_sync_on_reply_error=False)
+    if data is not None and len(data) > TEMPLATE_MAX_BYTES:
+        raise ProtocolError(f"{session._driver.where}: template of uid {uid} finger {finger} has {len(data)} bytes",
+                            frames=session._driver.frames.snapshot())
+    return data
+
+
+def read_changed_enrolments(session: ZkSession, plan: PlanTemplateReads,
+                            progress: Progress | None = None) -> Enrolments:
+    """The incremental read (drivers.base.ReadsChangedEnrolments), all under one keypad lock so the view is
+    consistent: counts, user table, ``plan``, then the planned users' fingers 0-9 one by one (command 88) --
+    or the whole template table when the plan says so or the terminal's template count does not add up."""
+    algorithm = read_algorithm(session)
+    sizes = session._read_sizes_disabled()
+    templates: list[Template] | None = None
+    users, layout = _read_user_table(session, sizes)
+    layout = layout or session._quirks.user_size or session._driver._user_size or 0
+    count = -1 if sizes.unreliable else max(sizes.fingers, 0)
+    table, table_bytes = _probe_template_table(session, sizes) if count != 0 else (None, 0)
+    # The plan works with template bytes: take off each entry's 6-byte head.
+    table_bytes = table_bytes - _ENTRY.size * count if count >= 0 else -1
+    chosen = None
+    if table is None:  # not already here whole (a small table answered directly)
+        chosen = plan(EnrolmentView(tuple(users), count, algorithm, layout, table_bytes))
+    if chosen is not None and count >= 0:
+        read: list[Template] = []
+        for done, uid in enumerate(sorted(chosen.uids), 1):
+            for finger in range(10):
+                data = read_user_template(session, uid, finger)
+                if data is not None:
+                    # Command 88 does not carry the valid flag: 1 (normal) is recorded (docs/enrolment.md).
+                    read.append(Template(uid, finger, 1, data))
+            if progress is not None:
+                progress(done, len(chosen.uids))
+        read_bytes = sum(len(t.data) for t in read)
+        if chosen.carried + len(read) == count and (table_bytes < 0 or chosen.carried_bytes < 0
+                                                     or chosen.carried_bytes + read_bytes == table_bytes):
+            templates = read
+        else:
+            log.info("template table does not add up (%d carried + %d read != %d templates, or %d + %d != %d "
+                     "bytes): reading the whole table", chosen.carried, len(read), count, chosen.carried_bytes,
+                     read_bytes, table_bytes)
+    if templates is None and table is None:
+        table = _download_template_table(session, sizes, progress)
+    session._enable()  # on a failure the session's exit re-enables it
+    if templates is not None and chosen is not None:
+        return Enrolments(tuple(users), tuple(templates), algorithm, layout or target_user_layout(session),
+                          template_uids=chosen.uids)
+    full = _decode_template_table(session, table or b"")
+    return Enrolments(tuple(users), tuple(full), algorithm, layout or target_user_layout(session))
 
 
 def target_user_layout(session: ZkSession) -> int:
@@ -374,7 +538,9 @@ __all__ = [
     "encode_template_table",
     "encode_upload",
     "encode_user",
+    "read_changed_enrolments",
     "read_enrolments",
+    "read_user_template",
     "upload_batches",
     "write_templates",
     "write_users",

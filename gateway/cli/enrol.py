@@ -5,11 +5,14 @@
     enrol restore NEW --from OLD     -> gateway.enrol.restore.restore (from the stored backup; OLD may be dead)
     enrol status [--json]            -> gateway.enrol.backup.status (+ the office sync's open conflicts)
     enrol sync [--dry-run] [--group] -> gateway.enrol.sync.sync_office (keep an office's terminals in step)
+    enrol ack-drop DEVICE ...        -> accept a user-count drop (kv row; the daemon's health sweep closes user_drop)
     enrol rotate-key                 -> gateway.enrol.backup.rotate_key
     enrol audit [--device D]         -> the audit table
 
 Every command that opens templates or passwords loads the key first: a missing or wrong key stops it before
-any terminal is contacted. Output carries counts and PINs, never template bytes. docs/enrolment.md.
+any terminal is contacted. backup, restore and sync take each terminal's lock file (gateway.devicelock), which the
+daemon's polls and daily backup take too: they wait (--wait) while the daemon holds the terminal, then refuse.
+Output carries counts and PINs, never template bytes. docs/enrolment.md.
 """
 
 from __future__ import annotations
@@ -18,16 +21,21 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from gateway.cli.common import EXIT_FAILURE, EXIT_OK, CliError, config_of, open_engine, print_table
 
 if TYPE_CHECKING:
     from gateway.config import Config, DeviceConfig
+    from gateway.devicelock import DeviceLock
     from gateway.enrol.crypto import Keyring
     from gateway.enrol.restore import RestoreReport
     from gateway.store.enrol import EnrolRepo
+
+
+T = TypeVar("T")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -42,6 +50,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     p = actions.add_parser("backup", help="read users and templates of terminals and store them encrypted")
     p.add_argument("devices", nargs="*", metavar="DEVICE", help="device ids (default: every polled terminal)")
+    p.add_argument("--full", action="store_true", help="read every template again (no incremental backup)")
+    _wait_option(p)
     p.set_defaults(func=cmd_backup)
 
     p = actions.add_parser("restore", help="write a stored backup to a (replacement) terminal")
@@ -53,6 +63,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--dry-run", action="store_true", help="show what would be written; write nothing")
     p.add_argument("--overwrite", action="store_true",
                    help="replace users whose PIN the terminal already holds under another name")
+    _wait_option(p)
     p.set_defaults(func=cmd_restore)
 
     p = actions.add_parser("status", help="last backup per terminal, users without templates, user count drops")
@@ -63,7 +74,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--dry-run", action="store_true", help="list what would be written and the conflicts; write "
                    "nothing")
     p.add_argument("--group", nargs="+", metavar="DEVICE", help="only the group(s) holding these device ids")
+    _wait_option(p)
     p.set_defaults(func=cmd_sync)
+
+    p = actions.add_parser("ack-drop", help="accept a terminal's user-count drop (closes the user_drop problem)")
+    p.add_argument("devices", nargs="+", metavar="DEVICE", help="device ids")
+    p.set_defaults(func=cmd_ack_drop)
 
     p = actions.add_parser("rotate-key", help="re-encrypt every backup with the current key_file")
     p.set_defaults(func=cmd_rotate_key)
@@ -72,6 +88,37 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--device", help="only this device id")
     p.add_argument("--limit", type=int, default=50, help="newest entries shown (default 50)")
     p.set_defaults(func=cmd_audit)
+
+
+def _wait_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--wait", type=float, default=DEFAULT_WAIT_S, metavar="SECONDS",
+                   help="how long to wait for the running daemon to let go of a terminal (its poll, daily backup "
+                   f"or sync) before giving up (default {DEFAULT_WAIT_S:.0f})")
+
+
+#: Seconds a command waits for another fpgw process (the daemon's poll or daily backup) to let go of a terminal.
+DEFAULT_WAIT_S = 120.0
+
+
+def _terminal_hold(config: Config, wait_s: float) -> Callable[[str], DeviceLock | None]:
+    """Takes a terminal's lock file (gateway.devicelock), waiting up to ``wait_s`` with one line on stderr."""
+    from gateway.devicelock import DeviceLocks
+
+    locks = DeviceLocks(config.site.state_dir)
+
+    def take(device_id: str) -> DeviceLock | None:
+        def told() -> None:
+            print(f"{device_id}: another fpgw process holds this terminal (the daemon polls, backs up or syncs "
+                  f"it, or another `fpgw enrol`): waiting up to {wait_s:.0f}s", file=sys.stderr)
+
+        return locks.hold(device_id, max(wait_s, 0.0), on_wait=told)
+
+    return take
+
+
+def _busy(device_id: str, wait_s: float) -> str:
+    return (f"{device_id}: still held by another fpgw process after {wait_s:.0f}s (the running daemon polls, backs "
+            "up or syncs it); nothing was read or written. Try again later, or with a longer --wait")
 
 
 def _keyring(config: Config) -> Keyring:
@@ -134,15 +181,26 @@ def cmd_backup(args: argparse.Namespace) -> int:
     failed = 0
     try:
         repo = EnrolRepo(engine)
+        take = _terminal_hold(config, args.wait)
         for device in devices:
-            r = backup_device(device, repo, keyring, actor=cli_actor(), timeout_s=config.enrol.timeout_s,
-                              drop_warn_ratio=config.enrol.drop_warn_ratio,
-                              driver_factory=enrol_driver_factory(config, engine))
+            lock = take(device.id)
+            if lock is None:
+                failed += 1
+                print(f"{device.id}: NOT BACKED UP {_busy(device.id, args.wait)}")
+                continue
+            with lock:
+                r = backup_device(device, repo, keyring, actor=cli_actor(), timeout_s=config.enrol.timeout_s,
+                                  drop_warn_ratio=config.enrol.drop_warn_ratio,
+                                  incremental=config.enrol.incremental and not args.full,
+                                  full_every_s=config.enrol.full_every_s,
+                                  driver_factory=enrol_driver_factory(config, engine))
             if not r.ok:
                 failed += 1
                 print(f"{device.id}: FAILED {r.error} ({r.duration_s:.1f}s)")
                 continue
-            print(f"{device.id}: ok serial={r.serial} users={r.users} templates={r.templates} "
+            kind = f" incremental (read {r.templates_read}, carried over {r.templates - r.templates_read})" \
+                if r.incremental else ""
+            print(f"{device.id}: ok serial={r.serial} users={r.users} templates={r.templates}{kind} "
                   f"algorithm={r.algorithm or '?'} without_templates={len(r.without_templates)} ({r.duration_s:.1f}s)")
             if r.dropped_from is not None:
                 print(f"  NOTICE: {r.users} users now, {r.dropped_from} at the previous backup: was the terminal "
@@ -170,6 +228,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
         raise CliError("--users names no PIN")
     keyring = _keyring(config)
     engine = open_engine(config, pool_size=1, migrate=True)
+    lock = _terminal_hold(config, args.wait)(target.id)
+    if lock is None:
+        engine.dispose()
+        raise CliError(_busy(target.id, args.wait))
     try:
         repo = EnrolRepo(engine)
         try:
@@ -184,6 +246,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         except DriverError as exc:
             raise CliError(f"{target.id}: {exc.kind}: {exc}") from None
     finally:
+        lock.release()
         engine.dispose()
     _print_report(report)
     # Fingers lost for another reason than a known algorithm mismatch (capacity, a refused upload) fail too.
@@ -255,6 +318,26 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_ack_drop(args: argparse.Namespace) -> int:
+    """Record that the operator accepts the devices' current user counts; the daemon closes the problem."""
+    from gateway.enrol.backup import cli_actor
+    from gateway.store.enrol import EnrolRepo
+
+    config = config_of(args)
+    devices = [_device(config, d) for d in args.devices]
+    engine = open_engine(config, pool_size=1, migrate=True)
+    try:
+        repo = EnrolRepo(engine)
+        for device in devices:
+            at = repo.acknowledge_drop(device.id)
+            repo.audit(cli_actor(), "ack-drop", device.id, detail="user-count drop acknowledged")
+            print(f"{device.id}: user-count drop acknowledged at {at:%Y-%m-%d %H:%M:%S} UTC; the running daemon "
+                  "closes the user_drop problem within a minute (at its next health sweep)")
+    finally:
+        engine.dispose()
+    return EXIT_OK
+
+
 def cmd_sync(args: argparse.Namespace) -> int:
     """Keep each group's terminals in step (or list what a sync would do with --dry-run)."""
     from drivers.base import DriverError
@@ -271,10 +354,21 @@ def cmd_sync(args: argparse.Namespace) -> int:
         raise CliError("no group of two or more enabled ZK, SOAP or push terminals to keep in step "
                        "([enrol] sync_groups)")
     engine = open_engine(config, pool_size=1, migrate=True)
+    take = _terminal_hold(config, args.wait)
+
+    def hold(device_id: str, job: Callable[[], T]) -> T | None:
+        lock = take(device_id)
+        if lock is None:
+            print(_busy(device_id, args.wait), file=sys.stderr)
+            return None
+        with lock:
+            return job()
+
     try:
         try:
             results = sync_office(config, EnrolRepo(engine), actor=cli_actor(), dry_run=args.dry_run,
-                                  only=args.group or (), driver_factory=enrol_driver_factory(config, engine))
+                                  only=args.group or (), hold=hold,
+                                  driver_factory=enrol_driver_factory(config, engine))
         except DriverError as exc:
             raise CliError(f"{exc.kind}: {exc}") from None
     finally:

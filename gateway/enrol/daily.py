@@ -2,10 +2,12 @@
 
     APScheduler cron "enrol-backup" --> DailyBackup.run() --> for each polled terminal:
         hold(device, backup_device(...))   # the poll scheduler's per-device hold: never beside a poll of it
+                                           # (nor an `fpgw enrol` command: both take gateway.devicelock's file)
     then, with ``[enrol] sync = true``: gateway.enrol.sync.sync_office(hold=...)   # the office kept in step
 
 Built by gateway.app after the poll scheduler (it needs its hold). One terminal after another, so at most
-one keypad is locked for a backup at a time. Without a key it logs one warning per run and backs nothing up
+one keypad is locked for a backup at a time. Incremental when ``[enrol] incremental`` (backup.py), with a full
+backup at least every ``full_every``. Without a key it logs one warning per run and backs nothing up
 (and does not sync: a sync runs only right after a backup it could fall back on).
 """
 
@@ -81,7 +83,8 @@ class DailyBackup:
 
                 def job(device: DeviceConfig = device) -> BackupResult:
                     return backup_device(device, self.repo, keyring, actor="daemon", timeout_s=cfg.timeout_s,
-                                         drop_warn_ratio=cfg.drop_warn_ratio, driver_factory=self.driver_factory)
+                                         drop_warn_ratio=cfg.drop_warn_ratio, driver_factory=self.driver_factory,
+                                         incremental=cfg.incremental, full_every_s=cfg.full_every_s)
 
                 try:
                     result = self.hold(device.id, job)
@@ -89,8 +92,8 @@ class DailyBackup:
                     log.exception("daily enrolment backup of a terminal failed", device=device.id)
                     continue
                 if result is None:
-                    log.warning("daily enrolment backup skipped a terminal: its poll did not end in time",
-                                device=device.id)
+                    log.warning("daily enrolment backup skipped a terminal: its poll, or an `fpgw enrol` command "
+                                "holding it, did not end in time", device=device.id)
                     continue
                 results.append(result)
             if cfg.sync and not self.ctx.stop_event.is_set():

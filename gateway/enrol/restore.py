@@ -207,8 +207,10 @@ def plan_uids(users: list[EnrolledUser], present: Collection[EnrolledUser], over
 def _dry_outcomes(users: list[EnrolledUser], plan: dict[int, EnrolledUser], skipped: dict[int, str],
                   templates: list[Template], refused: str) -> tuple[UserOutcome, ...]:
     fingers: dict[int, int] = {}
+    by_uid: dict[int, list[Template]] = {}
     for t in templates:
         fingers[t.uid] = fingers.get(t.uid, 0) + 1
+        by_uid.setdefault(t.uid, []).append(t)
     out = []
     for user in users:
         if user.uid in skipped:
@@ -219,9 +221,29 @@ def _dry_outcomes(users: list[EnrolledUser], plan: dict[int, EnrolledUser], skip
         if refused and n:
             out.append(UserOutcome(user.user_id, "would write user only", refused, 0, target.uid))
         else:
-            out.append(UserOutcome(user.user_id, "would restore", "" if n else "no template in the backup", n,
-                                   target.uid))
+            why = _with_flags("" if n else "no template in the backup", by_uid.get(target.uid, []))
+            out.append(UserOutcome(user.user_id, "would restore", why, n, target.uid))
     return tuple(out)
+
+
+#: The valid flag a ZK upload gives every finger (command 110 carries none; fact sheet §2.7).
+UPLOADED_FLAG = 1
+
+
+def flags_note(templates: Collection[Template]) -> str:
+    """"duress flag not restored ..." for fingers the backup holds with another flag than an upload can give (a
+    duress finger on firmware that has them); "" when there are none. The ZK protocol's documented uploads
+    (command 110's table entry ``0x10 + finger``, pyzk's save_user_template) carry no flag: docs/enrolment.md."""
+    flagged = sorted((t.finger, t.valid) for t in templates if t.valid != UPLOADED_FLAG)
+    if not flagged:
+        return ""
+    listed = ", ".join(f"finger {finger} (flag {valid})" for finger, valid in flagged)
+    return f"duress flag not restored: {listed} stored as normal finger(s); set it again at the terminal"
+
+
+def _with_flags(reason: str, templates: Collection[Template]) -> str:
+    note = flags_note(templates)
+    return "; ".join(x for x in (reason, note) if x)
 
 
 def verify_written(users: list[EnrolledUser], plan: dict[int, EnrolledUser], skipped: dict[int, str],
@@ -258,9 +280,11 @@ def verify_written(users: list[EnrolledUser], plan: dict[int, EnrolledUser], ski
             continue
         good = sum(1 for t in mine if stored.get((t.uid, t.finger)) == t.data)
         if good == len(mine):
-            out.append(UserOutcome(user.user_id, "restored", "", good, target.uid))
+            out.append(UserOutcome(user.user_id, "restored", flags_note(mine), good, target.uid))
         else:
             why = f"{len(mine) - good} of {len(mine)} finger(s) not stored identically"
             out.append(UserOutcome(user.user_id, "user only" if good == 0 else "restored",
-                                   f"{why}{': ' + write_error if write_error else ''}", good, target.uid))
+                                   _with_flags(f"{why}{': ' + write_error if write_error else ''}",
+                                               [t for t in mine if stored.get((t.uid, t.finger)) == t.data]),
+                                   good, target.uid))
     return out

@@ -50,7 +50,7 @@ class Hold(Protocol):
 
 
 def run_now(device_id: str, job: Callable[[], _T]) -> _T | None:
-    """The CLI's hold: the daemon's polls are not coordinated with a command (as for backup and restore)."""
+    """No hold: the job runs at once (tests; the daemon passes run_exclusive, the CLI its lock-file hold)."""
     return job()
 
 

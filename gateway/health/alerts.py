@@ -67,6 +67,14 @@ CHECKS: dict[str, tuple[str, ...]] = {
         "Set the date/time in the device menu (or enable health.clock_correct) and plan a battery replacement.",
         "Punches with broken times are stored and flagged; check them in the report before TPP is computed.",
     ),
+    "user_drop": (
+        "The terminal lost many of its users at once: was it reset to factory settings, replaced by a blank unit, "
+        "or were users deleted at the keypad? Employees who are gone from it cannot punch.",
+        "Check at the terminal (menu User Mgt) how many users it holds. `fpgw enrol status` shows the last "
+        "backup; restore it with `fpgw enrol restore DEVICE --from DEVICE --dry-run`, then without --dry-run "
+        "(docs/enrolment.md). The problem ends by itself when the count is back.",
+        "If the users were deleted on purpose, accept the new count with `fpgw enrol ack-drop DEVICE`.",
+    ),
     "clock_skew": (
         "The device clock drifts from the server: set it in the device menu (Date/Time) "
         "or enable health.clock_correct.",

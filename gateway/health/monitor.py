@@ -33,6 +33,7 @@ from gateway.humanize import duration_text
 from gateway.models import DeviceHealth, PollOutcome
 from gateway.services import AppContext, Service
 from gateway.store.db import StorageError, storage_error_text
+from gateway.store.enrol import EnrolRepo
 
 log = structlog.get_logger(__name__)
 
@@ -87,7 +88,11 @@ class HealthMonitor:
                 # reminders or sweeps any more.
                 if h.device_id in watched:
                     self.tracker.load(h)
-            self._serials = {d.device_id: d.serial for d in self.repo.devices()}
+            rows = self.repo.devices()
+            self._serials = {d.device_id: d.serial for d in rows}
+            # The reference of user_drop: a terminal reset while the gateway was down is noticed at its first poll.
+            self.tracker.seed_user_counts({d.device_id: d.last_user_count for d in rows
+                                           if d.last_user_count is not None and d.device_id in watched})
             self._refresh_mutes(self.clock(), announce=False)
         self.router.start()
         self.ctx.poll_observers.append(self.observe)
@@ -155,11 +160,12 @@ class HealthMonitor:
     def sweep(self, now: datetime | None = None) -> list[Transition]:
         """Time-based rules, mutes and pending alerts from other writers; returns the transitions."""
         now = now or self.clock()
-        transitions: list[Transition] = []
+        transitions = self._apply_drop_acknowledgements(now)
         with self._lock:
             self._note_in_flight(now)
-            transitions = self.tracker.sweep(now)
-            self._queue_changes(transitions)
+            swept = self.tracker.sweep(now)
+            self._queue_changes(swept)
+        transitions += swept
         try:
             # Also stores what earlier callers left queued (a failed write, or a writer that handed on).
             self._write_changes()
@@ -354,6 +360,25 @@ class HealthMonitor:
             h = self.tracker.health(device_id, now)
             if h.poll_started_at is None or abs((h.poll_started_at - started).total_seconds()) > 1:
                 self.tracker.poll_started(device_id, started)
+
+    def _apply_drop_acknowledgements(self, now: datetime) -> list[Transition]:
+        """Close user_drop problems an operator acknowledged (`fpgw enrol ack-drop`, a kv row written by that
+        command in another process). The database is read only while such a problem is open, and outside the lock."""
+        with self._lock:
+            waiting = self.tracker.devices_with_problem("user_drop")
+        if not waiting:
+            return []
+        try:
+            acks = EnrolRepo(self.repo.engine).drop_acknowledgements()
+        except Exception:  # the database's own problem is raised by the writes; the next sweep reads again
+            return []
+        out: list[Transition] = []
+        with self._lock:
+            for device_id in waiting:
+                if device_id in acks:
+                    out += self.tracker.acknowledge_user_drop(device_id, acks[device_id], now)
+            self._queue_changes(out)
+        return out
 
     def _refresh_mutes(self, now: datetime, *, announce: bool) -> None:
         try:

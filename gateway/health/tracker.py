@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 
 from gateway.config import Config, WorkingHoursConfig
 from gateway.humanize import duration_text
-from gateway.models import SEVERITIES, SEVERITY, DeviceHealth, PollOutcome, Problem
+from gateway.models import SEVERITIES, SEVERITY, DeviceHealth, PollOutcome, Problem, users_dropped_sharply
 
 #: Failure kinds that mean "could not reach the device" (count toward offline). "timeout" (the whole poll
 #: ran past polling.poll_deadline_s) is poll_hang instead; "abandoned" (our own shutdown) counts for nothing.
@@ -93,6 +93,9 @@ class HealthTracker:
         # A push terminal is "polled" by its own calls: its offline window is push.offline_after_s.
         self._interval = {d.id: config.push.offline_after_s / 3 if d.pushes else d.interval_s for d in config.devices}
         self._tz = {d.id: ZoneInfo(d.timezone) for d in config.devices}
+        #: The last trustworthy user count of each device (seeded at start from the devices table), the
+        #: reference of the user_drop problem.
+        self._users_seen: dict[str, int] = {}
 
     # -- state access -------------------------------------------------------------------------------
     def load(self, health: DeviceHealth) -> None:
@@ -127,6 +130,29 @@ class HealthTracker:
         if self.rules.offline_after_s > 0:
             return self.rules.offline_after_s
         return 3 * self._interval.get(device_id, self.config.polling.interval_s)
+
+    def devices_with_problem(self, name: str) -> list[str]:
+        """Device ids with this problem open."""
+        return [device_id for device_id, h in self._devices.items() if name in h.problems]
+
+    def seed_user_counts(self, counts: dict[str, int]) -> None:
+        """The user counts last stored per device (at start): a reset while the gateway was down is noticed."""
+        for device_id, users in counts.items():
+            self._users_seen.setdefault(device_id, users)
+
+    def acknowledge_user_drop(self, device_id: str, acknowledged_at: datetime, now: datetime) -> list[Transition]:
+        """An operator accepted the device's user-count drop (``fpgw enrol ack-drop``): close the open problem when
+        it started before the acknowledgement; the current count becomes the reference."""
+        h = self._devices.get(device_id)
+        out: list[Transition] = []
+        p = h.problems.get("user_drop") if h is not None else None
+        if h is None or p is None or p.since > acknowledged_at:
+            return out
+        now_users = p.seen.get("now")
+        if isinstance(now_users, int):
+            self._users_seen[device_id] = now_users
+        self._close(h, out, "user_drop", now)
+        return out
 
     # -- inputs ---------------------------------------------------------------------------------------
     def poll_started(self, device_id: str, at: datetime) -> None:
@@ -297,6 +323,7 @@ class HealthTracker:
                              f"the device log shrank from {o.previous_record_count} to {counts.records} records "
                              "(cleared at the device?)",
                              {"before": o.previous_record_count, "now": counts.records})
+        self._check_users(h, o, out)
         if o.previous_serial and o.serial and o.previous_serial != o.serial:
             self._notice(h, out, "replaced", now,
                          f"serial changed from {o.previous_serial} to {o.serial} at this address",
@@ -310,6 +337,27 @@ class HealthTracker:
             # monitor takes the later of both at start.
             h.last_new_punch_at = now
             self._close(h, out, "silent", now)
+
+    def _check_users(self, h: DeviceHealth, o: PollOutcome, out: list[Transition]) -> None:
+        """user_drop: the user count fell sharply between two good polls (factory reset, replaced by a blank unit,
+        mass delete at the keypad). Open until the count is back near the count before, or acknowledged."""
+        counts = o.counts
+        if counts is None or counts.unreliable or counts.users < 0:
+            return
+        now, users, ratio = o.finished_at, counts.users, self.config.enrol.drop_warn_ratio
+        p = h.problems.get("user_drop")
+        if p is not None:
+            before = p.seen.get("before")
+            if not isinstance(before, int) or not users_dropped_sharply(before, users, ratio):
+                self._close(h, out, "user_drop", now)
+            elif p.seen.get("now") != users:
+                p.detail, p.seen = _user_drop_detail(before, users), {"before": before, "now": users}
+        else:
+            previous = self._users_seen.get(h.device_id)
+            if previous is not None and users_dropped_sharply(previous, users, ratio):
+                self._open(h, out, "user_drop", now, _user_drop_detail(previous, users),
+                           {"before": previous, "now": users})
+        self._users_seen[h.device_id] = users
 
     def _check_offline(self, h: DeviceHealth, now: datetime, out: list[Transition]) -> None:
         if h.state == "offline" or h.last_error_kind not in OFFLINE_KINDS:
@@ -383,3 +431,8 @@ class HealthTracker:
             return
         self._dirty.add(h.device_id)
         out.append(Transition(h.device_id, name, "end", p.severity, now, p.since, p.detail, dict(p.seen)))
+
+
+def _user_drop_detail(before: int, now: int) -> str:
+    return (f"the terminal holds {now} users, {before} before: reset to factory settings, replaced by a blank unit, "
+            "or users deleted at the keypad?")

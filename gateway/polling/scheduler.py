@@ -43,6 +43,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client import Counter as PromCounter
 
 from gateway.config import Config, DeviceConfig
+from gateway.devicelock import DeviceLocks
 from gateway.models import PollOutcome
 from gateway.services import FailureView
 
@@ -173,6 +174,10 @@ class PollScheduler:
             for i, d in enumerate(x for x in config.devices if x.enabled and not x.pushes and not x.reads_serial)}
         self._work: deque[DeviceRunState] = deque()
         self._workers: list[threading.Thread] = []
+        #: Across processes: `fpgw enrol backup/restore/sync` from a shell take the same lock files
+        #: (gateway.devicelock); a poll of a terminal such a command holds is skipped, once logged.
+        self.device_locks = DeviceLocks(config.site.state_dir)
+        self._locked_out: set[str] = set()
         self._dispatcher: threading.Thread | None = None
         self._running = 0
         self._paused: set[str] = set()
@@ -397,8 +402,9 @@ class PollScheduler:
     def run_exclusive(self, device_id: str, job: Callable[[], _T], wait_s: float = 900.0) -> _T | None:
         """Run ``job`` (e.g. an enrolment backup) when no poll of the device runs, keeping polls off it meanwhile.
 
-        Waits up to ``wait_s`` for a running poll to end; None when it did not (or the daemon stops). A manual
-        poll asked for meanwhile runs at the next dispatch. Devices this scheduler does not poll run at once.
+        Waits up to ``wait_s`` for a running poll to end, and for an `fpgw enrol` command of another process
+        holding the device's lock file (gateway.devicelock); None when they did not (or the daemon stops). A
+        manual poll asked for meanwhile runs at the next dispatch. Devices this scheduler does not poll run at once.
         """
         st = self.states.get(device_id)
         if st is None:
@@ -412,7 +418,11 @@ class PollScheduler:
                 self._cond.wait(min(left, 1.0))
             st.held = True
         try:
-            return job()
+            lock = self.device_locks.hold(device_id, max(deadline - time.monotonic(), 0.0), stop=self.stop_event)
+            if lock is None:
+                return None
+            with lock:
+                return job()
         finally:
             with self._lock:
                 st.held = False
@@ -420,6 +430,18 @@ class PollScheduler:
 
     def _run_claimed(self, st: DeviceRunState) -> PollOutcome | None:
         outcome: PollOutcome | None = None
+        lock = self.device_locks.try_hold(st.device.id)
+        if lock is None:  # `fpgw enrol ...` in another process holds the terminal: this tick is skipped
+            if st.device.id not in self._locked_out:
+                self._locked_out.add(st.device.id)
+                log.info("poll skipped: another fpgw process holds the terminal (fpgw enrol ...)",
+                         device=st.device.id)
+            with self._lock:
+                st.running_since = None
+                self._cond.notify_all()
+            return None
+        if self._locked_out:
+            self._locked_out.discard(st.device.id)
         try:
             while not self.stop_event.is_set():
                 t0 = self._clock()
@@ -431,6 +453,7 @@ class PollScheduler:
                         continue
                     break
         finally:
+            lock.release()
             with self._lock:
                 st.running_since = None
                 self._cond.notify_all()

@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, inspect, select, update
+from sqlalchemy import Connection, Engine, delete, func, inspect, literal, select, update
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
+from gateway.models import parse_instant
 from gateway.store import schema as s
 from gateway.store.db import writer
 from gateway.store.schema import utcnow
@@ -121,9 +122,17 @@ class EnrolRepo:
 
     def save_snapshot(self, device_id: str, serial: str, *, algorithm: int, user_layout: int,
                       users: Sequence[UserRow], templates: Sequence[TemplateRow], actor: str,
-                      taken_at: datetime | None = None, keep: int = KEEP_SNAPSHOTS) -> SnapshotHead:
+                      taken_at: datetime | None = None, keep: int = KEEP_SNAPSHOTS,
+                      carry: Carry | None = None) -> SnapshotHead:
         """Store one complete backup and its audit row in one transaction; trims the device's oldest beyond
-        ``keep`` (never the one with the most users)."""
+        ``keep`` (never the one with the most users).
+
+        ``carry`` (an incremental backup): the templates of snapshot ``carry.source`` whose user has the same uid
+        and PIN in both backups and is not in ``carry.reread`` are copied over as stored (still sealed: each blob
+        is bound to serial, uid and finger, which the copy keeps). When the copy does not find exactly
+        ``carry.expected`` templates, nothing is stored and CarryMismatch is raised. Without ``carry`` the backup
+        is a full one: its time is remembered (kv ``enrol_full:<device>``) for the next full-backup decision.
+        """
         taken = taken_at or utcnow()
         snap = s.enrol_snapshot
         with self._writer.begin() as conn:
@@ -138,9 +147,23 @@ class EnrolRepo:
             for chunk in _chunks([{"snapshot_id": snapshot_id, "uid": t.uid, "finger": t.finger, "valid": t.valid,
                                    "size": t.size, "key_id": t.key_id, "blob": t.blob} for t in templates]):
                 conn.execute(s.enrol_template.insert(), chunk)
+            total = len(templates)
+            if carry is not None:
+                carried = _carry_templates(conn, carry, snapshot_id)
+                if carried != carry.expected:
+                    raise CarryMismatch(f"backup #{carry.source} holds {carried} template(s) of the unchanged "
+                                        f"users, {carry.expected} expected")
+                total += carried
+                conn.execute(update(snap).where(snap.c.id == snapshot_id).values(templates=total))
+                what = (f"incremental backup #{snapshot_id} (from #{carry.source}: {carried} template(s) carried "
+                        f"over, {len(templates)} read), serial {serial}")
+            else:
+                what = f"backup #{snapshot_id}, serial {serial}"
+                _put_kv(conn, f"{FULL_KV_PREFIX}{device_id}", {"at": taken.isoformat(), "snapshot": snapshot_id},
+                        taken)
             conn.execute(s.enrol_audit.insert().values(
                 at=taken, actor=actor[:64], action="backup", device_id=device_id, users=len(users),
-                templates=len(templates), ok=True, detail=f"backup #{snapshot_id}, serial {serial}"[:500]))
+                templates=total, ok=True, detail=what[:500]))
             old = [row[0] for row in conn.execute(
                 select(snap.c.id).where(snap.c.device_id == device_id)
                 .order_by(snap.c.taken_at.desc(), snap.c.id.desc()).offset(max(1, keep)))]
@@ -154,7 +177,48 @@ class EnrolRepo:
                 conn.execute(delete(s.enrol_template).where(s.enrol_template.c.snapshot_id.in_(old)))
                 conn.execute(delete(s.enrol_user).where(s.enrol_user.c.snapshot_id.in_(old)))
                 conn.execute(delete(snap).where(snap.c.id.in_(old)))
-        return SnapshotHead(snapshot_id, device_id, serial, taken, algorithm, user_layout, len(users), len(templates))
+        return SnapshotHead(snapshot_id, device_id, serial, taken, algorithm, user_layout, len(users), total)
+
+    def last_full_backup(self, device_id: str) -> datetime | None:
+        """When the device's last full backup (every template read) was stored; None: never (or unknown)."""
+        value = self._kv(f"{FULL_KV_PREFIX}{device_id}")
+        try:
+            return parse_instant(str(value["at"])) if isinstance(value, dict) else None
+        except (KeyError, ValueError):
+            return None
+
+    # -- the user-count drop problem (gateway.health): an operator's acknowledgement ---------------------
+    def acknowledge_drop(self, device_id: str, users: int | None = None) -> datetime:
+        """Record that an operator accepted a device's user-count drop (``fpgw enrol ack-drop``); the daemon's
+        health monitor closes the open ``user_drop`` problem at its next sweep. Returns the time recorded."""
+        now = utcnow()
+        with self._writer.begin() as conn:
+            _put_kv(conn, f"{DROP_ACK_KV_PREFIX}{device_id}", {"at": now.isoformat(), "users": users}, now)
+        return now
+
+    def drop_acknowledgements(self) -> dict[str, datetime]:
+        """device id -> when its user-count drop was last acknowledged."""
+        try:
+            with self.engine.connect() as conn:
+                rows = conn.execute(select(s.kv.c.key, s.kv.c.value).where(
+                    func.substr(s.kv.c.key, 1, len(DROP_ACK_KV_PREFIX)) == DROP_ACK_KV_PREFIX)).all()
+        except (OperationalError, ProgrammingError):  # not migrated yet: no acknowledgement
+            return {}
+        out: dict[str, datetime] = {}
+        for key, value in rows:
+            try:
+                out[key[len(DROP_ACK_KV_PREFIX):]] = parse_instant(str(json.loads(value)["at"]))
+            except (ValueError, KeyError, TypeError):  # a damaged row is no acknowledgement
+                continue
+        return out
+
+    def _kv(self, key: str) -> Any:
+        with self.engine.connect() as conn:
+            value = conn.execute(select(s.kv.c.value).where(s.kv.c.key == key)).scalar()
+        try:
+            return json.loads(value) if value is not None else None
+        except ValueError:
+            return None
 
     def audit(self, actor: str, action: str, device_id: str, *, users: int = 0, templates: int = 0,
               ok: bool = True, detail: str = "") -> None:
@@ -204,6 +268,14 @@ class EnrolRepo:
             rows = conn.execute(select(t.c.uid, func.count()).where(t.c.snapshot_id == snapshot_id)
                                 .group_by(t.c.uid)).all()
         return {int(uid): int(n) for uid, n in rows}
+
+    def template_stats(self, snapshot_id: int) -> dict[int, tuple[int, int]]:
+        """uid -> (templates, their plain sizes added up) in one backup, for the incremental backup's plan."""
+        t = s.enrol_template
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(t.c.uid, func.count(), func.sum(t.c.size)).where(t.c.snapshot_id == snapshot_id)
+                                .group_by(t.c.uid)).all()
+        return {int(uid): (int(n), int(size or 0)) for uid, n, size in rows}
 
     def audit_rows(self, device_id: str | None = None, limit: int = 50) -> list[AuditRow]:
         """Newest audit rows first."""
@@ -334,6 +406,45 @@ class EnrolRepo:
 
 #: kv keys of the office sync's memory: ``enrol_sync:<device id>`` and ``enrol_sync:conflicts``.
 SYNC_KV_PREFIX = "enrol_sync:"
+#: kv key of a device's last full backup (``enrol_full:<device id>``: time and snapshot id).
+FULL_KV_PREFIX = "enrol_full:"
+#: kv key of an operator's acknowledgement of a device's user-count drop (``enrol_drop_ack:<device id>``).
+DROP_ACK_KV_PREFIX = "enrol_drop_ack:"
+
+
+@dataclass(frozen=True, slots=True)
+class Carry:
+    """An incremental backup's carry-over: from which snapshot, which uids not (read again), how many."""
+
+    source: int
+    reread: frozenset[int]
+    expected: int
+
+
+class CarryMismatch(RuntimeError):
+    """The previous backup no longer holds what an incremental backup planned to carry over (nothing stored)."""
+
+
+def _carry_templates(conn: Connection, carry: Carry, snapshot_id: int) -> int:
+    """INSERT ... SELECT of the unchanged users' sealed templates into the new snapshot; returns how many."""
+    t, old_u, new_u = s.enrol_template, s.enrol_user.alias("old_u"), s.enrol_user.alias("new_u")
+    query = (select(literal(snapshot_id), t.c.uid, t.c.finger, t.c.valid, t.c.size, t.c.key_id, t.c.blob)
+             .select_from(t.join(old_u, (old_u.c.snapshot_id == t.c.snapshot_id) & (old_u.c.uid == t.c.uid))
+                          .join(new_u, (new_u.c.snapshot_id == snapshot_id) & (new_u.c.uid == t.c.uid)
+                                & (new_u.c.user_id == old_u.c.user_id)))
+             .where(t.c.snapshot_id == carry.source))
+    if carry.reread:
+        query = query.where(t.c.uid.not_in(sorted(carry.reread)))
+    before = conn.execute(select(func.count()).select_from(t).where(t.c.snapshot_id == snapshot_id)).scalar_one()
+    conn.execute(t.insert().from_select(["snapshot_id", "uid", "finger", "valid", "size", "key_id", "blob"], query))
+    # Counted, not rowcount: psycopg reports -1 for an INSERT ... SELECT.
+    after = conn.execute(select(func.count()).select_from(t).where(t.c.snapshot_id == snapshot_id)).scalar_one()
+    return int(after) - int(before)
+
+
+def _put_kv(conn: Connection, key: str, value: Any, now: datetime) -> None:
+    conn.execute(delete(s.kv).where(s.kv.c.key == key[:100]))
+    conn.execute(s.kv.insert().values(key=key[:100], value=json.dumps(value, sort_keys=True), updated_at=now))
 
 
 def _chunks(rows: list[dict[str, object]]) -> Iterator[list[dict[str, object]]]:

@@ -58,6 +58,14 @@ CHECKS_ID: dict[str, tuple[str, ...]] = {
         "atau atur polling.clear_when_full_ratio; jangan lewat menu mesin sebelum gateway menunjukkan semua "
         "rekaman tersimpan.",
     ),
+    "user_drop": (
+        "Mesin kehilangan banyak pengguna sekaligus: apakah di-reset ke pengaturan pabrik, diganti unit kosong, "
+        "atau pengguna dihapus di mesin? Pegawai yang hilang dari mesin tidak bisa absen.",
+        "Periksa di mesin (menu User Mgt) berapa pengguna yang tersimpan. `fpgw enrol status` menunjukkan cadangan "
+        "terakhir; pulihkan dengan `fpgw enrol restore DEVICE --from DEVICE --dry-run`, lalu tanpa --dry-run "
+        "(docs/enrolment.md). Masalah selesai sendiri bila jumlahnya kembali.",
+        "Jika pengguna memang sengaja dihapus, terima jumlah baru dengan `fpgw enrol ack-drop DEVICE`.",
+    ),
     "counts_unreliable": (
         "Mesin menjawab pertanyaan jumlah rekaman tanpa angka yang bisa dipakai (sebagian mesin wajah dan firmware "
         "baru): tidak ada yang hilang, gateway mengunduh seluruh log setiap polling, hanya lebih lambat.",

@@ -344,11 +344,11 @@ class Session:
         await self._reply(pkt, p.CMD_ACK_ERROR if refused else p.CMD_ACK_OK)
 
     async def _get_usertemp(self, pkt: p.Packet) -> None:
-        """Command 88 (pyzk get_user_template): ``<hb`` uid, finger -> the template plus one trailing byte,
+        """Command 88 (pyzk get_user_template): ``<Hb`` uid, finger -> the template plus one trailing byte,
         which pyzk drops (§2.7); TCP as one DATA packet, UDP as PREPARE_DATA, ≤1024-byte DATA pieces, ACK_OK."""
         if len(pkt.data) < 3:
-            raise p.ProtocolError("GET_USERTEMP needs <hb uid, finger")
-        uid, finger = struct.unpack_from("<hb", pkt.data)
+            raise p.ProtocolError("GET_USERTEMP needs <Hb uid, finger")
+        uid, finger = struct.unpack_from("<Hb", pkt.data)  # the uid is a u16, as in the user table
         found = self.device.templates().get((uid, finger))
         if found is None:
             await self._reply(pkt, p.CMD_ACK_ERROR)

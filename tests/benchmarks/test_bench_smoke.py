@@ -27,7 +27,7 @@ RUNS: dict[str, tuple[list[str], str]] = {
     "bench_simulator.py": (["--quick"], "simulator RSS"),
     "bench_forward.py": (["--quick"], "one punch per request"),
     "bench_push.py": (["--quick"], "uploads accepted per second"),
-    "bench_enrol.py": (["--quick"], "keypad locked during the restore"),
+    "bench_enrol.py": (["--quick"], "keypad locked: full backup / incremental backup"),
     "bench_dashboard.py": (["--quick"], "dashboard / (whole regency)"),
     "bench_report.py": (["--quick"], "monthly report"),
 }

@@ -273,3 +273,39 @@ def test_an_unreliable_record_counter_is_a_problem_until_it_answers_sensibly_aga
     assert events(out) == [("counts_unreliable", "start")] and "4-byte answer" in out[0].detail
     assert events(tr.record(replace(bad, finished_at=T0 + timedelta(minutes=2)))) == []  # once, not every poll
     assert events(tr.record(ok(T0 + timedelta(minutes=3)))) == [("counts_unreliable", "end")]
+
+
+def test_user_drop_opens_once_stays_open_and_ends_when_the_count_is_back() -> None:
+    tr = HealthTracker(make_config())
+    assert events(tr.record(ok(T0, users=300, ucap=1000))) == []
+    # Reset to factory settings: 300 -> 0 users between two polls.
+    out = tr.record(ok(T0 + timedelta(minutes=1), users=0, ucap=1000))
+    assert events(out) == [("user_drop", "start")] and out[0].severity == "critical"
+    assert out[0].seen == {"before": 300, "now": 0} and "300" in out[0].detail
+    # Still low (a few users re-enrolled by hand): no second alert, the reference stays 300.
+    assert tr.record(ok(T0 + timedelta(minutes=2), users=5, ucap=1000)) == []
+    assert tr.health("lobby").problems["user_drop"].seen == {"before": 300, "now": 5}
+    # A restore brings the count back: the problem ends.
+    assert events(tr.record(ok(T0 + timedelta(minutes=3), users=298, ucap=1000))) == [("user_drop", "end")]
+    # Gradual deletes and counts that cannot be trusted never open it.
+    for i, users in enumerate((290, 280, 270)):
+        assert tr.record(ok(T0 + timedelta(minutes=4 + i), users=users, ucap=1000)) == []
+    unreliable = ok(T0 + timedelta(minutes=9), users=0, ucap=1000)
+    assert unreliable.counts is not None
+    out = tr.record(replace(unreliable, counts=replace(unreliable.counts, unreliable="4 bytes")))
+    assert "user_drop" not in [t.problem for t in out]
+
+
+def test_user_drop_acknowledged_by_the_operator_and_seeded_across_restarts() -> None:
+    tr = HealthTracker(make_config())
+    tr.seed_user_counts({"lobby": 120})  # the count stored before a restart
+    out = tr.record(ok(T0, users=10, ucap=1000))
+    assert events(out) == [("user_drop", "start")]
+    # An acknowledgement older than the problem does not close it; a newer one does, once.
+    assert tr.acknowledge_user_drop("lobby", T0 - timedelta(hours=1), T0 + timedelta(minutes=1)) == []
+    out = tr.acknowledge_user_drop("lobby", T0 + timedelta(seconds=30), T0 + timedelta(minutes=1))
+    assert events(out) == [("user_drop", "end")]
+    assert tr.acknowledge_user_drop("lobby", T0 + timedelta(seconds=30), T0 + timedelta(minutes=2)) == []
+    # The accepted count is the new reference: the next poll at 10 users is quiet.
+    assert tr.record(ok(T0 + timedelta(minutes=3), users=10, ucap=1000)) == []
+    assert tr.devices_with_problem("user_drop") == []
