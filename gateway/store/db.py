@@ -317,7 +317,7 @@ def writer(engine: Engine) -> Writer:
 
 #: The newest migration of gateway/store/migrations (a test checks it against alembic's own head). Every
 #: fpgw command starts by checking the schema; with this the usual answer ("at head") needs no alembic.
-HEAD_REVISION = "0010_dashboard_accounts"
+HEAD_REVISION = "0011_partitions"
 
 
 def _stored_revision(engine: Engine) -> str | None:
