@@ -258,7 +258,8 @@ def archive_partition(engine: Engine, name: str, directory: Path, *, drop: bool 
         raise ArchiveFailed(f"{name!r} is not a month partition (punches_YYYY_MM); the default partition is never "
                             "archived (maintenance moves its rows into months)")
     data, manifest_path = archive_paths(directory, name)
-    part_data, part_manifest = data.with_name(data.name + ".part"), manifest_path.with_name(manifest_path.name + ".part")
+    part_data = data.with_name(data.name + ".part")
+    part_manifest = manifest_path.with_name(manifest_path.name + ".part")
     try:
         directory.mkdir(parents=True, exist_ok=True)
         with writer(engine).begin() as conn:
@@ -322,10 +323,10 @@ def _export(conn: Connection, table: str, columns: list[str], path: Path) -> Non
     assert driver is not None
     sql = f"COPY (SELECT {', '.join(columns)} FROM {table} ORDER BY id) TO STDOUT WITH (FORMAT csv, HEADER)"
     with path.open("wb") as raw:
-        with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6) as gz, driver.cursor() as cur:
-            with cur.copy(sql) as copy:
-                for chunk in copy:
-                    gz.write(bytes(chunk))
+        with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6) as gz, driver.cursor() as cur, \
+                cur.copy(sql) as copy:
+            for chunk in copy:
+                gz.write(bytes(chunk))
         raw.flush()
         os.fsync(raw.fileno())
 
@@ -378,10 +379,10 @@ def restore_archive(engine: Engine, manifest_path: Path) -> tuple[int, int]:
         conn.execute(text("CREATE TEMP TABLE fpgw_restore (LIKE punches INCLUDING DEFAULTS) ON COMMIT DROP"))
         driver = conn.connection.driver_connection
         assert driver is not None
-        with driver.cursor() as cur, gzip.open(data, "rb") as f:
-            with cur.copy(f"COPY fpgw_restore ({names}) FROM STDIN WITH (FORMAT csv, HEADER)") as copy:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    copy.write(chunk)
+        with driver.cursor() as cur, gzip.open(data, "rb") as f, \
+                cur.copy(f"COPY fpgw_restore ({names}) FROM STDIN WITH (FORMAT csv, HEADER)") as copy:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                copy.write(chunk)
         inserted = conn.execute(text(
             f"INSERT INTO punches ({names}) SELECT {names} FROM fpgw_restore ORDER BY id "
             f"ON CONFLICT ({', '.join(PUNCH_KEY)}) DO NOTHING")).rowcount
