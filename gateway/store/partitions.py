@@ -46,6 +46,9 @@ DEFAULT_PARTITION = "punches_default"
 MONTHS_AHEAD = 3
 #: How long the drop may wait for a lock before it gives up (and rolls back) instead of stalling ingest.
 LOCK_TIMEOUT = "30s"
+#: pg_advisory_xact_lock key held by whoever changes the partitions (the daemon's job and `fpgw central partitions`
+#: may run at once: the second waits, then finds the work done).
+MAINTENANCE_LOCK_KEY = 0x46505750
 _MONTH_NAME = re.compile(r"^punches_(\d{4})_(\d{2})$")
 ARCHIVE_FORMAT = "fpgw-punches-archive/1"
 
@@ -187,6 +190,9 @@ def _create_month(engine: Engine, month: date) -> int:
     name, (low, high) = partition_name(month), month_bounds(month)
     in_month = "device_time >= :low AND device_time < :high"
     with writer(engine).begin() as conn:
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MAINTENANCE_LOCK_KEY})
+        if month in _existing_months(conn):
+            return 0  # another run made it meanwhile
         conn.execute(text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
         conn.execute(text(f"LOCK TABLE {SCHEMA}.{DEFAULT_PARTITION} IN SHARE ROW EXCLUSIVE MODE"))
         conn.execute(text(f"CREATE TABLE {SCHEMA}.{name} (LIKE punches INCLUDING DEFAULTS)"))
@@ -263,6 +269,7 @@ def archive_partition(engine: Engine, name: str, directory: Path, *, drop: bool 
     try:
         directory.mkdir(parents=True, exist_ok=True)
         with writer(engine).begin() as conn:
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MAINTENANCE_LOCK_KEY})
             conn.execute(text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
             if name not in {p for p in conn.execute(text(
                     "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
