@@ -84,31 +84,42 @@ def build(url: str, revision: str | None, rows: int, offices: int) -> tuple[Engi
     return engine, time.perf_counter() - t0
 
 
-def timed(fn: Callable[[], object], repeat: int) -> float:
-    """Median seconds of ``fn`` over ``repeat`` runs (after one warm-up)."""
-    fn()
-    samples = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
+def timed_pair(fns: dict[str, Callable[[], object]], repeat: int) -> dict[str, float]:
+    """Median seconds of each function over ``repeat`` runs, the functions taking turns (after one warm-up each),
+    so that the shared machine's load falls on both tables alike."""
+    for fn in fns.values():
         fn()
-        samples.append(time.perf_counter() - t0)
-    return statistics.median(samples)
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeat):
+        for key, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            samples[key].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in samples.items()}
 
 
-def measure(engine: Engine, rows: int, offices: int, repeat: int) -> dict[str, float]:
-    """Seconds of each pull query on this database (same queries, same arguments on both)."""
-    store = CentralStore(engine)
+def measure(engines: dict[str, Engine], rows: int, offices: int, repeat: int) -> dict[str, dict[str, float]]:
+    """Seconds of each pull query on each database (same queries, same arguments, taking turns)."""
+    stores = {k: CentralStore(e) for k, e in engines.items()}
     rng = random.Random(15)
-    recent = [rows - rng.randrange(1, max(2, rows // 100)) for _ in range(repeat)]
+    cursors = [rows - rng.randrange(1000, max(1001, rows // 100)) for _ in range(repeat + 1)]
     day = parts.add_months(FIRST_MONTH, MONTHS - 2) + timedelta(days=9)
-    cursor = iter(recent * 2)
-    out = {"feed_page": timed(lambda: store.feed(PunchQuery(), next(cursor, rows // 2), 1000), repeat)}
     office_day = PunchQuery(office_code=f"O{rng.randrange(offices):04d}", date_from=day, date_to=day)
-    out["office_day"] = timed(lambda: list(store.iter_punches(office_day)), repeat)
     nation_day = PunchQuery(date_from=day, date_to=day)
-    n_day = len(list(store.iter_punches(nation_day)))
-    out["nation_day"] = timed(lambda: list(store.iter_punches(nation_day)), max(1, repeat // 3))
-    out["nation_day_rows"] = float(n_day)
+    out: dict[str, dict[str, float]] = {k: {} for k in engines}
+
+    def feed_pages(store: CentralStore) -> Callable[[], object]:
+        turn = iter(cursors * 2)
+        return lambda: store.feed(PunchQuery(), next(turn), 1000)
+
+    for name, make, times in (
+            ("feed_page", feed_pages, repeat),
+            ("office_day", lambda st: (lambda: list(st.iter_punches(office_day))), repeat),
+            ("nation_day", lambda st: (lambda: list(st.iter_punches(nation_day))), max(1, repeat // 3))):
+        for key, seconds in timed_pair({k: make(st) for k, st in stores.items()}, times).items():
+            out[key][name] = seconds
+    for key, st in stores.items():
+        out[key]["nation_day_rows"] = float(len(list(st.iter_punches(nation_day))))
     return out
 
 
@@ -133,26 +144,25 @@ def main() -> int:
             stack.callback(stop)
         report.note(f"scale: {rows:,} rows in each table, {args.offices} offices, {MONTHS} months from "
                     f"{FIRST_MONTH:%Y-%m}; the machine is shared, compare the ratios")
-        results = {}
+        engines: dict[str, Engine] = {}
         for label, revision in (("partitioned", None), ("unpartitioned", "0010_dashboard_accounts")):
             url = stack.enter_context(pg.fresh_database(server, prefix="fpgw_bench"))
             engine, fill_s = build(url, revision, rows, args.offices)
             stack.callback(engine.dispose)
+            engines[label] = engine
             report.figure(f"fill_{label}", f"fill {label} table ({rows:,} rows, SQL-generated)", measured=fill_s,
                           unit="s")
-            results[label] = measure(engine, rows, args.offices, repeat)
-            if label == "unpartitioned":
-                # The real migration of an existing table (docs/scale-out.md "Migrating an existing central").
-                t0 = time.perf_counter()
-                upgrade(engine)
-                report.figure("migrate", f"migration 0011_partitions of the unpartitioned table ({rows:,} rows)",
-                              measured=time.perf_counter() - t0, unit="s",
-                              detail=f"{rows / max(time.perf_counter() - t0, 1e-9):,.0f} rows/s")
-            if label == "partitioned":
-                t0 = time.perf_counter()
-                parts.maintain(engine, today=parts.add_months(FIRST_MONTH, MONTHS - 1), months_ahead=3)
-                report.figure("maintain", "maintenance run (months ahead, default partition empty)",
-                              measured=time.perf_counter() - t0, unit="s")
+        results = measure(engines, rows, args.offices, repeat)
+        t0 = time.perf_counter()
+        parts.maintain(engines["partitioned"], today=parts.add_months(FIRST_MONTH, MONTHS - 1), months_ahead=3)
+        report.figure("maintain", "maintenance run (months ahead, default partition empty)",
+                      measured=time.perf_counter() - t0, unit="s")
+        # The real migration of an existing table (docs/scale-out.md "Migrating an existing central").
+        t0 = time.perf_counter()
+        upgrade(engines["unpartitioned"])
+        took = time.perf_counter() - t0
+        report.figure("migrate", f"migration 0011_partitions of the unpartitioned table ({rows:,} rows)",
+                      measured=took, unit="s", detail=f"{rows / max(took, 1e-9):,.0f} rows/s")
         p, u = results["partitioned"], results["unpartitioned"]
         ms = 1000.0
         report.at_most("feed_page", "feed page of 1,000 at a recent cursor (partitioned)",
