@@ -207,8 +207,15 @@ def _create_month(engine: Engine, month: date) -> int:
 # -- archive ------------------------------------------------------------------------------------------------
 
 def archive_paths(directory: Path, name: str) -> tuple[Path, Path]:
-    """(data file, manifest) of a partition's archive."""
-    return directory / f"{name}.csv.gz", directory / f"{name}.manifest.json"
+    """(data file, manifest) for a new archive of a partition: ``punches_YYYY_MM.csv.gz`` + ``.manifest.json``, or
+    ``punches_YYYY_MM.2...`` and so on when the month was archived before (late punches stored after its drop give
+    it a partition again): an archive is never overwritten, since once its month is dropped it is the only copy."""
+    for n in range(1, 10_000):
+        stem = name if n == 1 else f"{name}.{n}"
+        data, manifest = directory / f"{stem}.csv.gz", directory / f"{stem}.manifest.json"
+        if not (data.exists() or manifest.exists() or data.with_name(data.name + ".part").exists()):
+            return data, manifest
+    raise ArchiveFailed(f"{directory}: too many archives of {name}")
 
 
 def _columns(conn: Connection) -> list[str]:
@@ -299,8 +306,8 @@ def archive_partition(engine: Engine, name: str, directory: Path, *, drop: bool 
                 json.dump(manifest, f, indent=1)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(part_data, data)
-            os.replace(part_manifest, manifest_path)
+            _rename_new(part_data, data)
+            _rename_new(part_manifest, manifest_path)
             _sync_dir(directory)
             verify_archive(manifest_path)  # what is on disk now, not what was written
             if drop:
@@ -314,6 +321,12 @@ def archive_partition(engine: Engine, name: str, directory: Path, *, drop: bool 
         raise ArchiveFailed(f"{name}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
     log.info("punch partition archived", partition=name, rows=rows, file=str(data), dropped=drop)
     return ArchiveResult(partition=name, rows=int(rows), file=data, manifest=manifest_path, sha256=digest, dropped=drop)
+
+
+def _rename_new(src: Path, dst: Path) -> None:
+    """Rename ``src`` to ``dst``, failing (FileExistsError) rather than replacing an existing ``dst``."""
+    os.link(src, dst)
+    src.unlink()
 
 
 def _discard(*paths: Path) -> None:

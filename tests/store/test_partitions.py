@@ -151,6 +151,17 @@ def test_archive_writes_exactly_the_rows_then_drops_and_the_file_loads_back(engi
     assert parts.restore_archive(engine, result.manifest) == (len(punches), 0)  # idempotent
 
 
+def test_a_month_archived_twice_keeps_both_archives(engine: Engine, tmp_path: Path) -> None:
+    name, punches = _old_month_with_rows(engine)
+    first = parts.archive_partition(engine, name, tmp_path)
+    ingest(engine, [at(date(2024, 3, 1), "late", day=30)], "late")  # a gateway back from a long outage
+    parts.ensure_partitions(engine, today=TODAY)
+    second = parts.archive_partition(engine, name, tmp_path)
+    assert first.file.name == f"{name}.csv.gz" and second.file.name == f"{name}.2.csv.gz"
+    assert parts.verify_archive(first.manifest)["rows"] == len(punches)
+    assert [r["device_user_id"] for r in parts.iter_archive(second.manifest)] == ["late"]
+
+
 def test_a_damaged_archive_file_fails_verification(engine: Engine, tmp_path: Path) -> None:
     name, _ = _old_month_with_rows(engine)
     result = parts.archive_partition(engine, name, tmp_path)
