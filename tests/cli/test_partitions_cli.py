@@ -112,3 +112,15 @@ def test_retention_config_defaults_and_checks(tmp_path: Path) -> None:
     assert config.retention.archive_after_months == 0 and config.retention.months_ahead == 3
     with pytest.raises(Exception, match="archive_after_months"):
         parse_config(_config(tmp_path, "", archive_after_months=1), base_dir=tmp_path)
+
+
+@pytest.mark.postgres
+def test_the_daemon_adds_the_partition_job_on_postgresql(pg_url: str, tmp_path: Path) -> None:
+    from gateway.app import Gateway
+
+    doc = {**_config(tmp_path, pg_url), "http": {"enabled": False}}
+    gateway = Gateway(parse_config(doc, base_dir=tmp_path))
+    try:
+        assert "partitions" in [s.name for s in gateway.services]
+    finally:
+        gateway.stop()
