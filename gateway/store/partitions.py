@@ -46,6 +46,8 @@ DEFAULT_PARTITION = "punches_default"
 MONTHS_AHEAD = 3
 #: How long the drop may wait for a lock before it gives up (and rolls back) instead of stalling ingest.
 LOCK_TIMEOUT = "30s"
+#: ... and the archive's final DETACH (an exclusive lock on punches: everything queues behind it while it waits).
+DETACH_LOCK_TIMEOUT = "5s"
 #: pg_advisory_xact_lock key held by whoever changes the partitions (the daemon's job and `fpgw central partitions`
 #: may run at once: the second waits, then finds the work done).
 MAINTENANCE_LOCK_KEY = 0x46505750
@@ -311,6 +313,9 @@ def archive_partition(engine: Engine, name: str, directory: Path, *, drop: bool 
             _sync_dir(directory)
             verify_archive(manifest_path)  # what is on disk now, not what was written
             if drop:
+                # DETACH locks punches exclusively for an instant: wait little for running statements (new ones
+                # queue behind it), and give up (nothing dropped, the next run retries) rather than stall ingest.
+                conn.execute(text(f"SET LOCAL lock_timeout = '{DETACH_LOCK_TIMEOUT}'"))
                 conn.execute(text(f"ALTER TABLE punches DETACH PARTITION {table}"))
                 conn.execute(text(f"DROP TABLE {table}"))
     except ArchiveFailed:
