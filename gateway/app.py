@@ -86,6 +86,7 @@ def trim_heap() -> None:
 
 def default_service_factories() -> list[tuple[str, ServiceFactory]]:
     """The areas plugged into the daemon, in start order (see gateway.services)."""
+    from gateway import retention
     from gateway.central import service as central
     from gateway.forward import forwarder
     from gateway.health import monitor
@@ -97,7 +98,7 @@ def default_service_factories() -> list[tuple[str, ServiceFactory]]:
 
     return [("monitor", monitor.services), ("metrics", metrics.services), ("forwarder", forwarder.services),
             ("central", central.services), ("push", push.services), ("usb-import", usb_import.services),
-            ("serial", serial.services),
+            ("serial", serial.services), ("partitions", retention.services),
             ("http", http.services)]
 
 

@@ -308,6 +308,29 @@ class CentralConfig:
 
 
 @dataclass(frozen=True)
+class RetentionConfig:
+    """``[retention]``: monthly partitions of the punches table and their archive (PostgreSQL only).
+
+    On PostgreSQL ``punches`` is partitioned by month (migration 0011_partitions; gateway.store.partitions,
+    docs/scale-out.md). The daemon's maintenance job (gateway.retention) keeps partitions ahead of the calendar
+    and, only when ``archive_after_months`` is set, exports old months to compressed files, verifies them and
+    drops them. A SQLite database has no partitions; there the job does nothing.
+    """
+
+    #: Partitions exist for the current month and this many after it (a month without one still takes inserts:
+    #: they land in the default partition until the job creates the month and moves them).
+    months_ahead: int = 3
+    #: Archive and drop the months that ended at least this many months before the current one. 0 = never
+    #: (the default): punches are kept for ever.
+    archive_after_months: int = 0
+    #: Where archived months go (``punches_YYYY_MM.csv.gz`` + ``.manifest.json``); default
+    #: ``<site.state_dir>/archive``. Copy these files to backup storage: they are the only copy once dropped.
+    archive_dir: Path = Path("state") / "archive"
+    #: How often the job runs.
+    check_every_s: float = 3600.0
+
+
+@dataclass(frozen=True)
 class PushConfig:
     """The ADMS/PUSH receiver (gateway.push): terminals with ``driver = "push"`` call it over HTTP."""
 
@@ -407,6 +430,8 @@ class Config:
     usb_import: ImportConfig = field(default_factory=ImportConfig)
     #: ``[enrol]``: enrolment backup and restore.
     enrol: EnrolConfig = field(default_factory=EnrolConfig)
+    #: ``[retention]``: monthly punch partitions and their archive (PostgreSQL).
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
     #: Where the config was read from (for messages).
     source: Path | None = None
 
@@ -465,6 +490,7 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path | None = None,
     push = _parse_push(top.table("push"), base_dir)
     usb_import = _parse_import(top.table("import"), site, base_dir)
     enrol = _parse_enrol(top.table("enrol"), base_dir, devices)
+    retention = _parse_retention(top.table("retention"), site, base_dir)
     top.done()
 
     if problems:
@@ -472,7 +498,7 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path | None = None,
     return Config(site=site, database=database, polling=polling, devices=tuple(devices),
                   logging=logging_cfg, employees=employees, health=health, alerts=alerts, http=http,
                   forward=forward, central=central, push=push, usb_import=usb_import, enrol=enrol,
-                  source=source)
+                  retention=retention, source=source)
 
 
 def _default_state_dir() -> Path:
@@ -944,8 +970,23 @@ def _parse_import(r: Reader, site: SiteConfig, base_dir: Path) -> ImportConfig:
     return cfg
 
 
+def _parse_retention(r: Reader, site: SiteConfig, base_dir: Path) -> RetentionConfig:
+    cfg = RetentionConfig(
+        months_ahead=r.integer("months_ahead", 3, min=1, max=24),
+        archive_after_months=r.integer("archive_after_months", 0, min=0, max=1200),
+        archive_dir=_optional_path(r, "archive_dir", base_dir) or site.state_dir / "archive",
+        check_every_s=r.duration_s("check_every_s", 3600.0, min=60),
+    )
+    if 0 < cfg.archive_after_months < 2:
+        r.problem("archive_after_months", "must be 0 (keep every month) or at least 2: the previous month still "
+                                          "receives late punches from gateways that were offline")
+    r.done()
+    return cfg
+
+
 __all__ = [
     "AlertsConfig", "CentralConfig", "Config", "ConfigError", "DatabaseConfig", "DeviceConfig",
     "EmployeesConfig", "ForwardConfig", "HealthConfig", "HttpConfig", "LoggingConfig", "PollingConfig",
-    "PushConfig", "SerialLineConfig", "SiteConfig", "WorkingHoursConfig", "load_config", "parse_config",
+    "PushConfig", "RetentionConfig", "SerialLineConfig", "SiteConfig", "WorkingHoursConfig", "load_config",
+    "parse_config",
 ]

@@ -5,6 +5,7 @@
     gateways      -> gateway.store.central.CentralStore.gateways: last contact, backlog, punches per gateway
     rebind-device -> gateway.store.central.CentralStore.rebind_device: move a terminal's serial to another office
     report, headcount, holidays -> gateway.cli.centralreport (the monthly BKD report and its figures)
+    partitions    -> gateway.cli.partitions (monthly punch partitions on PostgreSQL: list, maintain, archive)
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from gateway.cli import centralreport, users
+from gateway.cli import centralreport, partitions, users
 from gateway.cli.common import CliError, config_of, open_engine
 from gateway.humanize import duration_text
 
@@ -56,6 +57,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     q.set_defaults(func=cmd_list_tokens, one_shot=True)
     users.register(csub)
     centralreport.register(csub)  # report, headcount, holidays
+    partitions.register(csub)  # monthly punch partitions (PostgreSQL)
 
 
 def _token_file(args: argparse.Namespace) -> Path:

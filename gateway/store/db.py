@@ -399,7 +399,8 @@ def _create_fresh_sqlite(engine: Engine) -> bool:
     Why: running the seven migrations (SQLite copies tables in batch mode) and importing alembic took about
     0.5 s of a first `fpgw poll` on a new gateway (benchmarks/bench_poll.py, issue 14). The result is the
     same schema: tests/store/test_schema.py compares both with the metadata and with each other. PostgreSQL
-    always migrates (its feed-order trigger is created by migrations only).
+    always migrates (its feed-order trigger and its monthly punch partitions, migration 0011_partitions, are
+    created by migrations only).
     """
     from gateway.store.schema import metadata
 

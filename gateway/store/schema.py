@@ -154,6 +154,11 @@ device_users = Table(
 # Punches: the durable, deduplicated log
 # ------------------------------------------------------------------------------------------------
 
+#: On PostgreSQL (migration 0011_partitions) this table is PARTITIONED BY RANGE (device_time), one partition per month
+#: in schema fpgw_partitions plus a default one (gateway.store.partitions, docs/scale-out.md), and its primary key is
+#: (id, office_code, device_time): a partitioned table's unique constraints must hold the partition key, and
+#: office_code keeps the key valid under Citus. That DDL lives in the migration only (PostgreSQL always migrates);
+#: the columns, uq_punches_key and the indexes below are the same on both engines. SQLite keeps one table.
 punches = Table(
     "punches", metadata,
     #: Monotonic id; on an office gateway the outbox refers to it.

@@ -1,7 +1,7 @@
 """enrol_push: what push terminals uploaded of their users and templates (sealed), their enrolment mirror
 
 Revision ID: 0014_enrol_push
-Revises: 0010_dashboard_accounts
+Revises: 0011_partitions
 Create Date: 2026-12-02
 
 A push (ADMS) terminal uploads its users (USER lines) and fingerprint templates (FP / BIODATA lines) itself;
@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = '0014_enrol_push'
-down_revision = '0010_dashboard_accounts'
+down_revision = '0011_partitions'
 branch_labels = None
 depends_on = None
 
