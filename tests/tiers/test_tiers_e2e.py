@@ -144,6 +144,7 @@ def test_offices_to_regency_to_national_with_the_national_tier_down_then_refusin
         national = ThreadedServer(nat_app, thread_name="fpgw-http-national")
         national.start()
         nat_port = national.port
+        assert nat_port is not None
         stack.callback(lambda: national.stop(5))
         nat_base = national.url
 
@@ -183,7 +184,7 @@ def test_offices_to_regency_to_national_with_the_national_tier_down_then_refusin
             store = Store(engine, code)
             store.sync_devices(cfg.devices)
             fwd = Forwarder(cfg, Outbox(engine, code), now=clock, rng=random.Random(n))
-            stack.callback(lambda fwd=fwd: fwd.stop(1))
+            stack.callback(fwd.stop, 1)
             offices.append(Office(code, store, fwd, engine, f"SN-{code}"))
 
         def punch_day(day: int, users: int) -> None:
