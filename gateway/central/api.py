@@ -5,9 +5,10 @@
 ``services(ctx)`` appends these Starlette routes to ``ctx.http_routes`` when ``[central] enabled``;
 gateway.web.status serves them. Handlers parse and authorise on the event loop and run every database call
 in Starlette's thread pool (SQLAlchemy is synchronous). Tokens live hashed in TOML files (gateway.central.tokens);
-the office of an ingested punch always comes from the gateway's token. The silent-gateway watch is
-gateway.central.silent. Dates in queries (date=, from=, to=) are office-local days: each punch's own local
-wall-clock date at its office (see gateway.store.central.PunchQuery).
+the office of an ingested punch comes from the gateway's token, or for a lower tier's token (several offices,
+``1801.*``) from the punch, within the token's scope (docs/tiers.md). Every scope check is Token.allows.
+The silent-gateway watch is gateway.central.silent. Dates in queries (date=, from=, to=) are office-local
+days: each punch's own local wall-clock date at its office (see gateway.store.central.PunchQuery).
 """
 
 from __future__ import annotations

@@ -10,7 +10,9 @@ PunchQuery is the office's query type (gateway.store.punches), re-exported here:
 and of a day, one WHERE clause (where_punches) for every punch query.
 
 Office isolation (migration 0005_office_bindings): a forwarded punch is stored under its gateway token's
-office and is a duplicate only of that office's punch (uq_punches_key leads with office_code). Each device
+office - or, sent by a lower tier (docs/tiers.md), under its own office_code, which gateway.wire checked
+against the tier's token scope - and is a duplicate only of that office's punch (uq_punches_key leads with
+office_code). Each device
 serial is bound to the office that first reported it (device_bindings); a punch or health report for a
 serial bound to another office is rejected (serial_bound_elsewhere) and alerted, never merged; only an
 admin rebinding (rebind_device, `fpgw central rebind-device`) moves a serial.
@@ -41,7 +43,9 @@ same holds there without a trigger or lock.
 Ingest order within a transaction: everything that may wait for another transaction (receipt claim, serial
 bindings, the gateway's row) happens before the ``INSERT ... SELECT`` into punches takes the shared lock,
 and what follows it touches only rows this transaction already holds, so an ingest never waits for a row
-while holding the lock a reader waits for.
+while holding the lock a reader waits for. At a central that forwards upstream ([central.upstream]) the
+same statement also inserts the new punches' outbox rows (keyed by the ids it just drew, so they conflict
+with no other transaction's row); on SQLite it is the next statement of the transaction.
 """
 
 from __future__ import annotations
