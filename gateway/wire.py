@@ -331,28 +331,80 @@ def decode_punch(obj: Any, i: int, office_code: str | OfficeScope) -> tuple[Punc
         return None, f"malformed: {exc}"
 
 
-def _decode_punch(obj: Any, i: int, office_code: str | OfficeScope) -> tuple[Punch | None, str | None]:
-    where = f"punches[{i}]"
-    if not isinstance(obj, dict):
-        raise WireError(f"{where}: must be an object")
-    fields = {k: _str(obj, k, where) for k in ("device_id", "device_serial", "device_user_id", "device_time",
-                                               "timezone")}
-    office = _str(obj, "office_code", where, required=False)
-    local_text = _str(obj, "local_time", where, required=False)
-    utc_text = _str(obj, "utc_time", where, required=False)
-    employee = _str(obj, "employee_id", where, required=False)
-    sname = _str(obj, "state_name", where, required=False)
-    vname = _str(obj, "verify_name", where, required=False)
-    flags = obj.get("flags", [])
-    if isinstance(flags, str):
-        flags = [f for f in flags.split(",") if f]
-    if not isinstance(flags, list) or not all(isinstance(f, str) for f in flags):
-        raise WireError(f"{where}.flags: must be a list of strings")
-    state, verify = _int(obj, "state", where), _int(obj, "verify", where)
-    uid, workcode, raw_time = (_int(obj, "uid", where, 0), _int(obj, "workcode", where, 0),
-                               _int(obj, "raw_time", where, -1, INT64))
+#: Text keys of a punch in the order they are checked (the first bad one names the error): required, then optional.
+_REQUIRED_TEXTS = ("device_id", "device_serial", "device_user_id", "device_time", "timezone")
+_OPTIONAL_TEXTS = ("office_code", "local_time", "utc_time", "employee_id", "state_name", "verify_name")
+#: Integer keys with their default (None = required) and bounds, in the order they are checked.
+_INTS: tuple[tuple[str, int | None, tuple[int, int]], ...] = (
+    ("state", None, INT32), ("verify", None, INT32), ("uid", 0, INT32), ("workcode", 0, INT32),
+    ("raw_time", -1, INT64),
     # Punch identity (Punch.occurrence; absent from older gateways = 0).
-    occurrence = _int(obj, "occurrence", where, 0, (0, INT64[1]))
+    ("occurrence", 0, (0, INT64[1])))
+#: Time zones already found valid (ZoneInfo's own cache is a call and a lock away; bounded, see _zone_ok).
+_ZONES_OK: set[str] = set()
+
+
+def _texts(obj: dict[str, Any], keys: tuple[str, ...], i: int, *, required: bool) -> list[Any]:
+    """The values of ``keys`` as _str would return them, the common case (plain ASCII text without NUL, or
+    an absent optional value) without its calls; anything else goes through _str for the same result or error."""
+    out: list[Any] = []
+    get = obj.get
+    for key in keys:
+        v = get(key)
+        if type(v) is str and v.isascii() and "\x00" not in v:
+            out.append(v)
+        elif v is None and not required:
+            out.append(None)
+        else:
+            out.append(_str(obj, key, f"punches[{i}]", required=required))
+    return out
+
+
+def _ints(obj: dict[str, Any], i: int) -> list[int]:
+    """The integers of _INTS as _int would return them (plain ints within bounds without its calls)."""
+    out: list[int] = []
+    get = obj.get
+    for key, default, (low, high) in _INTS:
+        v = get(key, default)
+        if type(v) is int and low <= v <= high:
+            out.append(v)
+        else:
+            out.append(_int(obj, key, f"punches[{i}]", default, (low, high)))
+    return out
+
+
+def _zone_ok(name: str) -> bool:
+    if name in _ZONES_OK:
+        return True
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        return False
+    if len(_ZONES_OK) < 1000:  # a client sending endless new valid names only loses the shortcut
+        _ZONES_OK.add(name)
+    return True
+
+
+def _decode_punch(obj: Any, i: int, office_code: str | OfficeScope) -> tuple[Punch | None, str | None]:
+    # The checks and their order are those of the first version of this function (every message the same);
+    # the common case of each is answered inline (issue 14: decoding bound the central's ingest).
+    if not isinstance(obj, dict):
+        raise WireError(f"punches[{i}]: must be an object")
+    device_id, serial, user, device_time, zone = _texts(obj, _REQUIRED_TEXTS, i, required=True)
+    office, local_text, utc_text, employee, sname, vname = _texts(obj, _OPTIONAL_TEXTS, i, required=False)
+    fields = {"device_id": device_id, "device_serial": serial, "device_user_id": user, "device_time": device_time,
+              "timezone": zone}
+    flags = obj.get("flags", [])
+    if flags:
+        if isinstance(flags, str):
+            flags = [f for f in flags.split(",") if f]
+        if not isinstance(flags, list) or not all(isinstance(f, str) for f in flags):
+            raise WireError(f"punches[{i}].flags: must be a list of strings")
+    elif flags != [] and flags != "":
+        raise WireError(f"punches[{i}].flags: must be a list of strings")
+    else:
+        flags = []
+    state, verify, uid, workcode, raw_time, occurrence = _ints(obj, i)
     # Well-formed from here on; what follows rejects the row, not the batch.
     if isinstance(office_code, OfficeScope):  # a tier's batch: each punch names its own office
         if office is None:
@@ -366,34 +418,38 @@ def _decode_punch(obj: Any, i: int, office_code: str | OfficeScope) -> tuple[Pun
         if office is not None and office != office_code:
             return None, (f"office_mismatch: punch says {_shown(office)} but this gateway's token is for "
                           f"{office_code!r}")
-    # Every text above went through _str, which already refused NUL characters and invalid text.
-    texts = {**fields, "employee_id": employee, "state_name": sname, "verify_name": vname}
-    for key, limit in _LIMITS.items():
-        value = texts[key]
-        if value is not None and len(value) > limit:
-            return None, f"field_too_long: {key} is longer than {limit} characters"
-    if not fields["device_serial"] or not fields["device_user_id"] or not fields["device_id"]:
+    # Every text above went through _str (or its inline common case), which already refused NUL characters
+    # and invalid text.
+    if not (len(device_id) <= 64 and len(serial) <= 64 and len(user) <= 64 and len(zone) <= 64
+            and (employee is None or len(employee) <= 64) and (sname is None or len(sname) <= 16)
+            and (vname is None or len(vname) <= 24)):
+        texts = {**fields, "employee_id": employee, "state_name": sname, "verify_name": vname}
+        for key, limit in _LIMITS.items():
+            value = texts[key]
+            if value is not None and len(value) > limit:
+                return None, f"field_too_long: {key} is longer than {limit} characters"
+    if not serial or not user or not device_id:
         return None, "missing_identity: device_id, device_serial and device_user_id must not be empty"
-    if not _DEVICE_TIME.fullmatch(fields["device_time"]):
-        return None, f"bad_device_time: {_shown(fields['device_time'])} is not 'YYYY-MM-DD HH:MM:SS'"
-    try:
-        ZoneInfo(fields["timezone"])
-    except (ZoneInfoNotFoundError, ValueError, OSError):
-        return None, f"unknown_timezone: {_shown(fields['timezone'], 64)}"
+    if not _DEVICE_TIME.fullmatch(device_time):
+        return None, f"bad_device_time: {_shown(device_time)} is not 'YYYY-MM-DD HH:MM:SS'"
+    if not _zone_ok(zone):
+        return None, f"unknown_timezone: {_shown(zone, 64)}"
     try:
         local = _instant(local_text, aware=False)
         utc = _instant(utc_text, aware=True)
     except ValueError as exc:
         return None, f"bad_time: local_time/utc_time not ISO 8601 ({exc})"
-    if ",".join(flags) and len(",".join(flags)) > 200:
-        return None, "field_too_long: flags"
-    if any(text_problem(f) for f in flags):
-        return None, "bad_text: flags contain a NUL character or invalid text"
-    return Punch(office_code=stored_office, device_id=fields["device_id"], device_serial=fields["device_serial"],
-                 device_user_id=fields["device_user_id"], device_time=fields["device_time"], local_time=local,
-                 utc_time=utc, timezone=fields["timezone"], state=state, state_name=sname or state_name(state),
-                 verify=verify, verify_name=vname or verify_name(verify), uid=uid, workcode=workcode,
-                 raw_time=raw_time, employee_id=employee or None, flags=tuple(flags), occurrence=occurrence), None
+    if flags:
+        joined = ",".join(flags)
+        if len(joined) > 200:
+            return None, "field_too_long: flags"
+        if any(text_problem(f) for f in flags):
+            return None, "bad_text: flags contain a NUL character or invalid text"
+    return Punch(office_code=stored_office, device_id=device_id, device_serial=serial, device_user_id=user,
+                 device_time=device_time, local_time=local, utc_time=utc, timezone=zone, state=state,
+                 state_name=sname or state_name(state), verify=verify, verify_name=vname or verify_name(verify),
+                 uid=uid, workcode=workcode, raw_time=raw_time, employee_id=employee or None, flags=tuple(flags),
+                 occurrence=occurrence), None
 
 
 _DEVICE_STR = {"name": 200, "location": 200, "address": 255, "transport": 8, "serial": 64, "firmware": 100,

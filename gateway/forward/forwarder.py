@@ -176,7 +176,7 @@ class Forwarder:
                                    executor="housekeeping", replace_existing=True, max_instances=1, coalesce=True,
                                    misfire_grace_time=int(self.fwd.interval_s) + 30,
                                    next_run_time=datetime.now(self.scheduler.timezone))
-        log.info("forwarding enabled", upstream=self.fwd.url, batch_size=self.fwd.batch_size,
+        log.info("forwarding enabled", upstream=self.fwd.url, tier=self.tier, batch_size=self.fwd.batch_size,
                  interval_s=self.fwd.interval_s, health_interval_s=self.health_every_s)
 
     def stop(self, deadline_s: float) -> None:
