@@ -38,13 +38,14 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import Any
 
-from sqlalchemy import Engine, Insert, Select, Table, func, select, update
+import structlog
+from sqlalchemy import Engine, Insert, Select, Table, Update, func, select, update
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from drivers.base import DeviceUser
 from gateway.config import DeviceConfig
@@ -53,6 +54,8 @@ from gateway.store import schema as s
 from gateway.store.db import writer
 from gateway.store.quarantine import QuarantinedInput, insert_quarantined
 from gateway.store.schema import utcnow
+
+log = structlog.get_logger(__name__)
 
 #: Rows per INSERT statement (keeps SQLite under its bound-parameter limit and PG packets sane).
 INSERT_CHUNK = 500
@@ -140,7 +143,8 @@ def insert_punches(conn: Connection, punches: Iterable[Punch], *, received_at: d
 
 
 def _insert_punch_rows(conn: Connection, punches: Iterable[Punch], *, received_at: datetime, source: str = "poll",
-                       outbox_at: datetime | None = None) -> list[tuple[int, PunchKey]]:
+                       outbox_at: datetime | None = None,
+                       trust_stored_read: bool = False) -> list[tuple[int, PunchKey]]:
     """Idempotent insert returning (id, key) of the new rows; with ``outbox_at``, also an outbox row (due
     then) for each new row, in the same statement flow.
 
@@ -148,15 +152,29 @@ def _insert_punch_rows(conn: Connection, punches: Iterable[Punch], *, received_a
     (issue 14). Rows are bound at the DBAPI level on the connection's own cursor, inside the caller's
     transaction, with the values converted here exactly as the column types would have (UtcDateTime,
     DateTime; tests/store/test_fast_insert.py reads both back and compares).
+
+    ``trust_stored_read`` (PostgreSQL): when the already-stored read ran and the batch holds no key twice, insert
+    without ON CONFLICT (its per-row speculative insertion was a fifth of the server's time for a 1,000-punch
+    poll). A key stored by someone else after that read then fails the statement with a unique violation,
+    which aborts the transaction: only a caller that runs the whole transaction again with the default
+    (``Store.save_poll``) may pass it. SQLite ignores it.
     """
     batch = list(punches)
+    checked = False
     if len(batch) >= PREFETCH_MIN:
-        batch = _not_stored(conn, batch)
+        batch, checked = _not_stored(conn, batch)
     if not batch:
         return []
     if conn.dialect.name == "postgresql":
-        return _insert_pg(conn, batch, received_at, source, outbox_at)
+        plain = trust_stored_read and checked and _distinct_keys(batch)
+        return _insert_pg(conn, batch, received_at, source, outbox_at, on_conflict=not plain)
     return _insert_sqlite(conn, batch, received_at, source, outbox_at)
+
+
+def _distinct_keys(batch: list[Punch]) -> bool:
+    """No two punches of ``batch`` share the punch key (uq_punches_key)."""
+    return len({(p.office_code, p.device_serial, p.device_user_id, p.device_time, p.occurrence)
+                for p in batch}) == len(batch)
 
 
 @contextmanager
@@ -172,12 +190,18 @@ def _dbapi_cursor(conn: Connection, what: str) -> Iterator[Any]:
         cursor.close()
 
 
+def _unique_violation(exc: IntegrityError) -> bool:
+    """A PostgreSQL unique violation (SQLSTATE 23505), the only error the plain punch insert may retry."""
+    return getattr(exc.orig, "sqlstate", None) == "23505"
+
+
 def _naive_utc_error(p: Punch) -> ValueError:
     return ValueError(f"naive utc_time {p.utc_time!r} in punch {p.key}; attach a time zone first")
 
 
-def _not_stored(conn: Connection, punches: list[Punch]) -> list[Punch]:
-    """The punches whose key is not stored yet, as far as one range read per terminal can tell.
+def _not_stored(conn: Connection, punches: list[Punch]) -> tuple[list[Punch], bool]:
+    """(The punches whose key is not stored yet, as far as one range read per terminal can tell; whether the
+    read ran: a batch of many terminals skips it).
 
     Reads the keys stored for the batch's (office, serial) between its oldest and newest device time: a
     range of uq_punches_key itself (office, serial, device time, ...; migration 0007_punch_indexes), so it
@@ -185,11 +209,12 @@ def _not_stored(conn: Connection, punches: list[Punch]) -> list[Punch]:
     (It used to read (device_id, utc_time), and PostgreSQL's planner, with statistics lagging a fast-growing
     table, walked the terminal's whole history by the key's (office, serial) prefix instead: 3-7 ms per
     1,000-punch poll, growing with the table.) What it misses (a punch stored concurrently) is left to the
-    insert's ON CONFLICT DO NOTHING, so this only saves work and never decides alone.
+    insert's ON CONFLICT DO NOTHING, or, on the plain insert (``trust_stored_read``), makes it fail and the
+    caller run the transaction again: it never decides alone.
     """
     groups = {(p.office_code, p.device_serial) for p in punches}
     if len(groups) > PREFETCH_MAX_GROUPS:
-        return punches
+        return punches, False
     sql = ("SELECT device_user_id, device_time, occurrence FROM punches "
            "WHERE office_code = ? AND device_serial = ? AND device_time >= ? AND device_time <= ?")
     if conn.dialect.name != "sqlite":
@@ -204,13 +229,13 @@ def _not_stored(conn: Connection, punches: list[Punch]) -> list[Punch]:
             if found:
                 stored[group] = found
     if not stored:
-        return punches
+        return punches, True
     key = attrgetter("device_user_id", "device_time", "occurrence")
     if len(groups) == 1:
         known = stored[next(iter(groups))]
-        return [p for p in punches if key(p) not in known]
+        return [p for p in punches if key(p) not in known], True
     nothing: set[tuple[str, str, int]] = set()
-    return [p for p in punches if key(p) not in stored.get(_group(p), nothing)]
+    return [p for p in punches if key(p) not in stored.get(_group(p), nothing)], True
 
 
 def _group(p: Punch) -> tuple[str, str]:
@@ -291,9 +316,9 @@ _PG_CREATE_STAGE = (f"CREATE TEMP TABLE IF NOT EXISTS {_PG_STAGE} ("
 _PG_RETURNING = "RETURNING id, device_serial, device_user_id, device_time, occurrence"
 
 
-def _pg_insert_sql(source_sql: str, outbox: bool) -> str:
-    insert = (f"INSERT INTO punches ({', '.join(PUNCH_COLUMNS)}) {source_sql} "
-              f"ON CONFLICT ({', '.join(PUNCH_KEY)}) DO NOTHING {_PG_RETURNING}")
+def _pg_insert_sql(source_sql: str, outbox: bool, on_conflict: bool = True) -> str:
+    conflict = f"ON CONFLICT ({', '.join(PUNCH_KEY)}) DO NOTHING " if on_conflict else ""
+    insert = f"INSERT INTO punches ({', '.join(PUNCH_COLUMNS)}) {source_sql} {conflict}{_PG_RETURNING}"
     if not outbox:
         return insert
     return (f"WITH ins AS ({insert}), queued AS (INSERT INTO outbox (punch_id, state, attempts, next_attempt_at, "
@@ -306,9 +331,10 @@ _PG_FROM_ARRAYS = "SELECT * FROM unnest(" + ", ".join(f"%s::{t}[]" for t in _PG_
 
 
 def _insert_pg(conn: Connection, batch: list[Punch], received_at: datetime, source: str,
-               outbox_at: datetime | None) -> list[tuple[int, PunchKey]]:
+               outbox_at: datetime | None, *, on_conflict: bool = True) -> list[tuple[int, PunchKey]]:
     """COPY into a session temp table, then ONE INSERT ... SELECT ... ON CONFLICT DO NOTHING RETURNING that
-    also queues the outbox rows (a data-modifying WITH); small batches send arrays instead of the COPY."""
+    also queues the outbox rows (a data-modifying WITH); small batches send arrays instead of the COPY.
+    ``on_conflict`` False: a plain INSERT (see _insert_punch_rows, ``trust_stored_read``)."""
     flags = ",".join
     rows = []
     for p in batch:
@@ -333,9 +359,10 @@ def _insert_pg(conn: Connection, batch: list[Punch], received_at: datetime, sour
                 copy.set_types(_PG_COPY_TYPES)
                 for row in rows:
                     copy.write_row(row)
-            sql, params = _pg_insert_sql(_PG_FROM_STAGE, outbox), []
+            sql, params = _pg_insert_sql(_PG_FROM_STAGE, outbox, on_conflict), []
         else:
-            sql, params = _pg_insert_sql(_PG_FROM_ARRAYS, outbox), [list(col) for col in zip(*rows, strict=True)]
+            sql, params = _pg_insert_sql(_PG_FROM_ARRAYS, outbox, on_conflict), [list(col) for col in
+                                                                                  zip(*rows, strict=True)]
         if outbox:
             params += [outbox_at, outbox_at]
         cur.execute(sql, params)
@@ -406,15 +433,29 @@ class Store:
         Only after this returns are the punches durable; nothing may be deleted from a device before.
         """
         quarantined = tuple(quarantined)  # the writer may run the transaction again: never a spent iterator
-        # SQLite: on the writer thread, committed together with the polls that queued meanwhile (db.Writer.run).
-        return self._writer.run(lambda conn: self._save_poll_in(conn, outcome, punches, forward=forward,
-                                                                address=address, log_position=log_position,
-                                                                quarantined=quarantined))
+
+        def work(conn: Connection, trust_stored_read: bool) -> SaveResult:
+            return self._save_poll_in(conn, outcome, punches, forward=forward, address=address,
+                                      log_position=log_position, quarantined=quarantined,
+                                      trust_stored_read=trust_stored_read)
+
+        if self.engine.dialect.name != "postgresql":
+            # SQLite: on the writer thread, committed together with the polls that queued meanwhile (db.Writer.run).
+            return self._writer.run(lambda conn: work(conn, False))
+        try:
+            return self._writer.run(lambda conn: work(conn, True))
+        except IntegrityError as exc:
+            if not _unique_violation(exc):
+                raise
+            # Another writer stored one of these punches after our already-stored read (the plain insert's bet,
+            # _insert_punch_rows): the transaction was rolled back whole; run it again with ON CONFLICT.
+            log.debug("punch stored concurrently; saving the poll again with ON CONFLICT", device=outcome.device_id)
+            return self._writer.run(lambda conn: work(conn, False))
 
     def _save_poll_in(self, conn: Connection, outcome: PollOutcome, punches: Sequence[Punch] = (), *,
                       forward: bool = False, address: tuple[str, int] | None = None,
                       log_position: str | None = None,
-                      quarantined: Iterable[QuarantinedInput] = ()) -> SaveResult:
+                      quarantined: Iterable[QuarantinedInput] = (), trust_stored_read: bool = False) -> SaveResult:
         """save_poll inside the caller's write transaction (writer(engine)); durable only once it commits."""
         now = utcnow()
         d = s.devices.c
@@ -428,10 +469,10 @@ class Store:
             # Cleared at the keypad: the refilled log numbers its same-time records from 1 again.
             _bump_log_epoch(conn, outcome.serial)
         as_stored: dict[PunchKey, PunchKey] = {}
-        if outcome.serial and any(p.occurrence for p in punches):
+        if outcome.serial and any(map(attrgetter("occurrence"), punches)):
             punches, as_stored = _in_epoch(punches, _log_epoch(conn, outcome.serial))
-        new_rows = _insert_punch_rows(conn, punches, received_at=now,
-                                      outbox_at=now if forward else None) if punches else []
+        new_rows = _insert_punch_rows(conn, punches, received_at=now, outbox_at=now if forward else None,
+                                      trust_stored_read=trust_stored_read) if punches else []
         new_ids = [r[0] for r in new_rows]
         # Every punch of the batch is stored now (new or from an earlier poll).
         newest = _newest_valid(punches)
@@ -455,35 +496,46 @@ class Store:
             values["last_new_punch_at"] = outcome.finished_at
         if newest is not None and (prev_punch_at is None or newest > prev_punch_at):
             values["last_punch_at"] = newest
-        conn.execute(update(s.devices).where(d.pk == pk).values(**values))
-        if info is not None and address is not None:
-            self._touch_identity(conn, pk, info.serial, address, info.firmware, outcome.finished_at)
-        if log_position is not None and outcome.serial:
-            _set_kv(conn, _position_key(outcome.serial), log_position, now)
-        insert_quarantined(conn, quarantined)
-        conn.execute(s.poll_runs.insert().values(
+        device_update = update(s.devices).where(d.pk == pk).values(**values)
+        run_insert = s.poll_runs.insert().values(
             device_pk=pk, serial=outcome.serial, started_at=outcome.started_at,
             finished_at=outcome.finished_at, duration_s=outcome.duration_s,
             outcome=_run_outcome(outcome),
             mode=outcome.mode if outcome.mode != "none" else "count",
             records_on_device=counts.records if counts else None, records_read=outcome.records_read,
-            new_records=len(new_ids), bytes_read=outcome.bytes_read, error=outcome.error))
+            new_records=len(new_ids), bytes_read=outcome.bytes_read, error=outcome.error)
+        identity = (pk, info.serial, address, info.firmware, outcome.finished_at) \
+            if info is not None and address is not None else None
+        position = (_position_key(outcome.serial), log_position) if log_position is not None and outcome.serial \
+            else None
+        if conn.dialect.name == "postgresql":
+            _finish_poll_pg(conn, device_update, run_insert, identity, position, now)
+        else:
+            conn.execute(device_update)
+            if identity is not None:
+                self._touch_identity(conn, *identity)
+            if position is not None:
+                _set_kv(conn, *position, now)
+            conn.execute(run_insert)
+        insert_quarantined(conn, quarantined)
+        keys = map(itemgetter(1), new_rows)
         return SaveResult(new_punches=len(new_ids), newest_punch_utc=newest, new_ids=tuple(new_ids),
-                          new_keys=frozenset(as_stored.get(r[1], r[1]) for r in new_rows))
+                          new_keys=frozenset(as_stored.get(k, k) for k in keys) if as_stored else frozenset(keys))
 
     @staticmethod
     def _touch_identity(conn: Connection, pk: int, serial: str, address: tuple[str, int], firmware: str,
                         at: datetime) -> None:
+        # Update first, insert only when nothing matched: one statement per poll instead of a read and a write
+        # (every round trip counts in a 1,000-punch poll on PostgreSQL; issue 14).
         i = s.device_identities.c
-        row = conn.execute(select(i.id).where(i.device_pk == pk, i.serial == serial, i.address == address[0],
-                                              i.port == address[1])).first()
-        if row is None:
+        touched = conn.execute(update(s.device_identities)
+                               .where(i.device_pk == pk, i.serial == serial, i.address == address[0],
+                                      i.port == address[1])
+                               .values(last_seen_at=at, firmware=firmware or None)).rowcount
+        if not touched:
             conn.execute(s.device_identities.insert().values(device_pk=pk, serial=serial, address=address[0],
                                                              port=address[1], firmware=firmware or None,
                                                              first_seen_at=at, last_seen_at=at))
-        else:
-            conn.execute(update(s.device_identities).where(i.id == row.id)
-                         .values(last_seen_at=at, firmware=firmware or None))
 
     # -- clearing a terminal (gateway.polling.poller.DevicePoller.clear_device / the clear policy) ----------
     def missing_keys(self, serial: str, keys: Iterable[PunchKey]) -> set[PunchKey]:
@@ -633,6 +685,46 @@ class Store:
             raise OperationalError("PRAGMA wal_checkpoint(FULL)", {}, Exception(
                 f"could not checkpoint the SQLite write-ahead log ({done} of {wal_frames} frames; database busy)"))
         return "checkpoint"
+
+
+def _finish_poll_pg(conn: Connection, device_update: Update, run_insert: Insert,
+                    identity: tuple[int, str, tuple[str, int], str, datetime] | None,
+                    position: tuple[str, str] | None, now: datetime) -> None:
+    """The end of a poll's save on PostgreSQL in ONE statement: the device row, its identity, the log position
+    and the poll run as data-modifying WITH parts of the poll run's INSERT, which returns whether the identity
+    and the position rows existed; the rare missing one (a new address, the first position) is inserted then.
+
+    Why: each of these was its own round trip, and a 1,000-punch poll on PostgreSQL is bounded by its round
+    trips and the server's per-row work (benchmarks/bench_store.py, issue 14). They touch different tables
+    and rows, so sharing one snapshot changes nothing.
+    """
+    stmt = run_insert.add_cte(device_update.cte("fpgw_device"))
+    found = []
+    if identity is not None:
+        pk, serial, address, firmware, at = identity
+        i = s.device_identities.c
+        ident = update(s.device_identities).where(
+            i.device_pk == pk, i.serial == serial, i.address == address[0], i.port == address[1]
+        ).values(last_seen_at=at, firmware=firmware or None).returning(i.id).cte("fpgw_identity")
+        stmt = stmt.add_cte(ident)
+        found.append(select(func.count()).select_from(ident).scalar_subquery())
+    if position is not None:
+        key, value = position
+        kv = update(s.kv).where(s.kv.c.key == key).values(value=value, updated_at=now).returning(s.kv.c.key) \
+            .cte("fpgw_position")
+        stmt = stmt.add_cte(kv)
+        found.append(select(func.count()).select_from(kv).scalar_subquery())
+    if not found:
+        conn.execute(stmt)
+        return
+    row = conn.execute(stmt.returning(*found)).one()
+    if identity is not None and not row[0]:
+        pk, serial, address, firmware, at = identity
+        conn.execute(s.device_identities.insert().values(device_pk=pk, serial=serial, address=address[0],
+                                                         port=address[1], firmware=firmware or None,
+                                                         first_seen_at=at, last_seen_at=at))
+    if position is not None and not row[-1]:
+        conn.execute(s.kv.insert().values(key=position[0], value=position[1], updated_at=now))
 
 
 def _position_key(serial: str) -> str:

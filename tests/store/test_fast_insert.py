@@ -17,6 +17,7 @@ from sqlalchemy import Engine, func, select, text
 from drivers.base import Counts
 from gateway.config import parse_config
 from gateway.models import PollOutcome, Punch
+from gateway.store import punches as punches_module
 from gateway.store import schema as s
 from gateway.store.db import StorageError, create_db_engine, pending_writes, upgrade, writer
 from gateway.store.punches import (
@@ -161,6 +162,36 @@ def test_reconcile_stores_only_what_is_missing_with_epochs_and_occurrences(engin
     assert {o for o in occurrences if o >= OCCURRENCE_EPOCH_STRIDE} == {o + epoch * OCCURRENCE_EPOCH_STRIDE
                                                                        for _, _, _, o in numbered}
     assert total == queued == recorded == len(log) + len(numbered)
+
+
+def test_a_punch_stored_after_the_already_stored_read_is_neither_duplicated_nor_fails_the_poll(
+        engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # On PostgreSQL a batch the already-stored read has checked goes in without ON CONFLICT; a punch another
+    # writer stored after that read makes the insert fail, and the poll must be saved again with ON CONFLICT.
+    store = new_store(engine, tmp_path, "lobby")
+    log = varied_punches("SN1", 3 * PG_COPY_MIN)
+    store.save_poll(outcome(records=len(log)), log[::3], forward=True)
+    # The read sees nothing stored, as if the stored third had been committed just after it.
+    monkeypatch.setattr(punches_module, "_not_stored", lambda conn, batch: (batch, True))
+    saved = store.save_poll(outcome(records=len(log)), log, forward=True)
+    missing = [p for i, p in enumerate(log) if i % 3]
+    assert saved.new_keys == {p.key for p in missing} and saved.new_punches == len(missing)
+    assert store.missing_keys("SN1", {p.key for p in log}) == set()
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(s.punches)).scalar_one() == len(log)
+        assert conn.execute(select(func.count()).select_from(s.outbox)).scalar_one() == len(log)
+        assert conn.execute(select(func.sum(s.poll_runs.c.new_records))).scalar_one() == len(log)
+
+
+def test_a_batch_holding_one_key_twice_stores_it_once(engine: Engine, tmp_path: Path) -> None:
+    # Two records with the same user and time in one read: one punch (the plain insert must not be used).
+    store = new_store(engine, tmp_path, "lobby")
+    log = varied_punches("SN1", PG_COPY_MIN + PREFETCH_MIN)
+    saved = store.save_poll(outcome(records=len(log) + 1), [*log, log[7]], forward=True)
+    assert saved.new_keys == {p.key for p in log} and saved.new_punches == len(log)
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(s.punches)).scalar_one() == len(log)
+        assert conn.execute(select(func.count()).select_from(s.outbox)).scalar_one() == len(log)
 
 
 def test_concurrent_pollers_store_and_report_every_punch_exactly_once(engine: Engine, tmp_path: Path) -> None:
