@@ -183,6 +183,23 @@ def test_a_punch_stored_after_the_already_stored_read_is_neither_duplicated_nor_
         assert conn.execute(select(func.sum(s.poll_runs.c.new_records))).scalar_one() == len(log)
 
 
+def test_the_new_ids_a_poll_reports_are_the_rows_of_its_new_punches(engine: Engine, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # SQLite names the new rows without reading them back when every row went in; with conflicts it reads them.
+    store = new_store(engine, tmp_path, "lobby")
+    log = varied_punches("SN1", 2 * PG_COPY_MIN + 3)
+    first = store.save_poll(outcome(records=len(log)), log[:PG_COPY_MIN], forward=True)
+    monkeypatch.setattr(punches_module, "_not_stored", lambda conn, batch: (batch, False))  # conflicts reach the insert
+    second = store.save_poll(outcome(records=len(log)), log, forward=True)
+    p = s.punches.c
+    for result, expected in ((first, log[:PG_COPY_MIN]), (second, log[PG_COPY_MIN:])):
+        with engine.connect() as conn:
+            rows = conn.execute(select(p.id, p.device_serial, p.device_user_id, p.device_time, p.occurrence)
+                                .where(p.id.in_(result.new_ids))).all()
+        assert len(result.new_ids) == len(expected)
+        assert {(r[1], r[2], r[3], r[4]) for r in rows} == result.new_keys == {q.key for q in expected}
+
+
 def test_a_batch_holding_one_key_twice_stores_it_once(engine: Engine, tmp_path: Path) -> None:
     # Two records with the same user and time in one read: one punch (the plain insert must not be used).
     store = new_store(engine, tmp_path, "lobby")
