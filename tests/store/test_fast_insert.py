@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from dataclasses import replace as replace_dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -14,7 +15,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import Engine, func, select, text
 
-from drivers.base import Counts
+from drivers.base import Counts, DeviceInfo
 from gateway.config import parse_config
 from gateway.models import PollOutcome, Punch
 from gateway.store import punches as punches_module
@@ -198,6 +199,32 @@ def test_the_new_ids_a_poll_reports_are_the_rows_of_its_new_punches(engine: Engi
                                 .where(p.id.in_(result.new_ids))).all()
         assert len(result.new_ids) == len(expected)
         assert {(r[1], r[2], r[3], r[4]) for r in rows} == result.new_keys == {q.key for q in expected}
+
+
+def test_a_poll_keeps_its_device_row_identity_position_and_run_together(engine: Engine, tmp_path: Path) -> None:
+    # PostgreSQL writes these in one statement (data-modifying WITH), SQLite one by one: the same rows either way.
+    store = new_store(engine, tmp_path, "lobby")
+    log = varied_punches("SN1", 5)
+
+    def poll(firmware: str, address: tuple[str, int], position: str | None, ok: bool = True) -> None:
+        base = outcome(records=len(log))
+        done = replace_dataclass(base, info=DeviceInfo("SN1", firmware, "ZEM560"), ok=ok,
+                                 error_kind=None if ok else "busy", mode="full" if ok else "none")
+        store.save_poll(done, log if ok else (), forward=True, address=address, log_position=position)
+
+    poll("Ver 1", ("10.0.0.1", 4370), "p1")
+    poll("Ver 2", ("10.0.0.1", 4370), "p2")  # the same identity and position, updated
+    poll("Ver 2", ("10.0.0.9", 4370), None)  # a new address; the position kept
+    poll("Ver 3", ("10.0.0.9", 4370), "p3", ok=False)  # a failed poll: no count, no position moved by it
+    state = store.device_state("lobby")
+    assert (state.serial, state.firmware, state.last_record_count, state.log_position) == ("SN1", "Ver 3", 5, "p3")
+    i = s.device_identities.c
+    with engine.connect() as conn:
+        identities = {(r.address, r.firmware) for r in conn.execute(select(i.address, i.firmware))}
+        runs = conn.execute(select(s.poll_runs.c.outcome, s.poll_runs.c.new_records)
+                            .order_by(s.poll_runs.c.id)).all()
+    assert identities == {("10.0.0.1", "Ver 2"), ("10.0.0.9", "Ver 3")}
+    assert [tuple(r) for r in runs] == [("ok", 5), ("ok", 0), ("ok", 0), ("busy", 0)]
 
 
 def test_a_batch_holding_one_key_twice_stores_it_once(engine: Engine, tmp_path: Path) -> None:

@@ -3,14 +3,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.store.punches import _WallClockText
 
-zones = st.one_of(st.none(), st.just(timezone.utc),
+zones = st.one_of(st.none(), st.just(UTC),
                   st.integers(-23 * 60, 23 * 60).map(lambda m: timezone(timedelta(minutes=m))))
 
 
