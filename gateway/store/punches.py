@@ -35,7 +35,7 @@ and appears only in queries without a date filter.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from operator import attrgetter, itemgetter
@@ -160,14 +160,17 @@ def _insert_punch_rows(conn: Connection, punches: Iterable[Punch], *, received_a
     (``Store.save_poll``) may pass it. SQLite ignores it.
     """
     batch = list(punches)
-    checked = False
+    checked = staged = False
+    pg = conn.dialect.name == "postgresql"
     if len(batch) >= PREFETCH_MIN:
-        batch, checked = _not_stored(conn, batch)
+        # PostgreSQL: a batch that may take the COPY path gets its staging table in the same round trip as the read.
+        stage = _pg_stage_statements(conn) if pg and len(batch) >= PG_COPY_MIN else ()
+        batch, checked, staged = _not_stored(conn, batch, stage)
     if not batch:
         return []
-    if conn.dialect.name == "postgresql":
+    if pg:
         plain = trust_stored_read and checked and _distinct_keys(batch)
-        return _insert_pg(conn, batch, received_at, source, outbox_at, on_conflict=not plain)
+        return _insert_pg(conn, batch, received_at, source, outbox_at, on_conflict=not plain, staged=staged)
     return _insert_sqlite(conn, batch, received_at, source, outbox_at)
 
 
@@ -199,9 +202,13 @@ def _naive_utc_error(p: Punch) -> ValueError:
     return ValueError(f"naive utc_time {p.utc_time!r} in punch {p.key}; attach a time zone first")
 
 
-def _not_stored(conn: Connection, punches: list[Punch]) -> tuple[list[Punch], bool]:
+def _not_stored(conn: Connection, punches: list[Punch],
+                before: Sequence[str] = ()) -> tuple[list[Punch], bool, bool]:
     """(The punches whose key is not stored yet, as far as one range read per terminal can tell; whether the
-    read ran: a batch of many terminals skips it).
+    read ran: a batch of many terminals skips it; whether the statements ``before`` ran).
+
+    ``before``: statements without parameters (PostgreSQL: the COPY stage) sent ahead of the read in one
+    round trip through psycopg's pipeline mode, when the read runs and the client library offers it.
 
     Reads the keys stored for the batch's (office, serial) between its oldest and newest device time: a
     range of uq_punches_key itself (office, serial, device time, ...; migration 0007_punch_indexes), so it
@@ -214,13 +221,17 @@ def _not_stored(conn: Connection, punches: list[Punch]) -> tuple[list[Punch], bo
     """
     groups = {(p.office_code, p.device_serial) for p in punches}
     if len(groups) > PREFETCH_MAX_GROUPS:
-        return punches, False
+        return punches, False, False
     sql = ("SELECT device_user_id, device_time, occurrence FROM punches "
            "WHERE office_code = ? AND device_serial = ? AND device_time >= ? AND device_time <= ?")
     if conn.dialect.name != "sqlite":
         sql = sql.replace("?", "%s")
     stored: dict[tuple[str, str], set[tuple[str, str, int]]] = {}
-    with _dbapi_cursor(conn, sql) as cur:
+    pipeline = _pipeline(conn) if before else None
+    with _dbapi_cursor(conn, sql) as cur, pipeline or nullcontext():
+        if pipeline is not None:
+            for statement in before:
+                cur.execute(statement)  # queued: sent with the read below, in one round trip
         for group in groups:
             members = punches if len(groups) == 1 else [p for p in punches if _group(p) == group]
             times = [p.device_time for p in members]
@@ -228,14 +239,28 @@ def _not_stored(conn: Connection, punches: list[Punch]) -> tuple[list[Punch], bo
             found = set(cur.fetchall())
             if found:
                 stored[group] = found
+    staged = pipeline is not None
     if not stored:
-        return punches, True
+        return punches, True, staged
     key = attrgetter("device_user_id", "device_time", "occurrence")
     if len(groups) == 1:
         known = stored[next(iter(groups))]
-        return [p for p in punches if key(p) not in known], True
+        return [p for p in punches if key(p) not in known], True, staged
     nothing: set[tuple[str, str, int]] = set()
-    return [p for p in punches if key(p) not in stored.get(_group(p), nothing)], True
+    return [p for p in punches if key(p) not in stored.get(_group(p), nothing)], True, staged
+
+
+def _pipeline(conn: Connection) -> AbstractContextManager[Any] | None:
+    """psycopg's pipeline mode on ``conn``'s DBAPI connection (queries sent without waiting for each answer),
+    or None when the client library cannot (libpq older than 14)."""
+    dbapi_conn = conn.connection.driver_connection
+    pipeline = getattr(dbapi_conn, "pipeline", None)
+    module = type(dbapi_conn).__module__.split(".")[0]
+    if pipeline is None or module != "psycopg":
+        return None
+    import psycopg  # the driver is loaded: this only names it
+
+    return pipeline() if psycopg.Pipeline.is_supported() else None
 
 
 def _group(p: Punch) -> tuple[str, str]:
@@ -369,11 +394,23 @@ _PG_FROM_STAGE = f"SELECT {', '.join(PUNCH_COLUMNS)} FROM {_PG_STAGE}"
 _PG_FROM_ARRAYS = "SELECT * FROM unnest(" + ", ".join(f"%s::{t}[]" for t in _PG_COPY_TYPES) + ")"
 
 
+def _pg_stage_statements(conn: Connection) -> tuple[str, ...]:
+    """The statements that make the session's COPY stage exist and empty in this transaction (it is emptied at
+    each commit; a second batch in the same transaction empties it first)."""
+    info = conn.connection.info
+    tx = id(conn.get_transaction())
+    again = info.get(_PG_STAGE) == tx
+    info[_PG_STAGE] = tx
+    return (_PG_CREATE_STAGE, f"DELETE FROM {_PG_STAGE}") if again else (_PG_CREATE_STAGE,)
+
+
 def _insert_pg(conn: Connection, batch: list[Punch], received_at: datetime, source: str,
-               outbox_at: datetime | None, *, on_conflict: bool = True) -> list[tuple[int, PunchKey]]:
+               outbox_at: datetime | None, *, on_conflict: bool = True,
+               staged: bool = False) -> list[tuple[int, PunchKey]]:
     """COPY into a session temp table, then ONE INSERT ... SELECT ... ON CONFLICT DO NOTHING RETURNING that
     also queues the outbox rows (a data-modifying WITH); small batches send arrays instead of the COPY.
-    ``on_conflict`` False: a plain INSERT (see _insert_punch_rows, ``trust_stored_read``)."""
+    ``on_conflict`` False: a plain INSERT (see _insert_punch_rows, ``trust_stored_read``). ``staged``: the
+    stage was already made ready in this transaction (with the already-stored read)."""
     flags = ",".join
     rows = []
     for p in batch:
@@ -389,11 +426,8 @@ def _insert_pg(conn: Connection, batch: list[Punch], received_at: datetime, sour
     with _dbapi_cursor(conn, "INSERT INTO punches (fast path)") as cur:
         params: list[Any]
         if len(rows) >= PG_COPY_MIN:
-            info = conn.connection.info
-            tx = id(conn.get_transaction())
-            # The stage is emptied at each commit; a second batch in the same transaction empties it first.
-            cur.execute(_PG_CREATE_STAGE + (f"; DELETE FROM {_PG_STAGE}" if info.get(_PG_STAGE) == tx else ""))
-            info[_PG_STAGE] = tx
+            if not staged:
+                cur.execute("; ".join(_pg_stage_statements(conn)))
             with cur.copy(f"COPY {_PG_STAGE} ({', '.join(PUNCH_COLUMNS)}) FROM STDIN (FORMAT BINARY)") as copy:
                 copy.set_types(_PG_COPY_TYPES)
                 for row in rows:

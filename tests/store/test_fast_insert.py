@@ -173,7 +173,7 @@ def test_a_punch_stored_after_the_already_stored_read_is_neither_duplicated_nor_
     log = varied_punches("SN1", 3 * PG_COPY_MIN)
     store.save_poll(outcome(records=len(log)), log[::3], forward=True)
     # The read sees nothing stored, as if the stored third had been committed just after it.
-    monkeypatch.setattr(punches_module, "_not_stored", lambda conn, batch: (batch, True))
+    monkeypatch.setattr(punches_module, "_not_stored", lambda conn, batch, before=(): (batch, True, False))
     saved = store.save_poll(outcome(records=len(log)), log, forward=True)
     missing = [p for i, p in enumerate(log) if i % 3]
     assert saved.new_keys == {p.key for p in missing} and saved.new_punches == len(missing)
@@ -190,7 +190,8 @@ def test_the_new_ids_a_poll_reports_are_the_rows_of_its_new_punches(engine: Engi
     store = new_store(engine, tmp_path, "lobby")
     log = varied_punches("SN1", 2 * PG_COPY_MIN + 3)
     first = store.save_poll(outcome(records=len(log)), log[:PG_COPY_MIN], forward=True)
-    monkeypatch.setattr(punches_module, "_not_stored", lambda conn, batch: (batch, False))  # conflicts reach the insert
+    # The already-stored read skipped: the conflicts reach the insert.
+    monkeypatch.setattr(punches_module, "_not_stored", lambda conn, batch, before=(): (batch, False, False))
     second = store.save_poll(outcome(records=len(log)), log, forward=True)
     p = s.punches.c
     for result, expected in ((first, log[:PG_COPY_MIN]), (second, log[PG_COPY_MIN:])):
