@@ -17,7 +17,8 @@ through benchmarks/harness.py (goal rows of issue 14, ratios measured in the sam
     the real terminals' 1008-byte DATA packets); UDP is always buffered (1024-byte datagrams).
     Figures: the decode alone (µs per record), and the floor of the driver / raw ratio: raw receive plus
     only building, from C, the objects a RawPunch decode must return per record (time text, datetime,
-    the tuple; ``objects_floor``), against raw receive. No decode of that contract can go below it.
+    the tuple; ``objects_floor``), against raw receive. No decode of that contract can go below it. And the
+    floor of a columnar contract (raw receive plus only ``struct.iter_unpack`` of the records).
 (2) A tail read (read_punches_after) of 1 new record on a 100k-record log, real-terminal TCP framing
     (buffered, 1008-byte DATA packets): dataset bytes transferred (goal <= 2 records) and wire bytes
     against the full download.
@@ -232,6 +233,13 @@ def measure_downloads(report: Report, fleet: Fleet, layout: int, n: int, args: A
                       "building each record's objects) / raw receive", measured=(tcp_raw + t_floor) / tcp_raw,
                       unit="x", detail=f"objects {t_floor:.3f} s ({t_floor / n * 1e6:.2f} µs/record), raw receive "
                       f"{tcp_raw:.3f} s: the lowest driver / raw ratio a decode returning RawPunch can reach")
+        unpack = {8: records._REC8, 16: records._REC16, 40: records._REC40}[layout]
+        t_columns = best(lambda: len(list(unpack.iter_unpack(body))), args.repeat)[0]
+        report.figure(f"download.columns_floor.tcp.{tag}", f"{n:,} {layout}-byte records over TCP: (raw receive + "
+                      "only unpacking each record's integers) / raw receive", measured=(tcp_raw + t_columns) / tcp_raw,
+                      unit="x", detail=f"unpack {t_columns:.3f} s ({t_columns / n * 1e6:.2f} µs/record): what a driver "
+                      "returning columns (no per-record text or datetime) could reach; the objects then move to "
+                      "normalize (docs/architecture.md, \"The poll's decode and store path\")")
     finally:
         fleet.remove(dev.serial)
     print(f"  measured {n} records, layout {layout}", file=sys.stderr, flush=True)

@@ -55,9 +55,10 @@ PunchKey = tuple[str, str, str, int]
 # -- the baseline: save_poll's punch insert before issue 14 (SQLAlchemy, per-row parameter processing) ------
 
 def old_insert_punch_rows(conn: Connection, punches: Iterable[Punch], *, received_at: datetime,
-                          source: str = "poll", outbox_at: datetime | None = None) -> list[tuple[int, PunchKey]]:
+                          source: str = "poll", outbox_at: datetime | None = None,
+                          trust_stored_read: bool = False) -> list[tuple[int, PunchKey]]:
     """The pre-issue-14 insert: SQLite multi-VALUES through insertmanyvalues, PostgreSQL unnest arrays, then
-    the outbox rows by executemany (as save_poll did)."""
+    the outbox rows by executemany (as save_poll did). ``trust_stored_read`` is today's (ignored here)."""
     rows = (_old_pg if conn.dialect.name == "postgresql" else _old_sqlite)(conn, punches, received_at, source)
     if outbox_at is not None and rows:
         conn.execute(s.outbox.insert(), [{"punch_id": r[0], "state": "pending", "attempts": 0,

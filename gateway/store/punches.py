@@ -10,7 +10,9 @@ RETURNING; SQLite: the rows above the highest id read first, under the write loc
 device log (or receiving a batch twice) never duplicates anything. Speed (issue 14): rows are bound at
 the DBAPI level in the same transaction (SQLite executemany, PostgreSQL COPY into a temporary table), and
 a big batch first reads the keys already stored for its time span and inserts only the missing ones, so
-a full reconcile is mostly one read. benchmarks/bench_store.py measures it against the old insert.
+a full reconcile is mostly one read (on PostgreSQL such a checked batch goes in without ON CONFLICT, and a
+unique violation - a punch stored concurrently since the read - makes save_poll run the transaction again
+with it). benchmarks/bench_store.py measures it against the old insert.
 
 Punch identity. A punch is (device serial, user, device time) - the same record read again is the same
 punch - except when its time cannot tell records apart: a terminal whose clock died stamps every punch
@@ -35,16 +37,17 @@ and appears only in queries without a date filter.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, Insert, Select, Table, func, or_, select, update
+import structlog
+from sqlalchemy import ColumnElement, Engine, Insert, Select, Table, Update, func, or_, select, update
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from drivers.base import DeviceUser
 from gateway.config import DeviceConfig
@@ -54,6 +57,8 @@ from gateway.store.db import writer
 from gateway.store.quarantine import QuarantinedInput, insert_quarantined
 from gateway.store.schema import utcnow
 from gateway.wire import OfficeScope
+
+log = structlog.get_logger(__name__)
 
 #: Rows per INSERT statement (keeps SQLite under its bound-parameter limit and PG packets sane).
 INSERT_CHUNK = 500
@@ -141,7 +146,8 @@ def insert_punches(conn: Connection, punches: Iterable[Punch], *, received_at: d
 
 
 def _insert_punch_rows(conn: Connection, punches: Iterable[Punch], *, received_at: datetime, source: str = "poll",
-                       outbox_at: datetime | None = None) -> list[tuple[int, PunchKey]]:
+                       outbox_at: datetime | None = None,
+                       trust_stored_read: bool = False) -> list[tuple[int, PunchKey]]:
     """Idempotent insert returning (id, key) of the new rows; with ``outbox_at``, also an outbox row (due
     then) for each new row, in the same statement flow.
 
@@ -149,15 +155,32 @@ def _insert_punch_rows(conn: Connection, punches: Iterable[Punch], *, received_a
     (issue 14). Rows are bound at the DBAPI level on the connection's own cursor, inside the caller's
     transaction, with the values converted here exactly as the column types would have (UtcDateTime,
     DateTime; tests/store/test_fast_insert.py reads both back and compares).
+
+    ``trust_stored_read`` (PostgreSQL): when the already-stored read ran and the batch holds no key twice, insert
+    without ON CONFLICT (its per-row speculative insertion was a fifth of the server's time for a 1,000-punch
+    poll). A key stored by someone else after that read then fails the statement with a unique violation,
+    which aborts the transaction: only a caller that runs the whole transaction again with the default
+    (``Store.save_poll``) may pass it. SQLite ignores it.
     """
     batch = list(punches)
+    checked = staged = False
+    pg = conn.dialect.name == "postgresql"
     if len(batch) >= PREFETCH_MIN:
-        batch = _not_stored(conn, batch)
+        # PostgreSQL: a batch that may take the COPY path gets its staging table in the same round trip as the read.
+        stage = _pg_stage_statements(conn) if pg and len(batch) >= PG_COPY_MIN else ()
+        batch, checked, staged = _not_stored(conn, batch, stage)
     if not batch:
         return []
-    if conn.dialect.name == "postgresql":
-        return _insert_pg(conn, batch, received_at, source, outbox_at)
+    if pg:
+        plain = trust_stored_read and checked and _distinct_keys(batch)
+        return _insert_pg(conn, batch, received_at, source, outbox_at, on_conflict=not plain, staged=staged)
     return _insert_sqlite(conn, batch, received_at, source, outbox_at)
+
+
+def _distinct_keys(batch: list[Punch]) -> bool:
+    """No two punches of ``batch`` share the punch key (uq_punches_key)."""
+    return len({(p.office_code, p.device_serial, p.device_user_id, p.device_time, p.occurrence)
+                for p in batch}) == len(batch)
 
 
 @contextmanager
@@ -173,12 +196,22 @@ def _dbapi_cursor(conn: Connection, what: str) -> Iterator[Any]:
         cursor.close()
 
 
+def _unique_violation(exc: IntegrityError) -> bool:
+    """A PostgreSQL unique violation (SQLSTATE 23505), the only error the plain punch insert may retry."""
+    return getattr(exc.orig, "sqlstate", None) == "23505"
+
+
 def _naive_utc_error(p: Punch) -> ValueError:
     return ValueError(f"naive utc_time {p.utc_time!r} in punch {p.key}; attach a time zone first")
 
 
-def _not_stored(conn: Connection, punches: list[Punch]) -> list[Punch]:
-    """The punches whose key is not stored yet, as far as one range read per terminal can tell.
+def _not_stored(conn: Connection, punches: list[Punch],
+                before: Sequence[str] = ()) -> tuple[list[Punch], bool, bool]:
+    """(The punches whose key is not stored yet, as far as one range read per terminal can tell; whether the
+    read ran: a batch of many terminals skips it; whether the statements ``before`` ran).
+
+    ``before``: statements without parameters (PostgreSQL: the COPY stage) sent ahead of the read in one
+    round trip through psycopg's pipeline mode, when the read runs and the client library offers it.
 
     Reads the keys stored for the batch's (office, serial) between its oldest and newest device time: a
     range of uq_punches_key itself (office, serial, device time, ...; migration 0007_punch_indexes), so it
@@ -186,17 +219,22 @@ def _not_stored(conn: Connection, punches: list[Punch]) -> list[Punch]:
     (It used to read (device_id, utc_time), and PostgreSQL's planner, with statistics lagging a fast-growing
     table, walked the terminal's whole history by the key's (office, serial) prefix instead: 3-7 ms per
     1,000-punch poll, growing with the table.) What it misses (a punch stored concurrently) is left to the
-    insert's ON CONFLICT DO NOTHING, so this only saves work and never decides alone.
+    insert's ON CONFLICT DO NOTHING, or, on the plain insert (``trust_stored_read``), makes it fail and the
+    caller run the transaction again: it never decides alone.
     """
     groups = {(p.office_code, p.device_serial) for p in punches}
     if len(groups) > PREFETCH_MAX_GROUPS:
-        return punches
+        return punches, False, False
     sql = ("SELECT device_user_id, device_time, occurrence FROM punches "
            "WHERE office_code = ? AND device_serial = ? AND device_time >= ? AND device_time <= ?")
     if conn.dialect.name != "sqlite":
         sql = sql.replace("?", "%s")
     stored: dict[tuple[str, str], set[tuple[str, str, int]]] = {}
-    with _dbapi_cursor(conn, sql) as cur:
+    pipeline = _pipeline(conn) if before else None
+    with _dbapi_cursor(conn, sql) as cur, pipeline or nullcontext():
+        if pipeline is not None:
+            for statement in before:
+                cur.execute(statement)  # queued: sent with the read below, in one round trip
         for group in groups:
             members = punches if len(groups) == 1 else [p for p in punches if _group(p) == group]
             times = [p.device_time for p in members]
@@ -204,14 +242,28 @@ def _not_stored(conn: Connection, punches: list[Punch]) -> list[Punch]:
             found = set(cur.fetchall())
             if found:
                 stored[group] = found
+    staged = pipeline is not None
     if not stored:
-        return punches
+        return punches, True, staged
     key = attrgetter("device_user_id", "device_time", "occurrence")
     if len(groups) == 1:
         known = stored[next(iter(groups))]
-        return [p for p in punches if key(p) not in known]
+        return [p for p in punches if key(p) not in known], True, staged
     nothing: set[tuple[str, str, int]] = set()
-    return [p for p in punches if key(p) not in stored.get(_group(p), nothing)]
+    return [p for p in punches if key(p) not in stored.get(_group(p), nothing)], True, staged
+
+
+def _pipeline(conn: Connection) -> AbstractContextManager[Any] | None:
+    """psycopg's pipeline mode on ``conn``'s DBAPI connection (queries sent without waiting for each answer),
+    or None when the client library cannot (libpq older than 14)."""
+    dbapi_conn = conn.connection.driver_connection
+    pipeline = getattr(dbapi_conn, "pipeline", None)
+    module = type(dbapi_conn).__module__.split(".")[0]
+    if pipeline is None or module != "psycopg":
+        return None
+    import psycopg  # the driver is loaded: this only names it
+
+    return pipeline() if psycopg.Pipeline.is_supported() else None
 
 
 def _group(p: Punch) -> tuple[str, str]:
@@ -227,6 +279,35 @@ def _sqlite_utc(value: datetime | None) -> str | None:
     if value.tzinfo is not UTC:
         value = value.astimezone(UTC)
     return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+class _WallClockText:
+    """Datetime -> its wall clock as ``YYYY-MM-DD HH:MM:SS.ffffff`` (what ``isoformat(" ", "microseconds")[:26]``
+    gives, the form SQLAlchemy's DATETIME stores on SQLite), from a per-day and a per-second table.
+
+    Why: ``isoformat`` formats every field each time (1.5-2 us a call, two calls per punch: a fifth of a 100k
+    poll's insert); a batch's punches fall on few days and repeat seconds of the day. One per insert batch.
+    """
+
+    __slots__ = ("days",)
+
+    #: Second of the day -> "HH:MM:SS", filled on first use; shared (the same for every batch).
+    clocks: list[str | None] = [None] * 86400
+
+    def __init__(self) -> None:
+        self.days: dict[int, str] = {}
+
+    def __call__(self, dt: datetime) -> str:
+        """The wall-clock text of ``dt`` (its own fields, whatever its zone)."""
+        day = self.days.get(ordinal := dt.toordinal())
+        if day is None:
+            day = self.days[ordinal] = f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d} "
+        second = dt.hour * 3600 + dt.minute * 60 + dt.second
+        clock = self.clocks[second]
+        if clock is None:
+            clock = self.clocks[second] = f"{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}"
+        micro = dt.microsecond
+        return day + clock + (f".{micro:06d}" if micro else ".000000")
 
 
 _SQLITE_INSERT = (f"INSERT INTO punches ({', '.join(PUNCH_COLUMNS)}) VALUES ({', '.join('?' * len(PUNCH_COLUMNS))}) "
@@ -246,10 +327,11 @@ def _insert_sqlite(conn: Connection, batch: list[Punch], received_at: datetime, 
     received = _sqlite_utc(received_at)
     rows: list[tuple[Any, ...]] = []
     append = rows.append
+    text = _WallClockText()
     for p in batch:
         # _sqlite_utc inlined (the per-row cost of a big poll). local_time is stored as the wall clock given, as
         # SQLAlchemy's DATETIME does (it ignores a zone): an aware datetime's isoformat cut to its 26 characters
-        # "YYYY-MM-DD HH:MM:SS.ffffff" is the naive one's.
+        # "YYYY-MM-DD HH:MM:SS.ffffff" is the naive one's; _WallClockText gives the same text from tables.
         utc, local = p.utc_time, p.local_time
         utc_text = local_text = None
         if utc is not None:
@@ -258,9 +340,9 @@ def _insert_sqlite(conn: Connection, batch: list[Punch], received_at: datetime, 
                 if tz is None:
                     raise _naive_utc_error(p)
                 utc = utc.astimezone(UTC)
-            utc_text = utc.isoformat(" ", "microseconds")[:26]
+            utc_text = text(utc)
         if local is not None:
-            local_text = local.isoformat(" ", "microseconds")[:26]
+            local_text = text(local)
         append((p.office_code, p.device_id, p.device_serial, p.device_user_id, p.device_time, local_text, utc_text,
                 p.timezone, p.state, p.state_name, p.verify, p.verify_name, p.uid, p.workcode, p.raw_time,
                 p.employee_id, ",".join(p.flags), received, source, p.occurrence))
@@ -268,9 +350,18 @@ def _insert_sqlite(conn: Connection, batch: list[Punch], received_at: datetime, 
         cur.execute("SELECT max(id) FROM punches")
         last = cur.fetchone()[0] or 0
         cur.executemany(_SQLITE_INSERT, rows)
-        cur.execute("SELECT id, device_serial, device_user_id, device_time, occurrence FROM punches WHERE id > ?",
-                    (last,))
-        new = [(r[0], (r[1], r[2], r[3], r[4])) for r in cur.fetchall()]
+        inserted = cur.rowcount
+        cur.execute("SELECT max(id) FROM punches")
+        if inserted == len(batch) and cur.fetchone()[0] == last + inserted:
+            # Every row went in (none met ON CONFLICT), one after the other above ``last``: their ids are
+            # last + 1, last + 2, ... in batch order, so the rows need not be read back (reading 100k rows back
+            # was a quarter of a first poll's insert; issue 14).
+            new = [(row_id, (p.device_serial, p.device_user_id, p.device_time, p.occurrence))
+                   for row_id, p in enumerate(batch, last + 1)]
+        else:
+            cur.execute("SELECT id, device_serial, device_user_id, device_time, occurrence FROM punches "
+                        "WHERE id > ?", (last,))
+            new = [(r[0], (r[1], r[2], r[3], r[4])) for r in cur.fetchall()]
         if outbox_at is not None and new:
             due = _sqlite_utc(outbox_at)
             cur.execute("INSERT INTO outbox (punch_id, state, attempts, next_attempt_at, created_at) "
@@ -292,9 +383,9 @@ _PG_CREATE_STAGE = (f"CREATE TEMP TABLE IF NOT EXISTS {_PG_STAGE} ("
 _PG_RETURNING = "RETURNING id, device_serial, device_user_id, device_time, occurrence"
 
 
-def _pg_insert_sql(source_sql: str, outbox: bool) -> str:
-    insert = (f"INSERT INTO punches ({', '.join(PUNCH_COLUMNS)}) {source_sql} "
-              f"ON CONFLICT ({', '.join(PUNCH_KEY)}) DO NOTHING {_PG_RETURNING}")
+def _pg_insert_sql(source_sql: str, outbox: bool, on_conflict: bool = True) -> str:
+    conflict = f"ON CONFLICT ({', '.join(PUNCH_KEY)}) DO NOTHING " if on_conflict else ""
+    insert = f"INSERT INTO punches ({', '.join(PUNCH_COLUMNS)}) {source_sql} {conflict}{_PG_RETURNING}"
     if not outbox:
         return insert
     return (f"WITH ins AS ({insert}), queued AS (INSERT INTO outbox (punch_id, state, attempts, next_attempt_at, "
@@ -306,10 +397,23 @@ _PG_FROM_STAGE = f"SELECT {', '.join(PUNCH_COLUMNS)} FROM {_PG_STAGE}"
 _PG_FROM_ARRAYS = "SELECT * FROM unnest(" + ", ".join(f"%s::{t}[]" for t in _PG_COPY_TYPES) + ")"
 
 
+def _pg_stage_statements(conn: Connection) -> tuple[str, ...]:
+    """The statements that make the session's COPY stage exist and empty in this transaction (it is emptied at
+    each commit; a second batch in the same transaction empties it first)."""
+    info = conn.connection.info
+    tx = id(conn.get_transaction())
+    again = info.get(_PG_STAGE) == tx
+    info[_PG_STAGE] = tx
+    return (_PG_CREATE_STAGE, f"DELETE FROM {_PG_STAGE}") if again else (_PG_CREATE_STAGE,)
+
+
 def _insert_pg(conn: Connection, batch: list[Punch], received_at: datetime, source: str,
-               outbox_at: datetime | None) -> list[tuple[int, PunchKey]]:
+               outbox_at: datetime | None, *, on_conflict: bool = True,
+               staged: bool = False) -> list[tuple[int, PunchKey]]:
     """COPY into a session temp table, then ONE INSERT ... SELECT ... ON CONFLICT DO NOTHING RETURNING that
-    also queues the outbox rows (a data-modifying WITH); small batches send arrays instead of the COPY."""
+    also queues the outbox rows (a data-modifying WITH); small batches send arrays instead of the COPY.
+    ``on_conflict`` False: a plain INSERT (see _insert_punch_rows, ``trust_stored_read``). ``staged``: the
+    stage was already made ready in this transaction (with the already-stored read)."""
     flags = ",".join
     rows = []
     for p in batch:
@@ -325,18 +429,16 @@ def _insert_pg(conn: Connection, batch: list[Punch], received_at: datetime, sour
     with _dbapi_cursor(conn, "INSERT INTO punches (fast path)") as cur:
         params: list[Any]
         if len(rows) >= PG_COPY_MIN:
-            info = conn.connection.info
-            tx = id(conn.get_transaction())
-            # The stage is emptied at each commit; a second batch in the same transaction empties it first.
-            cur.execute(_PG_CREATE_STAGE + (f"; DELETE FROM {_PG_STAGE}" if info.get(_PG_STAGE) == tx else ""))
-            info[_PG_STAGE] = tx
+            if not staged:
+                cur.execute("; ".join(_pg_stage_statements(conn)))
             with cur.copy(f"COPY {_PG_STAGE} ({', '.join(PUNCH_COLUMNS)}) FROM STDIN (FORMAT BINARY)") as copy:
                 copy.set_types(_PG_COPY_TYPES)
                 for row in rows:
                     copy.write_row(row)
-            sql, params = _pg_insert_sql(_PG_FROM_STAGE, outbox), []
+            sql, params = _pg_insert_sql(_PG_FROM_STAGE, outbox, on_conflict), []
         else:
-            sql, params = _pg_insert_sql(_PG_FROM_ARRAYS, outbox), [list(col) for col in zip(*rows, strict=True)]
+            sql, params = _pg_insert_sql(_PG_FROM_ARRAYS, outbox, on_conflict), [list(col) for col in
+                                                                                  zip(*rows, strict=True)]
         if outbox:
             params += [outbox_at, outbox_at]
         cur.execute(sql, params)
@@ -407,15 +509,29 @@ class Store:
         Only after this returns are the punches durable; nothing may be deleted from a device before.
         """
         quarantined = tuple(quarantined)  # the writer may run the transaction again: never a spent iterator
-        # SQLite: on the writer thread, committed together with the polls that queued meanwhile (db.Writer.run).
-        return self._writer.run(lambda conn: self._save_poll_in(conn, outcome, punches, forward=forward,
-                                                                address=address, log_position=log_position,
-                                                                quarantined=quarantined))
+
+        def work(conn: Connection, trust_stored_read: bool) -> SaveResult:
+            return self._save_poll_in(conn, outcome, punches, forward=forward, address=address,
+                                      log_position=log_position, quarantined=quarantined,
+                                      trust_stored_read=trust_stored_read)
+
+        if self.engine.dialect.name != "postgresql":
+            # SQLite: on the writer thread, committed together with the polls that queued meanwhile (db.Writer.run).
+            return self._writer.run(lambda conn: work(conn, False))
+        try:
+            return self._writer.run(lambda conn: work(conn, True))
+        except IntegrityError as exc:
+            if not _unique_violation(exc):
+                raise
+            # Another writer stored one of these punches after our already-stored read (the plain insert's bet,
+            # _insert_punch_rows): the transaction was rolled back whole; run it again with ON CONFLICT.
+            log.debug("punch stored concurrently; saving the poll again with ON CONFLICT", device=outcome.device_id)
+            return self._writer.run(lambda conn: work(conn, False))
 
     def _save_poll_in(self, conn: Connection, outcome: PollOutcome, punches: Sequence[Punch] = (), *,
                       forward: bool = False, address: tuple[str, int] | None = None,
                       log_position: str | None = None,
-                      quarantined: Iterable[QuarantinedInput] = ()) -> SaveResult:
+                      quarantined: Iterable[QuarantinedInput] = (), trust_stored_read: bool = False) -> SaveResult:
         """save_poll inside the caller's write transaction (writer(engine)); durable only once it commits."""
         now = utcnow()
         d = s.devices.c
@@ -429,10 +545,10 @@ class Store:
             # Cleared at the keypad: the refilled log numbers its same-time records from 1 again.
             _bump_log_epoch(conn, outcome.serial)
         as_stored: dict[PunchKey, PunchKey] = {}
-        if outcome.serial and any(p.occurrence for p in punches):
+        if outcome.serial and any(map(attrgetter("occurrence"), punches)):
             punches, as_stored = _in_epoch(punches, _log_epoch(conn, outcome.serial))
-        new_rows = _insert_punch_rows(conn, punches, received_at=now,
-                                      outbox_at=now if forward else None) if punches else []
+        new_rows = _insert_punch_rows(conn, punches, received_at=now, outbox_at=now if forward else None,
+                                      trust_stored_read=trust_stored_read) if punches else []
         new_ids = [r[0] for r in new_rows]
         # Every punch of the batch is stored now (new or from an earlier poll).
         newest = _newest_valid(punches)
@@ -456,35 +572,46 @@ class Store:
             values["last_new_punch_at"] = outcome.finished_at
         if newest is not None and (prev_punch_at is None or newest > prev_punch_at):
             values["last_punch_at"] = newest
-        conn.execute(update(s.devices).where(d.pk == pk).values(**values))
-        if info is not None and address is not None:
-            self._touch_identity(conn, pk, info.serial, address, info.firmware, outcome.finished_at)
-        if log_position is not None and outcome.serial:
-            _set_kv(conn, _position_key(outcome.serial), log_position, now)
-        insert_quarantined(conn, quarantined)
-        conn.execute(s.poll_runs.insert().values(
+        device_update = update(s.devices).where(d.pk == pk).values(**values)
+        run_insert = s.poll_runs.insert().values(
             device_pk=pk, serial=outcome.serial, started_at=outcome.started_at,
             finished_at=outcome.finished_at, duration_s=outcome.duration_s,
             outcome=_run_outcome(outcome),
             mode=outcome.mode if outcome.mode != "none" else "count",
             records_on_device=counts.records if counts else None, records_read=outcome.records_read,
-            new_records=len(new_ids), bytes_read=outcome.bytes_read, error=outcome.error))
+            new_records=len(new_ids), bytes_read=outcome.bytes_read, error=outcome.error)
+        identity = (pk, info.serial, address, info.firmware, outcome.finished_at) \
+            if info is not None and address is not None else None
+        position = (_position_key(outcome.serial), log_position) if log_position is not None and outcome.serial \
+            else None
+        if conn.dialect.name == "postgresql":
+            _finish_poll_pg(conn, device_update, run_insert, identity, position, now)
+        else:
+            conn.execute(device_update)
+            if identity is not None:
+                self._touch_identity(conn, *identity)
+            if position is not None:
+                _set_kv(conn, *position, now)
+            conn.execute(run_insert)
+        insert_quarantined(conn, quarantined)
+        keys = map(itemgetter(1), new_rows)
         return SaveResult(new_punches=len(new_ids), newest_punch_utc=newest, new_ids=tuple(new_ids),
-                          new_keys=frozenset(as_stored.get(r[1], r[1]) for r in new_rows))
+                          new_keys=frozenset(as_stored.get(k, k) for k in keys) if as_stored else frozenset(keys))
 
     @staticmethod
     def _touch_identity(conn: Connection, pk: int, serial: str, address: tuple[str, int], firmware: str,
                         at: datetime) -> None:
+        # Update first, insert only when nothing matched: one statement per poll instead of a read and a write
+        # (every round trip counts in a 1,000-punch poll on PostgreSQL; issue 14).
         i = s.device_identities.c
-        row = conn.execute(select(i.id).where(i.device_pk == pk, i.serial == serial, i.address == address[0],
-                                              i.port == address[1])).first()
-        if row is None:
+        touched = conn.execute(update(s.device_identities)
+                               .where(i.device_pk == pk, i.serial == serial, i.address == address[0],
+                                      i.port == address[1])
+                               .values(last_seen_at=at, firmware=firmware or None)).rowcount
+        if not touched:
             conn.execute(s.device_identities.insert().values(device_pk=pk, serial=serial, address=address[0],
                                                              port=address[1], firmware=firmware or None,
                                                              first_seen_at=at, last_seen_at=at))
-        else:
-            conn.execute(update(s.device_identities).where(i.id == row.id)
-                         .values(last_seen_at=at, firmware=firmware or None))
 
     # -- clearing a terminal (gateway.polling.poller.DevicePoller.clear_device / the clear policy) ----------
     def missing_keys(self, serial: str, keys: Iterable[PunchKey]) -> set[PunchKey]:
@@ -634,6 +761,46 @@ class Store:
             raise OperationalError("PRAGMA wal_checkpoint(FULL)", {}, Exception(
                 f"could not checkpoint the SQLite write-ahead log ({done} of {wal_frames} frames; database busy)"))
         return "checkpoint"
+
+
+def _finish_poll_pg(conn: Connection, device_update: Update, run_insert: Insert,
+                    identity: tuple[int, str, tuple[str, int], str, datetime] | None,
+                    position: tuple[str, str] | None, now: datetime) -> None:
+    """The end of a poll's save on PostgreSQL in ONE statement: the device row, its identity, the log position
+    and the poll run as data-modifying WITH parts of the poll run's INSERT, which returns whether the identity
+    and the position rows existed; the rare missing one (a new address, the first position) is inserted then.
+
+    Why: each of these was its own round trip, and a 1,000-punch poll on PostgreSQL is bounded by its round
+    trips and the server's per-row work (benchmarks/bench_store.py, issue 14). They touch different tables
+    and rows, so sharing one snapshot changes nothing.
+    """
+    stmt = run_insert.add_cte(device_update.cte("fpgw_device"))
+    found = []
+    if identity is not None:
+        pk, serial, address, firmware, at = identity
+        i = s.device_identities.c
+        ident = update(s.device_identities).where(
+            i.device_pk == pk, i.serial == serial, i.address == address[0], i.port == address[1]
+        ).values(last_seen_at=at, firmware=firmware or None).returning(i.id).cte("fpgw_identity")
+        stmt = stmt.add_cte(ident)
+        found.append(select(func.count()).select_from(ident).scalar_subquery())
+    if position is not None:
+        key, value = position
+        kv = update(s.kv).where(s.kv.c.key == key).values(value=value, updated_at=now).returning(s.kv.c.key) \
+            .cte("fpgw_position")
+        stmt = stmt.add_cte(kv)
+        found.append(select(func.count()).select_from(kv).scalar_subquery())
+    if not found:
+        conn.execute(stmt)
+        return
+    row = conn.execute(stmt.returning(*found)).one()
+    if identity is not None and not row[0]:
+        pk, serial, address, firmware, at = identity
+        conn.execute(s.device_identities.insert().values(device_pk=pk, serial=serial, address=address[0],
+                                                         port=address[1], firmware=firmware or None,
+                                                         first_seen_at=at, last_seen_at=at))
+    if position is not None and not row[-1]:
+        conn.execute(s.kv.insert().values(key=position[0], value=position[1], updated_at=now))
 
 
 def _position_key(serial: str) -> str:

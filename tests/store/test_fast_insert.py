@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from dataclasses import replace as replace_dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -14,9 +15,10 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import Engine, func, select, text
 
-from drivers.base import Counts
+from drivers.base import Counts, DeviceInfo
 from gateway.config import parse_config
 from gateway.models import PollOutcome, Punch
+from gateway.store import punches as punches_module
 from gateway.store import schema as s
 from gateway.store.db import StorageError, create_db_engine, pending_writes, upgrade, writer
 from gateway.store.punches import (
@@ -161,6 +163,80 @@ def test_reconcile_stores_only_what_is_missing_with_epochs_and_occurrences(engin
     assert {o for o in occurrences if o >= OCCURRENCE_EPOCH_STRIDE} == {o + epoch * OCCURRENCE_EPOCH_STRIDE
                                                                        for _, _, _, o in numbered}
     assert total == queued == recorded == len(log) + len(numbered)
+
+
+def test_a_punch_stored_after_the_already_stored_read_is_neither_duplicated_nor_fails_the_poll(
+        engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # On PostgreSQL a batch the already-stored read has checked goes in without ON CONFLICT; a punch another
+    # writer stored after that read makes the insert fail, and the poll must be saved again with ON CONFLICT.
+    store = new_store(engine, tmp_path, "lobby")
+    log = varied_punches("SN1", 3 * PG_COPY_MIN)
+    store.save_poll(outcome(records=len(log)), log[::3], forward=True)
+    # The read sees nothing stored, as if the stored third had been committed just after it.
+    monkeypatch.setattr(punches_module, "_not_stored", lambda conn, batch, before=(): (batch, True, False))
+    saved = store.save_poll(outcome(records=len(log)), log, forward=True)
+    missing = [p for i, p in enumerate(log) if i % 3]
+    assert saved.new_keys == {p.key for p in missing} and saved.new_punches == len(missing)
+    assert store.missing_keys("SN1", {p.key for p in log}) == set()
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(s.punches)).scalar_one() == len(log)
+        assert conn.execute(select(func.count()).select_from(s.outbox)).scalar_one() == len(log)
+        assert conn.execute(select(func.sum(s.poll_runs.c.new_records))).scalar_one() == len(log)
+
+
+def test_the_new_ids_a_poll_reports_are_the_rows_of_its_new_punches(engine: Engine, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # SQLite names the new rows without reading them back when every row went in; with conflicts it reads them.
+    store = new_store(engine, tmp_path, "lobby")
+    log = varied_punches("SN1", 2 * PG_COPY_MIN + 3)
+    first = store.save_poll(outcome(records=len(log)), log[:PG_COPY_MIN], forward=True)
+    # The already-stored read skipped: the conflicts reach the insert.
+    monkeypatch.setattr(punches_module, "_not_stored", lambda conn, batch, before=(): (batch, False, False))
+    second = store.save_poll(outcome(records=len(log)), log, forward=True)
+    p = s.punches.c
+    for result, expected in ((first, log[:PG_COPY_MIN]), (second, log[PG_COPY_MIN:])):
+        with engine.connect() as conn:
+            rows = conn.execute(select(p.id, p.device_serial, p.device_user_id, p.device_time, p.occurrence)
+                                .where(p.id.in_(result.new_ids))).all()
+        assert len(result.new_ids) == len(expected)
+        assert {(r[1], r[2], r[3], r[4]) for r in rows} == result.new_keys == {q.key for q in expected}
+
+
+def test_a_poll_keeps_its_device_row_identity_position_and_run_together(engine: Engine, tmp_path: Path) -> None:
+    # PostgreSQL writes these in one statement (data-modifying WITH), SQLite one by one: the same rows either way.
+    store = new_store(engine, tmp_path, "lobby")
+    log = varied_punches("SN1", 5)
+
+    def poll(firmware: str, address: tuple[str, int], position: str | None, ok: bool = True) -> None:
+        base = outcome(records=len(log))
+        done = replace_dataclass(base, info=DeviceInfo("SN1", firmware, "ZEM560"), ok=ok,
+                                 error_kind=None if ok else "busy", mode="full" if ok else "none")
+        store.save_poll(done, log if ok else (), forward=True, address=address, log_position=position)
+
+    poll("Ver 1", ("10.0.0.1", 4370), "p1")
+    poll("Ver 2", ("10.0.0.1", 4370), "p2")  # the same identity and position, updated
+    poll("Ver 2", ("10.0.0.9", 4370), None)  # a new address; the position kept
+    poll("Ver 3", ("10.0.0.9", 4370), "p3", ok=False)  # a failed poll: no count, no position moved by it
+    state = store.device_state("lobby")
+    assert (state.serial, state.firmware, state.last_record_count, state.log_position) == ("SN1", "Ver 3", 5, "p3")
+    i = s.device_identities.c
+    with engine.connect() as conn:
+        identities = {(r.address, r.firmware) for r in conn.execute(select(i.address, i.firmware))}
+        runs = conn.execute(select(s.poll_runs.c.outcome, s.poll_runs.c.new_records)
+                            .order_by(s.poll_runs.c.id)).all()
+    assert identities == {("10.0.0.1", "Ver 2"), ("10.0.0.9", "Ver 3")}
+    assert [tuple(r) for r in runs] == [("ok", 5), ("ok", 0), ("ok", 0), ("busy", 0)]
+
+
+def test_a_batch_holding_one_key_twice_stores_it_once(engine: Engine, tmp_path: Path) -> None:
+    # Two records with the same user and time in one read: one punch (the plain insert must not be used).
+    store = new_store(engine, tmp_path, "lobby")
+    log = varied_punches("SN1", PG_COPY_MIN + PREFETCH_MIN)
+    saved = store.save_poll(outcome(records=len(log) + 1), [*log, log[7]], forward=True)
+    assert saved.new_keys == {p.key for p in log} and saved.new_punches == len(log)
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(s.punches)).scalar_one() == len(log)
+        assert conn.execute(select(func.count()).select_from(s.outbox)).scalar_one() == len(log)
 
 
 def test_concurrent_pollers_store_and_report_every_punch_exactly_once(engine: Engine, tmp_path: Path) -> None:
