@@ -70,6 +70,7 @@ from gateway.store.db import writer
 from gateway.store.device_events import record_health_changes
 from gateway.store.health import insert_alert
 from gateway.store.punches import (
+    FEED_LOCK_KEY,
     PUNCH_COLUMNS,
     PUNCH_COPY_TYPES,
     PUNCH_KEY,
@@ -77,13 +78,12 @@ from gateway.store.punches import (
     in_scope,
     insert_ignore,
     punch_row,
+    take_feed_lock_if_untriggered,
     where_punches,
 )
 from gateway.store.schema import utcnow
 from gateway.wire import OfficeScope
 
-#: pg_advisory_xact_lock key of the feed-order guard (same literal as in migration 0002).
-FEED_LOCK_KEY = 0x46505746
 #: A feed read's side of the guard (held until the read's transaction ends, right after its SELECT).
 _FEED_READ_LOCK = text(f"SELECT pg_advisory_xact_lock({FEED_LOCK_KEY})")
 _CURSOR_PREFIX = "fpgw1:"
@@ -248,6 +248,7 @@ def _insert_new_punches_pg(conn: Connection, punches: Sequence[Punch], now: date
     driver = conn.connection.driver_connection  # psycopg 3, inside the caller's transaction
     assert driver is not None
     with driver.cursor() as cur:
+        take_feed_lock_if_untriggered(conn, cur)
         if driver not in _Stage.ready:
             cur.execute(create)
             stage.created_on = driver

@@ -8,7 +8,8 @@ docs/scale-out.md "Citus". In short: ``punches`` is distributed by ``office_code
 it: uq_punches_key leads with it, the primary key is (id, office_code, device_time) since migration
 0011_partitions), so an office's punches, its dedup and its pull queries stay on one shard; the small tables
 the ingest and the pull API join with are reference tables (a copy on every worker); the rest stays on the
-coordinator. Citus cannot run the feed-order trigger (no triggers on distributed tables), so it is dropped here:
+coordinator. Citus cannot run the feed-order trigger (no triggers on distributed tables), so it is dropped here
+and the insert paths take the trigger's lock themselves (gateway.store.punches.take_feed_lock_if_untriggered):
 see FEED_TRIGGER_NOTE.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 from sqlalchemy import Engine, text
 
 from gateway.store.db import writer
+from gateway.store.punches import forget_feed_trigger
 
 #: Distribution column of punches: the office, which every query of the pull API and every dedup key carries.
 DISTRIBUTION_COLUMN = "office_code"
@@ -30,7 +32,8 @@ FEED_TRIGGER_NOTE = (
     "Citus does not run triggers on distributed tables (they would fire on the shards, on the workers, where an "
     "advisory lock orders nothing the coordinator reads). The feed-order guard must then be taken by the "
     "inserting transaction itself on the coordinator: pg_advisory_xact_lock_shared(FEED_LOCK_KEY) before its "
-    "INSERT INTO punches (docs/scale-out.md).")
+    "INSERT INTO punches; gateway.store.punches.take_feed_lock_if_untriggered does that when the trigger is gone "
+    "(docs/scale-out.md).")
 
 
 class CitusUnavailable(Exception):
@@ -65,6 +68,7 @@ def distribute(engine: Engine, *, shard_count: int | None = None) -> list[str]:
                 conn.execute(text(f"DROP TRIGGER IF EXISTS {table}_feed_order ON {table}"))
                 conn.execute(text("SELECT create_distributed_table(:t, :c)"), {"t": table, "c": DISTRIBUTION_COLUMN})
                 done.append(f"distributed table {table} by {DISTRIBUTION_COLUMN}")
+    forget_feed_trigger(engine)
     return done
 
 

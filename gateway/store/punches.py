@@ -36,6 +36,7 @@ and appears only in queries without a date filter.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, replace
@@ -377,6 +378,38 @@ _PG_COPY_TYPES = [_PG_TYPES.get(c, "text") for c in PUNCH_COLUMNS]
 #: PostgreSQL binary COPY types of PUNCH_COLUMNS, in order (also used by gateway.store.central's ingest).
 PUNCH_COPY_TYPES: tuple[str, ...] = tuple(_PG_COPY_TYPES)
 _PG_STAGE = "fpgw_punch_in"
+
+#: pg_advisory_xact_lock key of the feed-order guard (same literal as in migrations 0002 and 0007;
+#: gateway.store.central explains the guard and re-exports it).
+FEED_LOCK_KEY = 0x46505746
+_FEED_WRITE_LOCK = f"SELECT pg_advisory_xact_lock_shared({FEED_LOCK_KEY})"
+#: Engine -> whether its punches table lacks the feed-order trigger (weak: a disposed engine drops out, and a
+#: new engine never inherits an old one's answer).
+_NO_FEED_TRIGGER: weakref.WeakKeyDictionary[Engine, bool] = weakref.WeakKeyDictionary()
+
+
+def forget_feed_trigger(engine: Engine) -> None:
+    """Look the feed-order trigger up again on ``engine`` (gateway.store.citus.distribute drops it)."""
+    _NO_FEED_TRIGGER.pop(engine, None)
+
+
+def take_feed_lock_if_untriggered(conn: Connection, cur: Any) -> None:
+    """Take the feed-order guard's shared lock with ``cur`` when no trigger takes it for this database.
+
+    On PostgreSQL the statement-level trigger ``punches_feed_order`` takes the lock for every INSERT into
+    punches. A Citus coordinator cannot run it (gateway.store.citus drops it), so there the inserting
+    transaction takes the same shared lock itself, on the coordinator, before its rows draw ids. Looked up
+    once per engine: one catalogue query, then nothing on a database that has the trigger.
+    """
+    key = conn.engine
+    missing = _NO_FEED_TRIGGER.get(key)
+    if missing is None:
+        cur.execute("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'punches'::regclass "
+                    "AND tgname = 'punches_feed_order'")
+        row = cur.fetchone()
+        missing = _NO_FEED_TRIGGER[key] = not (row and row[0])
+    if missing:
+        cur.execute(_FEED_WRITE_LOCK)
 _PG_CREATE_STAGE = (f"CREATE TEMP TABLE IF NOT EXISTS {_PG_STAGE} ("
                     + ", ".join(f"{c} {t}" for c, t in zip(PUNCH_COLUMNS, _PG_COPY_TYPES, strict=True))
                     + ") ON COMMIT DELETE ROWS")
@@ -427,6 +460,7 @@ def _insert_pg(conn: Connection, batch: list[Punch], received_at: datetime, sour
                      p.employee_id, flags(p.flags), received_at, source, p.occurrence))
     outbox = outbox_at is not None
     with _dbapi_cursor(conn, "INSERT INTO punches (fast path)") as cur:
+        take_feed_lock_if_untriggered(conn, cur)
         params: list[Any]
         if len(rows) >= PG_COPY_MIN:
             if not staged:

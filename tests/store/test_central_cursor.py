@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy import text
 
 from gateway.models import Punch
+from gateway.store import punches as punches_module
 from gateway.store.central import CentralStore, PunchQuery
 from gateway.store.db import create_db_engine, upgrade
 from gateway.store.punches import insert_punches
@@ -46,9 +47,17 @@ def engine(pg_url: str) -> Any:
     eng.dispose()
 
 
-def test_without_the_guard_a_reader_skips_a_punch_that_commits_late(engine: Any) -> None:
+def drop_feed_trigger(engine: Any) -> None:
+    """The Citus layout (gateway.store.citus drops the trigger); the insert paths then take the lock themselves."""
     with engine.begin() as conn:
         conn.execute(text("DROP TRIGGER punches_feed_order ON punches"))
+
+
+def test_without_the_guard_a_reader_skips_a_punch_that_commits_late(engine: Any,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    drop_feed_trigger(engine)
+    # No trigger and no explicit lock either: nothing guards the feed.
+    monkeypatch.setattr(punches_module, "take_feed_lock_if_untriggered", lambda conn, cur: None)
     store = CentralStore(engine)
     now = datetime.now(UTC)
     with engine.connect() as a:
@@ -62,7 +71,10 @@ def test_without_the_guard_a_reader_skips_a_punch_that_commits_late(engine: Any)
     assert seen == ["B"] and later == []  # "A" was stepped over: the hazard the guard exists for
 
 
-def test_with_the_guard_a_late_commit_is_never_stepped_over(engine: Any) -> None:
+@pytest.mark.parametrize("guard", ["trigger", "explicit lock without the trigger (Citus layout)"])
+def test_with_the_guard_a_late_commit_is_never_stepped_over(engine: Any, guard: str) -> None:
+    if guard != "trigger":
+        drop_feed_trigger(engine)
     store = CentralStore(engine)
     now = datetime.now(UTC)
     done = threading.Event()
