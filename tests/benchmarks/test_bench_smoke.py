@@ -30,11 +30,13 @@ RUNS: dict[str, tuple[list[str], str]] = {
     "bench_enrol.py": (["--quick"], "keypad locked during the restore"),
     "bench_dashboard.py": (["--quick"], "dashboard / (whole regency)"),
     "bench_report.py": (["--quick"], "monthly report"),
+    "bench_national.py": (["--quick"], "backlog (generated - accepted) at the end of the peak"),
 }
 
 
 #: Scripts that measure PostgreSQL too (they take the tests' throwaway server).
-NEEDS_PG = {"bench_store.py", "bench_forward.py", "bench_enrol.py", "bench_dashboard.py", "bench_report.py"}
+NEEDS_PG = {"bench_store.py", "bench_forward.py", "bench_enrol.py", "bench_dashboard.py", "bench_report.py",
+            "bench_national.py"}
 
 
 def test_every_benchmark_script_is_covered() -> None:
