@@ -495,7 +495,7 @@ def measure(args: Any, report: Report, server_url: str, tmp: Path) -> None:
         facts = db_facts(db_url)
         summarize_peak(args, report, tiers, segments, arrivals, results, built, wall, cpu_daemon,
                        (busy1[0] - busy0[0], busy1[1] - busy0[1]), facts)
-        pull(args, report, daemon, tiers, arrivals)
+        pull(args, report, daemon, tiers, arrivals, db_url)
         if args.capacity_batches:
             capacity(args, report, tiers, tokens, segments, cfg, tmp, generated)
         final = load.stored_punches(db_url)
@@ -599,6 +599,15 @@ def summarize_peak(args: Any, report: Report, tiers: Sequence[Tier], segments: S
                    measured=pct(ok, 0.95), goal=GOAL_BATCH_P95_S, unit="s",
                    detail=f"p99 {pct(ok, 0.99):.2f} s, max {max(ok, default=0):.2f} s; failed attempts retried: "
                           + (", ".join(f"{k} {v}" for k, v in sorted(failed.items())) or "none"))
+    # A burst's batches go out during it and up to one interval after (the tiers' next runs).
+    windows = [(seg.start, seg.end + interval) for seg in segments if seg.burst_zone is not None]
+    in_burst = [d for t, d, st in attempts if st == 200 and any(a <= t < b for a, b in windows)]
+    flat = [d for t, d, st in attempts if st == 200 and not any(a <= t < b for a, b in windows)]
+    report.figure("national.batch.flat_p95_s", "batch latency p95 outside the bursts", measured=pct(flat, 0.95),
+                  unit="s", detail=f"{len(flat):,} batches, p50 {pct(flat, 0.5):.2f} s")
+    report.figure("national.batch.burst_p95_s", "batch latency p95 during a burst and one interval after it",
+                  measured=pct(in_burst, 0.95), unit="s", detail=f"{len(in_burst):,} batches, p50 "
+                                                                 f"{pct(in_burst, 0.5):.2f} s")
     delays = [a[3] - x for a in accepted for x in arrivals[a[0]][a[1]:a[2]]]
     report.figure("national.delay.p95_s", "delay of a punch from its tier's outbox to the central, p95",
                   measured=pct(delays, 0.95), unit="s",
@@ -629,8 +638,45 @@ def summarize_peak(args: Any, report: Report, tiers: Sequence[Tier], segments: S
                          f"{100 * busy[0] / busy[1] if busy[1] else 0:.0f} % (other jobs included)")
 
 
+def feed_plan(db_url: str, office: str | None) -> str:
+    """How PostgreSQL runs the first page of the feed for DAY (one office or all): the plan's nodes, the index
+    each one uses, and the rows it read and threw away (EXPLAIN ANALYZE of the statement CentralStore.feed runs)."""
+    import json
+
+    from sqlalchemy import select
+
+    from gateway.store import schema as s
+    from gateway.store.central import FEED_COLUMNS, PunchQuery
+    from gateway.store.db import create_db_engine
+    from gateway.store.punches import where_punches
+
+    p = s.punches.c
+    q = where_punches(select(p.id, *(p[k] for k in FEED_COLUMNS)).where(p.id > 0),
+                      PunchQuery(office_code=office, date_from=DAY, date_to=DAY)).order_by(p.id).limit(10000)
+    engine = create_db_engine(db_url, pool_size=1)
+    try:
+        with engine.connect() as conn:
+            compiled = q.compile(dialect=conn.dialect)
+            plan = conn.exec_driver_sql(f"EXPLAIN (ANALYZE, FORMAT JSON) {compiled}", compiled.params).scalar_one()
+    finally:
+        engine.dispose()
+    plan = json.loads(plan) if isinstance(plan, str) else plan
+    parts = []
+
+    def walk(node: dict[str, Any]) -> None:
+        what = node["Node Type"] + (f" using {node['Index Name']}" if node.get("Index Name") else "")
+        removed = node.get("Rows Removed by Filter")
+        parts.append(f"{what} ({node.get('Actual Rows', 0):,} rows"
+                     + (f", {removed:,} read and filtered out" if removed else "") + ")")
+        for child in node.get("Plans", ()):
+            walk(child)
+
+    walk(plan[0]["Plan"])
+    return " > ".join(parts) + f"; {plan[0].get('Execution Time', 0):.0f} ms"
+
+
 def pull(args: Any, report: Report, daemon: load.Daemon, tiers: Sequence[Tier],
-         arrivals: Sequence[list[float]]) -> None:
+         arrivals: Sequence[list[float]], db_url: str) -> None:
     biggest = sorted(tiers, key=lambda t: -len(arrivals[t.index]))
     picks = []
     for zi in range(len(ZONES)):  # the largest office of each zone, then the next largest overall
@@ -643,6 +689,9 @@ def pull(args: Any, report: Report, daemon: load.Daemon, tiers: Sequence[Tier],
             raise SystemExit(f"pull API: office {t.office} day has {rows} punches, {len(arrivals[t.index])} sent")
         times.append((secs, rows, pages))
     worst = max(times)
+    office_plan = feed_plan(db_url, picks[0].office)
+    report.note(f"pull API plan of an office's day, first page ({picks[0].office}): {office_plan}")
+    report.note(f"pull API plan of the nation's day, first page: {feed_plan(db_url, None)}")
     report.at_most("national.pull.office_day_s", "pull API, one office's day paged to the end of the feed, slowest",
                    measured=worst[0], goal=GOAL_OFFICE_DAY_S, unit="s",
                    detail=f"{len(times)} offices, median {statistics.median(s for s, _, _ in times):.2f} s; slowest "
