@@ -14,7 +14,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, time
 from pathlib import Path
 from typing import Any, Literal
@@ -301,6 +301,11 @@ class CentralConfig:
     #: An office gateway whose last contact (punch batch or health report) is older than this counts as
     #: silent: one alert, reminders every alerts.reminder_s, one recovery alert when it reports again.
     gateway_silent_after_s: float = 7200.0
+    #: ``[central.upstream]``: this central is a tier (a regency) that forwards every punch it stores - from
+    #: its offices and its own terminals - to an upper tier (province or national; docs/tiers.md). Same keys
+    #: and meaning as ``[forward]``, whose place it takes: parse_config also puts it in Config.forward, so the
+    #: one forwarder, outbox and `fpgw forward` commands serve it. None = not forwarded upstream.
+    upstream: ForwardConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -453,6 +458,15 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path | None = None,
     http = _parse_http(top.table("http"), base_dir)
     forward = _parse_forward(top.table("forward"), base_dir)
     central = _parse_central(top.table("central"), base_dir)
+    if central.upstream is not None:
+        # A tier forwards through [central.upstream]: it IS this daemon's forwarding (docs/tiers.md).
+        if forward.url:
+            top.problem("forward", "[forward] url and [central.upstream] url are both set: a central forwards "
+                                   "everything it stores through [central.upstream]; remove [forward] url")
+        elif not central.enabled:
+            top.problem("central", "[central.upstream] is set but [central] enabled is not true: an office "
+                                   "gateway forwards with [forward]")
+        forward = central.upstream
     push = _parse_push(top.table("push"), base_dir)
     usb_import = _parse_import(top.table("import"), site, base_dir)
     enrol = _parse_enrol(top.table("enrol"), base_dir, devices)
@@ -772,7 +786,7 @@ def _parse_forward(r: Reader, base_dir: Path) -> ForwardConfig:
         r.problem("url", f"must start with https:// (or http:// on a trusted network), got {url!r}")
     elif url.startswith("http://") and not allow_plain_http and not _loopback_url(url):
         r.problem("url", f"{url!r} would send this gateway's token and punches in clear text: use https://, or set "
-                         "allow_plain_http = true in [forward] if this network is trusted")
+                         f"allow_plain_http = true in [{r.path}] if this network is trusted")
     token = r.secret("token", base_dir=base_dir)
     if url and not token:
         r.problem("token_env", "forwarding needs this gateway's token (token_env or token_file)")
@@ -886,6 +900,13 @@ def _parse_central(r: Reader, base_dir: Path) -> CentralConfig:
         max_batch=r.integer("max_batch", 5000, min=1),
         gateway_silent_after_s=r.duration_s("gateway_silent_after_s", 7200.0, min=300),
     )
+    if "upstream" in r.data:
+        upstream = _parse_forward(r.table("upstream"), base_dir)
+        if not upstream.url:
+            r.problem("upstream", "url is required in [central.upstream] (the upper tier's central, e.g. "
+                                  "https://absensi.bkn.example.go.id); remove the table to not forward upstream")
+        else:
+            cfg = replace(cfg, upstream=upstream)
     if cfg.enabled:
         for name, path in (("gateway_tokens_file", cfg.gateway_tokens_file),
                            ("api_tokens_file", cfg.api_tokens_file)):

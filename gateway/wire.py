@@ -10,6 +10,11 @@ stored is a per-item rejection reason, never a failure of the whole batch: one b
 office's queue. Every value the central stores is checked here against its column: integers within the
 column's range, texts within its length, without NUL and encodable as UTF-8 (no lone surrogates),
 instants that exist in UTC (so nothing reaches the database that would make it fail with a 500).
+
+Tiers (docs/tiers.md): a central can forward upstream like an office gateway. Its token at the upper tier
+has an OfficeScope of more than one office (codes and prefix patterns such as ``1801.*``); a batch sent
+with such a token names each punch's own office_code, which must lie in the scope (else the punch alone is
+rejected: ``missing_office`` / ``office_out_of_scope``). A single-office token keeps the one-office rules.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -40,6 +45,82 @@ _DEVICE_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2
 #: Ranges of the integer column types (Integer, BigInteger) on every supported database.
 INT32 = (-(2 ** 31), 2 ** 31 - 1)
 INT64 = (-(2 ** 63), 2 ** 63 - 1)
+
+
+#: An office code: letters, digits, '_', ':', '/', '-' in segments joined by '.', at most 32 characters
+#: (the punches.office_code column). ``fullmatch`` + ASCII as above.
+_OFFICE_CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_:/-]*(?:\.[A-Za-z0-9_:/-]+)*", re.ASCII)
+OFFICE_CODE_MAX = 32
+
+
+def office_code_problem(code: str) -> str | None:
+    """Why ``code`` is not a well-formed office code (None when it is)."""
+    if len(code) > OFFICE_CODE_MAX:
+        return f"longer than {OFFICE_CODE_MAX} characters"
+    if not _OFFICE_CODE.fullmatch(code):
+        return ("must be letters, digits, '_', ':', '/' or '-' in segments joined by '.' (e.g. 1801.01.02), "
+                "starting with a letter or digit")
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class OfficeScope:
+    """The offices a token (or dashboard account) may act for: exact office codes and prefix patterns.
+
+    A pattern is an office code followed by ``.*`` as its LAST segment: ``1801.*`` allows every office whose
+    code starts with ``1801.`` (1801.01, 1801.01.02, ...), not ``1801`` itself (list it too if it is
+    meant). ``*`` anywhere else is refused by ``parse``. "Every office" is not a scope: callers use None.
+    """
+
+    #: Exact office codes.
+    codes: frozenset[str] = frozenset()
+    #: Prefixes of the patterns, each ending in "." ("1801." for ``1801.*``).
+    prefixes: frozenset[str] = frozenset()
+
+    @classmethod
+    def parse(cls, entries: Iterable[str]) -> OfficeScope:
+        """The scope of these entries (codes and ``<code>.*`` patterns); ValueError names a bad entry."""
+        codes: set[str] = set()
+        prefixes: set[str] = set()
+        for entry in entries:
+            if not isinstance(entry, str) or not entry:
+                raise ValueError(f"{entry!r}: an office code or pattern must be a non-empty string")
+            base = entry[:-2] if entry.endswith(".*") else entry
+            problem = office_code_problem(base)
+            if "*" in base or problem:
+                raise ValueError(f"{entry!r}: not an office code or pattern ('1801.01.02', or '1801.*' with '*' "
+                                 f"only as the last segment){'' if '*' in base else ': ' + str(problem)}")
+            (prefixes.add(base + ".") if base != entry else codes.add(entry))
+        if not codes and not prefixes:
+            raise ValueError("no office given")
+        return cls(frozenset(codes), frozenset(prefixes))
+
+    @classmethod
+    def of(cls, codes: Iterable[str]) -> OfficeScope:
+        """A scope of exact codes (already validated elsewhere, e.g. an account's office)."""
+        return cls(frozenset(codes))
+
+    def allows(self, office_code: str) -> bool:
+        """Whether ``office_code`` lies in this scope (a malformed code never does)."""
+        if office_code in self.codes:
+            return True
+        return (any(office_code.startswith(p) for p in self.prefixes)
+                and office_code_problem(office_code) is None)
+
+    @property
+    def single(self) -> str | None:
+        """The one office of a scope that is exactly one code (today's gateway token); else None."""
+        if len(self.codes) == 1 and not self.prefixes:
+            return next(iter(self.codes))
+        return None
+
+    @property
+    def entries(self) -> tuple[str, ...]:
+        """The scope as written in a token file, sorted (codes and ``<code>.*`` patterns)."""
+        return tuple(sorted([*self.codes, *(p + "*" for p in self.prefixes)]))
+
+    def __str__(self) -> str:
+        return ", ".join(self.entries)
 
 
 class WireError(ValueError):
@@ -122,10 +203,12 @@ def encode_punch(row: Punch | Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def encode_device(row: Mapping[str, Any]) -> dict[str, Any]:
-    """The wire form of one device and its health (a health snapshot row; ``problems`` already a dict)."""
+def encode_device(row: Mapping[str, Any], *, with_office: bool = False) -> dict[str, Any]:
+    """The wire form of one device and its health (a health snapshot row; ``problems`` already a dict);
+    ``with_office``: a tier's report, where each device names its office."""
     problems = row["problems"]
-    return {
+    office = {"office_code": row["office_code"]} if with_office else {}
+    return {**office,
         "device_id": row["device_id"], "name": row["name"], "location": row["location"], "address": row["address"],
         "port": row["port"], "transport": row["transport"], "serial": row["serial"], "firmware": row["firmware"],
         "platform": row["platform"], "device_name": row["device_name"], "mac": row["mac"], "enabled": row["enabled"],
@@ -146,10 +229,14 @@ def encode_device(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def gateway_meta(*, office_code: str, office_name: str | None, hostname: str, version: str,
-                 outbox_depth: int | None, oldest_unforwarded_s: float | None) -> dict[str, Any]:
-    """The ``gateway`` object every document carries: who sends, and how far behind it is."""
-    return {"office_code": office_code, "office_name": office_name, "hostname": hostname, "version": version,
+                 outbox_depth: int | None, oldest_unforwarded_s: float | None, tier: bool = False) -> dict[str, Any]:
+    """The ``gateway`` object every document carries: who sends, and how far behind it is (``tier``: a
+    central forwarding its offices' punches upstream; ``office_code`` is then the tier's own code)."""
+    meta = {"office_code": office_code, "office_name": office_name, "hostname": hostname, "version": version,
             "outbox_depth": outbox_depth, "oldest_unforwarded_s": oldest_unforwarded_s}
+    if tier:  # only then: an office gateway's documents stay byte for byte what they were
+        meta["tier"] = True
+    return meta
 
 
 def batch_id(punches: Sequence[Mapping[str, Any]]) -> str:
@@ -228,8 +315,14 @@ _LIMITS = {"device_id": 64, "device_serial": 64, "device_user_id": 64, "employee
            "state_name": 16, "verify_name": 24}
 
 
-def decode_punch(obj: Any, i: int, office_code: str) -> tuple[Punch | None, str | None]:
-    """A wire punch as (Punch, None), or (None, reason) when it cannot be stored (never raises)."""
+def decode_punch(obj: Any, i: int, office_code: str | OfficeScope) -> tuple[Punch | None, str | None]:
+    """A wire punch as (Punch, None), or (None, reason) when it cannot be stored (never raises).
+
+    ``office_code``: the sender's one office (the punch is stored under it), or the OfficeScope of a tier's
+    token (the punch must name its own office within it; see the module docstring).
+    """
+    if isinstance(office_code, OfficeScope) and office_code.single is not None:
+        office_code = office_code.single
     try:
         return _decode_punch(obj, i, office_code)
     except ItemError as exc:
@@ -238,59 +331,125 @@ def decode_punch(obj: Any, i: int, office_code: str) -> tuple[Punch | None, str 
         return None, f"malformed: {exc}"
 
 
-def _decode_punch(obj: Any, i: int, office_code: str) -> tuple[Punch | None, str | None]:
-    where = f"punches[{i}]"
-    if not isinstance(obj, dict):
-        raise WireError(f"{where}: must be an object")
-    fields = {k: _str(obj, k, where) for k in ("device_id", "device_serial", "device_user_id", "device_time",
-                                               "timezone")}
-    office = _str(obj, "office_code", where, required=False)
-    local_text = _str(obj, "local_time", where, required=False)
-    utc_text = _str(obj, "utc_time", where, required=False)
-    employee = _str(obj, "employee_id", where, required=False)
-    sname = _str(obj, "state_name", where, required=False)
-    vname = _str(obj, "verify_name", where, required=False)
-    flags = obj.get("flags", [])
-    if isinstance(flags, str):
-        flags = [f for f in flags.split(",") if f]
-    if not isinstance(flags, list) or not all(isinstance(f, str) for f in flags):
-        raise WireError(f"{where}.flags: must be a list of strings")
-    state, verify = _int(obj, "state", where), _int(obj, "verify", where)
-    uid, workcode, raw_time = (_int(obj, "uid", where, 0), _int(obj, "workcode", where, 0),
-                               _int(obj, "raw_time", where, -1, INT64))
+#: Text keys of a punch in the order they are checked (the first bad one names the error): required, then optional.
+_REQUIRED_TEXTS = ("device_id", "device_serial", "device_user_id", "device_time", "timezone")
+_OPTIONAL_TEXTS = ("office_code", "local_time", "utc_time", "employee_id", "state_name", "verify_name")
+#: Integer keys with their default (None = required) and bounds, in the order they are checked.
+_INTS: tuple[tuple[str, int | None, tuple[int, int]], ...] = (
+    ("state", None, INT32), ("verify", None, INT32), ("uid", 0, INT32), ("workcode", 0, INT32),
+    ("raw_time", -1, INT64),
     # Punch identity (Punch.occurrence; absent from older gateways = 0).
-    occurrence = _int(obj, "occurrence", where, 0, (0, INT64[1]))
-    # Well-formed from here on; what follows rejects the row, not the batch.
-    if office is not None and office != office_code:
-        return None, f"office_mismatch: punch says {_shown(office)} but this gateway's token is for {office_code!r}"
-    # Every text above went through _str, which already refused NUL characters and invalid text.
-    texts = {**fields, "employee_id": employee, "state_name": sname, "verify_name": vname}
-    for key, limit in _LIMITS.items():
-        value = texts[key]
-        if value is not None and len(value) > limit:
-            return None, f"field_too_long: {key} is longer than {limit} characters"
-    if not fields["device_serial"] or not fields["device_user_id"] or not fields["device_id"]:
-        return None, "missing_identity: device_id, device_serial and device_user_id must not be empty"
-    if not _DEVICE_TIME.fullmatch(fields["device_time"]):
-        return None, f"bad_device_time: {_shown(fields['device_time'])} is not 'YYYY-MM-DD HH:MM:SS'"
+    ("occurrence", 0, (0, INT64[1])))
+#: Time zones already found valid (ZoneInfo's own cache is a call and a lock away; bounded, see _zone_ok).
+_ZONES_OK: set[str] = set()
+
+
+def _texts(obj: dict[str, Any], keys: tuple[str, ...], i: int, *, required: bool) -> list[Any]:
+    """The values of ``keys`` as _str would return them, the common case (plain ASCII text without NUL, or
+    an absent optional value) without its calls; anything else goes through _str for the same result or error."""
+    out: list[Any] = []
+    get = obj.get
+    for key in keys:
+        v = get(key)
+        if type(v) is str and v.isascii() and "\x00" not in v:
+            out.append(v)
+        elif v is None and not required:
+            out.append(None)
+        else:
+            out.append(_str(obj, key, f"punches[{i}]", required=required))
+    return out
+
+
+def _ints(obj: dict[str, Any], i: int) -> list[int]:
+    """The integers of _INTS as _int would return them (plain ints within bounds without its calls)."""
+    out: list[int] = []
+    get = obj.get
+    for key, default, (low, high) in _INTS:
+        v = get(key, default)
+        if type(v) is int and low <= v <= high:
+            out.append(v)
+        else:
+            out.append(_int(obj, key, f"punches[{i}]", default, (low, high)))
+    return out
+
+
+def _zone_ok(name: str) -> bool:
+    if name in _ZONES_OK:
+        return True
     try:
-        ZoneInfo(fields["timezone"])
+        ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError):
-        return None, f"unknown_timezone: {_shown(fields['timezone'], 64)}"
+        return False
+    if len(_ZONES_OK) < 1000:  # a client sending endless new valid names only loses the shortcut
+        _ZONES_OK.add(name)
+    return True
+
+
+def _decode_punch(obj: Any, i: int, office_code: str | OfficeScope) -> tuple[Punch | None, str | None]:
+    # The checks and their order are those of the first version of this function (every message the same);
+    # the common case of each is answered inline (issue 14: decoding bound the central's ingest).
+    if not isinstance(obj, dict):
+        raise WireError(f"punches[{i}]: must be an object")
+    device_id, serial, user, device_time, zone = _texts(obj, _REQUIRED_TEXTS, i, required=True)
+    office, local_text, utc_text, employee, sname, vname = _texts(obj, _OPTIONAL_TEXTS, i, required=False)
+    fields = {"device_id": device_id, "device_serial": serial, "device_user_id": user, "device_time": device_time,
+              "timezone": zone}
+    flags = obj.get("flags", [])
+    if flags:
+        if isinstance(flags, str):
+            flags = [f for f in flags.split(",") if f]
+        if not isinstance(flags, list) or not all(isinstance(f, str) for f in flags):
+            raise WireError(f"punches[{i}].flags: must be a list of strings")
+    elif flags != [] and flags != "":
+        raise WireError(f"punches[{i}].flags: must be a list of strings")
+    else:
+        flags = []
+    state, verify, uid, workcode, raw_time, occurrence = _ints(obj, i)
+    # Well-formed from here on; what follows rejects the row, not the batch.
+    if isinstance(office_code, OfficeScope):  # a tier's batch: each punch names its own office
+        if office is None:
+            return None, "missing_office: a batch sent with a multi-office (tier) token names each punch's office_code"
+        if not office_code.allows(office):
+            return None, (f"office_out_of_scope: office {_shown(office)} is not among this token's offices "
+                          f"({_shown(str(office_code), 80)})")
+        stored_office = office
+    else:
+        stored_office = office_code
+        if office is not None and office != office_code:
+            return None, (f"office_mismatch: punch says {_shown(office)} but this gateway's token is for "
+                          f"{office_code!r}")
+    # Every text above went through _str (or its inline common case), which already refused NUL characters
+    # and invalid text.
+    if not (len(device_id) <= 64 and len(serial) <= 64 and len(user) <= 64 and len(zone) <= 64
+            and (employee is None or len(employee) <= 64) and (sname is None or len(sname) <= 16)
+            and (vname is None or len(vname) <= 24)):
+        texts = {**fields, "employee_id": employee, "state_name": sname, "verify_name": vname}
+        for key, limit in _LIMITS.items():
+            value = texts[key]
+            if value is not None and len(value) > limit:
+                return None, f"field_too_long: {key} is longer than {limit} characters"
+    if not serial or not user or not device_id:
+        return None, "missing_identity: device_id, device_serial and device_user_id must not be empty"
+    if not _DEVICE_TIME.fullmatch(device_time):
+        return None, f"bad_device_time: {_shown(device_time)} is not 'YYYY-MM-DD HH:MM:SS'"
+    if not _zone_ok(zone):
+        return None, f"unknown_timezone: {_shown(zone, 64)}"
     try:
         local = _instant(local_text, aware=False)
         utc = _instant(utc_text, aware=True)
     except ValueError as exc:
         return None, f"bad_time: local_time/utc_time not ISO 8601 ({exc})"
-    if ",".join(flags) and len(",".join(flags)) > 200:
-        return None, "field_too_long: flags"
-    if any(text_problem(f) for f in flags):
-        return None, "bad_text: flags contain a NUL character or invalid text"
-    return Punch(office_code=office_code, device_id=fields["device_id"], device_serial=fields["device_serial"],
-                 device_user_id=fields["device_user_id"], device_time=fields["device_time"], local_time=local,
-                 utc_time=utc, timezone=fields["timezone"], state=state, state_name=sname or state_name(state),
-                 verify=verify, verify_name=vname or verify_name(verify), uid=uid, workcode=workcode,
-                 raw_time=raw_time, employee_id=employee or None, flags=tuple(flags), occurrence=occurrence), None
+    if flags:
+        joined = ",".join(flags)
+        if len(joined) > 200:
+            return None, "field_too_long: flags"
+        if any(text_problem(f) for f in flags):
+            return None, "bad_text: flags contain a NUL character or invalid text"
+    return Punch(office_code=stored_office, device_id=device_id, device_serial=serial, device_user_id=user,
+                 device_time=device_time, local_time=local, utc_time=utc, timezone=zone, state=state,
+                 state_name=sname or state_name(state), verify=verify, verify_name=vname or verify_name(verify),
+                 uid=uid, workcode=workcode, raw_time=raw_time, employee_id=employee or None, flags=tuple(flags),
+                 occurrence=occurrence), None
 
 
 _DEVICE_STR = {"name": 200, "location": 200, "address": 255, "transport": 8, "serial": 64, "firmware": 100,
@@ -390,14 +549,21 @@ def _aware(obj: Mapping[str, Any], key: str, where: str) -> datetime | None:
                         ) from None
 
 
-def decode_gateway_meta(doc: Mapping[str, Any], office_code: str) -> dict[str, Any]:
+def decode_gateway_meta(doc: Mapping[str, Any], office_code: str | OfficeScope) -> dict[str, Any]:
     """The ``gateway`` object of a document as sent (the store keeps only known keys of the right type);
-    raises WireError, or OfficeMismatch when it names another office than the token's."""
+    raises WireError, or OfficeMismatch when it names another office than the token's.
+
+    A tier (``"tier": true``, or a token of more than one office) names its own office code there, which is
+    not one of the offices its punches come from: it is recorded, not compared.
+    """
     meta = doc.get("gateway") or {}
     if not isinstance(meta, dict):
         raise WireError("gateway: must be an object")
+    if isinstance(office_code, OfficeScope):
+        office_code = office_code.single or ""
     claimed = meta.get("office_code")
-    if claimed is not None and claimed != office_code:
+    tier = meta.get("tier") is True or not office_code
+    if claimed is not None and claimed != office_code and not tier:
         raise OfficeMismatch(office_code, claimed[:64] if isinstance(claimed, str) else _shown(claimed))
     # Informational: keep the values that fit their columns, drop the others (never refuse a batch for them).
     clean: dict[str, Any] = {}
@@ -456,8 +622,9 @@ class HealthReport:
     rejected: dict[int, str]
 
 
-def decode_punch_batch(doc: Any, office_code: str, *, max_punches: int) -> PunchBatch:
-    """Validate a punch batch sent by a gateway whose token is for ``office_code``.
+def decode_punch_batch(doc: Any, office_code: str | OfficeScope, *, max_punches: int) -> PunchBatch:
+    """Validate a punch batch sent by a gateway whose token is for ``office_code`` (or, a tier's token, for
+    an OfficeScope of several offices: each punch then names its own office within it).
 
     Raises WireError (malformed document), TooManyItems or OfficeMismatch, checked in this order: body,
     list, size, batch_id, gateway object. Each punch is then decoded on its own: one that cannot be stored
@@ -468,20 +635,35 @@ def decode_punch_batch(doc: Any, office_code: str, *, max_punches: int) -> Punch
     if not isinstance(bid, str) or not _BATCH_ID.fullmatch(bid):
         raise WireError("batch_id: required, 1-100 letters, digits, '_', '.', ':' or '-'")
     meta = decode_gateway_meta(doc, office_code)
+    if isinstance(office_code, OfficeScope) and office_code.single is not None:
+        office_code = office_code.single
     parsed = [decode_punch(p, i, office_code) for i, p in enumerate(raw)]
-    return PunchBatch(batch_id=bid, gateway=meta, punches=parsed, digest=batch_digest(raw, office_code))
+    return PunchBatch(batch_id=bid, gateway=meta, punches=parsed, digest=batch_digest(raw, str(office_code)))
 
 
-def decode_health_report(doc: Any, office_code: str, *, max_devices: int) -> HealthReport:
+def decode_health_report(doc: Any, office_code: str | OfficeScope, *, max_devices: int) -> HealthReport:
     """Validate a device-health report sent by a gateway whose token is for ``office_code`` (same errors)."""
     raw = batch_items(doc, "devices", max_devices)
     meta = decode_gateway_meta(doc, office_code)
+    scope = office_code if isinstance(office_code, OfficeScope) and office_code.single is None else None
     devices: list[dict[str, Any]] = []
     indexes: list[int] = []
     rejected: dict[int, str] = {}
     for i, d in enumerate(raw):
         try:
-            devices.append(decode_device(d, i))
+            device = decode_device(d, i)
+            if scope is not None:  # a tier's report: each device names its own office (as its punches do)
+                office = d.get("office_code")
+                if not isinstance(office, str):
+                    rejected[i] = "missing_office: a report sent with a multi-office (tier) token names each " \
+                                  "device's office_code"
+                    continue
+                if not scope.allows(office):
+                    rejected[i] = (f"office_out_of_scope: office {_shown(office)} is not among this token's "
+                                   f"offices ({_shown(str(scope), 80)})")
+                    continue
+                device["office_code"] = office
+            devices.append(device)
             indexes.append(i)
         except WireError as exc:
             rejected[i] = f"malformed: {exc}"

@@ -5,9 +5,10 @@
 ``services(ctx)`` appends these Starlette routes to ``ctx.http_routes`` when ``[central] enabled``;
 gateway.web.status serves them. Handlers parse and authorise on the event loop and run every database call
 in Starlette's thread pool (SQLAlchemy is synchronous). Tokens live hashed in TOML files (gateway.central.tokens);
-the office of an ingested punch always comes from the gateway's token. The silent-gateway watch is
-gateway.central.silent. Dates in queries (date=, from=, to=) are office-local days: each punch's own local
-wall-clock date at its office (see gateway.store.central.PunchQuery).
+the office of an ingested punch comes from the gateway's token, or for a lower tier's token (several offices,
+``1801.*``) from the punch, within the token's scope (docs/tiers.md). Every scope check is Token.allows.
+The silent-gateway watch is gateway.central.silent. Dates in queries (date=, from=, to=) are office-local
+days: each punch's own local wall-clock date at its office (see gateway.store.central.PunchQuery).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from gateway.store.central import (
     decode_cursor,
     encode_cursor,
 )
+from gateway.wire import OfficeScope
 
 log = structlog.get_logger(__name__)
 
@@ -115,13 +117,33 @@ def _qtext(params: Mapping[str, str], key: str, limit: int) -> str | None:
     return text
 
 
+def _sender_scope(tok: Token) -> str | OfficeScope:
+    """What a gateway token sends for: its one office, or a tier's scope of several (gateway.wire decodes by it)."""
+    assert tok.offices is not None  # gateway tokens always name their offices (gateway.central.tokens)
+    return tok.office or tok.offices
+
+
+def _sender_office(tok: Token, meta: Mapping[str, Any]) -> str:
+    """The office a sender's gateways row is kept under: its token's one office; for a tier the tier's own
+    code from its ``gateway`` object (its scope as written when it sends none usable)."""
+    if tok.office is not None:
+        return tok.office
+    claimed = meta.get("office_code")
+    if isinstance(claimed, str) and wire.office_code_problem(claimed) is None:
+        return claimed
+    return tok.scope_text[:wire.OFFICE_CODE_MAX]
+
+
 class CentralApi:
     """Request handlers of the ingest and pull API over one CentralStore."""
 
     def __init__(self, config: CentralConfig, store: CentralStore, *, workdays: tuple[int, ...] = (1, 2, 3, 4, 5),
                  gateway_tokens: TokenFile | None = None, api_tokens: TokenFile | None = None,
-                 alert_office: str = "") -> None:
+                 alert_office: str = "", forward_upstream: bool = False) -> None:
         self.config = config
+        #: [central.upstream] is set: ingest queues each new punch in the outbox (same transaction) for the
+        #: forwarder to send to the upper tier (docs/tiers.md).
+        self.forward_upstream = forward_upstream
         #: The central's own office code: gateway-wide alerts (serial_bound_elsewhere) are queued under it.
         self.alert_office = alert_office
         self.store = store
@@ -233,17 +255,18 @@ class CentralApi:
     async def ingest_punches(self, request: Request) -> Response:
         """POST /ingest/punches: store a batch idempotently; per-punch results."""
         tok = self._bearer(request, self.gateway_tokens)
-        office = next(iter(tok.offices or ()))
+        scope = _sender_scope(tok)
         try:
             doc = await self._json_body(request)
             try:
-                batch = wire.decode_punch_batch(doc, office, max_punches=self.config.max_batch)
+                batch = wire.decode_punch_batch(doc, scope, max_punches=self.config.max_batch)
             except (wire.WireError, wire.TooManyItems, wire.OfficeMismatch) as exc:
                 raise _wire_error(exc, " (forward.batch_size)") from None
         except ApiError as exc:
             self._note(tok.name, exc.code)
             raise
         host = request.client.host if request.client else None
+        office = _sender_office(tok, batch.gateway)
 
         def store() -> tuple[dict[str, Any], bool]:
             # One transaction decides it all, a replay included (its receipt is looked up there).
@@ -251,7 +274,7 @@ class CentralApi:
                 return self.store.ingest_punches(
                     gateway=tok.name, office_code=office, batch_id=batch.batch_id, digest=batch.digest,
                     punches=[p for p, _ in batch.punches], rejected=batch.rejected, remote_addr=host,
-                    meta=batch.gateway, alert_office=self.alert_office)
+                    meta=batch.gateway, alert_office=self.alert_office, forward=self.forward_upstream)
             except BatchConflict as exc:
                 raise ApiError(409, "batch_conflict", str(exc)) from None
 
@@ -266,17 +289,18 @@ class CentralApi:
     async def ingest_health(self, request: Request) -> Response:
         """POST /ingest/health: upsert the office's devices and their health."""
         tok = self._bearer(request, self.gateway_tokens)
-        office = next(iter(tok.offices or ()))
+        scope = _sender_scope(tok)
         try:
             doc = await self._json_body(request)
             try:
-                report = wire.decode_health_report(doc, office, max_devices=self.config.max_batch)
+                report = wire.decode_health_report(doc, scope, max_devices=self.config.max_batch)
             except (wire.WireError, wire.TooManyItems, wire.OfficeMismatch) as exc:
                 raise _wire_error(exc) from None
         except ApiError as exc:
             self._note(tok.name, exc.code)
             raise
         host = request.client.host if request.client else None
+        office = _sender_office(tok, report.gateway)
         n, refused = await run_in_threadpool(lambda: self.store.ingest_health(
             gateway=tok.name, office_code=office, devices=report.devices, remote_addr=host, meta=report.gateway,
             alert_office=self.alert_office))
@@ -293,7 +317,7 @@ class CentralApi:
     def _scope(self, request: Request) -> tuple[Token, str | None]:
         tok = self._bearer(request, self.api_tokens)
         office = _qtext(request.query_params, "office", 32)
-        if office and tok.offices is not None and office not in tok.offices:
+        if office and not tok.allows(office):
             raise ApiError(403, "office_forbidden", f"this token may not read office {office!r}")
         return tok, office
 
@@ -397,6 +421,8 @@ class CentralApi:
             tok.offices, silent_after_s=self.config.gateway_silent_after_s))
         if office:
             items = [g for g in items if g["office_code"] == office]
+        # A tier's row carries the tier's own code: shown to tokens whose scope covers it (or every office).
+        items = [g for g in items if tok.allows(g["office_code"])]
         return JSONResponse({"items": export.jsonable(items)})
 
     async def openapi(self, request: Request) -> Response:
@@ -412,4 +438,4 @@ def openapi_bytes() -> bytes:
 def build_api(config: Config, store: CentralStore) -> CentralApi:
     """The API for a config with [central] enabled (raises TokenFileError on unusable token files)."""
     return CentralApi(config.central, store, workdays=tuple(config.health.working_hours.days),
-                      alert_office=config.site.office_code)
+                      alert_office=config.site.office_code, forward_upstream=config.central.upstream is not None)

@@ -50,6 +50,7 @@ from gateway.store.central import CentralStore
 from gateway.store.dashboard import DashboardRepo, TerminalRow
 from gateway.store.device_events import DeviceEventRepo, outages
 from gateway.store.schema import utcnow
+from gateway.wire import OfficeScope
 
 log = structlog.get_logger(__name__)
 
@@ -88,14 +89,14 @@ class Viewer:
     """Who is reading: a dashboard account or an API token, and the offices it may see (None = all)."""
 
     name: str
-    offices: frozenset[str] | None
+    offices: OfficeScope | None
     #: CSRF token of the session (None for a bearer token: no cookie, so no cross-site request can carry it).
     csrf: str | None = None
     session: str | None = None
 
     def may_see(self, office: str) -> bool:
         """Whether this viewer may read ``office``."""
-        return self.offices is None or office in self.offices
+        return self.offices is None or self.offices.allows(office)
 
 
 @dataclass
@@ -376,7 +377,8 @@ class Dashboard:
         if found is None:
             return None
         account, csrf = found
-        return Viewer(account.username, account.offices, csrf, key)
+        scope = None if account.offices is None else OfficeScope.of(account.offices)
+        return Viewer(account.username, scope, csrf, key)
 
     def _to_login(self, request: Request) -> Response:
         if request.headers.get("authorization"):
@@ -475,7 +477,7 @@ class Dashboard:
                              (FILTER_SILENT, "gateway diam / silent gateway"),
                              (FILTER_UNUSED, "terpasang tapi tidak dipakai / installed but unused")]
             + [(n, n.replace("_", " ")) for n in names if n != FILTER_OFFLINE])
-        one_office = viewer.offices is not None and len(viewer.offices) == 1
+        one_office = viewer.offices is not None and viewer.offices.single is not None
         filters = (
             '<form class="filters" method="get" action="/">'
             + ("" if one_office else
@@ -494,7 +496,7 @@ class Dashboard:
         sections = "".join(self._office_html(o, snapshot) for o in shown)
         if not sections:
             sections = "<p>Tidak ada yang cocok / nothing matches.</p>"
-        scope = "seluruh kabupaten / whole regency" if viewer.offices is None else ", ".join(sorted(viewer.offices))
+        scope = "seluruh kabupaten / whole regency" if viewer.offices is None else str(viewer.offices)
         body = (
             f'<h1>Terminal absensi kabupaten / regency attendance terminals</h1>'
             f'<div class="meta bar"><span>{e(viewer.name)} &middot; {e(scope)} &middot; diperbarui/updated '
@@ -666,9 +668,9 @@ class Dashboard:
         if office is not None and (not _CODE.match(office) or not viewer.may_see(office)):
             return _forbidden("office")
         if office is None and viewer.offices is not None:
-            if len(viewer.offices) != 1:
+            if viewer.offices.single is None:
                 return PlainTextResponse("office: name one of your offices\n", status_code=400)
-            office = next(iter(viewer.offices))
+            office = viewer.offices.single
         body: bytes = await run_in_threadpool(partial(build_report, self.store.engine, month, cast(Format, fmt),
                                                       office=office,
                                                       rules=self.rules))

@@ -1,7 +1,11 @@
-"""Bearer tokens of the central API: gateway tokens (one office each) and BKD API tokens, kept hashed in TOML files.
+"""Bearer tokens of the central API: gateway tokens and BKD API tokens, kept hashed in TOML files.
 
     `fpgw central add-token` --add_token()--> tokens file (SHA-256 hashes only, 0600)
     gateway.central.api --TokenFile.lookup(presented)--> Token (name, office scope) or None
+A token's ``offices`` are exact office codes and prefix patterns (``1801.*``: every office under 1801;
+``*`` only as the last segment, gateway.wire.OfficeScope), or ``["*"]`` for all. ``Token.allows(code)`` is
+the one check of a scope. A gateway token names one office (an office gateway) or, for a tier forwarding
+its offices upstream (docs/tiers.md), several codes or patterns; it never means "every office".
 A TokenFile re-reads its file when it changes, so a new token works without a restart; an unreadable
 file keeps the tokens it had (logged once). A token file other users could read or write (any group/other
 permission bit) is refused with the fix (``chmod 600 PATH``): the hashes are not the tokens, but who may add
@@ -25,6 +29,7 @@ from pathlib import Path
 import structlog
 
 from gateway.store.schema import utcnow
+from gateway.wire import OfficeScope
 
 log = structlog.get_logger(__name__)
 
@@ -40,7 +45,35 @@ class Token:
 
     name: str
     digest: str
-    offices: frozenset[str] | None
+    offices: OfficeScope | None
+
+    def allows(self, office_code: str) -> bool:
+        """Whether this token may act for (send or read) ``office_code``."""
+        return self.offices is None or self.offices.allows(office_code)
+
+    @property
+    def office(self) -> str | None:
+        """The one office of a single-office token (an office gateway's); None for a wider scope."""
+        return self.offices.single if self.offices is not None else None
+
+    @property
+    def scope_text(self) -> str:
+        """The scope as written in the file ("*" for every office)."""
+        return str(self.offices) if self.offices is not None else "*"
+
+
+def parse_offices(offices: object, kind: str) -> OfficeScope | None:
+    """A token entry's ``offices`` as a scope (None = every office); TokenFileError-ready ValueError otherwise."""
+    if offices is None or offices == ["*"]:
+        scope = None
+    elif isinstance(offices, list) and offices and all(isinstance(o, str) and o for o in offices):
+        scope = OfficeScope.parse(offices)
+    else:
+        raise ValueError("offices must be a list of office codes or patterns like \"1801.*\", or [\"*\"] for all")
+    if kind == "gateway" and scope is None:
+        raise ValueError("a gateway token must name its office (or a tier's offices, e.g. [\"1801.*\"]), "
+                         "never every office")
+    return scope
 
 
 def hash_token(token: str) -> str:
@@ -87,14 +120,10 @@ def load_tokens(path: Path, kind: str) -> list[Token]:
         if not isinstance(digest, str) or not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
             raise TokenFileError(f"{where} ({name}): hash must be 'sha256:' + 64 hex digits "
                                  "(create entries with `fpgw central add-token`)")
-        if offices is None or offices == ["*"]:
-            scope = None
-        elif isinstance(offices, list) and offices and all(isinstance(o, str) and o for o in offices):
-            scope = frozenset(offices)
-        else:
-            raise TokenFileError(f"{where} ({name}): offices must be a list of office codes, or [\"*\"] for all")
-        if kind == "gateway" and (scope is None or len(scope) != 1):
-            raise TokenFileError(f"{where} ({name}): a gateway token must name exactly one office")
+        try:
+            scope = parse_offices(offices, kind)
+        except ValueError as exc:
+            raise TokenFileError(f"{where} ({name}): {exc}") from None
         tokens.append(Token(name, digest, scope))
     return tokens
 
@@ -154,8 +183,11 @@ def add_token(path: Path, name: str, offices: list[str] | None, kind: str) -> st
     """Mint a token, append its hash to the file (created 0600), and return the token (shown once)."""
     if not _NAME.match(name):
         raise TokenFileError(f"name {name!r}: use 1-100 letters, digits, '_', '.' or '-'")
-    if kind == "gateway" and (not offices or len(offices) != 1 or offices == ["*"]):
-        raise TokenFileError("a gateway token needs exactly one office (--offices 1801.01.02)")
+    try:
+        parse_offices(offices or None, kind)
+    except ValueError as exc:
+        raise TokenFileError(f"--offices: {exc} (an office gateway: --offices 1801.01.02; a regency tier: "
+                             "--offices '1801.*')" if kind == "gateway" else f"--offices: {exc}") from None
     if path.exists() and path.stat().st_size == 0:
         path.chmod(0o600)  # an empty placeholder (made so the config validates) holds nothing yet: tighten it
     existing = load_tokens(path, kind) if path.exists() else []

@@ -28,10 +28,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                                     "itself is printed once and stored nowhere: give it to the office (gateway "
                                     "token) or BKD client (API token) now.")
     q.add_argument("--kind", choices=("gateway", "api"), default="api",
-                   help="gateway: an office gateway forwarding here (exactly one office); api: a BKD client")
+                   help="gateway: an office gateway (one office) or a lower tier (its offices, e.g. "
+                        "'1801.*') forwarding here; api: a BKD client")
     q.add_argument("--name", required=True, help="who holds it, e.g. 'dinas-pendidikan-gw' or 'bkd-payroll'")
     q.add_argument("--offices", default="*",
-                   help="comma-separated office codes it may act for; '*' = every office (api tokens only)")
+                   help="comma-separated office codes or patterns it may act for ('1801.*' = every office "
+                        "under 1801, '*' only as the last segment); '*' alone = every office (api tokens only)")
     q.add_argument("--file", type=Path, help="token file (default: central.gateway_tokens_file / api_tokens_file)")
     q.set_defaults(func=cmd_add_token, one_shot=True)
     q = csub.add_parser("gateways", help="office gateways that forward here: last contact, backlog, punches")
@@ -97,7 +99,7 @@ def cmd_list_tokens(args: argparse.Namespace) -> int:
     except TokenFileError as exc:
         raise CliError(str(exc)) from None
     for t in tokens:
-        print(f"{t.name}\t{','.join(sorted(t.offices)) if t.offices else '*'}")
+        print(f"{t.name}\t{','.join(t.offices.entries) if t.offices else '*'}")
     return 0
 
 

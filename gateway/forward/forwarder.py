@@ -1,5 +1,9 @@
 """Forwarding: drains the outbox to the central (BKD) instance and reports device health there.
 
+An office gateway forwards with [forward]; a central that is a tier forwards with [central.upstream] (the
+same settings, in Config.forward): the same job drains the same outbox, each punch carrying its own office
+(docs/tiers.md).
+
     poll --save_poll(forward=True)--> outbox rows --claim_batch--> Forwarder.run_once() --HTTPS--> central
                                                  <--settle------ accepted: deleted / rejected: set aside + alert
                                                                  / kept: retried with backoff and jitter
@@ -147,6 +151,9 @@ class Forwarder:
         self._hostname = socket.gethostname()
         #: Punches per request: forward.batch_size, lowered for good when the centre says it is too many.
         self.batch_limit = self.fwd.batch_size
+        #: A central forwarding to an upper tier ([central.upstream], docs/tiers.md): its outbox holds the punches
+        #: of all its offices, each sent with its own office_code, and its health report holds their devices.
+        self.tier = config.central.enabled and config.central.upstream is not None
 
     # -- lifecycle -------------------------------------------------------------------------------
     def client(self) -> httpx.Client:
@@ -169,7 +176,7 @@ class Forwarder:
                                    executor="housekeeping", replace_existing=True, max_instances=1, coalesce=True,
                                    misfire_grace_time=int(self.fwd.interval_s) + 30,
                                    next_run_time=datetime.now(self.scheduler.timezone))
-        log.info("forwarding enabled", upstream=self.fwd.url, batch_size=self.fwd.batch_size,
+        log.info("forwarding enabled", upstream=self.fwd.url, tier=self.tier, batch_size=self.fwd.batch_size,
                  interval_s=self.fwd.interval_s, health_interval_s=self.health_every_s)
 
     def stop(self, deadline_s: float) -> None:
@@ -249,7 +256,7 @@ class Forwarder:
         stats = self.outbox.stats(self.now())
         return wire.gateway_meta(office_code=self.office_code, office_name=self.config.site.office_name or None,
                                  hostname=self._hostname, version=__version__, outbox_depth=stats.depth,
-                                 oldest_unforwarded_s=stats.oldest_age_s)
+                                 oldest_unforwarded_s=stats.oldest_age_s, tier=self.tier)
 
     def _post(self, path: str, doc: dict[str, Any]) -> httpx.Response:
         body = wire.dumps(doc)
@@ -457,8 +464,8 @@ class Forwarder:
         if (self.retry_at is not None and now < self.retry_at) or self.stop_event.is_set():
             return
         self._next_health_at = now + timedelta(seconds=self.health_every_s)
-        doc = wire.health_report(self._meta(), [wire.encode_device(row) for row in
-                                                self.outbox.device_health_snapshot()])
+        doc = wire.health_report(self._meta(), [wire.encode_device(row, with_office=self.tier) for row in
+                                                self.outbox.device_health_snapshot(every_office=self.tier)])
         try:
             resp = self._post(INGEST_HEALTH, doc)
             if resp.status_code != 200:

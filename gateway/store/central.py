@@ -10,7 +10,9 @@ PunchQuery is the office's query type (gateway.store.punches), re-exported here:
 and of a day, one WHERE clause (where_punches) for every punch query.
 
 Office isolation (migration 0005_office_bindings): a forwarded punch is stored under its gateway token's
-office and is a duplicate only of that office's punch (uq_punches_key leads with office_code). Each device
+office - or, sent by a lower tier (docs/tiers.md), under its own office_code, which gateway.wire checked
+against the tier's token scope - and is a duplicate only of that office's punch (uq_punches_key leads with
+office_code). Each device
 serial is bound to the office that first reported it (device_bindings); a punch or health report for a
 serial bound to another office is rejected (serial_bound_elsewhere) and alerted, never merged; only an
 admin rebinding (rebind_device, `fpgw central rebind-device`) moves a serial.
@@ -41,7 +43,9 @@ same holds there without a trigger or lock.
 Ingest order within a transaction: everything that may wait for another transaction (receipt claim, serial
 bindings, the gateway's row) happens before the ``INSERT ... SELECT`` into punches takes the shared lock,
 and what follows it touches only rows this transaction already holds, so an ingest never waits for a row
-while holding the lock a reader waits for.
+while holding the lock a reader waits for. At a central that forwards upstream ([central.upstream]) the
+same statement also inserts the new punches' outbox rows (keyed by the ids it just drew, so they conflict
+with no other transaction's row); on SQLite it is the next statement of the transaction.
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, or_, select, text, update
+from sqlalchemy import Engine, delete, func, literal, or_, select, text, update
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection, RowMapping
@@ -70,11 +74,13 @@ from gateway.store.punches import (
     PUNCH_COPY_TYPES,
     PUNCH_KEY,
     PunchQuery,
+    in_scope,
     insert_ignore,
     punch_row,
     where_punches,
 )
 from gateway.store.schema import utcnow
+from gateway.wire import OfficeScope
 
 #: pg_advisory_xact_lock key of the feed-order guard (same literal as in migration 0002).
 FEED_LOCK_KEY = 0x46505746
@@ -141,7 +147,8 @@ def _row(r: RowMapping) -> dict[str, Any]:
     return out
 
 
-PunchKey = tuple[str, str, str, int]
+#: (office, serial, user, device time, occurrence): uq_punches_key, as the ingest's insert returns it.
+StoredKey = tuple[str, str, str, str, int]
 
 
 class _Stage:
@@ -162,52 +169,69 @@ class _Stage:
             _Stage.ready.add(self.created_on)
 
 
-def _insert_new_punches(conn: Connection, punches: Sequence[Punch], now: datetime, stage: _Stage
-                        ) -> set[PunchKey]:
-    """Insert ``punches`` (one office's) idempotently in the caller's transaction; the keys of the new rows.
+def _insert_new_punches(conn: Connection, punches: Sequence[Punch], now: datetime, stage: _Stage, *,
+                        forward: bool = False) -> set[StoredKey]:
+    """Insert ``punches`` (each under its own office) idempotently in the caller's transaction; the keys of
+    the new rows. ``forward``: also queue an outbox row for each new row (a tier, [central.upstream]), in the
+    same transaction, so a stored punch always has something that sends it upstream.
 
     One bulk path per dialect, no fixed statement size: PostgreSQL COPYs the batch into a session-private
-    staging table and moves it with ONE ``INSERT ... SELECT ... ON CONFLICT DO NOTHING RETURNING``;
-    SQLite runs one prepared statement over every row. Rows get their ids in batch order either way.
+    staging table and moves it with ONE ``INSERT ... SELECT ... ON CONFLICT DO NOTHING RETURNING`` (the
+    outbox rows in the same statement, a data-modifying WITH); SQLite runs one prepared statement over every
+    row. Rows get their ids in batch order either way.
     """
     if not punches:
         return set()
     if conn.dialect.name == "postgresql":
-        return _insert_new_punches_pg(conn, punches, now, stage)
+        return _insert_new_punches_pg(conn, punches, now, stage, forward)
     rows = [punch_row(p, now, "forward") for p in punches]
     # SQLite: the transaction holds the database's one write lock (BEGIN IMMEDIATE), so the new rows are
     # exactly those above the highest id before the insert (rowids grow from the maximum).
     c = s.punches.c
     before = conn.execute(select(func.coalesce(func.max(c.id), 0))).scalar_one()
     conn.execute(insert_ignore(conn, s.punches, PUNCH_KEY), rows)
-    return {(r[0], r[1], r[2], r[3]) for r in conn.execute(
-        select(c.device_serial, c.device_user_id, c.device_time, c.occurrence).where(c.id > before))}
+    if forward:
+        stamp = literal(now, s.outbox.c.created_at.type)
+        conn.execute(s.outbox.insert().from_select(
+            ["punch_id", "state", "attempts", "next_attempt_at", "created_at"],
+            select(c.id, literal("pending"), literal(0), stamp, stamp).where(c.id > before)))
+    return {(r[0], r[1], r[2], r[3], r[4]) for r in conn.execute(
+        select(c.office_code, c.device_serial, c.device_user_id, c.device_time, c.occurrence).where(c.id > before))}
 
 
-_PG_STAGE_SQL: tuple[str, str, str] | None = None
+_PG_STAGE_SQL: dict[bool, tuple[str, str, str]] = {}
+_PG_RETURNING = "office_code, device_serial, device_user_id, device_time, occurrence"
 
 
-def _pg_stage_sql(columns: Sequence[str] = PUNCH_COLUMNS) -> tuple[str, str, str]:
-    """(CREATE staging table, COPY into it, INSERT ... SELECT from it) for these punches columns."""
-    global _PG_STAGE_SQL
-    if _PG_STAGE_SQL is None:
+def _pg_stage_sql(forward: bool, columns: Sequence[str] = PUNCH_COLUMNS) -> tuple[str, str, str]:
+    """(CREATE staging table, COPY into it, INSERT ... SELECT from it) for these punches columns; with
+    ``forward`` the INSERT also queues each new row in the outbox (one parameter: the time, twice)."""
+    if forward not in _PG_STAGE_SQL:
         dialect = pg_dialect.dialect()
         typed = ", ".join(f"{n} {s.punches.c[n].type.compile(dialect=dialect)}" for n in columns)
         names = ", ".join(columns)
-        _PG_STAGE_SQL = (
+        # ORDER BY ord: ids (the feed order) follow the order the gateway sent. The INSERT fires the feed-order
+        # trigger (its shared advisory lock is held from here to COMMIT; see the module docstring).
+        insert = (f"INSERT INTO punches ({names}) SELECT {names} FROM {_STAGE} ORDER BY ord "
+                  f"ON CONFLICT ({', '.join(PUNCH_KEY)}) DO NOTHING ")
+        if forward:
+            # The outbox rows only take new punch ids (its primary key): nothing here waits for another
+            # transaction's row while this one holds the feed-order lock.
+            insert = (f"WITH ins AS ({insert} RETURNING id, {_PG_RETURNING}), queued AS (INSERT INTO outbox "
+                      "(punch_id, state, attempts, next_attempt_at, created_at) SELECT id, 'pending', 0, %(at)s, "
+                      f"%(at)s FROM ins) SELECT {_PG_RETURNING} FROM ins")
+        else:
+            insert += f"RETURNING {_PG_RETURNING}"
+        _PG_STAGE_SQL[forward] = (
             # ON COMMIT DELETE ROWS: created once per database session, empty at the start of every transaction.
             f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} (ord integer NOT NULL, {typed}) ON COMMIT DELETE ROWS",
             f"COPY {_STAGE} (ord, {names}) FROM STDIN (FORMAT BINARY)",
-            # ORDER BY ord: ids (the feed order) follow the order the gateway sent. The INSERT fires the feed-order
-            # trigger (its shared advisory lock is held from here to COMMIT; see the module docstring).
-            f"INSERT INTO punches ({names}) SELECT {names} FROM {_STAGE} ORDER BY ord "
-            f"ON CONFLICT ({', '.join(PUNCH_KEY)}) DO NOTHING "
-            "RETURNING device_serial, device_user_id, device_time, occurrence")
-    return _PG_STAGE_SQL
+            insert)
+    return _PG_STAGE_SQL[forward]
 
 
-def _insert_new_punches_pg(conn: Connection, punches: Sequence[Punch], now: datetime, stage: _Stage
-                           ) -> set[PunchKey]:
+def _insert_new_punches_pg(conn: Connection, punches: Sequence[Punch], now: datetime, stage: _Stage,
+                           forward: bool) -> set[StoredKey]:
     # One tuple per punch in PUNCH_COLUMNS order, binary COPY (punch_row dicts and text COPY cost a third of
     # the store's Python time per batch; measured with benchmarks/bench_forward.py's daemon under py-spy).
     rows = []
@@ -220,7 +244,7 @@ def _insert_new_punches_pg(conn: Connection, punches: Sequence[Punch], now: date
         rows.append((i, p.office_code, p.device_id, p.device_serial, p.device_user_id, p.device_time, local, utc,
                      p.timezone, p.state, p.state_name, p.verify, p.verify_name, p.uid, p.workcode, p.raw_time,
                      p.employee_id, ",".join(p.flags), now, "forward", p.occurrence))
-    create, copy_sql, insert = _pg_stage_sql()
+    create, copy_sql, insert = _pg_stage_sql(forward)
     driver = conn.connection.driver_connection  # psycopg 3, inside the caller's transaction
     assert driver is not None
     with driver.cursor() as cur:
@@ -231,22 +255,26 @@ def _insert_new_punches_pg(conn: Connection, punches: Sequence[Punch], now: date
             copy.set_types(["int4", *PUNCH_COPY_TYPES])
             for row in rows:
                 copy.write_row(row)
-        cur.execute(insert)
-        return {(r[0], r[1], r[2], r[3]) for r in cur.fetchall()}
+        if forward:
+            cur.execute(insert, {"at": now})
+        else:
+            cur.execute(insert)
+        return {(r[0], r[1], r[2], r[3], r[4]) for r in cur.fetchall()}
 
 
 def ingest_answer(batch_id: str, office_code: str, punches: Sequence[Punch | None], rejected: Mapping[int, str],
-                  new_keys: Collection[tuple[str, str, str, int]]) -> dict[str, Any]:
+                  new_keys: Collection[StoredKey]) -> dict[str, Any]:
     """The ingest answer: one result per sent punch (rejected with its reason, or accepted and new/duplicate;
     a key sent twice in one batch is new only the first time) and the counts."""
     results: list[dict[str, Any]] = []
-    seen: set[tuple[str, str, str, int]] = set()
+    seen: set[StoredKey] = set()
     for i, p in enumerate(punches):
         if p is None:
             results.append({"index": i, "status": "rejected", "reason": rejected[i]})
             continue
-        new = p.key in new_keys and p.key not in seen
-        seen.add(p.key)
+        key = (p.office_code, p.device_serial, p.device_user_id, p.device_time, p.occurrence)
+        new = key in new_keys and key not in seen
+        seen.add(key)
         results.append({"index": i, "status": "accepted", "duplicate": not new})
     n_new = sum(1 for r in results if r["status"] == "accepted" and not r["duplicate"])
     return {
@@ -289,8 +317,14 @@ class CentralStore:
     def ingest_punches(self, *, gateway: str, office_code: str, batch_id: str, digest: str,
                        punches: Sequence[Punch | None], rejected: Mapping[int, str],
                        remote_addr: str | None = None, meta: Mapping[str, Any] | None = None,
-                       alert_office: str = "", replace_receipt: bool = False) -> tuple[dict[str, Any], bool]:
+                       alert_office: str = "", replace_receipt: bool = False, forward: bool = False
+                       ) -> tuple[dict[str, Any], bool]:
         """Store a validated batch in ONE transaction; returns (answer, replayed).
+
+        Each punch is stored under its own ``office_code`` (gateway.wire set it: the token's one office, or
+        for a tier's batch the punch's office within the token's scope); ``office_code`` here is the
+        sender's own, for its gateways row and the answer. ``forward`` (a tier with [central.upstream]):
+        every NEW punch also gets its outbox row in this transaction, for the forwarder to send upstream.
 
         A batch received before from this gateway gets its stored answer back (replayed), unless that
         answer refused serials bound to another office: then it is decided again. BatchConflict when the
@@ -329,22 +363,27 @@ class CentralStore:
                 # Its serials were refused: decide again (BKD may have rebound the device meanwhile).
                 conn.execute(delete(s.ingest_batches).where(receipt))
                 conn.execute(claim, claim_values).one()
-            owners = self._bind_serials(conn, {p.device_serial for p in punches if p is not None}, office_code,
-                                        f"gateway:{gateway}", now)
-            refused: dict[str, int] = {}
+            # An unbound serial is bound to the office of its first punch in the batch (a tier's batch holds
+            # several offices; an office's holds one).
+            claims: dict[str, str] = {}
+            for p in punches:
+                if p is not None:
+                    claims.setdefault(p.device_serial, p.office_code)
+            owners = self._bind_serials(conn, claims, f"gateway:{gateway}", now)
+            refused: dict[tuple[str, str], int] = {}
             for i, p in enumerate(punches):
-                if p is not None and owners[p.device_serial] != office_code:
+                if p is not None and owners[p.device_serial] != p.office_code:
                     rejected[i] = _bound_elsewhere(p.device_serial, owners[p.device_serial])
-                    refused[p.device_serial] = refused.get(p.device_serial, 0) + 1
+                    refused[(p.device_serial, p.office_code)] = refused.get((p.device_serial, p.office_code), 0) + 1
                     punches[i] = None
-            for serial, n in refused.items():
-                self._alert_foreign_serial(conn, serial, owners[serial], office_code, gateway, now, alert_office,
+            for (serial, sender), n in refused.items():
+                self._alert_foreign_serial(conn, serial, owners[serial], sender, gateway, now, alert_office,
                                            what=f"{n} punch(es)")
             self._touch_gateway(conn, gateway, office_code, now, remote_addr, meta, batch=True)
             # On PostgreSQL this INSERT takes the feed-order lock (shared) to COMMIT (see the module docstring):
             # everything that may wait for another transaction happened before it; the two updates below
             # touch the receipt and gateway rows this transaction already holds.
-            new_keys = _insert_new_punches(conn, [p for p in punches if p is not None], now, stage)
+            new_keys = _insert_new_punches(conn, [p for p in punches if p is not None], now, stage, forward=forward)
             answer = ingest_answer(batch_id, office_code, punches, rejected, new_keys)
             n_new = answer["new"]
             conn.execute(update(s.ingest_batches).where(receipt).values(
@@ -358,19 +397,19 @@ class CentralStore:
 
     # -- device serial bindings ------------------------------------------------------------------
     @staticmethod
-    def _bind_serials(conn: Connection, serials: set[str], office_code: str, by: str,
-                      now: datetime) -> dict[str, str]:
-        """serial -> the office it is bound to; unbound serials are bound to ``office_code`` (first reporter)."""
-        if not serials:
+    def _bind_serials(conn: Connection, claims: Mapping[str, str], by: str, now: datetime) -> dict[str, str]:
+        """serial -> the office it is bound to; an unbound serial is bound to the office claiming it in
+        ``claims`` (serial -> office: the first reporter wins)."""
+        if not claims:
             return {}
         d = s.device_bindings.c
-        ordered = sorted(serials)
+        ordered = sorted(claims)
         owners = {r.serial: r.office_code for r in conn.execute(
             select(d.serial, d.office_code).where(d.serial.in_(ordered)))}
         fresh = [x for x in ordered if x not in owners]
         if fresh:
             conn.execute(insert_ignore(conn, s.device_bindings, ("serial",)),
-                         [{"serial": x, "office_code": office_code, "bound_at": now, "bound_by": by[:120]}
+                         [{"serial": x, "office_code": claims[x], "bound_at": now, "bound_by": by[:120]}
                           for x in fresh])
             # Re-read: another office's first report may have raced in and won (PostgreSQL).
             owners.update({r.serial: r.office_code for r in conn.execute(
@@ -432,14 +471,23 @@ class CentralStore:
                       remote_addr: str | None = None, meta: Mapping[str, Any] | None = None,
                       alert_office: str = "") -> tuple[int, dict[int, str]]:
         """Upsert an office's device rows and their health (one transaction); returns (devices stored,
-        index -> reason of the devices refused because their serial is bound to another office)."""
+        index -> reason of the devices refused because their serial is bound to another office).
+
+        A device carrying ``office_code`` (a tier's report, checked against its token by gateway.wire) is
+        stored under that office; the others under ``office_code``, the sender's.
+        """
         now = utcnow()
         d, h = s.devices.c, s.device_health.c
         refused: dict[int, str] = {}
+        sender = office_code
         with self._write() as conn:
-            owners = self._bind_serials(conn, {dev["serial"] for dev in devices if dev.get("serial")}, office_code,
-                                        f"gateway:{gateway}", now)
+            claims: dict[str, str] = {}
+            for dev in devices:
+                if dev.get("serial"):
+                    claims.setdefault(dev["serial"], dev.get("office_code") or sender)
+            owners = self._bind_serials(conn, claims, f"gateway:{gateway}", now)
             for i, dev in enumerate(devices):
+                office_code = dev.get("office_code") or sender
                 owner = owners.get(dev.get("serial") or "", office_code)
                 if owner != office_code:
                     refused[i] = _bound_elsewhere(dev["serial"], owner)
@@ -477,7 +525,7 @@ class CentralStore:
                     conn.execute(s.device_health.insert().values(device_pk=pk, **hv))
                 else:
                     conn.execute(update(s.device_health).where(h.device_pk == pk).values(**hv))
-            self._touch_gateway(conn, gateway, office_code, now, remote_addr, meta, health=True)
+            self._touch_gateway(conn, gateway, sender, now, remote_addr, meta, health=True)
         return len(devices) - len(refused), refused
 
     @staticmethod
@@ -535,7 +583,8 @@ class CentralStore:
                 return
             after = after_next
 
-    def devices(self, offices: frozenset[str] | None = None, office: str | None = None) -> list[dict[str, Any]]:
+    def devices(self, offices: OfficeScope | frozenset[str] | None = None, office: str | None = None
+                ) -> list[dict[str, Any]]:
         """Every known device (regency-wide or scoped) with its health."""
         d, h = s.devices.c, s.device_health.c
         q = (select(d.office_code, d.device_id, d.name, d.location, d.address, d.serial, d.firmware, d.platform,
@@ -544,7 +593,7 @@ class CentralStore:
                     h.last_error_kind, h.problems, h.updated_at.label("health_updated_at"))
              .select_from(s.devices.outerjoin(s.device_health, h.device_pk == d.pk)))
         if offices is not None:
-            q = q.where(d.office_code.in_(sorted(offices)))
+            q = q.where(in_scope(d.office_code, offices))
         if office:
             q = q.where(d.office_code == office)
         with self.engine.connect() as conn:
@@ -561,7 +610,7 @@ class CentralStore:
             out.append(item)
         return out
 
-    def gateways(self, offices: frozenset[str] | None = None, *, silent_after_s: float | None = None,
+    def gateways(self, offices: OfficeScope | frozenset[str] | None = None, *, silent_after_s: float | None = None,
                  now: datetime | None = None) -> list[dict[str, Any]]:
         """The office gateways that reported here, with their last contact and backlog.
 
@@ -571,7 +620,7 @@ class CentralStore:
         # The alert bookkeeping stays internal; callers get the plain ``silent`` flag instead.
         q = select(*(c for c in s.gateways.c if c.name not in ("silent_since", "silent_notified_at")))
         if offices is not None:
-            q = q.where(g.office_code.in_(sorted(offices)))
+            q = q.where(in_scope(g.office_code, offices))
         with self.engine.connect() as conn:
             rows = [dict(r) for r in conn.execute(q.order_by(g.office_code, g.name)).mappings()]
         if silent_after_s is not None:

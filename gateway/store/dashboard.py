@@ -14,6 +14,8 @@ from typing import Any, NamedTuple
 from sqlalchemy import Engine, select
 
 from gateway.store import schema as s
+from gateway.store.punches import in_scope
+from gateway.wire import OfficeScope
 
 
 class TerminalRow(NamedTuple):
@@ -39,7 +41,7 @@ class DashboardRepo:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def terminals(self, offices: Collection[str] | None = None, office: str | None = None,
+    def terminals(self, offices: OfficeScope | Collection[str] | None = None, office: str | None = None,
                   device_id: str | None = None) -> list[TerminalRow]:
         """Enabled terminals of these offices (None = all), optionally one office or one terminal."""
         d, h = s.devices.c, s.device_health.c
@@ -48,7 +50,7 @@ class DashboardRepo:
              .select_from(s.devices.outerjoin(s.device_health, h.device_pk == d.pk))
              .where(d.enabled.is_(True)))
         if offices is not None:
-            q = q.where(d.office_code.in_(sorted(offices)))
+            q = q.where(in_scope(d.office_code, offices))
         if office is not None:
             q = q.where(d.office_code == office)
         if device_id is not None:

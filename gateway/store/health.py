@@ -332,16 +332,17 @@ def last_alert_event(engine: Engine, problem: str, *, reason: str | None = None,
     return None
 
 
-def device_health_snapshot(engine: Engine, office_code: str) -> list[dict[str, Any]]:
-    """This office's devices with their health rows (``h_state``; ``problems`` as a dict): what the forwarder
-    sends the central through gateway.wire.encode_device."""
+def device_health_snapshot(engine: Engine, office_code: str | None) -> list[dict[str, Any]]:
+    """This office's devices (None: every office's, a tier's report) with their health rows (``h_state``;
+    ``problems`` as a dict): what the forwarder sends the central through gateway.wire.encode_device."""
     d, h = s.devices.c, s.device_health.c
+    q = (select(s.devices, h.state.label("h_state"), h.state_since, h.consecutive_failures,
+                h.last_failure_at, h.last_error_kind, h.last_error, h.problems, h.muted_until, h.mute_reason)
+         .select_from(s.devices.outerjoin(s.device_health, h.device_pk == d.pk)))
+    if office_code is not None:
+        q = q.where(d.office_code == office_code)
     with engine.connect() as conn:
-        rows = conn.execute(
-            select(s.devices, h.state.label("h_state"), h.state_since, h.consecutive_failures,
-                   h.last_failure_at, h.last_error_kind, h.last_error, h.problems, h.muted_until, h.mute_reason)
-            .select_from(s.devices.outerjoin(s.device_health, h.device_pk == d.pk))
-            .where(d.office_code == office_code).order_by(d.device_id)).mappings().all()
+        rows = conn.execute(q.order_by(d.office_code, d.device_id)).mappings().all()
     out = []
     for r in rows:
         item = dict(r)

@@ -3,8 +3,9 @@
     Store.save_poll(forward=True) --outbox rows--> Outbox.claim_batch() --> forwarder --> upstream
                                                    Outbox.settle()  <-- per-punch accepted / rejected / kept
 The outbox is the only coupling between polling and forwarding: polls insert rows in the punch
-transaction, the forwarder deletes them once the upstream accepted them. Nothing here blocks a poll
-for longer than one short write transaction.
+transaction (at a central that is a tier, so does its ingest: gateway.store.central), the forwarder
+deletes them once the upstream accepted them. Nothing here blocks a poll for longer than one short
+write transaction.
 """
 
 from __future__ import annotations
@@ -161,9 +162,10 @@ class Outbox:
         """(event, created_at) of the newest alert for ``problem`` (and ``reason``)."""
         return last_alert_event(self.engine, problem, reason=reason, since=since)
 
-    def device_health_snapshot(self) -> list[dict[str, Any]]:
-        """This office's devices and their health, as forwarded to the central."""
-        return device_health_snapshot(self.engine, self.office_code)
+    def device_health_snapshot(self, *, every_office: bool = False) -> list[dict[str, Any]]:
+        """This office's devices and their health, as forwarded to the central (``every_office``: a tier's
+        report, the devices of all the offices it holds)."""
+        return device_health_snapshot(self.engine, None if every_office else self.office_code)
 
 
 def next_attempt(now: datetime, delay_s: float) -> datetime:

@@ -34,14 +34,14 @@ and appears only in queries without a date filter.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from operator import attrgetter
 from typing import Any
 
-from sqlalchemy import Engine, Insert, Select, Table, func, select, update
+from sqlalchemy import ColumnElement, Engine, Insert, Select, Table, func, or_, select, update
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -53,6 +53,7 @@ from gateway.store import schema as s
 from gateway.store.db import writer
 from gateway.store.quarantine import QuarantinedInput, insert_quarantined
 from gateway.store.schema import utcnow
+from gateway.wire import OfficeScope
 
 #: Rows per INSERT statement (keeps SQLite under its bound-parameter limit and PG packets sane).
 INSERT_CHUNK = 500
@@ -715,7 +716,7 @@ class PunchQuery:
     employee_id: str | None = None
     device_user_id: str | None = None
     office_code: str | None = None
-    offices: frozenset[str] | None = None
+    offices: OfficeScope | frozenset[str] | None = None
     #: At most this many rows (readers that page, such as the central feed, pass their own page size).
     limit: int | None = None
 
@@ -735,12 +736,24 @@ def on_local_days(q: Select[Any], date_from: date | None, date_to: date | None) 
     return q
 
 
+def in_scope(column: ColumnElement[str], offices: OfficeScope | Collection[str]) -> ColumnElement[bool]:
+    """``column`` (an office code) lies in ``offices``: the SQL form of OfficeScope.allows (exact codes, and
+    for each ``1801.*`` pattern an exact, case-sensitive prefix test; LIKE is case-blind on SQLite)."""
+    if not isinstance(offices, OfficeScope):
+        return column.in_(sorted(offices))
+    tests: list[ColumnElement[bool]] = []
+    if offices.codes:
+        tests.append(column.in_(sorted(offices.codes)))
+    tests += [func.substr(column, 1, len(prefix)) == prefix for prefix in sorted(offices.prefixes)]
+    return or_(*tests) if len(tests) > 1 else tests[0]
+
+
 def where_punches(q: Select[Any], query: PunchQuery) -> Select[Any]:
     """``q`` restricted to the punches ``query`` selects (every field but ``limit``): the one place a punch
     query's WHERE clause is built."""
     p = s.punches.c
     if query.offices is not None:
-        q = q.where(p.office_code.in_(sorted(query.offices)))
+        q = q.where(in_scope(p.office_code, query.offices))
     if query.office_code:
         q = q.where(p.office_code == query.office_code)
     if query.device_id:

@@ -175,8 +175,8 @@ def test_fpgw_central_add_token_prints_it_once_and_stores_only_the_hash(tmp_path
     text = (tmp_path / "gw.toml").read_text()
     assert token not in text and "sha256:" in text
     [tok] = load_tokens(tmp_path / "gw.toml", "gateway")
-    assert tok.name == "dinas-a" and tok.offices == frozenset({"1801.01"})
-    # A gateway token must name exactly one office; names are unique.
+    assert tok.name == "dinas-a" and tok.office == "1801.01" and tok.offices is not None
+    # A gateway token must name its office (never every office); names are unique.
     assert main(["-c", str(cfg), "central", "add-token", "--kind", "gateway", "--name", "x", "--offices", "*"]) == 1
     assert main(["-c", str(cfg), "central", "add-token", "--kind", "gateway", "--name", "dinas-a",
                  "--offices", "1801.02"]) == 1
