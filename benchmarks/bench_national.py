@@ -23,7 +23,9 @@ refused connection or 5xx is retried after gateway.forward.forwarder.full_jitter
 --resend of the accepted batches are sent again as if the answer had been lost (must be replayed, never
 stored twice). Bodies are built before the clock starts (a run's batches are cut at its planned time: a
 late run sends them as planned, where the real forwarder would merge a backlog into full batches).
-Today's format: each tier is a gateway with a one-office token (office <regency>.00).
+Each tier holds a regency token (``1801.*``, docs/tiers.md) and its batches mix the punches of its --offices
+offices, each under its own office code (``"tier": true``); --office-tokens runs today's office-gateway
+format instead (one token per tier for office <regency>.00).
 
 Measured: accepted punches/s over the peak and the highest 5-s window, batch latency p50/p95/p99, backlog
 (generated - accepted) at the end of the peak and its maximum, how long each burst and the whole peak take to
@@ -111,11 +113,19 @@ class Tier:
     zone: int
     code: str  # regency code, e.g. "1801"
     devices: int
+    #: Offices under it (<code>.01 ...); 0: today's format, one office <code>.00 and a one-office token.
+    offices: int = 0
+
+    def office_of(self, seq: int) -> str:
+        """The office of the tier's punch number ``seq`` (its terminal's office: seq % devices, round robin)."""
+        if not self.offices:
+            return f"{self.code}.00"
+        return f"{self.code}.{(seq % self.devices) % self.offices + 1:02d}"
 
     @property
-    def office(self) -> str:
-        """The office its token is for (today's format: one office per token)."""
-        return f"{self.code}.00"
+    def token_scope(self) -> list[str]:
+        """Its gateway token's offices: a regency token (``1801.*``) or today's one office."""
+        return [f"{self.code}.*"] if self.offices else [self.office_of(0)]
 
 
 @dataclass(frozen=True)
@@ -130,7 +140,7 @@ class Segment:
     burst_zone: int | None = None
 
 
-def make_tiers(n: int, devices: int) -> list[Tier]:
+def make_tiers(n: int, devices: int, offices: int) -> list[Tier]:
     """``n`` tiers split over the zones by share, regency codes <province><nn> cycling over each zone's provinces."""
     counts = [max(1, round(n * z.share)) for z in ZONES]
     counts[-1] = max(1, n - sum(counts[:-1]))
@@ -138,7 +148,7 @@ def make_tiers(n: int, devices: int) -> list[Tier]:
     for zi, (zone, count) in enumerate(zip(ZONES, counts, strict=True)):
         for k in range(count):
             prov = zone.provinces[k % len(zone.provinces)]
-            tiers.append(Tier(len(tiers), zi, f"{prov}{k // len(zone.provinces) + 1:02d}", devices))
+            tiers.append(Tier(len(tiers), zi, f"{prov}{k // len(zone.provinces) + 1:02d}", devices, offices))
     return tiers
 
 
@@ -233,16 +243,19 @@ def plan_tier(tier: Tier, token: str, arrivals: Sequence[float], segments: Seque
                 local = (utc + offset).replace(tzinfo=None)
                 device = seq % tier.devices
                 punches.append(wire.encode_punch({
-                    "office_code": tier.office, "device_id": f"t{device:02d}",
+                    "office_code": tier.office_of(seq), "device_id": f"t{device:02d}",
                     "device_serial": f"NAT{tier.index:04d}{device:02d}{'B' if day_shift else ''}",
                     "device_user_id": str(seq), "device_time": local.strftime("%Y-%m-%d %H:%M:%S"),
                     "local_time": local, "utc_time": utc, "timezone": zone.tz, "state": 0,
                     "state_name": "check_in", "verify": 1, "verify_name": "finger", "uid": seq % 60000 + 1,
                     "workcode": 0, "raw_time": -1, "employee_id": f"19{tier.index:04d}{seq:012d}", "flags": ""}))
             oldest = arrivals[lo]
-            meta = wire.gateway_meta(office_code=tier.office, office_name=f"Regency {tier.code}",
-                                     hostname=f"regency-{tier.code}", version=__version__,
-                                     outbox_depth=upto - lo, oldest_unforwarded_s=max(0.0, run_at - oldest))
+            # A regency central says it is a tier and names its own code (docs/tiers.md).
+            meta = wire.gateway_meta(office_code=tier.code if tier.offices else tier.office_of(0),
+                                     office_name=f"Regency {tier.code}", hostname=f"regency-{tier.code}",
+                                     version=__version__, outbox_depth=upto - lo,
+                                     oldest_unforwarded_s=max(0.0, run_at - oldest),
+                                     **({"tier": True} if tier.offices else {}))
             batches.append(Batch(lo, hi, load.forward_body(punches, meta)))
         if batches:
             plan.runs.append((run_at, batches))
@@ -464,7 +477,7 @@ def pct(values: Sequence[float], q: float) -> float:
 
 def measure(args: Any, report: Report, server_url: str, tmp: Path) -> None:
     rng = random.Random(args.seed)
-    tiers = make_tiers(args.tiers, args.devices)
+    tiers = make_tiers(args.tiers, args.devices, 0 if args.office_tokens else args.offices)
     segments = make_schedule(args.sustained, args.burst, args.compress, args.burst_s)
     end = segments[-1].end
     arrivals = make_arrivals(segments, tiers, rng)
@@ -476,12 +489,14 @@ def measure(args: Any, report: Report, server_url: str, tmp: Path) -> None:
                 f"{args.compress:g}x, bursts ({args.burst_s:g} s at 07:25 local) not; {generated:,} punches, each one "
                 f"employee's check-in (the whole 3 h at these rates: {uncompressed:,.0f}), "
                 + ", ".join(f"{z.name} {by_zone[zi]:,}" for zi, z in enumerate(ZONES))
-                + f"; {len(tiers)} tiers, forwarder interval {args.interval:g} s, batches of {args.batch_size}")
+                + f"; {len(tiers)} tiers, "
+                + ("one-office tokens" if args.office_tokens else f"regency tokens, {args.offices} offices each")
+                + f", forwarder interval {args.interval:g} s, batches of {args.batch_size}")
     if args.sustained < GOAL_SUSTAINED_PER_S or args.burst < GOAL_BURST_PER_S:
         report.note(f"rates scaled down from the national figures: sustained {args.sustained:g}/s, burst "
                     f"{args.burst:g}/s (goals stay the national ones)")
     tokens_file = tmp / "tiers.toml"
-    tokens = load.write_gateway_tokens(tokens_file, [t.office for t in tiers])
+    tokens = load.write_gateway_tokens(tokens_file, [t.code for t in tiers], [t.token_scope for t in tiers])
     os.environ["GW_TEST_PG_URL"] = server_url  # migrated_database takes the server from there
     with migrated_database("postgresql", tmp / "unused.db") as db_url, \
             load.central_daemon(tmp, "national", db_url, tokens_file, max_connections=len(tiers) + 100) as daemon:
@@ -505,6 +520,15 @@ def measure(args: Any, report: Report, server_url: str, tmp: Path) -> None:
                              "punches sent: lost or duplicated")
 
 
+def office_counts(tiers: Sequence[Tier], arrivals: Sequence[list[float]]) -> dict[str, int]:
+    """Punches generated per office."""
+    counts: Counter[str] = Counter()
+    for t in tiers:
+        for seq in range(len(arrivals[t.index])):
+            counts[t.office_of(seq)] += 1
+    return dict(counts)
+
+
 def summarize_peak(args: Any, report: Report, tiers: Sequence[Tier], segments: Sequence[Segment],
                    arrivals: Sequence[list[float]], results: Sequence[SenderResult], built: float, wall: float,
                    cpu_daemon: float, busy: tuple[float, float], facts: dict[str, Any]) -> None:
@@ -515,7 +539,7 @@ def summarize_peak(args: Any, report: Report, tiers: Sequence[Tier], segments: S
     attempts = [a for r in results for a in r.attempts]
     refused = [x for r in results for x in r.refused]
     # -- exactly once ---------------------------------------------------------------------------
-    per_office = {t.office: len(arrivals[t.index]) for t in tiers}
+    per_office = office_counts(tiers, arrivals)
     stored = {office: n for (office, day), n in facts["counts"].items() if day == DAY}
     sent = sum(hi - lo for _, lo, hi, *_ in accepted)
     new = sum(a[4] for a in accepted)
@@ -677,20 +701,22 @@ def feed_plan(db_url: str, office: str | None) -> str:
 
 def pull(args: Any, report: Report, daemon: load.Daemon, tiers: Sequence[Tier],
          arrivals: Sequence[list[float]], db_url: str) -> None:
-    biggest = sorted(tiers, key=lambda t: -len(arrivals[t.index]))
-    picks = []
+    per_office = office_counts(tiers, arrivals)
+    zone_of = {t.office_of(seq): t.zone for t in tiers for seq in range(min(len(arrivals[t.index]), t.devices))}
+    biggest = sorted(per_office, key=lambda o: -per_office[o])
+    picks: list[str] = []
     for zi in range(len(ZONES)):  # the largest office of each zone, then the next largest overall
-        picks += [t for t in biggest if t.zone == zi][:1]
-    picks += [t for t in biggest if t not in picks][:max(0, args.pull_offices - len(picks))]
+        picks += [o for o in biggest if zone_of.get(o) == zi][:1]
+    picks += [o for o in biggest if o not in picks][:max(0, args.pull_offices - len(picks))]
     times = []
-    for t in picks:
-        rows, pages, secs = pull_day(daemon.url, daemon.api_token, DAY, t.office)
-        if rows != len(arrivals[t.index]):
-            raise SystemExit(f"pull API: office {t.office} day has {rows} punches, {len(arrivals[t.index])} sent")
+    for office in picks:
+        rows, pages, secs = pull_day(daemon.url, daemon.api_token, DAY, office)
+        if rows != per_office[office]:
+            raise SystemExit(f"pull API: office {office} day has {rows} punches, {per_office[office]} sent")
         times.append((secs, rows, pages))
     worst = max(times)
-    office_plan = feed_plan(db_url, picks[0].office)
-    report.note(f"pull API plan of an office's day, first page ({picks[0].office}): {office_plan}")
+    office_plan = feed_plan(db_url, picks[0])
+    report.note(f"pull API plan of an office's day, first page ({picks[0]}): {office_plan}")
     report.note(f"pull API plan of the nation's day, first page: {feed_plan(db_url, None)}")
     report.at_most("national.pull.office_day_s", "pull API, one office's day paged to the end of the feed, slowest",
                    measured=worst[0], goal=GOAL_OFFICE_DAY_S, unit="s",
@@ -742,6 +768,9 @@ def main() -> int:
         ap.add_argument("--batch-size", type=int, default=500, help="forward.batch_size of the tiers"),
         ap.add_argument("--timeout", type=float, default=30.0, help="forward.timeout_s of the tiers"),
         ap.add_argument("--devices", type=int, default=40, help="terminals per tier"),
+        ap.add_argument("--offices", type=int, default=20, help="offices per tier (regency tokens)"),
+        ap.add_argument("--office-tokens", action="store_true",
+                        help="today's format: each tier a gateway with a one-office token (no regency tokens)"),
         ap.add_argument("--procs", type=int, default=2, help="sender processes"),
         ap.add_argument("--resend", type=float, default=0.01, help="share of accepted batches sent again"),
         ap.add_argument("--drain-limit", type=float, default=300.0, help="seconds after the peak before giving up"),
@@ -751,7 +780,7 @@ def main() -> int:
         ap.add_argument("--seed", type=int, default=15)))
     if args.quick:
         args.tiers, args.sustained, args.burst, args.compress, args.burst_s = 6, 40.0, 200.0, 1800.0, 2.0
-        args.interval, args.batch_size, args.devices, args.procs, args.resend = 1.5, 50, 3, 2, 0.2
+        args.interval, args.batch_size, args.devices, args.offices, args.procs, args.resend = 1.5, 50, 4, 2, 2, 0.2
         args.drain_limit, args.pull_offices, args.capacity_batches = 30.0, 2, 2
     import structlog
 
