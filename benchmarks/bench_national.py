@@ -287,6 +287,8 @@ class SenderResult:
     attempts: list[tuple[float, float, int]] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
     resends: int = 0
+    #: Resends that got no answer (timeout, connection lost): not judged.
+    resends_unanswered: int = 0
     replayed: int = 0
     cpu_s: float = 0.0
     loop_lag_max_s: float = 0.0
@@ -331,9 +333,14 @@ async def _send_tier(client: httpx.AsyncClient, plan: TierPlan, cfg: SenderSetti
                                          int(answer["duplicates"])))
                     failures = 0
                     if rng.random() < cfg.resend:  # the answer "lost": the forwarder sends the batch again
-                        again = await client.post(f"{cfg.url}{INGEST_PUNCHES}", content=batch.body, headers=headers)
-                        res.resends += 1
-                        res.replayed += again.status_code == 200 and again.headers.get("x-fpgw-replayed") == "1"
+                        try:
+                            again = await client.post(f"{cfg.url}{INGEST_PUNCHES}", content=batch.body,
+                                                      headers=headers)
+                        except httpx.TransportError:  # timeouts included: the batch is in already, nothing to do
+                            res.resends_unanswered += 1
+                        else:
+                            res.resends += 1
+                            res.replayed += again.status_code == 200 and again.headers.get("x-fpgw-replayed") == "1"
                     break
                 if 0 < status < 500 and status != 429:
                     res.refused.append(f"HTTP {status} {resp.text[:200]}")
@@ -545,6 +552,7 @@ def summarize_peak(args: Any, report: Report, tiers: Sequence[Tier], segments: S
     new = sum(a[4] for a in accepted)
     resends = sum(r.resends for r in results)
     replayed = sum(r.replayed for r in results)
+    unanswered = sum(r.resends_unanswered for r in results)
     if refused:
         raise SystemExit(f"the central refused batches ({len(refused)}), e.g. {refused[0]}")
     if sum(stored.values()) != new or new != sent or replayed != resends:
@@ -557,7 +565,8 @@ def summarize_peak(args: Any, report: Report, tiers: Sequence[Tier], segments: S
     report.at_most("national.exactly_once.missing", "punches generated but not in the database after the drain",
                    measured=generated - sum(stored.values()), goal=0, unit="punches",
                    detail=f"{sum(stored.values()):,} of {generated:,} stored, every office's count equal; "
-                          f"{resends} batches resent (answer lost), {replayed} replayed, 0 stored twice")
+                          f"{resends} batches resent (answer lost), {replayed} replayed, 0 stored twice"
+                          + (f"; {unanswered} resends got no answer" if unanswered else ""))
     # -- rates ----------------------------------------------------------------------------------
     done_times = sorted((a[3], a[2] - a[1]) for a in accepted)
     times_done = [t for t, _ in done_times]
