@@ -19,7 +19,8 @@ every punch is one employee's check-in, and the run prints how many employees th
 Each tier behaves like the forwarder: its outbox fills as the schedule says, a run every --interval s (a
 random phase per tier) sends what arrived since the last run in batches of --batch-size, one request after
 the other, with the forwarder's documents (gateway.wire via load.forward_body, gzipped like it); a timeout,
-refused connection or 5xx is retried after gateway.forward.forwarder.full_jitter (the outage back-off);
+refused connection or 5xx is retried whole after gateway.forward.forwarder.full_jitter (the outage back-off;
+the forwarder's halving of a batch answered 5xx is not simulated);
 --resend of the accepted batches are sent again as if the answer had been lost (must be replayed, never
 stored twice). Bodies are built before the clock starts (a run's batches are cut at its planned time: a
 late run sends them as planned, where the real forwarder would merge a backlog into full batches).
