@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import json
 import math
 import multiprocessing as mp
 import os
@@ -521,6 +522,15 @@ def measure(args: Any, report: Report, server_url: str, tmp: Path) -> None:
         pull(args, report, daemon, tiers, arrivals, db_url)
         if args.capacity_batches:
             capacity(args, report, tiers, tokens, segments, cfg, tmp, generated)
+        events: Counter[str] = Counter()
+        for line in daemon.log.read_text(errors="replace").splitlines():
+            try:
+                events[json.loads(line).get("event", "?")] += 1
+            except ValueError:
+                events[line[:80]] += 1
+        if events:
+            report.note("the central's log (warnings and up): " + "; ".join(f"{n} x {e}" for e, n in
+                                                                              events.most_common(5)))
         final = load.stored_punches(db_url)
         expected = generated + (len(tiers) * args.capacity_batches * args.batch_size if args.capacity_batches else 0)
         if final != expected:
@@ -637,6 +647,11 @@ def summarize_peak(args: Any, report: Report, tiers: Sequence[Tier], segments: S
     windows = [(seg.start, seg.end + interval) for seg in segments if seg.burst_zone is not None]
     in_burst = [d for t, d, st in attempts if st == 200 and any(a <= t < b for a, b in windows)]
     flat = [d for t, d, st in attempts if st == 200 and not any(a <= t < b for a, b in windows)]
+    slow = Counter(int(t // 10) * 10 for t, d, st in attempts if st == 200 and d > 1.0)
+    if slow:
+        report.note("batches slower than 1 s, by 10-s stretch of the replay (start s: count), busiest first: "
+                    + ", ".join(f"{t}: {n}" for t, n in slow.most_common(8))
+                    + "; bursts at " + ", ".join(f"{a:.0f}-{b:.0f}" for a, b in windows))
     report.figure("national.batch.flat_p95_s", "batch latency p95 outside the bursts", measured=pct(flat, 0.95),
                   unit="s", detail=f"{len(flat):,} batches, p50 {pct(flat, 0.5):.2f} s")
     report.figure("national.batch.burst_p95_s", "batch latency p95 during a burst and one interval after it",
@@ -675,7 +690,6 @@ def summarize_peak(args: Any, report: Report, tiers: Sequence[Tier], segments: S
 def feed_plan(db_url: str, office: str | None) -> str:
     """How PostgreSQL runs the first page of the feed for DAY (one office or all): the plan's nodes, the index
     each one uses, and the rows it read and threw away (EXPLAIN ANALYZE of the statement CentralStore.feed runs)."""
-    import json
 
     from sqlalchemy import select
 
