@@ -94,8 +94,10 @@ def install_baseline() -> None:
 def old_ingest_punches(self: Any, *, gateway: str, office_code: str, batch_id: str, digest: str,
                        punches: Sequence[Any], rejected: Mapping[int, str], remote_addr: str | None = None,
                        meta: Mapping[str, Any] | None = None, alert_office: str = "",
-                       replace_receipt: bool = False) -> tuple[dict[str, Any], bool]:
-    """CentralStore.ingest_punches as it was before issue 14 (commit 49c6aa4), verbatim but for imports."""
+                       replace_receipt: bool = False, forward: bool = False) -> tuple[dict[str, Any], bool]:
+    """CentralStore.ingest_punches as it was before issue 14 (commit 49c6aa4), verbatim but for imports and what
+    issue 15's tiers changed around it: today's _bind_serials and answer keys (they carry the office) and
+    ``forward`` (the upstream outbox rows, taken and ignored: the benchmark's central has no upstream)."""
     from sqlalchemy import delete, select
 
     from gateway.store import schema as s
@@ -111,7 +113,8 @@ def old_ingest_punches(self: Any, *, gateway: str, office_code: str, batch_id: s
     with self._writer.begin() as conn:
         if replace_receipt:
             conn.execute(delete(s.ingest_batches).where(b.gateway == gateway, b.batch_id == batch_id))
-        owners = self._bind_serials(conn, {p.device_serial for p in punches if p is not None}, office_code,
+        # Today's _bind_serials takes serial -> claiming office (issue 15's tiers); the old code claimed all for one.
+        owners = self._bind_serials(conn, {p.device_serial: office_code for p in punches if p is not None},
                                     f"gateway:{gateway}", now)
         refused: dict[str, int] = {}
         for i, p in enumerate(punches):
@@ -122,12 +125,12 @@ def old_ingest_punches(self: Any, *, gateway: str, office_code: str, batch_id: s
         for serial, n in refused.items():
             self._alert_foreign_serial(conn, serial, owners[serial], office_code, gateway, now, alert_office,
                                        what=f"{n} punch(es)")
-        new_keys: set[tuple[str, str, str, int]] = set()
+        new_keys: set[tuple[str, str, str, str, int]] = set()  # today's ingest_answer keys lead with the office
         rows = [punch_row(p, now, "forward") for p in punches if p is not None]
         for i in range(0, len(rows), ingest_chunk):
-            stmt = insert_ignore(conn, s.punches, PUNCH_KEY).returning(c.device_serial, c.device_user_id,
-                                                                       c.device_time, c.occurrence)
-            new_keys.update((r[0], r[1], r[2], r[3]) for r in conn.execute(stmt, rows[i:i + ingest_chunk]))
+            stmt = insert_ignore(conn, s.punches, PUNCH_KEY).returning(c.office_code, c.device_serial,
+                                                                       c.device_user_id, c.device_time, c.occurrence)
+            new_keys.update((r[0], r[1], r[2], r[3], r[4]) for r in conn.execute(stmt, rows[i:i + ingest_chunk]))
         answer = ingest_answer(batch_id, office_code, punches, rejected, new_keys)
         n_new = answer["new"]
         stored = conn.execute(insert_ignore(conn, s.ingest_batches, ("gateway", "batch_id")).returning(b.batch_id),
