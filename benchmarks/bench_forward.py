@@ -95,9 +95,9 @@ def old_ingest_punches(self: Any, *, gateway: str, office_code: str, batch_id: s
                        punches: Sequence[Any], rejected: Mapping[int, str], remote_addr: str | None = None,
                        meta: Mapping[str, Any] | None = None, alert_office: str = "",
                        replace_receipt: bool = False, forward: bool = False) -> tuple[dict[str, Any], bool]:
-    """CentralStore.ingest_punches as it was before issue 14 (commit 49c6aa4), verbatim but for imports and what
-    issue 15's tiers changed around it: today's _bind_serials and answer keys (they carry the office) and
-    ``forward`` (the upstream outbox rows, taken and ignored: the benchmark's central has no upstream)."""
+    """CentralStore.ingest_punches as it was before issue 14 (commit 49c6aa4), verbatim but for imports and
+    today's helper signatures (serial claims per office, keys led by the office: issue 15's tiers); the
+    baseline central never forwards upstream (``forward`` is ignored)."""
     from sqlalchemy import delete, select
 
     from gateway.store import schema as s
@@ -113,7 +113,6 @@ def old_ingest_punches(self: Any, *, gateway: str, office_code: str, batch_id: s
     with self._writer.begin() as conn:
         if replace_receipt:
             conn.execute(delete(s.ingest_batches).where(b.gateway == gateway, b.batch_id == batch_id))
-        # Today's _bind_serials takes serial -> claiming office (issue 15's tiers); the old code claimed all for one.
         owners = self._bind_serials(conn, {p.device_serial: office_code for p in punches if p is not None},
                                     f"gateway:{gateway}", now)
         refused: dict[str, int] = {}
@@ -125,7 +124,7 @@ def old_ingest_punches(self: Any, *, gateway: str, office_code: str, batch_id: s
         for serial, n in refused.items():
             self._alert_foreign_serial(conn, serial, owners[serial], office_code, gateway, now, alert_office,
                                        what=f"{n} punch(es)")
-        new_keys: set[tuple[str, str, str, str, int]] = set()  # today's ingest_answer keys lead with the office
+        new_keys: set[tuple[str, str, str, str, int]] = set()
         rows = [punch_row(p, now, "forward") for p in punches if p is not None]
         for i in range(0, len(rows), ingest_chunk):
             stmt = insert_ignore(conn, s.punches, PUNCH_KEY).returning(c.office_code, c.device_serial,
