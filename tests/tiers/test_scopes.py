@@ -283,3 +283,31 @@ def test_the_commented_central_upstream_example_is_valid(tmp_path: Path) -> None
     doc["central"]["upstream"] = upstream
     cfg = parse_config(doc, base_dir=tmp_path)
     assert cfg.forward.url.startswith("https://") and cfg.forward.batch_size == upstream["batch_size"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Dashboard: a pattern-scoped reader
+# --------------------------------------------------------------------------------------------------
+
+def test_the_dashboard_shows_a_pattern_scoped_reader_exactly_its_offices(db_url: str, tmp_path: Path) -> None:
+    from tests.support.dashboard import make_regency, terminal
+
+    regency = make_regency(db_url, tmp_path, ["1801.01", "1801.02", "1802.01"])
+    try:
+        reader = add_token(tmp_path / "api.toml", "kab-1801", ["1801.*"], "api")
+        remember(reader)
+        headers = {"Authorization": f"Bearer {reader}"}
+        with regency.client() as c:
+            for office in ("1801.01", "1801.02", "1802.01"):
+                regency.report_health(c, office, [terminal("lobi")])
+            page = c.get("/", headers=headers)
+            assert page.status_code == 200
+            assert sorted(re.findall(r'<section class="office" id="o-([^"]+)"', page.text)) == ["1801.01", "1801.02"]
+            assert c.get("/terminal/1802.01/lobi", headers=headers).status_code == 404
+            assert c.get("/terminal/1801.02/lobi", headers=headers).status_code == 200
+            # Several offices: the monthly report needs one of them named, and only one of its own.
+            assert c.get("/report", params={"month": "2026-11"}, headers=headers).status_code == 400
+            assert c.get("/report", params={"month": "2026-11", "office": "1802.01"},
+                         headers=headers).status_code == 403
+    finally:
+        regency.engine.dispose()

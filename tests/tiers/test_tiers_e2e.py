@@ -115,6 +115,12 @@ def _get(base: str, path: str, token: str, **params: Any) -> httpx.Response:
     return httpx.get(base + path, params=params, headers={"Authorization": f"Bearer {token}"}, timeout=10)
 
 
+def _backlog_alerts(engine: Any) -> list[str]:
+    a = s.alerts.c
+    with engine.connect() as conn:
+        return [r[0] for r in conn.execute(select(a.event).where(a.problem == "forward_backlog").order_by(a.id))]
+
+
 def _pending(engine: Any) -> int:
     with engine.connect() as conn:
         return int(conn.execute(select(func.count()).select_from(s.outbox)
@@ -215,6 +221,10 @@ def test_offices_to_regency_to_national_with_the_national_tier_down_then_refusin
         down = up.run_once()
         assert down.error == "unreachable" and down.accepted == 0 and up.down_since is not None
         assert _pending(reg_engine) == 45 * len(offices)
+        # A week later it is still down: still nothing lost, and one backlog alert at the regency.
+        clock.advance(7 * 86400)
+        assert up.run_once().error == "unreachable" and up.run_once().skipped
+        assert _backlog_alerts(reg_engine) == ["start"] and _pending(reg_engine) == 45 * len(offices)
         # An office resends punches the regency already has (a gateway restored from a backup, say): duplicates,
         # so no outbox row and nothing twice anywhere.
         resent = [wire.encode_punch(p) for p in truth if p.office_code == OFFICES[0]][:10]
@@ -242,7 +252,7 @@ def test_offices_to_regency_to_national_with_the_national_tier_down_then_refusin
         back = up.run_once()
         assert back.error is None and up.down_since is None
         assert back.requests >= (65 * len(offices)) // 40  # many batches, one run
-        assert _pending(reg_engine) == 0
+        assert _pending(reg_engine) == 0 and _backlog_alerts(reg_engine) == ["start", "end"]
 
         # -- the national tier holds exactly the ground truth of regency 1801, once, under each origin office
         in_scope = Counter(_key(p) for p in truth if p.office_code != STRAY)
