@@ -25,18 +25,15 @@ afterwards; the rows are skipped with a note without it) and over SQLite.
 from __future__ import annotations
 
 import asyncio
-import gzip
 import json
 import os
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -46,116 +43,34 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
+from benchmarks import load  # noqa: E402
 from benchmarks.harness import Report, bench_args  # noqa: E402
+from benchmarks.load import Daemon, stored_punches, write_gateway_tokens  # noqa: E402
 
-CENTRE = "1801.00"
 GOAL_FLEET_PER_S = 20_000
 #: One request at a time on loopback: well under the 40 ms delayed-ACK stall, far above a bare round trip.
 GOAL_SINGLE_MEDIAN_MS = 10.0
 
 
 # --------------------------------------------------------------------------------------------------
-# The central daemon, as a subprocess
+# The central daemon, as a subprocess (benchmarks/load.py)
 # --------------------------------------------------------------------------------------------------
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def write_gateway_tokens(path: Path, offices: Sequence[str]) -> list[str]:
-    """One gateway token per office (gw-<office>) in a token file, as `fpgw central add-token` writes it."""
-    import secrets
-
-    from gateway.central.tokens import hash_token
-
-    tokens, lines = [], ["# fpgw gateway tokens: only SHA-256 hashes are stored.\n"]
-    for office in offices:
-        token = secrets.token_urlsafe(32)
-        tokens.append(token)
-        lines.append(f'\n[[token]]\nname = "gw-{office}"\nhash = "{hash_token(token)}"\noffices = ["{office}"]\n'
-                     f'created = "2026-01-01T00:00:00+00:00"\n')
-    path.write_text("".join(lines), encoding="utf-8")
-    path.chmod(0o600)
-    return tokens
-
-
-@dataclass
-class Daemon:
-    proc: subprocess.Popen[bytes]
-    url: str
-    log: Path
-
 
 @contextmanager
 def central_daemon(tmp: Path, name: str, db_url: str, gateway_tokens: Path, *, max_connections: int,
                    baseline: bool) -> Iterator[Daemon]:
     """`fpgw run` in central mode (``baseline``: with the pre-issue-14 ingest and Nagle on), stopped after."""
-    port = _free_port()
-    api_tokens = tmp / "api.toml"
-    if not api_tokens.exists():
-        from gateway.central.tokens import add_token
-
-        add_token(api_tokens, "bkd", None, "api")
-    cfg = tmp / f"{name}.toml"
-    cfg.write_text(f"""
-[site]
-office_code = "{CENTRE}"
-office_name = "BKD"
-timezone = "Asia/Jakarta"
-state_dir = "{tmp / name}"
-[database]
-url = "{db_url}"
-[http]
-listen = "127.0.0.1"
-port = {port}
-max_connections = {max_connections}
-[logging]
-format = "json"
-level = "warning"
-[central]
-enabled = true
-gateway_tokens_file = "{gateway_tokens}"
-api_tokens_file = "{api_tokens}"
-""", encoding="utf-8")
-    log = tmp / f"{name}.log"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--serve-central", str(cfg)]
-    if baseline:
-        cmd.append("--baseline")
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"the central daemon exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/api/v1/openapi.json", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit(f"the central daemon did not answer within 60 s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.1)
-        yield Daemon(proc, url, log)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+    serve = [str(Path(__file__).resolve()), *(["--baseline"] if baseline else [])]
+    with load.central_daemon(tmp, name, db_url, gateway_tokens, max_connections=max_connections,
+                             serve=serve) as daemon:
+        yield daemon
 
 
 def serve_central(argv: list[str]) -> int:
     """The daemon process: ``--serve-central CONFIG [--baseline]``."""
     if "--baseline" in argv:
         install_baseline()
-    from gateway.cli.main import main
-
-    return main(["-c", argv[0], "run"])
+    return load.serve_central(argv[0])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -240,7 +155,6 @@ def office_codes(n: int) -> list[str]:
 def fleet_bodies(offices: Sequence[str], batches: int, size: int, seed: int) -> list[list[bytes]]:
     """Per gateway, its request bodies as the forwarder sends them (wire documents, gzipped when large)."""
     from gateway import __version__, wire
-    from gateway.forward.forwarder import GZIP_ABOVE_BYTES
     from tests.support.punches import make_punch
 
     base = datetime(2026, 1, 5, 7, 0) + timedelta(days=seed)
@@ -255,8 +169,7 @@ def fleet_bodies(offices: Sequence[str], batches: int, size: int, seed: int) -> 
                        for u in range(b * size, (b + 1) * size)]
             meta = wire.gateway_meta(office_code=office, office_name=None, hostname=f"gw-{office}",
                                      version=__version__, outbox_depth=(batches - b) * size, oldest_unforwarded_s=60.0)
-            body = wire.dumps(wire.punch_batch(punches, meta))
-            bodies.append(gzip.compress(body, compresslevel=5) if len(body) > GZIP_ABOVE_BYTES else body)
+            bodies.append(load.forward_body(punches, meta))
         out.append(bodies)
     return out
 
@@ -265,10 +178,7 @@ async def _gateway(client: httpx.AsyncClient, url: str, bodies: Sequence[bytes],
     await start.wait()
     new = 0
     for body in bodies:
-        headers = {"Content-Type": "application/json"}
-        if body[:2] == b"\x1f\x8b":
-            headers["Content-Encoding"] = "gzip"
-        resp = await client.post(f"{url}/api/v1/ingest/punches", content=body, headers=headers)
+        resp = await client.post(f"{url}/api/v1/ingest/punches", content=body, headers=load.body_headers(body))
         if resp.status_code != 200:
             raise RuntimeError(f"HTTP {resp.status_code}: {resp.text[:300]}")
         new += int(resp.json()["new"])
@@ -277,11 +187,7 @@ async def _gateway(client: httpx.AsyncClient, url: str, bodies: Sequence[bytes],
 
 async def _fleet(url: str, tokens: Sequence[str], bodies: Sequence[Sequence[bytes]]) -> tuple[int, float]:
     start = asyncio.Event()
-    clients = [httpx.AsyncClient(headers={"Authorization": f"Bearer {t}"}, timeout=300,
-                                 limits=httpx.Limits(max_connections=1),
-                                 transport=httpx.AsyncHTTPTransport(
-                                     socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]))
-               for t in tokens]
+    clients = [load.sender_client(t, 300) for t in tokens]
     try:
         # Connect every gateway first (a cheap request each), so the timing is the batches alone.
         await asyncio.gather(*(c.get(f"{url}/api/v1/openapi.json") for c in clients))
@@ -371,20 +277,6 @@ def run_single(url: str, office_url: str, office: str, token: str, tmp: Path) ->
 # --------------------------------------------------------------------------------------------------
 # Databases and the run
 # --------------------------------------------------------------------------------------------------
-
-def stored_punches(db_url: str) -> int:
-    from sqlalchemy import func, select
-
-    from gateway.store import schema as s
-    from gateway.store.db import create_db_engine
-
-    engine = create_db_engine(db_url, pool_size=1)
-    try:
-        with engine.connect() as conn:
-            return int(conn.execute(select(func.count()).select_from(s.punches)).scalar_one())
-    finally:
-        engine.dispose()
-
 
 @contextmanager
 def central_database(kind: str, tmp: Path, name: str, *, exclusive_guard: bool = False) -> Iterator[str]:

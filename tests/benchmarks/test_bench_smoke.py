@@ -31,12 +31,13 @@ RUNS: dict[str, tuple[list[str], str]] = {
     "bench_dashboard.py": (["--quick"], "dashboard / (whole regency)"),
     "bench_report.py": (["--quick"], "monthly report"),
     "bench_partitions.py": (["--quick"], "feed page of 1,000"),
+    "bench_national.py": (["--quick"], "backlog (generated - accepted) at the end of the peak"),
 }
 
 
 #: Scripts that measure PostgreSQL too (they take the tests' throwaway server).
 NEEDS_PG = {"bench_store.py", "bench_forward.py", "bench_enrol.py", "bench_dashboard.py", "bench_report.py",
-            "bench_partitions.py"}
+            "bench_partitions.py", "bench_national.py"}
 
 
 def test_every_benchmark_script_is_covered() -> None:
