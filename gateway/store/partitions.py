@@ -46,7 +46,8 @@ DEFAULT_PARTITION = "punches_default"
 MONTHS_AHEAD = 3
 #: How long the drop may wait for a lock before it gives up (and rolls back) instead of stalling ingest.
 LOCK_TIMEOUT = "30s"
-#: ... and the archive's final DETACH (an exclusive lock on punches: everything queues behind it while it waits).
+#: ... and the exclusive locks on punches (the archive's final DETACH, a new month's move and ATTACH): everything
+#: queues behind such a lock while it waits.
 DETACH_LOCK_TIMEOUT = "5s"
 #: pg_advisory_xact_lock key held by whoever changes the partitions (the daemon's job and `fpgw central partitions`
 #: may run at once: the second waits, then finds the work done).
@@ -184,10 +185,19 @@ def ensure_partitions(engine: Engine, *, today: date, months_ahead: int = MONTHS
 def _create_month(engine: Engine, month: date) -> int:
     """Create one month's partition; rows the default partition holds for it move in, in the same transaction.
 
-    Why not CREATE TABLE ... PARTITION OF: that fails while the default partition holds rows of the month, and
-    it locks the parent exclusively. A standalone table, filled, then ATTACHed takes only SHARE UPDATE
-    EXCLUSIVE on ``punches`` (inserts and reads go on). The default partition is locked against inserts for the
-    moment of the move, so no row of the month can land there between the move and the ATTACH's check.
+    Why not CREATE TABLE ... PARTITION OF: that fails while the default partition holds rows of the month. A
+    standalone table, filled, then ATTACHed, can take the rows the default partition already has.
+
+    Why ``punches`` itself is locked (ACCESS EXCLUSIVE, for the moment of the move): an INSERT chooses its
+    partition from the partition layout it planned with. Locking only the default partition made an insert
+    that had already chosen it wait, then go on after the ATTACH into a default partition that no longer
+    takes its month ("new row for relation punches_default violates partition constraint": a failed ingest,
+    measured with benchmarks/bench_forward.py while the job ran). An insert locks ``punches`` before it plans,
+    so with the parent locked it waits and then plans with the new partition. Any weaker lock on the parent
+    also lets a transaction that read punches (it holds ACCESS SHARE on the default partition) deadlock
+    against the ATTACH. The lock is asked for with a short timeout, so ingest and reads queue behind it for
+    seconds at most; when it cannot be had the month is made at the next run (rows wait in the default
+    partition meanwhile, nothing is lost).
     """
     name, (low, high) = partition_name(month), month_bounds(month)
     in_month = "device_time >= :low AND device_time < :high"
@@ -195,8 +205,9 @@ def _create_month(engine: Engine, month: date) -> int:
         conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MAINTENANCE_LOCK_KEY})
         if month in _existing_months(conn):
             return 0  # another run made it meanwhile
+        conn.execute(text(f"SET LOCAL lock_timeout = '{DETACH_LOCK_TIMEOUT}'"))
+        conn.execute(text("LOCK TABLE punches IN ACCESS EXCLUSIVE MODE"))
         conn.execute(text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
-        conn.execute(text(f"LOCK TABLE {SCHEMA}.{DEFAULT_PARTITION} IN SHARE ROW EXCLUSIVE MODE"))
         conn.execute(text(f"CREATE TABLE {SCHEMA}.{name} (LIKE punches INCLUDING DEFAULTS)"))
         moved = conn.execute(text(
             f"WITH gone AS (DELETE FROM {SCHEMA}.{DEFAULT_PARTITION} WHERE {in_month} RETURNING *) "

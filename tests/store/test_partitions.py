@@ -19,9 +19,10 @@ from sqlalchemy import Engine, text
 from gateway.config import DeviceConfig
 from gateway.models import Punch
 from gateway.store import partitions as parts
+from gateway.store import schema as s
 from gateway.store.central import CentralStore, PunchQuery
 from gateway.store.db import _alembic_config, create_db_engine, upgrade, writer
-from gateway.store.punches import Store, insert_punches
+from gateway.store.punches import PUNCH_KEY, Store, insert_ignore, insert_punches, punch_row
 from tests.support.punches import make_punch, store_punches
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(120)]
@@ -247,3 +248,62 @@ def test_sqlite_has_no_partitions(tmp_path: Path) -> None:
     finally:
         engine.dispose()
 
+
+
+def _wait_for(engine: Engine, sql: str, what: str) -> None:
+    """Poll pg_locks until ``sql`` counts more than zero (bounded; the waits are real lock waits)."""
+    import time
+    deadline = time.monotonic() + 30
+    with engine.connect() as conn:
+        while conn.execute(text(sql)).scalar_one() <= 0:
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            conn.rollback()
+            time.sleep(0.05)
+
+
+def test_an_insert_waiting_while_its_month_is_made_goes_into_the_new_partition_not_an_error(pg_url: str) -> None:
+    """An insert queued while its month's partition is made ends in the new partition, without an error.
+
+    bench_forward (300 concurrent ingests while the daemon's first maintenance run moved January out of the
+    default partition) hit "new row for relation punches_default violates partition constraint" when only the
+    default partition was locked. This sequence does not reproduce that failure deterministically (the old
+    lock passes it too); it pins what the parent lock must keep true."""
+    import threading
+    eng = create_db_engine(pg_url, pool_size=4)
+    try:
+        upgrade(eng)
+        target = parts.add_months(TODAY.replace(day=1), 8)  # no partition yet: rows go to the default one
+        errors: list[BaseException] = []
+        with eng.connect() as first:
+            tx = first.begin()
+            insert_punches(first, [at(target, "first")], received_at=datetime.now(UTC), source="forward")
+
+            def run(job: Any) -> None:
+                try:
+                    job()
+                except BaseException as exc:  # reported by the assertion below
+                    errors.append(exc)
+
+            maintenance = threading.Thread(target=run, name="partition-maintenance", args=(
+                lambda: parts.ensure_partitions(eng, today=TODAY, months_ahead=8),))
+            maintenance.start()
+            _wait_for(eng, "SELECT count(*) FROM pg_locks WHERE NOT granted",
+                      "the maintenance to wait for the open insert")
+            def plain_insert() -> None:  # a multi-row INSERT ... VALUES ... ON CONFLICT, as bench_forward's baseline
+                with eng.begin() as conn:
+                    conn.execute(insert_ignore(conn, s.punches, PUNCH_KEY),
+                                 [punch_row(at(target, "second", day=9), datetime.now(UTC), "forward")])
+
+            second = threading.Thread(target=run, name="second-ingest", args=(plain_insert,))
+            second.start()
+            _wait_for(eng, "SELECT count(DISTINCT pid) - 1 FROM pg_locks WHERE NOT granted",
+                      "the second insert to queue behind it")
+            tx.commit()
+        maintenance.join(30)
+        second.join(30)
+        assert not maintenance.is_alive() and not second.is_alive()
+        assert errors == []
+        placed = where_rows(eng)
+        assert placed["first"] == placed["second"] == f"{parts.SCHEMA}.{parts.partition_name(target)}"
+    finally:
+        eng.dispose()
