@@ -234,8 +234,13 @@ def _not_stored(conn: Connection, punches: list[Punch],
     pipeline = _pipeline(conn) if before else None
     with _dbapi_cursor(conn, sql) as cur, pipeline or nullcontext():
         if pipeline is not None:
-            for statement in before:
-                cur.execute(statement)  # queued: sent with the read below, in one round trip
+            # Queued on a cursor of their own, sent with the read below in one round trip. On the read's
+            # cursor, fetchall() could be handed a setup statement's result instead of the read's (psycopg
+            # pipeline mode: "the last operation didn't produce records (command status: CREATE TABLE)",
+            # seen under concurrent polls).
+            with cur.connection.cursor() as setup:
+                for statement in before:
+                    setup.execute(statement)
         for group in groups:
             members = punches if len(groups) == 1 else [p for p in punches if _group(p) == group]
             times = [p.device_time for p in members]
