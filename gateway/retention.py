@@ -11,11 +11,11 @@ Logs once per state change: a failing run logs once, a month refused for archivi
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import structlog
 
-from gateway.services import AppContext, Service
+from gateway.services import AppContext, HousekeepingJob, Service
 from gateway.store.db import StorageError
 from gateway.store.partitions import MaintenanceResult, is_partitioned, maintain
 
@@ -25,7 +25,7 @@ log = structlog.get_logger(__name__)
 FIRST_DELAY_S = 30.0
 
 
-class PartitionMaintenance:
+class PartitionMaintenance(HousekeepingJob):
     """Runs gateway.store.partitions.maintain() on the scheduler's housekeeping pool."""
 
     name = "partitions"
@@ -34,17 +34,10 @@ class PartitionMaintenance:
     def __init__(self, ctx: AppContext, *, first_delay_s: float = FIRST_DELAY_S) -> None:
         self.ctx = ctx
         self.first_delay_s = first_delay_s
+        self.every_s = ctx.config.retention.check_every_s
         self._failing = False
         #: partition -> the refusal reason last logged (a month refused again for the same reason logs nothing).
         self._refused: dict[str, str] = {}
-
-    def start(self) -> None:
-        """Register the job (first run shortly after start, then every retention.check_every_s)."""
-        every = self.ctx.config.retention.check_every_s
-        self.ctx.scheduler.add_job(self.run, "interval", seconds=every, id=self.JOB_ID, replace_existing=True,
-                                   executor="housekeeping", max_instances=1, coalesce=True,
-                                   misfire_grace_time=int(every),
-                                   next_run_time=datetime.now(UTC) + timedelta(seconds=self.first_delay_s))
 
     def run(self) -> MaintenanceResult | None:
         """One maintenance run; None when it failed (logged once per failure streak; the next run retries)."""
@@ -71,13 +64,6 @@ class PartitionMaintenance:
                 log.warning("punch partition not archived; it is kept", partition=name, reason=reason)
         self._refused = dict(result.refused)
         return result
-
-    def stop(self, deadline_s: float) -> None:
-        """Remove the job (a run under way finishes its transaction on its own)."""
-        try:
-            self.ctx.scheduler.remove_job(self.JOB_ID)
-        except Exception:
-            pass
 
 
 def services(ctx: AppContext) -> list[Service]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -116,3 +117,33 @@ class AppContext:
     enrol_backups: Callable[[], dict[str, dict[str, Any]]] | None = None
     #: The port the HTTP server listens on (set by gateway.web.status once it serves; useful with port 0).
     http_port: int | None = None
+
+
+class HousekeepingJob:
+    """A Service that runs ``run()`` every ``every_s`` on the scheduler's housekeeping pool (one at a time,
+    missed runs coalesced), the first run ``first_delay_s`` after start. Subclasses set ``name``, ``JOB_ID``,
+    ``every_s`` and ``first_delay_s`` and define ``run``; a run under way when the job is removed finishes on
+    its own (nothing waits for it)."""
+
+    name: str
+    JOB_ID: str
+    ctx: AppContext
+    every_s: float
+    first_delay_s: float
+
+    def run(self) -> object:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        """Register the job (first run shortly after start, then every ``every_s``)."""
+        self.ctx.scheduler.add_job(self.run, "interval", seconds=self.every_s, id=self.JOB_ID, replace_existing=True,
+                                   executor="housekeeping", max_instances=1, coalesce=True,
+                                   misfire_grace_time=int(self.every_s),
+                                   next_run_time=datetime.now(UTC) + timedelta(seconds=self.first_delay_s))
+
+    def stop(self, deadline_s: float) -> None:
+        """Remove the job; never raises (it may never have been added)."""
+        try:
+            self.ctx.scheduler.remove_job(self.JOB_ID)
+        except Exception:
+            pass

@@ -7,15 +7,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-
 import structlog
 
 from gateway.central.api import build_api
 from gateway.central.dashboard import USAGE_REFRESH_S, Dashboard, UsageFigures
 from gateway.central.silent import CentralService
 from gateway.central.usage import WorkRules
-from gateway.services import AppContext, Service
+from gateway.services import AppContext, HousekeepingJob, Service
 
 log = structlog.get_logger(__name__)
 
@@ -23,7 +21,7 @@ log = structlog.get_logger(__name__)
 USAGE_FIRST_DELAY_S = 5.0
 
 
-class UsageRefresh:
+class UsageRefresh(HousekeepingJob):
     """Recomputes the dashboard's usage figures every ``every_s`` on the scheduler's housekeeping pool.
 
     The computation takes seconds for a regency; it never runs inside a request (the pages read the last
@@ -41,13 +39,6 @@ class UsageRefresh:
         self.first_delay_s = first_delay_s
         self._failing = False
 
-    def start(self) -> None:
-        """Register the refresh job (first run shortly after start, then every ``every_s``)."""
-        self.ctx.scheduler.add_job(self.run, "interval", seconds=self.every_s, id=self.JOB_ID, replace_existing=True,
-                                   executor="housekeeping", max_instances=1, coalesce=True,
-                                   misfire_grace_time=int(self.every_s),
-                                   next_run_time=datetime.now(UTC) + timedelta(seconds=self.first_delay_s))
-
     def run(self) -> bool:
         """One refresh; False when it failed (the page keeps showing the previous figures)."""
         try:
@@ -62,13 +53,6 @@ class UsageRefresh:
             self._failing = False
         log.debug("dashboard usage figures computed", offices=len(snapshot.offices), took_s=round(snapshot.took_s, 2))
         return True
-
-    def stop(self, deadline_s: float) -> None:
-        """Remove the job (a computation under way finishes on its own; nothing waits for it)."""
-        try:
-            self.ctx.scheduler.remove_job(self.JOB_ID)
-        except Exception:
-            pass
 
 
 def services(ctx: AppContext) -> list[Service]:
