@@ -39,7 +39,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                               help="poll devices once now and print what was found")
     p.add_argument("devices", nargs="*", metavar="DEVICE", help="device ids (see `fpgw devices`)")
     p.add_argument("--all", action="store_true", help="poll every enabled device")
-    p.set_defaults(func=cmd_poll, one_shot=True)
+    # The process may end without freeing the poll's objects one by one (gateway.cli.main.end_process).
+    p.set_defaults(func=cmd_poll, one_shot=True, exit_without_teardown=True)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
