@@ -9,10 +9,12 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TextIO
 
 from gateway.cli.common import (
@@ -96,7 +98,8 @@ def cmd_poll(args: argparse.Namespace) -> int:
         poller = DevicePoller(config, store, progress_display=display)
         failed = 0
         for dev in chosen:
-            o = poller.poll_once(dev)
+            with collector_paused_for_one_poll():
+                o = poller.poll_once(dev)
             if o.ok:
                 counts = o.counts
                 cap = f"/{counts.records_cap}" if counts and counts.records_cap else ""
@@ -114,6 +117,27 @@ def cmd_poll(args: argparse.Namespace) -> int:
         engine.dispose()
         progress_log.setLevel(level_before)
     return EXIT_FAILURE if failed else EXIT_OK
+
+
+@contextmanager
+def collector_paused_for_one_poll() -> Iterator[None]:
+    """Python's cyclic garbage collector off for the duration of one poll of `fpgw poll`, back on after it.
+
+    Why: a poll of a 100k-record log makes several objects per punch that live until its store committed;
+    each time the collector ran (about 500 times in such a poll) it walked what was still alive, a quarter
+    of a second of a first poll's 1.5 s (benchmarks/bench_poll.py, issue 14). The punches and their rows
+    are freed by reference counting either way; what only the collector frees (reference cycles, a few per
+    poll) waits until the poll ended, so memory stays bounded by one poll however many devices are polled.
+    The daemon keeps the collector on (its polls run in threads, side by side).
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 #: The logger of gateway.polling.progress (its INFO lines: records read / expected, rate).
