@@ -1,9 +1,10 @@
 """`fpgw poll` as its own process ends through gateway.cli.main.end_process (no interpreter teardown): what a
 normal exit does outside the process must still happen (exit code, flushed output and logs, atexit handlers,
-non-daemon threads waited for, every punch committed)."""
+non-daemon threads waited for, every punch committed). And the garbage collector is paused per poll only."""
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.cli import run_cli
 from tests.support.config import DeviceEntry, config_dict, write_toml
 from tests.support.fleet import sim_spec, truth_keys
 from tests.support.gateway import stored_keys
@@ -73,3 +75,28 @@ def test_fpgw_poll_process_stores_every_punch_and_prints_its_line_and_logs(fleet
     assert stored_keys(db_url) == truth_keys(tmp_path / "truth.jsonl", ["END-1"])
     # The database was closed cleanly (its last connection checkpointed and removed the write-ahead log).
     assert not (tmp_path / "fpgw.db-wal").exists()
+
+
+@pytest.mark.usefixtures("restore_logging")
+@pytest.mark.timeout(60)
+def test_fpgw_poll_pauses_the_garbage_collector_during_each_poll_only(
+        fleet: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.polling.poller import DevicePoller
+
+    sims = [fleet.add(sim_spec(f"GC-{i}", records=50, seed=90 + i)) for i in range(2)]
+    db_url = f"sqlite:///{tmp_path / 'fpgw.db'}"
+    cfg = write_toml(config_dict(db_url, [DeviceEntry(f"d{i}", sim) for i, sim in enumerate(sims)]),
+                     tmp_path / "config.toml")
+    seen: list[bool] = []
+    real = DevicePoller.poll_once
+
+    def poll_once(self: DevicePoller, device: Any) -> Any:
+        seen.append(gc.isenabled())
+        return real(self, device)
+
+    monkeypatch.setattr(DevicePoller, "poll_once", poll_once)
+    assert gc.isenabled()
+    code, out, _ = run_cli(capsys, "--config", str(cfg), "poll", "--all")
+    assert code == 0 and out.count(": ok serial=GC-") == 2
+    assert seen == [False, False]  # off while each device is polled ...
+    assert gc.isenabled()  # ... and on again afterwards
