@@ -248,9 +248,6 @@ class _GroupCommitter:
                 with self._cond:
                     group = [self._jobs.popleft() for _ in range(min(len(self._jobs), self.MAX_GROUP))]
                 self._commit(group)
-            # Not kept while idle: the group's work holds its callers' data (a 100k-punch poll's punches) until
-            # they are done with it, not until the next transaction or the thread's end (issue 14).
-            del group
 
     def _commit(self, group: list[_Job]) -> None:
         try:
