@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
-    #: The command may leave things for the operating system to free (see end_process).
+    # The command may leave things for the operating system to free (see end_process).
     args.process_ends_after = argv is None and getattr(args, "exit_without_teardown", False)
     code = _run(args)
     if args.process_ends_after:
