@@ -9,10 +9,12 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TextIO
 
 from gateway.cli.common import (
@@ -39,7 +41,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                               help="poll devices once now and print what was found")
     p.add_argument("devices", nargs="*", metavar="DEVICE", help="device ids (see `fpgw devices`)")
     p.add_argument("--all", action="store_true", help="poll every enabled device")
-    p.set_defaults(func=cmd_poll, one_shot=True)
+    # The process may end without freeing the poll's objects one by one (gateway.cli.main.end_process).
+    p.set_defaults(func=cmd_poll, one_shot=True, exit_without_teardown=True)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -58,8 +61,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_poll(args: argparse.Namespace) -> int:
     """Poll the named devices (or all) once, sequentially, and print one line each."""
-    from gateway.polling.poller import DevicePoller
-
     config = config_of(args)
     # Push terminals call us and serial-line clocks write to us: neither is polled.
     enabled = [d for d in config.devices if d.enabled and not d.pushes and not d.reads_serial]
@@ -89,13 +90,24 @@ def cmd_poll(args: argparse.Namespace) -> int:
         # Not on a terminal (cron, a pipe, a log file): no live line, so the download's progress lines are logged
         # (INFO, every few seconds) although one-shot commands otherwise log warnings only.
         progress_log.setLevel(logging.INFO)
-    engine, store = open_store(config)
+    # The set-up (the poller's modules, the database, created on a new gateway) makes objects that live as long as
+    # the process: the collector walked them all once or twice meanwhile (30 ms), and would walk them again after
+    # every poll. So it is off while they are made, and in a process of its own (not main() called in-process,
+    # as tests do) they are then left out of its walks for good (gc.freeze).
+    ends_process = getattr(args, "process_ends_after", False)
+    with garbage_collector_paused():
+        from gateway.polling.poller import DevicePoller
+
+        engine, store = open_store(config)
+        if ends_process:
+            gc.freeze()
     try:
         store.sync_devices(config.devices)
         poller = DevicePoller(config, store, progress_display=display)
         failed = 0
-        for dev in chosen:
-            o = poller.poll_once(dev)
+        for n, dev in enumerate(chosen, 1):
+            with garbage_collector_paused(resume=not (ends_process and n == len(chosen))):
+                o = poller.poll_once(dev)
             if o.ok:
                 counts = o.counts
                 cap = f"/{counts.records_cap}" if counts and counts.records_cap else ""
@@ -113,6 +125,34 @@ def cmd_poll(args: argparse.Namespace) -> int:
         engine.dispose()
         progress_log.setLevel(level_before)
     return EXIT_FAILURE if failed else EXIT_OK
+
+
+@contextmanager
+def garbage_collector_paused(*, resume: bool = True) -> Iterator[None]:
+    """Python's cyclic garbage collector off for the duration of one poll of `fpgw poll` (or its set-up), back on
+    after it.
+
+    Why: a poll of a 100k-record log makes several objects per punch that live until its store committed;
+    each time the collector ran (about 500 times in such a poll) it walked what was still alive, a quarter
+    of a second of a first poll's 1.5 s (benchmarks/bench_poll.py, issue 14). The punches and their rows
+    are freed by reference counting either way; what only the collector frees (reference cycles, a few per
+    poll) waits until the poll ended, so memory stays bounded by one poll however many devices are polled.
+    ``resume`` False (the last poll of a process that ends right after it, gateway.cli.main.end_process):
+    the collector stays off, since its next run would only walk that poll's objects once more (0.05-0.08 s)
+    before the operating system frees them all at once. The daemon keeps the collector on (its polls run in
+    threads, side by side).
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    except BaseException:
+        gc.enable()
+        raise
+    if resume:
+        gc.enable()
 
 
 #: The logger of gateway.polling.progress (its INFO lines: records read / expected, rate).
