@@ -21,7 +21,7 @@ import struct
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -49,6 +49,7 @@ from drivers.base import (
     Progress,
     ProtocolError,
     RawPunch,
+    RawPunchColumns,
     Template,
     Unreachable,
 )
@@ -612,7 +613,7 @@ class ZkSession:
         #: Last GET_FREE_SIZES answer of this session.
         self._sizes = Counts(records=0, users=0)
         #: Punches counts() had to download (unusable GET_FREE_SIZES), handed to the next read_punches().
-        self._fallback_punches: list[RawPunch] | None = None
+        self._fallback_punches: Sequence[RawPunch] | None = None
         #: uids of 8-byte punches that no downloaded user had, in the last read_punches().
         self.unmapped_uids: set[int] = set()
 
@@ -868,7 +869,7 @@ class ZkSession:
                           unreliable=sizes.unreliable)
         return sizes
 
-    def read_punches(self, progress: Progress | None = None) -> list[RawPunch]:
+    def read_punches(self, progress: Progress | None = None) -> Sequence[RawPunch]:
         """Download and decode the whole attendance log, in device order (linear time).
 
         ``progress(records_read, records_expected)`` is called as chunks arrive (at most every 0.25 s)
@@ -886,7 +887,7 @@ class ZkSession:
         return self._read_sizes()
 
     def _read_punches(self, expected: int | None, disabled: bool = False,
-                      progress: Progress | None = None) -> list[RawPunch]:
+                      progress: Progress | None = None) -> Sequence[RawPunch]:
         """Download + decode; ``expected`` None = the device's count is unusable (decide by evidence)."""
         drv = self._driver
         if not disabled:
@@ -935,8 +936,9 @@ class ZkSession:
         reporter.done(len(punches))
         return punches
 
-    def _decode(self, body: memoryview, size: int, users_now: int) -> list[RawPunch]:
-        """Records of one layout -> punches (8-byte: uids mapped); re-enables the terminal before decoding."""
+    def _decode(self, body: memoryview, size: int, users_now: int) -> RawPunchColumns:
+        """Records of one layout -> punches as columns (8-byte: uids mapped); re-enables the terminal before
+        decoding."""
         drv = self._driver
         self.unmapped_uids = set()
         uid_map: dict[int, str] = {}
@@ -949,14 +951,14 @@ class ZkSession:
             raise self._dataset_error("attendance dataset", exc) from exc
         if self.unmapped_uids:
             with drv._lock:
-                drv.stats.unmapped_punches += sum(1 for p in punches if p.uid in self.unmapped_uids)
+                drv.stats.unmapped_punches += sum(map(self.unmapped_uids.__contains__, punches.uids))
             log.warning(
                 "%s serial=%s: %d uid(s) not in the user table, reported as str(uid): %s",
                 drv.where, self._serial, len(self.unmapped_uids), sorted(self.unmapped_uids)[:20],
             )
         return punches
 
-    def read_punches_after(self, known: LogPosition, progress: Progress | None = None) -> list[RawPunch] | None:
+    def read_punches_after(self, known: LogPosition, progress: Progress | None = None) -> Sequence[RawPunch] | None:
         """The records after the first ``known.records`` of the log, reading only them and the one before.
 
         drivers.base.ReadsNewPunches. 1503 prepares the attendance dataset as for a full read; 1504 then
@@ -1033,8 +1035,8 @@ class ZkSession:
         reporter.done(len(punches) - 1)
         return punches[1:]
 
-    def _tail_of(self, punches: list[RawPunch], known: LogPosition,
-                 progress: Progress | None) -> list[RawPunch] | None:
+    def _tail_of(self, punches: Sequence[RawPunch], known: LogPosition,
+                 progress: Progress | None) -> Sequence[RawPunch] | None:
         """read_punches_after() over a log already downloaded whole in this session."""
         if known.records < 1 or len(punches) < known.records \
                 or not _same_record(punches[known.records - 1], known.last):
@@ -1043,7 +1045,7 @@ class ZkSession:
         _ProgressReporter(progress, len(new)).done(len(new))
         return new
 
-    def _refuse_tail(self, why: str) -> list[RawPunch] | None:
+    def _refuse_tail(self, why: str) -> Sequence[RawPunch] | None:
         """A tail read that cannot prove it continues the earlier read: re-enable, count, None."""
         self._enable()
         with self._driver._lock:
