@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-
 from drivers.base import CLOCKS, RawPunch, RawPunchColumns, clock_of_day, collector_paused
 from gateway.models import STATE_NAMES, VERIFY_NAMES, Punch, state_name, verify_name
 
