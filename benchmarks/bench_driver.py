@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from zk import ZK
 
 from benchmarks.harness import Report, bench_args
-from drivers.base import LogPosition, RawPunch, clock_of_day, collector_paused
+from drivers.base import CLOCKS, LogPosition, RawPunch, clock_of_day, collector_paused
 from drivers.zk import ZkDriver, ZkParams, records
 from drivers.zk.tcp import MAX_CHUNK as TCP_CHUNK
 from drivers.zk.tcp import build_tcp_packet, parse_prefix
@@ -255,37 +255,63 @@ def measure_downloads(report: Report, fleet: Fleet, layout: int, n: int, args: A
 
 
 def per_record_decode(body: memoryview, size: int, user_of: Callable[[int], str]) -> list[RawPunch]:
-    """The decode before RawPunchColumns (issue 14, session 19), kept as the baseline: one ``struct.iter_unpack``,
-    the day part looked up when a record leaves the current day, the time of day and user ids from tables, and
-    one time text, datetime and RawPunch built per record."""
-    layout = {8: records._REC8, 16: records._REC16, 40: records._REC40}[size]
+    """The decode before RawPunchColumns (issue 14, session 19; drivers/zk/records.py at bf0d69b), kept as the
+    baseline, loop for loop: one ``struct.iter_unpack``, the day part looked up when a record leaves the current
+    day, the time of day and user ids from tables, one time text, datetime and RawPunch built per record."""
     out: list[RawPunch] = []
-    append, new, punch = out.append, tuple.__new__, RawPunch
+    append = out.append
+    days: dict[int, tuple[str, datetime | None]] = {}
+    clocks = CLOCKS
+    new = tuple.__new__
+    punch = RawPunch
+
+    def day_of(t: int) -> tuple[int, str, datetime | None]:
+        entry = days.get(t // 86400)
+        if entry is None:
+            entry = days[t // 86400] = records.zk_day(t // 86400)
+        return t - t % 86400, entry[0], entry[1]
+
     day_start, day_text, midnight = -2 * 86400, "", None
-    users: dict[Any, str] = {}
     with collector_paused():
-        for fields_ in layout.iter_unpack(body):
-            if size == 40:
-                uid, key, verify, t, state = fields_
-                workcode = 0
-            elif size == 16:
-                key, t, state, verify, workcode = fields_
-                uid = 0
-            else:
-                uid, verify, t, state = fields_
-                key, workcode = uid, 0
-            sec = t - day_start
-            if not 0 <= sec < 86400:
-                day_start = t - t % 86400
-                day_text, midnight = records.zk_day(t // 86400)
+        if size == 40:
+            names: dict[bytes, str] = {}
+            for uid, uid_text, verify, t, state in records._REC40.iter_unpack(body):
                 sec = t - day_start
-            clock, offset = clock_of_day(sec)
-            user_id = users.get(key)
-            if user_id is None:
-                user_id = users[key] = (records._text(key, "UTF-8") if size == 40 else str(key) if size == 16
-                                        else user_of(key))
-            append(new(punch, (user_id, day_text + clock, None if midnight is None else midnight + offset, state,
-                               verify, uid, workcode, t)))
+                if not 0 <= sec < 86400:
+                    day_start, day_text, midnight = day_of(t)
+                    sec = t - day_start
+                clock = clocks[sec] or clock_of_day(sec)
+                user_id = names.get(uid_text)
+                if user_id is None:
+                    user_id = names[uid_text] = records._text(uid_text, "UTF-8")
+                append(new(punch, (user_id, day_text + clock[0], None if midnight is None else midnight + clock[1],
+                                   state, verify, uid, 0, t)))
+        elif size == 16:
+            numbers: dict[int, str] = {}
+            for user_no, t, state, verify, workcode in records._REC16.iter_unpack(body):
+                sec = t - day_start
+                if not 0 <= sec < 86400:
+                    day_start, day_text, midnight = day_of(t)
+                    sec = t - day_start
+                clock = clocks[sec] or clock_of_day(sec)
+                user_id = numbers.get(user_no)
+                if user_id is None:
+                    user_id = numbers[user_no] = str(user_no)
+                append(new(punch, (user_id, day_text + clock[0], None if midnight is None else midnight + clock[1],
+                                   state, verify, 0, workcode, t)))
+        else:
+            mapped: list[str | None] = [None] * 65536
+            for uid, verify, t, state in records._REC8.iter_unpack(body):
+                sec = t - day_start
+                if not 0 <= sec < 86400:
+                    day_start, day_text, midnight = day_of(t)
+                    sec = t - day_start
+                clock = clocks[sec] or clock_of_day(sec)
+                user_id = mapped[uid]
+                if user_id is None:
+                    user_id = mapped[uid] = user_of(uid)
+                append(new(punch, (user_id, day_text + clock[0], None if midnight is None else midnight + clock[1],
+                                   state, verify, uid, 0, t)))
     return out
 
 
