@@ -61,9 +61,10 @@ class Counts:
 class RawPunch(NamedTuple):
     """One attendance record exactly as the device holds it; the gateway normalizes it later.
 
-    A NamedTuple, not a dataclass: a download builds one per record (200,000 for a big log), and a frozen
-    dataclass costs about 15 times more to build (measured: 2.4 us against 0.15 us through
-    ``tuple.__new__``), which was most of the decode time. It is immutable and hashable all the same.
+    A NamedTuple, not a dataclass: a download of a list-returning driver builds one per record (200,000 for a
+    big log), and a frozen dataclass costs about 15 times more to build (measured: 2.4 us against 0.15 us
+    through ``tuple.__new__``). It is immutable and hashable all the same. The ZK driver returns its downloads
+    as ``RawPunchColumns`` instead, which builds a RawPunch only when one is asked for.
 
     ``time_text`` is the device-local wall clock as ``YYYY-MM-DD HH:MM:SS``, decoded without
     validation: a terminal with a broken clock can hold impossible dates (Feb 31, year 2000 after an

@@ -1,9 +1,10 @@
 """Linear decoders for the ZK attendance and user datasets (pure functions, no I/O, no pyzk).
 
-Flow: ZkSession.read_punches()/read_users() -> pyzk read_with_buffer() -> *this module* -> RawPunch /
+Flow: ZkSession.read_punches()/read_users() -> pyzk read_with_buffer() -> *this module* -> RawPunchColumns /
 DeviceUser. pyzk's own get_attendance() slices the buffer record by record (quadratic) and scans the
-user list for every record; here every dataset is checked against its own u32 byte-count header and
-decoded in one pass with ``struct.iter_unpack``. Anything inconsistent raises ``DatasetError`` (the
+user list for every record; here every dataset is checked against its own u32 byte-count header; attendance
+records become columns by buffer operations (``parse_records``), users are decoded in one pass with
+``struct.iter_unpack``. Anything inconsistent raises ``DatasetError`` (the
 driver turns it into ProtocolError): a partial or garbled log must never reach the store.
 When the device's count disagrees with the bytes, the layout is decided by evidence
 (``choose_record_size``). Also here: GET_FREE_SIZES in all its lengths (``parse_free_sizes``) and the
