@@ -184,6 +184,13 @@ class RawPunchColumns(Sequence[RawPunch]):
             yield new(punch, (names[key], day_text + clock, None if midnight is None else midnight + offset,
                               state, verify, uid, workcode, t))
 
+    def record_values(self) -> Iterator[tuple[Any, ...]]:
+        """(user id, raw time, state, verify, uid, work code) of each record, built from C without a RawPunch: what
+        tells apart two records of batches with the same ``day_of`` (their time text and datetime follow from the
+        raw time). For multiset comparisons of whole downloads (a guarded clear)."""
+        return zip(map(self.user_ids.__getitem__, self.user_keys), self.times, self.states, self.verifies, self.uids,
+                   self.workcodes, strict=True)
+
     def __eq__(self, other: object) -> bool:
         if isinstance(other, RawPunchColumns | list):
             return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))

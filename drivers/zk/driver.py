@@ -445,6 +445,15 @@ def _same_record(found: RawPunch, known: RawPunch) -> bool:
             and (known.raw_time < 0 or found.raw_time == known.raw_time))
 
 
+def _record_multisets(found: Sequence[RawPunch], expected: Collection[RawPunch]) -> tuple[Counter[Any], Counter[Any]]:
+    """``found`` and ``expected`` as multisets of records. Two downloads held as columns are compared by their
+    columns' values (``RawPunchColumns.record_values``, no RawPunch built): the re-read runs with the keypad locked."""
+    if isinstance(found, RawPunchColumns) and isinstance(expected, RawPunchColumns) \
+            and found.day_of is expected.day_of:
+        return Counter(found.record_values()), Counter(expected.record_values())
+    return Counter(found), Counter(expected)
+
+
 class _ProgressReporter:
     """Tells a caller's ``Progress`` how a download goes: at most every ``INTERVAL_S`` while chunks arrive,
     and always once at the end. Whatever the callback raises is logged (once) and never reaches the download."""
@@ -1169,9 +1178,9 @@ class ZkSession:
                         f"caller stored {expected_records}; download again first"
                     )
             if expected is not None:
-                now = Counter(self.read_punches())
-                if now != Counter(expected):
-                    changed = sum((now - Counter(expected)).values())
+                now, before = _record_multisets(self.read_punches(), expected)
+                if now != before:
+                    changed = sum((now - before).values())
                     raise Busy(
                         f"{self._driver.where}: refusing to clear: {changed} record(s) on the device differ "
                         "from the ones the caller stored; download again first"
