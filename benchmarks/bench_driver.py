@@ -15,10 +15,11 @@ through benchmarks/harness.py (goal rows of issue 14, ratios measured in the sam
       TCP and UDP (goal <= 3x).
     TCP devices answer 1503 directly with the whole dataset (the simulator's default; pyzk 0.9 cannot read
     the real terminals' 1008-byte DATA packets); UDP is always buffered (1024-byte datagrams).
-    Figures: the decode alone (µs per record), and the floor of the driver / raw ratio: raw receive plus
-    only building, from C, the objects a RawPunch decode must return per record (time text, datetime,
-    the tuple; ``objects_floor``), against raw receive. No decode of that contract can go below it. And the
-    floor of a columnar contract (raw receive plus only ``struct.iter_unpack`` of the records).
+    The driver returns the records as columns (drivers.base.RawPunchColumns). Figures: the decode alone (µs per
+    record), and decode + normalize together (the poll's CPU path from the record bytes to the Punches the store
+    takes) against the per-record path it replaced (the old decode into one RawPunch per record, kept here as
+    ``per_record_decode``, then the generic normalize), alternated in the same run: the per-record objects
+    must have been removed, not moved from the driver into normalize.
 (2) A tail read (read_punches_after) of 1 new record on a 100k-record log, real-terminal TCP framing
     (buffered, 1008-byte DATA packets): dataset bytes transferred (goal <= 2 records) and wire bytes
     against the full download.
@@ -39,9 +40,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta
-from itertools import repeat
-from operator import add
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +49,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from zk import ZK
 
 from benchmarks.harness import Report, bench_args
-from drivers.base import LogPosition, RawPunch, collector_paused
+from drivers.base import CLOCKS, LogPosition, RawPunch, clock_of_day, collector_paused
 from drivers.zk import ZkDriver, ZkParams, records
 from drivers.zk.tcp import MAX_CHUNK as TCP_CHUNK
 from drivers.zk.tcp import build_tcp_packet, parse_prefix
 from drivers.zk.udp import MAX_CHUNK as UDP_CHUNK
 from drivers.zk.udp import build_packet
+from gateway.polling.normalize import DeviceContext, normalize_punches
 from simulators.zk import DeviceSpec, Fleet
 
 CMD_CONNECT, CMD_EXIT, CMD_PREPARE_BUFFER, CMD_READ_BUFFER, CMD_FREE_DATA = 1000, 1001, 1503, 1504, 1502
@@ -214,7 +214,7 @@ def measure_downloads(report: Report, fleet: Fleet, layout: int, n: int, args: A
                            measured=t_drv / t_raw, goal=3, unit="x",
                            detail=f"driver {t_drv:.3f} s, raw receive {t_raw:.3f} s")
             if transport == "tcp":
-                tcp_driver, tcp_raw = t_drv, t_raw
+                tcp_driver = t_drv
         if args.pyzk:
             t_py, count = best(lambda: pyzk_download(dev), 1)
             assert count == n, (count, n)
@@ -224,47 +224,95 @@ def measure_downloads(report: Report, fleet: Fleet, layout: int, n: int, args: A
                             detail=f"pyzk {t_py:.2f} s, driver {tcp_driver:.3f} s")
         body = _dataset_body(dev)
         names = {u.uid: u.user_id for u in dev.users()}
-        t_dec, punches = best(lambda: records.parse_records(body, layout, "UTF-8",
-                                                             lambda uid: names.get(uid, str(uid))), args.repeat)
-        report.figure(f"decode.us_per_record.{tag}", f"decode alone, {layout}-byte records",
-                      measured=t_dec / n * 1e6, unit="µs", detail=f"{t_dec:.3f} s for {n:,}")
-        t_floor = best(objects_floor(punches), args.repeat)[0]
-        report.figure(f"download.floor.tcp.{tag}", f"{n:,} {layout}-byte records over TCP: (raw receive + only "
-                      "building each record's objects) / raw receive", measured=(tcp_raw + t_floor) / tcp_raw,
-                      unit="x", detail=f"objects {t_floor:.3f} s ({t_floor / n * 1e6:.2f} µs/record), raw receive "
-                      f"{tcp_raw:.3f} s: the lowest driver / raw ratio a decode returning RawPunch can reach")
-        unpack = {8: records._REC8, 16: records._REC16, 40: records._REC40}[layout]
-        t_columns = best(lambda: len(list(unpack.iter_unpack(body))), args.repeat)[0]
-        report.figure(f"download.columns_floor.tcp.{tag}", f"{n:,} {layout}-byte records over TCP: (raw receive + "
-                      "only unpacking each record's integers) / raw receive", measured=(tcp_raw + t_columns) / tcp_raw,
-                      unit="x", detail=f"unpack {t_columns:.3f} s ({t_columns / n * 1e6:.2f} µs/record): what a driver "
-                      "returning columns (no per-record text or datetime) could reach; the objects then move to "
-                      "normalize (docs/architecture.md, \"The poll's decode and store path\")")
+
+        def user_of(uid: int) -> str:
+            return names.get(uid, str(uid))
+
+        t_dec, columns = best(lambda: records.parse_records(body, layout, "UTF-8", user_of), args.repeat)
+        report.figure(f"decode.us_per_record.{tag}", f"decode alone (into columns), {layout}-byte records",
+                      measured=t_dec / n * 1e6, unit="µs", detail=f"{t_dec:.4f} s for {n:,}")
+        # Decode + normalize together, the poll's real CPU path, against the per-record path it replaced (the
+        # pre-columns decode into one RawPunch per record, then the generic normalize), alternated, same run: the
+        # per-record objects must be gone from both stages, not moved from the driver into normalize.
+        ctx = DeviceContext(office_code="1801", device_id="bench", serial=dev.serial, timezone="Asia/Jakarta")
+        now = datetime.now(UTC)
+        t_old, old, t_new, new = paired(
+            lambda: normalize_punches(per_record_decode(body, layout, user_of), ctx, now=now),
+            lambda: normalize_punches(records.parse_records(body, layout, "UTF-8", user_of), ctx, now=now),
+            args.repeat)
+        assert new == old and len(new) == n
+        report.figure(f"decode_normalize.us_per_record.{tag}", f"decode + normalize, {layout}-byte records: "
+                      "columns path", measured=t_new / n * 1e6, unit="µs",
+                      detail=f"{t_new:.3f} s for {n:,}; the per-record path (RawPunch per record, generic "
+                             f"normalize) {t_old / n * 1e6:.2f} µs, same run")
+        report.figure(f"decode_normalize.vs_per_record.{tag}", f"decode + normalize, {layout}-byte records: "
+                      "per-record path / columns path", measured=t_old / t_new, unit="x",
+                      detail=f"{t_old:.3f} s vs {t_new:.3f} s (> 1: the objects were removed, not moved)")
+        del old, new, columns
     finally:
         fleet.remove(dev.serial)
     print(f"  measured {n} records, layout {layout}", file=sys.stderr, flush=True)
 
 
-def objects_floor(punches: list[RawPunch]) -> Callable[[], int]:
-    """What any decode into RawPunch must spend per record, whatever its speed: building (from C, no Python
-    code per record) each record's time text by one concatenation, its datetime by one addition and its
-    RawPunch tuple, then freeing them, from inputs prepared beforehand (not timed)."""
-    day_texts = [p.time_text[:11] for p in punches]
-    clock_texts = [p.time_text[11:] for p in punches]
-    midnights = [datetime(2026, 1, 1)] * len(punches)
-    offsets = [timedelta(seconds=p.raw_time % 86400) for p in punches]
-    columns = [p.user_id for p in punches], [p.state for p in punches], [p.verify for p in punches], \
-        [p.uid for p in punches], [p.workcode for p in punches], [p.raw_time for p in punches]
+def per_record_decode(body: memoryview, size: int, user_of: Callable[[int], str]) -> list[RawPunch]:
+    """The decode before RawPunchColumns (issue 14, session 19; drivers/zk/records.py at bf0d69b), kept as the
+    baseline, loop for loop: one ``struct.iter_unpack``, the day part looked up when a record leaves the current
+    day, the time of day and user ids from tables, one time text, datetime and RawPunch built per record."""
+    out: list[RawPunch] = []
+    append = out.append
+    days: dict[int, tuple[str, datetime | None]] = {}
+    clocks = CLOCKS
+    new = tuple.__new__
+    punch = RawPunch
 
-    def build() -> int:
-        users, states, verifies, uids, workcodes, raw_times = columns
-        with collector_paused():
-            built = list(map(tuple.__new__, repeat(RawPunch), zip(
-                users, map(add, day_texts, clock_texts), map(add, midnights, offsets), states, verifies, uids,
-                workcodes, raw_times, strict=True)))
-        return len(built)
+    def day_of(t: int) -> tuple[int, str, datetime | None]:
+        entry = days.get(t // 86400)
+        if entry is None:
+            entry = days[t // 86400] = records.zk_day(t // 86400)
+        return t - t % 86400, entry[0], entry[1]
 
-    return build
+    day_start, day_text, midnight = -2 * 86400, "", None
+    with collector_paused():
+        if size == 40:
+            names: dict[bytes, str] = {}
+            for uid, uid_text, verify, t, state in records._REC40.iter_unpack(body):
+                sec = t - day_start
+                if not 0 <= sec < 86400:
+                    day_start, day_text, midnight = day_of(t)
+                    sec = t - day_start
+                clock = clocks[sec] or clock_of_day(sec)
+                user_id = names.get(uid_text)
+                if user_id is None:
+                    user_id = names[uid_text] = records._text(uid_text, "UTF-8")
+                append(new(punch, (user_id, day_text + clock[0], None if midnight is None else midnight + clock[1],
+                                   state, verify, uid, 0, t)))
+        elif size == 16:
+            numbers: dict[int, str] = {}
+            for user_no, t, state, verify, workcode in records._REC16.iter_unpack(body):
+                sec = t - day_start
+                if not 0 <= sec < 86400:
+                    day_start, day_text, midnight = day_of(t)
+                    sec = t - day_start
+                clock = clocks[sec] or clock_of_day(sec)
+                user_id = numbers.get(user_no)
+                if user_id is None:
+                    user_id = numbers[user_no] = str(user_no)
+                append(new(punch, (user_id, day_text + clock[0], None if midnight is None else midnight + clock[1],
+                                   state, verify, 0, workcode, t)))
+        else:
+            mapped: list[str | None] = [None] * 65536
+            for uid, verify, t, state in records._REC8.iter_unpack(body):
+                sec = t - day_start
+                if not 0 <= sec < 86400:
+                    day_start, day_text, midnight = day_of(t)
+                    sec = t - day_start
+                clock = clocks[sec] or clock_of_day(sec)
+                user_id = mapped[uid]
+                if user_id is None:
+                    user_id = mapped[uid] = user_of(uid)
+                append(new(punch, (user_id, day_text + clock[0], None if midnight is None else midnight + clock[1],
+                                   state, verify, uid, 0, t)))
+    return out
 
 
 def _dataset_body(dev: Any) -> memoryview:

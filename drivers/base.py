@@ -10,11 +10,11 @@ This module imports nothing from gateway/ and nothing device specific.
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Hashable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from datetime import datetime, timedelta
+from typing import Any, NamedTuple, Protocol, overload, runtime_checkable
 
 # ---------------------------------------------------------------------------------------------
 # Values a session returns
@@ -61,9 +61,10 @@ class Counts:
 class RawPunch(NamedTuple):
     """One attendance record exactly as the device holds it; the gateway normalizes it later.
 
-    A NamedTuple, not a dataclass: a download builds one per record (200,000 for a big log), and a frozen
-    dataclass costs about 15 times more to build (measured: 2.4 us against 0.15 us through
-    ``tuple.__new__``), which was most of the decode time. It is immutable and hashable all the same.
+    A NamedTuple, not a dataclass: a download of a list-returning driver builds one per record (200,000 for a
+    big log), and a frozen dataclass costs about 15 times more to build (measured: 2.4 us against 0.15 us
+    through ``tuple.__new__``). It is immutable and hashable all the same. The ZK driver returns its downloads
+    as ``RawPunchColumns`` instead, which builds a RawPunch only when one is asked for.
 
     ``time_text`` is the device-local wall clock as ``YYYY-MM-DD HH:MM:SS``, decoded without
     validation: a terminal with a broken clock can hold impossible dates (Feb 31, year 2000 after an
@@ -87,6 +88,118 @@ class RawPunch(NamedTuple):
     workcode: int = 0
     #: Raw encoded time value as read from the device (ZK: the u32 of §2.5); -1 if not applicable.
     raw_time: int = -1
+
+
+#: ``day_of(day_index) -> ("YYYY-MM-DD ", midnight)`` of a raw time counted as ``day_index * 86400 + second of the
+#: day`` (ZK's encoding, drivers/zk/records.py); midnight is None when that day is not a real calendar date.
+DayOf = Callable[[int], tuple[str, datetime | None]]
+
+#: Second of the day -> ("HH:MM:SS", offset from midnight), None until that second first occurs; shared by every
+#: decode (a log's punches repeat the same times of day). A list: indexing is cheaper than a dict.
+CLOCKS: list[tuple[str, timedelta] | None] = [None] * 86400
+
+
+def clock_of_day(second: int) -> tuple[str, timedelta]:
+    """Second of the day (0-86399) -> ("HH:MM:SS", the offset from midnight), from a table shared by every decode."""
+    entry = CLOCKS[second]
+    if entry is None:
+        h, rest = divmod(second, 3600)
+        mi, s = divmod(rest, 60)
+        entry = CLOCKS[second] = (f"{h:02d}:{mi:02d}:{s:02d}", timedelta(seconds=second))
+    return entry
+
+
+class RawPunchColumns(Sequence[RawPunch]):
+    """A whole download held as columns: a ``Sequence[RawPunch]`` that builds each ``RawPunch`` only when asked.
+
+    Why: a 100k-record download decoded into one RawPunch per record spent most of its time building the
+    records' time texts, datetimes and tuples (issue 14), and the poller's normalize then built the same
+    values again into its ``Punch``. Held as columns (integers as the device sent them, in buffers), the decode
+    costs a few copies of the buffer; ``gateway.polling.normalize`` builds each ``Punch`` straight from the
+    columns and the per-day / per-second tables, and every other consumer (indexing, slicing, iteration,
+    ``len``, equality with a list of RawPunch) sees exactly the RawPunch values a record-by-record decode
+    gives (tests/drivers/test_zk_decode_fast.py).
+
+    Columns, one item per record, all of the same length: ``user_keys`` (a hashable per record: the uid, the
+    user number or the raw id text) with ``user_ids`` mapping each key to the user id text; ``times``, the raw
+    time ``day_index * 86400 + second of the day`` (also ``RawPunch.raw_time``), whose day part ``day_of``
+    turns into text and midnight (cached per batch); ``states``, ``verifies``, ``uids``, ``workcodes``.
+    Immutable by contract: nobody writes to the columns after the decode.
+    """
+
+    __slots__ = ("_days", "day_of", "states", "times", "uids", "user_ids", "user_keys", "verifies", "workcodes")
+
+    def __init__(self, *, user_keys: Sequence[Hashable], user_ids: Mapping[Any, str], times: Sequence[int],
+                 states: Sequence[int], verifies: Sequence[int], uids: Sequence[int], workcodes: Sequence[int],
+                 day_of: DayOf, days: dict[int, tuple[str, datetime | None]] | None = None) -> None:
+        n = len(times)
+        if not len(user_keys) == len(states) == len(verifies) == len(uids) == len(workcodes) == n:
+            raise ValueError("RawPunchColumns: columns of different lengths")
+        self.user_keys, self.user_ids, self.times = user_keys, user_ids, times
+        self.states, self.verifies, self.uids, self.workcodes = states, verifies, uids, workcodes
+        self.day_of = day_of
+        self._days = {} if days is None else days
+
+    def day(self, day_index: int) -> tuple[str, datetime | None]:
+        """``day_of(day_index)``, cached for this batch (and its slices)."""
+        entry = self._days.get(day_index)
+        if entry is None:
+            entry = self._days[day_index] = self.day_of(day_index)
+        return entry
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+    @overload
+    def __getitem__(self, index: int) -> RawPunch: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> RawPunchColumns: ...
+
+    def __getitem__(self, index: int | slice) -> RawPunch | RawPunchColumns:
+        if isinstance(index, slice):
+            return RawPunchColumns(
+                user_keys=self.user_keys[index], user_ids=self.user_ids, times=self.times[index],
+                states=self.states[index], verifies=self.verifies[index], uids=self.uids[index],
+                workcodes=self.workcodes[index], day_of=self.day_of, days=self._days)
+        t = self.times[index]
+        day_index, second = divmod(t, 86400)
+        day_text, midnight = self.day(day_index)
+        clock, offset = clock_of_day(second)
+        return RawPunch(self.user_ids[self.user_keys[index]], day_text + clock,
+                        None if midnight is None else midnight + offset, self.states[index], self.verifies[index],
+                        self.uids[index], self.workcodes[index], t)
+
+    def __iter__(self) -> Iterator[RawPunch]:
+        names, day, clocks, new, punch = self.user_ids, self.day, CLOCKS, tuple.__new__, RawPunch
+        day_start, day_text, midnight = -2 * 86400, "", None
+        for key, t, state, verify, uid, workcode in zip(self.user_keys, self.times, self.states, self.verifies,
+                                                        self.uids, self.workcodes, strict=True):
+            second = t - day_start
+            if not 0 <= second < 86400:  # a log is in time order: the day changes rarely
+                day_start = t - t % 86400
+                day_text, midnight = day(t // 86400)
+                second = t - day_start
+            clock, offset = clocks[second] or clock_of_day(second)
+            yield new(punch, (names[key], day_text + clock, None if midnight is None else midnight + offset,
+                              state, verify, uid, workcode, t))
+
+    def record_values(self) -> Iterator[tuple[Any, ...]]:
+        """(user id, raw time, state, verify, uid, work code) of each record, built from C without a RawPunch: what
+        tells apart two records of batches with the same ``day_of`` (their time text and datetime follow from the
+        raw time). For multiset comparisons of whole downloads (a guarded clear)."""
+        return zip(map(self.user_ids.__getitem__, self.user_keys), self.times, self.states, self.verifies, self.uids,
+                   self.workcodes, strict=True)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, RawPunchColumns | list):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # like a list: equal to one, so not hashable
+
+    def __repr__(self) -> str:
+        return f"<RawPunchColumns of {len(self)} records>"
 
 
 @contextmanager
@@ -171,8 +284,12 @@ class Session(Protocol):
         """Record/user counts and capacities (cheap; no log download)."""
         ...
 
-    def read_punches(self, progress: Progress | None = None) -> list[RawPunch]:
-        """Download the whole attendance log, in device order. ``progress`` is told how far it got."""
+    def read_punches(self, progress: Progress | None = None) -> Sequence[RawPunch]:
+        """Download the whole attendance log, in device order. ``progress`` is told how far it got.
+
+        A list, or a ``RawPunchColumns`` (the ZK driver: the records held as columns, each RawPunch built
+        when asked).
+        """
         ...
 
     @property
@@ -255,7 +372,8 @@ class ReadsNewPunches(Protocol):
     records plus one, not of the whole log.
     """
 
-    def read_punches_after(self, known: LogPosition, progress: Progress | None = None) -> list[RawPunch] | None: ...
+    def read_punches_after(self, known: LogPosition,
+                           progress: Progress | None = None) -> Sequence[RawPunch] | None: ...
 
 
 @runtime_checkable
@@ -505,6 +623,7 @@ __all__ = [
     "Busy",
     "ClearsLog",
     "Counts",
+    "DayOf",
     "DeviceInfo",
     "DeviceTarget",
     "DeviceUser",
@@ -520,6 +639,7 @@ __all__ = [
     "Progress",
     "ProtocolError",
     "RawPunch",
+    "RawPunchColumns",
     "ReadsEnrolments",
     "ReadsNewPunches",
     "ReadsUsers",
@@ -528,5 +648,6 @@ __all__ = [
     "Template",
     "Unreachable",
     "WritesEnrolments",
+    "clock_of_day",
     "collector_paused",
 ]

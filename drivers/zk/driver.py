@@ -21,7 +21,7 @@ import struct
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -49,6 +49,7 @@ from drivers.base import (
     Progress,
     ProtocolError,
     RawPunch,
+    RawPunchColumns,
     Template,
     Unreachable,
 )
@@ -444,6 +445,15 @@ def _same_record(found: RawPunch, known: RawPunch) -> bool:
             and (known.raw_time < 0 or found.raw_time == known.raw_time))
 
 
+def _record_multisets(found: Sequence[RawPunch], expected: Collection[RawPunch]) -> tuple[Counter[Any], Counter[Any]]:
+    """``found`` and ``expected`` as multisets of records. Two downloads held as columns are compared by their
+    columns' values (``RawPunchColumns.record_values``, no RawPunch built): the re-read runs with the keypad locked."""
+    if isinstance(found, RawPunchColumns) and isinstance(expected, RawPunchColumns) \
+            and found.day_of is expected.day_of:
+        return Counter(found.record_values()), Counter(expected.record_values())
+    return Counter(found), Counter(expected)
+
+
 class _ProgressReporter:
     """Tells a caller's ``Progress`` how a download goes: at most every ``INTERVAL_S`` while chunks arrive,
     and always once at the end. Whatever the callback raises is logged (once) and never reaches the download."""
@@ -612,7 +622,7 @@ class ZkSession:
         #: Last GET_FREE_SIZES answer of this session.
         self._sizes = Counts(records=0, users=0)
         #: Punches counts() had to download (unusable GET_FREE_SIZES), handed to the next read_punches().
-        self._fallback_punches: list[RawPunch] | None = None
+        self._fallback_punches: Sequence[RawPunch] | None = None
         #: uids of 8-byte punches that no downloaded user had, in the last read_punches().
         self.unmapped_uids: set[int] = set()
 
@@ -868,7 +878,7 @@ class ZkSession:
                           unreliable=sizes.unreliable)
         return sizes
 
-    def read_punches(self, progress: Progress | None = None) -> list[RawPunch]:
+    def read_punches(self, progress: Progress | None = None) -> Sequence[RawPunch]:
         """Download and decode the whole attendance log, in device order (linear time).
 
         ``progress(records_read, records_expected)`` is called as chunks arrive (at most every 0.25 s)
@@ -886,7 +896,7 @@ class ZkSession:
         return self._read_sizes()
 
     def _read_punches(self, expected: int | None, disabled: bool = False,
-                      progress: Progress | None = None) -> list[RawPunch]:
+                      progress: Progress | None = None) -> Sequence[RawPunch]:
         """Download + decode; ``expected`` None = the device's count is unusable (decide by evidence)."""
         drv = self._driver
         if not disabled:
@@ -935,8 +945,9 @@ class ZkSession:
         reporter.done(len(punches))
         return punches
 
-    def _decode(self, body: memoryview, size: int, users_now: int) -> list[RawPunch]:
-        """Records of one layout -> punches (8-byte: uids mapped); re-enables the terminal before decoding."""
+    def _decode(self, body: memoryview, size: int, users_now: int) -> RawPunchColumns:
+        """Records of one layout -> punches as columns (8-byte: uids mapped); re-enables the terminal before
+        decoding."""
         drv = self._driver
         self.unmapped_uids = set()
         uid_map: dict[int, str] = {}
@@ -949,14 +960,14 @@ class ZkSession:
             raise self._dataset_error("attendance dataset", exc) from exc
         if self.unmapped_uids:
             with drv._lock:
-                drv.stats.unmapped_punches += sum(1 for p in punches if p.uid in self.unmapped_uids)
+                drv.stats.unmapped_punches += sum(map(self.unmapped_uids.__contains__, punches.uids))
             log.warning(
                 "%s serial=%s: %d uid(s) not in the user table, reported as str(uid): %s",
                 drv.where, self._serial, len(self.unmapped_uids), sorted(self.unmapped_uids)[:20],
             )
         return punches
 
-    def read_punches_after(self, known: LogPosition, progress: Progress | None = None) -> list[RawPunch] | None:
+    def read_punches_after(self, known: LogPosition, progress: Progress | None = None) -> Sequence[RawPunch] | None:
         """The records after the first ``known.records`` of the log, reading only them and the one before.
 
         drivers.base.ReadsNewPunches. 1503 prepares the attendance dataset as for a full read; 1504 then
@@ -1033,8 +1044,8 @@ class ZkSession:
         reporter.done(len(punches) - 1)
         return punches[1:]
 
-    def _tail_of(self, punches: list[RawPunch], known: LogPosition,
-                 progress: Progress | None) -> list[RawPunch] | None:
+    def _tail_of(self, punches: Sequence[RawPunch], known: LogPosition,
+                 progress: Progress | None) -> Sequence[RawPunch] | None:
         """read_punches_after() over a log already downloaded whole in this session."""
         if known.records < 1 or len(punches) < known.records \
                 or not _same_record(punches[known.records - 1], known.last):
@@ -1043,7 +1054,7 @@ class ZkSession:
         _ProgressReporter(progress, len(new)).done(len(new))
         return new
 
-    def _refuse_tail(self, why: str) -> list[RawPunch] | None:
+    def _refuse_tail(self, why: str) -> Sequence[RawPunch] | None:
         """A tail read that cannot prove it continues the earlier read: re-enable, count, None."""
         self._enable()
         with self._driver._lock:
@@ -1167,9 +1178,9 @@ class ZkSession:
                         f"caller stored {expected_records}; download again first"
                     )
             if expected is not None:
-                now = Counter(self.read_punches())
-                if now != Counter(expected):
-                    changed = sum((now - Counter(expected)).values())
+                now, before = _record_multisets(self.read_punches(), expected)
+                if now != before:
+                    changed = sum((now - before).values())
                     raise Busy(
                         f"{self._driver.where}: refusing to clear: {changed} record(s) on the device differ "
                         "from the ones the caller stored; download again first"

@@ -1,9 +1,10 @@
 """Linear decoders for the ZK attendance and user datasets (pure functions, no I/O, no pyzk).
 
-Flow: ZkSession.read_punches()/read_users() -> pyzk read_with_buffer() -> *this module* -> RawPunch /
+Flow: ZkSession.read_punches()/read_users() -> pyzk read_with_buffer() -> *this module* -> RawPunchColumns /
 DeviceUser. pyzk's own get_attendance() slices the buffer record by record (quadratic) and scans the
-user list for every record; here every dataset is checked against its own u32 byte-count header and
-decoded in one pass with ``struct.iter_unpack``. Anything inconsistent raises ``DatasetError`` (the
+user list for every record; here every dataset is checked against its own u32 byte-count header; attendance
+records become columns by buffer operations (``parse_records``), users are decoded in one pass with
+``struct.iter_unpack``. Anything inconsistent raises ``DatasetError`` (the
 driver turns it into ProtocolError): a partial or garbled log must never reach the store.
 When the device's count disagrees with the bytes, the layout is decided by evidence
 (``choose_record_size``). Also here: GET_FREE_SIZES in all its lengths (``parse_free_sizes``) and the
@@ -15,12 +16,13 @@ from __future__ import annotations
 
 import struct
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from functools import lru_cache
+from typing import Any
 
-from drivers.base import Counts, DeviceUser, RawPunch, collector_paused
+from drivers.base import Counts, DeviceUser, RawPunch, RawPunchColumns, collector_paused
 
 #: Attendance record sizes the ZK firmware families use (§2.10).
 RECORD_SIZES: tuple[int, ...] = (8, 16, 40)
@@ -366,39 +368,29 @@ def _text(raw: bytes, encoding: str) -> str:
     return raw.split(b"\x00", 1)[0].decode(encoding, errors="replace")
 
 
-#: Second of the day -> ("HH:MM:SS", offset from midnight), None until that second first occurs; shared by
-#: every decode (a log's punches repeat the same times of day). A list: indexing is cheaper than a dict.
-_CLOCKS: list[tuple[str, timedelta] | None] = [None] * 86400
+@lru_cache(maxsize=8192)
+def zk_day(day_index: int) -> tuple[str, datetime | None]:
+    """``drivers.base.DayOf`` of the ZK time encoding: day ``day_index`` -> ("YYYY-MM-DD ", its midnight, or None
+    when the 31-day-month encoding names no real date: Feb 30, Apr 31)."""
+    text, ymd = _day(day_index)
+    return text, None if ymd is None else datetime(ymd[0], ymd[1], ymd[2])
 
 
-def _clock_entry(sec: int) -> tuple[str, timedelta]:
-    h, rest = divmod(sec, 3600)
-    mi, s = divmod(rest, 60)
-    entry = _CLOCKS[sec] = (f"{h:02d}:{mi:02d}:{s:02d}", timedelta(seconds=sec))
-    return entry
+#: The 24-byte user id text of a 40-byte record, as a 1-tuple (the tuple itself is the column's key).
+_ID40 = struct.Struct("<2x24s14x")
+#: Gather columns with buffer slices (native little-endian words, like the wire); else unpack record by record.
+_GATHER = sys.byteorder == "little"
 
 
-class _TimeDecoder:
-    """Encoded time -> the day it falls on, for one decode: (first encoded time of that day, its
-    ``YYYY-MM-DD `` text, its midnight as a datetime or None for an impossible date), cached per day."""
-
-    __slots__ = ("days",)
-
-    def __init__(self) -> None:
-        self.days: dict[int, tuple[int, str, datetime | None]] = {}
-
-    def day_of(self, t: int) -> tuple[int, str, datetime | None]:
-        day_index = t // 86400
-        entry = self.days.get(day_index)
-        if entry is None:
-            text, ymd = _day(day_index)
-            entry = self.days[day_index] = (day_index * 86400, text,
-                                            None if ymd is None else datetime(ymd[0], ymd[1], ymd[2]))
-        return entry
-
-
-#: Start of "the current day" before the first record: no encoded time is within a day of it.
-_NO_DAY = -2 * 86400
+def _u32_column(raw: bytes, offset: int, size: int, n: int) -> Sequence[int]:
+    """The little-endian u32 at ``offset`` of each of ``n`` records of ``size`` bytes, as a buffer of words: a
+    strided view when the field is word aligned, else its four byte columns interleaved (all copies in C)."""
+    if offset % 4 == 0 and size % 4 == 0:
+        return memoryview(raw).cast("I")[offset // 4::size // 4]
+    words = bytearray(4 * n)
+    for k in range(4):
+        words[k::4] = raw[offset + k::size]
+    return memoryview(words).cast("I")
 
 
 def parse_records(
@@ -406,15 +398,16 @@ def parse_records(
     size: int,
     encoding: str = "UTF-8",
     uid_to_user_id: Callable[[int], str] | None = None,
-) -> list[RawPunch]:
-    """Decode record bytes of one layout in a single pass (the caller has checked the framing).
+) -> RawPunchColumns:
+    """Decode record bytes of one layout into columns (the caller has checked the framing).
 
     ``uid_to_user_id`` is needed only for the 8-byte layout, which carries the internal uid but not
-    the user id shown on screen; it is called once per distinct uid. The whole buffer is unpacked with
-    ``struct.iter_unpack``; the day part of the time is looked up only when the day changes, the
-    time-of-day part comes from a shared table, user id texts from a per-decode table, so each record costs
-    its time text, its datetime and its RawPunch (``reference_parse_records`` is
-    the record-by-record form the tests compare this with).
+    the user id shown on screen; it is called once per distinct uid. Each field becomes a column by buffer
+    operations only (strided slices of the record bytes, word casts; no Python code per record); user id texts
+    are decoded once per distinct uid, user number or raw id text. The result is a ``RawPunchColumns``: it
+    builds each RawPunch (time text, datetime, tuple) only when asked, and ``gateway.polling.normalize`` builds
+    its punches straight from the columns (``reference_parse_records`` is the record-by-record form the tests
+    compare this with).
     """
     if size not in RECORD_SIZES:
         raise DatasetError(f"unknown attendance record size {size}")
@@ -422,57 +415,53 @@ def parse_records(
         raise DatasetError(f"{len(body)} record bytes are not a multiple of the record size {size}")
     if size == 8 and uid_to_user_id is None:
         raise DatasetError("8-byte records need a uid -> user id map")
-    out: list[RawPunch] = []
-    append = out.append
-    day_of = _TimeDecoder().day_of
-    clocks = _CLOCKS
-    new = tuple.__new__  # RawPunch is a NamedTuple: build it from a tuple without the keyword machinery
-    punch = RawPunch
-    # A log is in time order, so consecutive records share their day: the day part (text, midnight) is
-    # looked up only when a record's time leaves the current day, the rest is one subtraction.
-    day_start, day_text, midnight = _NO_DAY, "", None
-    with collector_paused():
-        if size == 40:
-            names: dict[bytes, str] = {}  # few distinct users: decode each id text once
-            for uid, uid_text, verify, t, state in _REC40.iter_unpack(body):
-                sec = t - day_start
-                if not 0 <= sec < 86400:
-                    day_start, day_text, midnight = day_of(t)
-                    sec = t - day_start
-                clock = clocks[sec] or _clock_entry(sec)
-                user_id = names.get(uid_text)
-                if user_id is None:
-                    user_id = names[uid_text] = _text(uid_text, encoding)
-                append(new(punch, (user_id, day_text + clock[0], None if midnight is None else midnight + clock[1],
-                                  state, verify, uid, 0, t)))
-        elif size == 16:
-            numbers: dict[int, str] = {}
-            for user_no, t, state, verify, workcode in _REC16.iter_unpack(body):
-                sec = t - day_start
-                if not 0 <= sec < 86400:
-                    day_start, day_text, midnight = day_of(t)
-                    sec = t - day_start
-                clock = clocks[sec] or _clock_entry(sec)
-                user_id = numbers.get(user_no)
-                if user_id is None:
-                    user_id = numbers[user_no] = str(user_no)
-                append(new(punch, (user_id, day_text + clock[0], None if midnight is None else midnight + clock[1],
-                                  state, verify, 0, workcode, t)))
-        else:
-            assert uid_to_user_id is not None
-            mapped: list[str | None] = [None] * 65536  # uid (u16) -> user id, filled on first sight
-            for uid, verify, t, state in _REC8.iter_unpack(body):
-                sec = t - day_start
-                if not 0 <= sec < 86400:
-                    day_start, day_text, midnight = day_of(t)
-                    sec = t - day_start
-                clock = clocks[sec] or _clock_entry(sec)
-                user_id = mapped[uid]
-                if user_id is None:
-                    user_id = mapped[uid] = uid_to_user_id(uid)
-                append(new(punch, (user_id, day_text + clock[0], None if midnight is None else midnight + clock[1],
-                                  state, verify, uid, 0, t)))
-    return out
+    n = len(body) // size
+    if not _GATHER:
+        return _unpacked_columns(body, size, encoding, uid_to_user_id)
+    raw = body if isinstance(body, bytes) else bytes(body)
+    user_keys: Sequence[Any]
+    user_ids: dict[Any, str]
+    uids: Sequence[int] = bytes(n)  # zeros: the layout has no uid
+    workcodes: Sequence[int] = uids
+    if size == 8:
+        assert uid_to_user_id is not None
+        uids = user_keys = memoryview(raw).cast("H")[0::4]
+        user_ids = {uid: uid_to_user_id(uid) for uid in set(uids)}
+        verifies, times, states = raw[2::8], _u32_column(raw, 3, 8, n), raw[7::8]
+    elif size == 16:
+        words = memoryview(raw).cast("I")
+        user_keys, times, workcodes = words[0::4], words[1::4], words[3::4]
+        user_ids = {number: str(number) for number in set(user_keys)}
+        states, verifies = raw[8::16], raw[9::16]
+    else:
+        uids = memoryview(raw).cast("H")[0::20]
+        with collector_paused():  # one 1-tuple and its bytes per record, none in a cycle
+            user_keys = list(_ID40.iter_unpack(raw))
+        user_ids = {key: _text(key[0], encoding) for key in set(user_keys)}
+        verifies, times, states = raw[26::40], _u32_column(raw, 27, 40, n), raw[31::40]
+    return RawPunchColumns(user_keys=user_keys, user_ids=user_ids, times=times, states=states, verifies=verifies,
+                           uids=uids, workcodes=workcodes, day_of=zk_day)
+
+
+def _unpacked_columns(body: bytes | memoryview, size: int, encoding: str,
+                      uid_to_user_id: Callable[[int], str] | None) -> RawPunchColumns:
+    """``parse_records`` on a big-endian host: the same columns from ``struct.iter_unpack`` (lists)."""
+    n = len(body) // size
+    zeros = [0] * n
+    fields_ = list(zip(*_layout(size).iter_unpack(body), strict=True)) if n else [()] * 5
+    if size == 8:
+        assert uid_to_user_id is not None
+        uids, verifies, times, states = fields_[:4]
+        return RawPunchColumns(user_keys=uids, user_ids={uid: uid_to_user_id(uid) for uid in set(uids)},
+                               times=times, states=states, verifies=verifies, uids=uids, workcodes=zeros,
+                               day_of=zk_day)
+    if size == 16:
+        numbers, times, states, verifies, workcodes = fields_
+        return RawPunchColumns(user_keys=numbers, user_ids={k: str(k) for k in set(numbers)}, times=times,
+                               states=states, verifies=verifies, uids=zeros, workcodes=workcodes, day_of=zk_day)
+    uids, texts, verifies, times, states = fields_
+    return RawPunchColumns(user_keys=texts, user_ids={k: _text(k, encoding) for k in set(texts)}, times=times,
+                           states=states, verifies=verifies, uids=uids, workcodes=zeros, day_of=zk_day)
 
 
 def reference_parse_records(
@@ -563,7 +552,7 @@ def parse_users(body: bytes | memoryview, size: int, encoding: str = "UTF-8") ->
 class ParsedLog:
     """Result of decoding an attendance dataset."""
 
-    punches: list[RawPunch]
+    punches: Sequence[RawPunch]
     record_size: int
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from drivers.base import RawPunch, collector_paused
+from drivers.base import CLOCKS, RawPunch, RawPunchColumns, clock_of_day, collector_paused
 from gateway.models import STATE_NAMES, VERIFY_NAMES, Punch, state_name, verify_name
 
 #: Punches more than this far in the future (device clock ahead, or garbage) are flagged "future".
@@ -194,9 +194,16 @@ def normalize_punches(raw: Iterable[RawPunch], ctx: DeviceContext, *, employees:
     Speed (a first poll normalizes a whole 100k log): a record whose values all fit skips ``bound_raw``
     (one combined check); the zone offset is looked up once per calendar day, not per punch; names and the
     employee of a PIN come from per-batch caches; a punch without flags shares one empty tuple; punches are
-    built by ``_NEW_PUNCH`` with the cyclic garbage collector paused (``collector_paused``).
+    built by ``_NEW_PUNCH`` with the cyclic garbage collector paused (``collector_paused``). A download held as
+    columns (``drivers.base.RawPunchColumns``: the ZK driver) takes ``_normalize_columns``, which gives the same
+    punches without building a RawPunch per record.
     """
     now = now or datetime.now(UTC)
+    if isinstance(raw, RawPunchColumns) and _columns_fit(raw):
+        try:
+            return _normalize_columns(raw, ctx, employees, now)
+        except _NotColumnar:
+            pass
     zone = ZoneInfo(ctx.timezone)
     latest_ok = now + FUTURE_TOLERANCE
     rtc_reset_before = RTC_RESET_BEFORE.toordinal()
@@ -270,6 +277,137 @@ def normalize_punches(raw: Iterable[RawPunch], ctx: DeviceContext, *, employees:
             append(new_punch(office_code, device_id, serial, user_id, text, local, utc_time, timezone, state,
                              state_names.get(state, "unknown"), verify, verify_names.get(verify, "unknown"), uid,
                              workcode, raw_time, employee_id, flags, occurrence))
+    return out
+
+
+class _NotColumnar(Exception):
+    """A batch the columnar path cannot take after all (a day text that is not YYYY-MM-DD): the generic path runs."""
+
+
+#: Item formats of buffer columns whose values all fit the INTEGER columns (u8/u16, signed or not).
+_SMALL_INT_FORMATS = frozenset("bBhH")
+
+
+def _small_ints(column: object, formats: frozenset[str] = _SMALL_INT_FORMATS) -> bool:
+    return isinstance(column, bytes) or (isinstance(column, memoryview) and column.format in formats)
+
+
+def _columns_fit(cols: RawPunchColumns) -> bool:
+    """Whether ``_normalize_columns`` gives exactly what the generic path gives for this batch: its integer columns
+    are buffers whose item type bounds every value (states, verifies, uids: 8 or 16 bits; work codes and times: at
+    most unsigned 32 bits, so only a work code can be out of range, checked per record), its user ids are text."""
+    u32 = _SMALL_INT_FORMATS | {"I"}
+    return (_small_ints(cols.states, frozenset("B")) and _small_ints(cols.verifies, frozenset("B"))
+            and _small_ints(cols.uids) and _small_ints(cols.workcodes, u32)
+            and isinstance(cols.times, memoryview) and cols.times.format == "I"
+            and all(type(user_id) is str for user_id in cols.user_ids.values()))
+
+
+#: What _normalize_columns knows of one device day: (first raw time of the day, "YYYY-MM-DD " text, local
+#: midnight or None for an impossible date, UTC instant of that midnight or None (a zone transition that day:
+#: per punch), the day's flags, whether a punch may be "future", whether its time is untrusted).
+_ColumnDay = tuple[int, str, datetime | None, datetime | None, tuple[str, ...], bool, bool]
+
+
+def _normalize_columns(cols: RawPunchColumns, ctx: DeviceContext, employees: EmployeeMap | None,
+                       now: datetime) -> list[Punch]:
+    """``normalize_punches`` of a batch held as columns: the same punches, without a RawPunch per record.
+
+    Everything that depends on the user (the stored id, its bound flag, the employee) is computed once per
+    distinct user key, everything that depends on the day (text, local midnight, its UTC instant, the zone
+    offset, rtc_reset / before_device / impossible_date) once per device day, the time of day from the shared
+    per-second table. Per record: the time text (one concatenation), the local and UTC datetimes (one addition
+    each), the Punch. tests/polling/test_normalize_columns.py proves the result equal to the generic path's.
+    """
+    zone = ZoneInfo(ctx.timezone)
+    latest_ok = now + FUTURE_TOLERANCE
+    rtc_reset_before = RTC_RESET_BEFORE.toordinal()
+    not_before = ctx.not_before.toordinal()
+    office_code, device_id, serial, timezone = ctx.office_code, ctx.device_id, ctx.serial, ctx.timezone
+    mapped = employees is not None and employees.configured
+    employee_of: dict[str, str | None] = {}
+    # Per user key: (user id as stored, its bound flags, employee id, flags after the time's).
+    users: dict[object, tuple[str, tuple[str, ...], str | None, tuple[str, ...]]] = {}
+    for key, text in cols.user_ids.items():
+        user_id, changed = _bound_text(text, USER_ID_MAX)
+        employee_id: str | None = None
+        after: tuple[str, ...] = ()
+        if mapped:
+            if user_id not in employee_of:
+                assert employees is not None
+                employee_of[user_id] = employees.lookup(serial, user_id)
+            employee_id = employee_of[user_id]
+            if employee_id is None:
+                after = ("unmapped_user",)
+        users[key] = (user_id, ("bad_user_id",) if changed else (), employee_id, after)
+    state_name_of = [STATE_NAMES.get(code, "unknown") for code in range(256)]
+    verify_name_of = [VERIFY_NAMES.get(code, "unknown") for code in range(256)]
+    one_day = timedelta(days=1)
+
+    def column_day(day_index: int) -> _ColumnDay:
+        text, midnight = cols.day(day_index)
+        if _DEVICE_TIME.match(text + "00:00:00") is None:
+            raise _NotColumnar(text)
+        start = day_index * 86400
+        if midnight is None:
+            return start, text, None, None, ("impossible_date",), False, True
+        day_number = midnight.toordinal()
+        flags: tuple[str, ...] = ()
+        if day_number < rtc_reset_before:
+            flags = ("rtc_reset",)
+        elif day_number < not_before:
+            flags = ("before_device",)
+        day = _day(midnight, zone)
+        utc_midnight = None if day is None else day[1]
+        may_be_future = utc_midnight is None or utc_midnight + one_day > latest_ok
+        return start, text, midnight, utc_midnight, flags, may_be_future, day_number < rtc_reset_before
+
+    days: dict[int, _ColumnDay] = {}
+    clocks = CLOCKS
+    new_punch = _NEW_PUNCH
+    out: list[Punch] = []
+    append = out.append
+    seen: dict[tuple[str, str], int] = {}
+    day_start, day_text, midnight, utc_midnight = -2 * 86400, "", None, None
+    day_flags: tuple[str, ...] = ()
+    may_be_future = untrusted = False
+    with collector_paused():  # one Punch per record, none in a cycle (drivers.base)
+        for key, t, state, verify, uid, workcode in zip(cols.user_keys, cols.times, cols.states, cols.verifies,
+                                                        cols.uids, cols.workcodes, strict=True):
+            second = t - day_start
+            if not 0 <= second < 86400:  # a log is in time order: the day changes rarely
+                day_index = t // 86400
+                entry = days.get(day_index)
+                if entry is None:
+                    entry = days[day_index] = column_day(day_index)
+                day_start, day_text, midnight, utc_midnight, day_flags, may_be_future, untrusted = entry
+                second = t - day_start
+            clock, offset = clocks[second] or clock_of_day(second)
+            text = day_text + clock
+            user_id, user_flags, employee_id, user_after = users[key]
+            flags = day_flags
+            if midnight is None:
+                local = utc_time = None
+            else:
+                local = midnight + offset
+                if utc_midnight is not None:
+                    utc_time = utc_midnight + offset
+                else:  # a day with a zone transition: fold=0 picks the first occurrence (as the generic path)
+                    utc_time = local.replace(tzinfo=zone).astimezone(UTC)
+                if may_be_future and utc_time > latest_ok:
+                    flags += ("future",)
+            if user_after:
+                flags += user_after
+            if user_flags or workcode > INT32_MAX:
+                bound: list[str] = list(user_flags)
+                workcode = _bound_int(workcode, "workcode", bound)
+                flags = (*bound, VALUE_FLAG, *flags)
+            occurrence = 0
+            if untrusted:  # as the generic path: the n-th record of this user at this time is occurrence n
+                occurrence = seen[(user_id, text)] = seen.get((user_id, text), 0) + 1
+            append(new_punch(office_code, device_id, serial, user_id, text, local, utc_time, timezone, state,
+                             state_name_of[state], verify, verify_name_of[verify], uid, workcode, t, employee_id,
+                             flags, occurrence))
     return out
 
 

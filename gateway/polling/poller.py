@@ -108,7 +108,7 @@ class _Read:
     #: or nothing (None: the counts said nothing changed).
     mode: Literal["full", "tail"] | None = None
     #: The records read (the whole log, or the tail).
-    raw: list[RawPunch] | None = None
+    raw: Sequence[RawPunch] | None = None
     #: The normalized records of a tail read (normalized in the session: see _tail_read).
     tail: list[Punch] | None = None
     #: Position text to save with this read (gateway.polling.position); None = keep the stored one.
@@ -455,7 +455,7 @@ class DevicePoller:
         return DeviceContext(office_code=self.config.site.office_code, device_id=device.id, serial=serial,
                              timezone=device.timezone, not_before=device.installed_on or DEFAULT_NOT_BEFORE)
 
-    def _normalize(self, device: DeviceConfig, serial: str, raw: list[RawPunch]) -> list[Punch]:
+    def _normalize(self, device: DeviceConfig, serial: str, raw: Sequence[RawPunch]) -> list[Punch]:
         self.employees.refresh()
         return normalize_punches(raw, self._context(device, serial), employees=self.employees, now=self._now())
 

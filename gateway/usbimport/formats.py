@@ -258,7 +258,7 @@ def _parse_binary(data: bytes) -> ParsedExport:
     try:
         # The 8-byte layout carries only the internal uid: without the terminal's user list it stands for itself
         # (what the network poll stores for a uid it cannot map, too).
-        punches = parse_records(body, size, "UTF-8", str)
+        punches = list(parse_records(body, size, "UTF-8", str))
     except DatasetError as exc:  # pragma: no cover - _binary_layout checked the length already
         raise ExportError(f"binary export: {exc}") from None
     return ParsedExport(layout=f"binary-{size}", punches=punches)
