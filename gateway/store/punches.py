@@ -166,14 +166,19 @@ def _insert_punch_rows(conn: Connection, punches: Iterable[Punch], *, received_a
     batch = list(punches)
     checked = staged = False
     pg = conn.dialect.name == "postgresql"
+    # PostgreSQL: whether the batch may go in without ON CONFLICT (what the read leaves of it keeps its keys apart).
+    distinct = pg and trust_stored_read and _distinct_keys(batch)
     if len(batch) >= PREFETCH_MIN:
-        # PostgreSQL: a batch that may take the COPY path gets its staging table in the same round trip as the read.
-        stage = _pg_stage_statements(conn) if pg and len(batch) >= PG_COPY_MIN else ()
+        # PostgreSQL: a batch that may take the staged COPY path gets its staging table in the same round trip as
+        # the read; one that will be copied straight into punches (_copy_pg) needs none.
+        stage = _pg_stage_statements(conn) if pg and len(batch) >= PG_COPY_MIN and not distinct else ()
         batch, checked, staged = _not_stored(conn, batch, stage)
     if not batch:
         return []
     if pg:
-        plain = trust_stored_read and checked and _distinct_keys(batch)
+        plain = distinct and checked
+        if plain and len(batch) >= PG_COPY_MIN:
+            return _copy_pg(conn, batch, received_at, source, outbox_at)
         return _insert_pg(conn, batch, received_at, source, outbox_at, on_conflict=not plain, staged=staged)
     return _insert_sqlite(conn, batch, received_at, source, outbox_at)
 
@@ -482,6 +487,55 @@ def _insert_pg(conn: Connection, batch: list[Punch], received_at: datetime, sour
             params += [outbox_at, outbox_at]
         cur.execute(sql, params)
         return [(r[0], (r[1], r[2], r[3], r[4])) for r in cur.fetchall()]
+
+
+_PG_COPY_PUNCHES = f"COPY punches (id, {', '.join(PUNCH_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+_PG_COPY_PUNCH_TYPES = ["int8", *_PG_COPY_TYPES]
+#: The ids of n new punches, drawn in order, and (with outbox) their outbox rows queued in the same statement.
+_PG_DRAW_IDS = "SELECT nextval('punches_id_seq') AS id FROM generate_series(1, %s)"
+_PG_DRAW_IDS_QUEUED = (f"WITH ids AS MATERIALIZED ({_PG_DRAW_IDS}), queued AS (INSERT INTO outbox (punch_id, state, "
+                       "attempts, next_attempt_at, created_at) SELECT id, 'pending', 0, %s, %s FROM ids) "
+                       "SELECT id FROM ids ORDER BY id")
+
+
+def _copy_pg(conn: Connection, batch: list[Punch], received_at: datetime, source: str,
+             outbox_at: datetime | None) -> list[tuple[int, PunchKey]]:
+    """A checked batch (see _insert_punch_rows, ``trust_stored_read``) straight into punches by binary COPY, with
+    ids drawn first by one statement that also queues the outbox rows.
+
+    Why: the staged path (COPY into a temporary table, then INSERT ... SELECT ... RETURNING) was three quarters of
+    the server's time for a 1,000-punch poll (issue 14); COPY routes the rows into the month partitions itself
+    and nothing has to come back. The ids are drawn after the feed-order lock (the trigger takes it only when
+    the COPY starts, which is after the ids are drawn here): gateway.store.central, "Feed cursor". A key stored
+    by another writer since the already-stored read fails the COPY with a unique violation, as it fails the
+    plain INSERT; save_poll then runs the transaction again with ON CONFLICT.
+    """
+    rows = []
+    flags = ",".join
+    for p in batch:
+        utc, local = p.utc_time, p.local_time
+        if utc is not None and utc.tzinfo is None:
+            raise _naive_utc_error(p)
+        if local is not None and local.tzinfo is not None:
+            local = local.replace(tzinfo=None)
+        rows.append((p.office_code, p.device_id, p.device_serial, p.device_user_id, p.device_time, local, utc,
+                     p.timezone, p.state, p.state_name, p.verify, p.verify_name, p.uid, p.workcode, p.raw_time,
+                     p.employee_id, flags(p.flags), received_at, source, p.occurrence))
+    with _dbapi_cursor(conn, "COPY punches (fast path)") as cur:
+        pipeline = _pipeline(conn)
+        with pipeline or nullcontext(), cur.connection.cursor() as lock:
+            lock.execute(_FEED_WRITE_LOCK)
+            if outbox_at is None:
+                cur.execute(_PG_DRAW_IDS, (len(rows),))
+            else:
+                cur.execute(_PG_DRAW_IDS_QUEUED, (len(rows), outbox_at, outbox_at))
+            ids = [r[0] for r in cur.fetchall()]
+        with cur.copy(_PG_COPY_PUNCHES) as copy:
+            copy.set_types(_PG_COPY_PUNCH_TYPES)
+            for row_id, row in zip(ids, rows, strict=True):
+                copy.write_row((row_id, *row))
+    return [(row_id, (p.device_serial, p.device_user_id, p.device_time, p.occurrence))
+            for row_id, p in zip(ids, batch, strict=True)]
 
 
 class Store:
