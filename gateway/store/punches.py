@@ -510,25 +510,26 @@ def _copy_pg(conn: Connection, batch: list[Punch], received_at: datetime, source
     by another writer since the already-stored read fails the COPY with a unique violation, as it fails the
     plain INSERT; save_poll then runs the transaction again with ON CONFLICT.
     """
-    rows = []
-    flags = ",".join
-    for p in batch:
-        utc, local = p.utc_time, p.local_time
-        if utc is not None and utc.tzinfo is None:
-            raise _naive_utc_error(p)
-        if local is not None and local.tzinfo is not None:
-            local = local.replace(tzinfo=None)
-        rows.append((p.office_code, p.device_id, p.device_serial, p.device_user_id, p.device_time, local, utc,
-                     p.timezone, p.state, p.state_name, p.verify, p.verify_name, p.uid, p.workcode, p.raw_time,
-                     p.employee_id, flags(p.flags), received_at, source, p.occurrence))
     with _dbapi_cursor(conn, "COPY punches (fast path)") as cur:
         pipeline = _pipeline(conn)
         with pipeline or nullcontext(), cur.connection.cursor() as lock:
             lock.execute(_FEED_WRITE_LOCK)
             if outbox_at is None:
-                cur.execute(_PG_DRAW_IDS, (len(rows),))
+                cur.execute(_PG_DRAW_IDS, (len(batch),))
             else:
-                cur.execute(_PG_DRAW_IDS_QUEUED, (len(rows), outbox_at, outbox_at))
+                cur.execute(_PG_DRAW_IDS_QUEUED, (len(batch), outbox_at, outbox_at))
+            # Built while the server draws the ids and queues the outbox rows (sent already in pipeline mode).
+            rows = []
+            flags = ",".join
+            for p in batch:
+                utc, local = p.utc_time, p.local_time
+                if utc is not None and utc.tzinfo is None:
+                    raise _naive_utc_error(p)
+                if local is not None and local.tzinfo is not None:
+                    local = local.replace(tzinfo=None)
+                rows.append((p.office_code, p.device_id, p.device_serial, p.device_user_id, p.device_time, local,
+                             utc, p.timezone, p.state, p.state_name, p.verify, p.verify_name, p.uid, p.workcode,
+                             p.raw_time, p.employee_id, flags(p.flags), received_at, source, p.occurrence))
             ids = [r[0] for r in cur.fetchall()]
         with cur.copy(_PG_COPY_PUNCHES) as copy:
             copy.set_types(_PG_COPY_PUNCH_TYPES)
