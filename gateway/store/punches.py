@@ -8,11 +8,11 @@ Idempotency: punches are inserted with ON CONFLICT DO NOTHING on (office_code, d
 device_user_id, device_time, occurrence) and the database tells which rows were really new (PostgreSQL:
 RETURNING; SQLite: the rows above the highest id read first, under the write lock), so re-reading a whole
 device log (or receiving a batch twice) never duplicates anything. Speed (issue 14): rows are bound at
-the DBAPI level in the same transaction (SQLite executemany, PostgreSQL COPY into a temporary table), and
-a big batch first reads the keys already stored for its time span and inserts only the missing ones, so
-a full reconcile is mostly one read (on PostgreSQL such a checked batch goes in without ON CONFLICT, and a
-unique violation - a punch stored concurrently since the read - makes save_poll run the transaction again
-with it). benchmarks/bench_store.py measures it against the old insert.
+the DBAPI level in the same transaction (SQLite executemany, PostgreSQL binary COPY), and a big batch first
+reads the keys already stored for its time span and inserts only the missing ones, so a full reconcile is
+mostly one read (on PostgreSQL such a checked batch goes in without ON CONFLICT - COPY straight into punches
+from 200 rows - and a unique violation - a punch stored concurrently since the read - makes save_poll run
+the transaction again with it). benchmarks/bench_store.py measures it against the old insert.
 
 Punch identity. A punch is (device serial, user, device time) - the same record read again is the same
 punch - except when its time cannot tell records apart: a terminal whose clock died stamps every punch
