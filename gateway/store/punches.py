@@ -491,17 +491,18 @@ def _insert_pg(conn: Connection, batch: list[Punch], received_at: datetime, sour
 
 _PG_COPY_PUNCHES = f"COPY punches (id, {', '.join(PUNCH_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 _PG_COPY_PUNCH_TYPES = ["int8", *_PG_COPY_TYPES]
-#: The ids of n new punches, drawn in order, and (with outbox) their outbox rows queued in the same statement.
-_PG_DRAW_IDS = "SELECT nextval('punches_id_seq') AS id FROM generate_series(1, %s)"
-_PG_DRAW_IDS_QUEUED = (f"WITH ids AS MATERIALIZED ({_PG_DRAW_IDS}), queued AS (INSERT INTO outbox (punch_id, state, "
-                       "attempts, next_attempt_at, created_at) SELECT id, 'pending', 0, %s, %s FROM ids) "
-                       "SELECT id FROM ids ORDER BY id")
+#: The ids of n new punches, drawn in order (the sequence is punches.id's own, migration 0011).
+_PG_DRAW_IDS = "SELECT nextval('punches_id_seq') FROM generate_series(1, %s)"
+#: Their outbox rows, once the punches are in (a database still at a schema with the outbox's foreign key,
+#: before 0007_punch_indexes, checks it at once).
+_PG_QUEUE_IDS = ("INSERT INTO outbox (punch_id, state, attempts, next_attempt_at, created_at) "
+                 "SELECT unnest(%s::int8[]), 'pending', 0, %s, %s")
 
 
 def _copy_pg(conn: Connection, batch: list[Punch], received_at: datetime, source: str,
              outbox_at: datetime | None) -> list[tuple[int, PunchKey]]:
     """A checked batch (see _insert_punch_rows, ``trust_stored_read``) straight into punches by binary COPY, with
-    ids drawn first by one statement that also queues the outbox rows.
+    ids drawn first (one statement), then the outbox rows of those ids (one statement).
 
     Why: the staged path (COPY into a temporary table, then INSERT ... SELECT ... RETURNING) was three quarters of
     the server's time for a 1,000-punch poll (issue 14); COPY routes the rows into the month partitions itself
@@ -514,11 +515,8 @@ def _copy_pg(conn: Connection, batch: list[Punch], received_at: datetime, source
         pipeline = _pipeline(conn)
         with pipeline or nullcontext(), cur.connection.cursor() as lock:
             lock.execute(_FEED_WRITE_LOCK)
-            if outbox_at is None:
-                cur.execute(_PG_DRAW_IDS, (len(batch),))
-            else:
-                cur.execute(_PG_DRAW_IDS_QUEUED, (len(batch), outbox_at, outbox_at))
-            # Built while the server draws the ids and queues the outbox rows (sent already in pipeline mode).
+            cur.execute(_PG_DRAW_IDS, (len(batch),))
+            # Built while the server draws the ids (the statement is sent already in pipeline mode).
             rows = []
             flags = ",".join
             for p in batch:
@@ -535,6 +533,8 @@ def _copy_pg(conn: Connection, batch: list[Punch], received_at: datetime, source
             copy.set_types(_PG_COPY_PUNCH_TYPES)
             for row_id, row in zip(ids, rows, strict=True):
                 copy.write_row((row_id, *row))
+        if outbox_at is not None:
+            cur.execute(_PG_QUEUE_IDS, (ids, outbox_at, outbox_at))
     return [(row_id, (p.device_serial, p.device_user_id, p.device_time, p.occurrence))
             for row_id, p in zip(ids, batch, strict=True)]
 
