@@ -166,17 +166,16 @@ def _insert_punch_rows(conn: Connection, punches: Iterable[Punch], *, received_a
     batch = list(punches)
     checked = staged = False
     pg = conn.dialect.name == "postgresql"
-    # PostgreSQL: whether the batch may go in without ON CONFLICT (what the read leaves of it keeps its keys apart).
-    distinct = pg and trust_stored_read and _distinct_keys(batch)
     if len(batch) >= PREFETCH_MIN:
         # PostgreSQL: a batch that may take the staged COPY path gets its staging table in the same round trip as
-        # the read; one that will be copied straight into punches (_copy_pg) needs none.
-        stage = _pg_stage_statements(conn) if pg and len(batch) >= PG_COPY_MIN and not distinct else ()
+        # the read; one that will be copied straight into punches (_copy_pg) needs none (a batch that turns out
+        # to hold a key twice makes it in its own round trip: rare).
+        stage = _pg_stage_statements(conn) if pg and len(batch) >= PG_COPY_MIN and not trust_stored_read else ()
         batch, checked, staged = _not_stored(conn, batch, stage)
     if not batch:
         return []
     if pg:
-        plain = distinct and checked
+        plain = trust_stored_read and checked and _distinct_keys(batch)
         if plain and len(batch) >= PG_COPY_MIN:
             return _copy_pg(conn, batch, received_at, source, outbox_at)
         return _insert_pg(conn, batch, received_at, source, outbox_at, on_conflict=not plain, staged=staged)
