@@ -493,9 +493,25 @@ _PG_COPY_PUNCH_TYPES = ["int8", *_PG_COPY_TYPES]
 #: The ids of n new punches, drawn in order (the sequence is punches.id's own, migration 0011).
 _PG_DRAW_IDS = "SELECT nextval('punches_id_seq') FROM generate_series(1, %s)"
 #: Their outbox rows, once the punches are in (a database still at a schema with the outbox's foreign key,
-#: before 0007_punch_indexes, checks it at once).
+#: before 0007_punch_indexes, checks it at once), sent as runs of consecutive ids: psycopg's text dumping of
+#: an array of 1,000 ids cost about 1 ms per poll, and one statement's ids are one run unless another
+#: transaction drew ids meanwhile.
 _PG_QUEUE_IDS = ("INSERT INTO outbox (punch_id, state, attempts, next_attempt_at, created_at) "
-                 "SELECT unnest(%s::int8[]), 'pending', 0, %s, %s")
+                 "SELECT generate_series(run.first, run.last), 'pending', 0, %s, %s "
+                 "FROM unnest(%s::int8[], %s::int8[]) AS run(first, last)")
+
+
+def _id_runs(ids: list[int]) -> tuple[list[int], list[int]]:
+    """(first ids, last ids) of the runs of consecutive values in ``ids`` (ascending, no repeats)."""
+    if ids[-1] - ids[0] == len(ids) - 1:
+        return [ids[0]], [ids[-1]]
+    firsts, lasts = [ids[0]], []
+    for i in range(1, len(ids)):
+        if ids[i] != ids[i - 1] + 1:
+            lasts.append(ids[i - 1])
+            firsts.append(ids[i])
+    lasts.append(ids[-1])
+    return firsts, lasts
 
 
 def _copy_pg(conn: Connection, batch: list[Punch], received_at: datetime, source: str,
@@ -527,13 +543,13 @@ def _copy_pg(conn: Connection, batch: list[Punch], received_at: datetime, source
                 rows.append((p.office_code, p.device_id, p.device_serial, p.device_user_id, p.device_time, local,
                              utc, p.timezone, p.state, p.state_name, p.verify, p.verify_name, p.uid, p.workcode,
                              p.raw_time, p.employee_id, flags(p.flags), received_at, source, p.occurrence))
-            ids = [r[0] for r in cur.fetchall()]
+            ids = sorted(r[0] for r in cur.fetchall())
         with cur.copy(_PG_COPY_PUNCHES) as copy:
             copy.set_types(_PG_COPY_PUNCH_TYPES)
             for row_id, row in zip(ids, rows, strict=True):
                 copy.write_row((row_id, *row))
         if outbox_at is not None:
-            cur.execute(_PG_QUEUE_IDS, (ids, outbox_at, outbox_at))
+            cur.execute(_PG_QUEUE_IDS, (outbox_at, outbox_at, *_id_runs(ids)))
     return [(row_id, (p.device_serial, p.device_user_id, p.device_time, p.occurrence))
             for row_id, p in zip(ids, batch, strict=True)]
 

@@ -141,3 +141,35 @@ def test_a_poll_draws_its_ids_only_after_a_feed_reader_let_go_of_the_lock(
     poll.join(30)
     assert not poll.is_alive() and seen == [PG_COPY_MIN]
     assert min(results[0].new_ids) > drawn
+
+
+@pytest.mark.parametrize("ids", [[5], [5, 6, 7], [1, 2, 4, 5, 9], [3, 10, 11, 12, 40], list(range(7, 1007))])
+def test_outbox_id_runs_cover_exactly_the_ids(ids: list[int]) -> None:
+    # The outbox rows are sent as runs of consecutive ids (another transaction may draw ids in between).
+    firsts, lasts = punches_module._id_runs(ids)
+    assert [i for first, last in zip(firsts, lasts, strict=True) for i in range(first, last + 1)] == ids
+
+
+def test_ids_drawn_by_another_writer_in_between_leave_no_outbox_row_out(
+        engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Another session draws ids while the poll draws its own, so the poll's ids are not one run.
+    store = new_store(engine, tmp_path)
+    real = punches_module._id_runs
+    runs: list[int] = []
+
+    def interleaved(ids: list[int]) -> tuple[list[int], list[int]]:
+        firsts, lasts = real(ids)
+        runs.append(len(firsts))
+        return firsts, lasts
+
+    monkeypatch.setattr(punches_module, "_id_runs", interleaved)
+    # Every other id taken by someone else: each of the poll's ids is a run of its own.
+    monkeypatch.setattr(punches_module, "_PG_DRAW_IDS",
+                        "SELECT 2 * nextval('punches_id_seq') FROM generate_series(1, %s)")
+    log = log_of(PG_COPY_MIN)
+    saved = store.save_poll(outcome(len(log)), log, forward=True)
+    assert runs == [len(log)]
+    o = s.outbox.c
+    with engine.connect() as conn:
+        queued = set(conn.execute(select(o.punch_id)).scalars())
+    assert queued == set(saved.new_ids) and len(queued) == len(log)
