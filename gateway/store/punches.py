@@ -523,9 +523,9 @@ def _copy_pg(conn: Connection, batch: list[Punch], received_at: datetime, source
     twice, and the temporary table's COPY alone was a fifth of the server's time for a 1,000-punch poll (issue
     14); COPY routes the rows into the month partitions itself and nothing has to come back. The ids are drawn
     after the feed-order lock (the trigger takes it only when the COPY starts, which is after the ids are drawn
-    here): gateway.store.central, "Feed cursor". A key stored
-    by another writer since the already-stored read fails the COPY with a unique violation, as it fails the
-    plain INSERT; save_poll then runs the transaction again with ON CONFLICT.
+    here): gateway.store.central, "Feed cursor". A key stored by another writer since the already-stored read
+    fails the COPY with a unique violation, as it fails the plain INSERT; save_poll then runs the transaction
+    again with ON CONFLICT.
     """
     with _dbapi_cursor(conn, "COPY punches (fast path)") as cur:
         pipeline = _pipeline(conn)
