@@ -8,11 +8,11 @@ Idempotency: punches are inserted with ON CONFLICT DO NOTHING on (office_code, d
 device_user_id, device_time, occurrence) and the database tells which rows were really new (PostgreSQL:
 RETURNING; SQLite: the rows above the highest id read first, under the write lock), so re-reading a whole
 device log (or receiving a batch twice) never duplicates anything. Speed (issue 14): rows are bound at
-the DBAPI level in the same transaction (SQLite executemany, PostgreSQL COPY into a temporary table), and
-a big batch first reads the keys already stored for its time span and inserts only the missing ones, so
-a full reconcile is mostly one read (on PostgreSQL such a checked batch goes in without ON CONFLICT, and a
-unique violation - a punch stored concurrently since the read - makes save_poll run the transaction again
-with it). benchmarks/bench_store.py measures it against the old insert.
+the DBAPI level in the same transaction (SQLite executemany, PostgreSQL binary COPY), and a big batch first
+reads the keys already stored for its time span and inserts only the missing ones, so a full reconcile is
+mostly one read (on PostgreSQL such a checked batch goes in without ON CONFLICT - COPY straight into punches
+from 200 rows - and a unique violation - a punch stored concurrently since the read - makes save_poll run
+the transaction again with it). benchmarks/bench_store.py measures it against the old insert.
 
 Punch identity. A punch is (device serial, user, device time) - the same record read again is the same
 punch - except when its time cannot tell records apart: a terminal whose clock died stamps every punch
@@ -45,7 +45,7 @@ from operator import attrgetter, itemgetter
 from typing import Any
 
 import structlog
-from sqlalchemy import ColumnElement, Engine, Insert, Select, Table, Update, func, or_, select, update
+from sqlalchemy import ColumnElement, Engine, Insert, Select, Table, func, or_, select, update
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
@@ -167,13 +167,17 @@ def _insert_punch_rows(conn: Connection, punches: Iterable[Punch], *, received_a
     checked = staged = False
     pg = conn.dialect.name == "postgresql"
     if len(batch) >= PREFETCH_MIN:
-        # PostgreSQL: a batch that may take the COPY path gets its staging table in the same round trip as the read.
-        stage = _pg_stage_statements(conn) if pg and len(batch) >= PG_COPY_MIN else ()
+        # PostgreSQL: a batch that may take the staged COPY path gets its staging table in the same round trip as
+        # the read; one that will be copied straight into punches (_copy_pg) needs none (a batch that turns out
+        # to hold a key twice makes it in its own round trip: rare).
+        stage = _pg_stage_statements(conn) if pg and len(batch) >= PG_COPY_MIN and not trust_stored_read else ()
         batch, checked, staged = _not_stored(conn, batch, stage)
     if not batch:
         return []
     if pg:
         plain = trust_stored_read and checked and _distinct_keys(batch)
+        if plain and len(batch) >= PG_COPY_MIN:
+            return _copy_pg(conn, batch, received_at, source, outbox_at)
         return _insert_pg(conn, batch, received_at, source, outbox_at, on_conflict=not plain, staged=staged)
     return _insert_sqlite(conn, batch, received_at, source, outbox_at)
 
@@ -484,6 +488,73 @@ def _insert_pg(conn: Connection, batch: list[Punch], received_at: datetime, sour
         return [(r[0], (r[1], r[2], r[3], r[4])) for r in cur.fetchall()]
 
 
+_PG_COPY_PUNCHES = f"COPY punches (id, {', '.join(PUNCH_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+_PG_COPY_PUNCH_TYPES = ["int8", *_PG_COPY_TYPES]
+#: The ids of n new punches, drawn in order (the sequence is punches.id's own, migration 0011).
+_PG_DRAW_IDS = "SELECT nextval('punches_id_seq') FROM generate_series(1, %s)"
+#: Their outbox rows, once the punches are in (a database still at a schema with the outbox's foreign key,
+#: before 0007_punch_indexes, checks it at once), sent as runs of consecutive ids: psycopg's text dumping of
+#: an array of 1,000 ids cost about 1 ms per poll, and one statement's ids are one run unless another
+#: transaction drew ids meanwhile.
+_PG_QUEUE_IDS = ("INSERT INTO outbox (punch_id, state, attempts, next_attempt_at, created_at) "
+                 "SELECT generate_series(run.first, run.last), 'pending', 0, %s, %s "
+                 "FROM unnest(%s::int8[], %s::int8[]) AS run(first, last)")
+
+
+def _id_runs(ids: list[int]) -> tuple[list[int], list[int]]:
+    """(first ids, last ids) of the runs of consecutive values in ``ids`` (ascending, no repeats)."""
+    if ids[-1] - ids[0] == len(ids) - 1:
+        return [ids[0]], [ids[-1]]
+    firsts, lasts = [ids[0]], []
+    for i in range(1, len(ids)):
+        if ids[i] != ids[i - 1] + 1:
+            lasts.append(ids[i - 1])
+            firsts.append(ids[i])
+    lasts.append(ids[-1])
+    return firsts, lasts
+
+
+def _copy_pg(conn: Connection, batch: list[Punch], received_at: datetime, source: str,
+             outbox_at: datetime | None) -> list[tuple[int, PunchKey]]:
+    """A checked batch (see _insert_punch_rows, ``trust_stored_read``) straight into punches by binary COPY, with
+    ids drawn first (one statement), then the outbox rows of those ids (one statement).
+
+    Why: the staged path (COPY into a temporary table, then INSERT ... SELECT ... RETURNING) writes every row
+    twice, and the temporary table's COPY alone was a fifth of the server's time for a 1,000-punch poll (issue
+    14); COPY routes the rows into the month partitions itself and nothing has to come back. The ids are drawn
+    after the feed-order lock (the trigger takes it only when the COPY starts, which is after the ids are drawn
+    here): gateway.store.central, "Feed cursor". A key stored by another writer since the already-stored read
+    fails the COPY with a unique violation, as it fails the plain INSERT; save_poll then runs the transaction
+    again with ON CONFLICT.
+    """
+    with _dbapi_cursor(conn, "COPY punches (fast path)") as cur:
+        pipeline = _pipeline(conn)
+        with pipeline or nullcontext(), cur.connection.cursor() as lock:
+            lock.execute(_FEED_WRITE_LOCK)
+            cur.execute(_PG_DRAW_IDS, (len(batch),))
+            # Built while the server draws the ids (the statement is sent already in pipeline mode).
+            rows = []
+            flags = ",".join
+            for p in batch:
+                utc, local = p.utc_time, p.local_time
+                if utc is not None and utc.tzinfo is None:
+                    raise _naive_utc_error(p)
+                if local is not None and local.tzinfo is not None:
+                    local = local.replace(tzinfo=None)
+                rows.append((p.office_code, p.device_id, p.device_serial, p.device_user_id, p.device_time, local,
+                             utc, p.timezone, p.state, p.state_name, p.verify, p.verify_name, p.uid, p.workcode,
+                             p.raw_time, p.employee_id, flags(p.flags), received_at, source, p.occurrence))
+            ids = sorted(r[0] for r in cur.fetchall())
+        with cur.copy(_PG_COPY_PUNCHES) as copy:
+            copy.set_types(_PG_COPY_PUNCH_TYPES)
+            for row_id, row in zip(ids, rows, strict=True):
+                copy.write_row((row_id, *row))
+        if outbox_at is not None:
+            cur.execute(_PG_QUEUE_IDS, (outbox_at, outbox_at, *_id_runs(ids)))
+    return [(row_id, (p.device_serial, p.device_user_id, p.device_time, p.occurrence))
+            for row_id, p in zip(ids, batch, strict=True)]
+
+
 class Store:
     """Gateway-side repository over one engine."""
 
@@ -611,8 +682,7 @@ class Store:
             values["last_new_punch_at"] = outcome.finished_at
         if newest is not None and (prev_punch_at is None or newest > prev_punch_at):
             values["last_punch_at"] = newest
-        device_update = update(s.devices).where(d.pk == pk).values(**values)
-        run_insert = s.poll_runs.insert().values(
+        run_values = dict(
             device_pk=pk, serial=outcome.serial, started_at=outcome.started_at,
             finished_at=outcome.finished_at, duration_s=outcome.duration_s,
             outcome=_run_outcome(outcome),
@@ -624,14 +694,14 @@ class Store:
         position = (_position_key(outcome.serial), log_position) if log_position is not None and outcome.serial \
             else None
         if conn.dialect.name == "postgresql":
-            _finish_poll_pg(conn, device_update, run_insert, identity, position, now)
+            _finish_poll_pg(conn, pk, values, run_values, identity, position, now)
         else:
-            conn.execute(device_update)
+            conn.execute(update(s.devices).where(d.pk == pk).values(**values))
             if identity is not None:
                 self._touch_identity(conn, *identity)
             if position is not None:
                 _set_kv(conn, *position, now)
-            conn.execute(run_insert)
+            conn.execute(s.poll_runs.insert().values(**run_values))
         insert_quarantined(conn, quarantined)
         keys = map(itemgetter(1), new_rows)
         return SaveResult(new_punches=len(new_ids), newest_punch_utc=newest, new_ids=tuple(new_ids),
@@ -802,37 +872,46 @@ class Store:
         return "checkpoint"
 
 
-def _finish_poll_pg(conn: Connection, device_update: Update, run_insert: Insert,
+def _finish_poll_pg(conn: Connection, pk: int, device_values: dict[str, Any], run_values: dict[str, Any],
                     identity: tuple[int, str, tuple[str, int], str, datetime] | None,
                     position: tuple[str, str] | None, now: datetime) -> None:
-    """The end of a poll's save on PostgreSQL in ONE statement: the device row, its identity, the log position
-    and the poll run as data-modifying WITH parts of the poll run's INSERT, which returns whether the identity
-    and the position rows existed; the rare missing one (a new address, the first position) is inserted then.
+    """The end of a poll's save on PostgreSQL in ONE statement: the device row (``device_values``), its identity,
+    the log position and the poll run (``run_values``) as data-modifying WITH parts of the poll run's INSERT,
+    which returns whether the identity and the position rows existed; the rare missing one (a new address, the
+    first position) is inserted then.
 
     Why: each of these was its own round trip, and a 1,000-punch poll on PostgreSQL is bounded by its round
-    trips and the server's per-row work (benchmarks/bench_store.py, issue 14). They touch different tables
-    and rows, so sharing one snapshot changes nothing.
+    trips and the per-poll work (benchmarks/bench_store.py, issue 14). They touch different tables and rows, so
+    sharing one snapshot changes nothing. Written as SQL text on the DBAPI cursor: building and compiling it
+    through SQLAlchemy cost about a millisecond of client CPU per poll, a twentieth of a 1,000-punch poll's save;
+    the instants are checked as UtcDateTime would (aware, or ValueError) and bound as timestamptz.
     """
-    stmt = run_insert.add_cte(device_update.cte("fpgw_device"))
+    for column_values in (device_values, run_values):
+        for value in column_values.values():
+            if isinstance(value, datetime) and value.tzinfo is None:
+                raise ValueError(f"naive datetime {value!r} given for a UTC column; attach a time zone first")
+    parts = [f"fpgw_device AS (UPDATE devices SET {', '.join(f'{c} = %s' for c in device_values)} WHERE pk = %s)"]
+    params: list[Any] = [*device_values.values(), pk]
     found = []
     if identity is not None:
-        pk, serial, address, firmware, at = identity
-        i = s.device_identities.c
-        ident = update(s.device_identities).where(
-            i.device_pk == pk, i.serial == serial, i.address == address[0], i.port == address[1]
-        ).values(last_seen_at=at, firmware=firmware or None).returning(i.id).cte("fpgw_identity")
-        stmt = stmt.add_cte(ident)
-        found.append(select(func.count()).select_from(ident).scalar_subquery())
+        _, serial, address, firmware, at = identity
+        parts.append("fpgw_identity AS (UPDATE device_identities SET last_seen_at = %s, firmware = %s "
+                     "WHERE device_pk = %s AND serial = %s AND address = %s AND port = %s RETURNING id)")
+        params += [at, firmware or None, pk, serial, address[0], address[1]]
+        found.append("(SELECT count(*) FROM fpgw_identity)")
     if position is not None:
-        key, value = position
-        kv = update(s.kv).where(s.kv.c.key == key).values(value=value, updated_at=now).returning(s.kv.c.key) \
-            .cte("fpgw_position")
-        stmt = stmt.add_cte(kv)
-        found.append(select(func.count()).select_from(kv).scalar_subquery())
-    if not found:
-        conn.execute(stmt)
-        return
-    row = conn.execute(stmt.returning(*found)).one()
+        parts.append("fpgw_position AS (UPDATE kv SET value = %s, updated_at = %s WHERE key = %s RETURNING key)")
+        params += [position[1], now, position[0]]
+        found.append("(SELECT count(*) FROM fpgw_position)")
+    sql = (f"WITH {', '.join(parts)} INSERT INTO poll_runs ({', '.join(run_values)}) "
+           f"VALUES ({', '.join(['%s'] * len(run_values))})")
+    params += run_values.values()
+    with _dbapi_cursor(conn, sql) as cur:
+        if not found:
+            cur.execute(sql, params)
+            return
+        cur.execute(f"{sql} RETURNING {', '.join(found)}", params)
+        row = cur.fetchone()
     if identity is not None and not row[0]:
         pk, serial, address, firmware, at = identity
         conn.execute(s.device_identities.insert().values(device_pk=pk, serial=serial, address=address[0],
