@@ -39,6 +39,8 @@ SERIAL_DRIVER = "serial"
 #: ZK and SOAP through their protocol, push terminals through what they upload and the command queue.
 #: Serial clocks hold no users or fingerprints the gateway can read.
 ENROLMENT_DRIVERS = ("zk", SOAP_DRIVER, PUSH_DRIVER)
+#: The most poll worker threads one gateway runs (polling.pool_size); past it, more threads only queue on the GIL.
+POOL_SIZE_MAX = 128
 
 
 @dataclass(frozen=True)
@@ -564,7 +566,7 @@ def _parse_polling(r: Reader) -> PollingConfig:
         interval_s=r.duration_s("interval_s", 300.0, min=5),
         timeout_s=r.duration_s("timeout_s", 10.0, min=0.5),
         poll_deadline_s=r.duration_s("poll_deadline_s", 300.0, min=5),
-        pool_size=r.integer("pool_size", 32, min=1, max=128),
+        pool_size=r.integer("pool_size", 32, min=1, max=POOL_SIZE_MAX),
         full_reconcile_s=r.duration_s("full_reconcile_s", 86400.0, min=60),
         clock_check_s=r.duration_s("clock_check_s", 300.0, min=0),
         backoff_max_s=r.duration_s("backoff_max_s", 1800.0, min=5),
