@@ -87,6 +87,17 @@ def create_db_engine(url: str, *, pool_size: int = 10) -> Engine:
 #: at 32 or 64 MiB. Pages are allocated as they are used, so idle or read-light connections stay small.
 SQLITE_CACHE_KIB = 16 * 1024
 
+#: Page size of a NEW SQLite database, in bytes (SQLite's default is 4096). A poll's commit writes every page it
+#: dirtied to the write-ahead log and its checkpoint copies them into the database file: with bigger pages
+#: the punches table and its indexes split less often and the same rows take fewer, larger writes. Measured
+#: with Store.save_poll of a first poll (100k new punches + outbox rows, fresh database, issue 14), medians of
+#: six alternated runs: 1.13 s at 4096, 0.93 s at 8192, 0.90 s at 16384 (the commit and its checkpoint 0.18 s
+#: -> 0.15 s -> 0.12 s); 50 polls of 1,000 no slower. 8192, as PostgreSQL's page: most of the gain, while a
+#: small commit's log frames and the cache's page count (cache_size is in KiB) change less.
+#: It applies only where no table exists yet (SQLite ignores it for an existing database, which keeps its
+#: page size: changing it would need a VACUUM outside WAL mode).
+SQLITE_PAGE_SIZE = 8192
+
 
 def _setup_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
@@ -95,6 +106,8 @@ def _setup_sqlite(engine: Engine) -> None:
         # SAVEPOINT and does not BEGIN for SELECT); SQLAlchemy emits BEGIN itself below.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
+        # Before journal_mode=WAL: switching to WAL writes the header of a new database, fixing its page size.
+        cur.execute(f"PRAGMA page_size={SQLITE_PAGE_SIZE}")
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")

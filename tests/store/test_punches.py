@@ -176,3 +176,31 @@ def test_sqlite_connections_get_the_store_settings(tmp_path: Path) -> None:
     finally:
         engine.dispose()
     assert got == {"journal_mode": "wal", "synchronous": 1, "foreign_keys": 1, "cache_size": -SQLITE_CACHE_KIB}
+
+
+def test_a_new_sqlite_database_gets_the_page_size_and_an_existing_one_keeps_its_own(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # gateway.store.db.SQLITE_PAGE_SIZE applies to a new database only: one created with SQLite's old default
+    # of 4096 (as gateways installed before it were) keeps its pages when opened again, and still stores.
+    import gateway.store.db as store_db
+
+    page_size = store_db.SQLITE_PAGE_SIZE
+    assert page_size != 4096
+    monkeypatch.setattr(store_db, "SQLITE_PAGE_SIZE", 4096)
+    old = create_db_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    upgrade(old)
+    old.dispose()
+    monkeypatch.setattr(store_db, "SQLITE_PAGE_SIZE", page_size)
+    sizes = {}
+    for name in ("new.db", "old.db"):
+        engine = create_db_engine(f"sqlite:///{tmp_path / name}")
+        try:
+            upgrade(engine)
+            with writer(engine).begin() as conn:
+                insert_punches(conn, [make_punch("1001", datetime(2026, 11, 20, 7, 30))], received_at=datetime.now(UTC))
+            with engine.connect() as conn:
+                sizes[name] = conn.exec_driver_sql("PRAGMA page_size").scalar()
+                assert conn.exec_driver_sql("SELECT count(*) FROM punches").scalar() == 1
+        finally:
+            engine.dispose()
+    assert sizes == {"new.db": page_size, "old.db": 4096}
