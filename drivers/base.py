@@ -203,7 +203,7 @@ class RawPunchColumns(Sequence[RawPunch]):
 
 
 @contextmanager
-def collector_paused() -> Iterator[None]:
+def collector_paused(*, resume: bool = True) -> Iterator[None]:
     """Pause Python's cyclic garbage collector while a batch builds many objects that cannot form cycles.
 
     A download builds one RawPunch (and its text and datetime) per record, the poller's normalize one Punch
@@ -212,14 +212,20 @@ def collector_paused() -> Iterator[None]:
     normalize, half of a 200k decode). The collector is switched back on only if it was on, so nested or
     concurrent batches (poll threads) end with it as the first of them found it (a batch that overlaps another
     may see collections resume before it ends: only slower, never wrong).
+
+    ``resume`` False: left off when the block ends normally (a process about to end, whose objects the operating
+    system frees at once: gateway.cli), switched back on if it raised.
     """
     was_enabled = gc.isenabled()
     gc.disable()
     try:
         yield
-    finally:
+    except BaseException:
         if was_enabled:
             gc.enable()
+        raise
+    if was_enabled and resume:
+        gc.enable()
 
 
 #: Progress of a long download: ``progress(records_read, records_expected)``; expected is 0 when unknown.

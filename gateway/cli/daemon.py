@@ -13,10 +13,10 @@ import gc
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import TextIO
 
+from drivers.base import collector_paused
 from gateway.cli.common import (
     EXIT_CANNOT_LISTEN,
     EXIT_FAILURE,
@@ -95,7 +95,7 @@ def cmd_poll(args: argparse.Namespace) -> int:
     # every poll. So it is off while they are made, and in a process of its own (not main() called in-process,
     # as tests do) they are then left out of its walks for good (gc.freeze).
     ends_process = getattr(args, "process_ends_after", False)
-    with garbage_collector_paused():
+    with collector_paused():
         from gateway.polling.poller import DevicePoller
 
         engine, store = open_store(config)
@@ -106,7 +106,12 @@ def cmd_poll(args: argparse.Namespace) -> int:
         poller = DevicePoller(config, store, progress_display=display)
         failed = 0
         for n, dev in enumerate(chosen, 1):
-            with garbage_collector_paused(resume=not (ends_process and n == len(chosen))):
+            # A 100k-record poll makes several objects per punch that live until its store committed; the collector
+            # walked them about 500 times (0.25 s of a first poll's 1.5 s, benchmarks/bench_poll.py, issue 14). What
+            # only it frees (a few reference cycles per poll) waits until the poll ended. The last poll of a process
+            # that ends right after it leaves it off: its next run would only walk that poll's objects once more
+            # before the operating system frees them all (gateway.cli.main.end_process). The daemon keeps it on.
+            with collector_paused(resume=not (ends_process and n == len(chosen))):
                 o = poller.poll_once(dev)
             if o.ok:
                 counts = o.counts
@@ -125,34 +130,6 @@ def cmd_poll(args: argparse.Namespace) -> int:
         engine.dispose()
         progress_log.setLevel(level_before)
     return EXIT_FAILURE if failed else EXIT_OK
-
-
-@contextmanager
-def garbage_collector_paused(*, resume: bool = True) -> Iterator[None]:
-    """Python's cyclic garbage collector off for the duration of one poll of `fpgw poll` (or its set-up), back on
-    after it.
-
-    Why: a poll of a 100k-record log makes several objects per punch that live until its store committed;
-    each time the collector ran (about 500 times in such a poll) it walked what was still alive, a quarter
-    of a second of a first poll's 1.5 s (benchmarks/bench_poll.py, issue 14). The punches and their rows
-    are freed by reference counting either way; what only the collector frees (reference cycles, a few per
-    poll) waits until the poll ended, so memory stays bounded by one poll however many devices are polled.
-    ``resume`` False (the last poll of a process that ends right after it, gateway.cli.main.end_process):
-    the collector stays off, since its next run would only walk that poll's objects once more (0.05-0.08 s)
-    before the operating system frees them all at once. The daemon keeps the collector on (its polls run in
-    threads, side by side).
-    """
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    except BaseException:
-        gc.enable()
-        raise
-    if resume:
-        gc.enable()
 
 
 #: The logger of gateway.polling.progress (its INFO lines: records read / expected, rate).
