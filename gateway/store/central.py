@@ -77,6 +77,7 @@ from gateway.store.punches import (
     PunchQuery,
     in_scope,
     insert_ignore,
+    pg_punch_rows,
     punch_row,
     take_feed_lock_if_untriggered,
     where_punches,
@@ -234,16 +235,7 @@ def _insert_new_punches_pg(conn: Connection, punches: Sequence[Punch], now: date
                            forward: bool) -> set[StoredKey]:
     # One tuple per punch in PUNCH_COLUMNS order, binary COPY (punch_row dicts and text COPY cost a third of
     # the store's Python time per batch; measured with benchmarks/bench_forward.py's daemon under py-spy).
-    rows = []
-    for i, p in enumerate(punches):
-        utc, local = p.utc_time, p.local_time
-        if utc is not None and utc.tzinfo is None:  # COPY would read it in the session's zone
-            raise ValueError(f"naive utc_time in punch {p.key}")
-        if local is not None and local.tzinfo is not None:
-            local = local.replace(tzinfo=None)
-        rows.append((i, p.office_code, p.device_id, p.device_serial, p.device_user_id, p.device_time, local, utc,
-                     p.timezone, p.state, p.state_name, p.verify, p.verify_name, p.uid, p.workcode, p.raw_time,
-                     p.employee_id, ",".join(p.flags), now, "forward", p.occurrence))
+    rows = pg_punch_rows(punches, now, "forward")
     create, copy_sql, insert = _pg_stage_sql(forward)
     driver = conn.connection.driver_connection  # psycopg 3, inside the caller's transaction
     assert driver is not None
@@ -254,8 +246,8 @@ def _insert_new_punches_pg(conn: Connection, punches: Sequence[Punch], now: date
             stage.created_on = driver
         with cur.copy(copy_sql) as copy:
             copy.set_types(["int4", *PUNCH_COPY_TYPES])
-            for row in rows:
-                copy.write_row(row)
+            for i, row in enumerate(rows):
+                copy.write_row((i, *row))
         if forward:
             cur.execute(insert, {"at": now})
         else:

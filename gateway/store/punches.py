@@ -449,13 +449,10 @@ def _pg_stage_statements(conn: Connection) -> tuple[str, ...]:
     return (_PG_CREATE_STAGE, f"DELETE FROM {_PG_STAGE}") if again else (_PG_CREATE_STAGE,)
 
 
-def _insert_pg(conn: Connection, batch: list[Punch], received_at: datetime, source: str,
-               outbox_at: datetime | None, *, on_conflict: bool = True,
-               staged: bool = False) -> list[tuple[int, PunchKey]]:
-    """COPY into a session temp table, then ONE INSERT ... SELECT ... ON CONFLICT DO NOTHING RETURNING that
-    also queues the outbox rows (a data-modifying WITH); small batches send arrays instead of the COPY.
-    ``on_conflict`` False: a plain INSERT (see _insert_punch_rows, ``trust_stored_read``). ``staged``: the
-    stage was already made ready in this transaction (with the already-stored read)."""
+def pg_punch_rows(batch: Sequence[Punch], received_at: datetime, source: str) -> list[tuple[Any, ...]]:
+    """The punches as PostgreSQL rows in PUNCH_COLUMNS order, as every PostgreSQL insert binds them (the poll's two
+    paths here, the central's ingest): an aware utc_time (a naive one is refused: COPY would read it in the
+    session's zone), local_time as the naive wall clock, flags joined."""
     flags = ",".join
     rows = []
     for p in batch:
@@ -467,6 +464,17 @@ def _insert_pg(conn: Connection, batch: list[Punch], received_at: datetime, sour
         rows.append((p.office_code, p.device_id, p.device_serial, p.device_user_id, p.device_time, local, utc,
                      p.timezone, p.state, p.state_name, p.verify, p.verify_name, p.uid, p.workcode, p.raw_time,
                      p.employee_id, flags(p.flags), received_at, source, p.occurrence))
+    return rows
+
+
+def _insert_pg(conn: Connection, batch: list[Punch], received_at: datetime, source: str,
+               outbox_at: datetime | None, *, on_conflict: bool = True,
+               staged: bool = False) -> list[tuple[int, PunchKey]]:
+    """COPY into a session temp table, then ONE INSERT ... SELECT ... ON CONFLICT DO NOTHING RETURNING that
+    also queues the outbox rows (a data-modifying WITH); small batches send arrays instead of the COPY.
+    ``on_conflict`` False: a plain INSERT (see _insert_punch_rows, ``trust_stored_read``). ``staged``: the
+    stage was already made ready in this transaction (with the already-stored read)."""
+    rows = pg_punch_rows(batch, received_at, source)
     outbox = outbox_at is not None
     with _dbapi_cursor(conn, "INSERT INTO punches (fast path)") as cur:
         take_feed_lock_if_untriggered(conn, cur)
@@ -533,17 +541,7 @@ def _copy_pg(conn: Connection, batch: list[Punch], received_at: datetime, source
             lock.execute(_FEED_WRITE_LOCK)
             cur.execute(_PG_DRAW_IDS, (len(batch),))
             # Built while the server draws the ids (the statement is sent already in pipeline mode).
-            rows = []
-            flags = ",".join
-            for p in batch:
-                utc, local = p.utc_time, p.local_time
-                if utc is not None and utc.tzinfo is None:
-                    raise _naive_utc_error(p)
-                if local is not None and local.tzinfo is not None:
-                    local = local.replace(tzinfo=None)
-                rows.append((p.office_code, p.device_id, p.device_serial, p.device_user_id, p.device_time, local,
-                             utc, p.timezone, p.state, p.state_name, p.verify, p.verify_name, p.uid, p.workcode,
-                             p.raw_time, p.employee_id, flags(p.flags), received_at, source, p.occurrence))
+            rows = pg_punch_rows(batch, received_at, source)
             ids = sorted(r[0] for r in cur.fetchall())
         with cur.copy(_PG_COPY_PUNCHES) as copy:
             copy.set_types(_PG_COPY_PUNCH_TYPES)
